@@ -1,0 +1,77 @@
+"""Where the engine keeps its state and which host objects it owns, read from the environment.
+
+Two installations with different roots and bridges must not disturb each other, so every
+host-wide name (cgroup parent, veth prefix) is derived from the state root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidInput
+
+DEFAULT_ROOT = "/var/lib/vservers"
+DEFAULT_BRIDGE = "vsbr0"
+DEFAULT_GATEWAY = "198.18.0.1/16"
+DEFAULT_UID_BASE = 1_000_000
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    root: Path
+    bridge: str
+    gateway4: ipaddress.IPv4Interface
+    gateway6: ipaddress.IPv6Interface | None
+    uid_base: int
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+
+    @property
+    def install_id(self) -> str:
+        """Short stable id of this installation, used in host-wide names."""
+        return hashlib.sha256(str(self.root).encode()).hexdigest()[:6]
+
+    @property
+    def cgroup_parent(self) -> str:
+        if str(self.root) == DEFAULT_ROOT:
+            return "vservers"
+        return f"vservers-{self.install_id}"
+
+    @property
+    def veth_prefix(self) -> str:
+        # "vs" + install id keeps our veths recognisable and apart from another root's.
+        return f"vs{self.install_id[:4]}"
+
+    @property
+    def servers_dir(self) -> Path:
+        return self.root / "servers"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    def server_dir(self, name: str) -> Path:
+        return self.servers_dir / name
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> EngineConfig:
+        env = dict(os.environ if env is None else env)
+        root = Path(env.get("VSERVER_ROOT", DEFAULT_ROOT))
+        if not root.is_absolute():
+            raise InvalidInput(f"VSERVER_ROOT must be an absolute path, not {str(root)!r}")
+        from .validate import bridge_name, gateway_interface
+
+        bridge = bridge_name(env.get("VSERVER_BRIDGE", DEFAULT_BRIDGE))
+        gateway4 = gateway_interface(env.get("VSERVER_GATEWAY", DEFAULT_GATEWAY), version=4)
+        gw6_text = env.get("VSERVER_GATEWAY6", "")
+        gateway6 = gateway_interface(gw6_text, version=6) if gw6_text else None
+        try:
+            uid_base = int(env.get("VSERVER_UID_BASE", DEFAULT_UID_BASE))
+        except ValueError:
+            raise InvalidInput("VSERVER_UID_BASE must be an integer") from None
+        if not 65536 <= uid_base < 2**31:
+            raise InvalidInput("VSERVER_UID_BASE must be between 65536 and 2^31")
+        return cls(root=root, bridge=bridge, gateway4=gateway4, gateway6=gateway6, uid_base=uid_base)

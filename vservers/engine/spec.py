@@ -1,0 +1,97 @@
+"""Plain data the engine passes around: what was asked for, and what the kernel says."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# Every VPS gets 65,536 ids, like the classic /etc/subuid allocation.
+ID_RANGE_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; None means unlimited (disk is always bounded by the image size)."""
+
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    pids: int | None = None
+    disk_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float = 0.0
+    memory_bytes: int = 0
+    pids: int = 0
+    disk_used_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What the operator asked for at create time; stored as config.json."""
+
+    name: str
+    template: str
+    template_version: str
+    hostname: str
+    addresses: tuple[str, ...]
+    limits: Limits
+    uid_base: int
+    autostart: bool = False
+
+    def interfaces(self) -> list[IPInterface]:
+        return [ipaddress.ip_interface(a) for a in self.addresses]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["addresses"] = list(self.addresses)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServerSpec:
+        data = dict(data)
+        data["limits"] = Limits(**data["limits"])
+        data["addresses"] = tuple(data["addresses"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """What the last start made; stored as runtime.json and checked against the kernel."""
+
+    init_pid: int
+    init_start_time: int  # /proc/PID/stat field 22, so a reused pid is not mistaken for init
+    loop_device: str
+    host_veth: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RuntimeState:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    state: str  # "running" | "stopped"
+    init_pid: int | None
+    ips: list[str]
+    hostname: str
+    template: str
+    uid_base: int
+    limits: Limits
+    usage: Usage
+    autostart: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        data.update(self.extra)
+        return data
