@@ -1,0 +1,122 @@
+"""Accounts inside a VPS, managed with the guest's own tools (busybox adduser/deluser or
+shadow's useradd/userdel, chpasswd). Values reach those tools as arguments or on stdin,
+never inside a shell string."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from . import validate
+from .errors import Conflict, EngineError, NotFound
+
+# Appends one key; the user name arrives as $1 and the key on stdin.
+_ADD_KEY_SCRIPT = r"""
+set -e
+home=$(awk -F: -v u="$1" '$1 == u { print $6 }' /etc/passwd)
+[ -n "$home" ] || { echo "no such user: $1" >&2; exit 3; }
+umask 077
+mkdir -p "$home/.ssh"
+cat >> "$home/.ssh/authorized_keys"
+chown -R "$1:$(id -g "$1")" "$home/.ssh"
+"""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+    @property
+    def is_system(self) -> bool:
+        return self.uid != 0 and (self.uid < 1000 or self.uid == 65534)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "system": self.is_system}
+
+
+def parse_passwd(text: str) -> list[Account]:
+    accounts = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) != 7 or not fields[2].isdigit() or not fields[3].isdigit():
+            continue
+        accounts.append(Account(fields[0], int(fields[2]), int(fields[3]), fields[5], fields[6]))
+    return accounts
+
+
+class Accounts:
+    def __init__(self, engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+
+    def _tool(self) -> str:
+        from . import templates
+
+        spec = self.engine.spec(self.name)
+        return templates.get(self.engine.config, spec.template, spec.template_version).account_tool
+
+    def _run(self, argv: list[str], input: str | None = None, what: str = ""):
+        result = self.engine.run(self.name, argv, input=input)
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).strip().splitlines()
+            raise EngineError(f"{what or argv[0]} failed: {message[-1] if message else result.returncode}")
+        return result
+
+    def list(self) -> list[Account]:
+        return parse_passwd(self._run(["cat", "/etc/passwd"]).stdout)
+
+    def get(self, user: str) -> Account | None:
+        return next((a for a in self.list() if a.name == user), None)
+
+    def add(self, user: str, password: str | None = None, ssh_key: str | None = None) -> Account:
+        validate.user_name(user)
+        if password is not None:
+            validate.password(password)
+        if ssh_key is not None:
+            validate.ssh_public_key(ssh_key)
+        if self.get(user) is not None:
+            raise Conflict(f"user {user!r} already exists in {self.name!r}")
+        if self._tool() == "busybox":
+            self._run(["adduser", "-D", "-s", "/bin/sh", user], what="adduser")
+        else:
+            self._run(["useradd", "--create-home", "--shell", "/bin/sh", user], what="useradd")
+        if password is not None:
+            self.set_password(user, password)
+        if ssh_key is not None:
+            self.add_ssh_key(user, ssh_key)
+        account = self.get(user)
+        if account is None:
+            raise EngineError(f"user {user!r} was not created")
+        return account
+
+    def delete(self, user: str) -> None:
+        validate.user_name(user)
+        account = self.get(user)
+        if account is None:
+            return  # already gone: deleting is idempotent
+        if self._tool() == "busybox":
+            self._run(["deluser", user], what="deluser")
+            if account.home.startswith("/home/") and ".." not in account.home:
+                self._run(["rm", "-rf", "--", account.home], what="removing the home directory")
+        else:
+            self._run(["userdel", "--remove", user], what="userdel")
+
+    def set_password(self, user: str, password: str) -> None:
+        validate.user_name(user, allow_reserved=True)
+        validate.password(password)
+        self._require(user)
+        argv = ["chpasswd", "-c", "sha512"] if self._tool() == "busybox" else ["chpasswd"]
+        self._run(argv, input=f"{user}:{password}\n", what="chpasswd")
+
+    def add_ssh_key(self, user: str, key: str) -> None:
+        validate.user_name(user, allow_reserved=True)
+        key = validate.ssh_public_key(key)
+        self._require(user)
+        self._run(["/bin/sh", "-c", _ADD_KEY_SCRIPT, "sh", user], input=key + "\n", what="adding the key")
+
+    def _require(self, user: str) -> None:
+        if self.get(user) is None:
+            raise NotFound(f"no user {user!r} in {self.name!r}")

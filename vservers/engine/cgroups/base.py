@@ -1,0 +1,240 @@
+"""What every cgroup backend offers, and the parts v1 and v2 share: names, file I/O, kill, destroy."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from ..errors import EngineError, InvalidInput
+from ..spec import Limits, Usage
+
+CPU_PERIOD_US = 100_000
+MIN_CPU_QUOTA_US = 1_000  # the kernel refuses quotas below 1 ms
+DEFAULT_SHARES = 1024
+DEFAULT_WEIGHT = 100
+
+# No dots, so a group can never be mistaken for an interface file such as "cpu.max".
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_@-]{0,127}")
+
+
+def check_name(value: str, what: str = "cgroup name") -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidInput(f"invalid {what} {value!r}: use letters, digits, '_', '@' and '-' only")
+    return value
+
+
+def check_limits(limits: Limits) -> Limits:
+    if limits.cpus is not None and not limits.cpus > 0:
+        raise InvalidInput(f"cpus must be positive, not {limits.cpus!r}")
+    if limits.memory_bytes is not None and limits.memory_bytes <= 0:
+        raise InvalidInput(f"memory limit must be positive, not {limits.memory_bytes!r}")
+    if limits.pids is not None and limits.pids <= 0:
+        raise InvalidInput(f"pids limit must be positive, not {limits.pids!r}")
+    return limits
+
+
+def cpu_quota_us(cpus: float) -> int:
+    return max(MIN_CPU_QUOTA_US, round(cpus * CPU_PERIOD_US))
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise EngineError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def read_int(path: Path) -> int:
+    text = read_text(path).strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise EngineError(f"unexpected content in {path}: {text!r}") from None
+
+
+def read_max(path: Path) -> int | None:
+    """A value that the kernel writes as "max" when unlimited."""
+    text = read_text(path).strip()
+    return None if text == "max" else read_int(path)
+
+
+def write_value(path: Path, value: str | int) -> None:
+    # No O_CREAT: cgroupfs makes its interface files itself, so a missing file means a missing
+    # controller or group, and creating a plain file in its place would hide that.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise EngineError(f"cgroup file {path} does not exist (controller not enabled?)") from exc
+    except OSError as exc:
+        raise EngineError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    try:
+        os.write(fd, str(value).encode())
+    except OSError as exc:
+        raise EngineError(f"cannot write {value!r} to {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+
+
+def read_pids(path: Path) -> set[int]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise EngineError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return {int(line) for line in text.split()}
+
+
+def make_dir(path: Path) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except FileExistsError:
+        raise InvalidInput(f"{path} exists and is not a cgroup directory") from None
+    except OSError as exc:
+        raise EngineError(f"cannot create cgroup {path}: {exc.strerror or exc}") from exc
+
+
+class CgroupBackend(ABC):
+    """One cgroup per VPS, all under one parent group of this installation."""
+
+    version: int
+
+    def __init__(self, root: Path, parent: str) -> None:
+        self.root = Path(root)
+        self.parent = check_name(parent, "cgroup parent")
+
+    # --- what each version does its own way -------------------------------------------------
+
+    @abstractmethod
+    def parent_paths(self) -> list[Path]:
+        """The parent group's directories, one per distinct hierarchy."""
+
+    @abstractmethod
+    def _create_dirs(self, name: str) -> None: ...
+
+    @abstractmethod
+    def _apply(self, name: str, limits: Limits) -> None: ...
+
+    @abstractmethod
+    def attach(self, name: str, pid: int) -> None: ...
+
+    @abstractmethod
+    def usage(self, name: str) -> Usage: ...
+
+    @abstractmethod
+    def limits(self, name: str) -> Limits | None: ...
+
+    # --- shared ------------------------------------------------------------------------------
+
+    def paths(self, name: str) -> list[Path]:
+        check_name(name)
+        return [p / name for p in self.parent_paths()]
+
+    def exists(self, name: str) -> bool:
+        return any(p.is_dir() for p in self.paths(name))
+
+    def names(self) -> list[str]:
+        found: set[str] = set()
+        for parent in self.parent_paths():
+            try:
+                found.update(entry.name for entry in parent.iterdir() if entry.is_dir())
+            except FileNotFoundError:
+                pass
+        return sorted(found)
+
+    def procs(self, name: str) -> list[int]:
+        found: set[int] = set()
+        for path in self.paths(name):
+            found |= read_pids(path / "cgroup.procs")
+        return sorted(found)
+
+    def create(self, name: str, limits: Limits) -> None:
+        check_name(name)
+        check_limits(limits)
+        # A concurrent destroy of another group may remove the empty parent under our feet.
+        for attempt in range(3):
+            try:
+                self._create_dirs(name)
+                break
+            except EngineError as exc:
+                if attempt == 2 or not isinstance(exc.__cause__, FileNotFoundError):
+                    raise
+        self._apply(name, limits)
+
+    def update(self, name: str, limits: Limits) -> None:
+        check_limits(limits)
+        if not self.exists(name):
+            raise EngineError(f"cgroup {self.parent}/{name} does not exist")
+        self._apply(name, limits)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL every process; repeat while processes forked before the signal keep appearing."""
+        signalled: set[int] = set()
+        for _ in range(100):
+            fresh = set(self.procs(name)) - signalled
+            if not fresh:
+                return
+            for pid in fresh:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            signalled |= fresh
+
+    def destroy(self, name: str, timeout: float = 5.0) -> None:
+        check_name(name)
+        deadline = time.monotonic() + timeout
+        if self.exists(name):
+            self._empty(name, deadline)
+            for path in self.paths(name):
+                self._remove(path, deadline, f"cgroup {self.parent}/{name}")
+        self._remove_parent_if_unused()
+
+    def _empty(self, name: str, deadline: float) -> None:
+        delay = 0.005
+        while True:
+            self.kill(name)
+            left = self.procs(name)
+            if not left:
+                return
+            if time.monotonic() >= deadline:
+                raise EngineError(f"cgroup {self.parent}/{name} still has processes {left} after SIGKILL")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _remove(self, path: Path, deadline: float, label: str) -> None:
+        delay = 0.005
+        while True:
+            try:
+                self._rmdir(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                # Right after its last process exits, a group can still be busy for a moment.
+                if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    raise EngineError(f"cannot remove {label} ({path}): {exc.strerror}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _remove_parent_if_unused(self) -> None:
+        if self.names():
+            return
+        for parent in self.parent_paths():
+            try:
+                self._rmdir(parent)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # Another operation may have just created a group in it; that one keeps it.
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise EngineError(f"cannot remove cgroup parent {parent}: {exc.strerror}") from exc
+
+    def _rmdir(self, path: Path) -> None:
+        """Remove one group directory (cgroupfs allows rmdir with its interface files inside)."""
+        os.rmdir(path)

@@ -1,0 +1,118 @@
+"""cgroup v2: one unified tree; controllers reach a group only through its ancestors' subtree_control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import EngineError
+from ..spec import Limits, Usage
+from .base import (
+    CPU_PERIOD_US,
+    DEFAULT_WEIGHT,
+    CgroupBackend,
+    cpu_quota_us,
+    make_dir,
+    read_int,
+    read_max,
+    read_text,
+    write_value,
+)
+
+CONTROLLERS = ("cpu", "memory", "pids")
+_MIN_WEIGHT = 1
+_MAX_WEIGHT = 10_000
+
+
+def missing(root: Path) -> list[str]:
+    try:
+        available = (Path(root) / "cgroup.controllers").read_text().split()
+    except OSError:
+        available = []
+    return [c for c in CONTROLLERS if c not in available]
+
+
+def cpu_weight(cpus: float | None) -> int:
+    if cpus is None:
+        return DEFAULT_WEIGHT
+    return min(_MAX_WEIGHT, max(_MIN_WEIGHT, round(DEFAULT_WEIGHT * cpus)))
+
+
+def cpu_max(cpus: float | None) -> str:
+    quota = "max" if cpus is None else str(cpu_quota_us(cpus))
+    return f"{quota} {CPU_PERIOD_US}"
+
+
+class CgroupV2(CgroupBackend):
+    version = 2
+
+    def parent_paths(self) -> list[Path]:
+        return [self.root / self.parent]
+
+    def group(self, name: str) -> Path:
+        return self.paths(name)[0]
+
+    def _create_dirs(self, name: str) -> None:
+        parent = self.root / self.parent
+        self._enable_controllers(self.root)
+        make_dir(parent)
+        self._enable_controllers(parent)
+        make_dir(parent / name)
+
+    def _enable_controllers(self, group: Path) -> None:
+        control = group / "cgroup.subtree_control"
+        enabled = read_text(control).split()
+        wanted = [c for c in CONTROLLERS if c not in enabled]
+        if wanted:
+            write_value(control, " ".join(f"+{c}" for c in wanted))
+
+    def _apply(self, name: str, limits: Limits) -> None:
+        group = self.group(name)
+        write_value(group / "cpu.max", cpu_max(limits.cpus))
+        write_value(group / "cpu.weight", cpu_weight(limits.cpus))
+        write_value(group / "memory.max", "max" if limits.memory_bytes is None else limits.memory_bytes)
+        swap = group / "memory.swap.max"
+        if swap.exists():
+            # Like memsw in v1: a limited server may not spill past its limit into swap.
+            write_value(swap, "max" if limits.memory_bytes is None else 0)
+        write_value(group / "pids.max", "max" if limits.pids is None else limits.pids)
+
+    def attach(self, name: str, pid: int) -> None:
+        if not self.exists(name):
+            raise EngineError(f"cgroup {self.parent}/{name} does not exist")
+        write_value(self.group(name) / "cgroup.procs", pid)
+
+    def kill(self, name: str) -> None:
+        killer = self.group(name) / "cgroup.kill"
+        if killer.exists():
+            write_value(killer, 1)
+        else:
+            super().kill(name)
+
+    def usage(self, name: str) -> Usage:
+        if not self.exists(name):
+            return Usage()
+        group = self.group(name)
+        return Usage(
+            cpu_seconds=_usage_usec(group / "cpu.stat") / 1e6,
+            memory_bytes=read_int(group / "memory.current"),
+            pids=read_int(group / "pids.current"),
+        )
+
+    def limits(self, name: str) -> Limits | None:
+        if not self.exists(name):
+            return None
+        group = self.group(name)
+        quota, period = read_text(group / "cpu.max").split()
+        return Limits(
+            cpus=None if quota == "max" else int(quota) / int(period),
+            memory_bytes=read_max(group / "memory.max"),
+            pids=read_max(group / "pids.max"),
+        )
+
+
+def _usage_usec(path: Path) -> int:
+    for line in read_text(path).splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value)
+    raise EngineError(f"no usage_usec in {path}")

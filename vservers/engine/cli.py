@@ -1,0 +1,327 @@
+"""`vserver`: the engine's command line. One small function per verb: parse, call the
+library, print. Heavy modules (pyroute2) are imported only by verbs that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import validate
+from .errors import EngineError
+
+
+def _engine():
+    from .lifecycle import Engine
+
+    return Engine()
+
+
+def _print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}M"
+
+
+# -- verbs ----------------------------------------------------------------------------------
+
+
+def cmd_doctor(args) -> int:
+    from .config import EngineConfig
+    from .doctor import run_checks
+
+    checks = run_checks(EngineConfig.from_env())
+    for check in checks:
+        mark = "ok     " if check.ok else ("MISSING" if check.required else "warning")
+        line = f"{mark} {check.name}: {check.detail}"
+        if not check.ok and check.fix:
+            line += f"  (fix: {check.fix})"
+        print(line)
+    return 1 if any(not c.ok and c.required for c in checks) else 0
+
+
+def cmd_template_build(args) -> int:
+    from . import templates
+    from .config import EngineConfig
+
+    info = templates.build(EngineConfig.from_env(), validate.template_name(args.name))
+    print(f"built template {info.name} version {info.version} ({_mb(info.size_bytes)})")
+    return 0
+
+
+def cmd_template_list(args) -> int:
+    from . import templates
+    from .config import EngineConfig
+
+    rows = [{**info.to_json(), "current": current} for info, current in templates.list_all(EngineConfig.from_env())]
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'NAME':<10} {'VERSION':<24} {'CURRENT':<8} {'SIZE':>8}")
+    for row in rows:
+        print(f"{row['name']:<10} {row['version']:<24} {'*' if row['current'] else '':<8} {_mb(row['size_bytes']):>8}")
+    return 0
+
+
+def cmd_create(args) -> int:
+    from .spec import Limits
+
+    limits = Limits(
+        cpus=validate.cpus(args.cpus) if args.cpus is not None else None,
+        memory_bytes=validate.size(args.memory, minimum=4 * 2**20) if args.memory is not None else None,
+        pids=validate.pids(args.pids) if args.pids is not None else None,
+        disk_bytes=validate.size(args.disk, minimum=16 * 2**20, maximum=2**44),
+    )
+    spec = _engine().create(
+        validate.server_name(args.name),
+        validate.template_name(args.template),
+        [validate.guest_address(a) for a in args.ip],
+        limits,
+        hostname=validate.hostname(args.hostname) if args.hostname else None,
+        autostart=args.autostart,
+    )
+    print(f"created {spec.name} ({', '.join(spec.addresses)}; uid range {spec.uid_base}+65536)")
+    return 0
+
+
+def _each(names: Sequence[str], action: Callable[[str], object], verb: str) -> int:
+    """Run ACTION for every name; report each failure and carry on with the others."""
+    for name in names:
+        validate.server_name(name)
+    failed = 0
+    for name in names:
+        try:
+            action(name)
+            print(f"{verb} {name}")
+        except EngineError as exc:
+            failed += 1
+            print(f"vserver: {name}: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_start(args) -> int:
+    engine = _engine()
+    return _each(args.names, engine.start, "started")
+
+
+def cmd_stop(args) -> int:
+    engine = _engine()
+    return _each(args.names, lambda n: engine.stop(n, timeout=args.timeout), "stopped")
+
+
+def cmd_restart(args) -> int:
+    engine = _engine()
+    return _each(args.names, lambda n: engine.restart(n, timeout=args.timeout), "restarted")
+
+
+def cmd_delete(args) -> int:
+    engine = _engine()
+    return _each(args.names, engine.delete, "deleted")
+
+
+def cmd_status(args) -> int:
+    status = _engine().status(validate.server_name(args.name))
+    if args.json:
+        _print_json(status.to_json())
+        return 0
+    u, lim = status.usage, status.limits
+    print(f"name:     {status.name}")
+    print(f"state:    {status.state}" + (f" (init pid {status.init_pid})" if status.init_pid else ""))
+    print(f"hostname: {status.hostname}")
+    print(f"template: {status.template}")
+    print(f"ips:      {', '.join(status.ips) or '-'}")
+    print(f"uids:     {status.uid_base}..{status.uid_base + 65535}")
+    print(f"limits:   cpus={lim.cpus or '-'} memory={_mb(lim.memory_bytes)} pids={lim.pids or '-'} "
+          f"disk={_mb(lim.disk_bytes)}")
+    print(f"usage:    cpu={u.cpu_seconds:.2f}s memory={_mb(u.memory_bytes)} pids={u.pids} "
+          f"disk={_mb(u.disk_used_bytes)}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    statuses = list(_engine().list())
+    if args.json:
+        _print_json([s.to_json() for s in statuses])
+        return 0
+    print(f"{'NAME':<20} {'STATE':<8} {'PID':>7} {'MEMORY':>8} {'PIDS':>5} {'DISK':>8}  IPS")
+    for s in statuses:
+        print(f"{s.name:<20} {s.state:<8} {s.init_pid or '-':>7} {_mb(s.usage.memory_bytes):>8} "
+              f"{s.usage.pids:>5} {_mb(s.usage.disk_used_bytes):>8}  {', '.join(s.ips)}")
+    return 0
+
+
+def cmd_exec(args) -> int:
+    from .console import exec_forwarding
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise EngineError("no command given (vserver exec NAME -- CMD [ARG...])")
+    engine = _engine()
+    name = validate.server_name(args.name)
+    return exec_forwarding(engine.init_pid(name), command, engine.join_cgroups(name))
+
+
+def cmd_enter(args) -> int:
+    from .console import interactive
+
+    engine = _engine()
+    name = validate.server_name(args.name)
+    return interactive(engine.init_pid(name), ["/bin/sh", "-l"], engine.join_cgroups(name))
+
+
+def _read_password(prompt: str) -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_account(args) -> int:
+    accounts = _engine().accounts(validate.server_name(args.name))
+    if args.action == "list":
+        rows = accounts.list()
+        if args.json:
+            _print_json([a.to_json() for a in rows])
+        else:
+            print(f"{'USER':<20} {'UID':>6} {'HOME':<24} SHELL")
+            for a in rows:
+                print(f"{a.name:<20} {a.uid:>6} {a.home:<24} {a.shell}")
+        return 0
+    if not args.user:
+        raise EngineError(f"account {args.action} needs a USER")
+    if args.action == "add":
+        password = _read_password("Password: ") if args.password_stdin else None
+        account = accounts.add(args.user, password=password, ssh_key=args.ssh_key)
+        print(f"added {account.name} (uid {account.uid})")
+    elif args.action == "delete":
+        accounts.delete(args.user)
+        print(f"deleted {args.user}")
+    elif args.action == "passwd":
+        accounts.set_password(args.user, _read_password("New password: "))
+        print(f"password of {args.user} changed")
+    elif args.action == "addkey":
+        if not args.ssh_key:
+            raise EngineError("account addkey needs --ssh-key KEY")
+        accounts.add_ssh_key(args.user, args.ssh_key)
+        print(f"key added for {args.user}")
+    return 0
+
+
+def cmd_service(args) -> int:
+    services = _engine().services(validate.server_name(args.name))
+    if args.action == "list":
+        rows = services.list()
+        if args.json:
+            _print_json([s.to_json() for s in rows])
+        else:
+            print(f"{'SERVICE':<20} {'STATE':<9} {'PID':>7} {'UPTIME':>8}")
+            for s in rows:
+                print(f"{s.name:<20} {s.state:<9} {s.pid or '-':>7} {s.seconds if s.seconds is not None else '-':>7}s")
+        return 0
+    if not args.service:
+        raise EngineError(f"service {args.action} needs a SERVICE")
+    service = services.control(args.service, args.action)
+    print(f"{service.name}: {service.state}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vserver", description="OS-level virtual private servers")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    verbs.add_parser("doctor", help="check the kernel features the engine needs").set_defaults(func=cmd_doctor)
+
+    template = verbs.add_parser("template", help="build and list templates")
+    tverbs = template.add_subparsers(dest="template_verb", required=True)
+    build = tverbs.add_parser("build", help="build a new version of a template")
+    build.add_argument("name", choices=["busybox", "debian"])
+    build.set_defaults(func=cmd_template_build)
+    tlist = tverbs.add_parser("list", help="list templates")
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=cmd_template_list)
+
+    create = verbs.add_parser("create", help="create a stopped server")
+    create.add_argument("name")
+    create.add_argument("--template", required=True)
+    create.add_argument("--ip", action="append", required=True, help="ADDRESS/PREFIX, repeatable")
+    create.add_argument("--cpus", help="share of cores, e.g. 0.5")
+    create.add_argument("--memory", help="memory limit, e.g. 64M")
+    create.add_argument("--disk", default="256M", help="disk size, e.g. 256M (default)")
+    create.add_argument("--pids", help="process limit, e.g. 128")
+    create.add_argument("--hostname")
+    create.add_argument("--autostart", action="store_true")
+    create.set_defaults(func=cmd_create)
+
+    for verb, func, helptext in (
+        ("start", cmd_start, "start servers"),
+        ("stop", cmd_stop, "stop servers (init shuts down, the rest is killed after --timeout)"),
+        ("restart", cmd_restart, "stop and start servers"),
+        ("delete", cmd_delete, "stop and delete servers with their disks"),
+    ):
+        sub = verbs.add_parser(verb, help=helptext)
+        sub.add_argument("names", nargs="+", metavar="NAME")
+        if verb in ("stop", "restart"):
+            sub.add_argument("--timeout", type=float, default=10.0)
+        sub.set_defaults(func=func)
+
+    status = verbs.add_parser("status", help="state, limits, addresses and usage of a server")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    lst = verbs.add_parser("list", help="all servers")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_list)
+
+    exe = verbs.add_parser("exec", help="run a command inside a server")
+    exe.add_argument("name")
+    exe.add_argument("command", nargs=argparse.REMAINDER)
+    exe.set_defaults(func=cmd_exec)
+    enter = verbs.add_parser("enter", help="interactive shell inside a server")
+    enter.add_argument("name")
+    enter.set_defaults(func=cmd_enter)
+
+    account = verbs.add_parser("account", help="accounts inside a server")
+    account.add_argument("action", choices=["add", "delete", "list", "passwd", "addkey"])
+    account.add_argument("name")
+    account.add_argument("user", nargs="?")
+    account.add_argument("--ssh-key", help="an OpenSSH public key line")
+    account.add_argument("--password-stdin", action="store_true", help="add: read a password from stdin")
+    account.add_argument("--json", action="store_true")
+    account.set_defaults(func=cmd_account)
+
+    service = verbs.add_parser("service", help="services inside a server")
+    service.add_argument("action", choices=["list", "start", "stop", "restart"])
+    service.add_argument("name")
+    service.add_argument("service", nargs="?")
+    service.add_argument("--json", action="store_true")
+    service.set_defaults(func=cmd_service)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EngineError as exc:
+        print(f"vserver: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

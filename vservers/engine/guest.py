@@ -1,0 +1,174 @@
+"""Running programs inside a VPS: in all its namespaces, its cgroups and its root.
+
+nsenter alone would leave the process in the host's v1 cgroups, so the limits would not
+hold for it; we join the cgroups first, then the namespaces, then fork (a PID namespace
+applies to children only) and exec. The helper is made non-dumpable before it enters, so
+the guest's root cannot open its /proc/PID/exe, fds or cwd (the CVE-2019-5736 class) in the
+moment before exec replaces it with the guest's program; only fds 0-2 are passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import syscalls
+from .errors import EngineError
+from .launch import GUEST_PATH
+from .syscalls import CLONE_NEWUSER, PR_SET_DUMPABLE
+
+# The user namespace first: the others are owned by it, and entering it gives us the
+# capabilities there that joining them requires.
+NAMESPACES = ("user", "mnt", "uts", "ipc", "net", "cgroup", "pid")
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def spawn(
+    init_pid: int,
+    argv: Sequence[str],
+    join_cgroups: Callable[[int], None],
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    env: dict[str, str] | None = None,
+    setsid_tty: bool = False,
+) -> int:
+    """Start ARGV inside the VPS whose init is INIT_PID; returns the pid of a host-side
+    helper whose exit status is the program's (decode with os.waitstatus_to_exitcode)."""
+    if not argv:
+        raise EngineError("no command given")
+    ns_fds = [os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
+    environment = {"PATH": GUEST_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "xterm"),
+                   "LANG": "C.UTF-8", "container": "vserver"}
+    environment.update(env or {})
+    error_r, error_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 127
+        try:
+            os.close(error_r)
+            syscalls.prctl(PR_SET_DUMPABLE, 0)
+            join_cgroups(os.getpid())
+            for ns, fd in zip(NAMESPACES, ns_fds, strict=True):
+                syscalls.setns(fd, CLONE_NEWUSER if ns == "user" else 0)
+            os.setresgid(0, 0, 0)
+            os.setgroups([])
+            os.setresuid(0, 0, 0)
+            child = os.fork()
+            if child == 0:
+                _exec_child(argv, environment, stdin, stdout, stderr, error_w, setsid_tty)
+            _, status = os.waitpid(child, 0)
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code
+        except BaseException as exc:  # noqa: BLE001 - report and leave
+            try:
+                os.write(error_w, f"{exc}".encode())
+            except OSError:
+                pass
+        os._exit(code)
+    for fd in ns_fds:
+        os.close(fd)
+    os.close(error_w)
+    with os.fdopen(error_r, "rb") as errors:
+        message = errors.read().decode(errors="replace")
+    if message:
+        os.waitpid(pid, 0)
+        raise EngineError(f"could not run {argv[0]!r} in the server: {message}")
+    return pid
+
+
+def _exec_child(argv, environment, stdin, stdout, stderr, error_w, setsid_tty) -> None:
+    try:
+        for target, fd in enumerate((stdin, stdout, stderr)):
+            os.dup2(fd, target, inheritable=True)
+        os.closerange(3, error_w)
+        os.closerange(error_w + 1, os.sysconf("SC_OPEN_MAX"))
+        if setsid_tty:
+            import fcntl
+            import termios
+
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        os.chdir("/")
+        os.execvpe(argv[0], list(argv), environment)
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            os.write(error_w, f"{exc}".encode())
+        except OSError:
+            pass
+        os._exit(127)
+
+
+def run(
+    init_pid: int,
+    argv: Sequence[str],
+    join_cgroups: Callable[[int], None],
+    input: str | bytes | None = None,
+    timeout: float = 60.0,
+) -> Completed:
+    """Run ARGV in the VPS and collect its output (for account and service operations)."""
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = spawn(init_pid, argv, join_cgroups, stdin_r, out_w, err_w)
+    finally:
+        for fd in (stdin_r, out_w, err_w):
+            os.close(fd)
+    data = input.encode() if isinstance(input, str) else (input or b"")
+    stdout, stderr = _communicate(stdin_w, out_r, err_r, data, timeout, pid)
+    _, status = os.waitpid(pid, 0)
+    return Completed(os.waitstatus_to_exitcode(status), stdout.decode(errors="replace"),
+                     stderr.decode(errors="replace"))
+
+
+def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: float, pid: int):
+    """Feed stdin and drain both outputs without deadlock, as subprocess.communicate does."""
+    import selectors
+    import time
+
+    chunks = {out_r: [], err_r: []}
+    sel = selectors.DefaultSelector()
+    sel.register(out_r, selectors.EVENT_READ)
+    sel.register(err_r, selectors.EVENT_READ)
+    if data:
+        sel.register(stdin_w, selectors.EVENT_WRITE)
+    else:
+        os.close(stdin_w)
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    try:
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                os.kill(pid, 9)
+                raise subprocess.TimeoutExpired("guest command", timeout)
+            for key, _ in sel.select(remaining):
+                fd = key.fd
+                if fd == stdin_w:
+                    try:
+                        written = os.write(fd, view[:65536])
+                    except BrokenPipeError:
+                        written = len(view)
+                    view = view[written:]
+                    if not view:
+                        sel.unregister(fd)
+                        os.close(fd)
+                    continue
+                block = os.read(fd, 65536)
+                if block:
+                    chunks[fd].append(block)
+                else:
+                    sel.unregister(fd)
+                    os.close(fd)
+    finally:
+        sel.close()
+    return b"".join(chunks[out_r]), b"".join(chunks[err_r])

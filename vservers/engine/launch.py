@@ -1,0 +1,304 @@
+"""Starting a VPS: from a stopped server on disk to its init running as PID 1.
+
+No process of ours stays behind: the engine forks a setup child that builds the mounts and
+namespaces, forks the guest's init, and exits, so init is adopted by the host's init (or the
+nearest subreaper) like any daemon. Every mount lives only in the VPS's mount namespaces, and
+the loop device has autoclear set, so when the VPS's last process dies the kernel removes all
+of it by itself: a crash of the engine at any line cannot leave a mount or loop device behind.
+
+The order matters, and is the one that works on this kernel (see KERNEL-FACTS):
+ 1. engine (host root): make a user namespace mapping 0..65535 to the VPS's host range;
+ 2. setup child (host root): join the VPS's cgroups, unshare a private mount namespace,
+    loop-mount the VPS's disk image, mount the template idmapped through that user namespace,
+    and the overlay (template below, the disk's upper dir on top);
+ 3. setup child: enter the user namespace, unshare mount, UTS, IPC, net, cgroup and PID
+    namespaces (now owned by the guest's root), set the hostname, fork init;
+ 4. init-to-be (PID 1): mount /proc, /sys, /dev, /run, pivot_root into the overlay, wait
+    until the engine has wired the network, then exec the template's init;
+ 5. engine: wires a veth into the new network namespace, records the runtime state, says go.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import loopdev, syscalls
+from .errors import EngineError
+from .syscalls import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    PR_SET_DUMPABLE,
+)
+
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    hostname: str
+    uid_base: int
+    template_rootfs: Path
+    image: Path
+    disk_dir: Path  # mount point of the disk image (private to the VPS)
+    lower_dir: Path  # mount point of the idmapped template
+    rootfs_dir: Path  # mount point of the overlay
+    init_argv: tuple[str, ...]
+    join_cgroups: Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Launched:
+    init_pid: int
+    loop_device: str
+
+
+def launch(plan: LaunchPlan, userns_fd: int, wire_network: Callable[[int], None],
+           record: Callable[[Launched], None]) -> Launched:
+    """Start the guest; WIRE_NETWORK(init_pid) runs before init is exec'd, RECORD before go.
+
+    On failure the half-started guest is killed (which releases its mounts) and EngineError
+    is raised; the caller removes cgroups and veths.
+    """
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    setup_pid = os.fork()
+    if setup_pid == 0:
+        os.close(report_r)
+        os.close(go_w)
+        _child_main(report_w, lambda: _setup_child(plan, userns_fd, report_w, go_r))
+    os.close(report_w)
+    os.close(go_r)
+    launched: Launched | None = None
+    try:
+        with os.fdopen(report_r, "r", closefd=True) as report:
+            messages = _read_until_pid(report)
+            os.waitpid(setup_pid, 0)
+            setup_pid = 0
+            if "pid" not in messages:
+                raise EngineError(messages.get("error", "setup of the guest failed without a message"))
+            launched = Launched(init_pid=int(messages["pid"]), loop_device=messages.get("loop", ""))
+            try:
+                wire_network(launched.init_pid)
+                record(launched)
+            except BaseException as exc:
+                # If init died while we wired it, its own error says more than ours.
+                kill_and_wait(launched.init_pid)
+                early = _parse(report.read()).get("error")
+                if early:
+                    raise EngineError(early) from exc
+                raise
+            try:
+                os.write(go_w, b"g")
+            except BrokenPipeError:
+                pass  # init died early; its error is on the report pipe
+            os.close(go_w)
+            go_w = -1
+            rest = report.read()  # EOF when init has exec'd (the pipe is close-on-exec)
+            if rest.strip():
+                raise EngineError(_parse(rest).get("error", rest.strip()))
+        return launched
+    except BaseException:
+        if launched is not None:
+            kill_and_wait(launched.init_pid)
+        raise
+    finally:
+        if go_w >= 0:
+            os.close(go_w)
+        if setup_pid:
+            os.waitpid(setup_pid, 0)
+
+
+def _parse(text: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        found.setdefault(key, value)
+    return found
+
+
+def _read_until_pid(report) -> dict[str, str]:
+    messages: dict[str, str] = {}
+    for line in report:
+        key, _, value = line.rstrip("\n").partition(" ")
+        messages.setdefault(key, value)
+        if key in ("pid", "error"):
+            break
+    return messages
+
+
+def _child_main(report_w: int, body: Callable[[], None]) -> None:
+    """Run BODY in a forked child; report any exception on the pipe; never return."""
+    code = 0
+    try:
+        body()
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the engine
+        code = 1
+        text = f"{exc}" if isinstance(exc, OSError | EngineError) else traceback.format_exc(limit=3)
+        try:
+            os.write(report_w, f"error {' '.join(text.split())}\n".encode())
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _setup_child(plan: LaunchPlan, userns_fd: int, report_w: int, go_r: int) -> None:
+    plan.join_cgroups(os.getpid())
+    syscalls.unshare(CLONE_NEWNS)
+    syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    loop_device = _mount_disk(plan)
+    os.write(report_w, f"loop {loop_device}\n".encode())
+    syscalls.idmapped_clone(plan.template_rootfs, plan.lower_dir, userns_fd)
+    syscalls.mount(
+        "overlay",
+        plan.rootfs_dir,
+        "overlay",
+        0,
+        f"lowerdir={plan.lower_dir},upperdir={plan.disk_dir}/upper,workdir={plan.disk_dir}/work",
+    )
+    syscalls.setns(userns_fd, CLONE_NEWUSER)
+    os.close(userns_fd)
+    os.setresgid(0, 0, 0)
+    os.setgroups([])
+    os.setresuid(0, 0, 0)
+    syscalls.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWPID)
+    socket.sethostname(plan.hostname)
+    init_pid = os.fork()
+    if init_pid == 0:
+        _child_main(report_w, lambda: _init_child(plan, go_r, report_w))
+    os.write(report_w, f"pid {init_pid}\n".encode())
+
+
+def _mount_disk(plan: LaunchPlan) -> str:
+    device, device_fd = loopdev.attach(plan.image)
+    try:
+        syscalls.mount(device, plan.disk_dir, "ext4", MS_NODEV)
+    finally:
+        os.close(device_fd)  # from here the mount alone keeps the device; autoclear frees it
+    for sub in ("upper", "work"):
+        path = plan.disk_dir / sub
+        if not path.is_dir():
+            path.mkdir(mode=0o755)
+            os.chown(path, plan.uid_base, plan.uid_base)
+    return device
+
+
+def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:
+    """PID 1 of the new namespace, still running our code until it execs the guest's init."""
+    syscalls.prctl(PR_SET_DUMPABLE, 0)
+    root = plan.rootfs_dir
+    # Mounts made by host root arrive locked in the guest's mount namespace, and pivot_root
+    # refuses a locked new root; a bind of the overlay onto itself made here is not locked.
+    syscalls.mount(str(root), root, None, MS_BIND)
+    mount_guest_filesystems(root)
+    os.chdir(root)
+    syscalls.pivot_root(".", ".")
+    syscalls.umount(".", MNT_DETACH)
+    os.chdir("/")
+    if os.read(go_r, 1) != b"g":  # the engine died or gave up: leave nothing running
+        raise EngineError("start aborted by the engine")
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    # Nothing of the host may leak in; the report pipe is close-on-exec, so it stays only
+    # until exec succeeds and still carries an exec failure back to the engine.
+    os.closerange(3, report_w)
+    os.closerange(report_w + 1, os.sysconf("SC_OPEN_MAX"))
+    env = {"PATH": GUEST_PATH, "HOME": "/root", "TERM": "linux", "container": "vserver"}
+    os.execve(plan.init_argv[0], list(plan.init_argv), env)
+
+
+def mount_guest_filesystems(root: Path) -> None:
+    """The guest's own /proc, read-only /sys, minimal /dev with its own devpts, /dev/shm,
+    POSIX message queues and /run; run as the guest's root inside its namespaces."""
+    nosuid_nodev_noexec = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    syscalls.mount("proc", root / "proc", "proc", nosuid_nodev_noexec)
+    syscalls.mount("sysfs", root / "sys", "sysfs", nosuid_nodev_noexec | MS_RDONLY)
+    dev = root / "dev"
+    syscalls.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1024k")
+    for node in (*DEVICE_NODES, "console"):
+        target = dev / node
+        target.touch(mode=0o666)
+        # mknod is refused in a user namespace, so the host's nodes are bind-mounted.
+        syscalls.mount("/dev/null" if node == "console" else f"/dev/{node}", target, None, MS_BIND)
+    (dev / "pts").mkdir()
+    syscalls.mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    (dev / "ptmx").symlink_to("pts/ptmx")
+    (dev / "fd").symlink_to("/proc/self/fd")
+    for number, stream in enumerate(("stdin", "stdout", "stderr")):
+        (dev / stream).symlink_to(f"/proc/self/fd/{number}")
+    (dev / "shm").mkdir(mode=0o1777)
+    syscalls.mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    (dev / "mqueue").mkdir()
+    syscalls.mount("mqueue", dev / "mqueue", "mqueue", nosuid_nodev_noexec)
+    syscalls.mount("tmpfs", root / "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: tells a live init from a later process reusing its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until PID has exited (any process, not only our children); True if it did."""
+    import select
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)
+        exited = bool(readable)
+    finally:
+        os.close(pidfd)
+    if exited:
+        reap(pid)
+    return exited
+
+
+def reap(pid: int) -> None:
+    """Collect PID's exit status if it is our child (we may be its subreaper)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def kill_and_wait(pid: int, timeout: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if not wait_exit(pid, timeout):
+        raise EngineError(f"process {pid} did not die after SIGKILL")

@@ -1,0 +1,385 @@
+"""The engine's public API: create, start, stop, restart, delete, status and list VPSs.
+
+State on disk only remembers what was asked for (config.json) and what the last start made
+(runtime.json); whether a server runs is always asked of the kernel. Every operation takes
+the server's lock, re-reads the state and converges, so re-running it after a crash at any
+line finishes or undoes the half-done work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import templates, userns, validate
+from .config import EngineConfig
+from .errors import Conflict, EngineError, InvalidInput, NotFound
+from .launch import Launched, LaunchPlan, launch, proc_start_time, reap, wait_exit
+from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
+from .state import locked, read_json, write_json
+
+STOP_TIMEOUT = 10.0
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig.from_env()
+        self._cgroups = None
+
+    # -- paths and state -------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        return self.config.server_dir(validate.server_name(name))
+
+    def _lock(self, name: str):
+        return locked(self.config.root / "locks" / f"{validate.server_name(name)}.lock")
+
+    def _alloc_lock(self):
+        return locked(self.config.root / "locks" / ".allocate.lock")
+
+    def spec(self, name: str) -> ServerSpec:
+        data = read_json(self._dir(name) / "config.json")
+        if data is None:
+            raise NotFound(f"no server named {name!r}")
+        return ServerSpec.from_json(data)
+
+    def _runtime(self, name: str) -> RuntimeState | None:
+        data = read_json(self._dir(name) / "runtime.json")
+        return RuntimeState.from_json(data) if data else None
+
+    def names(self) -> list[str]:
+        if not self.config.servers_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.config.servers_dir.iterdir() if (p / "config.json").is_file())
+
+    @property
+    def cgroups(self):
+        if self._cgroups is None:
+            from .cgroups import detect
+
+            self._cgroups = detect(self.config)
+        return self._cgroups
+
+    def host_veth(self, name: str) -> str:
+        digest = hashlib.sha256(validate.server_name(name).encode()).hexdigest()
+        return (self.config.veth_prefix + digest)[:15]
+
+    def _running_init(self, name: str) -> int | None:
+        """The pid of the server's init if it is alive (the kernel's word), else None."""
+        runtime = self._runtime(name)
+        if runtime is None:
+            return None
+        if proc_start_time(runtime.init_pid) != runtime.init_start_time:
+            return None
+        return runtime.init_pid
+
+    # -- create / delete -------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        template: str,
+        addresses: list[str],
+        limits: Limits | None = None,
+        hostname: str | None = None,
+        autostart: bool = False,
+    ) -> ServerSpec:
+        """Create a stopped server: its config and its own disk image (a sparse ext4 file).
+
+        1. validate everything before touching the disk;
+        2. under the installation's allocation lock: check the addresses are free and pick a
+           free uid range;
+        3. make the image, then write config.json last: a directory without it is a
+           half-created server that create or delete may clean up.
+        """
+        validate.server_name(name)
+        limits = limits or Limits()
+        hostname = validate.hostname(hostname or name)
+        interfaces = self._check_addresses(addresses)
+        info = templates.get(self.config, template)
+        with self._lock(name), self._alloc_lock():
+            existing = read_json(self._dir(name) / "config.json")
+            if existing is not None:
+                spec = ServerSpec.from_json(existing)
+                if (spec.template, spec.addresses, spec.limits, spec.hostname) == (
+                    info.name, tuple(interfaces), limits, hostname
+                ):
+                    return spec  # the same create again: already done
+                raise Conflict(f"server {name!r} already exists")
+            self._check_addresses_free(interfaces)
+            taken = [self.spec(other).uid_base for other in self.names()]
+            spec = ServerSpec(
+                name=name,
+                template=info.name,
+                template_version=info.version,
+                hostname=hostname,
+                addresses=tuple(interfaces),
+                limits=limits,
+                uid_base=userns.allocate_base(self.config.uid_base, taken),
+                autostart=autostart,
+            )
+            server_dir = self._dir(name)
+            shutil.rmtree(server_dir, ignore_errors=True)  # leftovers of a crashed create
+            for sub in ("disk", "lower", "rootfs"):
+                (server_dir / sub).mkdir(parents=True, exist_ok=True)
+            # Search-only for others: the guest's init-to-be, already an unprivileged uid on the
+            # host, must reach its rootfs mount point before it pivots into it.
+            for path in (self.config.root, self.config.servers_dir, server_dir):
+                os.chmod(path, 0o711)
+            try:
+                make_disk_image(server_dir / "disk.img", limits.disk_bytes, spec.uid_base)
+                write_json(server_dir / "config.json", spec.to_json())
+            except BaseException:
+                shutil.rmtree(server_dir, ignore_errors=True)
+                raise
+        return spec
+
+    def _check_addresses(self, addresses: list[str]) -> list[str]:
+        if not addresses:
+            raise InvalidInput("a server needs at least one --ip address")
+        clean = []
+        for text in addresses:
+            iface = ipaddress.ip_interface(validate.guest_address(text))
+            gateway = self.config.gateway4 if iface.version == 4 else self.config.gateway6
+            if gateway is not None:
+                if iface.network != gateway.network:
+                    raise InvalidInput(f"address {text} is not in the bridge network {gateway.network}")
+                if iface.ip == gateway.ip:
+                    raise InvalidInput(f"address {text} is the bridge's own gateway address")
+            clean.append(str(iface))
+        if len({ipaddress.ip_interface(a).ip for a in clean}) != len(clean):
+            raise InvalidInput("the same address was given twice")
+        return clean
+
+    def _check_addresses_free(self, interfaces: list[str]) -> None:
+        wanted = {ipaddress.ip_interface(a).ip for a in interfaces}
+        for other in self.names():
+            used = {ipaddress.ip_interface(a).ip for a in self.spec(other).addresses}
+            clash = wanted & used
+            if clash:
+                raise Conflict(f"address {sorted(map(str, clash))[0]} is already used by {other!r}")
+
+    def delete(self, name: str) -> None:
+        """Stop the server if needed and remove everything of it. Deleting a missing or
+        half-created server succeeds."""
+        server_dir = self._dir(name)
+        with self._lock(name):
+            self._stop_locked(name, timeout=STOP_TIMEOUT)
+            shutil.rmtree(server_dir, ignore_errors=True)
+            if server_dir.exists():
+                raise EngineError(f"could not remove {server_dir}")
+
+    # -- start / stop ----------------------------------------------------------------------
+
+    def start(self, name: str) -> Status:
+        with self._lock(name):
+            spec = self.spec(name)
+            if self._running_init(name) is None:
+                self._clean_leftovers(name)
+                self._start_locked(spec)
+        return self.status(name)
+
+    def _start_locked(self, spec: ServerSpec) -> None:
+        from . import network  # pyroute2 is slow to import; only verbs that need it pay
+
+        info = templates.get(self.config, spec.template, spec.template_version)
+        server_dir = self._dir(spec.name)
+        self.cgroups.create(spec.name, spec.limits)
+        host_if = self.host_veth(spec.name)
+        interfaces = spec.interfaces()
+        network.ensure_bridge(self.config.bridge, self.config.gateway4, self.config.gateway6)
+
+        def wire(init_pid: int) -> None:
+            network.attach(
+                self.config.bridge,
+                host_if,
+                init_pid,
+                interfaces,
+                self.config.gateway4.ip if any(i.version == 4 for i in interfaces) else None,
+                self.config.gateway6.ip if self.config.gateway6 and any(i.version == 6 for i in interfaces)
+                else None,
+            )
+
+        def record(launched: Launched) -> None:
+            runtime = RuntimeState(
+                init_pid=launched.init_pid,
+                init_start_time=proc_start_time(launched.init_pid) or 0,
+                loop_device=launched.loop_device,
+                host_veth=host_if,
+            )
+            write_json(server_dir / "runtime.json", runtime.to_json())
+
+        plan = LaunchPlan(
+            hostname=spec.hostname,
+            uid_base=spec.uid_base,
+            template_rootfs=templates.rootfs_path(self.config, spec.template, spec.template_version),
+            image=server_dir / "disk.img",
+            disk_dir=server_dir / "disk",
+            lower_dir=server_dir / "lower",
+            rootfs_dir=server_dir / "rootfs",
+            init_argv=info.init,
+            join_cgroups=lambda pid: self.cgroups.attach(spec.name, pid),
+        )
+        userns_fd = userns.create(spec.uid_base)
+        try:
+            launch(plan, userns_fd, wire, record)
+        except BaseException:
+            self._clean_leftovers(spec.name)
+            raise
+        finally:
+            os.close(userns_fd)
+
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> Status:
+        """Ask the guest's init to shut down; kill what remains after TIMEOUT seconds."""
+        with self._lock(name):
+            self.spec(name)
+            self._stop_locked(name, timeout)
+        return self.status(name)
+
+    def restart(self, name: str, timeout: float = STOP_TIMEOUT) -> Status:
+        with self._lock(name):
+            spec = self.spec(name)
+            self._stop_locked(name, timeout)
+            self._start_locked(spec)
+        return self.status(name)
+
+    def _stop_locked(self, name: str, timeout: float) -> None:
+        init_pid = self._running_init(name)
+        if init_pid is not None:
+            self._remember_disk_usage(name, init_pid)
+            spec = self.spec(name)
+            info = templates.get(self.config, spec.template, spec.template_version)
+            try:
+                os.kill(init_pid, info.halt_signal)
+            except ProcessLookupError:
+                pass
+            if not wait_exit(init_pid, timeout):
+                self.cgroups.kill(name)
+                os.kill(init_pid, 9)
+                if not wait_exit(init_pid, 10.0):
+                    raise EngineError(f"init of {name!r} (pid {init_pid}) survived SIGKILL")
+        self._clean_leftovers(name)
+
+    def _clean_leftovers(self, name: str) -> None:
+        """Remove what a stopped (or crashed, or half-started) server may still hold."""
+        from .loopdev import wait_released
+
+        runtime = self._runtime(name)
+        server_dir = self._dir(name)
+        if runtime is not None:
+            reap(runtime.init_pid)
+        self.cgroups.destroy(name)
+        host_if = runtime.host_veth if runtime else self.host_veth(name)
+        from . import network
+
+        network.detach(host_if)
+        if runtime is not None and runtime.loop_device:
+            if not wait_released(runtime.loop_device, server_dir / "disk.img"):
+                raise EngineError(f"{runtime.loop_device} of {name!r} is still attached")
+        (server_dir / "runtime.json").unlink(missing_ok=True)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _remember_disk_usage(self, name: str, init_pid: int) -> None:
+        used = disk_used(init_pid)
+        if used is not None:
+            write_json(self._dir(name) / "usage.json", {"disk_used_bytes": used})
+
+    def status(self, name: str, *, with_addresses: bool = True) -> Status:
+        spec = self.spec(name)
+        init_pid = self._running_init(name)
+        if init_pid is None:
+            remembered = read_json(self._dir(name) / "usage.json") or {}
+            usage = Usage(disk_used_bytes=int(remembered.get("disk_used_bytes", 0)))
+            return self._status(spec, "stopped", None, list(spec.addresses), spec.limits, usage)
+        cg = self.cgroups.usage(name)
+        usage = dataclasses.replace(cg, disk_used_bytes=disk_used(init_pid) or 0)
+        kernel_limits = self.cgroups.limits(name) or spec.limits
+        limits = dataclasses.replace(kernel_limits, disk_bytes=spec.limits.disk_bytes)
+        ips = list(spec.addresses)
+        if with_addresses:
+            from . import network
+
+            ips = network.netns_addresses(init_pid)
+        return self._status(spec, "running", init_pid, ips, limits, usage)
+
+    def _status(self, spec, state, init_pid, ips, limits, usage) -> Status:
+        return Status(
+            name=spec.name,
+            state=state,
+            init_pid=init_pid,
+            ips=ips,
+            hostname=spec.hostname,
+            template=f"{spec.template}:{spec.template_version}",
+            uid_base=spec.uid_base,
+            limits=limits,
+            usage=usage,
+            autostart=spec.autostart,
+        )
+
+    def list(self) -> Iterator[Status]:
+        for name in self.names():
+            yield self.status(name)
+
+    # -- inside the server -----------------------------------------------------------------
+
+    def init_pid(self, name: str) -> int:
+        """The running server's init pid, or Conflict if it is not running."""
+        self.spec(name)
+        pid = self._running_init(name)
+        if pid is None:
+            raise Conflict(f"server {name!r} is not running")
+        return pid
+
+    def join_cgroups(self, name: str):
+        return lambda pid: self.cgroups.attach(name, pid)
+
+    def run(self, name: str, argv: list[str], input: str | None = None, timeout: float = 60.0):
+        """Run ARGV inside the running server and collect its exit status and output."""
+        from . import guest
+
+        return guest.run(self.init_pid(name), argv, self.join_cgroups(name), input=input, timeout=timeout)
+
+    def accounts(self, name: str):
+        from .accounts import Accounts
+
+        return Accounts(self, name)
+
+    def services(self, name: str):
+        from .services import Services
+
+        return Services(self, name)
+
+
+def make_disk_image(path: Path, size_bytes: int, uid_base: int) -> None:
+    """A sparse ext4 image: the server's own filesystem, so filling it stops at its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as fh:
+        fh.truncate(size_bytes)
+    result = subprocess.run(
+        [
+            "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "vserver",
+            "-E", f"root_owner={uid_base}:{uid_base},lazy_itable_init=1,lazy_journal_init=1",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise EngineError(f"mkfs.ext4 failed: {result.stderr.strip()}")
+
+
+def disk_used(init_pid: int) -> int | None:
+    """Bytes used on the server's own filesystem, seen through its root (overlay reports the
+    upper layer's filesystem)."""
+    try:
+        st = os.statvfs(f"/proc/{init_pid}/root/")
+    except OSError:
+        return None
+    return (st.f_blocks - st.f_bfree) * st.f_frsize

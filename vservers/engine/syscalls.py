@@ -1,0 +1,150 @@
+"""Thin ctypes wrappers for the Linux system calls Python 3.11's os module lacks.
+
+Python 3.12 gained os.unshare/os.setns; the new mount API (open_tree, mount_setattr,
+move_mount) has no wrapper in any Python version, so these are written by hand.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 0x2
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+
+# The mount-API numbers are the same on every architecture; pivot_root is not.
+_NR = {
+    "open_tree": 428,
+    "move_mount": 429,
+    "mount_setattr": 442,
+    "pivot_root": {"x86_64": 155, "aarch64": 41}.get(platform.machine()),
+}
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _b(path: str | os.PathLike | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(
+    source: str | None, target: str | os.PathLike, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+    result = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    _check(result, f"mount {fstype or source} on {target}")
+
+
+def umount(target: str | os.PathLike, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+
+
+def open_tree(path: str | os.PathLike, flags: int) -> int:
+    return _check(
+        _libc.syscall(_NR["open_tree"], ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags)),
+        f"open_tree {path}",
+    )
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(fd: int, attr_set: int, userns_fd: int = 0, flags: int = AT_EMPTY_PATH) -> None:
+    attr = _MountAttr(attr_set=attr_set, attr_clr=0, propagation=0, userns_fd=userns_fd)
+    result = _libc.syscall(
+        _NR["mount_setattr"],
+        ctypes.c_int(fd),
+        b"",
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(result, "mount_setattr")
+
+
+def move_mount(fd: int, target: str | os.PathLike) -> None:
+    result = _libc.syscall(
+        _NR["move_mount"],
+        ctypes.c_int(fd),
+        b"",
+        ctypes.c_int(AT_FDCWD),
+        _b(target),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+    )
+    _check(result, f"move_mount to {target}")
+
+
+def idmapped_clone(source: str | os.PathLike, target: str | os.PathLike, userns_fd: int) -> None:
+    """Mount a read-only copy of SOURCE at TARGET whose owners are shifted by a user namespace.
+
+    The template stays one copy owned by host root, yet the guest sees its files as its own root's.
+    """
+    fd = open_tree(source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+    try:
+        mount_setattr(fd, MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, userns_fd, AT_EMPTY_PATH | AT_RECURSIVE)
+        move_mount(fd, target)
+    finally:
+        os.close(fd)
