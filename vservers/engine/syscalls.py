@@ -7,11 +7,10 @@ move_mount) has no wrapper in any Python version, so these are written by hand.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the process already has libc loaded
 _libc.syscall.restype = ctypes.c_long
 
 CLONE_NEWNS = 0x00020000

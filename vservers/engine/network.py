@@ -1,0 +1,469 @@
+"""Bridges and veth pairs that connect VPS network namespaces, all through netlink.
+
+Every VPS gets one veth pair: the host end (``host_if``) is a port of a Linux bridge that
+carries the VPS gateway addresses; the other end is created directly inside the VPS's
+network namespace as ``eth0`` (a veth peer can be given its namespace, ``IFLA_NET_NS_FD``,
+in the request that creates the pair), so no temporary name ever appears on the host and
+there is nothing to move or rename afterwards.
+
+Inside a VPS's namespace we talk netlink over a socket opened in that namespace: a
+short-lived thread joins the namespace of the VPS's process with setns(2) (which changes
+only the calling thread), opens the socket and exits. A netlink socket stays bound to the
+namespace it was created in, so the rest runs in the caller's thread. This avoids both
+named namespaces under /var/run/netns and the helper process pyroute2 forks for every
+``IPRoute(netns=...)``.
+
+Importing this module imports pyroute2 (~0.3 s): import it only when a verb needs it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+from .errors import Conflict, EngineError, InvalidInput
+from .syscalls import CLONE_NEWNET, setns
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+GUEST_IF = "eth0"
+RT_SCOPE_LINK = 253
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_COUNTERS = (
+    "rx_bytes",
+    "tx_bytes",
+    "rx_packets",
+    "tx_packets",
+    "rx_errors",
+    "tx_errors",
+    "rx_dropped",
+    "tx_dropped",
+)
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def validate_ifname(name: str) -> str:
+    """Return NAME if the kernel would accept it as an interface name, else InvalidInput."""
+    if not isinstance(name, str) or not _IFNAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidInput(f"bad interface name {name!r}: 1-15 characters of A-Z a-z 0-9 _ . -")
+    return name
+
+
+def _interface(value: object, version: int | None = None) -> IPInterface:
+    try:
+        iface = ipaddress.ip_interface(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"bad address {value!r}: {exc}") from None
+    if version is not None and iface.version != version:
+        raise InvalidInput(f"{value} is not an IPv{version} address")
+    return iface
+
+
+def _address(value: object, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        addr = ipaddress.ip_address(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"bad address {value!r}: {exc}") from None
+    if addr.version != version:
+        raise InvalidInput(f"{value} is not an IPv{version} address")
+    return addr
+
+
+def _pid(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput(f"bad process id {value!r}")
+    return value
+
+
+# --- netlink plumbing --------------------------------------------------------------------
+
+
+@contextmanager
+def _netlink_errors(what: str) -> Iterator[None]:
+    """Turn netlink and system errors into an EngineError that says what was being done."""
+    try:
+        yield
+    except NetlinkError as exc:
+        raise EngineError(f"{what}: {os.strerror(exc.code)}") from exc
+    except OSError as exc:
+        raise EngineError(f"{what}: {exc.strerror or exc}") from exc
+
+
+class _ProcessGone(EngineError):
+    """The process whose network namespace was asked for does not exist."""
+
+
+@contextmanager
+def _netns_fd(pid: int) -> Iterator[int]:
+    """An open handle on the network namespace of process PID.
+
+    Holding it while we work means a pid reused meanwhile cannot redirect us elsewhere.
+    """
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _ProcessGone(f"process {pid} does not exist") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _is_host_netns(nsfd: int) -> bool:
+    ours, theirs = os.stat("/proc/self/ns/net"), os.fstat(nsfd)
+    return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
+def _netns_socket(nsfd: int) -> socket.socket:
+    """A NETLINK_ROUTE socket in the network namespace NSFD."""
+    result: list[socket.socket] = []
+    failure: list[BaseException] = []
+
+    def worker() -> None:
+        # setns() moves only this thread, and the thread ends right after: the caller's
+        # thread and the rest of the process never leave the host namespace.
+        try:
+            setns(nsfd, CLONE_NEWNET)
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=worker, name="netns-socket")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+@contextmanager
+def _host() -> Iterator[IPRoute]:
+    with IPRoute() as ipr:
+        yield ipr
+
+
+@contextmanager
+def _netns(nsfd: int, what: str) -> Iterator[IPRoute]:
+    """IPRoute working inside the network namespace NSFD."""
+    with _netlink_errors(f"enter the network namespace of {what}"):
+        sock = _netns_socket(nsfd)
+    # We own the socket and close it ourselves: while open it pins the namespace.
+    try:
+        with IPRoute(use_socket=sock) as ipr:
+            yield ipr
+    finally:
+        sock.close()
+
+
+def _get_link(ipr: IPRoute, name: str):
+    """The RTM_NEWLINK message for NAME, or None if there is no such interface."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
+def _kind(link) -> str | None:
+    return link.get(("linkinfo", "kind"))
+
+
+def _bridge_mac(bridge: str) -> str:
+    """A fixed locally administered MAC for BRIDGE.
+
+    A bridge without an address set by hand takes the lowest MAC among its ports, so the
+    gateway's MAC would change whenever that VPS leaves, and every other VPS would talk to
+    a stale neighbour entry until it is re-probed. Derived from the name so that a bridge
+    re-created after a reboot keeps the same gateway MAC.
+    """
+    digest = hashlib.sha256(b"vservers-bridge:" + bridge.encode()).digest()
+    octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def _addresses(ipr: IPRoute, index: int) -> list[tuple[str, int, int]]:
+    """(address, prefixlen, scope) of every address on interface INDEX."""
+    found = []
+    for msg in ipr.addr("dump", index=index):
+        if msg["index"] != index:
+            continue
+        address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+        found.append((ipaddress.ip_address(address).compressed, msg["prefixlen"], msg["scope"]))
+    return found
+
+
+def _add_address(ipr: IPRoute, index: int, iface: IPInterface, ifname: str) -> None:
+    """Add IFACE to interface INDEX unless it is already there (IPv6 without DAD)."""
+    ip = iface.ip.compressed
+    for address, prefixlen, _scope in _addresses(ipr, index):
+        if address == ip:
+            if prefixlen == iface.network.prefixlen:
+                return
+            raise Conflict(f"{ifname} already has {address}/{prefixlen}, not {iface}")
+    kwargs = {"index": index, "address": ip, "prefixlen": iface.network.prefixlen}
+    if iface.version == 6:
+        # Skip duplicate address detection: the address is usable at once instead of
+        # staying "tentative" for a second or more.
+        kwargs["flags"] = IFA_F_NODAD
+    try:
+        ipr.addr("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:  # added concurrently: fine
+            raise
+
+
+# --- bridge ------------------------------------------------------------------------------
+
+
+def ensure_bridge(
+    bridge: str,
+    gateway4: ipaddress.IPv4Interface,
+    gateway6: ipaddress.IPv6Interface | None = None,
+) -> None:
+    """Make sure BRIDGE exists, carries the gateway address(es) and is up.
+
+    1. Create the bridge if missing (fixed MAC, STP off, forward delay 0 so a new port
+       forwards at once); an existing bridge gets STP off and forward delay 0 too.
+    2. Add each gateway address it does not have yet (IPv6 with IFA_F_NODAD).
+    3. Set it up.
+    Safe to call again and concurrently. Addresses it already has are kept.
+    """
+    validate_ifname(bridge)
+    gw4 = _interface(gateway4, 4)
+    gw6 = _interface(gateway6, 6) if gateway6 is not None else None
+    stp_off = {"kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0}
+    with _host() as ipr, _netlink_errors(f"set up bridge {bridge}"):
+        link = _get_link(ipr, bridge)
+        if link is None:
+            try:
+                ipr.link("add", ifname=bridge, address=_bridge_mac(bridge), **stp_off)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:  # created concurrently: check it below
+                    raise
+            link = _get_link(ipr, bridge)
+            if link is None:
+                raise EngineError(f"bridge {bridge} vanished right after creation")
+        if _kind(link) != "bridge":
+            raise Conflict(f"{bridge} exists and is not a bridge ({_kind(link) or 'no kind'})")
+        index = link["index"]
+        ipr.link("set", index=index, **stp_off)
+        for gw in (gw4, gw6):
+            if gw is not None:
+                _add_address(ipr, index, gw, bridge)
+        ipr.link("set", index=index, state="up")
+
+
+def remove_bridge(bridge: str) -> None:
+    """Delete BRIDGE if it exists; refuse (Conflict) while it still has ports."""
+    validate_ifname(bridge)
+    with _host() as ipr, _netlink_errors(f"remove bridge {bridge}"):
+        link = _get_link(ipr, bridge)
+        if link is None:
+            return
+        if _kind(link) != "bridge":
+            raise Conflict(f"{bridge} is not a bridge; not deleting it")
+        index = link["index"]
+        ports = sorted(msg.get("IFLA_IFNAME") for msg in ipr.link("dump") if msg.get("IFLA_MASTER") == index)
+        if ports:
+            raise Conflict(f"bridge {bridge} still has ports: {', '.join(ports)}")
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:  # deleted concurrently: fine
+                raise
+
+
+# --- VPS interfaces ----------------------------------------------------------------------
+
+
+def attach(
+    bridge: str,
+    host_if: str,
+    netns_pid: int,
+    addresses: list[IPInterface],
+    gateway4: ipaddress.IPv4Address | None,
+    gateway6: ipaddress.IPv6Address | None,
+    mtu: int | None = None,
+) -> None:
+    """Connect the network namespace of process NETNS_PID to BRIDGE.
+
+    1. Delete HOST_IF if it exists (left over from an earlier run); refuse if it is not
+       a veth.
+    2. Create the veth pair HOST_IF <-> eth0, with eth0 created directly in the target
+       namespace and HOST_IF enslaved to BRIDGE; set HOST_IF up.
+    3. Inside: set lo and eth0 up, add ADDRESSES (IPv6 with IFA_F_NODAD), and add a
+       default route via each gateway whose family has an address.
+    On failure HOST_IF (and with it eth0) is deleted and an EngineError is raised.
+    """
+    validate_ifname(bridge)
+    validate_ifname(host_if)
+    pid = _pid(netns_pid)
+    ifaces = [_interface(a) for a in addresses]
+    gw4 = _address(gateway4, 4) if gateway4 is not None else None
+    gw6 = _address(gateway6, 6) if gateway6 is not None else None
+    if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535):
+        raise InvalidInput(f"bad MTU {mtu!r}: 68-65535")
+
+    try:
+        with _netns_fd(pid) as nsfd, _host() as ipr:
+            if _is_host_netns(nsfd):
+                raise Conflict(f"attach {host_if}: process {pid} is in the host's network namespace")
+            _attach(ipr, bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu)
+    except _ProcessGone as exc:
+        raise EngineError(f"attach {host_if}: {exc}") from None
+
+
+def _attach(ipr, bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu) -> None:
+    with _netlink_errors(f"attach {host_if} to {bridge}"):
+        br = _get_link(ipr, bridge)
+        if br is None:
+            raise EngineError(f"attach {host_if}: bridge {bridge} does not exist")
+        if _kind(br) != "bridge":
+            raise Conflict(f"attach {host_if}: {bridge} is not a bridge")
+        _delete_veth(ipr, host_if)
+        peer: dict[str, object] = {"ifname": GUEST_IF, "net_ns_fd": nsfd}
+        extra: dict[str, object] = {}
+        if mtu is not None:
+            peer["mtu"] = extra["mtu"] = mtu
+        try:
+            ipr.link("add", ifname=host_if, kind="veth", peer=peer, master=br["index"], **extra)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise Conflict(
+                    f"attach {host_if}: {host_if} exists on the host or pid {pid} already has an {GUEST_IF}"
+                ) from exc
+            raise
+    try:
+        with _netlink_errors(f"attach {host_if}: set it up"):
+            ipr.link("set", ifname=host_if, state="up")
+        _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6)
+    except BaseException:
+        # Deleting the host end deletes eth0 too.
+        try:
+            ipr.link("del", ifname=host_if)
+        except (NetlinkError, OSError):
+            pass
+        raise
+
+
+def _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6) -> None:
+    with _netns(nsfd, f"pid {pid}") as ns:
+        with _netlink_errors(f"attach {host_if}: set up {GUEST_IF} in pid {pid}"):
+            lo = _get_link(ns, "lo")
+            eth0 = _get_link(ns, GUEST_IF)
+            if eth0 is None:
+                raise EngineError(f"attach {host_if}: {GUEST_IF} did not appear in pid {pid}")
+            # Up before addresses: IPv4 adds the prefix route only for a running device.
+            if lo is not None:
+                ns.link("set", index=lo["index"], state="up")
+            index = eth0["index"]
+            ns.link("set", index=index, state="up")
+        for iface in ifaces:
+            with _netlink_errors(f"attach {host_if}: add {iface} in pid {pid}"):
+                _add_address(ns, index, iface, GUEST_IF)
+        families = {iface.version for iface in ifaces}
+        for gw, version, default in ((gw4, 4, "0.0.0.0/0"), (gw6, 6, "::/0")):
+            if gw is None or version not in families:
+                continue
+            with _netlink_errors(f"attach {host_if}: default route via {gw} in pid {pid}"):
+                ns.route("add", dst=default, gateway=gw.compressed, oif=index)
+
+
+def _delete_veth(ipr: IPRoute, host_if: str) -> bool:
+    """Delete veth HOST_IF if present; Conflict if that name is something else."""
+    link = _get_link(ipr, host_if)
+    if link is None:
+        return False
+    if _kind(link) != "veth":
+        raise Conflict(f"{host_if} is not a veth ({_kind(link) or 'no kind'}); not deleting it")
+    try:
+        ipr.link("del", index=link["index"])
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:  # deleted concurrently: fine
+            raise
+    return True
+
+
+def detach(host_if: str) -> None:
+    """Delete the veth HOST_IF if it exists (its peer eth0 goes with it)."""
+    validate_ifname(host_if)
+    with _host() as ipr, _netlink_errors(f"detach {host_if}"):
+        _delete_veth(ipr, host_if)
+
+
+# --- queries -----------------------------------------------------------------------------
+
+
+def link_exists(name: str) -> bool:
+    validate_ifname(name)
+    with _host() as ipr, _netlink_errors(f"look up {name}"):
+        return _get_link(ipr, name) is not None
+
+
+def routed_via(address: str) -> str | None:
+    """Name of the interface the host kernel would send ADDRESS out of, None if unroutable.
+
+    Check this names the project's bridge before sending anything to a VPS address: the
+    default route leaves the machine.
+    """
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise InvalidInput(f"bad address {address!r}: {exc}") from None
+    with _host() as ipr, _netlink_errors(f"route lookup for {addr}"):
+        try:
+            routes = ipr.route("get", dst=addr.compressed)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EINVAL):
+                return None
+            raise
+        oif = routes[0].get("RTA_OIF") if routes else None
+        if oif is None:
+            return None
+        links = ipr.link("get", index=oif)
+        return links[0].get("IFLA_IFNAME") if links else None
+
+
+def netns_addresses(netns_pid: int) -> list[str]:
+    """Addresses with prefix on eth0 in the namespace of NETNS_PID, link-local left out.
+
+    For status: a process that has just exited (or has no eth0) has no addresses.
+    """
+    pid = _pid(netns_pid)
+    try:
+        with _netns_fd(pid) as nsfd, _netns(nsfd, f"pid {pid}") as ns, _netlink_errors(f"list addresses in pid {pid}"):
+            eth0 = _get_link(ns, GUEST_IF)
+            if eth0 is None:
+                return []
+            return [
+                f"{address}/{prefixlen}"
+                for address, prefixlen, scope in _addresses(ns, eth0["index"])
+                if scope != RT_SCOPE_LINK
+            ]
+    except _ProcessGone:
+        return []
+
+
+def interface_counters(host_if: str) -> dict[str, int]:
+    """Traffic counters of the host end HOST_IF (its rx is what the VPS sent)."""
+    validate_ifname(host_if)
+    with _host() as ipr, _netlink_errors(f"read counters of {host_if}"):
+        link = _get_link(ipr, host_if)
+        if link is None:
+            raise EngineError(f"interface {host_if} does not exist")
+        stats = link.get("IFLA_STATS64") or link.get("IFLA_STATS") or {}
+        return {name: int(stats.get(name, 0)) for name in _COUNTERS}
