@@ -55,6 +55,8 @@ def spawn(
         code = 127
         try:
             os.close(error_r)
+            _keep_only_fds(stdin, stdout, stderr, keep=[error_w, *ns_fds])
+            stdin, stdout, stderr = 0, 1, 2
             syscalls.prctl(PR_SET_DUMPABLE, 0)
             join_cgroups(os.getpid())
             for ns, fd in zip(NAMESPACES, ns_fds, strict=True):
@@ -65,14 +67,19 @@ def spawn(
             child = os.fork()
             if child == 0:
                 _exec_child(argv, environment, stdin, stdout, stderr, error_w, setsid_tty)
+            # The program holds its own copy until exec; ours must go, or the engine would
+            # wait on this pipe while we wait on the program.
+            os.close(error_w)
+            error_w = -1
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
         except BaseException as exc:  # noqa: BLE001 - report and leave
-            try:
-                os.write(error_w, f"{exc}".encode())
-            except OSError:
-                pass
+            if error_w >= 0:
+                try:
+                    os.write(error_w, f"{exc}".encode())
+                except OSError:
+                    pass
         os._exit(code)
     for fd in ns_fds:
         os.close(fd)
@@ -83,6 +90,28 @@ def spawn(
         os.waitpid(pid, 0)
         raise EngineError(f"could not run {argv[0]!r} in the server: {message}")
     return pid
+
+
+def _keep_only_fds(stdin: int, stdout: int, stderr: int, keep: list[int]) -> None:
+    """Make STDIN/STDOUT/STDERR this process's 0-2 and close every other fd not in KEEP.
+
+    The helper never execs, so close-on-exec does not help: a pipe end it kept open by
+    accident (say the write end of the program's stdin) would make the program wait forever.
+    """
+    high = [os.dup(fd) for fd in (stdin, stdout, stderr)]  # dup first: the fds may overlap 0-2
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=True)
+    keep_set = {0, 1, 2, *keep}
+    for fd in _open_fds():
+        if fd not in keep_set:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _open_fds() -> list[int]:
+    return [int(name) for name in os.listdir("/proc/self/fd")]
 
 
 def _exec_child(argv, environment, stdin, stdout, stderr, error_w, setsid_tty) -> None:

@@ -1,0 +1,88 @@
+# Set up, run and test the panel on a Debian 12/13 host, as root.
+# Every target can be run again: once everything is there, `make install` changes nothing and
+# makes no network call.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Debian's interpreter, not one under /root (pyenv and the like): the unprivileged user that
+# runs gunicorn must be able to execute the venv's python.
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+APT_PACKAGES := python3-venv python3-dev build-essential busybox-static e2fsprogs util-linux \
+	iproute2 iputils-ping redis-server debootstrap procps psmisc ca-certificates
+
+.PHONY: help install apt-packages run test clean as-root
+
+help:
+	@echo "make run     install what is missing, prepare the database, start the panel (Ctrl-C stops it)"
+	@echo "make test    install what is missing, then ruff and pytest (PYTEST_ARGS='-k name' to select)"
+	@echo "make install Debian packages, .venv and the project's Python packages"
+	@echo "make clean   empty var/ (database, secret key, static files, redis data)"
+
+as-root:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make: this target must run as root (the engine creates namespaces, cgroups, mounts)" >&2; \
+		exit 1; \
+	fi
+
+install: apt-packages $(STAMP)
+
+# apt-get only when a package is missing: dpkg-query asks the local database, not the network.
+apt-packages:
+	@missing=(); \
+	for pkg in $(APT_PACKAGES); do \
+		status=$$(dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null || true); \
+		[ "$$status" = "install ok installed" ] || missing+=("$$pkg"); \
+	done; \
+	if [ $${#missing[@]} -gt 0 ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make install: missing Debian packages: $${missing[*]}; run as root" >&2; \
+			exit 1; \
+		fi; \
+		echo "Installing Debian packages: $${missing[*]}"; \
+		apt-get update; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when pyproject.toml changed since the last successful install.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+run: as-root install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	scripts/ensure-template busybox
+	@# Demo data, once the panel has a `demo` command (it must be safe to run again).
+	@if $(PY) manage.py help demo >/dev/null 2>&1; then $(PY) manage.py demo; fi
+	exec scripts/run-panel
+
+test: as-root install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Refuses while the panel runs or while anything is mounted below var/ (a test's server
+# left behind); --one-file-system keeps rm out of any mount all the same.
+clean:
+	@if [ -d var ]; then \
+		var=$$(realpath var); \
+		if awk -v d="$$var/" 'index($$5 "/", d) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then \
+			echo "make clean: something is mounted below var/; unmount it first:" >&2; \
+			awk -v d="$$var/" 'index($$5 "/", d) == 1 { print "  " $$5 }' /proc/self/mountinfo >&2; \
+			exit 1; \
+		fi; \
+		if [ -f var/run/run-panel.pid ] && kill -0 "$$(cat var/run/run-panel.pid)" 2>/dev/null; then \
+			echo "make clean: the panel is running (pid $$(cat var/run/run-panel.pid)); stop it first" >&2; \
+			exit 1; \
+		fi; \
+		find var -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {} +; \
+		echo "var/ is empty"; \
+	fi

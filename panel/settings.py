@@ -1,0 +1,165 @@
+"""Django settings for the panel, read from the environment.
+
+Nothing here has a "development" flavour to forget about: the defaults are the ones a single
+host runs with (`make run`), and every variable is checked strictly so that a typo fails at
+start-up. See README.md for the list of variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from panel import env
+
+ENV = os.environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# Everything the panel writes at run time: database, secret key, static files, redis socket.
+VAR_DIR = BASE_DIR / "var"
+
+SECRET_KEY = env.secret_key(ENV, VAR_DIR / "secret_key")
+DEBUG = env.env_bool(ENV, "DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.env_list(ENV, "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_rq",
+    "accounts",
+    "vservers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # gunicorn does not serve files; WhiteNoise serves the collected ones from STATIC_ROOT.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "panel.urls"
+WSGI_APPLICATION = "panel.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite under var/ unless DATABASE_URL names a PostgreSQL database.
+if "DATABASE_URL" in ENV:
+    DATABASES = {"default": env.parse_database_url(ENV["DATABASE_URL"])}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "db.sqlite3",
+            "OPTIONS": {
+                # The web server and the worker write concurrently: WAL lets readers go on
+                # while one writes, and IMMEDIATE takes the write lock when a transaction
+                # begins, so two writers queue up (timeout) instead of failing with
+                # "database is locked" when one tries to upgrade a read lock.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Redis for the job queues. Default: the private redis-server that scripts/run-panel starts.
+REDIS_URL = env.check_redis_url(ENV.get("REDIS_URL", f"unix://{VAR_DIR}/run/redis.sock?db=0"))
+RQ_QUEUES = {
+    # One queue per node later ("node-<name>"); for now one host, one queue.
+    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+# WhiteNoise warns on every request while STATIC_ROOT is missing (before collectstatic).
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # No manifest: templates render (and tests pass) before collectstatic has run.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# Cookies and sessions. Our own cookie names keep us apart from other Django sites that
+# share the host name (127.0.0.1) in a browser.
+SESSION_COOKIE_NAME = "vpanel_session"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_NAME = "vpanel_csrftoken"
+# Pages send the token in forms (and htmx headers), so scripts never need to read the cookie.
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# DJANGO_HTTPS=1 when a TLS-terminating proxy sits in front of gunicorn (which only listens
+# on 127.0.0.1): cookies are then sent over HTTPS only and the proxy's header is trusted.
+if env.env_bool(ENV, "DJANGO_HTTPS", default=False):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = 3600
+
+# Mail (password reset). Without DJANGO_EMAIL_HOST the messages go to the log of the web
+# process, where the operator can pick up a reset link on a host without a mail server.
+if "DJANGO_EMAIL_HOST" in ENV:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = ENV["DJANGO_EMAIL_HOST"]
+    EMAIL_PORT = env.env_int(ENV, "DJANGO_EMAIL_PORT", default=25, low=1, high=65535)
+    EMAIL_TIMEOUT = 10
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = ENV.get("DJANGO_DEFAULT_FROM_EMAIL", "panel@localhost")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "{asctime} {levelname} {name}: {message}", "style": "{"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {
+        # django.server repeats what gunicorn's access log says
+        "django.server": {"level": "WARNING"},
+    },
+}

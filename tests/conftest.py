@@ -1,0 +1,51 @@
+"""Session-wide guarantees: tests run as root on the real kernel, and when the session ends
+nothing the tests made is left in the kernel (mounts, loop devices, veths, bridges, cgroups,
+processes). The leak check fails the run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.leaks import TEST_ENV, find_leaks
+
+
+def pytest_configure(config):
+    # Guests' inits are reparented to the nearest subreaper when the setup child exits; being
+    # it lets the engine reap them (this machine's PID 1 does not reap orphans).
+    if os.geteuid() == 0:
+        from vservers.engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
+
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+    for key, value in TEST_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_after_session():
+    yield
+    if os.geteuid() != 0:
+        return
+    _reap_children()
+    leaks = find_leaks()
+    if leaks:
+        pytest.fail("kernel objects leaked by the test session:\n" + "\n".join(leaks), pytrace=False)
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+@pytest.fixture
+def as_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    return Path("/")

@@ -1,0 +1,81 @@
+"""Fixtures for engine tests: the tests' own installation (root, bridge, address range and
+uid ranges apart from a real one), a busybox template built once per session, and helpers
+that talk to servers only after checking the kernel routes their address to our bridge."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.leaks import TEST_ENV, TEST_ROOT
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="engine tests need root")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def config():
+    from vservers.engine.config import EngineConfig
+
+    return EngineConfig.from_env(TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+def engine(config):
+    from vservers.engine import Engine, network, templates
+
+    eng = Engine(config)
+    _remove_all(eng)
+    shutil.rmtree(config.templates_dir, ignore_errors=True)
+    templates.build(config, "busybox")
+    yield eng
+    _remove_all(eng)
+    network.remove_bridge(config.bridge)
+    shutil.rmtree(TEST_ROOT, ignore_errors=True)
+
+
+def _remove_all(eng) -> None:
+    if eng.config.servers_dir.is_dir():
+        for path in eng.config.servers_dir.iterdir():
+            eng.delete(path.name)
+
+
+@pytest.fixture
+def make_server(engine):
+    """Create (and by default start) servers; every one is deleted after the test."""
+    made = []
+
+    def make(name, ip, start=True, template="busybox", **limits):
+        from vservers.engine import Limits
+
+        made.append(name)
+        engine.create(name, template, [ip] if isinstance(ip, str) else list(ip), Limits(**limits))
+        if start:
+            engine.start(name)
+            if template == "busybox":
+                from tests.engine.helpers import wait_for_http
+
+                wait_for_http((ip if isinstance(ip, str) else ip[0]).split("/")[0])
+        return name
+
+    yield make
+    for name in made:
+        engine.delete(name)
+
+
+@pytest.fixture(scope="session")
+def debian_template(engine, config):
+    """Debian bookworm with Apache, built once per session with debootstrap (about a minute)."""
+    import shutil as _shutil
+
+    from vservers.engine import templates
+
+    if _shutil.which("debootstrap", path="/usr/sbin:/usr/bin") is None:
+        pytest.skip("debootstrap is not installed")
+    return templates.build(config, "debian")

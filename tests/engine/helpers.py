@@ -1,0 +1,63 @@
+"""Helpers for engine tests: talk to servers only after checking the kernel routes their
+address to our own bridge, and drive the CLI like an operator."""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.leaks import TEST_ENV
+
+
+def check_routed_to_bridge(address: str, bridge: str = TEST_ENV["VSERVER_BRIDGE"]) -> None:
+    """Refuse to send anything to ADDRESS unless the kernel routes it to our own bridge: the
+    default route leads off this machine."""
+    ip = ipaddress.ip_address(address)
+    assert ip in ipaddress.ip_network("198.18.0.0/15") or ip in ipaddress.ip_network("fd00::/8")
+    out = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True, check=True).stdout
+    assert f" dev {bridge} " in out, f"{address} is not routed to {bridge}: {out}"
+
+
+def http_get(address: str, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:
+    check_routed_to_bridge(address)
+    host = f"[{address}]" if ":" in address else address
+    conn = http.client.HTTPConnection(host.strip("[]"), 80, timeout=timeout)  # no proxies, ever
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def vserver_cli(*args: str, input: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the `vserver` CLI exactly as an operator would, with the tests' environment."""
+    env = {**os.environ, **TEST_ENV}
+    result = subprocess.run(
+        [sys.executable, "-m", "vservers.engine.cli", *args],
+        capture_output=True, text=True, input=input, env=env, cwd=Path(__file__).resolve().parents[2],
+    )
+    if check:
+        assert result.returncode == 0, f"vserver {' '.join(args)} failed: {result.stderr}"
+    return result
+
+
+def wait_for_http(address: str, timeout: float = 15.0) -> None:
+    """Wait until ADDRESS answers HTTP 200: a fresh server's supervisor needs a moment to
+    start its web server. Polls; never asserts on how long it took."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if http_get(address, timeout=2.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{address} did not answer HTTP within {timeout}s")
+        time.sleep(0.05)

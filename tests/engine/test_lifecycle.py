@@ -1,0 +1,111 @@
+"""Lifecycle operations are idempotent and converge, also from half-done states."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.engine.helpers import http_get, wait_for_http
+
+
+def test_start_twice_and_stop_twice_converge(engine, make_server):
+    name = make_server("twice", "198.19.3.10/16", start=False)
+    assert engine.status(name).state == "stopped"
+    first = engine.start(name)
+    second = engine.start(name)
+    assert first.state == second.state == "running"
+    assert first.init_pid == second.init_pid
+    assert http_get("198.19.3.10")[0] == 200
+    assert engine.stop(name).state == "stopped"
+    assert engine.stop(name).state == "stopped"
+    assert engine.host_veth(name) not in os.listdir("/sys/class/net")
+    assert not engine.cgroups.exists(name)
+
+
+def test_restart_gives_a_new_init_and_keeps_the_files(engine, make_server):
+    name = make_server("again", "198.19.3.11/16")
+    engine.run(name, ["/bin/sh", "-c", "echo kept > /root/note"])
+    old_pid = engine.status(name).init_pid
+    status = engine.restart(name)
+    assert status.state == "running" and status.init_pid != old_pid
+    assert engine.run(name, ["cat", "/root/note"]).stdout == "kept\n"
+    wait_for_http("198.19.3.11")
+
+
+def test_a_killed_init_shows_stopped_and_starts_again(engine, make_server):
+    name = make_server("crashy", "198.19.3.12/16")
+    pid = engine.status(name).init_pid
+    os.kill(pid, 9)
+    from vservers.engine.launch import wait_exit
+
+    assert wait_exit(pid, 10)
+    assert engine.status(name).state == "stopped"
+    assert engine.start(name).state == "running"
+
+
+def test_deleting_a_half_created_server_succeeds(engine, config):
+    half = config.server_dir("half")
+    (half / "disk").mkdir(parents=True)
+    (half / "disk.img").write_bytes(b"")
+    assert "half" not in engine.names()
+    engine.delete("half")
+    assert not half.exists()
+    engine.delete("half")  # and again: nothing left to do
+
+
+def test_a_crash_between_create_steps_is_finished_by_the_next_create(engine, config):
+    half = config.server_dir("resumed")
+    half.mkdir(parents=True)
+    (half / "disk.img").write_bytes(b"garbage")
+    try:
+        spec = engine.create("resumed", "busybox", ["198.19.3.13/16"])
+        assert spec.name == "resumed" and "resumed" in engine.names()
+        assert engine.create("resumed", "busybox", ["198.19.3.13/16"]) == spec  # same request: no-op
+    finally:
+        engine.delete("resumed")
+
+
+def test_a_failed_start_leaves_nothing_behind(engine, config, make_server):
+    name = make_server("broken", "198.19.3.14/16", start=False)
+    spec_path = config.server_dir(name) / "config.json"
+    data = json.loads(spec_path.read_text())
+    data["template_version"] = "does-not-exist"
+    spec_path.write_text(json.dumps(data))
+    from vservers.engine import EngineError
+
+    with pytest.raises(EngineError):
+        engine.start(name)
+    assert engine.status(name).state == "stopped"
+    assert not engine.cgroups.exists(name)
+    assert engine.host_veth(name) not in os.listdir("/sys/class/net")
+
+
+def test_an_init_that_cannot_exec_fails_the_start_cleanly(engine, config, make_server):
+    from vservers.engine import EngineError, templates
+
+    name = make_server("noinit", "198.19.3.15/16", start=False)
+    spec = engine.spec(name)
+    info_path = templates.template_dir(config, spec.template) / spec.template_version / "template.json"
+    original = info_path.read_text()
+    info_path.write_text(original.replace('"/sbin/init"', '"/sbin/no-such-init"'))
+    try:
+        with pytest.raises(EngineError, match="no-such-init|No such file"):
+            engine.start(name)
+    finally:
+        info_path.write_text(original)
+    assert engine.status(name).state == "stopped"
+    assert not engine.cgroups.exists(name)
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(config.server_dir(name)) not in loops
+
+
+def test_addresses_are_not_given_twice(engine, make_server):
+    from vservers.engine import Conflict
+
+    make_server("first", "198.19.3.16/16", start=False)
+    with pytest.raises(Conflict, match="already used"):
+        engine.create("second", "busybox", ["198.19.3.16/16"])
+    assert "second" not in engine.names()

@@ -1,0 +1,3 @@
+"""Admin registrations for the vservers models (none yet)."""
+
+from __future__ import annotations
