@@ -14,7 +14,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -178,6 +177,10 @@ def built(debian_template, config):
     return config, debian_template, templates.rootfs_path(config, "debian", debian_template.version)
 
 
+def _debian_versions(config):
+    return [entry for entry in templates.list_all(config) if entry[0].name == "debian"]
+
+
 def _chroot(rootfs: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["chroot", str(rootfs), *argv],
@@ -198,7 +201,7 @@ def test_build_publishes_the_current_version(built):
     assert info.account_tool == "shadow"
     assert info.size_bytes > 100 * 2**20
     assert templates.get(config, "debian") == info
-    assert templates.list_all(config) == [(info, True)]
+    assert _debian_versions(config) == [(info, True)]
     base = templates.template_dir(config, "debian")
     assert not [p for p in base.iterdir() if p.name.startswith(".build-")]
     st = rootfs.stat()
@@ -274,17 +277,13 @@ def test_accounts_tools_and_a_clean_small_tree(built):
 @pytest.mark.slow
 def test_a_new_version_moves_current_and_keeps_the_old_one(built):
     config, info, rootfs = built
-    while True:  # versions have a resolution of one second
-        version, staging = templates.new_version(config, "debian")
-        if version != info.version:
-            break
-        templates.discard(staging)
-        time.sleep(0.2)
+    version, staging = templates.new_version(config, "debian")
+    assert version != info.version
     (staging / "rootfs/marker").write_text("new\n")
     newer = templates.publish(config, staging, dataclasses.replace(info, version=version))
     try:
         assert templates.get(config, "debian").version == version
-        assert templates.list_all(config) == [(info, False), (newer, True)]
+        assert _debian_versions(config) == [(info, False), (newer, True)]
         assert templates.get(config, "debian", info.version) == info
         assert (rootfs / "usr/sbin/apache2").exists()  # the old version's files stay
     finally:

@@ -109,9 +109,18 @@ def cmd_start(args) -> int:
     return _each(args.names, engine.start, "started")
 
 
+def _report(results: dict, verb: str) -> int:
+    for name, error in results.items():
+        if error is None:
+            print(f"{verb} {name}")
+        else:
+            print(f"vserver: {name}: {error}", file=sys.stderr)
+    return 1 if any(results.values()) else 0
+
+
 def cmd_stop(args) -> int:
-    engine = _engine()
-    return _each(args.names, lambda n: engine.stop(n, timeout=args.timeout), "stopped")
+    names = [validate.server_name(n) for n in args.names]
+    return _report(_engine().stop_many(names, timeout=args.timeout), "stopped")
 
 
 def cmd_restart(args) -> int:
@@ -120,8 +129,8 @@ def cmd_restart(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    engine = _engine()
-    return _each(args.names, engine.delete, "deleted")
+    names = [validate.server_name(n) for n in args.names]
+    return _report(_engine().delete_many(names), "deleted")
 
 
 def cmd_status(args) -> int:
@@ -236,14 +245,21 @@ def cmd_service(args) -> int:
 # -- parser ---------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get one line, like every other bad input, and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vserver", description="OS-level virtual private servers")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser = _Parser(prog="vserver", description="OS-level virtual private servers")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
 
     verbs.add_parser("doctor", help="check the kernel features the engine needs").set_defaults(func=cmd_doctor)
 
     template = verbs.add_parser("template", help="build and list templates")
-    tverbs = template.add_subparsers(dest="template_verb", required=True)
+    tverbs = template.add_subparsers(dest="template_verb", required=True, parser_class=_Parser)
     build = tverbs.add_parser("build", help="build a new version of a template")
     build.add_argument("name", choices=["busybox", "debian"])
     build.set_defaults(func=cmd_template_build)

@@ -71,24 +71,33 @@ def exec_forwarding(init_pid: int, argv: Sequence[str], join_cgroups: Callable[[
 
 
 def interactive(init_pid: int, argv: Sequence[str], join_cgroups: Callable[[int], None]) -> int:
-    """An interactive shell in the guest on a fresh pseudo-terminal."""
+    """An interactive shell in the guest on a terminal of the guest's own devpts."""
     import fcntl
+    import socket
     import termios
     import tty
 
-    master, slave = os.openpty()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        pid = guest.spawn(init_pid, argv, join_cgroups, null, null, null, pty_socket=theirs.fileno())
+    finally:
+        theirs.close()
+        os.close(null)
+    with ours:
+        _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+    if not fds:
+        _wait_code(pid)
+        raise guest.EngineError("the guest did not open a terminal")
+    master = fds[0]
     os.set_inheritable(master, False)
     if os.isatty(0):
         with contextlib.suppress(OSError):
             fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
-    try:
-        pid = guest.spawn(init_pid, argv, join_cgroups, slave, slave, slave, setsid_tty=True)
-    finally:
-        os.close(slave)
     saved = termios.tcgetattr(0) if os.isatty(0) else None
     try:
         if saved is not None:
-            tty.setraw(0)
+            tty.setraw(0, termios.TCSANOW)  # TCSAFLUSH would drop what was typed ahead
         _pump_pty(master)
     finally:
         if saved is not None:

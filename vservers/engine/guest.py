@@ -39,10 +39,14 @@ def spawn(
     stdout: int,
     stderr: int,
     env: dict[str, str] | None = None,
-    setsid_tty: bool = False,
+    pty_socket: int | None = None,
 ) -> int:
     """Start ARGV inside the VPS whose init is INIT_PID; returns the pid of a host-side
-    helper whose exit status is the program's (decode with os.waitstatus_to_exitcode)."""
+    helper whose exit status is the program's (decode with os.waitstatus_to_exitcode).
+
+    With PTY_SOCKET (a unix socket), the program gets a terminal of the guest's own devpts
+    instead of STDIN/STDOUT/STDERR, and the terminal's master end is sent back on the socket.
+    """
     if not argv:
         raise EngineError("no command given")
     ns_fds = [os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
@@ -55,7 +59,8 @@ def spawn(
         code = 127
         try:
             os.close(error_r)
-            _keep_only_fds(stdin, stdout, stderr, keep=[error_w, *ns_fds])
+            keep = [error_w, *ns_fds] + ([pty_socket] if pty_socket is not None else [])
+            _keep_only_fds(stdin, stdout, stderr, keep=keep)
             stdin, stdout, stderr = 0, 1, 2
             syscalls.prctl(PR_SET_DUMPABLE, 0)
             join_cgroups(os.getpid())
@@ -66,7 +71,7 @@ def spawn(
             os.setresuid(0, 0, 0)
             child = os.fork()
             if child == 0:
-                _exec_child(argv, environment, stdin, stdout, stderr, error_w, setsid_tty)
+                _exec_child(argv, environment, error_w, pty_socket)
             # The program holds its own copy until exec; ours must go, or the engine would
             # wait on this pipe while we wait on the program.
             os.close(error_w)
@@ -114,18 +119,13 @@ def _open_fds() -> list[int]:
     return [int(name) for name in os.listdir("/proc/self/fd")]
 
 
-def _exec_child(argv, environment, stdin, stdout, stderr, error_w, setsid_tty) -> None:
+def _exec_child(argv, environment, error_w: int, pty_socket: int | None) -> None:
+    """In the guest (its namespaces, root and cgroups): set up stdio and exec."""
     try:
-        for target, fd in enumerate((stdin, stdout, stderr)):
-            os.dup2(fd, target, inheritable=True)
+        if pty_socket is not None:
+            _take_guest_terminal(pty_socket)
         os.closerange(3, error_w)
         os.closerange(error_w + 1, os.sysconf("SC_OPEN_MAX"))
-        if setsid_tty:
-            import fcntl
-            import termios
-
-            os.setsid()
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         os.chdir("/")
         os.execvpe(argv[0], list(argv), environment)
     except BaseException as exc:  # noqa: BLE001
@@ -134,6 +134,33 @@ def _exec_child(argv, environment, stdin, stdout, stderr, error_w, setsid_tty) -
         except OSError:
             pass
         os._exit(127)
+
+
+TIOCGPTPEER = 0x5441
+TIOCSPTLCK = 0x40045431
+
+
+def _take_guest_terminal(pty_socket: int) -> None:
+    """Open a pseudo-terminal on the guest's own devpts (already our /dev: we are inside its
+    mount namespace, so no path can lead to a host file), make it our controlling terminal
+    and stdio, and hand the master end to the engine."""
+    import fcntl
+    import socket
+    import struct
+    import termios
+
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    with socket.socket(fileno=os.dup(pty_socket)) as sock:
+        socket.send_fds(sock, [b"pty"], [master])
+    os.close(master)
+    os.close(pty_socket)
+    os.setsid()
+    for target in (0, 1, 2):
+        os.dup2(slave, target, inheritable=True)
+    os.close(slave)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def run(

@@ -13,8 +13,11 @@ import hashlib
 import ipaddress
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 from . import templates, userns, validate
@@ -165,6 +168,18 @@ class Engine:
             if clash:
                 raise Conflict(f"address {sorted(map(str, clash))[0]} is already used by {other!r}")
 
+    def delete_many(self, names: list[str]) -> dict[str, EngineError | None]:
+        """Delete several servers; their shutdowns run at the same time."""
+        results = self.stop_many([n for n in names if n in self.names()])
+        for name in names:
+            if results.get(name) is None:
+                try:
+                    self.delete(name)
+                    results[name] = None
+                except EngineError as exc:
+                    results[name] = exc
+        return results
+
     def delete(self, name: str) -> None:
         """Stop the server if needed and remove everything of it. Deleting a missing or
         half-created server succeeds."""
@@ -242,6 +257,33 @@ class Engine:
             self._stop_locked(name, timeout)
         return self.status(name)
 
+    def stop_many(self, names: list[str], timeout: float = STOP_TIMEOUT) -> dict[str, EngineError | None]:
+        """Stop several servers at once: every init is asked first, then all are awaited, so
+        N stops take about as long as the slowest one. Returns each server's error or None."""
+        results: dict[str, EngineError | None] = {}
+        with ExitStack() as stack:
+            asked: dict[str, int] = {}
+            for name in sorted(set(names)):
+                try:
+                    stack.enter_context(self._lock(name))
+                    self.spec(name)
+                    init_pid = self._running_init(name)
+                    if init_pid is not None:
+                        self._ask_to_halt(name, init_pid)
+                        asked[name] = init_pid
+                    results[name] = None
+                except EngineError as exc:
+                    results[name] = exc
+            deadline = time.monotonic() + timeout
+            for name in [n for n in sorted(results) if results[n] is None]:
+                try:
+                    if name in asked:
+                        self._await_halt(name, asked[name], max(0.0, deadline - time.monotonic()))
+                    self._clean_leftovers(name)
+                except EngineError as exc:
+                    results[name] = exc
+        return results
+
     def restart(self, name: str, timeout: float = STOP_TIMEOUT) -> Status:
         with self._lock(name):
             spec = self.spec(name)
@@ -252,19 +294,30 @@ class Engine:
     def _stop_locked(self, name: str, timeout: float) -> None:
         init_pid = self._running_init(name)
         if init_pid is not None:
-            self._remember_disk_usage(name, init_pid)
-            spec = self.spec(name)
-            info = templates.get(self.config, spec.template, spec.template_version)
-            try:
-                os.kill(init_pid, info.halt_signal)
-            except ProcessLookupError:
-                pass
-            if not wait_exit(init_pid, timeout):
-                self.cgroups.kill(name)
-                os.kill(init_pid, 9)
-                if not wait_exit(init_pid, 10.0):
-                    raise EngineError(f"init of {name!r} (pid {init_pid}) survived SIGKILL")
+            self._ask_to_halt(name, init_pid)
+            self._await_halt(name, init_pid, timeout)
         self._clean_leftovers(name)
+
+    def _ask_to_halt(self, name: str, init_pid: int) -> None:
+        self._remember_disk_usage(name, init_pid)
+        spec = self.spec(name)
+        info = templates.get(self.config, spec.template, spec.template_version)
+        try:
+            os.kill(init_pid, info.halt_signal)
+        except ProcessLookupError:
+            pass
+
+    def _await_halt(self, name: str, init_pid: int, timeout: float) -> None:
+        """Wait for init to finish its shutdown; after TIMEOUT kill everything left."""
+        if wait_exit(init_pid, timeout):
+            return
+        self.cgroups.kill(name)
+        try:
+            os.kill(init_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if not wait_exit(init_pid, 10.0):
+            raise EngineError(f"init of {name!r} (pid {init_pid}) survived SIGKILL")
 
     def _clean_leftovers(self, name: str) -> None:
         """Remove what a stopped (or crashed, or half-started) server may still hold."""

@@ -13,6 +13,7 @@ created from, so a rebuild never changes the files of an existing server.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -87,10 +88,19 @@ def list_all(config: EngineConfig) -> list[tuple[TemplateInfo, bool]]:
 
 def new_version(config: EngineConfig, name: str) -> tuple[str, Path]:
     """A fresh, empty staging directory for building a new version of NAME."""
-    version = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
-    staging = template_dir(config, name) / f".build-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "rootfs").mkdir(parents=True)
+    base = template_dir(config, name)
+    base.mkdir(parents=True, exist_ok=True)
+    while True:
+        # Sortable by time, unique by the random tail even for builds within one second.
+        version = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+        staging = base / f".build-{version}"
+        if not (base / version).exists():
+            try:
+                staging.mkdir()
+                break
+            except FileExistsError:
+                continue
+    (staging / "rootfs").mkdir()
     return version, staging
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from ..config import EngineConfig
 from ..errors import EngineError
 from ..state import locked
-from . import TemplateInfo, discard, new_version, publish, template_dir
+from . import TemplateInfo, discard, new_version, publish
 from .guestfiles import make_dirs, write_file, write_service
 
 log = logging.getLogger(__name__)
@@ -493,22 +493,12 @@ def stage_rootfs(rootfs: Path, binary: Path, listed: list[str]) -> None:
     os.chmod(rootfs, 0o755)
 
 
-def _fresh_version(config: EngineConfig) -> tuple[str, Path]:
-    """new_version(), but never one that exists: versions have a resolution of one second."""
-    while True:
-        version, staging = new_version(config, NAME)
-        if not (template_dir(config, NAME) / version).exists():
-            return version, staging
-        discard(staging)
-        time.sleep(0.2)
-
-
 def build_busybox(config: EngineConfig) -> TemplateInfo:
     """Build a new version of the busybox template (compiling busybox unless it is cached)."""
     if os.geteuid() != 0:
         raise EngineError("building a template needs root: its files must belong to host root")
     binary = ensure_binary(config)
-    version, staging = _fresh_version(config)
+    version, staging = new_version(config, NAME)
     try:
         listed = _verify_binary(binary)
         if "sbin/init" not in listed:
