@@ -9,25 +9,39 @@ TEST_ROOT = "/var/lib/vservers-test"
 TEST_ENV = {
     "VSERVER_ROOT": TEST_ROOT,
     "VSERVER_BRIDGE": "vstest0",
-    "VSERVER_GATEWAY": "198.19.0.1/16",
+    "VSERVER_GATEWAY": "198.19.0.1/17",
     "VSERVER_GATEWAY6": "fd00:19::1/64",
     "VSERVER_UID_BASE": "5000000",
     "VSERVER_CACHE_DIR": "/var/cache/vservers-test",
+}
+# A second installation on the same host, to show two never disturb each other.
+SECOND_ENV = {
+    **TEST_ENV,
+    "VSERVER_ROOT": "/var/lib/vservers-test2",
+    "VSERVER_BRIDGE": "vstest1",
+    "VSERVER_GATEWAY": "198.19.128.1/17",
+    "VSERVER_GATEWAY6": "fd00:1a::1/64",
+    "VSERVER_UID_BASE": "300000000",
 }
 UID_SPAN = 4096 * 65536
 
 
 def find_leaks() -> list[str]:
+    return _leaks_of(TEST_ENV) + _leaks_of(SECOND_ENV)
+
+
+def _leaks_of(env: dict[str, str]) -> list[str]:
     from vservers.engine.config import EngineConfig
     from vservers.engine.loopdev import devices_for
 
-    config = EngineConfig.from_env(TEST_ENV)
+    config = EngineConfig.from_env(env)
+    root = str(config.root)
     leaks = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mount_point = line.split()[4]
-        if mount_point.startswith(TEST_ROOT):
+        if mount_point.startswith(root):
             leaks.append(f"mount {mount_point}")
-    leaks += [f"loop device {dev}" for dev in devices_for(Path(TEST_ROOT))]
+    leaks += [f"loop device {dev}" for dev in devices_for(config.root)]
     for link in Path("/sys/class/net").iterdir():
         if link.name.startswith(config.veth_prefix) or link.name == config.bridge:
             leaks.append(f"network interface {link.name}")

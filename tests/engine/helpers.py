@@ -22,8 +22,8 @@ def check_routed_to_bridge(address: str, bridge: str = TEST_ENV["VSERVER_BRIDGE"
     assert f" dev {bridge} " in out, f"{address} is not routed to {bridge}: {out}"
 
 
-def http_get(address: str, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:
-    check_routed_to_bridge(address)
+def http_get(address: str, path: str = "/", timeout: float = 5.0, bridge: str | None = None) -> tuple[int, str]:
+    check_routed_to_bridge(address, bridge or TEST_ENV["VSERVER_BRIDGE"])
     host = f"[{address}]" if ":" in address else address
     conn = http.client.HTTPConnection(host.strip("[]"), 80, timeout=timeout)  # no proxies, ever
     try:
@@ -46,7 +46,7 @@ def vserver_cli(*args: str, input: str | None = None, check: bool = False) -> su
     return result
 
 
-def wait_for_http(address: str, timeout: float = 15.0) -> None:
+def wait_for_http(address: str, timeout: float = 15.0, bridge: str | None = None) -> None:
     """Wait until ADDRESS answers HTTP 200: a fresh server's supervisor needs a moment to
     start its web server. Polls; never asserts on how long it took."""
     import time
@@ -54,7 +54,7 @@ def wait_for_http(address: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if http_get(address, timeout=2.0)[0] == 200:
+            if http_get(address, timeout=2.0, bridge=bridge)[0] == 200:
                 return
         except OSError:
             pass

@@ -174,7 +174,7 @@ def cmd_exec(args) -> int:
         raise EngineError("no command given (vserver exec NAME -- CMD [ARG...])")
     engine = _engine()
     name = validate.server_name(args.name)
-    return exec_forwarding(engine.init_pid(name), command, engine.join_cgroups(name))
+    return exec_forwarding(engine.init_pid(name), command, engine.cgroup_procs(name))
 
 
 def cmd_enter(args) -> int:
@@ -182,7 +182,7 @@ def cmd_enter(args) -> int:
 
     engine = _engine()
     name = validate.server_name(args.name)
-    return interactive(engine.init_pid(name), ["/bin/sh", "-l"], engine.join_cgroups(name))
+    return interactive(engine.init_pid(name), ["/bin/sh", "-l"], engine.cgroup_procs(name))
 
 
 def _read_password(prompt: str) -> str:

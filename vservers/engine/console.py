@@ -8,7 +8,8 @@ import contextlib
 import os
 import selectors
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 from . import guest
 
@@ -25,13 +26,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def exec_forwarding(init_pid: int, argv: Sequence[str], join_cgroups: Callable[[int], None]) -> int:
+def exec_forwarding(init_pid: int, argv: Sequence[str], cgroup_procs: Sequence[Path]) -> int:
     """Run ARGV in the guest with our stdin/stdout/stderr forwarded; return its exit status."""
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = guest.spawn(init_pid, argv, join_cgroups, in_r, out_w, err_w)
+        pid = guest.spawn(init_pid, argv, cgroup_procs, in_r, out_w, err_w)
     finally:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
@@ -70,7 +71,7 @@ def exec_forwarding(init_pid: int, argv: Sequence[str], join_cgroups: Callable[[
     return _wait_code(pid)
 
 
-def interactive(init_pid: int, argv: Sequence[str], join_cgroups: Callable[[int], None]) -> int:
+def interactive(init_pid: int, argv: Sequence[str], cgroup_procs: Sequence[Path]) -> int:
     """An interactive shell in the guest on a terminal of the guest's own devpts."""
     import fcntl
     import socket
@@ -80,7 +81,7 @@ def interactive(init_pid: int, argv: Sequence[str], join_cgroups: Callable[[int]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     try:
-        pid = guest.spawn(init_pid, argv, join_cgroups, null, null, null, pty_socket=theirs.fileno())
+        pid = guest.spawn(init_pid, argv, cgroup_procs, null, null, null, pty_socket=theirs.fileno())
     finally:
         theirs.close()
         os.close(null)

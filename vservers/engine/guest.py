@@ -1,18 +1,21 @@
 """Running programs inside a VPS: in all its namespaces, its cgroups and its root.
 
 nsenter alone would leave the process in the host's v1 cgroups, so the limits would not
-hold for it; we join the cgroups first, then the namespaces, then fork (a PID namespace
-applies to children only) and exec. The helper is made non-dumpable before it enters, so
-the guest's root cannot open its /proc/PID/exe, fds or cwd (the CVE-2019-5736 class) in the
-moment before exec replaces it with the guest's program; only fds 0-2 are passed in.
+hold for it. A host-side helper opens the server's cgroup.procs files, enters the
+namespaces and forks the program (a PID namespace applies to children only); it moves the
+program into the cgroups before letting it exec, and stays outside them itself, so it never
+counts against the server's limits nor becomes the memory cgroup's OOM victim. The helper
+is made non-dumpable before it enters, so the guest's root cannot open its /proc/PID/exe,
+fds or cwd (the CVE-2019-5736 class); only fds 0-2 are passed in.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import syscalls
 from .errors import EngineError
@@ -34,7 +37,7 @@ class Completed:
 def spawn(
     init_pid: int,
     argv: Sequence[str],
-    join_cgroups: Callable[[int], None],
+    cgroup_procs: Sequence[Path],
     stdin: int,
     stdout: int,
     stderr: int,
@@ -59,11 +62,12 @@ def spawn(
         code = 127
         try:
             os.close(error_r)
-            keep = [error_w, *ns_fds] + ([pty_socket] if pty_socket is not None else [])
+            procs_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroup_procs]
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            keep = [error_w, go_r, go_w, *ns_fds, *procs_fds] + ([pty_socket] if pty_socket is not None else [])
             _keep_only_fds(stdin, stdout, stderr, keep=keep)
             stdin, stdout, stderr = 0, 1, 2
             syscalls.prctl(PR_SET_DUMPABLE, 0)
-            join_cgroups(os.getpid())
             for ns, fd in zip(NAMESPACES, ns_fds, strict=True):
                 syscalls.setns(fd, CLONE_NEWUSER if ns == "user" else 0)
             os.setresgid(0, 0, 0)
@@ -71,7 +75,15 @@ def spawn(
             os.setresuid(0, 0, 0)
             child = os.fork()
             if child == 0:
+                os.close(go_w)
+                os.read(go_r, 1)  # wait until we are in the server's cgroups
                 _exec_child(argv, environment, error_w, pty_socket)
+            os.close(go_r)
+            for fd in procs_fds:
+                os.write(fd, str(child).encode())  # opened as host root: the writer's open-time creds count
+                os.close(fd)
+            os.write(go_w, b"g")
+            os.close(go_w)
             # The program holds its own copy until exec; ours must go, or the engine would
             # wait on this pipe while we wait on the program.
             os.close(error_w)
@@ -166,7 +178,7 @@ def _take_guest_terminal(pty_socket: int) -> None:
 def run(
     init_pid: int,
     argv: Sequence[str],
-    join_cgroups: Callable[[int], None],
+    cgroup_procs: Sequence[Path],
     input: str | bytes | None = None,
     timeout: float = 60.0,
 ) -> Completed:
@@ -175,7 +187,7 @@ def run(
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = spawn(init_pid, argv, join_cgroups, stdin_r, out_w, err_w)
+        pid = spawn(init_pid, argv, cgroup_procs, stdin_r, out_w, err_w)
     finally:
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)

@@ -316,7 +316,8 @@ class Engine:
             os.kill(init_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if not wait_exit(init_pid, 10.0):
+        # Dying includes unmounting the server's filesystems; give a loaded host time for it.
+        if not wait_exit(init_pid, 30.0):
             raise EngineError(f"init of {name!r} (pid {init_pid}) survived SIGKILL")
 
     def _clean_leftovers(self, name: str) -> None:
@@ -390,14 +391,14 @@ class Engine:
             raise Conflict(f"server {name!r} is not running")
         return pid
 
-    def join_cgroups(self, name: str):
-        return lambda pid: self.cgroups.attach(name, pid)
+    def cgroup_procs(self, name: str) -> list[Path]:
+        return self.cgroups.procs_files(name)
 
     def run(self, name: str, argv: list[str], input: str | None = None, timeout: float = 60.0):
         """Run ARGV inside the running server and collect its exit status and output."""
         from . import guest
 
-        return guest.run(self.init_pid(name), argv, self.join_cgroups(name), input=input, timeout=timeout)
+        return guest.run(self.init_pid(name), argv, self.cgroup_procs(name), input=input, timeout=timeout)
 
     def accounts(self, name: str):
         from .accounts import Accounts

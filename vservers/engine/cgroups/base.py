@@ -135,6 +135,11 @@ class CgroupBackend(ABC):
         check_name(name)
         return [p / name for p in self.parent_paths()]
 
+    def procs_files(self, name: str) -> list[Path]:
+        """The cgroup.procs file of the group in every hierarchy: writing a pid to each
+        moves that process in (the engine opens them before it enters a guest)."""
+        return [path / "cgroup.procs" for path in self.paths(name)]
+
     def exists(self, name: str) -> bool:
         return any(p.is_dir() for p in self.paths(name))
 
