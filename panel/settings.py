@@ -90,7 +90,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.check_redis_url(ENV.get("REDIS_URL", f"unix://{VAR_DIR}/run/redis.sock?db=0"))
 RQ_QUEUES = {
     # One queue per node later ("node-<name>"); for now one host, one queue.
-    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
+    # JSON, not RQ's default pickle: whoever can write to Redis must not run code as root.
+    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600, "SERIALIZER": "rq.serializers.JSONSerializer"},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -9,7 +9,7 @@ TEST_ROOT = "/var/lib/vservers-test"
 TEST_ENV = {
     "VSERVER_ROOT": TEST_ROOT,
     "VSERVER_BRIDGE": "vstest0",
-    "VSERVER_GATEWAY": "198.19.0.1/17",
+    "VSERVER_GATEWAY": "198.19.0.1/18",
     "VSERVER_GATEWAY6": "fd00:19::1/64",
     "VSERVER_UID_BASE": "5000000",
     "VSERVER_CACHE_DIR": "/var/cache/vservers-test",
@@ -19,15 +19,24 @@ SECOND_ENV = {
     **TEST_ENV,
     "VSERVER_ROOT": "/var/lib/vservers-test2",
     "VSERVER_BRIDGE": "vstest1",
-    "VSERVER_GATEWAY": "198.19.128.1/17",
+    "VSERVER_GATEWAY": "198.19.64.1/18",
     "VSERVER_GATEWAY6": "fd00:1a::1/64",
     "VSERVER_UID_BASE": "300000000",
+}
+# The panel's tests run a real worker with the engine under this installation.
+PANEL_ENV = {
+    **TEST_ENV,
+    "VSERVER_ROOT": "/var/lib/vservers-paneltest",
+    "VSERVER_BRIDGE": "vspanel0",
+    "VSERVER_GATEWAY": "198.19.128.1/18",
+    "VSERVER_GATEWAY6": "fd00:1b::1/64",
+    "VSERVER_UID_BASE": "600000000",
 }
 UID_SPAN = 4096 * 65536
 
 
 def find_leaks() -> list[str]:
-    return _leaks_of(TEST_ENV) + _leaks_of(SECOND_ENV)
+    return _leaks_of(TEST_ENV) + _leaks_of(SECOND_ENV) + _leaks_of(PANEL_ENV)
 
 
 def _leaks_of(env: dict[str, str]) -> list[str]:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
-from vservers import views
+from vservers.views import common
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    path("healthz", views.healthz, name="healthz"),
+    path("", common.home, name="home"),
+    path("healthz", common.healthz, name="healthz"),
+    path("servers/", include("vservers.urls_tenant")),
+    path("operator/", include("vservers.urls_operator")),
 ]

@@ -27,13 +27,13 @@ def test_doctor_finds_everything_on_this_host(engine):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["create", "Bad_Name", "--template", "busybox", "--ip", "198.19.5.20/17"], "invalid server name"),
+        (["create", "Bad_Name", "--template", "busybox", "--ip", "198.19.5.20/18"], "invalid server name"),
         (["create", "ok", "--template", "busybox", "--ip", "10.0.0.5/8"], "not in the bridge network"),
         (["create", "ok", "--template", "busybox", "--ip", "198.19.5.20"], "needs a prefix length"),
-        (["create", "ok", "--template", "busybox", "--ip", "198.19.5.20/17", "--memory", "lots"], "invalid size"),
-        (["create", "ok", "--template", "busybox", "--ip", "198.19.5.20/17", "--hostname=-x;rm"], "hostname"),
-        (["create", "ok", "--template", "busybox", "--ip", "198.19.5.20/17", "--cpus", "0"], "CPU share"),
-        (["create", "ok", "--template", "../etc", "--ip", "198.19.5.20/17"], "invalid template name"),
+        (["create", "ok", "--template", "busybox", "--ip", "198.19.5.20/18", "--memory", "lots"], "invalid size"),
+        (["create", "ok", "--template", "busybox", "--ip", "198.19.5.20/18", "--hostname=-x;rm"], "hostname"),
+        (["create", "ok", "--template", "busybox", "--ip", "198.19.5.20/18", "--cpus", "0"], "CPU share"),
+        (["create", "ok", "--template", "../etc", "--ip", "198.19.5.20/18"], "invalid template name"),
         (["start", "$(reboot)"], "invalid server name"),
         (["status", "../../etc"], "invalid server name"),
         (["create", "ok", "--template", "busybox"], "the following arguments are required: --ip"),
@@ -54,7 +54,7 @@ def test_unknown_servers_are_reported_not_crashed_on(engine):
 
 
 def test_a_server_through_its_whole_life(engine):
-    create = vserver_cli("create", "cli1", "--template", "busybox", "--ip", f"{IP}/17", "--ip", "fd00:19::10/64",
+    create = vserver_cli("create", "cli1", "--template", "busybox", "--ip", f"{IP}/18", "--ip", "fd00:19::10/64",
                          "--cpus", "0.5", "--memory", "64M", "--disk", "128M", "--pids", "100", "--hostname",
                          "web.example.test")
     assert create.returncode == 0, create.stderr
@@ -65,7 +65,7 @@ def test_a_server_through_its_whole_life(engine):
         wait_for_http(IP)
         status = json.loads(vserver_cli("status", "cli1", "--json", check=True).stdout)
         assert status["state"] == "running"
-        assert sorted(status["ips"]) == [f"{IP}/17", "fd00:19::10/64"]
+        assert sorted(status["ips"]) == [f"{IP}/18", "fd00:19::10/64"]
         assert status["limits"] == {"cpus": 0.5, "memory_bytes": 64 * 2**20, "pids": 100, "disk_bytes": 128 * 2**20}
         assert set(status["usage"]) == {"cpu_seconds", "memory_bytes", "pids", "disk_used_bytes"}
         assert status["usage"]["pids"] >= 3 and status["usage"]["memory_bytes"] > 0
@@ -107,7 +107,7 @@ def test_a_server_through_its_whole_life(engine):
 
 
 def test_enter_gives_an_interactive_shell_on_its_own_terminal(engine, make_server):
-    make_server("shell", "198.19.5.11/17")
+    make_server("shell", "198.19.5.11/18")
     pid, fd = pty.fork()
     if pid == 0:
         os.execv(sys.executable, [sys.executable, "-m", "vservers.engine.cli", "enter", "shell"])
@@ -144,7 +144,7 @@ def _read_until(fd: int, marker: bytes, timeout: float = 20) -> bytes:
 def test_several_servers_in_one_command(engine):
     names = ["multi1", "multi2", "multi3"]
     for index, name in enumerate(names):
-        vserver_cli("create", name, "--template", "busybox", "--ip", f"198.19.5.{30 + index}/17", check=True)
+        vserver_cli("create", name, "--template", "busybox", "--ip", f"198.19.5.{30 + index}/18", check=True)
     try:
         assert vserver_cli("start", *names).returncode == 0
         assert all(engine.status(n).state == "running" for n in names)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def apache_server(engine, debian_template):
     from vservers.engine import Limits
 
-    engine.create("apache", "debian", [f"{IP}/17"], Limits(memory_bytes=256 * 2**20, pids=256, disk_bytes=512 * 2**20))
+    engine.create("apache", "debian", [f"{IP}/18"], Limits(memory_bytes=256 * 2**20, pids=256, disk_bytes=512 * 2**20))
     engine.start("apache")
     wait_for_http(IP, timeout=60)
     yield engine, "apache"

@@ -26,10 +26,10 @@ def second(engine):
 
 
 def test_same_name_in_two_installations(engine, second, make_server):
-    make_server("twin", "198.19.6.10/17")
-    second.create("twin", "busybox", ["198.19.130.10/17"])
+    make_server("twin", "198.19.6.10/18")
+    second.create("twin", "busybox", ["198.19.70.10/18"])
     second.start("twin")
-    wait_for_http("198.19.130.10", bridge=second.config.bridge)
+    wait_for_http("198.19.70.10", bridge=second.config.bridge)
     assert engine.host_veth("twin") != second.host_veth("twin")
     assert engine.cgroups.paths("twin") != second.cgroups.paths("twin")
     assert engine.spec("twin").uid_base != second.spec("twin").uid_base

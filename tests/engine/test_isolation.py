@@ -21,7 +21,7 @@ def pair(engine):
 
     limits = Limits(memory_bytes=64 * 2**20, pids=64, cpus=0.5, disk_bytes=64 * 2**20)
     for name, ip in (("iso-a", A_IP), ("iso-b", B_IP)):
-        engine.create(name, "busybox", [f"{ip}/17"], limits)
+        engine.create(name, "busybox", [f"{ip}/18"], limits)
         engine.start(name)
     wait_for_http(A_IP)
     wait_for_http(B_IP)
@@ -101,7 +101,7 @@ def test_both_serve_http_on_their_own_addresses_and_stopping_a_leaves_b(pair):
     status_a, body_a = http_get(A_IP)
     status_b, _ = http_get(B_IP)
     assert (status_a, status_b) == (200, 200)
-    assert engine.status(a).ips == [f"{A_IP}/17"]
+    assert engine.status(a).ips == [f"{A_IP}/18"]
     services = {s.name: s for s in engine.services(a).list()}
     assert services["httpd"].state == "running"
     stopped = engine.services(a).control("httpd", "stop")

@@ -12,7 +12,7 @@ from tests.engine.helpers import http_get, wait_for_http
 
 
 def test_start_twice_and_stop_twice_converge(engine, make_server):
-    name = make_server("twice", "198.19.3.10/17", start=False)
+    name = make_server("twice", "198.19.3.10/18", start=False)
     assert engine.status(name).state == "stopped"
     first = engine.start(name)
     second = engine.start(name)
@@ -26,7 +26,7 @@ def test_start_twice_and_stop_twice_converge(engine, make_server):
 
 
 def test_restart_gives_a_new_init_and_keeps_the_files(engine, make_server):
-    name = make_server("again", "198.19.3.11/17")
+    name = make_server("again", "198.19.3.11/18")
     engine.run(name, ["/bin/sh", "-c", "echo kept > /root/note"])
     old_pid = engine.status(name).init_pid
     status = engine.restart(name)
@@ -36,7 +36,7 @@ def test_restart_gives_a_new_init_and_keeps_the_files(engine, make_server):
 
 
 def test_a_killed_init_shows_stopped_and_starts_again(engine, make_server):
-    name = make_server("crashy", "198.19.3.12/17")
+    name = make_server("crashy", "198.19.3.12/18")
     pid = engine.status(name).init_pid
     os.kill(pid, 9)
     from vservers.engine.launch import wait_exit
@@ -61,15 +61,15 @@ def test_a_crash_between_create_steps_is_finished_by_the_next_create(engine, con
     half.mkdir(parents=True)
     (half / "disk.img").write_bytes(b"garbage")
     try:
-        spec = engine.create("resumed", "busybox", ["198.19.3.13/17"])
+        spec = engine.create("resumed", "busybox", ["198.19.3.13/18"])
         assert spec.name == "resumed" and "resumed" in engine.names()
-        assert engine.create("resumed", "busybox", ["198.19.3.13/17"]) == spec  # same request: no-op
+        assert engine.create("resumed", "busybox", ["198.19.3.13/18"]) == spec  # same request: no-op
     finally:
         engine.delete("resumed")
 
 
 def test_a_failed_start_leaves_nothing_behind(engine, config, make_server):
-    name = make_server("broken", "198.19.3.14/17", start=False)
+    name = make_server("broken", "198.19.3.14/18", start=False)
     spec_path = config.server_dir(name) / "config.json"
     data = json.loads(spec_path.read_text())
     data["template_version"] = "does-not-exist"
@@ -86,7 +86,7 @@ def test_a_failed_start_leaves_nothing_behind(engine, config, make_server):
 def test_an_init_that_cannot_exec_fails_the_start_cleanly(engine, config, make_server):
     from vservers.engine import EngineError, templates
 
-    name = make_server("noinit", "198.19.3.15/17", start=False)
+    name = make_server("noinit", "198.19.3.15/18", start=False)
     spec = engine.spec(name)
     info_path = templates.template_dir(config, spec.template) / spec.template_version / "template.json"
     original = info_path.read_text()
@@ -105,7 +105,7 @@ def test_an_init_that_cannot_exec_fails_the_start_cleanly(engine, config, make_s
 def test_addresses_are_not_given_twice(engine, make_server):
     from vservers.engine import Conflict
 
-    make_server("first", "198.19.3.16/17", start=False)
+    make_server("first", "198.19.3.16/18", start=False)
     with pytest.raises(Conflict, match="already used"):
-        engine.create("second", "busybox", ["198.19.3.16/17"])
+        engine.create("second", "busybox", ["198.19.3.16/18"])
     assert "second" not in engine.names()

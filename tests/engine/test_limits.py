@@ -17,9 +17,9 @@ HOG_IP, NEIGHBOUR_IP = "198.19.2.10", "198.19.2.11"
 def hog_and_neighbour(engine):
     from vservers.engine import Limits
 
-    engine.create("hog", "busybox", [f"{HOG_IP}/17"],
+    engine.create("hog", "busybox", [f"{HOG_IP}/18"],
                   Limits(memory_bytes=48 * 2**20, pids=40, cpus=0.3, disk_bytes=32 * 2**20))
-    engine.create("neighbour", "busybox", [f"{NEIGHBOUR_IP}/17"], Limits(memory_bytes=48 * 2**20, pids=64))
+    engine.create("neighbour", "busybox", [f"{NEIGHBOUR_IP}/18"], Limits(memory_bytes=48 * 2**20, pids=64))
     engine.start("hog")
     engine.start("neighbour")
     wait_for_http(HOG_IP)

@@ -1,0 +1,83 @@
+"""Tenants (customers), their members, and the audit log."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Tenant(models.Model):
+    """A customer. Quotas bound what its servers may add up to."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=40, unique=True)
+    contact_email = models.EmailField(blank=True)
+    max_servers = models.PositiveIntegerField(default=5)
+    max_cpus = models.DecimalField(max_digits=6, decimal_places=2, default=4)
+    max_memory_mb = models.PositiveIntegerField(default=4096)
+    max_disk_mb = models.PositiveIntegerField(default=20480)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's place in a tenant. A user belongs to at most one tenant; operators are staff
+    users and need none."""
+
+    ADMIN = "admin"
+    READONLY = "readonly"
+    ROLES = [(ADMIN, "Tenant admin"), (READONLY, "Read-only")]
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=ROLES, default=ADMIN)
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant} ({self.role})"
+
+    @property
+    def can_act(self) -> bool:
+        return self.role == self.ADMIN
+
+
+class AuditEntry(models.Model):
+    """Who did what to which object, when, from where."""
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.SET_NULL)
+    action = models.CharField(max_length=60)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=200, blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.created:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.object_repr}"
+
+    @classmethod
+    def record(cls, request, action: str, obj=None, tenant=None, **details) -> AuditEntry:
+        user = getattr(request, "user", None) if request is not None else None
+        return cls.objects.create(
+            actor=user if user is not None and user.is_authenticated else None,
+            tenant=tenant if tenant is not None else getattr(obj, "tenant", None),
+            action=action,
+            object_type=type(obj).__name__ if obj is not None else "",
+            object_id=str(getattr(obj, "uuid", getattr(obj, "pk", "")) or "") if obj is not None else "",
+            object_repr=str(obj)[:200] if obj is not None else "",
+            remote_addr=request.META.get("REMOTE_ADDR") if request is not None else None,
+            details=details,
+        )

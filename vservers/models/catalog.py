@@ -1,0 +1,57 @@
+"""What servers are made of and where they run: plans, templates and nodes."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class Plan(models.Model):
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=60, unique=True)
+    cpus = models.DecimalField(max_digits=5, decimal_places=2, help_text="share of cores, e.g. 0.5")
+    memory_mb = models.PositiveIntegerField()
+    disk_mb = models.PositiveIntegerField()
+    pids = models.PositiveIntegerField(default=256)
+    is_active = models.BooleanField(default=True)
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["memory_mb", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cpus} CPU, {self.memory_mb} MB, {self.disk_mb} MB disk)"
+
+
+class Template(models.Model):
+    """Mirrors an engine template by name; the engine pins the version at create time."""
+
+    name = models.SlugField(max_length=32, unique=True)
+    display_name = models.CharField(max_length=60)
+    description = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.display_name or self.name
+
+
+class Node(models.Model):
+    """A host with its own worker, reached through its own RQ queue."""
+
+    name = models.SlugField(max_length=40, unique=True)
+    queue_name = models.CharField(max_length=60, unique=True, default="default")
+    is_active = models.BooleanField(default=True)
+    cpus = models.PositiveIntegerField(default=2)
+    memory_mb = models.PositiveIntegerField(default=4096)
+    disk_mb = models.PositiveIntegerField(default=65536)
+    last_seen = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,100 @@
+"""Address pools and allocations. An address belongs to at most one server: allocation runs
+in one transaction that locks the pool row (SQLite: the IMMEDIATE transaction's write lock),
+and a unique constraint is the backstop."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+
+
+class PoolExhausted(Exception):
+    """No free address is left in the pool."""
+
+
+def validate_network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValidationError(f"not a network in CIDR form: {exc}") from None
+
+
+class IPPool(models.Model):
+    name = models.CharField(max_length=60, unique=True)
+    node = models.ForeignKey("vservers.Node", on_delete=models.PROTECT, related_name="pools")
+    network = models.CharField(max_length=50, validators=[validate_network], help_text="e.g. 198.18.0.0/16")
+    gateway = models.GenericIPAddressField(help_text="the node's bridge address in this network")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "IP pool"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.network})"
+
+    def clean(self) -> None:
+        validate_network(self.network)
+        if ipaddress.ip_address(self.gateway) not in self.ip_network:
+            raise ValidationError({"gateway": "the gateway must lie inside the network"})
+
+    @property
+    def ip_network(self):
+        return ipaddress.ip_network(self.network)
+
+    @property
+    def size(self) -> int:
+        return sum(1 for _ in self.iter_hosts())
+
+    def iter_hosts(self) -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        gateway = ipaddress.ip_address(self.gateway)
+        for host in self.ip_network.hosts():
+            if host != gateway:
+                yield host
+
+    def first_free(self, used: set[str]) -> str | None:
+        for host in self.iter_hosts():
+            if str(host) not in used:
+                return str(host)
+        return None
+
+    def allocate(self, server) -> IPAddress:
+        """Give SERVER the lowest free address of this pool (race-free)."""
+        for _attempt in range(5):
+            try:
+                with transaction.atomic():
+                    IPPool.objects.select_for_update().filter(pk=self.pk).first()  # the pool lock
+                    used = set(self.addresses.values_list("address", flat=True))
+                    free = self.first_free(used)
+                    if free is None:
+                        raise PoolExhausted(f"no free address left in pool {self.name}")
+                    return IPAddress.objects.create(pool=self, address=free, server=server)
+            except IntegrityError:
+                continue  # another allocator won this address: look again
+        raise PoolExhausted(f"could not allocate an address in pool {self.name}")
+
+    @property
+    def prefixlen(self) -> int:
+        return self.ip_network.prefixlen
+
+
+class IPAddress(models.Model):
+    pool = models.ForeignKey(IPPool, on_delete=models.PROTECT, related_name="addresses")
+    address = models.GenericIPAddressField(unique=True)
+    server = models.ForeignKey(
+        "vservers.VirtualServer", null=True, blank=True, on_delete=models.SET_NULL, related_name="addresses"
+    )
+    allocated = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pool", "address"]
+        verbose_name = "IP address"
+
+    def __str__(self) -> str:
+        return self.address
+
+    @property
+    def with_prefix(self) -> str:
+        return f"{self.address}/{self.pool.prefixlen}"

@@ -1,0 +1,135 @@
+"""Virtual servers and their life: the state machine lives here, as model methods.
+
+Every transition is a compare-and-swap UPDATE (filter on the old state, act only when
+exactly one row changed), so two workers or a worker and a request can never both move the
+same server; see healthchecks' Check.ping for the pattern.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class State(models.TextChoices):
+    REQUESTED = "requested", "Awaiting approval"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    PROVISIONING = "provisioning", "Provisioning"
+    STOPPED = "stopped", "Stopped"
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping"
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
+    ERROR = "error", "Error"
+
+
+IN_PROGRESS = {State.APPROVED, State.PROVISIONING, State.STARTING, State.STOPPING, State.DELETING}
+TERMINAL = {State.REJECTED, State.DELETED}
+# States from which the kernel has (or may have) a server to act on.
+ON_NODE = {State.STOPPED, State.RUNNING, State.STARTING, State.STOPPING, State.ERROR}
+
+
+class ServerQuerySet(models.QuerySet):
+    def restrict(self, user) -> ServerQuerySet:
+        """The one place that scopes servers to a user: operators see all, a tenant member
+        the tenant's own, anyone else nothing."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(tenant__memberships__user=user)
+
+    def visible(self) -> ServerQuerySet:
+        return self.exclude(state__in=TERMINAL)
+
+
+class VirtualServer(models.Model):
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.PROTECT, related_name="servers")
+    name = models.CharField(max_length=40)
+    hostname = models.CharField(max_length=253)
+    plan = models.ForeignKey("vservers.Plan", on_delete=models.PROTECT, related_name="servers")
+    template = models.ForeignKey("vservers.Template", on_delete=models.PROTECT, related_name="servers")
+    node = models.ForeignKey("vservers.Node", null=True, blank=True, on_delete=models.PROTECT, related_name="servers")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.REQUESTED, db_index=True)
+    state_reason = models.CharField(max_length=500, blank=True)
+    autostart = models.BooleanField(default=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_plan = models.ForeignKey(
+        "vservers.Plan", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="a plan change the tenant asked for, waiting for an operator",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    # The last sample of the worker's periodic job.
+    cpu_seconds = models.FloatField(default=0)
+    memory_bytes = models.BigIntegerField(default=0)
+    pids = models.PositiveIntegerField(default=0)
+    disk_used_bytes = models.BigIntegerField(default=0)
+    sampled_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ServerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["tenant__name", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name"],
+                condition=~models.Q(state__in=["rejected", "deleted"]),
+                name="unique_live_server_name_per_tenant",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.name}" if self.tenant_id else self.name
+
+    @property
+    def engine_name(self) -> str:
+        """The engine's name: unique on every node, valid for the engine, never reused."""
+        return f"vs-{self.uuid.hex[:12]}"
+
+    @property
+    def in_progress(self) -> bool:
+        return self.state in IN_PROGRESS
+
+    @property
+    def is_live(self) -> bool:
+        return self.state not in TERMINAL
+
+    def ip_list(self) -> list[str]:
+        return [a.address for a in self.addresses.all()]
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def move(self, from_states, to_state: str, reason: str = "") -> bool:
+        """Compare-and-swap the state; True if this call made the change."""
+        changed = VirtualServer.objects.filter(pk=self.pk, state__in=list(from_states)).update(
+            state=to_state, state_reason=reason[:500], updated=timezone.now()
+        )
+        if changed:
+            self.state, self.state_reason = to_state, reason[:500]
+        return changed == 1
+
+    def approve(self, node) -> bool:
+        if not self.move([State.REQUESTED], State.APPROVED):
+            return False
+        VirtualServer.objects.filter(pk=self.pk).update(node=node)
+        self.node = node
+        return True
+
+    def reject(self, reason: str) -> bool:
+        return self.move([State.REQUESTED], State.REJECTED, reason)
+
+    def fail(self, reason: str) -> None:
+        """Any non-terminal state can end in error; retry or delete start from there."""
+        self.move([s for s in State if s not in TERMINAL], State.ERROR, reason)
+
+    def release_addresses(self) -> None:
+        self.addresses.all().delete()

@@ -1,0 +1,1 @@
+"""Views by audience: common (home, health), tenant (a customer's own servers) and operator."""
