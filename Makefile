@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 APT_PACKAGES := python3-venv python3-dev build-essential busybox-static e2fsprogs util-linux \
-	iproute2 iputils-ping redis-server debootstrap procps psmisc ca-certificates
+	iproute2 iputils-ping redis-server debootstrap procps psmisc ca-certificates chromium
 
 .PHONY: help install apt-packages run test clean as-root
 
@@ -61,8 +61,9 @@ run: as-root install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	scripts/ensure-template busybox
-	@# Demo data, once the panel has a `demo` command (it must be safe to run again).
-	@if $(PY) manage.py help demo >/dev/null 2>&1; then $(PY) manage.py demo; fi
+	@# On first start only: a small demo world (operator, tenants acme and globex); the
+	@# generated password is printed once. The servers are really provisioned by the worker.
+	$(PY) manage.py demo --if-empty --provision
 	exec scripts/run-panel
 
 test: as-root install

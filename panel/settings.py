@@ -93,6 +93,13 @@ RQ_QUEUES = {
     # JSON, not RQ's default pickle: whoever can write to Redis must not run code as root.
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600, "SERIALIZER": "rq.serializers.JSONSerializer"},
 }
+RQ = {
+    # Push jobs when asked: vservers.actions.enqueue already waits for the commit itself (a
+    # second, nested deferral would lose the job's id inside test transactions).
+    "COMMIT_MODE": "auto",
+}
+# How often each node's worker compares the database with the kernel (vservers.reconcile).
+PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30, low=5, high=3600)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -93,21 +93,34 @@ def approve(server: VirtualServer, operator, node: Node | None = None, request=N
     node = node or Node.objects.filter(is_active=True).order_by("pk").first()
     if node is None:
         raise ActionRefused("there is no active node to run the server on")
-    with transaction.atomic():
-        if not server.approve(node):
-            raise ActionRefused("only servers awaiting approval can be approved")
-        pool = IPPool.objects.filter(node=node).order_by("pk").first()
-        if pool is None:
-            raise ActionRefused(f"node {node} has no address pool")
+    try:
+        with transaction.atomic():
+            if not server.approve(node):
+                raise ActionRefused("only servers awaiting approval can be approved")
+            _allocate_on(node, server)
+            operation = Operation.objects.create(server=server, kind=OperationKind.PROVISION, requested_by=operator)
+            enqueue(operation)
+            if request is not None:
+                AuditEntry.record(request, "server.approve", server, node=node.name)
+    except ActionRefused:
+        server.refresh_from_db(fields=["state", "state_reason", "node"])  # the rollback undid our change
+        raise
+    return operation
+
+
+def _allocate_on(node: Node, server: VirtualServer) -> None:
+    """An address from the first pool of NODE that has one free."""
+    pools = list(IPPool.objects.filter(node=node).order_by("pk"))
+    if not pools:
+        raise ActionRefused(f"node {node} has no address pool")
+    for pool in pools:
         try:
             pool.allocate(server)
-        except PoolExhausted as exc:
-            raise ActionRefused(str(exc)) from None
-        operation = Operation.objects.create(server=server, kind=OperationKind.PROVISION, requested_by=operator)
-        enqueue(operation)
-        if request is not None:
-            AuditEntry.record(request, "server.approve", server, node=node.name)
-    return operation
+            return
+        except PoolExhausted:
+            continue
+    where = f"pool {pools[0].name}" if len(pools) == 1 else f"the pools of node {node}"
+    raise ActionRefused(f"no free address left in {where}")
 
 
 def reject(server: VirtualServer, reason: str, request=None) -> None:

@@ -1,3 +1,33 @@
+"""The operator's area, mounted at /operator/. Every view is behind operator_required; names
+start with "op_". Objects with a UUID are addressed by it; pools (no UUID) by id, templates
+by their engine name."""
+
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.urls import path
+
+from vservers.views import operator as views
+
+urlpatterns = [
+    path("", views.dashboard, name="op_dashboard"),
+    path("approvals/", views.approvals, name="op_approvals"),
+    path("servers/", views.servers, name="op_servers"),
+    path("servers/new/", views.server_create, name="op_server_create"),
+    path("servers/<uuid:uuid>/", views.server_detail, name="op_server_detail"),
+    path("servers/<uuid:uuid>/approve/", views.approve, name="op_approve"),
+    path("servers/<uuid:uuid>/reject/", views.reject, name="op_reject"),
+    path("servers/<uuid:uuid>/plan-change/<str:decision>/", views.plan_change, name="op_plan_change"),
+    path("servers/<uuid:uuid>/action/<str:kind>/", views.server_action, name="op_server_action"),
+    path("tenants/", views.tenants, name="op_tenants"),
+    path("tenants/<uuid:uuid>/", views.tenant_detail, name="op_tenant_detail"),
+    path("tenants/<uuid:uuid>/members/new/", views.member_add, name="op_member_add"),
+    path("plans/", views.plans, name="op_plans"),
+    path("plans/<uuid:uuid>/", views.plan_edit, name="op_plan_edit"),
+    path("templates/", views.templates, name="op_templates"),
+    path("templates/<slug:name>/toggle/", views.template_toggle, name="op_template_toggle"),
+    path("pools/", views.pools, name="op_pools"),
+    path("pools/<int:pk>/", views.pool_detail, name="op_pool_detail"),
+    path("nodes/", views.nodes, name="op_nodes"),
+    path("operations/", views.operations, name="op_operations"),
+    path("audit/", views.audit, name="op_audit"),
+]

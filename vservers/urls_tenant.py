@@ -1,3 +1,23 @@
+"""The tenant's area, mounted at /servers/. Object URLs carry the server's UUID."""
+
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.urls import path
+
+from vservers.views import tenant
+
+urlpatterns = [
+    path("", tenant.server_list, name="server_list"),
+    path("rows/", tenant.server_list_rows, name="server_list_rows"),
+    path("new/", tenant.server_request, name="server_request"),
+    path("<uuid:uuid>/", tenant.server_detail, name="server_detail"),
+    path("<uuid:uuid>/state/", tenant.server_state, name="server_state"),
+    path("<uuid:uuid>/operations/", tenant.server_operations, name="server_operations"),
+    path("<uuid:uuid>/action/<slug:kind>/", tenant.server_action, name="server_action"),
+    path("<uuid:uuid>/plan/", tenant.plan_change, name="plan_change"),
+    path("<uuid:uuid>/accounts/add/", tenant.account_add, name="account_add"),
+    path("<uuid:uuid>/accounts/<str:name>/delete/", tenant.account_delete, name="account_delete"),
+    path("<uuid:uuid>/accounts/<str:name>/password/", tenant.account_password, name="account_password"),
+    path("<uuid:uuid>/accounts/<str:name>/key/", tenant.account_key, name="account_key"),
+    path("<uuid:uuid>/services/<str:name>/<slug:action>/", tenant.service_action, name="service_action"),
+]

@@ -218,6 +218,9 @@ def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:
         raise EngineError("start aborted by the engine")
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    # A session of its own: a signal to the engine's process group (Ctrl-C in the operator's
+    # terminal, a service manager stopping the worker) must not reach the guest.
+    os.setsid()
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)

@@ -37,8 +37,17 @@ class IPPool(models.Model):
 
     def clean(self) -> None:
         validate_network(self.network)
-        if ipaddress.ip_address(self.gateway) not in self.ip_network:
+        try:
+            gateway = ipaddress.ip_address(self.gateway)
+        except ValueError:
+            raise ValidationError({"gateway": "not an IP address"}) from None
+        if gateway not in self.ip_network:
             raise ValidationError({"gateway": "the gateway must lie inside the network"})
+        if gateway == self.ip_network.network_address:
+            raise ValidationError({"gateway": "the gateway cannot be the network's own address"})
+        overlapping = [p.name for p in IPPool.objects.exclude(pk=self.pk) if p.ip_network.overlaps(self.ip_network)]
+        if overlapping:
+            raise ValidationError({"network": f"overlaps pool {overlapping[0]}"})
 
     @property
     def ip_network(self):
@@ -46,7 +55,19 @@ class IPPool(models.Model):
 
     @property
     def size(self) -> int:
-        return sum(1 for _ in self.iter_hosts())
+        """Usable addresses, counted without walking them (an IPv6 /64 is 2^64)."""
+        net = self.ip_network
+        hosts = net.num_addresses - (2 if net.version == 4 and net.prefixlen < 31 else 0)
+        if net.version == 6:
+            hosts -= 1  # hosts() leaves out the subnet-router anycast address
+        gateway = ipaddress.ip_address(self.gateway)
+        if net.version == 6:
+            edges = {net.network_address}
+        elif net.prefixlen >= 31:
+            edges = set()
+        else:
+            edges = {net.network_address, net.broadcast_address}
+        return hosts - (1 if gateway in net and gateway not in edges else 0)
 
     def iter_hosts(self) -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         gateway = ipaddress.ip_address(self.gateway)

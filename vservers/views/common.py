@@ -4,11 +4,12 @@ import redis
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from . import tenant
 
 # A health probe must answer quickly even when Redis hangs: connecting and the reply each get
 # this many seconds, and there is no retry (redis-py retries by default).
@@ -17,8 +18,8 @@ REDIS_TIMEOUT = 1.0
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    # The servers of the user's tenant come with the models (later issue).
-    return render(request, "vservers/home.html", {"servers": []})
+    """The server list itself (not a redirect), so "/" after login is one request."""
+    return tenant.server_list(request)
 
 
 def redis_is_up() -> bool:

@@ -1,0 +1,266 @@
+"""Fixtures for the panel's job tests: a private Redis, the tests' own engine installation
+(PANEL_ENV: its own root, bridge vspanel0 and 198.19.128.0/18), a small world of rows, and a
+real PanelWorker that drains the queues in this process (no fork, like NetBox's tests).
+
+Nothing here is autouse: tests that need neither Redis nor the engine pay for neither.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.leaks import PANEL_ENV
+
+BRIDGE = PANEL_ENV["VSERVER_BRIDGE"]
+POOL_NETWORK = "198.19.128.0/18"
+POOL_GATEWAY = "198.19.128.1"
+# Two test sessions must not share the installation: the second waits for the first.
+LOCK_FILE = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "vservers-paneltest.lock"
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def panel_redis(tmp_path_factory):
+    """A private redis-server on a Unix socket, for the whole session; its URL."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make install)")
+    import redis
+
+    directory = tmp_path_factory.mktemp("redis")
+    sock = directory / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}?db=0"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, FileNotFoundError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not come up") from None
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def rq_redis(settings, panel_redis):
+    """The panel's queues on the private Redis, emptied before and after the test; the
+    connection."""
+    import django_rq
+
+    settings.REDIS_URL = panel_redis
+    settings.RQ_QUEUES = {
+        "default": {"URL": panel_redis, "DEFAULT_TIMEOUT": 600, "SERIALIZER": "rq.serializers.JSONSerializer"},
+    }
+    connection = django_rq.get_connection("default")
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
+
+
+@pytest.fixture
+def drain(rq_redis):
+    """drain() runs every queued job with a real PanelWorker in this process, in burst mode;
+    drain(reconcile=True) lets it schedule the nodes' reconcile jobs at start-up, as in
+    production."""
+    from rq.serializers import JSONSerializer
+
+    from vservers.queues import get_queue
+    from vservers.worker import PanelWorker
+
+    def run(*queue_names: str, reconcile: bool = False):
+        queues = [get_queue(name) for name in queue_names or ("default",)]
+        # RQ installs its own SIGINT/SIGTERM handlers; pytest's must come back.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        worker = PanelWorker(queues, connection=rq_redis, serializer=JSONSerializer)
+        worker.schedule_reconcile = reconcile
+        try:
+            worker.work(burst=True)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return worker
+
+    return run
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def panel_engine():
+    """The worker's engine on the tests' own installation, with the busybox template built
+    once (the compiled busybox comes from the shared VSERVER_CACHE_DIR). Afterwards every
+    server, the bridge and the root are removed."""
+    if os.geteuid() != 0:
+        pytest.skip("the worker's engine needs root")
+    from vservers import jobs
+    from vservers.engine import network, templates
+
+    lock = open(LOCK_FILE, "w")  # held for the whole session
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    saved = {key: os.environ.get(key) for key in PANEL_ENV}
+    os.environ.update(PANEL_ENV)
+    jobs.reset_engine()
+    engine = jobs.get_engine()
+    assert str(engine.config.root) == PANEL_ENV["VSERVER_ROOT"]
+    try:
+        _remove_all(engine)
+        shutil.rmtree(engine.config.templates_dir, ignore_errors=True)
+        templates.build(engine.config, "busybox")
+        # An installation with servers has this; the reconciler checks it is there.
+        engine.config.servers_dir.mkdir(exist_ok=True)
+        yield engine
+    finally:
+        try:
+            _remove_all(engine)
+            network.remove_bridge(engine.config.bridge)
+            shutil.rmtree(engine.config.root, ignore_errors=True)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            jobs.reset_engine()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+
+def _remove_all(engine) -> None:
+    for name in engine.names():
+        engine.delete(name)
+    if engine.config.servers_dir.is_dir():  # half-created ones have no config.json
+        for path in engine.config.servers_dir.iterdir():
+            engine.delete(path.name)
+
+
+@pytest.fixture
+def engine(panel_engine):
+    """The engine, with no server left over from this test for the next one (the database is
+    emptied between tests, so the next one hands out the same addresses again)."""
+    yield panel_engine
+    _remove_all(panel_engine)
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world(transactional_db, django_user_model, rq_redis, engine):
+    """Node "local" (queue "default") with pool 198.19.128.0/18, plans small and medium, the
+    busybox template, tenants acme (admin alice) and globex (admin bob), operator."""
+    from accounts.models import Membership, Tenant
+    from vservers.models import IPPool, Node, Plan, Template
+
+    w = SimpleNamespace()
+    w.engine = engine
+    w.node = Node.objects.create(name="local", queue_name="default")
+    w.pool = IPPool.objects.create(name="test", node=w.node, network=POOL_NETWORK, gateway=POOL_GATEWAY)
+    w.small = Plan.objects.create(name="small", cpus="0.5", memory_mb=64, disk_mb=256, pids=128)
+    w.medium = Plan.objects.create(name="medium", cpus="1", memory_mb=256, disk_mb=512, pids=512)
+    w.busybox = Template.objects.create(name="busybox", display_name="BusyBox")
+    w.operator = django_user_model.objects.create_user("operator", is_staff=True)
+    for slug, admin in (("acme", "alice"), ("globex", "bob")):
+        tenant = Tenant.objects.create(name=slug.title(), slug=slug)
+        user = django_user_model.objects.create_user(admin, f"{admin}@{slug}.example")
+        Membership.objects.create(user=user, tenant=tenant, role=Membership.ADMIN)
+        setattr(w, slug, tenant)
+        setattr(w, admin, user)
+    return w
+
+
+@pytest.fixture
+def make_server(world):
+    """make_server(name) records a server awaiting approval."""
+    from vservers.models import VirtualServer
+
+    def make(name="web", tenant=None, template=None, plan=None, autostart=True, **fields):
+        tenant = tenant or world.acme
+        return VirtualServer.objects.create(
+            tenant=tenant,
+            name=name,
+            hostname=f"{name}.{tenant.slug}.example",
+            plan=plan or world.small,
+            template=template or world.busybox,
+            autostart=autostart,
+            **fields,
+        )
+
+    return make
+
+
+@pytest.fixture
+def provision(world, make_server, drain):
+    """provision(name, ...) approves and provisions servers through the worker and waits until
+    each answers HTTP; returns them, refreshed."""
+    from vservers.actions import approve
+    from vservers.models import OperationStatus, State
+
+    def run(*names: str, **fields):
+        servers = [make_server(name, **fields) for name in names or ("web",)]
+        operations = [approve(server, world.operator) for server in servers]
+        drain()
+        for server, operation in zip(servers, operations, strict=True):
+            operation.refresh_from_db()
+            server.refresh_from_db()
+            assert operation.status == OperationStatus.SUCCEEDED, operation.error + "\n" + operation.output
+            assert server.state == State.RUNNING
+            wait_for_http(server.ip_list()[0])
+        return servers if len(servers) > 1 else servers[0]
+
+    return run
+
+
+# --- talking to the servers --------------------------------------------------------------------
+
+
+def http_get(address: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET / from a server, only after `ip route get` names our own bridge."""
+    from tests.engine.helpers import http_get as get
+
+    return get(address, timeout=timeout, bridge=BRIDGE)
+
+
+def wait_for_http(address: str, timeout: float = 15.0) -> None:
+    from tests.engine.helpers import wait_for_http as wait
+
+    wait(address, timeout=timeout, bridge=BRIDGE)
+
+
+@pytest.fixture
+def http():
+    return SimpleNamespace(get=http_get, wait=wait_for_http)

@@ -1,0 +1,213 @@
+"""The worker runs operations with the real engine: rows first, jobs through a real Redis, a
+real PanelWorker, real servers on the tests' own bridge (vspanel0)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vservers.actions import approve, request_operation
+from vservers.jobs import run_operation
+from vservers.models import (
+    GuestAccount,
+    IPAddress,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Service,
+    State,
+    Template,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PASSWORD = "Tr0ub4dor&3-horse"
+
+
+def run(server, kind, drain, **params) -> Operation:
+    """Request KIND on SERVER as its tenant's admin, let the worker run it, return the row."""
+    operation = request_operation(server, kind, None, **params)
+    drain()
+    operation.refresh_from_db()
+    server.refresh_from_db()
+    return operation
+
+
+def assert_ok(operation: Operation) -> None:
+    assert operation.status == OperationStatus.SUCCEEDED, operation.error + "\n" + operation.output
+
+
+def test_approval_provisions_a_running_server_that_answers_http(world, make_server, drain, http):
+    server = make_server("web")
+    operation = approve(server, world.operator)
+    operation.refresh_from_db()
+    assert operation.job_id == f"op-{operation.uuid}"  # queued when approve() committed
+
+    drain()
+
+    operation.refresh_from_db()
+    server.refresh_from_db()
+    assert_ok(operation)
+    assert operation.started <= operation.finished
+    assert "Started" in operation.output
+    assert server.state == State.RUNNING
+    assert server.ip_list() == ["198.19.128.2"]
+    status = world.engine.status(server.engine_name)
+    assert status.state == "running"
+    assert status.limits.memory_bytes == 64 * 2**20
+    http.wait("198.19.128.2")
+    assert http.get("198.19.128.2")[0] == 200
+    # The tenant's first look at the server: its accounts and services.
+    assert GuestAccount.objects.filter(server=server, name="root").exists()
+    assert Service.objects.filter(server=server, name="httpd").exists()
+
+
+def test_stop_start_restart_and_plan_change_follow_the_kernel(world, provision, drain, http):
+    server = provision("web")
+    name = server.engine_name
+    first_init = world.engine.status(name).init_pid
+
+    assert_ok(run(server, OperationKind.STOP, drain))
+    assert server.state == State.STOPPED
+    assert world.engine.status(name).state == "stopped"
+
+    assert_ok(run(server, OperationKind.START, drain))
+    assert server.state == State.RUNNING
+    http.wait(server.ip_list()[0])
+
+    before = world.engine.status(name).init_pid
+    assert_ok(run(server, OperationKind.RESTART, drain))
+    assert server.state == State.RUNNING
+    assert world.engine.status(name).init_pid not in (before, first_init)
+    http.wait(server.ip_list()[0])
+
+    operation = run(server, OperationKind.CHANGE_PLAN, drain, plan_id=world.medium.pk)
+    assert_ok(operation)
+    assert server.plan == world.medium
+    assert "apply to the running server now" in operation.output
+    assert "disk stays at 256 MB" in operation.output
+    assert world.engine.status(name).limits.memory_bytes == 256 * 2**20
+    # The engine starts a server with the limits it was created with; the worker puts the
+    # plan's back after every start.
+    assert_ok(run(server, OperationKind.RESTART, drain))
+    limits = world.engine.status(name).limits
+    assert (limits.memory_bytes, limits.pids, limits.cpus) == (256 * 2**20, 512, 1.0)
+
+
+def test_account_operations_show_up_and_no_password_is_kept(world, provision, drain, rq_redis):
+    server = provision("web")
+
+    operation = run(server, OperationKind.ACCOUNT_ADD, drain, account="carol", password=PASSWORD)
+    assert_ok(operation)
+    assert GuestAccount.objects.filter(server=server, name="carol", is_system=False).exists()
+    assert [a.name for a in world.engine.accounts(server.engine_name).list()].count("carol") == 1
+
+    changed = run(server, OperationKind.ACCOUNT_PASSWORD, drain, account="carol", password=PASSWORD + "!")
+    assert_ok(changed)
+    refused = run(server, OperationKind.ACCOUNT_ADD, drain, account="carol", password=PASSWORD)
+    assert refused.status == OperationStatus.FAILED
+    assert "already exists" in refused.error
+
+    for row in Operation.objects.filter(server=server):
+        assert "password" not in row.params
+        for text in (row.output, row.error, str(row.params)):
+            assert PASSWORD not in text
+    # Only operation ids travel through Redis.
+    for key in rq_redis.scan_iter():
+        kind = rq_redis.type(key)
+        values = rq_redis.hvals(key) if kind == b"hash" else [rq_redis.get(key)] if kind == b"string" else []
+        assert not any(PASSWORD.encode() in (v or b"") for v in values), key
+
+    assert_ok(run(server, OperationKind.ACCOUNT_DELETE, drain, account="carol"))
+    assert not GuestAccount.objects.filter(server=server, name="carol").exists()
+
+
+def test_stopping_a_service_closes_its_port_until_it_starts_again(world, provision, drain, http):
+    server = provision("web")
+    address = server.ip_list()[0]
+
+    operation = run(server, OperationKind.SERVICE_STOP, drain, service="httpd")
+    assert_ok(operation)
+    assert Service.objects.get(server=server, name="httpd").state == "stopped"
+    with pytest.raises(ConnectionRefusedError):
+        http.get(address, timeout=2)
+
+    assert_ok(run(server, OperationKind.SERVICE_START, drain, service="httpd"))
+    assert Service.objects.get(server=server, name="httpd").state == "running"
+    http.wait(address)
+
+
+def test_delete_releases_the_address_and_removes_the_server(world, provision, drain):
+    server = provision("web")
+
+    operation = run(server, OperationKind.DELETE, drain)
+
+    assert_ok(operation)
+    assert server.state == State.DELETED
+    assert not IPAddress.objects.exists()
+    assert server.engine_name not in world.engine.names()
+    assert not GuestAccount.objects.filter(server=server).exists()
+
+
+def test_a_failed_provision_says_why_and_the_server_can_still_be_deleted(world, make_server, drain):
+    server = make_server("broken", template=Template.objects.create(name="nosuch", display_name="No such"))
+    operation = approve(server, world.operator)
+    drain()
+
+    operation.refresh_from_db()
+    server.refresh_from_db()
+    assert operation.status == OperationStatus.FAILED
+    assert "template 'nosuch' is not built" in operation.error
+    assert "Traceback" in operation.output  # for the operator
+    assert server.state == State.ERROR
+    assert server.state_reason.startswith("provisioning failed: template 'nosuch'")
+
+    deleted = run(server, OperationKind.DELETE, drain)
+    assert_ok(deleted)
+    assert server.state == State.DELETED
+    assert not IPAddress.objects.exists()
+
+
+def test_the_worker_refuses_jobs_outside_its_allow_list(world, drain, tmp_path):
+    from rq import Callback
+
+    from vservers.queues import get_queue
+
+    marker = tmp_path / "ran"
+    queue = get_queue("default")
+    foreign = queue.enqueue("os.system", f"touch {marker}")
+    with_callback = queue.enqueue("vservers.jobs.run_operation", 0, on_failure=Callback("os.system"))
+
+    drain()
+
+    assert not marker.exists()
+    assert foreign.get_status() == "failed"
+    assert "not one the panel's worker runs" in foreign.latest_result().exc_string
+    assert with_callback.get_status() == "failed"
+    assert "callbacks" in with_callback.latest_result().exc_string
+
+
+def test_an_operation_waits_while_another_of_its_server_runs(world, make_server, rq_redis):
+    from vservers.queues import get_queue
+
+    server = make_server("web", state=State.RUNNING, node=world.node)
+    Operation.objects.create(server=server, kind=OperationKind.REFRESH, status=OperationStatus.RUNNING)
+    waiting = Operation.objects.create(server=server, kind=OperationKind.STOP)
+
+    assert run_operation(waiting.pk) == "deferred"
+
+    waiting.refresh_from_db()
+    assert waiting.status == OperationStatus.QUEUED
+    assert waiting.job_id.startswith(f"op-{waiting.uuid}-")
+    assert waiting.job_id in get_queue("default").scheduled_job_registry.get_job_ids()
+    server.refresh_from_db()
+    assert server.state == State.RUNNING
+
+
+def test_missing_and_finished_operations_are_skipped(world, make_server):
+    server = make_server("web", state=State.RUNNING, node=world.node)
+    done = Operation.objects.create(server=server, kind=OperationKind.STOP, status=OperationStatus.SUCCEEDED)
+
+    assert run_operation(done.pk + 1000) == "missing"
+    assert run_operation(done.pk) == "skipped"
+    server.refresh_from_db()
+    assert server.state == State.RUNNING

@@ -1,0 +1,485 @@
+"""The worker's one job: run an Operation with the engine, in the worker's own process.
+
+`run_operation(operation_id)` is what `vservers.actions.enqueue` queues; only the id travels
+through Redis. For each operation the worker
+
+ 1. re-reads the row and skips it if it is gone or no longer queued (a second delivery of the
+    same job, or an operation an operator already settled);
+ 2. claims it (queued -> running, compare-and-swap) while it holds the server's row lock, and
+    only if no other operation of the same server is running; otherwise it sends the job back
+    to the queue for a little later (the engine takes its own per-server lock as well);
+ 3. moves the server into the operation's in-progress state, calls the engine, and moves it
+    on (every move is a compare-and-swap, see VirtualServer.move);
+ 4. records the outcome on the row: a human-readable output, or a readable error with the
+    traceback as output. After a failure the server's state follows what the kernel says.
+
+Passwords reach the engine from the operation's params and nowhere else: Operation.finish
+drops them from the row, and every text we store is scrubbed of them first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.db import transaction
+
+from .engine import Engine, EngineError, Limits, NotFound
+from .models import (
+    TERMINAL,
+    GuestAccount,
+    IPPool,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    Plan,
+    PoolExhausted,
+    Service,
+    State,
+    VirtualServer,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_FUNCTION = "vservers.jobs.run_operation"
+# How long an operation waits when another operation of its server is still running.
+DEFER_SECONDS = 5
+
+_engine: Engine | None = None
+
+
+def get_engine() -> Engine:
+    """The worker's one Engine, configured from the VSERVER_* environment on first use."""
+    global _engine
+    if _engine is None:
+        _engine = Engine()
+    return _engine
+
+
+def reset_engine() -> None:
+    """Forget the Engine, so the next use reads the environment again (tests)."""
+    global _engine
+    _engine = None
+
+
+def plan_limits(plan: Plan) -> Limits:
+    return Limits(
+        cpus=float(plan.cpus),
+        memory_bytes=plan.memory_mb * 2**20,
+        pids=plan.pids,
+        disk_bytes=plan.disk_mb * 2**20,
+    )
+
+
+class Refused(Exception):
+    """The operation does not fit the server any more; the message is for the user. The
+    server's state is left as it is."""
+
+
+class Run:
+    """One operation being run: the rows, the engine, and what to tell the user."""
+
+    def __init__(self, operation: Operation, engine: Engine) -> None:
+        self.operation = operation
+        self.server: VirtualServer = operation.server
+        self.engine = engine
+        self.name = self.server.engine_name
+        self.lines: list[str] = []
+        password = operation.params.get("password")
+        self.secrets = [password] if isinstance(password, str) and password else []
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+
+    def param(self, key: str) -> str:
+        value = self.operation.params.get(key)
+        if not isinstance(value, str) or not value:
+            raise Refused(f"the operation lacks its parameter {key!r}")
+        return value
+
+    def account(self) -> str:
+        """The guest account's name: params "account" ("user" is taken by request_operation's
+        own argument; accepted too when a caller passes params as a dict)."""
+        for key in ("account", "user"):
+            value = self.operation.params.get(key)
+            if isinstance(value, str) and value:
+                return value
+        raise Refused("the operation lacks its parameter 'account'")
+
+    def optional(self, key: str) -> str | None:
+        value = self.operation.params.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "********")
+        return text
+
+
+# --- the job ------------------------------------------------------------------------------
+
+
+def run_operation(operation_id: int) -> str:
+    """Run one queued Operation (see the module's docstring for the steps)."""
+    operation = (
+        Operation.objects.select_related("server__plan", "server__template", "server__node", "server__tenant")
+        .filter(pk=operation_id)
+        .first()
+    )
+    if operation is None:
+        log.warning("operation %s does not exist; nothing to do", operation_id)
+        return "missing"
+    if operation.status != OperationStatus.QUEUED:
+        log.info("operation %s is %s, not queued; skipping it", operation_id, operation.status)
+        return "skipped"
+    claimed = _claim(operation)
+    if claimed is None:
+        _defer(operation)
+        return "deferred"
+    if not claimed:
+        log.info("operation %s was claimed by someone else", operation_id)
+        return "skipped"
+    run = Run(operation, get_engine())
+    handler = HANDLERS.get(operation.kind)
+    try:
+        if handler is None:
+            raise Refused(f"unknown operation kind {operation.kind!r}")
+        handler(run)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row, never lost
+        message = _message(exc)
+        log.warning("operation %s (%s of %s) failed: %s", operation.pk, operation.kind, run.name, message)
+        if not isinstance(exc, Refused):
+            try:
+                _after_failure(run, message)
+            except Exception:  # noqa: BLE001 - the state fix is best effort; the error below counts
+                log.exception("could not settle the state of %s after a failure", run.name)
+        details = "\n".join([*run.lines, traceback.format_exc()])
+        operation.finish(False, output=run.scrub(details), error=run.scrub(message))
+        return "failed"
+    operation.finish(True, output=run.scrub("\n".join(run.lines) or "done"))
+    return "succeeded"
+
+
+def _claim(operation: Operation) -> bool | None:
+    """Claim OPERATION under its server's row lock. None: another operation of the same
+    server is running, so this one must wait. (On SQLite the IMMEDIATE transaction's write
+    lock plays the row lock's part.)"""
+    with transaction.atomic():
+        VirtualServer.objects.select_for_update().filter(pk=operation.server_id).first()
+        busy = (
+            Operation.objects.filter(server_id=operation.server_id, status=OperationStatus.RUNNING)
+            .exclude(pk=operation.pk)
+            .exists()
+        )
+        if busy:
+            return None
+        return operation.claim()
+
+
+def _defer(operation: Operation) -> None:
+    """Send OPERATION back for a little later (needs the worker's scheduler). A new job id:
+    the job running now still holds the old one."""
+    from .queues import get_queue
+
+    queue_name = operation.server.node.queue_name if operation.server.node else "default"
+    job_id = f"op-{operation.uuid}-{int(time.time() * 1000)}"
+    try:
+        job = get_queue(queue_name).enqueue_in(
+            timedelta(seconds=DEFER_SECONDS), JOB_FUNCTION, operation.pk, job_id=job_id
+        )
+    except Exception as exc:  # noqa: BLE001 - the reconciler re-sends it
+        Operation.objects.filter(pk=operation.pk).update(error=f"queueing delayed: {exc}"[:500])
+        return
+    Operation.objects.filter(pk=operation.pk, status=OperationStatus.QUEUED).update(job_id=job.id)
+    log.info("operation %s waits: another operation of its server is running", operation.pk)
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, Refused | EngineError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, Plan.DoesNotExist):
+        return "the requested plan does not exist"
+    return f"internal error ({type(exc).__name__}: {exc}); the operator can see the details"
+
+
+def _after_failure(run: Run, message: str) -> None:
+    """Put the server in the state its failure leaves it in."""
+    kind = run.operation.kind
+    what = OperationKind(kind).label.lower()
+    if kind == OperationKind.PROVISION:
+        # The tenant sees the error; a new provision or start retries, delete cleans up.
+        run.server.fail(f"provisioning failed: {message}")
+    elif kind == OperationKind.DELETE:
+        run.server.fail(f"deletion failed: {message}")
+    elif kind in (OperationKind.START, OperationKind.STOP, OperationKind.RESTART, OperationKind.CHANGE_PLAN):
+        settle(run.server, run.engine, f"{what} failed: {message}")
+    # Operations inside the guest leave the server as it is.
+
+
+def settle(server: VirtualServer, engine: Engine, reason: str = "") -> str:
+    """Set SERVER's state from the kernel: running or stopped, or error if the node does
+    not have it (or cannot say)."""
+    try:
+        kernel = engine.status(server.engine_name, with_addresses=False).state
+    except NotFound:
+        target = State.ERROR
+        reason = reason or "the server does not exist on its node"
+    except EngineError as exc:
+        target = State.ERROR
+        reason = reason or f"cannot read the server's state: {exc}"
+    else:
+        target = State.RUNNING if kernel == "running" else State.STOPPED
+    server.move([s for s in State if s not in TERMINAL and s != State.REQUESTED], target, reason)
+    return target
+
+
+# --- life cycle ---------------------------------------------------------------------------
+
+
+def _refuse_state(run: Run) -> Refused:
+    what = OperationKind(run.operation.kind).label.lower()
+    return Refused(f"cannot {what} while the server is {run.server.get_state_display().lower()}")
+
+
+def _ensure_created(run: Run) -> None:
+    """Create the server on the node unless the engine has it already. The engine's create
+    also cleans up what a crashed create left, so this is safe to repeat."""
+    server = run.server
+    try:
+        run.engine.spec(run.name)
+        return
+    except NotFound:
+        pass
+    addresses = list(server.addresses.select_related("pool"))
+    if not addresses:
+        addresses = [_allocate(server)]
+    with_prefix = [a.with_prefix for a in addresses]
+    run.engine.create(
+        run.name,
+        server.template.name,
+        with_prefix,
+        plan_limits(server.plan),
+        hostname=server.hostname,
+        autostart=server.autostart,
+    )
+    run.note(
+        f"Created {run.name} from template {server.template.name} with plan {server.plan.name}"
+        f" at {', '.join(a.address for a in addresses)}."
+    )
+
+
+def _allocate(server: VirtualServer):
+    pool = IPPool.objects.filter(node=server.node).order_by("pk").first() if server.node else None
+    if pool is None:
+        raise Refused("the server has no address and its node has no address pool")
+    try:
+        return pool.allocate(server)
+    except PoolExhausted as exc:
+        raise Refused(str(exc)) from None
+
+
+def _apply_plan(run: Run) -> None:
+    """The plan's CPU, memory and process limits on the running server: the engine starts it
+    with the limits it was created with, and the plan may have changed since."""
+    wanted = plan_limits(run.server.plan)
+    created = run.engine.spec(run.name).limits
+    if (created.cpus, created.memory_bytes, created.pids) != (wanted.cpus, wanted.memory_bytes, wanted.pids):
+        run.engine.cgroups.update(run.name, wanted)
+        run.note(f"Applied the limits of plan {run.server.plan.name}.")
+
+
+def _provision(run: Run) -> None:
+    # Besides approved servers: a retry after an error or a crash, and records that claim a
+    # state the node never saw (the demo's): create and start are idempotent.
+    if not run.server.move(
+        [State.APPROVED, State.PROVISIONING, State.ERROR, State.STOPPED, State.RUNNING], State.PROVISIONING
+    ):
+        raise _refuse_state(run)
+    _ensure_created(run)
+    status = run.engine.start(run.name)
+    _apply_plan(run)
+    run.server.move([State.PROVISIONING], State.RUNNING)
+    run.note(f"Started {run.name} (init pid {status.init_pid}).")
+    _refresh_best_effort(run)
+
+
+def _start(run: Run) -> None:
+    if not run.server.move([State.STOPPED, State.ERROR, State.STARTING], State.STARTING):
+        raise _refuse_state(run)
+    _ensure_created(run)  # a start after a failed provisioning finishes it
+    status = run.engine.start(run.name)
+    _apply_plan(run)
+    run.server.move([State.STARTING], State.RUNNING)
+    run.note(f"Started {run.name} (init pid {status.init_pid}).")
+
+
+def _stop(run: Run) -> None:
+    if not run.server.move([State.RUNNING, State.ERROR, State.STOPPING], State.STOPPING):
+        raise _refuse_state(run)
+    run.engine.stop(run.name)
+    run.server.move([State.STOPPING], State.STOPPED)
+    run.note(f"Stopped {run.name}.")
+
+
+def _restart(run: Run) -> None:
+    if not run.server.move([State.RUNNING, State.ERROR, State.STARTING], State.STARTING):
+        raise _refuse_state(run)
+    _ensure_created(run)
+    status = run.engine.restart(run.name)
+    _apply_plan(run)
+    run.server.move([State.STARTING], State.RUNNING)
+    run.note(f"Restarted {run.name} (init pid {status.init_pid}).")
+
+
+def _delete(run: Run) -> None:
+    server = run.server
+    if not server.move([s for s in State if s not in TERMINAL], State.DELETING):
+        raise _refuse_state(run)
+    run.engine.delete(run.name)  # also fine for a server the node never had
+    addresses = server.ip_list()
+    with transaction.atomic():
+        server.release_addresses()
+        server.guest_accounts.all().delete()
+        server.services.all().delete()
+        server.move([State.DELETING], State.DELETED)
+    run.note(f"Deleted {run.name}" + (f"; released {', '.join(addresses)}." if addresses else "."))
+
+
+def _change_plan(run: Run) -> None:
+    server = run.server
+    if server.state not in (State.STOPPED, State.RUNNING):
+        raise _refuse_state(run)
+    plan_id = run.operation.params.get("plan_id")
+    new = Plan.objects.get(pk=plan_id)
+    old = server.plan
+    server.plan = new
+    if server.requested_plan_id == new.pk:
+        server.requested_plan = None
+    server.save(update_fields=["plan", "requested_plan", "updated"])
+    run.note(f"Plan changed from {old.name} to {new.name}: {new.cpus} CPU, {new.memory_mb} MB memory, "
+             f"{new.pids} processes.")
+    try:
+        running = run.engine.status(run.name, with_addresses=False).state == "running"
+    except NotFound:
+        running = False
+    if running:
+        run.engine.cgroups.update(run.name, plan_limits(new))
+        run.note("The new CPU, memory and process limits apply to the running server now.")
+    else:
+        run.note("The new CPU, memory and process limits apply from the next start.")
+    if new.disk_mb != old.disk_mb:
+        run.note(f"The disk stays at {old.disk_mb} MB: resizing a server's disk is not supported yet.")
+
+
+# --- inside the guest ---------------------------------------------------------------------
+
+
+def _require_running(run: Run) -> None:
+    if run.server.state != State.RUNNING:
+        raise _refuse_state(run)
+
+
+def _account_add(run: Run) -> None:
+    _require_running(run)
+    user = run.account()
+    password, key = run.optional("password"), run.optional("ssh_key")
+    account = run.engine.accounts(run.name).add(user, password=password, ssh_key=key)
+    extras = [what for what, given in (("a password", password), ("an SSH key", key)) if given]
+    run.note(f"Added account {account.name} (uid {account.uid})" + (f" with {' and '.join(extras)}." if extras
+                                                                     else "."))
+    _refresh_accounts(run)
+
+
+def _account_delete(run: Run) -> None:
+    _require_running(run)
+    user = run.account()
+    run.engine.accounts(run.name).delete(user)
+    run.note(f"Deleted account {user}.")
+    _refresh_accounts(run)
+
+
+def _account_password(run: Run) -> None:
+    _require_running(run)
+    user = run.account()
+    run.engine.accounts(run.name).set_password(user, run.param("password"))
+    run.note(f"Set a new password for {user}.")
+    _refresh_accounts(run)
+
+
+def _account_key(run: Run) -> None:
+    _require_running(run)
+    user = run.account()
+    run.engine.accounts(run.name).add_ssh_key(user, run.param("ssh_key"))
+    run.note(f"Added an SSH key for {user}.")
+    _refresh_accounts(run)
+
+
+def _service(action: str) -> Callable[[Run], None]:
+    def control(run: Run) -> None:
+        _require_running(run)
+        service = run.param("service")
+        result = run.engine.services(run.name).control(service, action)
+        pid = f" (pid {result.pid})" if result.pid else ""
+        run.note(f"Service {result.name}: {result.state}{pid}.")
+        _refresh_services(run)
+
+    return control
+
+
+def _refresh(run: Run) -> None:
+    _require_running(run)
+    _refresh_accounts(run)
+    _refresh_services(run)
+
+
+def _refresh_accounts(run: Run) -> None:
+    accounts = run.engine.accounts(run.name).list()
+    with transaction.atomic():
+        run.server.guest_accounts.all().delete()
+        GuestAccount.objects.bulk_create(
+            GuestAccount(server=run.server, name=a.name, uid=a.uid, home=a.home[:200], shell=a.shell[:200],
+                         is_system=a.is_system)
+            for a in accounts
+        )
+    run.note(f"Accounts: {', '.join(a.name for a in accounts if not a.is_system) or 'none'}.")
+
+
+def _refresh_services(run: Run) -> None:
+    services = run.engine.services(run.name).list()
+    with transaction.atomic():
+        run.server.services.all().delete()
+        Service.objects.bulk_create(
+            Service(server=run.server, name=s.name, state=s.state, pid=s.pid, seconds=s.seconds) for s in services
+        )
+    run.note(f"Services: {', '.join(f'{s.name} {s.state}' for s in services) or 'none'}.")
+
+
+def _refresh_best_effort(run: Run) -> None:
+    """A fresh server's lists, for the tenant's first look; a failure here does not fail the
+    operation that started it (a refresh operation can read them again)."""
+    try:
+        _refresh_accounts(run)
+        _refresh_services(run)
+    except EngineError as exc:
+        run.note(f"Could not read the accounts and services yet: {exc}")
+
+
+HANDLERS: dict[str, Callable[[Run], None]] = {
+    OperationKind.PROVISION: _provision,
+    OperationKind.START: _start,
+    OperationKind.STOP: _stop,
+    OperationKind.RESTART: _restart,
+    OperationKind.DELETE: _delete,
+    OperationKind.CHANGE_PLAN: _change_plan,
+    OperationKind.ACCOUNT_ADD: _account_add,
+    OperationKind.ACCOUNT_DELETE: _account_delete,
+    OperationKind.ACCOUNT_PASSWORD: _account_password,
+    OperationKind.ACCOUNT_KEY: _account_key,
+    OperationKind.SERVICE_START: _service("start"),
+    OperationKind.SERVICE_STOP: _service("stop"),
+    OperationKind.SERVICE_RESTART: _service("restart"),
+    OperationKind.REFRESH: _refresh,
+}

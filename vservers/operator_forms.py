@@ -1,0 +1,251 @@
+"""Forms of the operator area: filters, approvals, and the catalogue an operator keeps
+(tenants and their members, plans, templates, address pools, servers created directly)."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+
+from accounts.models import Membership, Tenant
+
+from .engine import validate as engine_validate
+from .engine.errors import InvalidInput
+from .models import IPPool, Node, OperationKind, OperationStatus, Plan, State, Template, VirtualServer
+
+
+def _engine_check(check, value):
+    """Run one of the engine's validators as a Django validator: the engine decides what a
+    server, host or template name may be, the panel only repeats its answer."""
+    try:
+        check(value)
+    except InvalidInput as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def validate_server_name(value: str) -> None:
+    _engine_check(engine_validate.server_name, value)
+
+
+def validate_hostname(value: str) -> None:
+    _engine_check(engine_validate.hostname, value)
+
+
+def validate_template_name(value: str) -> None:
+    _engine_check(engine_validate.template_name, value)
+
+
+# -- lists: filters (GET) ------------------------------------------------------------------
+
+
+class ServerFilterForm(forms.Form):
+    q = forms.CharField(required=False, label="Search", max_length=100,
+                        widget=forms.TextInput(attrs={"placeholder": "name or hostname", "type": "search"}))
+    tenant = forms.ModelChoiceField(Tenant.objects.all(), required=False, to_field_name="slug",
+                                    empty_label="all tenants")
+    state = forms.ChoiceField(choices=[("", "all states"), *State.choices], required=False)
+    node = forms.ModelChoiceField(Node.objects.all(), required=False, to_field_name="name", empty_label="all nodes")
+
+    def filter(self, servers):
+        """SERVERS narrowed by the valid filters (an invalid one is ignored, and shown)."""
+        data = self.cleaned_data if self.is_valid() else {}
+        if data.get("q"):
+            servers = servers.filter(Q(name__icontains=data["q"]) | Q(hostname__icontains=data["q"]))
+        if data.get("tenant"):
+            servers = servers.filter(tenant=data["tenant"])
+        if data.get("state"):
+            servers = servers.filter(state=data["state"])
+        if data.get("node"):
+            servers = servers.filter(node=data["node"])
+        return servers
+
+
+class OperationFilterForm(forms.Form):
+    status = forms.ChoiceField(choices=[("", "all statuses"), *OperationStatus.choices], required=False)
+    kind = forms.ChoiceField(choices=[("", "all kinds"), *OperationKind.choices], required=False)
+
+    def filter(self, operations):
+        data = self.cleaned_data if self.is_valid() else {}
+        if data.get("status"):
+            operations = operations.filter(status=data["status"])
+        if data.get("kind"):
+            operations = operations.filter(kind=data["kind"])
+        return operations
+
+
+class AuditFilterForm(forms.Form):
+    tenant = forms.ModelChoiceField(Tenant.objects.all(), required=False, to_field_name="slug",
+                                    empty_label="all tenants")
+    action = forms.CharField(required=False, max_length=60,
+                             widget=forms.TextInput(attrs={"placeholder": "e.g. server. or auth.login"}))
+
+    def filter(self, entries):
+        data = self.cleaned_data if self.is_valid() else {}
+        if data.get("tenant"):
+            entries = entries.filter(tenant=data["tenant"])
+        if data.get("action"):
+            entries = entries.filter(action__startswith=data["action"])
+        return entries
+
+
+# -- approvals -----------------------------------------------------------------------------
+
+
+class ApproveForm(forms.Form):
+    node = forms.ModelChoiceField(Node.objects.filter(is_active=True), required=False,
+                                  empty_label="first active node", to_field_name="name")
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(max_length=500, strip=True, help_text="The tenant sees this reason.",
+                             widget=forms.TextInput(attrs={"placeholder": "shown to the tenant"}))
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+class ServerCreateForm(forms.ModelForm):
+    """A server an operator sets up for a tenant; it is approved as soon as it is saved."""
+
+    node = forms.ModelChoiceField(Node.objects.filter(is_active=True), required=False,
+                                  empty_label="first active node")
+
+    class Meta:
+        model = VirtualServer
+        fields = ["tenant", "name", "hostname", "plan", "template", "node", "autostart"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["plan"].queryset = Plan.objects.filter(is_active=True)
+        self.fields["template"].queryset = Template.objects.filter(is_active=True)
+        self.fields["name"].validators.append(validate_server_name)
+        self.fields["hostname"].validators.append(validate_hostname)
+
+    def clean(self):
+        data = super().clean()
+        tenant, name = data.get("tenant"), data.get("name")
+        # The model's constraint covers live servers only; say it in words before the database does.
+        if tenant and name and VirtualServer.objects.visible().filter(tenant=tenant, name=name).exists():
+            self.add_error("name", f"{tenant} already has a server named {name}")
+        return data
+
+
+# -- tenants and members -------------------------------------------------------------------
+
+
+class TenantForm(forms.ModelForm):
+    class Meta:
+        model = Tenant
+        fields = ["name", "slug", "contact_email", "max_servers", "max_cpus", "max_memory_mb", "max_disk_mb"]
+        labels = {"max_cpus": "Max CPUs", "max_memory_mb": "Max memory (MB)", "max_disk_mb": "Max disk (MB)"}
+
+
+class MemberAddForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    email = forms.EmailField(required=False)
+    role = forms.ChoiceField(choices=Membership.ROLES, initial=Membership.ADMIN)
+    password = forms.CharField(
+        required=False, strip=False, widget=forms.PasswordInput(render_value=False),
+        help_text="Leave empty to generate one; it is shown once.",
+    )
+
+    def clean_username(self) -> str:
+        username = self.cleaned_data["username"]
+        user_model = get_user_model()
+        user_model.username_validator(username)
+        if user_model.objects.filter(username__iexact=username).exists():
+            raise ValidationError("a user with this name exists already")
+        return username
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password") and data.get("username"):
+            user = get_user_model()(username=data["username"], email=data.get("email", ""))
+            try:
+                validate_password(data["password"], user)
+            except ValidationError as exc:
+                self.add_error("password", exc)
+        return data
+
+    def save(self, tenant: Tenant) -> tuple[Membership, str | None]:
+        """Create the user and the membership; return the generated password, if any."""
+        generated = None if self.cleaned_data["password"] else secrets.token_urlsafe(12)
+        user = get_user_model().objects.create_user(
+            self.cleaned_data["username"], self.cleaned_data["email"], self.cleaned_data["password"] or generated
+        )
+        membership = Membership.objects.create(user=user, tenant=tenant, role=self.cleaned_data["role"])
+        return membership, generated
+
+
+# -- catalogue -----------------------------------------------------------------------------
+
+
+def _at_least(low: int):
+    def check(value) -> None:
+        if value is not None and value < low:
+            raise ValidationError(f"must be at least {low}")
+
+    return check
+
+
+class PlanForm(forms.ModelForm):
+    class Meta:
+        model = Plan
+        fields = ["name", "cpus", "memory_mb", "disk_mb", "pids", "is_active", "description"]
+        labels = {"cpus": "CPUs", "memory_mb": "Memory (MB)", "disk_mb": "Disk (MB)", "pids": "Processes",
+                  "is_active": "Offered to tenants"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["cpus"].validators.append(lambda value: _engine_check(engine_validate.cpus, value))
+        self.fields["pids"].validators.append(lambda value: _engine_check(engine_validate.pids, value))
+        # Below these a guest's init and a filesystem do not fit.
+        self.fields["memory_mb"].validators.append(_at_least(16))
+        self.fields["disk_mb"].validators.append(_at_least(64))
+
+
+class TemplateForm(forms.ModelForm):
+    class Meta:
+        model = Template
+        fields = ["name", "display_name", "description", "is_active"]
+        labels = {"is_active": "Offered to tenants"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["name"].validators.append(validate_template_name)
+        self.fields["name"].help_text = "the engine's template name, e.g. busybox"
+
+
+class PoolForm(forms.ModelForm):
+    class Meta:
+        model = IPPool
+        fields = ["name", "node", "network", "gateway"]
+
+    def clean(self):
+        data = super().clean()
+        network = data.get("network")
+        if network and not self.has_error("network"):
+            try:
+                new = ipaddress.ip_network(network, strict=True)
+            except ValueError:
+                return data  # the field's validator reports it
+            # Addresses are unique across pools, so two overlapping pools would hand out each
+            # other's addresses and fail on the constraint instead.
+            for other in IPPool.objects.exclude(pk=self.instance.pk).only("name", "network"):
+                theirs = ipaddress.ip_network(other.network)
+                if theirs.version == new.version and theirs.overlaps(new):
+                    self.add_error("network", f"overlaps pool {other.name} ({other.network})")
+                    break
+        return data
+
+    def _post_clean(self):
+        # IPPool.clean() parses network and gateway unguarded: with a gateway that is not an
+        # address it would raise ValueError (a 500). The fields' own errors say enough then.
+        if self.has_error("network") or self.has_error("gateway"):
+            return
+        super()._post_clean()

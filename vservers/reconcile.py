@@ -1,0 +1,244 @@
+"""The node's periodic job: make the database agree with the kernel, for all servers at once.
+
+One job per node, every PANEL_RECONCILE_SECONDS, run by the node's worker (no process or job
+per server: density is the product). For every live server of the node it
+
+ 1. asks the engine what the kernel says (running or not) and stores the usage sample;
+ 2. unless an operation of the server is queued or running, corrects the state: a server
+    whose init died shows "stopped", one the node does not have shows "error", work that a
+    crashed worker left half-done ends in the state the kernel shows;
+ 3. queues a start for an autostart server found stopped, unless it was stopped on purpose
+    (its last operation was a stop) or its last start failed (no crash loop);
+
+and for the node it fails operations left "running" by a worker that died, re-sends queued
+operations whose job never reached Redis (or was lost there), and records node.last_seen.
+Finally it schedules its next run (the worker's scheduler enqueues it when due).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+from rq import get_current_job
+from rq.job import JobStatus
+
+from .actions import enqueue, request_operation
+from .engine import Status
+from .jobs import get_engine
+from .models import (
+    FINISHED,
+    IN_PROGRESS,
+    TERMINAL,
+    Node,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    State,
+    VirtualServer,
+)
+from .queues import get_queue
+
+log = logging.getLogger(__name__)
+
+RECONCILE_FUNCTION = "vservers.reconcile.reconcile_node"
+# A queued operation without a job id after this long lost its enqueue (the web process died
+# between the commit and the push).
+LOST_PUSH_AFTER = timedelta(minutes=5)
+# RQ job states in which a queued operation's job will still run it.
+WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED}
+
+
+def reconcile_node(node_id: int) -> str:
+    """The periodic job (see the module's docstring). Returns a one-line summary."""
+    node = Node.objects.filter(pk=node_id).first()
+    if node is None or not node.is_active:
+        log.info("node %s is gone or inactive; its reconcile job stops", node_id)
+        return "node gone or inactive"
+    try:
+        return Reconciler(node).run()
+    finally:
+        try:
+            schedule(node, delay=settings.PANEL_RECONCILE_SECONDS)
+        except Exception:  # noqa: BLE001 - the worker re-creates a broken chain later
+            log.exception("could not schedule the next reconcile of node %s", node.name)
+
+
+# --- scheduling ---------------------------------------------------------------------------
+
+
+def _job_prefix(node: Node) -> str:
+    return f"reconcile-{node.pk}-"
+
+
+def _pending_ids(queue) -> list[str]:
+    """Jobs queued, scheduled or running, except the one running this code (the reconcile
+    job schedules its own successor)."""
+    current = get_current_job()
+    ids = (
+        queue.get_job_ids()
+        + queue.scheduled_job_registry.get_job_ids()
+        + queue.started_job_registry.get_job_ids()
+    )
+    return [i for i in ids if current is None or i != current.id]
+
+
+def schedule(node: Node, delay: float = 0):
+    """Queue NODE's reconcile job (in DELAY seconds), unless one is already queued, scheduled
+    or running: one chain per node. Returns the new job, or None."""
+    queue = get_queue(node.queue_name)
+    prefix = _job_prefix(node)
+    if any(job_id.startswith(prefix) for job_id in _pending_ids(queue)):
+        return None
+    job_id = f"{prefix}{uuid.uuid4().hex[:12]}"
+    options = {"job_id": job_id, "result_ttl": 60, "failure_ttl": 86400}
+    if delay > 0:
+        return queue.enqueue_in(timedelta(seconds=delay), RECONCILE_FUNCTION, node.pk, **options)
+    return queue.enqueue(RECONCILE_FUNCTION, node.pk, **options)
+
+
+def ensure_scheduled(node: Node):
+    """At worker start-up and now and then: run soon unless the chain is alive."""
+    return schedule(node, delay=0)
+
+
+# --- the work -----------------------------------------------------------------------------
+
+
+class Reconciler:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.engine = get_engine()
+        self.queue = get_queue(node.queue_name)
+        self.counts = {"servers": 0, "corrected": 0, "autostarted": 0, "resent": 0, "orphans": 0}
+        self.installed = True
+
+    def operations(self):
+        mine = Q(server__node=self.node)
+        if self.node.queue_name == "default":
+            mine |= Q(server__node__isnull=True)  # servers never placed queue on "default"
+        return Operation.objects.filter(mine)
+
+    def run(self) -> str:
+        self.fail_orphans()
+        self.resend_lost()
+        known = set(self.engine.names())
+        # No state root at all is a misconfigured worker (VSERVER_ROOT), not a node that lost
+        # every server: then no server is declared missing.
+        self.installed = self.engine.config.servers_dir.is_dir()
+        if not self.installed:
+            log.error("node %s: the engine has no servers directory %s; is VSERVER_ROOT right?",
+                      self.node.name, self.engine.config.servers_dir)
+        busy = set(
+            self.operations()
+            .filter(status__in=[OperationStatus.QUEUED, OperationStatus.RUNNING])
+            .values_list("server_id", flat=True)
+        )
+        servers = (
+            VirtualServer.objects.filter(node=self.node)
+            .exclude(state__in=[*TERMINAL, State.REQUESTED])
+            .select_related("tenant", "node")
+        )
+        for server in servers:
+            self.counts["servers"] += 1
+            try:
+                self.reconcile_server(server, known, server.pk in busy)
+            except Exception:  # noqa: BLE001 - one broken server must not stop the others
+                log.exception("reconcile of %s (%s) failed", server, server.engine_name)
+        Node.objects.filter(pk=self.node.pk).update(last_seen=timezone.now())
+        summary = ", ".join(f"{v} {k}" for k, v in self.counts.items())
+        log.info("reconciled node %s: %s", self.node.name, summary)
+        return summary
+
+    def reconcile_server(self, server: VirtualServer, known: set[str], busy: bool) -> None:
+        status: Status | None = None
+        if server.engine_name in known:
+            status = self.engine.status(server.engine_name, with_addresses=False)
+            usage = status.usage
+            VirtualServer.objects.filter(pk=server.pk).update(
+                cpu_seconds=usage.cpu_seconds,
+                memory_bytes=usage.memory_bytes,
+                pids=usage.pids,
+                disk_used_bytes=usage.disk_used_bytes,
+                sampled_at=timezone.now(),
+            )
+        if busy:
+            return  # the operation moves the state; its worker reads the kernel itself
+        before = server.state
+        self.correct_state(server, status)
+        if server.state != before:
+            self.counts["corrected"] += 1
+            log.info("%s: %s -> %s (%s)", server, before, server.state, server.state_reason)
+        if server.state == State.STOPPED and server.autostart and status is not None and self.wants_start(server):
+            request_operation(server, OperationKind.START, None)
+            self.counts["autostarted"] += 1
+
+    def correct_state(self, server: VirtualServer, status: Status | None) -> None:
+        state = server.state
+        if status is None:
+            if not self.installed:
+                return
+            # The node does not have it.
+            if state == State.DELETING:
+                # The engine finished the delete; the worker died before recording it.
+                server.release_addresses()
+                server.move([State.DELETING], State.DELETED, "deleted (finished by the reconciler)")
+            elif state in (State.APPROVED, State.PROVISIONING):
+                server.move([state], State.ERROR, "provisioning was interrupted; start or delete the server")
+            elif state != State.ERROR:
+                server.move([state], State.ERROR, f"the server does not exist on node {self.node.name}")
+            return
+        running = status.state == "running"
+        if state == State.DELETING:
+            server.move([state], State.ERROR, "deletion was interrupted; delete the server again")
+        elif running and state != State.RUNNING:
+            server.move([state], State.RUNNING, "")
+        elif not running and state == State.RUNNING:
+            server.move([state], State.STOPPED, "the server's init exited")
+        elif not running and state in IN_PROGRESS:
+            target = State.STOPPED if state in (State.STARTING, State.STOPPING) else State.ERROR
+            reason = "" if target == State.STOPPED else "provisioning was interrupted; start or delete the server"
+            server.move([state], target, reason)
+
+    def wants_start(self, server: VirtualServer) -> bool:
+        last = server.operations.filter(status__in=FINISHED).order_by("-finished", "-pk").first()
+        if last is None:
+            return True
+        if last.kind == OperationKind.STOP:
+            return False  # stopped on purpose
+        if last.kind in (OperationKind.START, OperationKind.RESTART, OperationKind.PROVISION) and (
+            last.status == OperationStatus.FAILED
+        ):
+            return False  # starting it fails: no crash loop; the failure is on the row
+        return True
+
+    def fail_orphans(self) -> None:
+        """Operations marked running whose job is not running any more (the worker died)."""
+        for operation in self.operations().filter(status=OperationStatus.RUNNING).select_related("server"):
+            job = self.queue.fetch_job(operation.job_id) if operation.job_id else None
+            if job is not None and job.get_status(refresh=False) == JobStatus.STARTED:
+                continue
+            operation.finish(False, error="the worker stopped while it ran this operation; try again")
+            self.counts["orphans"] += 1
+            log.warning("operation %s of %s was left running; marked failed", operation.pk, operation.server)
+
+    def resend_lost(self) -> None:
+        """Queued operations whose job never reached Redis, or that Redis lost, or whose job
+        ended without running them (it failed before the claim)."""
+        stale = timezone.now() - LOST_PUSH_AFTER
+        for operation in self.operations().filter(status=OperationStatus.QUEUED).select_related("server__node"):
+            if operation.error.startswith("queueing delayed"):
+                pass
+            elif operation.job_id:
+                job = self.queue.fetch_job(operation.job_id)
+                if job is not None and job.get_status(refresh=False) in WAITING:
+                    continue
+            elif operation.created > stale:
+                continue  # its push may still come
+            Operation.objects.filter(pk=operation.pk, status=OperationStatus.QUEUED).update(error="")
+            enqueue(operation)  # outside a transaction: pushed right away
+            self.counts["resent"] += 1

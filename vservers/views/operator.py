@@ -1,0 +1,520 @@
+"""The operator's area (/operator/): approvals, every server and operation, and the catalogue
+(tenants and members, plans, templates, address pools, nodes).
+
+Every view is for staff users only (operator_required). Changes go through vservers.actions
+where one exists, so the checks and the audit entry are the same as for tenants; everything
+else records its own AuditEntry. A refused action becomes a message, never an error page.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from decimal import Decimal
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q, QuerySet, Sum
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.models import AuditEntry, Tenant
+
+from .. import actions
+from ..actions import ActionRefused
+from ..models import (
+    TERMINAL,
+    IPAddress,
+    IPPool,
+    Node,
+    Operation,
+    OperationKind,
+    Plan,
+    State,
+    Template,
+    VirtualServer,
+)
+from ..operator_forms import (
+    ApproveForm,
+    AuditFilterForm,
+    MemberAddForm,
+    OperationFilterForm,
+    PlanForm,
+    PoolForm,
+    RejectForm,
+    ServerCreateForm,
+    ServerFilterForm,
+    TemplateForm,
+    TenantForm,
+)
+
+PER_PAGE = 50
+LIVE_STATES = [s for s in State if s not in TERMINAL]
+# What an operator may do to a server directly; the rest goes through approvals.
+DIRECT_KINDS = [OperationKind.START, OperationKind.STOP, OperationKind.RESTART, OperationKind.DELETE]
+
+
+def operator_required(view: Callable) -> Callable:
+    """Staff only: anonymous users go to the login page, everyone else gets 403.
+
+    Put it outermost, above require_POST and friends, so that a tenant learns nothing about
+    an operator URL, not even which methods it takes."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_staff:
+            raise PermissionDenied("operators only")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _page(request: HttpRequest, items: QuerySet) -> Page:
+    return Paginator(items, PER_PAGE).get_page(request.GET.get("page"))
+
+
+def _back(request: HttpRequest, fallback: str, *args, **kwargs) -> HttpResponse:
+    """Redirect to the form's "next" (a page of this site) or to FALLBACK."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
+        return redirect(target)
+    return redirect(fallback, *args, **kwargs)
+
+
+def _get_server(request: HttpRequest, uuid) -> VirtualServer:
+    servers = VirtualServer.objects.restrict(request.user).select_related(
+        "tenant", "plan", "template", "node", "requested_by", "requested_plan"
+    )
+    return get_object_or_404(servers, uuid=uuid)
+
+
+def _percent(used, total) -> int:
+    return min(100, round(100 * float(used) / float(total))) if total else 0
+
+
+def nodes_with_usage() -> list[Node]:
+    """Active and inactive nodes with what their live servers' plans add up to (one query)."""
+    live = Q(servers__state__in=LIVE_STATES)
+    nodes = list(
+        Node.objects.annotate(
+            server_count=Count("servers", filter=live),
+            cpus_allocated=Sum("servers__plan__cpus", filter=live),
+            memory_allocated=Sum("servers__plan__memory_mb", filter=live),
+            disk_allocated=Sum("servers__plan__disk_mb", filter=live),
+        )
+    )
+    for node in nodes:
+        node.cpus_allocated = Decimal(node.cpus_allocated or 0)
+        node.memory_allocated = node.memory_allocated or 0
+        node.disk_allocated = node.disk_allocated or 0
+        node.cpu_percent = _percent(node.cpus_allocated, node.cpus)
+        node.memory_percent = _percent(node.memory_allocated, node.memory_mb)
+        node.disk_percent = _percent(node.disk_allocated, node.disk_mb)
+        node.cpu_text = f"{node.cpus_allocated.normalize():f} / {node.cpus}"
+        node.memory_text = f"{node.memory_allocated} / {node.memory_mb} MB"
+        node.disk_text = f"{node.disk_allocated} / {node.disk_mb} MB"
+    return nodes
+
+
+def pool_size(pool: IPPool) -> int:
+    """How many addresses POOL can hand out: the same as pool.size, by arithmetic instead of
+    counting (a /15 has 131070 hosts, an IPv6 /64 more than can be counted)."""
+    network = pool.ip_network
+    gateway = ipaddress.ip_address(pool.gateway)
+    if network.version == 4:
+        reserved = 2 if network.prefixlen < 31 else 0  # network and broadcast address
+        hosts = network.num_addresses - reserved
+        gateway_is_host = gateway in network and (
+            not reserved or gateway not in (network.network_address, network.broadcast_address)
+        )
+    else:
+        reserved = 1 if network.prefixlen < 127 else 0  # the subnet-router anycast address
+        hosts = network.num_addresses - reserved
+        gateway_is_host = gateway in network and (not reserved or gateway != network.network_address)
+    return hosts - (1 if gateway_is_host else 0)
+
+
+def _pools_with_usage(pools: QuerySet) -> list[IPPool]:
+    pools = list(pools.select_related("node").annotate(used=Count("addresses")))
+    for pool in pools:
+        pool.capacity = pool_size(pool)
+        pool.free = pool.capacity - pool.used
+        pool.percent = _percent(pool.used, pool.capacity)
+        pool.usage_text = f"{pool.used} of {pool.capacity}"
+    return pools
+
+
+# -- dashboard and approvals ---------------------------------------------------------------
+
+
+@operator_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    counts = VirtualServer.objects.aggregate(
+        awaiting=Count("pk", filter=Q(state=State.REQUESTED)),
+        running=Count("pk", filter=Q(state=State.RUNNING)),
+        errors=Count("pk", filter=Q(state=State.ERROR)),
+        plan_changes=Count("pk", filter=Q(requested_plan__isnull=False, state__in=LIVE_STATES)),
+    )
+    recent = Operation.objects.select_related("server__tenant", "requested_by")[:10]
+    return render(request, "vservers/operator/dashboard.html", {
+        "section": "dashboard", "counts": counts, "nodes": nodes_with_usage(), "operations": recent,
+    })
+
+
+@operator_required
+def approvals(request: HttpRequest) -> HttpResponse:
+    requested = (
+        VirtualServer.objects.filter(state=State.REQUESTED)
+        .select_related("tenant", "plan", "template", "requested_by")
+        .order_by("created", "pk")
+    )
+    plan_changes = (
+        VirtualServer.objects.filter(requested_plan__isnull=False, state__in=LIVE_STATES)
+        .select_related("tenant", "plan", "requested_plan", "node")
+        .order_by("updated", "pk")
+    )
+    return render(request, "vservers/operator/approvals.html", {
+        "section": "approvals", "requested": requested, "plan_changes": plan_changes,
+        "nodes": Node.objects.filter(is_active=True),
+    })
+
+
+@operator_required
+@require_POST
+def approve(request: HttpRequest, uuid) -> HttpResponse:
+    server = _get_server(request, uuid)
+    form = ApproveForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"{server}: choose an active node.")
+        return _back(request, "op_approvals")
+    try:
+        actions.approve(server, request.user, node=form.cleaned_data["node"], request=request)
+    except ActionRefused as exc:
+        messages.error(request, f"{server} was not approved: {exc}.")
+    else:
+        addresses = ", ".join(server.ip_list())
+        messages.success(request, f"{server} is approved on {server.node} with {addresses}; provisioning is queued.")
+    return _back(request, "op_approvals")
+
+
+@operator_required
+@require_POST
+def reject(request: HttpRequest, uuid) -> HttpResponse:
+    server = _get_server(request, uuid)
+    form = RejectForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"{server} was not rejected: give the tenant a reason.")
+        return _back(request, "op_approvals")
+    try:
+        actions.reject(server, form.cleaned_data["reason"], request=request)
+    except ActionRefused as exc:
+        messages.error(request, f"{server} was not rejected: {exc}.")
+    else:
+        messages.success(request, f"{server} is rejected.")
+    return _back(request, "op_approvals")
+
+
+@operator_required
+@require_POST
+def plan_change(request: HttpRequest, uuid, decision: str) -> HttpResponse:
+    """Approve (queue a change_plan operation) or reject a tenant's plan change request.
+
+    1. clear requested_plan with a compare-and-swap, so of two operators deciding at once
+       only one acts;
+    2. on approval, queue the operation; if the server's state refuses it, roll back 1. so
+       the request stays waiting.
+    """
+    if decision not in ("approve", "reject"):
+        raise Http404("no such decision")
+    server = _get_server(request, uuid)
+    plan = server.requested_plan
+    if plan is None:
+        messages.info(request, f"{server} has no plan change waiting.")
+        return _back(request, "op_approvals")
+    try:
+        with transaction.atomic():
+            if not VirtualServer.objects.filter(pk=server.pk, requested_plan=plan).update(requested_plan=None):
+                raise ActionRefused("another operator decided it already")
+            if decision == "approve":
+                actions.request_operation(
+                    server, OperationKind.CHANGE_PLAN, request.user, request=request, plan_id=plan.pk
+                )
+            else:
+                AuditEntry.record(request, "server.plan_change_reject", server, plan=plan.name)
+    except ActionRefused as exc:
+        messages.error(request, f"The plan change of {server} was not decided: {exc}.")
+    else:
+        if decision == "approve":
+            messages.success(request, f"{server} moves to plan {plan.name}; the change is queued.")
+        else:
+            messages.success(request, f"The change of {server} to plan {plan.name} is rejected.")
+    return _back(request, "op_approvals")
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+@operator_required
+def servers(request: HttpRequest) -> HttpResponse:
+    form = ServerFilterForm(request.GET or None)
+    found = form.filter(
+        VirtualServer.objects.select_related("tenant", "plan", "template", "node")
+        .prefetch_related("addresses")
+        .order_by("tenant__name", "name", "pk")
+    )
+    return render(request, "vservers/operator/servers.html", {
+        "section": "servers", "form": form, "page": _page(request, found),
+    })
+
+
+@operator_required
+def server_detail(request: HttpRequest, uuid) -> HttpResponse:
+    server = _get_server(request, uuid)
+    operations = server.operations.select_related("requested_by")[:PER_PAGE]
+    kinds = [kind for kind in DIRECT_KINDS if server.state in actions.ALLOWED_STATES[kind]]
+    return render(request, "vservers/operator/server_detail.html", {
+        "section": "servers",
+        "server": server,
+        "addresses": server.addresses.select_related("pool"),
+        "operations": operations,
+        "kinds": kinds,
+        "nodes": Node.objects.filter(is_active=True),
+    })
+
+
+@operator_required
+@require_POST
+def server_action(request: HttpRequest, uuid, kind: str) -> HttpResponse:
+    if kind not in DIRECT_KINDS:
+        raise Http404("no such action")
+    server = _get_server(request, uuid)
+    try:
+        actions.request_operation(server, kind, request.user, request=request)
+    except ActionRefused as exc:
+        messages.error(request, f"{server}: {exc}.")
+    else:
+        messages.success(request, f"{OperationKind(kind).label} of {server} is queued.")
+    return _back(request, "op_server_detail", uuid=server.uuid)
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def server_create(request: HttpRequest) -> HttpResponse:
+    """An operator's server for a tenant: saved as requested and approved at once, in one
+    transaction, so a refused approval (no node, no free address) leaves nothing behind."""
+    initial = {}
+    if request.GET.get("tenant"):
+        initial["tenant"] = Tenant.objects.filter(slug=request.GET["tenant"]).first()
+    form = ServerCreateForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            with transaction.atomic():
+                server = form.save(commit=False)
+                server.state = State.REQUESTED
+                server.requested_by = request.user
+                server.save()
+                AuditEntry.record(request, "server.create", server, plan=server.plan.name,
+                                  template=server.template.name)
+                actions.approve(server, request.user, node=form.cleaned_data["node"], request=request)
+        except ActionRefused as exc:
+            form.add_error(None, f"The server could not be approved, so it was not created: {exc}.")
+        except IntegrityError:
+            form.add_error("name", "this tenant has a server of this name already")
+        else:
+            messages.success(request, f"{server} is created and approved; provisioning is queued.")
+            return redirect("op_server_detail", uuid=server.uuid)
+    return render(request, "vservers/operator/server_form.html", {"section": "servers", "form": form})
+
+
+# -- tenants and members -------------------------------------------------------------------
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def tenants(request: HttpRequest) -> HttpResponse:
+    form = TenantForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        tenant = form.save()
+        AuditEntry.record(request, "tenant.create", tenant, tenant=tenant)
+        messages.success(request, f"Tenant {tenant} is created.")
+        return redirect("op_tenant_detail", uuid=tenant.uuid)
+    listed = Tenant.objects.annotate(
+        server_count=Count("servers", filter=Q(servers__state__in=LIVE_STATES), distinct=True),
+        member_count=Count("memberships", distinct=True),
+    )
+    return render(request, "vservers/operator/tenants.html", {"section": "tenants", "tenants": listed, "form": form})
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def tenant_detail(request: HttpRequest, uuid) -> HttpResponse:
+    tenant = get_object_or_404(Tenant, uuid=uuid)
+    form = TenantForm(request.POST or None, instance=tenant)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        changes = {name: str(form.cleaned_data[name]) for name in form.changed_data}
+        AuditEntry.record(request, "tenant.update", tenant, tenant=tenant, changes=changes)
+        messages.success(request, f"Tenant {tenant} is saved.")
+        return redirect("op_tenant_detail", uuid=tenant.uuid)
+    servers = tenant.servers.select_related("plan", "node").prefetch_related("addresses").order_by("name", "pk")
+    usage = tenant.servers.filter(state__in=LIVE_STATES).aggregate(
+        servers=Count("pk"), cpus=Sum("plan__cpus"), memory=Sum("plan__memory_mb"), disk=Sum("plan__disk_mb")
+    )
+    return render(request, "vservers/operator/tenant_detail.html", {
+        "section": "tenants",
+        "tenant": tenant,
+        "form": form,
+        "members": tenant.memberships.select_related("user").order_by("user__username"),
+        "servers": servers,
+        "usage": {key: value or 0 for key, value in usage.items()},
+    })
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+@never_cache
+def member_add(request: HttpRequest, uuid) -> HttpResponse:
+    """A new user in TENANT. A generated password is shown on the answer to the POST and
+    nowhere else: not stored, not in a message, not cached."""
+    tenant = get_object_or_404(Tenant, uuid=uuid)
+    form = MemberAddForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            membership, generated = form.save(tenant)
+            AuditEntry.record(request, "member.add", membership, tenant=tenant,
+                              username=membership.user.username, role=membership.role)
+        return render(request, "vservers/operator/member_created.html", {
+            "section": "tenants", "tenant": tenant, "membership": membership, "password": generated,
+        })
+    return render(request, "vservers/operator/member_form.html", {"section": "tenants", "tenant": tenant, "form": form})
+
+
+# -- plans and templates -------------------------------------------------------------------
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def plans(request: HttpRequest) -> HttpResponse:
+    form = PlanForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        plan = form.save()
+        AuditEntry.record(request, "plan.create", plan)
+        messages.success(request, f"Plan {plan.name} is created.")
+        return redirect("op_plans")
+    listed = Plan.objects.annotate(server_count=Count("servers", filter=Q(servers__state__in=LIVE_STATES)))
+    return render(request, "vservers/operator/plans.html", {"section": "plans", "plans": listed, "form": form})
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def plan_edit(request: HttpRequest, uuid) -> HttpResponse:
+    plan = get_object_or_404(Plan, uuid=uuid)
+    form = PlanForm(request.POST or None, instance=plan)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        changes = {name: str(form.cleaned_data[name]) for name in form.changed_data}
+        AuditEntry.record(request, "plan.update", plan, changes=changes)
+        messages.success(request, f"Plan {plan.name} is saved; running servers keep their limits until changed.")
+        return redirect("op_plans")
+    return render(request, "vservers/operator/plan_form.html", {"section": "plans", "plan": plan, "form": form})
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def templates(request: HttpRequest) -> HttpResponse:
+    form = TemplateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        template = form.save()
+        AuditEntry.record(request, "template.create", template)
+        messages.success(request, f"Template {template.name} is added.")
+        return redirect("op_templates")
+    listed = Template.objects.annotate(server_count=Count("servers", filter=Q(servers__state__in=LIVE_STATES)))
+    return render(request, "vservers/operator/templates.html", {
+        "section": "templates", "templates": listed, "form": form,
+    })
+
+
+@operator_required
+@require_POST
+def template_toggle(request: HttpRequest, name: str) -> HttpResponse:
+    template = get_object_or_404(Template, name=name)
+    # Flip in the database, not from what this request read: two clicks make two flips.
+    Template.objects.filter(pk=template.pk, is_active=template.is_active).update(is_active=not template.is_active)
+    template.refresh_from_db()
+    AuditEntry.record(request, "template.activate" if template.is_active else "template.deactivate", template)
+    state = "offered to tenants" if template.is_active else "no longer offered for new servers"
+    messages.success(request, f"Template {template.name} is {state}.")
+    return redirect("op_templates")
+
+
+# -- address pools and nodes ---------------------------------------------------------------
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def pools(request: HttpRequest) -> HttpResponse:
+    form = PoolForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        pool = form.save()
+        AuditEntry.record(request, "pool.create", pool, network=pool.network, gateway=pool.gateway,
+                          node=pool.node.name)
+        messages.success(request, f"Pool {pool} is created.")
+        return redirect("op_pool_detail", pk=pool.pk)
+    return render(request, "vservers/operator/pools.html", {
+        "section": "pools", "pools": _pools_with_usage(IPPool.objects.all()), "form": form,
+    })
+
+
+@operator_required
+def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    pool = _pools_with_usage(IPPool.objects.filter(pk=pk))
+    if not pool:
+        raise Http404("no such pool")
+    allocations = IPAddress.objects.filter(pool=pool[0]).select_related("server__tenant").order_by("allocated", "pk")
+    return render(request, "vservers/operator/pool_detail.html", {
+        "section": "pools", "pool": pool[0], "page": _page(request, allocations),
+    })
+
+
+@operator_required
+def nodes(request: HttpRequest) -> HttpResponse:
+    pools_by_node: dict[int, list[IPPool]] = {}
+    for pool in _pools_with_usage(IPPool.objects.all()):
+        pools_by_node.setdefault(pool.node_id, []).append(pool)
+    listed = nodes_with_usage()
+    for node in listed:
+        node.pool_list = pools_by_node.get(node.pk, [])
+    return render(request, "vservers/operator/nodes.html", {"section": "nodes", "nodes": listed})
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+@operator_required
+def operations(request: HttpRequest) -> HttpResponse:
+    form = OperationFilterForm(request.GET or None)
+    found = form.filter(Operation.objects.select_related("server__tenant", "requested_by").order_by("-created", "-pk"))
+    return render(request, "vservers/operator/operations.html", {
+        "section": "operations", "form": form, "page": _page(request, found),
+    })
+
+
+@operator_required
+def audit(request: HttpRequest) -> HttpResponse:
+    form = AuditFilterForm(request.GET or None)
+    found = form.filter(AuditEntry.objects.select_related("actor", "tenant").order_by("-created", "-pk"))
+    return render(request, "vservers/operator/audit.html", {
+        "section": "audit", "form": form, "page": _page(request, found),
+    })

@@ -1,0 +1,530 @@
+"""The tenant's area: a customer's own servers, what runs inside them, and their history.
+
+Access goes through one helper, `_get_server_for_user`: it scopes by
+`VirtualServer.objects.restrict(user)` and answers 404 for anyone else's server, so no view
+can forget the tenant check. Read-only members may look but every POST answers 403.
+Views never touch the kernel: they record an Operation (vservers.actions) and redirect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import wraps
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render, resolve_url
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.models import AuditEntry, Membership, Tenant
+
+from .. import actions
+from ..forms import (
+    AccountAddForm,
+    AccountKeyForm,
+    AccountPasswordForm,
+    PlanChangeForm,
+    ServerRequestForm,
+    number,
+    tenant_usage,
+)
+from ..models import ON_NODE, GuestAccount, Operation, OperationKind, OperationStatus, State, VirtualServer
+
+SERVER_ACTIONS = {
+    "start": OperationKind.START,
+    "stop": OperationKind.STOP,
+    "restart": OperationKind.RESTART,
+    "delete": OperationKind.DELETE,
+    "refresh": OperationKind.REFRESH,
+}
+SERVICE_ACTIONS = {
+    "start": OperationKind.SERVICE_START,
+    "stop": OperationKind.SERVICE_STOP,
+    "restart": OperationKind.SERVICE_RESTART,
+}
+PENDING = [OperationStatus.QUEUED, OperationStatus.RUNNING]
+HISTORY_LENGTH = 20
+
+
+# -- access ---------------------------------------------------------------------------------
+
+
+def _membership(user) -> Membership | None:
+    try:
+        return user.membership
+    except Membership.DoesNotExist:
+        return None
+
+
+def _can_act(user) -> bool:
+    """Tenant admins act on their servers, read-only members only look. Staff without a
+    membership are operators: they may act on any server."""
+    membership = _membership(user)
+    if membership is None:
+        return user.is_staff
+    return membership.can_act
+
+
+def _get_server_for_user(request: HttpRequest, uuid, *, act: bool = False) -> VirtualServer:
+    """The user's live server with this UUID, or 404 (also for other tenants' servers: an
+    outsider cannot tell "not yours" from "does not exist"). With ACT, read-only members get
+    403 after that check."""
+    servers = (
+        VirtualServer.objects.restrict(request.user)
+        .visible()
+        .select_related("tenant", "plan", "template", "requested_plan")
+    )
+    server = get_object_or_404(servers, uuid=uuid)
+    if act and not _can_act(request.user):
+        raise PermissionDenied("your role in this tenant is read-only")
+    return server
+
+
+def htmx_fragment(view):
+    """For the htmx fragments a page polls: a signed-out user or a server that is gone sends
+    the whole page elsewhere (HX-Redirect) instead of the login page or nothing being swapped
+    into a table cell. Non-htmx requests get the plain login redirect and 404."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        is_htmx = request.headers.get("HX-Request") == "true"
+        if not request.user.is_authenticated:
+            if is_htmx:
+                page = urlsplit(request.headers.get("HX-Current-URL", "")).path or request.path
+                login = f"{resolve_url(settings.LOGIN_URL)}?{urlencode({'next': page})}"
+                return HttpResponse(status=401, headers={"HX-Redirect": login})
+            return login_required(view)(request, *args, **kwargs)
+        try:
+            return view(request, *args, **kwargs)
+        except Http404:
+            if not is_htmx:
+                raise
+            return HttpResponse(status=404, headers={"HX-Redirect": reverse("server_list")})
+
+    return wrapper
+
+
+def _no_tenant(request: HttpRequest) -> HttpResponse:
+    return render(request, "vservers/tenant/no_tenant.html")
+
+
+# -- presentation ---------------------------------------------------------------------------
+
+
+@dataclass
+class Meter:
+    label: str
+    used: str
+    limit: str = ""
+    percent: int | None = None
+
+    @property
+    def level(self) -> str:
+        if self.percent is None or self.percent < 75:
+            return "ok"
+        return "warn" if self.percent < 90 else "danger"
+
+
+def _percent(used: float, limit: float) -> int | None:
+    return min(100, round(100 * used / limit)) if limit else None
+
+
+def usage(server: VirtualServer) -> list[Meter]:
+    """The last sample of the worker against the plan's limits (no queries)."""
+    plan = server.plan
+    mib = 1024 * 1024
+    return [
+        Meter("CPU time", f"{server.cpu_seconds:,.1f} s", f"{number(plan.cpus)} CPU"),
+        Meter(
+            "Memory",
+            filesizeformat(server.memory_bytes),
+            filesizeformat(plan.memory_mb * mib),
+            _percent(server.memory_bytes, plan.memory_mb * mib),
+        ),
+        Meter("Processes", str(server.pids), str(plan.pids), _percent(server.pids, plan.pids)),
+        Meter(
+            "Disk",
+            filesizeformat(server.disk_used_bytes),
+            filesizeformat(plan.disk_mb * mib),
+            _percent(server.disk_used_bytes, plan.disk_mb * mib),
+        ),
+    ]
+
+
+def quota_meters(tenant: Tenant) -> list[Meter]:
+    """What the tenant's live servers take of its quotas (one query)."""
+    used = tenant_usage(tenant)
+    return [
+        Meter("Servers", str(used["servers"]), str(tenant.max_servers), _percent(used["servers"], tenant.max_servers)),
+        Meter("CPUs", number(used["cpus"]), number(tenant.max_cpus), _percent(used["cpus"], tenant.max_cpus)),
+        Meter(
+            "Memory",
+            f"{used['memory_mb']} MB",
+            f"{tenant.max_memory_mb} MB",
+            _percent(used["memory_mb"], tenant.max_memory_mb),
+        ),
+        Meter(
+            "Disk", f"{used['disk_mb']} MB", f"{tenant.max_disk_mb} MB", _percent(used["disk_mb"], tenant.max_disk_mb)
+        ),
+    ]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _ago(moment) -> str:
+    seconds = (timezone.now() - moment).total_seconds()
+    return "just now" if seconds < 10 else f"{_duration(seconds)} ago"
+
+
+def _decorate(server: VirtualServer) -> VirtualServer:
+    server.usage = usage(server) if server.sampled_at else []
+    server.plan_cpus = number(server.plan.cpus)
+    server.sampled_ago = _ago(server.sampled_at) if server.sampled_at else ""
+    return server
+
+
+def _server_rows(request: HttpRequest):
+    servers = (
+        VirtualServer.objects.restrict(request.user)
+        .visible()
+        .select_related("tenant", "plan", "template")
+        .prefetch_related("addresses")
+        .order_by("tenant__name", "name")
+    )
+    return [_decorate(server) for server in servers]
+
+
+def _available_actions(server: VirtualServer) -> dict[str, bool]:
+    # The same rule request_operation applies; refresh is a guest kind and needs a running server.
+    return {
+        name: server.state in actions.ALLOWED_STATES.get(kind, {State.RUNNING}) for name, kind in SERVER_ACTIONS.items()
+    }
+
+
+def _operations(server: VirtualServer) -> tuple[list[Operation], bool]:
+    operations = list(server.operations.select_related("requested_by")[:HISTORY_LENGTH])
+    for op in operations:
+        op.subject = op.params.get("account") or op.params.get("service") or ""
+        op.duration = (op.finished - op.started).total_seconds() if op.started and op.finished else None
+        op.ago = _ago(op.created)
+    return operations, any(op.status in PENDING for op in operations)
+
+
+def _prefix(form: str, account: str) -> str:
+    """Each account's row has its own password and key forms: the prefix keeps their field
+    names and ids apart from each other and from the add form's."""
+    return f"{form}-{account}"
+
+
+def _guest_context(server: VirtualServer, bound: dict | None = None) -> dict:
+    """Accounts and services as the worker last read them, with their forms; a bound form
+    with errors (BOUND: "add" or (form, account name) -> form) replaces the blank one."""
+    bound = bound or {}
+    rows = []
+    accounts = list(server.guest_accounts.all())
+    for account in accounts:
+        # Reserved system accounts only take a password or key when they are root.
+        manageable = not account.is_system or account.uid == 0
+        rows.append(
+            {
+                "account": account,
+                "manageable": manageable,
+                "deletable": not account.is_system,
+                "password_form": bound.get(("password", account.name))
+                or AccountPasswordForm(prefix=_prefix("pw", account.name)),
+                "key_form": bound.get(("key", account.name)) or AccountKeyForm(prefix=_prefix("key", account.name)),
+                "open": ("password", account.name) in bound or ("key", account.name) in bound,
+            }
+        )
+    services = list(server.services.all())
+    for service in services:
+        service.uptime = _duration(service.seconds) if service.seconds is not None else ""
+    add_form = bound.get("add") or AccountAddForm(existing={a.name for a in accounts})
+    return {
+        "account_rows": rows,
+        "add_form": add_form,
+        "services": services,
+        "guest_running": server.state == State.RUNNING,
+    }
+
+
+def _render_detail(request: HttpRequest, server: VirtualServer, *, plan_form=None, bound=None) -> HttpResponse:
+    """The server's page; PLAN_FORM and BOUND carry a submitted form back with its errors."""
+    operations, pending = _operations(server)
+    context = {
+        "server": _decorate(server),
+        "addresses": list(server.addresses.select_related("pool")),
+        "available": _available_actions(server),
+        "can_act": _can_act(request.user),
+        "operations": operations,
+        "operations_pending": pending,
+        "plan_form": plan_form or PlanChangeForm(server=server, auto_id="id_plan_%s"),
+        "plan_change_allowed": server.state in actions.ALLOWED_STATES[OperationKind.CHANGE_PLAN],
+        "on_node": server.state in ON_NODE,
+        **_guest_context(server, bound),
+    }
+    return render(request, "vservers/tenant/server_detail.html", context)
+
+
+def _queue(request: HttpRequest, server: VirtualServer, kind: str, done: str, **params) -> HttpResponse:
+    """Record and queue one operation, tell the user, and go back to the server's page."""
+    try:
+        actions.request_operation(server, kind, request.user, request=request, **params)
+    except actions.ActionRefused as exc:
+        messages.error(request, f"{server.name}: {exc}.")
+    else:
+        messages.success(request, f"{server.name}: {done}")
+    return redirect("server_detail", uuid=server.uuid)
+
+
+# -- server list and requests ---------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def server_list(request: HttpRequest) -> HttpResponse:
+    membership = _membership(request.user)
+    if membership is None and not request.user.is_staff:
+        return _no_tenant(request)
+    tenant = membership.tenant if membership else None
+    context = {
+        "servers": _server_rows(request),
+        "tenant": tenant,
+        "quota_meters": quota_meters(tenant) if tenant else None,
+        "can_request": membership is not None and membership.can_act,
+        "show_tenant": request.user.is_staff,  # operators see every tenant's servers
+    }
+    return render(request, "vservers/tenant/server_list.html", context)
+
+
+@htmx_fragment
+@require_GET
+def server_list_rows(request: HttpRequest) -> HttpResponse:
+    membership = _membership(request.user)
+    context = {
+        "servers": _server_rows(request),
+        "show_tenant": request.user.is_staff,  # operators see every tenant's servers
+        "can_request": membership is not None and membership.can_act,
+    }
+    return render(request, "vservers/tenant/_server_rows.html", context)
+
+
+@login_required
+def server_request(request: HttpRequest) -> HttpResponse:
+    """Ask for a server; it waits in state "requested" until an operator approves it.
+
+    1. lock the tenant's row, so two requests cannot both pass the quota check;
+    2. validate (names, quota and the unique live name, all under that lock);
+    3. create the server; the unique constraint is the backstop for the name.
+    """
+    membership = _membership(request.user)
+    if membership is None:
+        return _no_tenant(request)
+    if not membership.can_act:
+        raise PermissionDenied("your role in this tenant is read-only")
+    tenant = membership.tenant
+    if request.method == "POST":
+        form = ServerRequestForm(request.POST, tenant=tenant)
+        with transaction.atomic():
+            Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # the tenant lock
+            if form.is_valid():
+                data = form.cleaned_data
+                try:
+                    with transaction.atomic():
+                        server = VirtualServer.objects.create(
+                            tenant=tenant,
+                            name=data["name"],
+                            hostname=data["hostname"],
+                            plan=data["plan"],
+                            template=data["template"],
+                            state=State.REQUESTED,
+                            requested_by=request.user,
+                        )
+                except IntegrityError:
+                    form.add_error("name", "You already have a server with this name.")
+                else:
+                    AuditEntry.record(
+                        request, "server.request", server, plan=data["plan"].name, template=data["template"].name
+                    )
+                    messages.success(request, f"Requested {server.name}. An operator will set it up shortly.")
+                    return redirect("server_detail", uuid=server.uuid)
+    else:
+        form = ServerRequestForm(tenant=tenant)
+    meters = quota_meters(tenant)
+    context = {"form": form, "tenant": tenant, "quota_meters": meters, "quota_full": meters[0].percent == 100}
+    return render(request, "vservers/tenant/server_request.html", context)
+
+
+# -- one server -----------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def server_detail(request: HttpRequest, uuid) -> HttpResponse:
+    return _render_detail(request, _get_server_for_user(request, uuid))
+
+
+@htmx_fragment
+@require_GET
+def server_state(request: HttpRequest, uuid) -> HttpResponse:
+    server = _get_server_for_user(request, uuid)
+    context = {
+        "server": _decorate(server),
+        "available": _available_actions(server),
+        "can_act": _can_act(request.user),
+        "on_node": server.state in ON_NODE,
+    }
+    return render(request, "vservers/tenant/_state.html", context)
+
+
+@htmx_fragment
+@require_GET
+def server_operations(request: HttpRequest, uuid) -> HttpResponse:
+    """The history; the fragment polls itself only while an operation is queued or running.
+    The answer that finds nothing pending also brings fresh accounts and services (out of
+    band), since the operation that just ended may have changed them."""
+    server = _get_server_for_user(request, uuid)
+    operations, pending = _operations(server)
+    context = {"server": server, "operations": operations, "operations_pending": pending, "can_act": False}
+    if not pending and request.headers.get("HX-Request") == "true":
+        context.update(_guest_context(server), oob=True, can_act=_can_act(request.user))
+    return render(request, "vservers/tenant/_operations.html", context)
+
+
+@login_required
+@require_POST
+def server_action(request: HttpRequest, uuid, kind: str) -> HttpResponse:
+    server = _get_server_for_user(request, uuid, act=True)
+    if kind not in SERVER_ACTIONS:
+        raise Http404("no such action")
+    done = {
+        "start": "starting.",
+        "stop": "stopping.",
+        "restart": "restarting.",
+        "delete": "deletion queued.",
+        "refresh": "reading accounts, services and usage.",
+    }[kind]
+    return _queue(request, server, SERVER_ACTIONS[kind], done)
+
+
+@login_required
+@require_POST
+def plan_change(request: HttpRequest, uuid) -> HttpResponse:
+    """Record the plan the tenant wants; an operator applies it (a change_plan operation)."""
+    server = _get_server_for_user(request, uuid, act=True)
+    if server.state not in actions.ALLOWED_STATES[OperationKind.CHANGE_PLAN]:
+        messages.error(request, f"{server.name}: the plan can be changed once the server is running or stopped.")
+        return redirect("server_detail", uuid=server.uuid)
+    form = PlanChangeForm(request.POST, server=server, auto_id="id_plan_%s")
+    if not form.is_valid():
+        return _render_detail(request, server, plan_form=form)
+    plan = form.cleaned_data["plan"]
+    if plan.pk == server.plan_id:
+        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=None)
+        AuditEntry.record(request, "server.plan_change_withdrawn", server)
+        messages.success(request, f"{server.name}: plan change request withdrawn.")
+    else:
+        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=plan)
+        AuditEntry.record(request, "server.plan_change_requested", server, plan=plan.name)
+        messages.success(request, f"{server.name}: change to plan {plan.name} requested; an operator will apply it.")
+    return redirect("server_detail", uuid=server.uuid)
+
+
+# -- accounts and services inside a server --------------------------------------------------
+
+
+def _get_account_for_user(server: VirtualServer, name: str, *, system_ok: bool = False) -> GuestAccount:
+    """An account of SERVER as the worker last listed it, or 404: users act on the accounts
+    they see. System accounts other than root are the template's, not the tenant's."""
+    account = get_object_or_404(server.guest_accounts, name=name)
+    if account.is_system and not (system_ok and account.uid == 0):
+        raise PermissionDenied(f"{name} is a system account")
+    return account
+
+
+@login_required
+@require_POST
+def account_add(request: HttpRequest, uuid) -> HttpResponse:
+    server = _get_server_for_user(request, uuid, act=True)
+    existing = set(server.guest_accounts.values_list("name", flat=True))
+    form = AccountAddForm(request.POST, existing=existing)
+    if not form.is_valid():
+        return _render_detail(request, server, bound={"add": form})
+    data = form.cleaned_data
+    params = {"account": data["user"]}
+    if data["password"]:
+        params["password"] = data["password"]  # only in the operation's params; finish() wipes it
+    if data["ssh_key"]:
+        params["ssh_key"] = data["ssh_key"]
+    return _queue(request, server, OperationKind.ACCOUNT_ADD, f"adding account {data['user']}.", **params)
+
+
+@login_required
+@require_POST
+def account_delete(request: HttpRequest, uuid, name: str) -> HttpResponse:
+    server = _get_server_for_user(request, uuid, act=True)
+    name = _get_account_for_user(server, name).name
+    return _queue(request, server, OperationKind.ACCOUNT_DELETE, f"deleting account {name}.", account=name)
+
+
+@login_required
+@require_POST
+def account_password(request: HttpRequest, uuid, name: str) -> HttpResponse:
+    server = _get_server_for_user(request, uuid, act=True)
+    name = _get_account_for_user(server, name, system_ok=True).name
+    form = AccountPasswordForm(request.POST, prefix=_prefix("pw", name))
+    if not form.is_valid():
+        return _render_detail(request, server, bound={("password", name): form})
+    password = form.cleaned_data["password"]
+    return _queue(
+        request,
+        server,
+        OperationKind.ACCOUNT_PASSWORD,
+        f"setting the password of {name}.",
+        account=name,
+        password=password,
+    )
+
+
+@login_required
+@require_POST
+def account_key(request: HttpRequest, uuid, name: str) -> HttpResponse:
+    server = _get_server_for_user(request, uuid, act=True)
+    name = _get_account_for_user(server, name, system_ok=True).name
+    form = AccountKeyForm(request.POST, prefix=_prefix("key", name))
+    if not form.is_valid():
+        return _render_detail(request, server, bound={("key", name): form})
+    return _queue(
+        request,
+        server,
+        OperationKind.ACCOUNT_KEY,
+        f"adding an SSH key for {name}.",
+        account=name,
+        ssh_key=form.cleaned_data["ssh_key"],
+    )
+
+
+@login_required
+@require_POST
+def service_action(request: HttpRequest, uuid, name: str, action: str) -> HttpResponse:
+    server = _get_server_for_user(request, uuid, act=True)
+    if action not in SERVICE_ACTIONS:
+        raise Http404("no such service action")
+    name = get_object_or_404(server.services, name=name).name  # as the worker last listed them
+    verb = {"start": "starting", "stop": "stopping", "restart": "restarting"}[action]
+    return _queue(request, server, SERVICE_ACTIONS[action], f"{verb} service {name}.", service=name)
