@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.engine.helpers import http_get, vserver_cli, wait_for_http
+from tests.leaks import TEST_ENV
 
 IP = "198.19.5.10"
 
@@ -110,7 +111,8 @@ def test_enter_gives_an_interactive_shell_on_its_own_terminal(engine, make_serve
     make_server("shell", "198.19.5.11/18")
     pid, fd = pty.fork()
     if pid == 0:
-        os.execv(sys.executable, [sys.executable, "-m", "vservers.engine.cli", "enter", "shell"])
+        os.execve(sys.executable, [sys.executable, "-m", "vservers.engine.cli", "enter", "shell"],
+                  {**os.environ, **TEST_ENV})
     try:
         output = _read_until(fd, b"# ")  # the guest shell's prompt
         os.write(fd, b"tty; echo marker-$((6*7)); exit\n")
