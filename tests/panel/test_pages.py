@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import re
-import shutil
 import socket
-import subprocess
 import time
 
 import pytest
-import redis
 
 LOGIN = "/accounts/login/"
 
@@ -111,35 +108,6 @@ def test_healthz_gives_up_on_a_hanging_redis_after_a_second(client, settings):
         assert time.monotonic() - started < 3
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    """A private redis-server on a Unix socket, stopped after the test."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (make install)")
-    sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(tmp_path), "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}?db=0"
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except (redis.ConnectionError, FileNotFoundError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not come up") from None
-                time.sleep(0.05)
-        client.close()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_healthz_reports_redis_up(client, settings, redis_url):
-    settings.REDIS_URL = redis_url
+def test_healthz_reports_redis_up(client, settings, panel_redis):
+    settings.REDIS_URL = panel_redis
     assert client.get("/healthz").json() == {"ok": True, "redis": True}
