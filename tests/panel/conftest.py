@@ -2,6 +2,9 @@
 (PANEL_ENV: its own root, bridge vspanel0 and 198.19.128.0/18), a small world of rows, and a
 real PanelWorker that drains the queues in this process (no fork, like NetBox's tests).
 
+For the view tests, which need neither: `queued` records what would have been queued, and
+`offline_world` is a world of database rows only.
+
 Nothing here is autouse: tests that need neither Redis nor the engine pay for neither.
 """
 
@@ -243,6 +246,68 @@ def provision(world, make_server, drain):
         return servers if len(servers) > 1 else servers[0]
 
     return run
+
+
+# --- rows without Redis or the engine ----------------------------------------------------------
+
+FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    """The operations that would have been sent to a node's queue, in order:
+    vservers.actions.enqueue is replaced by a recorder, so no Redis is needed."""
+    from vservers import actions
+
+    calls: list = []
+    monkeypatch.setattr(actions, "enqueue", calls.append)
+    return calls
+
+
+@pytest.fixture
+def offline_pool():
+    """The fields of offline_world's address pool; a test module may override this fixture."""
+    return {"name": "test", "network": "198.19.128.0/24", "gateway": "198.19.128.1"}
+
+
+@pytest.fixture
+def offline_plans():
+    """The plans offline_world creates, name -> fields (each becomes an attribute of the world
+    by its name); a test module may override this fixture."""
+    return {
+        "small": {"cpus": "0.5", "memory_mb": 256, "disk_mb": 1024},
+        "medium": {"cpus": "1", "memory_mb": 512, "disk_mb": 4096},
+    }
+
+
+@pytest.fixture
+def offline_world(db, django_user_model, settings, queued, offline_pool, offline_plans):
+    """A world of database rows only (no Redis, no engine; queueing goes to `queued`), unlike
+    `world` above: node "local" (queue "default") with pool "test" 198.19.128.0/24, gateway
+    198.19.128.1 (see offline_pool), plans small and medium (see offline_plans), the busybox
+    template, tenants Acme (admin alice) and Globex (admin bob), and operator, a staff user.
+
+    Passwords, hashed with the fast MD5 hasher: "alice password 1", "bob password 1" and
+    "operator pw 1". Attributes: node, pool, one per plan, busybox, acme, globex, alice, bob,
+    operator and queued."""
+    from accounts.models import Membership, Tenant
+    from vservers.models import IPPool, Node, Plan, Template
+
+    settings.PASSWORD_HASHERS = FAST_HASHER
+    w = SimpleNamespace(queued=queued)
+    w.node = Node.objects.create(name="local", queue_name="default")
+    w.pool = IPPool.objects.create(node=w.node, **offline_pool)
+    for name, fields in offline_plans.items():
+        setattr(w, name, Plan.objects.create(name=name, **fields))
+    w.busybox = Template.objects.create(name="busybox", display_name="BusyBox")
+    w.acme = Tenant.objects.create(name="Acme", slug="acme")
+    w.globex = Tenant.objects.create(name="Globex", slug="globex")
+    w.alice = django_user_model.objects.create_user("alice", "alice@acme.test", "alice password 1")
+    Membership.objects.create(user=w.alice, tenant=w.acme, role=Membership.ADMIN)
+    w.bob = django_user_model.objects.create_user("bob", "bob@globex.test", "bob password 1")
+    Membership.objects.create(user=w.bob, tenant=w.globex, role=Membership.ADMIN)
+    w.operator = django_user_model.objects.create_user("operator", "ops@example.test", "operator pw 1", is_staff=True)
+    return w
 
 
 # --- talking to the servers --------------------------------------------------------------------

@@ -24,18 +24,12 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.converters import IntConverter, UUIDConverter
 
-from accounts.models import Membership, Tenant
-from vservers import actions
 from vservers.models import (
     GuestAccount,
-    IPPool,
-    Node,
     Operation,
     OperationKind,
-    Plan,
     Service,
     State,
-    Template,
     VirtualServer,
 )
 
@@ -116,50 +110,34 @@ OPERATOR_ROUTES = routes(OPERATOR_PREFIX)
 
 
 @pytest.fixture
-def queued(monkeypatch):
-    calls: list[Operation] = []
-    monkeypatch.setattr(actions, "enqueue", calls.append)
-    return calls
-
-
-@pytest.fixture
-def world(db, django_user_model, settings, queued):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    node = Node.objects.create(name="local", queue_name="default")
-    pool = IPPool.objects.create(name="test", node=node, network="198.19.128.0/24", gateway="198.19.128.1")
-    small = Plan.objects.create(name="small", cpus="0.5", memory_mb=256, disk_mb=1024)
-    medium = Plan.objects.create(name="medium", cpus="1", memory_mb=512, disk_mb=4096)
-    busybox = Template.objects.create(name="busybox", display_name="BusyBox")
-    acme = Tenant.objects.create(name="Acme", slug="acme")
-    globex = Tenant.objects.create(name="Globex", slug="globex")
-    alice = django_user_model.objects.create_user("alice", "alice@acme.test", "pw")
-    Membership.objects.create(user=alice, tenant=acme, role=Membership.ADMIN)
-    bob = django_user_model.objects.create_user("bob", "bob@globex.test", "pw")
-    Membership.objects.create(user=bob, tenant=globex, role=Membership.ADMIN)
-    operator = django_user_model.objects.create_user("operator", "ops@example.test", "pw", is_staff=True)
+def world(offline_world):
+    """conftest's offline_world, with a running server for each tenant: acme-web and globex's
+    SECRET_NAME, each with an address, a provision operation, a guest account and a service.
+    Returns alice, bob, operator and globex (that server's objects)."""
+    w = offline_world
 
     def server(tenant, name):
         made = VirtualServer.objects.create(
             tenant=tenant,
             name=name,
             hostname=f"{name}.example.test",
-            plan=small,
-            template=busybox,
-            node=node,
+            plan=w.small,
+            template=w.busybox,
+            node=w.node,
             state=State.RUNNING,
-            requested_plan=medium,
+            requested_plan=w.medium,
         )
-        address = pool.allocate(made)
-        operation = Operation.objects.create(server=made, kind=OperationKind.PROVISION, requested_by=operator)
+        address = w.pool.allocate(made)
+        operation = Operation.objects.create(server=made, kind=OperationKind.PROVISION, requested_by=w.operator)
         account = GuestAccount.objects.create(  # noqa: S604 - a login shell, not subprocess's shell=
             server=made, name=GUEST_NAME, uid=1000, home="/home/www", shell="/bin/sh"
         )
         service = Service.objects.create(server=made, name=GUEST_NAME, state="run", pid=42)
         return SimpleNamespace(server=made, address=address, operation=operation, account=account, service=service)
 
-    server(acme, "acme-web")  # alice has a server of her own: her pages are not empty
-    theirs = server(globex, SECRET_NAME)
-    return SimpleNamespace(alice=alice, bob=bob, operator=operator, globex=theirs)
+    server(w.acme, "acme-web")  # alice has a server of her own: her pages are not empty
+    theirs = server(w.globex, SECRET_NAME)
+    return SimpleNamespace(alice=w.alice, bob=w.bob, operator=w.operator, globex=theirs)
 
 
 def candidates(route: Route, param: str, world) -> list:

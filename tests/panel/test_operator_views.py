@@ -8,14 +8,11 @@ tests need neither Redis nor the kernel.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.models import AuditEntry, Membership, Tenant
-from vservers import actions
 from vservers.models import (
     IPAddress,
     IPPool,
@@ -30,45 +27,12 @@ from vservers.models import (
 )
 from vservers.views.operator import pool_size
 
-FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 @pytest.fixture
-def queued(monkeypatch):
-    """The operations that would have been sent to the node's queue."""
-    calls: list[Operation] = []
-    monkeypatch.setattr(actions, "enqueue", calls.append)
-    return calls
-
-
-@pytest.fixture
-def world(db, django_user_model, settings, queued):
-    settings.PASSWORD_HASHERS = FAST_HASHER
-    node = Node.objects.create(name="local", queue_name="default")
-    pool = IPPool.objects.create(name="test", node=node, network="198.19.128.0/24", gateway="198.19.128.1")
-    small = Plan.objects.create(name="small", cpus="0.5", memory_mb=256, disk_mb=1024)
-    medium = Plan.objects.create(name="medium", cpus="1", memory_mb=512, disk_mb=4096)
-    busybox = Template.objects.create(name="busybox", display_name="BusyBox")
-    acme = Tenant.objects.create(name="Acme", slug="acme")
-    globex = Tenant.objects.create(name="Globex", slug="globex")
-    alice = django_user_model.objects.create_user("alice", "alice@acme.test", "alice password 1")
-    Membership.objects.create(user=alice, tenant=acme, role=Membership.ADMIN)
-    bob = django_user_model.objects.create_user("bob", "bob@globex.test", "bob password 1")
-    Membership.objects.create(user=bob, tenant=globex, role=Membership.ADMIN)
-    operator = django_user_model.objects.create_user("operator", "ops@example.test", "operator pw 1", is_staff=True)
-    return SimpleNamespace(
-        node=node,
-        pool=pool,
-        small=small,
-        medium=medium,
-        busybox=busybox,
-        acme=acme,
-        globex=globex,
-        alice=alice,
-        bob=bob,
-        operator=operator,
-        queued=queued,
-    )
+def world(offline_world):
+    """conftest's offline_world: its users sign in with their passwords ("alice password 1"), and
+    world.queued holds what was queued."""
+    return offline_world
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import re
 from decimal import Decimal
-from types import SimpleNamespace
 
 import pytest
 from django.db import connection
@@ -20,20 +19,19 @@ from django.utils import timezone
 from accounts.models import AuditEntry, Membership, Tenant
 from vservers.models import (
     GuestAccount,
-    IPPool,
-    Node,
     Operation,
     OperationKind,
     OperationStatus,
-    Plan,
     Service,
     State,
-    Template,
     VirtualServer,
 )
 
 LOGIN = "/accounts/login/"
 PASSWORD = "s3cret-Passw0rd"
+
+# What the views queue goes to conftest's recorder, never to Redis, in every test here.
+pytestmark = pytest.mark.usefixtures("queued")
 
 
 def ssh_key(key_type: str = "ssh-ed25519", comment: str = "alice@laptop") -> str:
@@ -67,28 +65,32 @@ def guest_account(server, name, uid, home, login_shell, is_system=False) -> Gues
 
 
 @pytest.fixture
-def world(db, django_user_model):
-    w = SimpleNamespace()
-    w.node = Node.objects.create(name="local", queue_name="default")
-    w.pool = IPPool.objects.create(name="panel-test", node=w.node, network="198.19.128.0/18", gateway="198.19.128.1")
-    w.small = Plan.objects.create(name="small", cpus=Decimal("0.5"), memory_mb=512, disk_mb=2048, pids=128)
-    w.large = Plan.objects.create(name="large", cpus=Decimal("2"), memory_mb=2048, disk_mb=8192, pids=512)
-    w.retired = Plan.objects.create(name="retired", cpus=1, memory_mb=256, disk_mb=1024, is_active=False)
-    w.busybox = Template.objects.create(name="busybox", display_name="BusyBox")
-    w.acme = Tenant.objects.create(name="Acme", slug="acme")
-    w.globex = Tenant.objects.create(name="Globex", slug="globex")
+def offline_pool():
+    """A /18, as the detail page shows the prefix."""
+    return {"name": "panel-test", "network": "198.19.128.0/18", "gateway": "198.19.128.1"}
 
-    def user(name, tenant=None, role=Membership.ADMIN, **extra):
-        u = django_user_model.objects.create_user(name, f"{name}@example.com", None, **extra)  # force_login: no hashing
-        if tenant is not None:
-            Membership.objects.create(user=u, tenant=tenant, role=role)
-        return u
 
-    w.alice = user("alice", w.acme)
-    w.bob = user("bob", w.globex)
-    w.ro = user("ro", w.acme, Membership.READONLY)
-    w.charlie = user("charlie")
-    w.operator = user("olivia", is_staff=True)
+@pytest.fixture
+def offline_plans():
+    """small (its 512 MB count against the quotas), large, and a retired plan."""
+    return {
+        "small": {"cpus": Decimal("0.5"), "memory_mb": 512, "disk_mb": 2048, "pids": 128},
+        "large": {"cpus": Decimal("2"), "memory_mb": 2048, "disk_mb": 8192, "pids": 512},
+        "retired": {"cpus": 1, "memory_mb": 256, "disk_mb": 1024, "is_active": False},
+    }
+
+
+@pytest.fixture
+def world(offline_world, django_user_model):
+    """conftest's offline_world with this file's pool and plans (above), plus ro (acme, read
+    only) and charlie (no tenant), and two servers: acme's web (with usage, accounts root,
+    daemon and carol, service sshd) and globex's db (account dave, service postgres). The tests
+    sign in with force_login."""
+    w = offline_world
+
+    w.ro = django_user_model.objects.create_user("ro", "ro@example.com", None)  # force_login: no password
+    Membership.objects.create(user=w.ro, tenant=w.acme, role=Membership.READONLY)
+    w.charlie = django_user_model.objects.create_user("charlie", "charlie@example.com", None)
 
     w.web = make_server(
         w,
@@ -108,14 +110,6 @@ def world(db, django_user_model):
     guest_account(w.db, "dave", 1000, "/home/dave", "/bin/sh")
     Service.objects.create(server=w.db, name="postgres", state="running", pid=50, seconds=60)
     return w
-
-
-@pytest.fixture(autouse=True)
-def queued(monkeypatch):
-    """What the views queued, instead of Redis."""
-    calls: list[Operation] = []
-    monkeypatch.setattr("vservers.actions.enqueue", calls.append)
-    return calls
 
 
 def login(client, user) -> Client:
