@@ -16,12 +16,13 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := python3-venv python3-dev build-essential busybox-static e2fsprogs util-linux \
 	iproute2 iputils-ping redis-server debootstrap procps psmisc ca-certificates chromium
 
-.PHONY: help install apt-packages run test clean as-root
+.PHONY: help install apt-packages run test bench clean as-root
 
 help:
 	@echo "make run     install what is missing, prepare the database, start the panel (Ctrl-C stops it)"
 	@echo "make test    install what is missing, then ruff and pytest (PYTEST_ARGS='-k name' to select)"
 	@echo "make install Debian packages, .venv and the project's Python packages"
+	@echo "make bench   engine latency and density benchmarks (FULL=1 for the large run)"
 	@echo "make clean   empty var/ (database, secret key, static files, redis data)"
 
 as-root:
@@ -69,6 +70,11 @@ run: as-root install
 test: as-root install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The engine's latency and density (bench/README.md); FULL=1 for the large run. Not part of
+# the tests: benchmarks time things, tests never do.
+bench: as-root install
+	$(PY) bench/engine.py $(if $(FULL),--runs 50 --density 1000,--runs 20 --density 100)
 
 # Refuses while the panel runs or while anything is mounted below var/ (a test's server
 # left behind); --one-file-system keeps rm out of any mount all the same.

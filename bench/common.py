@@ -1,0 +1,273 @@
+"""Shared pieces of the benchmarks: their own engine installation, safe HTTP, statistics,
+results files and a cleanup that leaves nothing behind.
+
+The benchmarks use an installation of their own (root, bridge, address range, uid range)
+so they never touch the operator's servers, and they remove all of it at the end, also on
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+BENCH_ENV = {
+    "VSERVER_ROOT": "/var/lib/vservers-bench",
+    "VSERVER_BRIDGE": "vsbench0",
+    "VSERVER_GATEWAY": "198.19.224.1/19",
+    "VSERVER_UID_BASE": "700000000",
+    "VSERVER_CACHE_DIR": "/var/cache/vservers-test",
+}
+NETWORK = ipaddress.ip_network("198.19.224.0/19")
+BRIDGE = BENCH_ENV["VSERVER_BRIDGE"]
+
+# The full-VM figures from the project's slides (one VM running an Apache web server).
+SLIDES_VM_RAM_BYTES = 150 * 1000 * 1000
+SLIDES_VM_DISK_BYTES = 700 * 1000 * 1000
+
+MB = 1000 * 1000
+
+
+def engine_env() -> dict[str, str]:
+    """Put the benchmark installation into os.environ (the template build reads the cache
+    directory from there) and return it."""
+    os.environ.update(BENCH_ENV)
+    # The engine talks to the VPSs directly; never through a proxy.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        os.environ.pop(var, None)
+    return dict(BENCH_ENV)
+
+
+def address(index: int) -> str:
+    """The INDEX-th guest address (with prefix), from 198.19.225.0 upwards, inside the /19."""
+    ip = NETWORK.network_address + 256 + index
+    if ip not in NETWORK or ip == NETWORK.broadcast_address:
+        raise ValueError(f"address index {index} is outside {NETWORK}")
+    return f"{ip}/{NETWORK.prefixlen}"
+
+
+# --- network safety -----------------------------------------------------------------------
+
+
+class UnsafeRoute(RuntimeError):
+    pass
+
+
+def check_route(addr: str) -> None:
+    """Abort unless the host would send ADDR out of the benchmark bridge (the default route
+    leaves the machine and a proxy there answers anything)."""
+    ip = ipaddress.ip_address(addr.split("/")[0])
+    if ip not in NETWORK:
+        raise UnsafeRoute(f"{ip} is outside the benchmark range {NETWORK}")
+    out = subprocess.run(["ip", "route", "get", str(ip)], capture_output=True, text=True)
+    words = out.stdout.split()
+    dev = words[words.index("dev") + 1] if "dev" in words else None
+    if out.returncode != 0 or dev != BRIDGE:
+        raise UnsafeRoute(f"ip route get {ip} names {dev!r}, not {BRIDGE}: {out.stdout.strip() or out.stderr.strip()}")
+
+
+def http_status(ip: str, timeout: float = 1.0) -> int | None:
+    """GET / from IP:80 with http.client (no proxies); the status, or None if it failed."""
+    conn = http.client.HTTPConnection(ip, 80, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def wait_http(ip: str, deadline: float, interval: float = 0.002) -> float | None:
+    """Poll IP every INTERVAL until it answers 200; the monotonic time it did, or None."""
+    while True:
+        if http_status(ip, timeout=0.5) == 200:
+            return time.monotonic()
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """Linear-interpolated percentile Q (0..100)."""
+    data = sorted(values)
+    if not data:
+        return math.nan
+    pos = (len(data) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "median": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "min": min(values) if values else math.nan,
+        "max": max(values) if values else math.nan,
+        "n": len(values),
+    }
+
+
+def meminfo(field: str = "MemAvailable") -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def meminfo_sampled(field: str = "MemAvailable", samples: int = 5, interval: float = 0.2) -> int:
+    """Median of a few readings, to damp the host's own noise."""
+    values = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        values.append(meminfo(field))
+    return int(percentile(values, 50))
+
+
+def host_info() -> dict:
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "mem_total_bytes": meminfo("MemTotal"),
+        "python": platform.python_version(),
+        "cgroup": "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1",
+        "git_commit": commit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+def md_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, data: dict, markdown: str) -> Path:
+    """Write results/NAME.json and replace (or append) NAME's section in results/SUMMARY.md."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    summary_path = RESULTS_DIR / "SUMMARY.md"
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    section = f"{begin}\n{markdown.rstrip()}\n{end}\n"
+    text = summary_path.read_text() if summary_path.exists() else "# Benchmark results\n\n"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    summary_path.write_text(text)
+    return path
+
+
+# --- cleanup ------------------------------------------------------------------------------
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGINT/SIGTERM handler so that `finally` blocks run."""
+
+
+def install_signal_handlers() -> None:
+    def handler(signum, _frame):
+        # Cleanup must not be interrupted a second time.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cleanup_installation(engine, log: Callable[[str], None] = print) -> list[str]:
+    """Delete every server of the benchmark root through the engine, remove its bridge and
+    its root directory; return what is still left (empty when clean)."""
+    from vservers.engine import network
+
+    config = engine.config
+    problems: list[str] = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        if config.servers_dir.is_dir():
+            names = engine.names()
+            # Also half-created ones (a directory without config.json).
+            names = sorted(set(names) | {p.name for p in config.servers_dir.iterdir() if p.is_dir()})
+            if names:
+                results = engine.stop_many([n for n in names if n in engine.names()])
+                for name in names:
+                    err = results.get(name)
+                    if err is not None:
+                        log(f"cleanup: stop {name}: {err}")
+                    try:
+                        engine.delete(name)
+                    except Exception as exc:  # noqa: BLE001 - keep cleaning the rest
+                        problems.append(f"delete {name}: {exc}")
+        try:
+            network.remove_bridge(config.bridge)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"remove bridge {config.bridge}: {exc}")
+        if str(config.root) == BENCH_ENV["VSERVER_ROOT"]:
+            shutil.rmtree(config.root, ignore_errors=True)
+        problems += leftovers(config)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return problems
+
+
+def leftovers(config) -> list[str]:
+    """What of the benchmark installation still exists on the host."""
+    found = []
+    root = str(config.root)
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            point = line.split()[4]
+            if point == root or point.startswith(root + "/"):
+                found.append(f"mount {point}")
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found += [f"loop {line}" for line in loops.splitlines() if root in line]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        parts = line.split(":")
+        if len(parts) > 1:
+            ifname = parts[1].strip().split("@")[0]
+            if ifname == config.bridge or ifname.startswith(config.veth_prefix):
+                found.append(f"link {ifname}")
+    if config.root.exists():
+        found.append(f"directory {config.root}")
+    for hierarchy in Path("/sys/fs/cgroup").glob("*"):
+        for cand in (hierarchy / config.cgroup_parent, hierarchy):
+            if cand.name == config.cgroup_parent and cand.is_dir():
+                found.append(f"cgroup {cand}")
+    if (Path("/sys/fs/cgroup") / config.cgroup_parent).is_dir():
+        found.append(f"cgroup {Path('/sys/fs/cgroup') / config.cgroup_parent}")
+    return sorted(set(found))
