@@ -4,15 +4,29 @@ processes). The leak check fails the run."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.leaks import TEST_ENV, find_leaks
 
+# One test session at a time per host: the sessions share their installations' names
+# (roots, bridges, addresses), so a second one waits here instead of tripping the first.
+SESSION_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "vservers-tests.lock"
+
 
 def pytest_configure(config):
+    if os.geteuid() == 0:
+        lock = open(SESSION_LOCK, "w")  # noqa: SIM115 - held until the process exits
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another test session ({SESSION_LOCK})", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        config._vservers_session_lock = lock
     # Guests' inits are reparented to the nearest subreaper when the setup child exits; being
     # it lets the engine reap them (this machine's PID 1 does not reap orphans).
     if os.geteuid() == 0:
