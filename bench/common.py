@@ -34,6 +34,27 @@ BENCH_ENV = {
 NETWORK = ipaddress.ip_network("198.19.224.0/19")
 BRIDGE = BENCH_ENV["VSERVER_BRIDGE"]
 
+# The other benchmarks' installations: each its own root, bridge, range and uids, so that
+# one benchmark's cleanup never touches another's servers. All inside 198.18.0.0/15.
+OVERHEAD_ENV = {
+    **BENCH_ENV,
+    "VSERVER_ROOT": "/var/lib/vservers-bench-overhead",
+    "VSERVER_BRIDGE": "vsbenchov0",
+    "VSERVER_GATEWAY": "198.19.208.1/21",
+    "VSERVER_UID_BASE": "3000000000",
+}
+PANEL_ENV = {
+    **BENCH_ENV,
+    "VSERVER_ROOT": "/var/lib/vservers-bench-panel",
+    "VSERVER_BRIDGE": "vsbenchpn0",
+    "VSERVER_GATEWAY": "198.19.216.1/21",
+    "VSERVER_UID_BASE": "3500000000",
+}
+# LXC's containers (bench/lxc.py): not an engine installation, a bridge and lxcpath of their own.
+LXC_BRIDGE = "vsbenchlxc0"
+LXC_GATEWAY = "198.19.192.1/20"
+LXC_PATH = "/var/lib/vservers-bench-lxc"
+
 # The full-VM figures from the project's slides (one VM running an Apache web server).
 SLIDES_VM_RAM_BYTES = 150 * 1000 * 1000
 SLIDES_VM_DISK_BYTES = 700 * 1000 * 1000
@@ -41,22 +62,27 @@ SLIDES_VM_DISK_BYTES = 700 * 1000 * 1000
 MB = 1000 * 1000
 
 
-def engine_env() -> dict[str, str]:
-    """Put the benchmark installation into os.environ (the template build reads the cache
+def network_of(env: dict[str, str]) -> ipaddress.IPv4Network:
+    return ipaddress.ip_interface(env["VSERVER_GATEWAY"]).network
+
+
+def engine_env(env: dict[str, str] = BENCH_ENV) -> dict[str, str]:
+    """Put the benchmark installation ENV into os.environ (the template build reads the cache
     directory from there) and return it."""
-    os.environ.update(BENCH_ENV)
+    os.environ.update(env)
     # The engine talks to the VPSs directly; never through a proxy.
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         os.environ.pop(var, None)
-    return dict(BENCH_ENV)
+    return dict(env)
 
 
-def address(index: int) -> str:
-    """The INDEX-th guest address (with prefix), from 198.19.225.0 upwards, inside the /19."""
-    ip = NETWORK.network_address + 256 + index
-    if ip not in NETWORK or ip == NETWORK.broadcast_address:
-        raise ValueError(f"address index {index} is outside {NETWORK}")
-    return f"{ip}/{NETWORK.prefixlen}"
+def address(index: int, network: ipaddress.IPv4Network = NETWORK) -> str:
+    """The INDEX-th guest address (with prefix), from the network's 257th address upwards
+    (198.19.225.0 in the default /19)."""
+    ip = network.network_address + 256 + index
+    if ip not in network or ip == network.broadcast_address:
+        raise ValueError(f"address index {index} is outside {network}")
+    return f"{ip}/{network.prefixlen}"
 
 
 # --- network safety -----------------------------------------------------------------------
@@ -66,17 +92,17 @@ class UnsafeRoute(RuntimeError):
     pass
 
 
-def check_route(addr: str) -> None:
-    """Abort unless the host would send ADDR out of the benchmark bridge (the default route
+def check_route(addr: str, network: ipaddress.IPv4Network = NETWORK, bridge: str = BRIDGE) -> None:
+    """Abort unless the host would send ADDR out of the benchmark's BRIDGE (the default route
     leaves the machine and a proxy there answers anything)."""
     ip = ipaddress.ip_address(addr.split("/")[0])
-    if ip not in NETWORK:
-        raise UnsafeRoute(f"{ip} is outside the benchmark range {NETWORK}")
+    if ip not in network:
+        raise UnsafeRoute(f"{ip} is outside the benchmark range {network}")
     out = subprocess.run(["ip", "route", "get", str(ip)], capture_output=True, text=True)
     words = out.stdout.split()
     dev = words[words.index("dev") + 1] if "dev" in words else None
-    if out.returncode != 0 or dev != BRIDGE:
-        raise UnsafeRoute(f"ip route get {ip} names {dev!r}, not {BRIDGE}: {out.stdout.strip() or out.stderr.strip()}")
+    if out.returncode != 0 or dev != bridge:
+        raise UnsafeRoute(f"ip route get {ip} names {dev!r}, not {bridge}: {out.stdout.strip() or out.stderr.strip()}")
 
 
 def http_status(ip: str, timeout: float = 1.0) -> int | None:
@@ -235,7 +261,7 @@ def cleanup_installation(engine, log: Callable[[str], None] = print) -> list[str
             network.remove_bridge(config.bridge)
         except Exception as exc:  # noqa: BLE001
             problems.append(f"remove bridge {config.bridge}: {exc}")
-        if str(config.root) == BENCH_ENV["VSERVER_ROOT"]:
+        if str(config.root).startswith(BENCH_ENV["VSERVER_ROOT"]):
             shutil.rmtree(config.root, ignore_errors=True)
         problems += leftovers(config)
     finally:
