@@ -6,7 +6,10 @@ namespaces and forks the program (a PID namespace applies to children only); it 
 program into the cgroups before letting it exec, and stays outside them itself, so it never
 counts against the server's limits nor becomes the memory cgroup's OOM victim. The helper
 is made non-dumpable before it enters, so the guest's root cannot open its /proc/PID/exe,
-fds or cwd (the CVE-2019-5736 class); only fds 0-2 are passed in.
+fds or cwd (the CVE-2019-5736 class); the helper itself stays in the host's PID namespace, and
+its child, visible in the guest until it execs, keeps only fds 0-2 and pipes of its own, with
+its cwd and root the guest's (the CVE-2024-21626 class). The program runs with the guest's init's
+bounding set and seccomp filter.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import syscalls
+from . import capabilities, seccomp, syscalls
 from .errors import EngineError
 from .launch import GUEST_PATH
 from .syscalls import CLONE_NEWUSER, PR_SET_DUMPABLE
@@ -75,7 +78,10 @@ def spawn(
             os.setresuid(0, 0, 0)
             child = os.fork()
             if child == 0:
-                os.close(go_w)
+                # Visible in the guest from here on: hold no handle of the host's (namespace
+                # and cgroup files) even for the moment until exec.
+                for fd in (go_w, *ns_fds, *procs_fds):
+                    os.close(fd)
                 os.read(go_r, 1)  # wait until we are in the server's cgroups
                 _exec_child(argv, environment, error_w, pty_socket)
             os.close(go_r)
@@ -139,6 +145,9 @@ def _exec_child(argv, environment, error_w: int, pty_socket: int | None) -> None
         os.closerange(3, error_w)
         os.closerange(error_w + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir("/")
+        # The same confinement as the guest's init (see launch.py), last before exec.
+        capabilities.drop()
+        seccomp.install()
         os.execvpe(argv[0], list(argv), environment)
     except BaseException as exc:  # noqa: BLE001
         try:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import loopdev, syscalls
+from . import capabilities, loopdev, seccomp, syscalls
 from .errors import EngineError
 from .syscalls import (
     CLONE_NEWCGROUP,
@@ -46,10 +46,23 @@ from .syscalls import (
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
+    MS_REMOUNT,
     PR_SET_DUMPABLE,
 )
 
 DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+# Host state under /proc and /sys that a VPS must neither see nor change (the OCI runtime spec's
+# defaults). Masked: a file gets /dev/null bound over it, a directory an empty read-only tmpfs.
+# Read-only: bound onto itself and remounted read-only. /proc/sys stays writable below net/
+# only, like LXC's proc:mixed: every file there belongs to the VPS's own network namespace.
+# Entries this kernel lacks are skipped. Mounted by the guest's root, these are a first layer:
+# the guest's root could unmount them; under them the host's files are still owned by host root
+# and guarded by capabilities of the host's user namespace (see tests/engine/test_escape.py).
+MASKED_PATHS = (
+    "proc/acpi", "proc/asound", "proc/kcore", "proc/keys", "proc/latency_stats", "proc/sched_debug",
+    "proc/scsi", "proc/timer_list", "proc/timer_stats", "sys/firmware", "sys/devices/virtual/powercap",
+)
+READ_ONLY_PATHS = ("proc/bus", "proc/fs", "proc/irq", "proc/sysrq-trigger")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -229,6 +242,10 @@ def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:
     os.closerange(3, report_w)
     os.closerange(report_w + 1, os.sysconf("SC_OPEN_MAX"))
     env = {"PATH": GUEST_PATH, "HOME": "/root", "TERM": "linux", "container": "vserver"}
+    # Last before exec: the bounding set and the seccomp filter hold for init and everything it
+    # starts (see capabilities.py, seccomp.py); guest.py does the same for exec'd programs.
+    capabilities.drop()
+    seccomp.install()
     os.execve(plan.init_argv[0], list(plan.init_argv), env)
 
 
@@ -238,8 +255,10 @@ def mount_guest_filesystems(root: Path) -> None:
     nosuid_nodev_noexec = MS_NOSUID | MS_NODEV | MS_NOEXEC
     syscalls.mount("proc", root / "proc", "proc", nosuid_nodev_noexec)
     syscalls.mount("sysfs", root / "sys", "sysfs", nosuid_nodev_noexec | MS_RDONLY)
+    _mask_host_state(root)
     dev = root / "dev"
-    syscalls.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1024k")
+    # nodev: the device nodes below are mounts of their own; nothing else here may be one.
+    syscalls.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=1024k")
     for node in (*DEVICE_NODES, "console"):
         target = dev / node
         target.touch(mode=0o666)
@@ -257,6 +276,29 @@ def mount_guest_filesystems(root: Path) -> None:
     (dev / "mqueue").mkdir()
     syscalls.mount("mqueue", dev / "mqueue", "mqueue", nosuid_nodev_noexec)
     syscalls.mount("tmpfs", root / "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+
+
+def _mask_host_state(root: Path) -> None:
+    """Mask and make read-only the host's entries of the guest's fresh /proc and /sys."""
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for relative in MASKED_PATHS:
+        path = root / relative
+        if path.is_dir():
+            syscalls.mount("tmpfs", path, "tmpfs", flags | MS_RDONLY, "mode=555,size=4k,nr_inodes=1")
+        elif path.exists():
+            syscalls.mount("/dev/null", path, None, MS_BIND)
+    for relative in READ_ONLY_PATHS:
+        path = root / relative
+        if path.exists():
+            _bind_read_only(path, flags)
+    proc_sys = root / "proc" / "sys"
+    syscalls.mount(str(proc_sys / "net"), proc_sys / "net", None, MS_BIND)  # stays writable
+    _bind_read_only(proc_sys, flags, MS_REC)  # carries the writable net/ along
+
+
+def _bind_read_only(path: Path, flags: int, recursive: int = 0) -> None:
+    syscalls.mount(str(path), path, None, MS_BIND | recursive)
+    syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
 
 
 def proc_start_time(pid: int) -> int | None:
