@@ -280,7 +280,7 @@ def leftovers(config) -> list[str]:
             if point == root or point.startswith(root + "/"):
                 found.append(f"mount {point}")
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    found += [f"loop {line}" for line in loops.splitlines() if root in line]
+    found += [f"loop {line}" for line in loops.splitlines() if root + "/" in line]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
         parts = line.split(":")

@@ -32,6 +32,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
+from . import rtnl
 from .errors import Conflict, EngineError, InvalidInput
 from .syscalls import CLONE_NEWNET, setns
 
@@ -245,6 +246,8 @@ def ensure_bridge(
     validate_ifname(bridge)
     gw4 = _interface(gateway4, 4)
     gw6 = _interface(gateway6, 6) if gateway6 is not None else None
+    if _bridge_ready(bridge, [gw for gw in (gw4, gw6) if gw is not None]):
+        return
     stp_off = {"kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0}
     with _host() as ipr, _netlink_errors(f"set up bridge {bridge}"):
         link = _get_link(ipr, bridge)
@@ -265,6 +268,31 @@ def ensure_bridge(
             if gw is not None:
                 _add_address(ipr, index, gw, bridge)
         ipr.link("set", index=index, state="up")
+
+
+def _bridge_ready(bridge: str, gateways: list[IPInterface]) -> bool:
+    """Whether BRIDGE is already as ensure_bridge leaves it: every start asks, so this is
+    answered from sysfs and one address dump instead of the dozen pyroute2 calls of setting
+    it up."""
+    sysfs = f"/sys/class/net/{bridge}"
+    try:
+        with open(f"{sysfs}/flags") as fh:
+            up = int(fh.read(), 16) & rtnl.IFF_UP
+        with open(f"{sysfs}/bridge/stp_state") as fh:
+            stp = int(fh.read())
+        with open(f"{sysfs}/bridge/forward_delay") as fh:
+            delay = int(fh.read())
+        index = socket.if_nametoindex(bridge)
+    except (OSError, ValueError):
+        return False
+    if not up or stp or delay:
+        return False
+    try:
+        with rtnl.Socket() as nl:
+            present = {a.interface for a in nl.addresses(index)}
+    except OSError:
+        return False
+    return all(gw in present for gw in gateways)
 
 
 def remove_bridge(bridge: str) -> None:
@@ -319,68 +347,70 @@ def attach(
         raise InvalidInput(f"bad MTU {mtu!r}: 68-65535")
 
     try:
-        with _netns_fd(pid) as nsfd, _host() as ipr:
+        with _netns_fd(pid) as nsfd:
             if _is_host_netns(nsfd):
                 raise Conflict(f"attach {host_if}: process {pid} is in the host's network namespace")
-            _attach(ipr, bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu)
+            _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu)
     except _ProcessGone as exc:
         raise EngineError(f"attach {host_if}: {exc}") from None
 
 
-def _attach(ipr, bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu) -> None:
-    with _netlink_errors(f"attach {host_if} to {bridge}"):
-        br = _get_link(ipr, bridge)
-        if br is None:
-            raise EngineError(f"attach {host_if}: bridge {bridge} does not exist")
-        if _kind(br) != "bridge":
+def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu) -> None:
+    # The requests of every start go through rtnl (see there why), the rare ones through pyroute2.
+    if not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
+        if os.path.exists(f"/sys/class/net/{bridge}"):
             raise Conflict(f"attach {host_if}: {bridge} is not a bridge")
-        _delete_veth(ipr, host_if)
-        peer: dict[str, object] = {"ifname": GUEST_IF, "net_ns_fd": nsfd}
-        extra: dict[str, object] = {}
-        if mtu is not None:
-            peer["mtu"] = extra["mtu"] = mtu
+        raise EngineError(f"attach {host_if}: bridge {bridge} does not exist")
+    if os.path.exists(f"/sys/class/net/{host_if}"):
+        detach(host_if)  # left over from an earlier run
+    with _netlink_errors(f"attach {host_if} to {bridge}"), rtnl.Socket() as host:
+        master = socket.if_nametoindex(bridge)
         try:
-            ipr.link("add", ifname=host_if, kind="veth", peer=peer, master=br["index"], **extra)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
+            host.add_veth(host_if, master, GUEST_IF, nsfd, mtu)
+        except rtnl.NetlinkFailure as exc:
+            if exc.errno == errno.EEXIST:
                 raise Conflict(
                     f"attach {host_if}: {host_if} exists on the host or pid {pid} already has an {GUEST_IF}"
                 ) from exc
             raise
     try:
-        with _netlink_errors(f"attach {host_if}: set it up"):
-            ipr.link("set", ifname=host_if, state="up")
         _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6)
     except BaseException:
         # Deleting the host end deletes eth0 too.
         try:
-            ipr.link("del", ifname=host_if)
-        except (NetlinkError, OSError):
+            detach(host_if)
+        except EngineError:
             pass
         raise
 
 
 def _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6) -> None:
-    with _netns(nsfd, f"pid {pid}") as ns:
+    """lo and eth0 up, the addresses on eth0, a default route per family."""
+    with _netlink_errors(f"enter the network namespace of pid {pid}"):
+        sock = _netns_socket(nsfd)
+    with rtnl.Socket(sock) as ns:
         with _netlink_errors(f"attach {host_if}: set up {GUEST_IF} in pid {pid}"):
-            lo = _get_link(ns, "lo")
-            eth0 = _get_link(ns, GUEST_IF)
-            if eth0 is None:
+            lo = ns.link_index("lo")
+            index = ns.link_index(GUEST_IF)
+            if index is None:
                 raise EngineError(f"attach {host_if}: {GUEST_IF} did not appear in pid {pid}")
-            # Up before addresses: IPv4 adds the prefix route only for a running device.
             if lo is not None:
-                ns.link("set", index=lo["index"], state="up")
-            index = eth0["index"]
-            ns.link("set", index=index, state="up")
+                ns.set_up(lo)
+            # Up before addresses: IPv4 adds the prefix route only for a running device.
+            ns.set_up(index)
         for iface in ifaces:
             with _netlink_errors(f"attach {host_if}: add {iface} in pid {pid}"):
-                _add_address(ns, index, iface, GUEST_IF)
+                try:
+                    ns.add_address(index, iface)
+                except rtnl.NetlinkFailure as exc:
+                    if exc.errno != errno.EEXIST:
+                        raise
         families = {iface.version for iface in ifaces}
-        for gw, version, default in ((gw4, 4, "0.0.0.0/0"), (gw6, 6, "::/0")):
+        for gw, version in ((gw4, 4), (gw6, 6)):
             if gw is None or version not in families:
                 continue
             with _netlink_errors(f"attach {host_if}: default route via {gw} in pid {pid}"):
-                ns.route("add", dst=default, gateway=gw.compressed, oif=index)
+                ns.add_default_route(gw, index)
 
 
 def _delete_veth(ipr: IPRoute, host_if: str) -> bool:
@@ -401,6 +431,8 @@ def _delete_veth(ipr: IPRoute, host_if: str) -> bool:
 def detach(host_if: str) -> None:
     """Delete the veth HOST_IF if it exists (its peer eth0 goes with it)."""
     validate_ifname(host_if)
+    if not os.path.exists(f"/sys/class/net/{host_if}"):
+        return  # the usual case on every start and stop: no netlink round trip needed
     with _host() as ipr, _netlink_errors(f"detach {host_if}"):
         _delete_veth(ipr, host_if)
 
@@ -445,15 +477,12 @@ def netns_addresses(netns_pid: int) -> list[str]:
     """
     pid = _pid(netns_pid)
     try:
-        with _netns_fd(pid) as nsfd, _netns(nsfd, f"pid {pid}") as ns, _netlink_errors(f"list addresses in pid {pid}"):
-            eth0 = _get_link(ns, GUEST_IF)
-            if eth0 is None:
-                return []
-            return [
-                f"{address}/{prefixlen}"
-                for address, prefixlen, scope in _addresses(ns, eth0["index"])
-                if scope != RT_SCOPE_LINK
-            ]
+        with _netns_fd(pid) as nsfd, _netlink_errors(f"list addresses in pid {pid}"):
+            with rtnl.Socket(_netns_socket(nsfd)) as ns:
+                eth0 = ns.link_index(GUEST_IF)
+                if eth0 is None:
+                    return []
+                return [str(a.interface) for a in ns.addresses(eth0) if a.scope != RT_SCOPE_LINK]
     except _ProcessGone:
         return []
 
