@@ -28,6 +28,7 @@ at most, so `su` and `passwd` get what they need and never a dropped capability.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 PR_CAPBSET_READ = 23
@@ -53,8 +54,6 @@ DROPPED: dict[int, tuple[str, str]] = {
 }
 NAMES = {name: number for number, (name, _) in DROPPED.items()}
 
-_libc = ctypes.CDLL(None, use_errno=True)  # glibc's capget/capset: the raw calls, no libcap
-
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -66,16 +65,21 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
+# Everything ctypes needs is made here, in the engine, once: looking a symbol up or making an
+# array type costs tens of microseconds in each freshly forked child otherwise.
+_libc = ctypes.CDLL(None, use_errno=True)  # glibc's prctl, capget, capset: the raw calls
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_capget = _libc.capget
+_capset = _libc.capset
+_CapDataPair = _CapData * 2
+_capget.argtypes = _capset.argtypes = [ctypes.POINTER(_CapHeader), _CapDataPair]
+_DROP_MASK = sum(1 << number for number in DROPPED)
+
+
 def _fail(what: str):
     err = ctypes.get_errno()
     raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _prctl(option: int, arg2: int, arg3: int = 0) -> int:
-    result = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), 0, 0)
-    if result < 0:
-        _fail(f"prctl {option}")
-    return result
 
 
 def last_cap() -> int:
@@ -88,23 +92,21 @@ def drop() -> None:
     through which a capability could otherwise survive execve. Needs CAP_SETPCAP in the current
     user namespace (the guest's root has it); takes effect for whatever this process execs."""
     for number in DROPPED:
-        try:
-            _prctl(PR_CAPBSET_DROP, number)
-        except OSError as exc:
-            if exc.errno != 22:  # EINVAL: a capability this (older) kernel does not know
-                raise
-    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        # EINVAL: a capability this (older) kernel does not know, so nobody can have it.
+        if _prctl(PR_CAPBSET_DROP, number, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+            _fail(f"dropping {DROPPED[number][0]} from the bounding set")
+    if _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        _fail("clearing the ambient capabilities")
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    if _libc.capget(ctypes.byref(header), data) < 0:
+    data = _CapDataPair()
+    if _capget(header, data) != 0:
         _fail("capget")
-    mask = sum(1 << number for number in DROPPED)
     inheritable = data[0].inheritable | (data[1].inheritable << 32)
-    if inheritable & mask:
-        inheritable &= ~mask
+    if inheritable & _DROP_MASK:
+        inheritable &= ~_DROP_MASK
         data[0].inheritable = inheritable & 0xFFFFFFFF
         data[1].inheritable = inheritable >> 32
-        if _libc.capset(ctypes.byref(header), data) < 0:
+        if _capset(header, data) != 0:
             _fail("capset")
 
 

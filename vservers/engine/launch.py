@@ -55,14 +55,25 @@ DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # defaults). Masked: a file gets /dev/null bound over it, a directory an empty read-only tmpfs.
 # Read-only: bound onto itself and remounted read-only. /proc/sys stays writable below net/
 # only, like LXC's proc:mixed: every file there belongs to the VPS's own network namespace.
-# Entries this kernel lacks are skipped. Mounted by the guest's root, these are a first layer:
-# the guest's root could unmount them; under them the host's files are still owned by host root
-# and guarded by capabilities of the host's user namespace (see tests/engine/test_escape.py).
+# Mounted by the guest's root, these are a first layer: the guest's root could unmount them;
+# under them the host's files are still owned by host root and guarded by capabilities of the
+# host's user namespace (see tests/engine/test_escape.py).
 MASKED_PATHS = (
     "proc/acpi", "proc/asound", "proc/kcore", "proc/keys", "proc/latency_stats", "proc/sched_debug",
     "proc/scsi", "proc/timer_list", "proc/timer_stats", "sys/firmware", "sys/devices/virtual/powercap",
 )
 READ_ONLY_PATHS = ("proc/bus", "proc/fs", "proc/irq", "proc/sysrq-trigger")
+
+
+def _present_on_host(paths: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """(path, is a directory) of the entries this kernel has: the guest's fresh /proc and /sys
+    show the same ones. Looked up once per engine process, as a failed lookup in /proc costs
+    about as much as a mount."""
+    return tuple((path, os.path.isdir(f"/{path}")) for path in paths if os.path.lexists(f"/{path}"))
+
+
+_MASKED_PRESENT = _present_on_host(MASKED_PATHS)
+_READ_ONLY_PRESENT = tuple(path for path, _ in _present_on_host(READ_ONLY_PATHS))
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -94,15 +105,26 @@ def launch(plan: LaunchPlan, userns_fd: int, wire_network: Callable[[int], None]
     """
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
     setup_pid = os.fork()
     if setup_pid == 0:
         os.close(report_r)
         os.close(go_w)
-        _child_main(report_w, lambda: _setup_child(plan, userns_fd, report_w, go_r))
+        os.close(joined_w)
+        _child_main(report_w, lambda: _setup_child(plan, userns_fd, report_w, go_r, joined_r))
     os.close(report_w)
     os.close(go_r)
+    os.close(joined_r)
     launched: Launched | None = None
     try:
+        # Moving a process into a v1 cgroup waits for an RCU grace period (~10 ms here), so
+        # we move the setup child while it loop-mounts the disk; it waits for "j" before it
+        # makes the namespaces (the cgroup namespace is rooted where it stands) and forks init.
+        try:
+            plan.join_cgroups(setup_pid)
+            os.write(joined_w, b"j")
+        finally:
+            os.close(joined_w)  # without "j" the setup child gives up
         with os.fdopen(report_r, "r", closefd=True) as report:
             messages = _read_until_pid(report)
             os.waitpid(setup_pid, 0)
@@ -174,8 +196,9 @@ def _child_main(report_w: int, body: Callable[[], None]) -> None:
     os._exit(code)
 
 
-def _setup_child(plan: LaunchPlan, userns_fd: int, report_w: int, go_r: int) -> None:
-    plan.join_cgroups(os.getpid())
+def _setup_child(plan: LaunchPlan, userns_fd: int, report_w: int, go_r: int, joined_r: int) -> None:
+    # The engine moves us into the VPS's cgroups meanwhile (see launch), so the loop device
+    # and the disk's mount are charged to the engine's cgroup; all the guest's own are not.
     syscalls.unshare(CLONE_NEWNS)
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
     loop_device = _mount_disk(plan)
@@ -188,6 +211,9 @@ def _setup_child(plan: LaunchPlan, userns_fd: int, report_w: int, go_r: int) -> 
         0,
         f"lowerdir={plan.lower_dir},upperdir={plan.disk_dir}/upper,workdir={plan.disk_dir}/work",
     )
+    if os.read(joined_r, 1) != b"j":
+        raise EngineError("start aborted by the engine")
+    os.close(joined_r)
     syscalls.setns(userns_fd, CLONE_NEWUSER)
     os.close(userns_fd)
     os.setresgid(0, 0, 0)
@@ -281,23 +307,21 @@ def mount_guest_filesystems(root: Path) -> None:
 def _mask_host_state(root: Path) -> None:
     """Mask and make read-only the host's entries of the guest's fresh /proc and /sys."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    for relative in MASKED_PATHS:
-        path = root / relative
-        if path.is_dir():
-            syscalls.mount("tmpfs", path, "tmpfs", flags | MS_RDONLY, "mode=555,size=4k,nr_inodes=1")
-        elif path.exists():
-            syscalls.mount("/dev/null", path, None, MS_BIND)
-    for relative in READ_ONLY_PATHS:
-        path = root / relative
-        if path.exists():
-            _bind_read_only(path, flags)
-    proc_sys = root / "proc" / "sys"
-    syscalls.mount(str(proc_sys / "net"), proc_sys / "net", None, MS_BIND)  # stays writable
+    base = f"{root}/"
+    for relative, is_dir in _MASKED_PRESENT:
+        if is_dir:
+            syscalls.mount("tmpfs", base + relative, "tmpfs", flags | MS_RDONLY, "mode=555,size=4k,nr_inodes=1")
+        else:
+            syscalls.mount("/dev/null", base + relative, None, MS_BIND)
+    for relative in _READ_ONLY_PRESENT:
+        _bind_read_only(base + relative, flags)
+    proc_sys = base + "proc/sys"
+    syscalls.mount(proc_sys + "/net", proc_sys + "/net", None, MS_BIND)  # stays writable
     _bind_read_only(proc_sys, flags, MS_REC)  # carries the writable net/ along
 
 
-def _bind_read_only(path: Path, flags: int, recursive: int = 0) -> None:
-    syscalls.mount(str(path), path, None, MS_BIND | recursive)
+def _bind_read_only(path: str, flags: int, recursive: int = 0) -> None:
+    syscalls.mount(path, path, None, MS_BIND | recursive)
     syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
 
 

@@ -40,8 +40,6 @@ import os
 import platform
 import struct
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 
@@ -231,8 +229,15 @@ def run_filter(program: list[tuple[int, int, int, int]], nr: int, arch: int, arg
             raise ValueError(f"opcode {code:#x} not supported")
 
 
+# Made once in the engine (a symbol lookup costs tens of microseconds in each forked child).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.POINTER(_SockFprog), ctypes.c_ulong, ctypes.c_ulong]
 
 
 def _prepare() -> tuple[list, object, _SockFprog] | None:
@@ -253,6 +258,6 @@ def install() -> None:
     if _PREPARED is None:
         raise OSError(errno.ENOTSUP, f"no seccomp filter for machine {platform.machine()!r}")
     fprog = _PREPARED[2]
-    if _libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0) != 0:
+    if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"installing the seccomp filter: {os.strerror(err)}")
