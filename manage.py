@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Django's command-line utility for the panel."""
+"""Django's command-line utility for the panel, with the production settings (panel.production)
+unless DJANGO_SETTINGS_MODULE names others."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "panel.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "panel.production")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

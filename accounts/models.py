@@ -1,4 +1,5 @@
-"""Tenants (customers), their members, and the audit log."""
+"""Tenants (customers), their members, the audit log, and what the login throttle and the
+session check keep (failed sign-ins, each user's session epoch)."""
 
 from __future__ import annotations
 
@@ -69,15 +70,55 @@ class AuditEntry(models.Model):
         return f"{self.created:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.object_repr}"
 
     @classmethod
-    def record(cls, request, action: str, obj=None, tenant=None, **details) -> AuditEntry:
-        user = getattr(request, "user", None) if request is not None else None
+    def record(cls, request, action: str, obj=None, tenant=None, *, actor=None, **details) -> AuditEntry:
+        """An entry by ACTOR, or else by the request's user; its address is the request's
+        client (accounts.addresses: REMOTE_ADDR unless a trusted proxy forwarded it)."""
+        from .addresses import client_ip
+
+        if actor is None and request is not None:
+            user = getattr(request, "user", None)
+            actor = user if user is not None and user.is_authenticated else None
         return cls.objects.create(
-            actor=user if user is not None and user.is_authenticated else None,
+            actor=actor,
             tenant=tenant if tenant is not None else getattr(obj, "tenant", None),
             action=action,
             object_type=type(obj).__name__ if obj is not None else "",
             object_id=str(getattr(obj, "uuid", getattr(obj, "pk", "")) or "") if obj is not None else "",
             object_repr=str(obj)[:200] if obj is not None else "",
-            remote_addr=request.META.get("REMOTE_ADDR") if request is not None else None,
+            remote_addr=client_ip(request) if request is not None else None,
             details=details,
         )
+
+
+class LoginFailure(models.Model):
+    """One failed sign-in, for the throttle (accounts.throttle): counted per user name and per
+    client address over a sliding window, and deleted once older than that window."""
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The name as typed, lower-cased (it need not exist: unknown names are counted the same).
+    username = models.CharField(max_length=150)
+    # accounts.addresses.throttle_key: an IPv4 address or an IPv6 /64.
+    address = models.CharField(max_length=64)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["username", "created"]),
+            models.Index(fields=["address", "created"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created:%Y-%m-%d %H:%M:%S} {self.username} from {self.address}"
+
+
+class SessionEpoch(models.Model):
+    """A user's session epoch (accounts.sessions): every session remembers the epoch it was
+    opened in, and counts only while the user's epoch is still the same. Signing out anywhere
+    or disabling the account moves the epoch on, which ends all of the user's sessions."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="session_epoch"
+    )
+    epoch = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.user} epoch {self.epoch}"

@@ -1,4 +1,5 @@
-"""Django's own authentication views, rendered with our templates (templates/registration/).
+"""Django's authentication views, rendered with our templates (templates/registration/); the
+login and password change views are ours (accounts.views: the login throttle).
 
 The URL names are Django's (login, password_change, ...), so LOGIN_URL and the admin's
 "change password" links find them.
@@ -9,11 +10,13 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from . import views
+
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", views.LoginView.as_view(), name="login"),
     # POST only (Django 5): a link or an image tag on another site cannot sign a user out.
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("password/", views.PasswordChangeView.as_view(), name="password_change"),
     path("password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
     path("reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),

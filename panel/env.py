@@ -6,6 +6,7 @@ stops the process at start-up instead of running with a silently different confi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -48,6 +49,20 @@ def env_list(env: Mapping[str, str], name: str, default: list[str]) -> list[str]
     items = [item.strip() for item in value.split(",")]
     if not value.strip() or any(not item for item in items):
         raise ImproperlyConfigured(f"{name} must be a comma-separated list without empty items, not {value!r}")
+    return items
+
+
+def env_networks(env: Mapping[str, str], name: str) -> list[str]:
+    """A comma-separated list of IP addresses or networks ("127.0.0.1,10.0.0.0/8"); empty
+    when the variable is not set."""
+    if name not in env:
+        return []
+    items = env_list(env, name, default=[])
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must list IP addresses or networks, not {item!r}") from None
     return items
 
 

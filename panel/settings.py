@@ -41,7 +41,8 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Django's, plus the session epoch check: signing out ends all of a user's sessions.
+    "accounts.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -108,6 +109,16 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# Django's ModelBackend, whose get_user also brings the user's session epoch (accounts.sessions).
+AUTHENTICATION_BACKENDS = ["accounts.sessions.PanelBackend"]
+
+# The login throttle (accounts.throttle): failed sign-ins per user name and per client address
+# within a sliding window of "window" seconds; beyond that, sign-ins are refused unchecked.
+PANEL_LOGIN_THROTTLE = {"per_user": 5, "per_address": 20, "window": 15 * 60}
+# Reverse proxies whose X-Forwarded-For is believed (accounts.addresses): addresses or networks,
+# comma-separated. Empty: the client is REMOTE_ADDR, and X-Forwarded-For is never read.
+PANEL_TRUSTED_PROXIES = env.env_networks(ENV, "PANEL_TRUSTED_PROXIES")
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -133,6 +144,8 @@ STORAGES = {
 SESSION_COOKIE_NAME = "vpanel_session"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
+# A working day; signing out (anywhere) ends every session of the user before that.
+SESSION_COOKIE_AGE = 12 * 60 * 60
 CSRF_COOKIE_NAME = "vpanel_csrftoken"
 # Pages send the token in forms (and htmx headers), so scripts never need to read the cookie.
 CSRF_COOKIE_HTTPONLY = True
@@ -141,13 +154,8 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
-# DJANGO_HTTPS=1 when a TLS-terminating proxy sits in front of gunicorn (which only listens
-# on 127.0.0.1): cookies are then sent over HTTPS only and the proxy's header is trusted.
-if env.env_bool(ENV, "DJANGO_HTTPS", default=False):
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = 3600
+# HTTPS (secure cookies, HSTS, the redirect to https://) is panel.production's: gunicorn and
+# manage.py use that module; the tests use this one directly and speak plain HTTP.
 
 # Mail (password reset). Without DJANGO_EMAIL_HOST the messages go to the log of the web
 # process, where the operator can pick up a reset link on a host without a mail server.

@@ -1,0 +1,73 @@
+"""Sign-in and password forms that ask the login throttle (accounts.throttle) first.
+
+The throttle is asked before the password is checked: while a name or an address is
+throttled, the answer is the same whether the password was right or wrong, so guessing on
+is pointless, and the message says when to try again.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
+
+from . import throttle
+from .models import AuditEntry
+
+THROTTLED = (
+    "Too many failed sign-ins for this account or from your network. "
+    "Try again in %(minutes)s minute(s)."
+)
+
+
+def _minutes(seconds: int) -> int:
+    return max(1, -(-seconds // 60))
+
+
+def refuse_if_throttled(request, username: str, action: str) -> None:
+    """Raise the form's "throttled" error (and audit it) while USERNAME or the request's
+    address has used up its failed attempts."""
+    refusal = throttle.check(request, username)
+    if refusal is None:
+        return
+    AuditEntry.record(
+        request, action, None, username=str(username)[:150], reason=refusal.reason, retry_after=refusal.retry_after
+    )
+    error = forms.ValidationError(THROTTLED, code="throttled", params={"minutes": _minutes(refusal.retry_after)})
+    error.retry_after = refusal.retry_after
+    raise error
+
+
+class ThrottledLoginMixin:
+    def clean(self):
+        username = self.cleaned_data.get("username")
+        if username is not None and self.cleaned_data.get("password"):
+            refuse_if_throttled(self.request, username, "auth.login_throttled")
+        return super().clean()
+
+
+class LoginForm(ThrottledLoginMixin, AuthenticationForm):
+    """The panel's login page (accounts.views.LoginView)."""
+
+
+class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    """The admin's login page (admin.site.login_form): the same throttle and counts."""
+
+
+class ThrottledPasswordChangeForm(PasswordChangeForm):
+    """Changing the password asks for the old one: a stolen session must not be a way to guess
+    it without limit. Wrong old passwords count as failed sign-ins of the user."""
+
+    def __init__(self, user, *args, request=None, **kwargs):
+        super().__init__(user, *args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self):
+        username = self.user.get_username()
+        refuse_if_throttled(self.request, username, "auth.password_change_throttled")
+        try:
+            return super().clean_old_password()
+        except forms.ValidationError:
+            AuditEntry.record(self.request, "auth.password_change_failed", self.user, username=username)
+            throttle.record_failure(self.request, username)
+            raise

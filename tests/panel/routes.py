@@ -1,0 +1,179 @@
+"""Every URL pattern of the panel, read from the URL resolver, and concrete URLs for them.
+
+For the tests that must cover every view there is (test_security_methods, test_authz_matrix,
+test_security_audit): a view added tomorrow is in ROUTES without anyone touching a test.
+Placeholders are filled from a mapping of parameter name to candidate values; a test says
+which objects stand behind them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from django.apps import apps
+from django.urls import URLPattern, URLResolver, get_resolver
+
+_ROUTE_PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
+_REGEX_PARAM = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)\??")
+_ADMIN_MODEL = re.compile(r"admin/(\w+)/(\w+)/")
+
+
+@dataclass(frozen=True)
+class Route:
+    route: str  # the whole pattern, e.g. "servers/<uuid:uuid>/action/<slug:kind>/"
+    name: str  # with its namespace ("admin:index"); "" for an unnamed pattern
+    view: str  # module.name of the view function, for messages
+
+    def __str__(self) -> str:
+        return f"{self.name or '(unnamed)'} {self.route}"
+
+    @property
+    def params(self) -> list[str]:
+        return _ROUTE_PARAM.findall(self.route) + _REGEX_PARAM.findall(self.route)
+
+    @property
+    def admin_model(self):
+        """The model an admin URL is about (admin/<app>/<model>/...), or None."""
+        match = _ADMIN_MODEL.match(self.route)
+        if not match:
+            return None
+        try:
+            model = apps.get_model(match[1], match[2])
+        except (LookupError, ValueError):
+            return None
+        return model if model._meta.managed else None  # django-rq's "dashboard" has no table
+
+    def url(self, **values) -> str:
+        def value(match: re.Match) -> str:
+            return quote(str(values[match.group(1)]), safe="")
+
+        text = _ROUTE_PARAM.sub(value, self.route)
+        text = _REGEX_PARAM.sub(value, text)
+        text = text.replace("^", "").replace("$", "").replace("/?", "/")
+        return "/" + text
+
+    def urls(self, candidates: dict[str, list], first_only: bool = False) -> list[str]:
+        """One URL per combination of the candidate values of its parameters."""
+        params = self.params
+        choices = [list(candidates[p]) for p in params]
+        if first_only:
+            choices = [c[:1] for c in choices]
+        return [self.url(**dict(zip(params, combo, strict=True))) for combo in itertools.product(*choices)]
+
+
+def _walk(patterns, prefix: str = "", namespace: str = ""):
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            inner = f"{namespace}{entry.namespace}:" if entry.namespace else namespace
+            yield from _walk(entry.url_patterns, prefix + str(entry.pattern), inner)
+        elif isinstance(entry, URLPattern):
+            callback = entry.callback
+            view = f"{getattr(callback, '__module__', '?')}.{getattr(callback, '__name__', type(callback).__name__)}"
+            yield Route(prefix + str(entry.pattern), f"{namespace}{entry.name}" if entry.name else "", view)
+
+
+def all_routes() -> list[Route]:
+    return list(_walk(get_resolver().url_patterns))
+
+
+# The panel's own areas; everything else is Django's (accounts/ and admin/) or named below.
+TENANT_PREFIX = "servers/"
+OPERATOR_PREFIX = "operator/"
+ADMIN_PREFIX = "admin/"
+# Views for anybody, signed in or not. Every other view needs a signed-in user; a view that
+# belongs here must be added by name, on purpose.
+PUBLIC = {
+    "healthz",
+    "login",
+    "password_reset",
+    "password_reset_done",
+    "password_reset_confirm",
+    "password_reset_complete",
+    "admin:login",
+}
+# Views for any signed-in user, outside the tenant's and the operator's areas.
+SIGNED_IN = {"home", "logout", "password_change", "password_change_done"}
+
+
+# -- objects behind the placeholders --------------------------------------------------------
+
+GUEST_NAME = "www"  # an account and a service on globex's running server
+# Verbs a <kind>, <action> or <decision> placeholder may stand for.
+VERBS = ["start", "stop", "restart", "delete", "refresh", "approve", "reject", "change_plan"]
+
+
+def security_world(offline_world, django_user_model):
+    """conftest's offline_world, and for globex (bob): a running server with an address, a
+    provision operation, an account and a service named GUEST_NAME, and a plan change waiting;
+    a server awaiting approval; a superuser "root" for the admin."""
+    from types import SimpleNamespace
+
+    from vservers.models import GuestAccount, Operation, OperationKind, Service, State, VirtualServer
+
+    w = offline_world
+    running = VirtualServer.objects.create(
+        tenant=w.globex, name="globex-web", hostname="web.globex.test", plan=w.small, template=w.busybox,
+        node=w.node, state=State.RUNNING, requested_plan=w.medium,
+    )
+    address = w.pool.allocate(running)
+    operation = Operation.objects.create(server=running, kind=OperationKind.PROVISION, requested_by=w.operator)
+    account = GuestAccount(server=running, name=GUEST_NAME, uid=1000, home="/home/www")
+    account.shell = "/bin/sh"  # an attribute: ruff's S604 reads a shell= keyword as subprocess's
+    account.save()
+    service = Service.objects.create(server=running, name=GUEST_NAME, state="run", pid=42)
+    pending = VirtualServer.objects.create(
+        tenant=w.globex, name="globex-new", hostname="new.globex.test", plan=w.small, template=w.busybox,
+        state=State.REQUESTED,
+    )
+    root = django_user_model.objects.create_superuser("root", "root@example.test", "root pw 1")
+    return SimpleNamespace(
+        **vars(w), running=running, address=address, operation=operation, account=account, service=service,
+        pending=pending, root=root,
+    )
+
+
+def candidates(route: Route, w) -> dict[str, list]:
+    """Values for each placeholder of ROUTE: globex's objects, any of which may fit."""
+    from django.contrib.contenttypes.models import ContentType
+
+    model = route.admin_model
+    first = model._default_manager.order_by("pk").values_list("pk", flat=True).first() if model else None
+    return {
+        "uuid": [w.running.uuid, w.pending.uuid, w.operation.uuid, w.globex.uuid, w.small.uuid],
+        "pk": [w.pool.pk],
+        "kind": VERBS,
+        "action": VERBS,
+        "decision": VERBS,
+        "name": [GUEST_NAME, w.busybox.name],
+        "object_id": [first if first is not None else 1],
+        "id": [w.bob.pk],
+        "content_type_id": [ContentType.objects.get_for_model(type(w.running)).pk],
+        "uidb64": ["Mg"],
+        "token": ["set-password"],
+        "app_label": ["vservers"],
+        "url": ["no-such-page/"],
+        "queue_index": [0],
+        "scheduler_index": [0],
+        "connection_index": [0],
+        "job_id": ["no-such-job"],
+        "result_id": ["no-such-result"],
+        "key": ["no-such-worker"],
+        "scheduler_name": ["no-such-scheduler"],
+        "cron_job_name": ["no-such-cron-job"],
+    }
+
+
+def actor(route: Route, w):
+    """Who may use ROUTE: nobody in particular for the public views (sign-in pages), the
+    superuser in the admin, the operator in the operator's area, bob (globex's admin, who owns
+    the objects) everywhere else."""
+    if route.name in PUBLIC:
+        return None
+    if route.route.startswith(ADMIN_PREFIX):
+        return w.root
+    if route.route.startswith(OPERATOR_PREFIX):
+        return w.operator
+    return w.bob

@@ -1,0 +1,234 @@
+"""Only POST with a CSRF token changes anything, for every URL pattern there is.
+
+The patterns come from the URL resolver (tests/panel/routes.py), the panel's own and Django's
+(accounts/, admin/, django-rq's dashboard in the admin), so a view added later is covered
+without a line here. Each is asked by the user who may use it (bob for his own objects, the
+operator, the superuser in the admin, nobody for the sign-in pages), with every combination of
+placeholder values:
+
+1. a GET changes nothing: no row in any table (sessions aside), no queued job, no Redis key;
+2. a POST without a CSRF token is refused by the CSRF check (403) and changes nothing; the
+   same POST with a token gets past that check;
+3. a view whose POST changes something answers a GET with 405, unless the GET is the page of
+   that very form (a <form method="post"> that posts back to it); the panel's form pages
+   (request a server, add a tenant, ...) show the form on GET and act on POST only.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+from django.apps import apps
+from django.conf import settings
+from django.db import transaction
+from django.middleware.csrf import CSRF_ALLOWED_CHARS, CSRF_SECRET_LENGTH
+from django.test import Client
+from django.utils.crypto import get_random_string
+
+from tests.panel.routes import GUEST_NAME, actor, all_routes, candidates, security_world
+
+ROUTES = all_routes()
+# Session rows change with every sign-in and message; they are not what a request "does".
+UNWATCHED = {"sessions.Session"}
+CSRF_FAILURE = b"CSRF verification failed"
+
+
+def ssh_key() -> str:
+    blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + bytes(range(32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} bob@laptop"
+
+
+# django-rq's dashboard answers 500 for a worker, a scheduler or its placeholder model that
+# are not there, and for requeueing a job that has not failed (staff only; crashes, not
+# changes): these may answer 500 here, and must still change nothing and refuse POSTs
+# without a token.
+THIRD_PARTY_CRASHES = {
+    "admin:django_rq_worker_details",  # ValueError: not a valid RQ worker key
+    "admin:django_rq_scheduler_jobs",  # ImproperlyConfigured: rq_scheduler not installed
+    "admin:django_rq_requeue_job",  # POST: InvalidJobOperation for a job that has not failed
+    "admin:django_rq_dashboard_history",  # its admin "model" has no table
+    "admin:django_rq_dashboard_delete",
+    "admin:django_rq_dashboard_change",
+}
+
+
+@pytest.fixture
+def world(offline_world, django_user_model, rq_redis):
+    """The security world, with one job waiting in the queue (django-rq's job pages)."""
+    from vservers.queues import get_queue
+
+    w = security_world(offline_world, django_user_model)
+    w.redis = rq_redis
+    w.queue = get_queue("default")
+    w.job = w.queue.enqueue("vservers.jobs.run_operation", w.operation.pk, job_id="security-test-job")
+    return w
+
+
+def requeue_job(w) -> None:
+    """Bring the test's job back into the queue after a POST deleted or moved it."""
+    if w.job.id not in w.queue.job_ids:
+        w.job = w.queue.enqueue("vservers.jobs.run_operation", w.operation.pk, job_id=w.job.id)
+
+
+def urls_of(route, w) -> list[str]:
+    values = candidates(route, w)
+    values["job_id"] = [w.job.id]
+    return route.urls(values)
+
+
+def snapshot(w) -> dict:
+    """Every row of every table we watch, the queued operations and Redis' keys and values."""
+    rows = {
+        model._meta.label: list(model._default_manager.order_by("pk").values())
+        for model in apps.get_models()
+        if model._meta.label not in UNWATCHED and model._meta.managed
+    }
+    redis = {key: w.redis.dump(key) for key in sorted(w.redis.keys("*"))}
+    return {"rows": rows, "queued": [op.pk for op in w.queued], "redis": redis}
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    found = [label for label, rows in before["rows"].items() if after["rows"][label] != rows]
+    if before["queued"] != after["queued"]:
+        found.append("queued operations")
+    if before["redis"] != after["redis"]:
+        found.append("redis")
+    return found
+
+
+def payload(w) -> dict:
+    """Fields for every form of the panel at once; each view takes what it knows. Valid, so
+    that a POST with a token really acts where it can."""
+    new_password = "a new long passphrase 7"
+    return {
+        # tenant: server request, plan change, guest accounts
+        "name": "newsrv", "hostname": "newsrv.example.test", "plan": w.medium.pk, "template": w.busybox.pk,
+        "user": "newuser", "password": "guest password 1", "ssh_key": ssh_key(),
+        f"pw-{GUEST_NAME}-password": "guest password 1", f"key-{GUEST_NAME}-ssh_key": ssh_key(),
+        # operator: approvals, tenants, members, plans, templates, pools
+        "node": "local", "reason": "not now", "tenant": w.acme.pk, "autostart": "on",
+        "slug": "newco", "max_servers": 5, "max_cpus": 4, "max_memory_mb": 4096, "max_disk_mb": 20480,
+        "username": "newmember", "role": "admin",
+        "cpus": "1", "memory_mb": 256, "disk_mb": 1024, "pids": 128, "is_active": "on",
+        "display_name": "New", "network": "198.19.200.0/24", "gateway": "198.19.200.1",
+        # accounts: password change and reset
+        "old_password": "bob password 1", "new_password1": new_password, "new_password2": new_password,
+        "email": "bob@globex.test",
+    }
+
+
+# Where one field name means different things: a ModelChoiceField by primary key.
+OVERRIDES = {"op_server_create": {"node": "NODE_PK"}, "op_pools": {"node": "NODE_PK"}}
+
+
+def data_for(route, w) -> dict:
+    data = payload(w)
+    for key, value in OVERRIDES.get(route.name, {}).items():
+        data[key] = w.node.pk if value == "NODE_PK" else value
+    return data
+
+
+def signed_in(w, route, **client_options) -> Client:
+    client = Client(raise_request_exception=route.name not in THIRD_PARTY_CRASHES, **client_options)
+    user = actor(route, w)
+    if user is not None:
+        user.refresh_from_db()  # a POST may have changed the password, and with it the session hash
+        client.force_login(user)
+    return client
+
+
+# -- 1. GET is safe ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_a_get_changes_nothing(world, route):
+    client = signed_in(world, route)
+    for url in urls_of(route, world):
+        before = snapshot(world)
+        response = client.get(url)
+        assert response.status_code < 500 or route.name in THIRD_PARTY_CRASHES, f"GET {url}: {response.status_code}"
+        assert not changes(before, snapshot(world)), f"GET {url} changed {changes(before, snapshot(world))}"
+
+
+# -- 2. POST needs the CSRF token ---------------------------------------------------------------
+
+
+def csrf_token(client: Client) -> str:
+    """A CSRF secret in the client's cookie; the same value goes in the request's header."""
+    secret = get_random_string(CSRF_SECRET_LENGTH, allowed_chars=CSRF_ALLOWED_CHARS)
+    client.cookies[settings.CSRF_COOKIE_NAME] = secret
+    return secret
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_a_post_without_the_csrf_token_is_refused(world, route):
+    client = signed_in(world, route, enforce_csrf_checks=True)
+    data = data_for(route, world)
+    urls = urls_of(route, world)
+    for url in urls:
+        before = snapshot(world)
+        response = client.post(url, data)
+        assert response.status_code == 403 and CSRF_FAILURE in response.content, f"POST {url}: {response.status_code}"
+        assert not changes(before, snapshot(world)), f"POST {url} without a token changed something"
+
+    # The control: with the token, the same request gets past the CSRF check (whatever the
+    # view then makes of it), so the 403 above was the check's.
+    token = csrf_token(client)
+    response = client.post(urls[0], data, HTTP_X_CSRFTOKEN=token)
+    assert CSRF_FAILURE not in response.content, f"POST {urls[0]} with a token: {response.status_code}"
+
+
+# -- 3. what changes state refuses GET ---------------------------------------------------------
+
+_FORM_TAG = re.compile(rb"<form\b[^>]*>", re.IGNORECASE)
+_ATTRIBUTE = re.compile(rb"""(\w[\w-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
+def posts_back_to_itself(content: bytes, path: str) -> bool:
+    """Whether the page has a <form method="post"> whose action is PATH (or the page itself)."""
+    for tag in _FORM_TAG.findall(content):
+        attributes = {m[1].lower(): (m[2] if m[2] is not None else m[3]) for m in _ATTRIBUTE.finditer(tag)}
+        action = re.split(r"[?#]", attributes.get(b"action", b"").decode())[0]
+        if attributes.get(b"method", b"").lower() == b"post" and action in ("", path):
+            return True
+    return False
+
+
+# Views that must be found changing something by test 3's POSTs: if the payload stops fitting
+# them, the test would pass for the wrong reason.
+KNOWN_STATE_CHANGING = {
+    "server_request", "server_action", "plan_change", "account_add", "account_delete", "account_password",
+    "account_key", "service_action", "op_approve", "op_reject", "op_plan_change", "op_server_action",
+    "op_server_create", "op_tenants", "op_tenant_detail", "op_member_add", "op_plans", "op_plan_edit",
+    "op_templates", "op_template_toggle", "op_pools", "logout", "password_change",
+}
+
+
+def test_views_that_change_state_refuse_get(world):
+    state_changing, problems = set(), []
+    for route in ROUTES:
+        data = data_for(route, world)
+        for url in urls_of(route, world):
+            # Each URL against the same world: what one POST did is rolled back for the next.
+            with transaction.atomic():
+                client = signed_in(world, route)
+                requeue_job(world)
+                page = client.get(url)  # before the POST, which may delete what the page shows
+                before = snapshot(world)
+                client.post(url, data)
+                changed = bool(changes(before, snapshot(world)))
+                del world.queued[len(before["queued"]) :]
+                transaction.set_rollback(True)
+            if not changed:
+                continue
+            state_changing.add(route.name)
+            if page.status_code == 405:
+                continue
+            if page.status_code == 200 and posts_back_to_itself(page.content, url):
+                continue
+            problems.append(f"{route}: POST {url} changes state, GET answers {page.status_code} without its form")
+    assert not problems, "\n".join(problems)
+    missing = KNOWN_STATE_CHANGING - state_changing
+    assert not missing, f"these views changed nothing, so test 3 did not check them: {sorted(missing)}"
