@@ -4,6 +4,8 @@ the kernel; the node's worker runs the operation (vservers.jobs.run_operation)."
 
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 
 from accounts.models import AuditEntry
@@ -19,6 +21,9 @@ from .models import (
     State,
     VirtualServer,
 )
+from .models.operations import QUEUE_DELAYED
+
+log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "vservers.jobs.run_operation"
 
@@ -49,7 +54,11 @@ GUEST_KINDS = {
 
 def enqueue(operation: Operation) -> None:
     """Queue OPERATION on its server's node after the current transaction commits. The job
-    carries only the operation's id (JSON), never an object."""
+    carries only the operation's id (JSON), never an object.
+
+    The row is the outbox: it is saved first, and it stays queued (with the QUEUE_DELAYED
+    note) when Redis cannot be reached; the worker hands it over once Redis is back. Queueing
+    the same operation twice is harmless: only one worker can claim the row."""
     queue_name = operation.server.node.queue_name if operation.server.node else "default"
     op_id = operation.pk
 
@@ -58,8 +67,9 @@ def enqueue(operation: Operation) -> None:
 
         try:
             job = get_queue(queue_name).enqueue(JOB_FUNCTION, op_id, job_id=f"op-{operation.uuid}")
-        except Exception as exc:  # noqa: BLE001 - Redis down: the row stays queued, the reconciler re-sends it
-            Operation.objects.filter(pk=op_id).update(error=f"queueing delayed: {exc}"[:500])
+        except Exception as exc:  # noqa: BLE001 - Redis down: the row stays queued, the worker re-sends it
+            log.warning("operation %s stays in the outbox: the job queue is unreachable (%s)", op_id, exc)
+            Operation.objects.filter(pk=op_id, status=OperationStatus.QUEUED).update(error=QUEUE_DELAYED)
             return
         Operation.objects.filter(pk=op_id).update(job_id=job.id)
 

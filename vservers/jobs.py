@@ -5,9 +5,11 @@ through Redis. For each operation the worker
 
  1. re-reads the row and skips it if it is gone or no longer queued (a second delivery of the
     same job, or an operation an operator already settled);
- 2. claims it (queued -> running, compare-and-swap) while it holds the server's row lock, and
-    only if no other operation of the same server is running; otherwise it sends the job back
-    to the queue for a little later (the engine takes its own per-server lock as well);
+ 2. claims it (queued -> running, compare-and-swap, recording which process runs it) while it
+    holds the server's row lock, and only if no other operation of the same server is running
+    and none asked for earlier is still queued: a server's operations run one at a time, in
+    the order they were asked for. Otherwise it sends the job back to the queue for a little
+    later (the engine takes its own per-server lock as well);
  3. moves the server into the operation's in-progress state, calls the engine, and moves it
     on (every move is a compare-and-swap, see VirtualServer.move);
  4. records the outcome on the row: a human-readable output, or a readable error with the
@@ -15,20 +17,30 @@ through Redis. For each operation the worker
 
 Passwords reach the engine from the operation's params and nowhere else: Operation.finish
 drops them from the row, and every text we store is scrubbed of them first.
+
+If the worker dies in the middle (SIGKILL, OOM, power), the row stays "running" with the dead
+process as its runner; vservers.reconcile fails it (at the next worker's start and in every
+reconcile run) and reads the server's state again from the kernel. Every step here is safe to
+repeat, so one retry finishes the work.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 
 from .engine import Engine, EngineError, Limits, NotFound
 from .models import (
+    FINISHED,
     TERMINAL,
     GuestAccount,
     IPPool,
@@ -41,12 +53,17 @@ from .models import (
     State,
     VirtualServer,
 )
+from .models.operations import INTERRUPTED, QUEUE_DELAYED
 
 log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "vservers.jobs.run_operation"
 # How long an operation waits when another operation of its server is still running.
-DEFER_SECONDS = 5
+DEFER_SECONDS = 2
+# Test-only fault injection: "KIND:PHASE" makes the worker stop itself (SIGSTOP) when an
+# operation of KIND reaches PHASE (see Run.checkpoint), so that a test can SIGKILL it exactly
+# there (tests/panel/test_faults.py). Read once at start-up; never set it in production.
+TEST_FAULT = os.environ.get("VSERVERS_TEST_FAULT", "")
 
 _engine: Engine | None = None
 
@@ -63,6 +80,51 @@ def reset_engine() -> None:
     """Forget the Engine, so the next use reads the environment again (tests)."""
     global _engine
     _engine = None
+
+
+# --- who runs an operation ------------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip().replace("-", "")[:12]
+    except OSError:
+        return "unknown"
+
+
+def _process_start(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (None for a process that is gone or a zombie): with the
+    boot id it tells a live process from a later one that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def runner_id(pid: int | None = None) -> str:
+    """This process (or PID on this host) as "host:boot id:pid:start time"."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{_boot_id()}:{pid}:{_process_start(pid) or 0}"
+
+
+def runner_alive(runner: str) -> bool | None:
+    """Whether the process RUNNER names still lives: True or False when it ran on this host,
+    None when this host cannot tell (another host, or no runner recorded)."""
+    parts = runner.split(":")
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    host, boot, pid, start = parts
+    if host != socket.gethostname():
+        return None
+    if boot != _boot_id():
+        return False  # this host rebooted since
+    return _process_start(int(pid)) == int(start)
 
 
 def plan_limits(plan: Plan) -> Limits:
@@ -118,6 +180,15 @@ class Run:
             text = text.replace(secret, "********")
         return text
 
+    def checkpoint(self, phase: str) -> None:
+        """A named point in the middle of an operation: "before-engine" (the server's state
+        is moved, the kernel not touched yet), "after-engine" (the kernel did it, the rows do
+        not say so yet), and "created" in a provisioning between create and start. Only a test
+        worker (TEST_FAULT) stops here, to be killed."""
+        if TEST_FAULT and TEST_FAULT == f"{self.operation.kind}:{phase}":
+            log.warning("test fault %s: stopping this worker (pid %s)", TEST_FAULT, os.getpid())
+            os.kill(os.getpid(), signal.SIGSTOP)
+
 
 # --- the job ------------------------------------------------------------------------------
 
@@ -165,18 +236,19 @@ def run_operation(operation_id: int) -> str:
 
 def _claim(operation: Operation) -> bool | None:
     """Claim OPERATION under its server's row lock. None: another operation of the same
-    server is running, so this one must wait. (On SQLite the IMMEDIATE transaction's write
-    lock plays the row lock's part.)"""
+    server is running, or one asked for earlier is still queued, so this one must wait. (On
+    SQLite the IMMEDIATE transaction's write lock plays the row lock's part.)"""
     with transaction.atomic():
         VirtualServer.objects.select_for_update().filter(pk=operation.server_id).first()
         busy = (
-            Operation.objects.filter(server_id=operation.server_id, status=OperationStatus.RUNNING)
+            Operation.objects.filter(server_id=operation.server_id)
+            .filter(Q(status=OperationStatus.RUNNING) | Q(status=OperationStatus.QUEUED, pk__lt=operation.pk))
             .exclude(pk=operation.pk)
             .exists()
         )
         if busy:
             return None
-        return operation.claim()
+        return operation.claim(runner_id())
 
 
 def _defer(operation: Operation) -> None:
@@ -190,11 +262,12 @@ def _defer(operation: Operation) -> None:
         job = get_queue(queue_name).enqueue_in(
             timedelta(seconds=DEFER_SECONDS), JOB_FUNCTION, operation.pk, job_id=job_id
         )
-    except Exception as exc:  # noqa: BLE001 - the reconciler re-sends it
-        Operation.objects.filter(pk=operation.pk).update(error=f"queueing delayed: {exc}"[:500])
+    except Exception as exc:  # noqa: BLE001 - the worker's outbox pass or the reconciler re-sends it
+        log.warning("could not queue operation %s again: %s", operation.pk, exc)
+        Operation.objects.filter(pk=operation.pk, status=OperationStatus.QUEUED).update(error=QUEUE_DELAYED)
         return
     Operation.objects.filter(pk=operation.pk, status=OperationStatus.QUEUED).update(job_id=job.id)
-    log.info("operation %s waits: another operation of its server is running", operation.pk)
+    log.info("operation %s waits: another operation of its server comes first", operation.pk)
 
 
 def _message(exc: Exception) -> str:
@@ -298,9 +371,12 @@ def _provision(run: Run) -> None:
         [State.APPROVED, State.PROVISIONING, State.ERROR, State.STOPPED, State.RUNNING], State.PROVISIONING
     ):
         raise _refuse_state(run)
+    run.checkpoint("before-engine")
     _ensure_created(run)
+    run.checkpoint("created")
     status = run.engine.start(run.name)
     _apply_plan(run)
+    run.checkpoint("after-engine")
     run.server.move([State.PROVISIONING], State.RUNNING)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
     _refresh_best_effort(run)
@@ -309,9 +385,11 @@ def _provision(run: Run) -> None:
 def _start(run: Run) -> None:
     if not run.server.move([State.STOPPED, State.ERROR, State.STARTING], State.STARTING):
         raise _refuse_state(run)
+    run.checkpoint("before-engine")
     _ensure_created(run)  # a start after a failed provisioning finishes it
     status = run.engine.start(run.name)
     _apply_plan(run)
+    run.checkpoint("after-engine")
     run.server.move([State.STARTING], State.RUNNING)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
 
@@ -319,7 +397,9 @@ def _start(run: Run) -> None:
 def _stop(run: Run) -> None:
     if not run.server.move([State.RUNNING, State.ERROR, State.STOPPING], State.STOPPING):
         raise _refuse_state(run)
+    run.checkpoint("before-engine")
     run.engine.stop(run.name)
+    run.checkpoint("after-engine")
     run.server.move([State.STOPPING], State.STOPPED)
     run.note(f"Stopped {run.name}.")
 
@@ -327,9 +407,11 @@ def _stop(run: Run) -> None:
 def _restart(run: Run) -> None:
     if not run.server.move([State.RUNNING, State.ERROR, State.STARTING], State.STARTING):
         raise _refuse_state(run)
+    run.checkpoint("before-engine")
     _ensure_created(run)
     status = run.engine.restart(run.name)
     _apply_plan(run)
+    run.checkpoint("after-engine")
     run.server.move([State.STARTING], State.RUNNING)
     run.note(f"Restarted {run.name} (init pid {status.init_pid}).")
 
@@ -338,14 +420,22 @@ def _delete(run: Run) -> None:
     server = run.server
     if not server.move([s for s in State if s not in TERMINAL], State.DELETING):
         raise _refuse_state(run)
+    run.checkpoint("before-engine")
     run.engine.delete(run.name)  # also fine for a server the node never had
+    run.checkpoint("after-engine")
     addresses = server.ip_list()
+    finish_delete(server)
+    run.note(f"Deleted {run.name}" + (f"; released {', '.join(addresses)}." if addresses else "."))
+
+
+def finish_delete(server: VirtualServer, reason: str = "") -> bool:
+    """The database's half of a delete, once the node no longer has the server: its
+    addresses go back to the pool, its guest lists go, and it is deleted."""
     with transaction.atomic():
         server.release_addresses()
         server.guest_accounts.all().delete()
         server.services.all().delete()
-        server.move([State.DELETING], State.DELETED)
-    run.note(f"Deleted {run.name}" + (f"; released {', '.join(addresses)}." if addresses else "."))
+        return server.move([State.DELETING], State.DELETED, reason)
 
 
 def _change_plan(run: Run) -> None:
@@ -386,11 +476,47 @@ def _account_add(run: Run) -> None:
     _require_running(run)
     user = run.account()
     password, key = run.optional("password"), run.optional("ssh_key")
-    account = run.engine.accounts(run.name).add(user, password=password, ssh_key=key)
     extras = [what for what, given in (("a password", password), ("an SSH key", key)) if given]
-    run.note(f"Added account {account.name} (uid {account.uid})" + (f" with {' and '.join(extras)}." if extras
-                                                                     else "."))
+    with_extras = f" with {' and '.join(extras)}." if extras else "."
+    accounts = run.engine.accounts(run.name)
+    run.checkpoint("before-engine")
+    existing = accounts.get(user)
+    if existing is not None and _interrupted_add(run, user):
+        # The retry of an add whose worker died after the guest had made the account: finish
+        # that attempt instead of refusing the account it made.
+        if password:
+            accounts.set_password(user, password)
+        if key:
+            accounts.add_ssh_key(user, key)
+        run.note(f"Account {user} (uid {existing.uid}) was made by an interrupted earlier attempt; "
+                 f"finished it{with_extras}")
+    else:
+        account = accounts.add(user, password=password, ssh_key=key)
+        run.note(f"Added account {account.name} (uid {account.uid}){with_extras}")
+    run.checkpoint("after-engine")
     _refresh_accounts(run)
+
+
+def _interrupted_add(run: Run, user: str) -> bool:
+    """Whether the last finished add or delete of account USER before this operation was an
+    add that its worker did not live to finish."""
+    last = (
+        Operation.objects.filter(
+            server_id=run.server.pk,
+            pk__lt=run.operation.pk,
+            kind__in=[OperationKind.ACCOUNT_ADD, OperationKind.ACCOUNT_DELETE],
+            status__in=FINISHED,
+        )
+        .filter(Q(params__account=user) | Q(params__user=user))
+        .order_by("-pk")
+        .first()
+    )
+    return (
+        last is not None
+        and last.kind == OperationKind.ACCOUNT_ADD
+        and last.status == OperationStatus.FAILED
+        and last.error == INTERRUPTED
+    )
 
 
 def _account_delete(run: Run) -> None:
@@ -436,25 +562,37 @@ def _refresh(run: Run) -> None:
 
 
 def _refresh_accounts(run: Run) -> None:
-    accounts = run.engine.accounts(run.name).list()
-    with transaction.atomic():
-        run.server.guest_accounts.all().delete()
-        GuestAccount.objects.bulk_create(
-            GuestAccount(server=run.server, name=a.name, uid=a.uid, home=a.home[:200], shell=a.shell[:200],
-                         is_system=a.is_system)
-            for a in accounts
-        )
+    accounts = store_accounts(run.server, run.engine)
     run.note(f"Accounts: {', '.join(a.name for a in accounts if not a.is_system) or 'none'}.")
 
 
 def _refresh_services(run: Run) -> None:
-    services = run.engine.services(run.name).list()
-    with transaction.atomic():
-        run.server.services.all().delete()
-        Service.objects.bulk_create(
-            Service(server=run.server, name=s.name, state=s.state, pid=s.pid, seconds=s.seconds) for s in services
-        )
+    services = store_services(run.server, run.engine)
     run.note(f"Services: {', '.join(f'{s.name} {s.state}' for s in services) or 'none'}.")
+
+
+def store_accounts(server: VirtualServer, engine: Engine) -> list:
+    """Replace SERVER's account rows with what its guest says now."""
+    accounts = engine.accounts(server.engine_name).list()
+    with transaction.atomic():
+        server.guest_accounts.all().delete()
+        GuestAccount.objects.bulk_create(
+            GuestAccount(server=server, name=a.name, uid=a.uid, home=a.home[:200], shell=a.shell[:200],
+                         is_system=a.is_system)
+            for a in accounts
+        )
+    return accounts
+
+
+def store_services(server: VirtualServer, engine: Engine) -> list:
+    """Replace SERVER's service rows with what its guest says now."""
+    services = engine.services(server.engine_name).list()
+    with transaction.atomic():
+        server.services.all().delete()
+        Service.objects.bulk_create(
+            Service(server=server, name=s.name, state=s.state, pid=s.pid, seconds=s.seconds) for s in services
+        )
+    return services
 
 
 def _refresh_best_effort(run: Run) -> None:

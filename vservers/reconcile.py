@@ -8,11 +8,18 @@ per server: density is the product). For every live server of the node it
     whose init died shows "stopped", one the node does not have shows "error", work that a
     crashed worker left half-done ends in the state the kernel shows;
  3. queues a start for an autostart server found stopped, unless it was stopped on purpose
-    (its last operation was a stop) or its last start failed (no crash loop);
+    (its last operation was a stop) or its last start failed; a server whose init died
+    CRASH_LIMIT times within CRASH_WINDOW is not started again: it stays stopped, says why,
+    and an operator sees it in the audit log (no crash loop);
 
-and for the node it fails operations left "running" by a worker that died, re-sends queued
-operations whose job never reached Redis (or was lost there), and records node.last_seen.
-Finally it schedules its next run (the worker's scheduler enqueues it when due).
+and for the node it fails operations left "running" by a worker that died (and puts their
+servers in the state the kernel shows), re-sends queued operations whose job never reached
+Redis (or was lost there), and records node.last_seen. Finally it schedules its next run (the
+worker's scheduler enqueues it when due).
+
+The worker runs the first two of those node-wide steps by itself too (`recover`): at start-up,
+so that nothing stays "running" after a crash, and the outbox now and then, so that operations
+asked for while Redis was down run soon after it is back.
 """
 
 from __future__ import annotations
@@ -22,14 +29,17 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from rq import get_current_job
 from rq.job import JobStatus
 
-from .actions import enqueue, request_operation
-from .engine import Status
-from .jobs import get_engine
+from accounts.models import AuditEntry
+
+from .actions import GUEST_KINDS, enqueue, request_operation
+from .engine import EngineError, NotFound, Status
+from .jobs import finish_delete, get_engine, runner_alive, store_accounts, store_services
 from .models import (
     FINISHED,
     IN_PROGRESS,
@@ -41,6 +51,7 @@ from .models import (
     State,
     VirtualServer,
 )
+from .models.operations import DELAYED_PREFIX
 from .queues import get_queue
 
 log = logging.getLogger(__name__)
@@ -48,7 +59,12 @@ log = logging.getLogger(__name__)
 RECONCILE_FUNCTION = "vservers.reconcile.reconcile_node"
 # A queued operation without a job id after this long lost its enqueue (the web process died
 # between the commit and the push).
-LOST_PUSH_AFTER = timedelta(minutes=5)
+LOST_PUSH_AFTER = timedelta(minutes=1)
+# An autostart server whose init died this many times within this window stays stopped.
+CRASH_LIMIT = 10
+CRASH_WINDOW = timedelta(minutes=1)
+# The prefix of RQ worker names that say which process they are (vservers.worker.PanelWorker).
+WORKER_NAME_PREFIX = "panel:"
 # RQ job states in which a queued operation's job will still run it.
 WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED}
 
@@ -75,10 +91,35 @@ def _job_prefix(node: Node) -> str:
     return f"reconcile-{node.pk}-"
 
 
+def abandon_dead_executions(queue) -> int:
+    """Hand the jobs that a dead worker of this host left "started" to RQ's own clean-up for
+    abandoned jobs (they go to the failed registry) now, not when their timeout runs out: a
+    job of a worker killed in the middle would otherwise look busy for an hour. Returns how
+    many there were."""
+    from rq.executions import Execution
+
+    registry = queue.started_job_registry
+    dead = []
+    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+        try:
+            execution = Execution.fetch(execution_id, job_id, queue.connection)
+        except ValueError:
+            continue  # its record expired: RQ's clean-up takes it when its score does
+        name = execution.worker_name
+        if name.startswith(WORKER_NAME_PREFIX) and runner_alive(name[len(WORKER_NAME_PREFIX):]) is False:
+            dead.append(execution.composite_key)
+    if dead:
+        queue.connection.zadd(registry.key, dict.fromkeys(dead, 0))
+        registry.cleanup()
+        log.warning("queue %s: jobs of dead workers marked abandoned: %s", queue.name, ", ".join(dead))
+    return len(dead)
+
+
 def _pending_ids(queue) -> list[str]:
     """Jobs queued, scheduled or running, except the one running this code (the reconcile
     job schedules its own successor)."""
     current = get_current_job()
+    abandon_dead_executions(queue)
     ids = (
         queue.get_job_ids()
         + queue.scheduled_job_registry.get_job_ids()
@@ -109,13 +150,35 @@ def ensure_scheduled(node: Node):
 # --- the work -----------------------------------------------------------------------------
 
 
+def recover(node: Node, *, redis: bool = True) -> dict[str, int]:
+    """What a worker does for NODE when it starts, before it takes any job: fail the
+    operations that a dead worker left running and settle their servers from the kernel;
+    with REDIS, also clean RQ's record of their jobs and hand over the outbox."""
+    reconciler = Reconciler(node)
+    reconciler.fail_orphans(redis=redis)
+    if redis:
+        abandon_dead_executions(reconciler.queue)
+        reconciler.resend_lost()
+    return reconciler.counts
+
+
+def flush_outbox(node: Node) -> int:
+    """Hand NODE's queued operations that never reached the queue (or that it lost) to it;
+    the worker calls this now and then, and at once when Redis is back."""
+    reconciler = Reconciler(node)
+    reconciler.resend_lost()
+    return reconciler.counts["resent"]
+
+
 class Reconciler:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.engine = get_engine()
         self.queue = get_queue(node.queue_name)
-        self.counts = {"servers": 0, "corrected": 0, "autostarted": 0, "resent": 0, "orphans": 0}
-        self.installed = True
+        self.counts = {"servers": 0, "corrected": 0, "autostarted": 0, "resent": 0, "orphans": 0, "paused": 0}
+        # No state root at all is a misconfigured worker (VSERVER_ROOT), not a node that lost
+        # every server: then no server is declared missing.
+        self.installed = self.engine.config.servers_dir.is_dir()
 
     def operations(self):
         mine = Q(server__node=self.node)
@@ -124,12 +187,10 @@ class Reconciler:
         return Operation.objects.filter(mine)
 
     def run(self) -> str:
+        abandon_dead_executions(self.queue)
         self.fail_orphans()
         self.resend_lost()
         known = set(self.engine.names())
-        # No state root at all is a misconfigured worker (VSERVER_ROOT), not a node that lost
-        # every server: then no server is declared missing.
-        self.installed = self.engine.config.servers_dir.is_dir()
         if not self.installed:
             log.error("node %s: the engine has no servers directory %s; is VSERVER_ROOT right?",
                       self.node.name, self.engine.config.servers_dir)
@@ -174,7 +235,11 @@ class Reconciler:
             self.counts["corrected"] += 1
             log.info("%s: %s -> %s (%s)", server, before, server.state, server.state_reason)
         if server.state == State.STOPPED and server.autostart and status is not None and self.wants_start(server):
-            request_operation(server, OperationKind.START, None)
+            deaths = self.recent_deaths(server)
+            if deaths >= CRASH_LIMIT:
+                self.pause_autostart(server, deaths)
+                return
+            request_operation(server, OperationKind.START, None, autostart=True)
             self.counts["autostarted"] += 1
 
     def correct_state(self, server: VirtualServer, status: Status | None) -> None:
@@ -185,8 +250,7 @@ class Reconciler:
             # The node does not have it.
             if state == State.DELETING:
                 # The engine finished the delete; the worker died before recording it.
-                server.release_addresses()
-                server.move([State.DELETING], State.DELETED, "deleted (finished by the reconciler)")
+                finish_delete(server, "deleted (finished by the reconciler)")
             elif state in (State.APPROVED, State.PROVISIONING):
                 server.move([state], State.ERROR, "provisioning was interrupted; start or delete the server")
             elif state != State.ERROR:
@@ -216,22 +280,95 @@ class Reconciler:
             return False  # starting it fails: no crash loop; the failure is on the row
         return True
 
-    def fail_orphans(self) -> None:
-        """Operations marked running whose job is not running any more (the worker died)."""
-        for operation in self.operations().filter(status=OperationStatus.RUNNING).select_related("server"):
-            job = self.queue.fetch_job(operation.job_id) if operation.job_id else None
-            if job is not None and job.get_status(refresh=False) == JobStatus.STARTED:
+    def recent_deaths(self, server: VirtualServer) -> int:
+        """How often SERVER's init died within CRASH_WINDOW, this time included: the
+        autostarts in a row that the reconciler asked for (a start by hand starts over)."""
+        since = timezone.now() - CRASH_WINDOW
+        starts = (
+            server.operations.filter(
+                kind__in=[OperationKind.START, OperationKind.RESTART, OperationKind.PROVISION], created__gte=since
+            )
+            .order_by("-pk")
+            .values_list("params", flat=True)[:CRASH_LIMIT]
+        )
+        deaths = 1
+        for params in starts:
+            if not (isinstance(params, dict) and params.get("autostart")):
+                break
+            deaths += 1
+        return deaths
+
+    def pause_autostart(self, server: VirtualServer, deaths: int) -> None:
+        """Leave SERVER stopped and say why: on the server, in its history (a failed start,
+        which also keeps later runs from starting it) and in the audit log."""
+        seconds = int(CRASH_WINDOW.total_seconds())
+        reason = (
+            f"autostart paused: its init died {deaths} times within {seconds} seconds; "
+            "start it by hand once the cause is fixed"
+        )
+        now = timezone.now()
+        Operation.objects.create(
+            server=server, kind=OperationKind.START, params={"autostart": True}, status=OperationStatus.FAILED,
+            started=now, finished=now, error=reason,
+        )
+        server.move([State.STOPPED], State.STOPPED, reason)
+        AuditEntry.record(None, "server.autostart_paused", server, deaths=deaths, window_seconds=seconds)
+        self.counts["paused"] += 1
+        log.warning("%s: %s", server, reason)
+
+    def kernel_status(self, server: VirtualServer) -> Status | None:
+        try:
+            return self.engine.status(server.engine_name, with_addresses=False)
+        except NotFound:
+            return None
+
+    def is_orphan(self, operation: Operation, redis: bool = True) -> bool:
+        """Whether OPERATION is marked running but no process runs it any more."""
+        alive = runner_alive(operation.runner)
+        if alive is not None:
+            return not alive
+        if not redis:
+            return False
+        # Claimed on another host, or before runners were recorded: RQ's word.
+        job = self.queue.fetch_job(operation.job_id) if operation.job_id else None
+        return not (job is not None and job.get_status(refresh=False) == JobStatus.STARTED)
+
+    def fail_orphans(self, redis: bool = True) -> None:
+        """Operations marked running whose worker died: failed with a clear message, and their
+        server put in the state the kernel shows, in one transaction under the server's row
+        lock (the claim of its next operation waits for it)."""
+        running = self.operations().filter(status=OperationStatus.RUNNING).select_related("server__node")
+        for operation in running:
+            if not self.is_orphan(operation, redis):
                 continue
-            operation.finish(False, error="the worker stopped while it ran this operation; try again")
+            server = operation.server
+            try:
+                status = self.kernel_status(server)
+            except EngineError:
+                log.exception("cannot read the state of %s; its orphaned operation waits", server.engine_name)
+                continue
+            with transaction.atomic():
+                VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+                if not operation.interrupt():
+                    continue
+                server.refresh_from_db(fields=["state", "state_reason"])
+                self.correct_state(server, status)
             self.counts["orphans"] += 1
-            log.warning("operation %s of %s was left running; marked failed", operation.pk, operation.server)
+            log.warning("operation %s (%s of %s) was left running by a dead worker; marked failed, server %s",
+                        operation.pk, operation.kind, server, server.state)
+            if operation.kind in GUEST_KINDS and server.state == State.RUNNING:
+                try:  # what the guest has now, e.g. the account an interrupted add made
+                    store_accounts(server, self.engine)
+                    store_services(server, self.engine)
+                except EngineError:
+                    log.exception("could not read the accounts and services of %s", server.engine_name)
 
     def resend_lost(self) -> None:
         """Queued operations whose job never reached Redis, or that Redis lost, or whose job
         ended without running them (it failed before the claim)."""
         stale = timezone.now() - LOST_PUSH_AFTER
         for operation in self.operations().filter(status=OperationStatus.QUEUED).select_related("server__node"):
-            if operation.error.startswith("queueing delayed"):
+            if operation.error.startswith(DELAYED_PREFIX):
                 pass
             elif operation.job_id:
                 job = self.queue.fetch_job(operation.job_id)

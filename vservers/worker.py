@@ -14,16 +14,26 @@ the worker stays the parent that guests' inits are handed to. On top of RQ's wor
     exits, so it reaps its exited children between jobs and while idle, or dead inits would
     stay zombies (this machine's PID 1 does not reap);
  4. makes sure each of its nodes has the periodic reconcile job scheduled (at start-up, then
-    now and then, in case the chain was broken, e.g. by a Redis restart).
+    now and then, in case the chain was broken, e.g. by a Redis restart);
+ 5. survives faults around it: at start-up, before it takes a job, it fails the operations a
+    dead worker left "running" and settles their servers from the kernel (vservers.reconcile.
+    recover), and has RQ treat that worker's jobs as abandoned; now and then, and at once
+    after Redis was unreachable, it hands over the outbox (queued operations that never
+    reached Redis) and restarts its scheduler if Redis took it down; its scheduler process
+    dies with it (a SIGKILLed worker leaves no scheduler behind). Its name says which process
+    it is ("panel:" + vservers.jobs.runner_id()), so others can tell whether it still lives.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
+import redis
 from django.conf import settings
 from django.db import close_old_connections
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
@@ -31,6 +41,8 @@ ALLOWED_FUNCTIONS = frozenset({"vservers.jobs.run_operation", "vservers.reconcil
 # Between jobs, and at least this often while idle (seconds).
 TICK_SECONDS = 10
 REAP_EVERY = 1.0
+# How often the outbox is handed over (between jobs and while idle).
+OUTBOX_EVERY = 10.0
 
 
 class JobRefused(Exception):
@@ -41,10 +53,16 @@ class PanelWorker(SimpleWorker):
     # Off in tests that drain queues by hand and want no reconcile job of their own.
     schedule_reconcile = True
 
-    def __init__(self, *args, serializer=None, **kwargs) -> None:
-        super().__init__(*args, serializer=JSONSerializer, **kwargs)
+    def __init__(self, *args, serializer=None, name=None, **kwargs) -> None:
+        from vservers.jobs import runner_id
+        from vservers.reconcile import WORKER_NAME_PREFIX
+
+        super().__init__(*args, serializer=JSONSerializer, name=name or WORKER_NAME_PREFIX + runner_id(), **kwargs)
         self._last_reap = 0.0
         self._last_schedule_check = 0.0
+        self._last_outbox = 0.0
+        self._redis_lost = False
+        self._scheduler_wanted = False
 
     # -- 1. the allow-list ---------------------------------------------------------------------
 
@@ -76,8 +94,11 @@ class PanelWorker(SimpleWorker):
         from vservers.engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
 
         prctl(PR_SET_CHILD_SUBREAPER, 1)
+        # The database and the kernel first: this works while Redis is still down.
+        self.recover(with_redis=False)
         super().bootstrap(*args, **kwargs)
         self.reap_children()
+        self.recover(with_redis=True)
         self.ensure_reconcile_scheduled()
 
     @property
@@ -86,12 +107,25 @@ class PanelWorker(SimpleWorker):
         return max(1, min(super().dequeue_timeout, TICK_SECONDS))
 
     def heartbeat(self, timeout=None, pipeline=None) -> None:
-        super().heartbeat(timeout, pipeline)
+        try:
+            super().heartbeat(timeout, pipeline)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # RQ waits and tries again; the guests' exits are still collected meanwhile.
+            self._redis_lost = True
+            if pipeline is None and time.monotonic() - self._last_reap >= REAP_EVERY:
+                self.reap_children()
+            raise
         # Without a pipeline, RQ calls this only outside jobs: after one, and each time the
         # wait for the next one times out.
         if pipeline is None:
             if time.monotonic() - self._last_reap >= REAP_EVERY:
                 self.reap_children()
+            if self._redis_lost:
+                self._redis_lost = False
+                self.after_redis_outage()
+            if time.monotonic() - self._last_outbox >= OUTBOX_EVERY:
+                self.flush_outbox()
+                self.ensure_scheduler()
             if time.monotonic() - self._last_schedule_check >= 6 * settings.PANEL_RECONCILE_SECONDS:
                 self.ensure_reconcile_scheduled()
 
@@ -117,16 +151,122 @@ class PanelWorker(SimpleWorker):
         self._last_schedule_check = time.monotonic()
         if not self.schedule_reconcile:
             return
-        from vservers.models import Node
         from vservers.reconcile import ensure_scheduled
 
         try:
-            for node in Node.objects.filter(is_active=True, queue_name__in=self.queue_names()):
+            for node in self.nodes():
                 ensure_scheduled(node)
         except Exception:  # noqa: BLE001 - e.g. the database is not migrated yet; try again later
             self.log.exception("Worker %s: could not schedule the reconcile job", self.name)
         finally:
             close_old_connections()
+
+    # -- 5. faults -----------------------------------------------------------------------------
+
+    def nodes(self):
+        from vservers.models import Node
+
+        return list(Node.objects.filter(is_active=True, queue_name__in=self.queue_names()))
+
+    def recover(self, with_redis: bool) -> None:
+        """After a crash: no operation of our nodes stays "running" for a dead worker."""
+        from vservers.reconcile import recover
+
+        try:
+            for node in self.nodes():
+                counts = recover(node, redis=with_redis)
+                if counts["orphans"] or counts["resent"]:
+                    self.log.warning("Worker %s: node %s: %s operations of a dead worker failed, %s re-sent",
+                                     self.name, node.name, counts["orphans"], counts["resent"])
+        except Exception:  # noqa: BLE001 - the reconcile job does the same later
+            self.log.exception("Worker %s: could not recover the operations of a dead worker", self.name)
+        finally:
+            close_old_connections()
+
+    def flush_outbox(self) -> None:
+        """Queued operations that never reached Redis go there now."""
+        from vservers.reconcile import flush_outbox
+
+        self._last_outbox = time.monotonic()
+        try:
+            for node in self.nodes():
+                sent = flush_outbox(node)
+                if sent:
+                    self.log.info("Worker %s: node %s: %s waiting operations sent to the queue",
+                                  self.name, node.name, sent)
+        except Exception:  # noqa: BLE001 - Redis or the database is away; the next tick tries again
+            self.log.exception("Worker %s: could not hand over the outbox", self.name)
+        finally:
+            close_old_connections()
+
+    def after_redis_outage(self) -> None:
+        """Redis is back (maybe empty, after a restart): our registration, the scheduler (it
+        exits when Redis goes away), the reconcile chain and the outbox."""
+        self.log.warning("Worker %s: Redis is reachable again", self.name)
+        try:
+            if not self.connection.hexists(self.key, "birth"):
+                self.connection.delete(self.key)
+                self.register_birth()
+        except Exception:  # noqa: BLE001 - cosmetic: only the dashboards miss us
+            self.log.exception("Worker %s: could not register again", self.name)
+        self.ensure_scheduler()
+        self.ensure_reconcile_scheduled()
+        self.flush_outbox()
+
+    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=None, log_format=None) -> None:
+        """RQ's own, with a scheduler process that dies with this worker."""
+        from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+
+        self.scheduler = PanelScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format or DEFAULT_LOGGING_DATE_FORMAT,
+            log_format=log_format or DEFAULT_LOGGING_FORMAT,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if burst:
+            if self.scheduler.acquired_locks:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            return
+        self._scheduler_wanted = True
+        if self.scheduler.acquired_locks:
+            self.scheduler.start()
+
+    def ensure_scheduler(self) -> None:
+        """Start the scheduler again if it died (RQ itself checks only every ten minutes)."""
+        scheduler = self.scheduler
+        if not self._scheduler_wanted or scheduler is None:
+            return
+        process = scheduler._process
+        if process is None or not process.is_alive():
+            try:
+                scheduler.acquire_locks(auto_start=True)
+            except Exception:  # noqa: BLE001 - next time
+                self.log.exception("Worker %s: could not start the scheduler again", self.name)
+
+
+class PanelScheduler(RQScheduler):
+    """RQ's scheduler process, which exits when its worker dies instead of living on as an
+    orphan that holds the scheduler lock."""
+
+    def start(self):
+        self._parent_pid = os.getpid()
+        return super().start()
+
+    def work(self):
+        from vservers.engine.syscalls import PR_SET_PDEATHSIG, prctl
+
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != getattr(self, "_parent_pid", os.getppid()):
+            return  # the worker died before the line above
+        super().work()
 
 
 def _disarm(job, reason: str) -> None:

@@ -105,12 +105,12 @@ def test_a_server_the_node_does_not_have_shows_an_error(world, make_server):
 
 def test_it_resends_operations_whose_job_never_reached_redis_or_ended_unrun(world, make_server, drain):
     server = make_server("web", state=State.STOPPED, node=world.node)
+    other = make_server("other", state=State.STOPPED, node=world.node)
+    failed_job = get_queue("default").enqueue("os.getcwd")  # refused by the worker: fails
+    drain()  # (a worker hands over the outbox when it starts: the delayed one comes after it)
     delayed = Operation.objects.create(
         server=server, kind=OperationKind.START, error="queueing delayed: Error connecting to unix socket"
     )
-    other = make_server("other", state=State.STOPPED, node=world.node)
-    failed_job = get_queue("default").enqueue("os.getcwd")  # refused by the worker: fails
-    drain()
     unrun = Operation.objects.create(server=other, kind=OperationKind.START, job_id=failed_job.id)
 
     reconcile_node(world.node.pk)

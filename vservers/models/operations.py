@@ -37,6 +37,18 @@ class OperationStatus(models.TextChoices):
 FINISHED = {OperationStatus.SUCCEEDED, OperationStatus.FAILED}
 # Parameters that must not outlive the operation (they are wiped when it ends).
 SECRET_PARAMS = {"password"}
+# The error of a queued operation that could not be handed to the job queue (Redis down): the
+# row is the outbox, the worker and the reconciler hand it over once the queue is back.
+QUEUE_DELAYED = (
+    "queueing delayed: the job queue cannot be reached right now; this operation is saved "
+    "and will run as soon as the queue is back"
+)
+DELAYED_PREFIX = "queueing delayed"
+# The error of an operation whose worker died while it ran it (see vservers.reconcile).
+INTERRUPTED = (
+    "interrupted: the worker stopped (killed or crashed) while it ran this operation; the "
+    "server's state was read again from its node. Try again if it is still needed."
+)
 
 
 class OperationQuerySet(models.QuerySet):
@@ -58,7 +70,11 @@ class Operation(models.Model):
     )
     status = models.CharField(max_length=10, choices=OperationStatus.choices, default=OperationStatus.QUEUED,
                               db_index=True)
+    # Empty until the job reached the queue: a queued row without one is still in the outbox.
     job_id = models.CharField(max_length=64, blank=True)
+    # Who claimed it: "host:boot id:pid:process start" of the worker process (jobs.runner_id),
+    # so that an operation whose worker died can be told from one still running.
+    runner = models.CharField(max_length=200, blank=True)
     created = models.DateTimeField(auto_now_add=True, db_index=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
@@ -78,13 +94,29 @@ class Operation(models.Model):
     def is_finished(self) -> bool:
         return self.status in FINISHED
 
-    def claim(self) -> bool:
-        """Queued -> running, for exactly one worker."""
+    @property
+    def is_delayed(self) -> bool:
+        """Queued, but not handed to the job queue yet (it was unreachable)."""
+        return self.status == OperationStatus.QUEUED and self.error.startswith(DELAYED_PREFIX)
+
+    def claim(self, runner: str = "") -> bool:
+        """Queued -> running, for exactly one worker (RUNNER: who runs it)."""
         changed = Operation.objects.filter(pk=self.pk, status=OperationStatus.QUEUED).update(
-            status=OperationStatus.RUNNING, started=timezone.now()
+            status=OperationStatus.RUNNING, started=timezone.now(), runner=runner[:200], error=""
         )
         if changed:
-            self.status = OperationStatus.RUNNING
+            self.status, self.runner, self.error = OperationStatus.RUNNING, runner[:200], ""
+        return changed == 1
+
+    def interrupt(self, error: str = INTERRUPTED) -> bool:
+        """Running -> failed, for an operation whose worker died (compare-and-swap on the
+        status and the runner: a row that moved on meanwhile is left alone)."""
+        params = {k: v for k, v in self.params.items() if k not in SECRET_PARAMS}
+        changed = Operation.objects.filter(pk=self.pk, status=OperationStatus.RUNNING, runner=self.runner).update(
+            status=OperationStatus.FAILED, finished=timezone.now(), error=error[-5000:], params=params
+        )
+        if changed:
+            self.refresh_from_db()
         return changed == 1
 
     def finish(self, ok: bool, output: str = "", error: str = "") -> None:

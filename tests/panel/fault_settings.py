@@ -1,0 +1,10 @@
+"""Settings of the worker processes that the fault tests start (tests/panel/faults.py): the
+panel's own settings, on the test session's database instead of the panel's. REDIS_URL and
+the VSERVER_* variables come from the environment, as in production."""
+
+import os
+
+from panel.settings import *  # noqa: F403
+from panel.settings import DATABASES
+
+DATABASES["default"]["NAME"] = os.environ["PANEL_TEST_DATABASE"]

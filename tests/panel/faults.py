@@ -1,0 +1,307 @@
+"""What the fault tests share: a database that other processes can open, real worker processes
+to start, stop, pause and kill, a Redis of their own to stop and start, and checks that the
+database tells the kernel's truth and that nothing of a server is left in the kernel.
+
+Worker processes are `manage.py rqworker` exactly as production starts them (PanelWorker, JSON,
+with its scheduler), with tests/panel/fault_settings.py pointing them at this test's database.
+VSERVERS_TEST_FAULT="KIND:PHASE" makes one stop itself at a named point of an operation
+(vservers.jobs.Run.checkpoint), where the test kills it with SIGKILL: the middle of the
+operation is hit exactly, without any timing.
+
+Every process here is started by the test and stopped by its PID; guests whose worker was
+killed are re-parented to pytest (a subreaper) and removed by the engine fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from tests.leaks import PANEL_ENV, _leaks_of
+
+REPO = Path(__file__).resolve().parents[2]
+# A generous bound for things that take a second or two: only a hang runs into it.
+PATIENCE = 120.0
+
+
+def wait_until(predicate, what: str, timeout: float = PATIENCE, every: float = 0.1):
+    """Poll PREDICATE until it returns something true and return that; fail with WHAT (a
+    string, or a callable for a message computed at the end) when TIMEOUT runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+        time.sleep(every)
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of PID (R, S, T, Z, ...), None once it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def wait_gone(pid: int, timeout: float = 30.0) -> bool:
+    """Wait until PID has exited (any process); collect it if it is our child now."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return bool(readable)
+
+
+# --- a database the workers can share ----------------------------------------------------------
+
+
+@pytest.fixture
+def file_database(transactional_db, django_db_blocker, tmp_path):
+    """The test's database, on a file when pytest-django's is an in-memory SQLite database
+    (which no other process can open); yields what a worker process sets as its NAME."""
+    conn = connections["default"]
+    if conn.vendor != "sqlite" or not conn.is_in_memory_db():
+        yield conn.settings_dict["NAME"]
+        return
+    memory_name = conn.settings_dict["NAME"]
+    memory_connection, conn.connection = conn.connection, None  # keeps the memory one alive
+    path = tmp_path / "panel.sqlite3"
+    conn.settings_dict["NAME"] = str(path)
+    try:
+        with django_db_blocker.unblock():
+            call_command("migrate", verbosity=0, interactive=False)
+        yield str(path)
+    finally:
+        conn.close()
+        conn.settings_dict["NAME"] = memory_name
+        conn.connection = memory_connection
+
+
+@pytest.fixture
+def fault_world(file_database, world):
+    """The panel's test world (conftest.world) in a database that worker processes share."""
+    world.database = file_database
+    return world
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """One `manage.py rqworker` of the panel, as the node runs it."""
+
+    def __init__(self, database: str, redis_url: str, log: Path, fault: str = "", queues=("default",)) -> None:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.panel.fault_settings",
+            "PANEL_TEST_DATABASE": database,
+            "REDIS_URL": redis_url,
+            "PYTHONPATH": str(REPO),
+        }
+        env.pop("VSERVERS_TEST_FAULT", None)
+        if fault:
+            env["VSERVERS_TEST_FAULT"] = fault
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()/kill()
+        argv = [
+            sys.executable, "manage.py", "rqworker", *queues,
+            "--worker-class", "vservers.worker.PanelWorker",
+            "--serializer", "rq.serializers.JSONSerializer",
+            "--with-scheduler",
+        ]
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_paused(self) -> None:
+        """Wait until the worker stopped itself at its fault point (state T)."""
+        wait_until(
+            lambda: process_state(self.pid) == "T" or not self.alive(),
+            lambda: f"worker {self.pid} to reach its fault point; its log:\n{self.log_tail()}",
+        )
+        assert self.alive(), f"worker {self.pid} exited instead:\n{self.log_tail()}"
+
+    def python_children(self) -> list[int]:
+        """Its own helper processes (RQ's scheduler), not the guests' inits it adopted."""
+        me = os.path.realpath(sys.executable)
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                data = (entry / "stat").read_bytes()
+                exe = os.path.realpath(entry / "exe")
+            except OSError:
+                continue
+            ppid = int(data[data.rindex(b")") + 2 :].split()[1])
+            if ppid == self.pid and exe == me:
+                found.append(int(entry.name))
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a power cut would; then make sure no helper process
+        of it lives on (its scheduler dies with it)."""
+        helpers = self.python_children()
+        os.kill(self.pid, signal.SIGKILL)
+        assert self.proc.wait(timeout=30) == -signal.SIGKILL
+        self._log.close()
+        for pid in helpers:
+            assert wait_gone(pid), f"process {pid} of the killed worker {self.pid} lives on"
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """A warm shutdown (SIGTERM: finish the job at hand, then exit); SIGKILL if it does
+        not come, or if it is paused at a fault point."""
+        if self.alive():
+            helpers = self.python_children()
+            if process_state(self.pid) == "T":
+                os.kill(self.pid, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+            for pid in helpers:
+                wait_gone(pid)
+        self._log.close()
+
+
+@pytest.fixture
+def workers(fault_world, rq_redis, panel_redis, tmp_path):
+    """workers(fault="", redis_url=None) starts a worker process on this test's database and
+    (by default) the session's Redis; each is stopped at the end if still running."""
+    started: list[WorkerProcess] = []
+
+    def start(fault: str = "", redis_url: str | None = None) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started) + 1}.log"
+        worker = WorkerProcess(fault_world.database, redis_url or panel_redis, log, fault=fault)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+# --- a Redis of the test's own, to stop and start --------------------------------------------
+
+
+class RedisServer:
+    """A private redis-server on a Unix socket, without persistence: stopping it loses
+    everything, as a Redis restart without a dump does."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.socket = directory / "redis.sock"
+        self.url = f"unix://{self.socket}?db=0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.directory),
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except (redis.ConnectionError, FileNotFoundError):
+                assert self.proc.poll() is None, "redis-server exited"
+                return False
+
+        try:
+            wait_until(up, "redis-server to answer", timeout=20)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make install)")
+    server = RedisServer(tmp_path_factory.mktemp("own-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- the kernel's truth ------------------------------------------------------------------------
+
+
+def kernel_state(engine, server) -> str:
+    """"running", "stopped", or "missing" (the node does not have it)."""
+    if server.engine_name not in engine.names():
+        return "missing"
+    return engine.status(server.engine_name, with_addresses=False).state
+
+
+def assert_tells_the_truth(engine, server) -> None:
+    """The server's row says what the kernel says, and is not stuck half-way."""
+    from vservers.models import IN_PROGRESS, State
+
+    server.refresh_from_db()
+    truth = kernel_state(engine, server)
+    assert server.state not in IN_PROGRESS, f"{server} is stuck {server.state}"
+    expected = {State.RUNNING: {"running"}, State.STOPPED: {"stopped"}, State.DELETED: {"missing"},
+                State.ERROR: {"missing", "stopped", "running"}}
+    assert truth in expected[server.state], f"{server} says {server.state}, the kernel {truth}"
+    if server.state == State.ERROR:
+        assert server.state_reason, "an error says why"
+
+
+def server_leaks(uid_bases: list[int]) -> list[str]:
+    """What the tests' installation holds in the kernel beyond its bridge (and the bridge's
+    firewall tables), counting only the processes of these servers (another installation on
+    this host may use nearby uids)."""
+    bridge = PANEL_ENV["VSERVER_BRIDGE"]
+    leaks = []
+    for leak in _leaks_of(PANEL_ENV):
+        if leak == f"network interface {bridge}" or (leak.startswith("nftables table ") and leak.endswith(bridge)):
+            continue
+        if leak.startswith("process "):
+            uid = int(leak.split("(uid ", 1)[1].split(")", 1)[0])
+            if not any(base <= uid < base + 65536 for base in uid_bases):
+                continue
+        leaks.append(leak)
+    return leaks
