@@ -1,0 +1,69 @@
+"""The bounding set of vservers/engine/capabilities.py, checked without a VPS (test_escape.py
+checks it on every process of real VPSs)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from vservers.engine import capabilities
+
+HEADER = Path("/usr/include/linux/capability.h")
+# What a VPS's root needs and must keep (see the module's docstring).
+KEPT = ("CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_SETUID",
+        "CAP_SETGID", "CAP_SETPCAP", "CAP_SETFCAP", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
+        "CAP_KILL", "CAP_SYS_CHROOT", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE", "CAP_MKNOD")
+
+
+def header_numbers() -> dict[str, int]:
+    if not HEADER.is_file():
+        pytest.skip(f"{HEADER} is not installed (linux-libc-dev)")
+    return {name: int(n) for name, n in re.findall(r"#define (CAP_[A-Z_]+)\s+(\d+)\s*$", HEADER.read_text(), re.M)}
+
+
+def test_names_and_numbers_match_the_kernel_headers():
+    numbers = header_numbers()
+    for number, (name, why) in capabilities.DROPPED.items():
+        assert numbers[name] == number
+        assert why
+    for name in KEPT:
+        assert numbers[name] not in capabilities.DROPPED, f"{name} must stay: a VPS's root needs it"
+
+
+def _status_after_drop_and_exec() -> dict[str, str]:
+    """Drop in a child inside a new user namespace, exec cat of its own status; its fields."""
+    from vservers.engine.syscalls import CLONE_NEWUSER, unshare
+
+    host_uid = os.geteuid()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            unshare(CLONE_NEWUSER)
+            Path("/proc/self/uid_map").write_text(f"0 {host_uid} 1\n")  # root in there, as in a VPS
+            capabilities.drop()
+            os.dup2(write_end, 1)
+            os.execv("/bin/cat", ["cat", "/proc/self/status"])
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        text = fh.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_dropped_capabilities_are_gone_after_exec_and_the_rest_stay():
+    status = _status_after_drop_and_exec()
+    all_caps = (1 << (capabilities.last_cap() + 1)) - 1
+    mask = sum(1 << number for number in capabilities.DROPPED)
+    assert int(status["CapBnd"], 16) == all_caps & ~mask
+    # Root of the new user namespace execs with its full (bounded) set.
+    assert int(status["CapEff"], 16) == all_caps & ~mask
+    assert int(status["CapInh"], 16) & mask == 0
+    assert int(status["CapAmb"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "0"  # setuid programs inside keep working
