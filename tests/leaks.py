@@ -56,6 +56,10 @@ def _leaks_of(env: dict[str, str]) -> list[str]:
     for link in Path("/sys/class/net").iterdir():
         if link.name.startswith(config.veth_prefix) or link.name == config.bridge:
             leaks.append(f"network interface {link.name}")
+    from vservers.engine import firewall
+
+    table = firewall.table_name(config.bridge)
+    leaks += [f"nftables table {family} {table}" for family, names in firewall.tables().items() if table in names]
     for controller in Path(config.cgroup_root).iterdir():
         group = controller / config.cgroup_parent
         if group.is_dir():

@@ -28,6 +28,9 @@ class EngineConfig:
     gateway6: ipaddress.IPv6Interface | None
     uid_base: int
     cgroup_root: Path = Path("/sys/fs/cgroup")
+    # Ports of the host the VPSs may reach at the gateway addresses, as (protocol, port):
+    # VSERVER_HOST_ALLOW="tcp/53,udp/53". Default none (see firewall.py).
+    host_allow: tuple[tuple[str, int], ...] = ()
 
     @property
     def install_id(self) -> str:
@@ -74,4 +77,8 @@ class EngineConfig:
             raise InvalidInput("VSERVER_UID_BASE must be an integer") from None
         if not 65536 <= uid_base < 2**31:
             raise InvalidInput("VSERVER_UID_BASE must be between 65536 and 2^31")
-        return cls(root=root, bridge=bridge, gateway4=gateway4, gateway6=gateway6, uid_base=uid_base)
+        from .firewall import parse_host_allow
+
+        host_allow = parse_host_allow(env.get("VSERVER_HOST_ALLOW", ""))
+        return cls(root=root, bridge=bridge, gateway4=gateway4, gateway6=gateway6, uid_base=uid_base,
+                   host_allow=host_allow)

@@ -186,6 +186,11 @@ class Engine:
         server_dir = self._dir(name)
         with self._lock(name):
             self._stop_locked(name, timeout=STOP_TIMEOUT)
+            created = read_json(server_dir / "config.json")
+            if created is not None:  # its firewall entries stay while it is stopped: drop them now
+                from . import firewall
+
+                firewall.release(self.config.bridge, self.host_veth(name), created["addresses"])
             shutil.rmtree(server_dir, ignore_errors=True)
             if server_dir.exists():
                 raise EngineError(f"could not remove {server_dir}")
@@ -209,6 +214,9 @@ class Engine:
         host_if = self.host_veth(spec.name)
         interfaces = spec.interfaces()
         network.ensure_bridge(self.config.bridge, self.config.gateway4, self.config.gateway6)
+        from . import firewall
+
+        mac = firewall.protect(self.config, host_if, interfaces)  # before its port exists: no gap
 
         def wire(init_pid: int) -> None:
             network.attach(
@@ -219,6 +227,7 @@ class Engine:
                 self.config.gateway4.ip if any(i.version == 4 for i in interfaces) else None,
                 self.config.gateway6.ip if self.config.gateway6 and any(i.version == 6 for i in interfaces)
                 else None,
+                mac=mac,
             )
 
         def record(launched: Launched) -> None:

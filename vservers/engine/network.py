@@ -32,7 +32,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from . import rtnl
+from . import firewall, rtnl
 from .errors import Conflict, EngineError, InvalidInput
 from .syscalls import CLONE_NEWNET, setns
 
@@ -301,6 +301,7 @@ def remove_bridge(bridge: str) -> None:
     with _host() as ipr, _netlink_errors(f"remove bridge {bridge}"):
         link = _get_link(ipr, bridge)
         if link is None:
+            firewall.remove(bridge)  # its tables, if a crash left them behind
             return
         if _kind(link) != "bridge":
             raise Conflict(f"{bridge} is not a bridge; not deleting it")
@@ -313,6 +314,7 @@ def remove_bridge(bridge: str) -> None:
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:  # deleted concurrently: fine
                 raise
+    firewall.remove(bridge)  # the bridge's nftables tables live and die with it
 
 
 # --- VPS interfaces ----------------------------------------------------------------------
@@ -326,13 +328,15 @@ def attach(
     gateway4: ipaddress.IPv4Address | None,
     gateway6: ipaddress.IPv6Address | None,
     mtu: int | None = None,
+    mac: str | None = None,
 ) -> None:
     """Connect the network namespace of process NETNS_PID to BRIDGE.
 
     1. Delete HOST_IF if it exists (left over from an earlier run); refuse if it is not
        a veth.
     2. Create the veth pair HOST_IF <-> eth0, with eth0 created directly in the target
-       namespace and HOST_IF enslaved to BRIDGE; set HOST_IF up.
+       namespace and HOST_IF enslaved to BRIDGE; set HOST_IF up. eth0 gets MAC if given
+       (the firewall's guest_mac: the only source address its port lets through).
     3. Inside: set lo and eth0 up, add ADDRESSES (IPv6 with IFA_F_NODAD), and add a
        default route via each gateway whose family has an address.
     On failure HOST_IF (and with it eth0) is deleted and an EngineError is raised.
@@ -345,17 +349,18 @@ def attach(
     gw6 = _address(gateway6, 6) if gateway6 is not None else None
     if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535):
         raise InvalidInput(f"bad MTU {mtu!r}: 68-65535")
+    mac = firewall.validate_mac(mac) if mac is not None else None
 
     try:
         with _netns_fd(pid) as nsfd:
             if _is_host_netns(nsfd):
                 raise Conflict(f"attach {host_if}: process {pid} is in the host's network namespace")
-            _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu)
+            _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac)
     except _ProcessGone as exc:
         raise EngineError(f"attach {host_if}: {exc}") from None
 
 
-def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu) -> None:
+def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None:
     # The requests of every start go through rtnl (see there why), the rare ones through pyroute2.
     if not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
         if os.path.exists(f"/sys/class/net/{bridge}"):
@@ -366,7 +371,7 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu) -> None:
     with _netlink_errors(f"attach {host_if} to {bridge}"), rtnl.Socket() as host:
         master = socket.if_nametoindex(bridge)
         try:
-            host.add_veth(host_if, master, GUEST_IF, nsfd, mtu)
+            host.add_veth(host_if, master, GUEST_IF, nsfd, mtu, peer_mac=mac)
         except rtnl.NetlinkFailure as exc:
             if exc.errno == errno.EEXIST:
                 raise Conflict(

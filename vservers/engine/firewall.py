@@ -1,0 +1,535 @@
+"""Network defences of an installation's bridge, in nftables: no spoofing, no sniffing, no
+reaching the host.
+
+Two tables of our own per installation, both named ``vservers-<bridge>`` (one bridge per
+installation; the tables are made with the first start on it and removed with it):
+
+``bridge vservers-<bridge>``, on frames from and to the ports whose names carry the
+installation's veth prefix (see ``STATIC_BRIDGE`` below for the rules themselves):
+  * from a VPS (``from_guest``): only its own MAC as Ethernet source; ARP only with its own
+    sender MAC and IPv4 address; IPv4 only from its addresses; IPv6 only from its addresses
+    and its EUI-64 link-local address; neighbour advertisements only for those addresses,
+    and a neighbour message's link-layer option only with its own MAC. Then no DHCP or
+    DHCPv6 server replies, router advertisements, redirects or router renumbering, and
+    neighbour messages only plain (no extension headers, at most that one option). The
+    rest (other EtherTypes, VLAN tags, the unspecified source ::) is dropped and counted,
+    per VPS in the dynamic set ``dropped``.
+  * to a VPS (``to_guest``): a unicast frame must be addressed to the VPS's own MAC. What
+    the bridge floods while its FDB has no entry for a destination is dropped at every
+    port it is not addressed to, so no VPS sees another's unicast traffic, however the FDB
+    changes.
+  * A port of ours that has no entries yet (about to be wired) gets nothing through but
+    broadcast and multicast addressed to it.
+
+``inet vservers-<bridge>``, on traffic for the host itself arriving over the bridge (the
+gateway address and any other address of the host): replies to the host's own
+connections, ICMP echo to the gateway and neighbour discovery pass, and so do the ports the
+operator lists in ``VSERVER_HOST_ALLOW`` (``tcp/53,udp/53``; default none) at the gateway
+addresses. TCP is answered with a reset, UDP with port-unreachable, the rest dropped; all
+counted.
+
+The rules are static, made once per bridge; a VPS is a handful of elements in the sets they
+look up (its port name paired with its MAC and each address), so a start costs one small
+libnftables transaction, in-process (ctypes), whose size does not grow with the number of
+VPSs. The VPS's elements stay while it is stopped and go when it is deleted. Fingerprints
+keep this honest: the static part carries one of the settings it was made from, each VPS
+one of its elements, and re-adding an element that is there with another value fails the
+transaction, which sends us to the slow path that rebuilds what is stale.
+
+Every value that goes into a command is validated first (interface names, addresses, MACs,
+ports); the static rules are nft syntax, the per-VPS commands libnftables JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .errors import EngineError, InvalidInput
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# Part of the static fingerprint: bump it when the rules change in a way their text would not
+# show (their text is part of it too).
+RULESET_VERSION = 1
+TABLE_PREFIX = "vservers-"
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_MAC = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}")
+_ALLOW_ITEM = re.compile(r"(tcp|udp)/(\d{1,5})")
+_NFT_CTX_OUTPUT_JSON = 1 << 4  # libnftables.h
+# The per-VPS sets, each keyed by the port's name first.
+GUEST_SETS = ("guest_mac", "guest_ip4", "guest_ip6", "guest_na", "guest_ndmac")
+
+
+# --- names and values --------------------------------------------------------------------
+
+
+def _ifname(name: object) -> str:
+    if not isinstance(name, str) or not _IFNAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidInput(f"bad interface name {name!r}: 1-15 characters of A-Z a-z 0-9 _ . -")
+    return name
+
+
+def validate_mac(value: object) -> str:
+    """Return VALUE if it is a unicast MAC written as six lowercase hex pairs, else InvalidInput."""
+    if not isinstance(value, str) or not _MAC.fullmatch(value) or int(value[:2], 16) & 1:
+        raise InvalidInput(f"bad MAC address {value!r}: six lowercase hex pairs, not multicast")
+    return value
+
+
+def table_name(bridge: str) -> str:
+    """The name of both tables of the installation whose bridge is BRIDGE."""
+    return TABLE_PREFIX + _ifname(bridge)
+
+
+def guest_mac(host_if: str) -> str:
+    """The fixed MAC of the VPS whose host-side interface is HOST_IF.
+
+    Locally administered and unicast, derived from the interface name (itself unique per
+    installation and server): known without asking the guest, the same across restarts.
+    """
+    digest = hashlib.sha256(b"vservers-guest:" + _ifname(host_if).encode()).digest()
+    octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def link_local(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 link-local address the kernel gives an interface with MAC."""
+    octets = bytes.fromhex(validate_mac(mac).replace(":", ""))
+    eui = bytes([octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:6]])
+    return ipaddress.IPv6Address(bytes.fromhex("fe80000000000000") + eui)
+
+
+def parse_host_allow(text: str) -> tuple[tuple[str, int], ...]:
+    """Parse VSERVER_HOST_ALLOW: comma-separated PROTO/PORT items, PROTO tcp or udp.
+
+    ``"tcp/53,udp/53"`` -> ``(("tcp", 53), ("udp", 53))``; empty means none.
+    """
+    if not isinstance(text, str):
+        raise InvalidInput(f"bad VSERVER_HOST_ALLOW {text!r}")
+    items: list[tuple[str, int]] = []
+    for raw in text.split(","):
+        item = raw.strip().lower()
+        if not item:
+            continue
+        match = _ALLOW_ITEM.fullmatch(item)
+        if match is None or not 1 <= int(match[2]) <= 65535:
+            raise InvalidInput(
+                f"bad VSERVER_HOST_ALLOW item {raw.strip()!r}: write PROTO/PORT, PROTO tcp or udp, PORT 1-65535"
+            )
+        entry = (match[1], int(match[2]))
+        if entry not in items:
+            items.append(entry)
+    return tuple(items)
+
+
+# --- libnftables -------------------------------------------------------------------------
+
+
+class NftError(EngineError):
+    """libnftables refused a command; the message is its own."""
+
+
+class _Nft:
+    """One libnftables context per process, used under a lock (it is not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lib: Any = None
+        self._ctx: int | None = None
+        self._pid = 0
+
+    @staticmethod
+    def _load() -> Any:
+        import ctypes  # only when the firewall is touched: parse_host_allow is used without it
+
+        try:
+            lib = ctypes.CDLL("libnftables.so.1")
+        except OSError as exc:
+            raise EngineError(f"libnftables is missing ({exc}); install it: apt-get install libnftables1") from None
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_output_set_flags.restype = None
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).restype = ctypes.c_int
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).restype = ctypes.c_char_p
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        return lib
+
+    def _context(self) -> int:
+        # A context holds a netlink socket: a forked child must not share its parent's.
+        if self._ctx is None or self._pid != os.getpid():
+            if self._lib is None:
+                self._lib = self._load()
+            ctx = self._lib.nft_ctx_new(0)
+            if not ctx:
+                raise EngineError("libnftables: could not create a context")
+            self._lib.nft_ctx_buffer_output(ctx)
+            self._lib.nft_ctx_buffer_error(ctx)
+            self._ctx, self._pid = ctx, os.getpid()
+        return self._ctx
+
+    def _run(self, text: bytes, json_mode: bool) -> bytes:
+        with self._lock:
+            ctx = self._context()
+            # libnftables 1.0.6 reads JSON input only while JSON output is on.
+            self._lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON if json_mode else 0)
+            rc = self._lib.nft_run_cmd_from_buffer(ctx, text)
+            output = self._lib.nft_ctx_get_output_buffer(ctx) or b""
+            error = self._lib.nft_ctx_get_error_buffer(ctx) or b""
+        if rc != 0:
+            message = " ".join(error.decode(errors="replace").split()) or f"status {rc}"
+            raise NftError(f"nftables: {message}")
+        return output
+
+    def json(self, commands: list[dict[str, Any]]) -> dict[str, Any]:
+        """Run COMMANDS (libnftables JSON) as one transaction; the parsed output, if any."""
+        output = self._run(json.dumps({"nftables": commands}).encode(), json_mode=True)
+        return json.loads(output) if output.strip() else {}
+
+    def script(self, text: str) -> None:
+        """Run TEXT (nft syntax, every value in it validated) as one transaction."""
+        self._run(text.encode(), json_mode=False)
+
+    def text(self, command: str) -> str:
+        """Run COMMAND (nft syntax, a fixed one) and return its text output."""
+        return self._run(command.encode(), json_mode=False).decode(errors="replace")
+
+
+_nft = _Nft()
+
+
+# --- the static part ---------------------------------------------------------------------
+
+# One jump per direction for the ports of ours; everything else on the bridge is not our
+# business. Every drop of what a VPS sent also counts in @dropped, per port.
+STATIC_BRIDGE = """\
+table bridge {table} {{
+    map fingerprint {{ type ifname : mark; }}
+    map guest_fp {{ type ifname : mark; }}
+    set guest_mac {{ type ifname . ether_addr; }}
+    set guest_ip4 {{ type ifname . ipv4_addr; }}
+    set guest_ip6 {{ type ifname . ipv6_addr; }}
+    set guest_na {{ typeof iifname . @th,64,128; }}
+    set guest_ndmac {{ typeof iifname . @th,208,48; }}
+    set dropped {{ type ifname; flags dynamic; counter; size 65536; }}
+    chain prerouting {{ type filter hook prerouting priority filter; policy accept; }}
+    chain forward {{ type filter hook forward priority filter; policy accept; }}
+    chain output {{ type filter hook output priority filter; policy accept; }}
+    chain from_guest {{ }}
+    chain guest4 {{ }}
+    chain guest6 {{ }}
+    chain to_guest {{ }}
+}}
+flush chain bridge {table} prerouting
+flush chain bridge {table} forward
+flush chain bridge {table} output
+flush chain bridge {table} from_guest
+flush chain bridge {table} guest4
+flush chain bridge {table} guest6
+flush chain bridge {table} to_guest
+add rule bridge {table} prerouting iifname "{prefix}*" jump from_guest
+add rule bridge {table} forward oifname "{prefix}*" jump to_guest
+add rule bridge {table} output oifname "{prefix}*" jump to_guest
+add rule bridge {table} to_guest @ll,0,8 & 0x1 == 0x0 oifname . ether daddr != @guest_mac counter drop
+add rule bridge {table} from_guest iifname . ether saddr != @guest_mac {drop}
+add rule bridge {table} from_guest arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+iifname . arp saddr ether @guest_mac iifname . arp saddr ip @guest_ip4 accept
+add rule bridge {table} from_guest iifname . ip saddr @guest_ip4 goto guest4
+add rule bridge {table} from_guest icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @guest_na {drop}
+add rule bridge {table} from_guest icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} ip6 length 32 \
+iifname . @th,208,48 != @guest_ndmac {drop}
+add rule bridge {table} from_guest iifname . ip6 saddr @guest_ip6 goto guest6
+add rule bridge {table} from_guest {drop}
+add rule bridge {table} guest4 udp sport 67 {drop}
+add rule bridge {table} guest4 icmp type redirect {drop}
+add rule bridge {table} guest4 accept
+add rule bridge {table} guest6 icmpv6 type {{ nd-router-advert, nd-redirect, router-renumbering }} {drop}
+add rule bridge {table} guest6 udp sport 547 {drop}
+add rule bridge {table} guest6 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} \
+ip6 nexthdr != ipv6-icmp {drop}
+add rule bridge {table} guest6 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} \
+ip6 length != {{ 24, 32 }} {drop}
+add rule bridge {table} guest6 accept
+"""
+_DROP_COUNTED = "counter add @dropped { iifname counter } drop"
+
+STATIC_INET = """\
+table inet {table} {{
+    map fingerprint {{ type ifname : mark; }}
+    set host_allow {{ type inet_proto . inet_service; }}
+    chain input {{ type filter hook input priority filter; policy accept; }}
+    chain from_guests {{ }}
+}}
+flush chain inet {table} input
+flush chain inet {table} from_guests
+flush set inet {table} host_allow
+add rule inet {table} input iifname "{bridge}" jump from_guests
+add rule inet {table} from_guests ct state established,related accept
+add rule inet {table} from_guests icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept
+add rule inet {table} from_guests ip daddr {gateway4} icmp type echo-request accept
+add rule inet {table} from_guests ip daddr {gateway4} meta l4proto . th dport @host_allow accept
+"""
+STATIC_INET6 = """\
+add rule inet {table} from_guests ip6 daddr {gateway6} icmpv6 type echo-request accept
+add rule inet {table} from_guests ip6 daddr {gateway6} meta l4proto . th dport @host_allow accept
+"""
+STATIC_INET_END = """\
+add rule inet {table} from_guests meta l4proto tcp counter reject with tcp reset
+add rule inet {table} from_guests meta l4proto udp counter reject
+add rule inet {table} from_guests counter drop
+"""
+
+
+@dataclass(frozen=True)
+class _Installation:
+    bridge: str
+    veth_prefix: str
+    gateway4: ipaddress.IPv4Address
+    gateway6: ipaddress.IPv6Address | None
+    host_allow: tuple[tuple[str, int], ...]
+
+    @property
+    def table(self) -> str:
+        return table_name(self.bridge)
+
+
+def _installation(config) -> _Installation:
+    allow = tuple(getattr(config, "host_allow", ()) or ())
+    for entry in allow:
+        proto, port = entry
+        if proto not in ("tcp", "udp") or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise InvalidInput(f"bad host_allow entry {entry!r}")
+    return _Installation(
+        bridge=_ifname(config.bridge),
+        veth_prefix=_ifname(config.veth_prefix),
+        gateway4=ipaddress.IPv4Address(config.gateway4.ip),
+        gateway6=ipaddress.IPv6Address(config.gateway6.ip) if config.gateway6 is not None else None,
+        host_allow=allow,
+    )
+
+
+@lru_cache(maxsize=8)
+def _static(inst: _Installation) -> tuple[str, int]:
+    """The script that builds or refreshes both tables (keeping every VPS's elements), and
+    the fingerprint of what it builds."""
+    values = {"table": inst.table, "prefix": inst.veth_prefix, "bridge": inst.bridge, "drop": _DROP_COUNTED,
+              "gateway4": inst.gateway4.compressed,
+              "gateway6": inst.gateway6.compressed if inst.gateway6 else ""}
+    text = STATIC_BRIDGE.format(**values) + STATIC_INET.format(**values)
+    if inst.gateway6 is not None:
+        text += STATIC_INET6.format(**values)
+    text += STATIC_INET_END.format(**values)
+    if inst.host_allow:
+        allowed = ", ".join(f"{proto} . {port}" for proto, port in inst.host_allow)
+        text += f"add element inet {inst.table} host_allow {{ {allowed} }}\n"
+    fingerprint = _hash32(f"{RULESET_VERSION}\n{text}")
+    for family in ("bridge", "inet"):
+        text += f"flush map {family} {inst.table} fingerprint\n"
+        text += f'add element {family} {inst.table} fingerprint {{ "static" : {fingerprint:#x} }}\n'
+    return text, fingerprint
+
+
+def _hash32(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def ensure(config) -> None:
+    """Build or refresh the installation's tables, keeping every VPS's elements. Safe to
+    repeat; protect() calls it when needed, so only a change of VSERVER_HOST_ALLOW that
+    should apply before the next start needs it called."""
+    _nft.script(_static(_installation(config))[0])
+
+
+# --- per VPS -----------------------------------------------------------------------------
+
+
+def _elements(table: str, name: str, values: list[Any]) -> dict:
+    return {"element": {"family": "bridge", "table": table, "name": name, "elem": values}}
+
+
+def _guest_elements(table: str, host_if: str, mac: str, addresses: list[IPInterface]) -> list[dict]:
+    """The VPS's elements, one command per set (none for an empty one), fingerprint last."""
+    own4 = sorted({a.ip for a in addresses if a.version == 4})
+    own6 = sorted({a.ip for a in addresses if a.version == 6} | {link_local(mac)})
+    mac_int = f"0x{int(mac.replace(':', ''), 16):012x}"
+    found = [
+        _elements(table, "guest_mac", [{"concat": [host_if, mac]}]),
+        _elements(table, "guest_ip4", [{"concat": [host_if, a.compressed]} for a in own4]),
+        _elements(table, "guest_ip6", [{"concat": [host_if, a.compressed]} for a in own6]),
+        _elements(table, "guest_na", [{"concat": [host_if, f"0x{int(a):032x}"]} for a in own6]),
+        _elements(table, "guest_ndmac", [{"concat": [host_if, mac_int]}]),
+    ]
+    found = [cmd for cmd in found if cmd["element"]["elem"]]
+    fingerprint = _hash32(json.dumps([RULESET_VERSION, found], sort_keys=True))
+    return [*found, _elements(table, "guest_fp", [[host_if, fingerprint]])]
+
+
+def _addresses(values: Iterable[IPInterface | str]) -> list[IPInterface]:
+    found = []
+    for value in values:
+        try:
+            found.append(ipaddress.ip_interface(value))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"bad address {value!r}: {exc}") from None
+    return found
+
+
+def protect(config, host_if: str, addresses: Iterable[IPInterface | str]) -> str:
+    """Let the VPS behind HOST_IF send only as itself and receive only what is addressed to
+    it; returns the MAC its interface must have (``guest_mac``).
+
+    Call it before the port exists: until it has run, the port gets no unicast through.
+    1. One transaction adds the static fingerprint and the VPS's elements with theirs. Adding
+       what is there already is a no-op (every restart), adding anew is the first start;
+       a fingerprint there with another value, or no table, fails it.
+    2. Otherwise rebuild the static part if its fingerprint is not the current one, and
+       run 1 again; if it still fails, remove the VPS's old elements and run 1 once more.
+    """
+    inst = _installation(config)
+    host_if = _ifname(host_if)
+    if not host_if.startswith(inst.veth_prefix):
+        raise InvalidInput(f"{host_if} does not carry the installation's prefix {inst.veth_prefix}")
+    mac = guest_mac(host_if)
+    script, static_fp = _static(inst)
+    static_check = [
+        {"add": {"element": {"family": family, "table": inst.table, "name": "fingerprint",
+                             "elem": [["static", static_fp]]}}}
+        for family in ("bridge", "inet")
+    ]
+    commands = static_check + [{"add": c} for c in _guest_elements(inst.table, host_if, mac, _addresses(addresses))]
+    try:
+        _nft.json(commands)
+        return mac
+    except NftError:
+        pass
+    try:
+        _nft.json(static_check)
+    except NftError:
+        _nft.script(script)
+        try:
+            _nft.json(commands)
+            return mac
+        except NftError:
+            pass
+    _release(inst.table, host_if)
+    _nft.json(commands)
+    return mac
+
+
+def release(bridge: str, host_if: str, addresses: Iterable[IPInterface | str]) -> None:
+    """Remove every element of the VPS behind HOST_IF (when it is deleted). Safe to repeat,
+    and when the tables do not exist.
+
+    1. One transaction: add the fingerprint of the elements ADDRESSES make (failing if the
+       VPS has others), add them all, then delete them all (adding first makes every delete
+       find its element, so a repeat cannot fail for want of one).
+    2. If that failed and the table exists: delete whatever elements the sets hold for
+       HOST_IF now, looked up in them (slow with many VPSs, so only then).
+    """
+    t = table_name(bridge)
+    host_if = _ifname(host_if)
+    elements = _guest_elements(t, host_if, guest_mac(host_if), _addresses(addresses))
+    dropped = _elements(t, "dropped", [host_if])
+    try:
+        _nft.json([*({"add": e} for e in [elements[-1], *elements[:-1], dropped]),
+                   *({"delete": e} for e in [*elements, dropped])])
+        return
+    except NftError:
+        if not _table_exists(t):
+            return
+    _release(t, host_if)
+
+
+def _table_exists(table: str) -> bool:
+    try:
+        _nft.json([{"list": {"map": {"family": "bridge", "table": table, "name": "fingerprint"}}}])
+    except NftError:
+        return False
+    return True
+
+
+def _release(table: str, host_if: str) -> None:
+    """Delete HOST_IF's elements from every per-VPS set as listed now (whatever a start
+    added, however the addresses changed since), in one transaction."""
+    deletes = []
+    for name in (*GUEST_SETS, "guest_fp"):
+        kind = "map" if name == "guest_fp" else "set"
+        listing = _nft.json([{"list": {kind: {"family": "bridge", "table": table, "name": name}}}])
+        for item in listing.get("nftables", []):
+            mine = [e for e in (item.get(kind) or {}).get("elem", []) if _element_port(e) == host_if]
+            if mine:
+                deletes.append({"delete": _elements(table, name, mine)})
+    dropped = _elements(table, "dropped", [host_if])
+    _nft.json([*deletes, {"add": dropped}, {"delete": dropped}])
+
+
+def _element_port(elem: Any) -> str | None:
+    """The port name an element of a per-VPS set or map is keyed by."""
+    if isinstance(elem, dict) and "concat" in elem:
+        return elem["concat"][0]
+    if isinstance(elem, list) and elem:  # a map's [key, value]
+        return elem[0] if isinstance(elem[0], str) else None
+    if isinstance(elem, dict) and "elem" in elem:
+        return _element_port(elem["elem"].get("val"))
+    return None
+
+
+def remove(bridge: str) -> None:
+    """Delete both tables of the installation whose bridge is BRIDGE. Safe to repeat."""
+    t = table_name(bridge)
+    commands = []
+    for family in ("bridge", "inet"):
+        table = {"table": {"family": family, "name": t}}
+        commands += [{"add": table}, {"delete": table}]  # adding first: the delete cannot miss
+    _nft.json(commands)
+
+
+# --- queries -----------------------------------------------------------------------------
+
+
+def tables() -> dict[str, list[str]]:
+    """Our tables on this host, by family: {"bridge": ["vservers-vsbr0"], "inet": [...]}."""
+    found: dict[str, list[str]] = {}
+    # The text listing: the JSON one of libnftables 1.0.6 fetches every rule and element.
+    for line in _nft.text("list tables").splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "table" and words[2].startswith(TABLE_PREFIX):
+            found.setdefault(words[1], []).append(words[2])
+    return found
+
+
+def dropped(bridge: str) -> dict[str, int]:
+    """Packets dropped so far from each VPS port (what the VPS sent and may not), by port."""
+    listing = _nft.json([{"list": {"set": {"family": "bridge", "table": table_name(bridge), "name": "dropped"}}}])
+    counts: dict[str, int] = {}
+    for item in listing.get("nftables", []):
+        for elem in (item.get("set") or {}).get("elem", []):
+            if isinstance(elem, dict) and "elem" in elem:
+                counter = elem["elem"].get("counter") or {}
+                counts[elem["elem"]["val"]] = int(counter.get("packets", 0))
+    return counts
+
+
+def host_dropped(bridge: str) -> int:
+    """Packets from the VPSs to the host that were refused or dropped so far."""
+    listing = _nft.json([{"list": {"chain": {"family": "inet", "table": table_name(bridge), "name": "from_guests"}}}])
+    total = 0
+    for item in listing.get("nftables", []):
+        for expr in (item.get("rule") or {}).get("expr", []):
+            if isinstance(expr.get("counter"), dict):
+                total += int(expr["counter"]["packets"])
+    return total
