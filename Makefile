@@ -74,7 +74,7 @@ test: as-root install
 # Benchmarks (bench/README.md): our engine beside LXC, VPS beside host, the panel. The quick
 # run takes under 10 minutes; FULL=1 is the large run. Not part of the tests: benchmarks time
 # things, tests never do.
-BENCH_PACKAGES := wrk lxc
+BENCH_PACKAGES := wrk lxc rsync
 bench: as-root install
 	@# LXC's package would bring up lxcbr0 on 10.0.3.0/24; the benchmarks use their own bridges
 	@# in 198.18.0.0/15 only, so lxc-net is told not to make it before the package arrives.

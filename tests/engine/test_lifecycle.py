@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.engine.helpers import http_get, wait_for_http
+from tests.engine.helpers import wait_for_http
 
 
 def test_start_twice_and_stop_twice_converge(engine, make_server):
@@ -18,7 +18,7 @@ def test_start_twice_and_stop_twice_converge(engine, make_server):
     second = engine.start(name)
     assert first.state == second.state == "running"
     assert first.init_pid == second.init_pid
-    assert http_get("198.19.3.10")[0] == 200
+    wait_for_http("198.19.3.10")  # start returns once init runs; its web server comes a moment later
     assert engine.stop(name).state == "stopped"
     assert engine.stop(name).state == "stopped"
     assert engine.host_veth(name) not in os.listdir("/sys/class/net")

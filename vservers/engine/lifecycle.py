@@ -203,6 +203,8 @@ class Engine:
             if self._running_init(name) is None:
                 self._clean_leftovers(name)
                 self._start_locked(spec)
+                # Its addresses are the ones just configured; no need to ask its namespace.
+                return self.status(name, with_addresses=False)
         return self.status(name)
 
     def _start_locked(self, spec: ServerSpec) -> None:
@@ -237,7 +239,8 @@ class Engine:
                 loop_device=launched.loop_device,
                 host_veth=host_if,
             )
-            write_json(server_dir / "runtime.json", runtime.to_json())
+            # Not fsync'ed: after a host crash no init of it runs, whatever the file says.
+            write_json(server_dir / "runtime.json", runtime.to_json(), durable=False)
 
         plan = LaunchPlan(
             hostname=spec.hostname,

@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file and rename it over the old one, so a crash leaves either."""
+def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
+    """Write to a temporary file and rename it over the old one, so a crash leaves either.
+    DURABLE waits until the data is on disk; state that a reboot voids anyway need not."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
         fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

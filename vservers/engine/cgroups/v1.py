@@ -45,17 +45,25 @@ def cpu_shares(cpus: float | None) -> int:
 class CgroupV1(CgroupBackend):
     version = 1
 
+    def __init__(self, root: Path, parent: str) -> None:
+        super().__init__(root, parent)
+        # Remembered: a start asks some forty times, and the hierarchies' mounts stay put.
+        self._hierarchies: dict[str, Path] = {}
+        self._parent_paths: list[Path] = []
+
     def hierarchy(self, controller: str) -> Path:
         # Resolving makes a co-mounted "cpu,cpuacct" (with cpu and cpuacct symlinks) one hierarchy.
-        return Path(os.path.realpath(self.root / controller))
+        if controller not in self._hierarchies:
+            self._hierarchies[controller] = Path(os.path.realpath(self.root / controller))
+        return self._hierarchies[controller]
 
     def parent_paths(self) -> list[Path]:
-        paths: list[Path] = []
-        for controller in CONTROLLERS:
-            path = self.hierarchy(controller) / self.parent
-            if path not in paths:
-                paths.append(path)
-        return paths
+        if not self._parent_paths:
+            for controller in CONTROLLERS:
+                path = self.hierarchy(controller) / self.parent
+                if path not in self._parent_paths:
+                    self._parent_paths.append(path)
+        return list(self._parent_paths)
 
     def group(self, controller: str, name: str) -> Path:
         return self.hierarchy(controller) / self.parent / name

@@ -3,9 +3,10 @@
 The guest boots busybox init as PID 1 from /etc/inittab; init starts `runsvdir -P /etc/service`
 (busybox's runit applets supervise the services; `httpd` on port 80 serves /var/www) and, on
 SIGUSR2 (busybox init's "poweroff", which the engine sends to stop a VPS), runs the ::shutdown
-entry (`sv force-stop` of every service), sends TERM then KILL to everything and calls reboot(2),
-which inside a PID namespace ends the namespace's init. Accounts are managed with the guest's own
-adduser/deluser/addgroup/delgroup/chpasswd/passwd; ipcs/ipcrm serve the IPC checks.
+entry /etc/init.d/rcK (`sv down` and `sv exit` of every service, TERM to everything else, a wait while
+anything still runs, then reboot(2), which inside a PID namespace ends the namespace's init).
+Accounts are managed with the guest's own adduser/deluser/addgroup/delgroup/chpasswd/passwd;
+ipcs/ipcrm serve the IPC checks.
 
 Debian 12's busybox-static lacks runsvdir, runsv, sv, adduser, deluser, chpasswd and ipcs, so
 busybox is compiled here from Debian's own source tarball of the same upstream version (checked
@@ -402,14 +403,34 @@ INDEX_HTML = """\
 """
 
 
-def _inittab(runsvdir: str, sv: str) -> str:
-    # init runs an entry containing shell metacharacters (the '*') through /bin/sh -c.
+# busybox init's own way down, after ::shutdown, sleeps a fixed second after TERM and
+# another two around reboot(2): 2.4 s for every stop (and `sv -w` polls every 420 ms). This
+# does the same (services down, supervisors told to exit, TERM to everything) but waits only
+# while something still runs, at most 3 s, then powers off at once: reboot(2) inside a PID
+# namespace ends its init, and the kernel kills what is left. Should poweroff be refused,
+# init carries on its own way.
+RCK = """\
+#!/bin/sh
+# Run by busybox init on poweroff, halt or reboot (::shutdown in /etc/inittab).
+sv down {service_dir}/* >/dev/null 2>&1
+sv exit {service_dir}/* >/dev/null 2>&1
+kill -TERM -1 2>/dev/null
+tries=0
+while kill -0 -1 2>/dev/null && [ $tries -lt 300 ]; do
+    usleep 10000
+    tries=$((tries + 1))
+done
+exec poweroff -f
+"""
+
+
+def _inittab(runsvdir: str) -> str:
     return f"""\
-# busybox init. The engine stops the guest with SIGUSR2 (poweroff): init runs ::shutdown,
-# sends TERM then KILL to every process and calls reboot(2), ending the PID namespace.
+# busybox init. The engine stops the guest with SIGUSR2 (poweroff): init runs ::shutdown
+# (/etc/init.d/rcK: services down, TERM to the rest, reboot(2), ending the PID namespace).
 ::sysinit:/etc/init.d/rcS
 ::respawn:{runsvdir} -P {SERVICE_DIR}
-::shutdown:{sv} -w 3 force-stop {SERVICE_DIR}/*
+::shutdown:/etc/init.d/rcK
 """
 
 
@@ -480,8 +501,9 @@ def stage_rootfs(rootfs: Path, binary: Path, listed: list[str]) -> None:
     write_file(rootfs, "etc/hosts", HOSTS, 0o644)
     write_file(rootfs, "etc/profile", PROFILE, 0o644)
     write_file(rootfs, "etc/shells", "/bin/sh\n/bin/ash\n", 0o644)
-    write_file(rootfs, "etc/inittab", _inittab(_applet_path(listed, "runsvdir"), _applet_path(listed, "sv")))
+    write_file(rootfs, "etc/inittab", _inittab(_applet_path(listed, "runsvdir")))
     write_file(rootfs, "etc/init.d/rcS", RCS, 0o755)
+    write_file(rootfs, "etc/init.d/rcK", RCK.format(service_dir=SERVICE_DIR), 0o755)
     write_service(rootfs, SERVICE_DIR, "httpd", HTTPD_RUN)
     write_file(rootfs, "var/www/index.html", INDEX_HTML, 0o644)
 
