@@ -99,6 +99,8 @@ class LoginFailure(models.Model):
     username = models.CharField(max_length=150)
     # accounts.addresses.throttle_key: an IPv4 address or an IPv6 /64.
     address = models.CharField(max_length=64)
+    # The user signed in since: no longer counted for the name, still for the address.
+    user_cleared = models.BooleanField(default=False)
 
     class Meta:
         indexes = [

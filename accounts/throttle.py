@@ -71,7 +71,11 @@ def check(request, username: str) -> Refusal | None:
     window = timedelta(seconds=config["window"])
     now = timezone.now()
     return _refusal(
-        LoginFailure.objects.filter(username=user_key(username)), config["per_user"], window, "user", now
+        LoginFailure.objects.filter(username=user_key(username), user_cleared=False),
+        config["per_user"],
+        window,
+        "user",
+        now,
     ) or _refusal(
         LoginFailure.objects.filter(address=throttle_key(client_ip(request))),
         config["per_address"],
@@ -91,5 +95,6 @@ def record_failure(request, username: str) -> None:
 
 
 def clear_user(username: str) -> None:
-    """A successful sign-in: the user name starts afresh (the address does not)."""
-    LoginFailure.objects.filter(username=user_key(username)).delete()
+    """A successful sign-in: the user name starts afresh (the failures still count for their
+    addresses)."""
+    LoginFailure.objects.filter(username=user_key(username), user_cleared=False).update(user_cleared=True)

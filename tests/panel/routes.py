@@ -8,6 +8,7 @@ which objects stand behind them.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import re
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ VERBS = ["start", "stop", "restart", "delete", "refresh", "approve", "reject", "
 def security_world(offline_world, django_user_model):
     """conftest's offline_world, and for globex (bob): a running server with an address, a
     provision operation, an account and a service named GUEST_NAME, and a plan change waiting;
-    a server awaiting approval; a superuser "root" for the admin."""
+    a server awaiting approval; a stopped server; a superuser "root" for the admin."""
     from types import SimpleNamespace
 
     from vservers.models import GuestAccount, Operation, OperationKind, Service, State, VirtualServer
@@ -128,10 +129,15 @@ def security_world(offline_world, django_user_model):
         tenant=w.globex, name="globex-new", hostname="new.globex.test", plan=w.small, template=w.busybox,
         state=State.REQUESTED,
     )
+    stopped = VirtualServer.objects.create(
+        tenant=w.globex, name="globex-off", hostname="off.globex.test", plan=w.small, template=w.busybox,
+        node=w.node, state=State.STOPPED,
+    )
+    w.pool.allocate(stopped)
     root = django_user_model.objects.create_superuser("root", "root@example.test", "root pw 1")
     return SimpleNamespace(
         **vars(w), running=running, address=address, operation=operation, account=account, service=service,
-        pending=pending, root=root,
+        pending=pending, stopped=stopped, root=root,
     )
 
 
@@ -142,7 +148,7 @@ def candidates(route: Route, w) -> dict[str, list]:
     model = route.admin_model
     first = model._default_manager.order_by("pk").values_list("pk", flat=True).first() if model else None
     return {
-        "uuid": [w.running.uuid, w.pending.uuid, w.operation.uuid, w.globex.uuid, w.small.uuid],
+        "uuid": [w.running.uuid, w.pending.uuid, w.stopped.uuid, w.operation.uuid, w.globex.uuid, w.small.uuid],
         "pk": [w.pool.pk],
         "kind": VERBS,
         "action": VERBS,
@@ -177,3 +183,43 @@ def actor(route: Route, w):
     if route.route.startswith(OPERATOR_PREFIX):
         return w.operator
     return w.bob
+
+
+# -- what a POST sends ----------------------------------------------------------------------
+
+
+def ssh_key() -> str:
+    blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + bytes(range(32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} bob@laptop"
+
+
+def payload(w) -> dict:
+    """Fields for every form of the panel at once; each view takes what it knows. Valid, so
+    that a POST with a token really acts where it can."""
+    new_password = "a new long passphrase 7"
+    return {
+        # tenant: server request, plan change, guest accounts
+        "name": "newsrv", "hostname": "newsrv.example.test", "plan": w.medium.pk, "template": w.busybox.pk,
+        "user": "newuser", "password": "guest password 1", "ssh_key": ssh_key(),
+        f"pw-{GUEST_NAME}-password": "guest password 1", f"key-{GUEST_NAME}-ssh_key": ssh_key(),
+        # operator: approvals, tenants, members, plans, templates, pools
+        "node": "local", "reason": "not now", "tenant": w.acme.pk, "autostart": "on",
+        "slug": "newco", "max_servers": 5, "max_cpus": 4, "max_memory_mb": 4096, "max_disk_mb": 20480,
+        "username": "newmember", "role": "admin",
+        "cpus": "1", "memory_mb": 256, "disk_mb": 1024, "pids": 128, "is_active": "on",
+        "display_name": "New", "network": "198.19.200.0/24", "gateway": "198.19.200.1",
+        # accounts: password change and reset
+        "old_password": "bob password 1", "new_password1": new_password, "new_password2": new_password,
+        "email": "bob@globex.test",
+    }
+
+
+# Where one field name means different things: a ModelChoiceField by primary key.
+OVERRIDES = {"op_server_create": {"node": "NODE_PK"}, "op_pools": {"node": "NODE_PK"}}
+
+
+def data_for(route, w) -> dict:
+    data = payload(w)
+    for key, value in OVERRIDES.get(route.name, {}).items():
+        data[key] = w.node.pk if value == "NODE_PK" else value
+    return data

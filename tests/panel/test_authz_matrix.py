@@ -5,7 +5,12 @@ view is covered the day it is added, without touching this file.
 1. alice (acme) asking for anything of globex by its ids gets 404, with GET and with POST
    (405 is fine where a view takes only the other method); bob, who owns it, does not;
 2. alice gets 403 from every operator URL, GET and POST;
-3. an anonymous user is sent to the login page from all of them.
+3. an anonymous user is sent to the login page from all of them;
+4. every other URL pattern, anywhere in the urlconf, is either public by name (the sign-in
+   pages, healthz), for any signed-in user by name (home, sign-out, password change), or the
+   admin's: a view outside these fails test_every_view_has_a_case until it is given one.
+   Public pages show nothing of globex to anybody, the signed-in ones nothing to alice, and
+   the admin (every pattern in it) lets neither alice nor an anonymous user in.
 
 Placeholders get real values: a <uuid> is globex's server or one of its operations, an <int>
 the id of one of its addresses, accounts, services or operations, a <str>/<slug> a name
@@ -24,6 +29,8 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.converters import IntConverter, UUIDConverter
 
+from tests.panel.routes import ADMIN_PREFIX, PUBLIC, SIGNED_IN, all_routes
+from tests.panel.routes import candidates as placeholder_values
 from vservers.models import (
     GuestAccount,
     Operation,
@@ -230,4 +237,85 @@ def test_anonymous_users_are_sent_to_login(client, world, route):
             response = method(url)
             assert response.status_code == 302, f"{method.__name__.upper()} {url}: {response.status_code}"
             assert response["Location"].startswith(f"{LOGIN}?next="), response["Location"]
+    assert not world.globex.server.operations.exclude(pk=world.globex.operation.pk).exists()
+
+
+# -- 4. every other view --------------------------------------------------------------------
+
+ALL_ROUTES = all_routes()
+ADMIN_ROUTES = [r for r in ALL_ROUTES if r.route.startswith(ADMIN_PREFIX) and r.name not in PUBLIC]
+PUBLIC_ROUTES = [r for r in ALL_ROUTES if r.name in PUBLIC]
+SIGNED_IN_ROUTES = [r for r in ALL_ROUTES if r.name in SIGNED_IN]
+ADMIN_LOGIN = "/admin/login/"
+
+
+def test_every_view_has_a_case():
+    covered = {id(r) for r in ADMIN_ROUTES + PUBLIC_ROUTES + SIGNED_IN_ROUTES}
+    areas = (TENANT_PREFIX, OPERATOR_PREFIX)
+    without = [str(r) for r in ALL_ROUTES if id(r) not in covered and not r.route.startswith(areas)]
+    assert not without, (
+        "views outside /servers/ and /operator/ that no test here covers; name them in "
+        f"tests/panel/routes.py (PUBLIC or SIGNED_IN) or move them: {without}"
+    )
+    named = {r.name for r in ALL_ROUTES}
+    assert PUBLIC <= named and SIGNED_IN <= named, (PUBLIC | SIGNED_IN) - named
+
+
+def security_candidates(route, world) -> dict:
+    """The placeholders of tests/panel/routes.py, with globex's server and operation."""
+    values = placeholder_values(route, SimpleNamespace(
+        running=world.globex.server, pending=world.globex.server, stopped=world.globex.server,
+        operation=world.globex.operation, globex=world.globex.server.tenant, small=world.globex.server.plan,
+        pool=world.globex.address.pool, busybox=world.globex.server.template, bob=world.bob,
+    ))
+    return values
+
+
+@pytest.mark.parametrize("route", PUBLIC_ROUTES, ids=str)
+def test_public_views_show_nothing_of_a_tenant(client, world, route):
+    for url in route.urls(security_candidates(route, world)):
+        response = client.get(url)
+        assert response.status_code in (200, 302), f"{url}: {response.status_code}"
+        if response.status_code == 302:
+            assert not response["Location"].startswith(LOGIN), f"{url} is public but asks to log in"
+        assert SECRET_NAME.encode() not in response.content
+
+
+@pytest.mark.parametrize("route", SIGNED_IN_ROUTES, ids=str)
+def test_signed_in_views_need_a_user_and_show_only_their_own(client, world, route):
+    urls = route.urls(security_candidates(route, world))
+    for url in urls:
+        for method in (client.get, client.post):
+            response = method(url)
+            assert response.status_code in (302, 405), f"{method.__name__.upper()} {url}: {response.status_code}"
+            if response.status_code == 302:
+                assert response["Location"].startswith(LOGIN), response["Location"]
+    client.force_login(world.alice)
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code in (200, 302, 405), f"{url}: {response.status_code}"
+        assert SECRET_NAME.encode() not in response.content
+        assert str(world.globex.server.uuid).encode() not in response.content
+
+
+@pytest.mark.parametrize("route", ADMIN_ROUTES, ids=str)
+def test_the_admin_lets_neither_tenants_nor_strangers_in(client, world, route):
+    urls = route.urls(security_candidates(route, world), first_only=True)
+    for who in (None, world.alice):
+        if who is not None:
+            client.force_login(who)
+        for url in urls:
+            for method in (client.get, client.post):
+                response = method(url)
+                where = f"{method.__name__.upper()} {url} as {who or 'anonymous'}"
+                # 401: django-rq's statistics (JSON) for a missing or wrong API token.
+                assert response.status_code in (302, 401, 403, 405), f"{where}: {response.status_code}"
+                if response.status_code == 302 and not response["Location"].startswith(ADMIN_LOGIN):
+                    # The admin's short object URLs: to another admin URL, which then sends
+                    # to the login.
+                    assert response["Location"].startswith("/admin/"), f"{where}: {response['Location']}"
+                    response = method(response["Location"])
+                    assert response.status_code in (302, 405), f"{where}, then: {response.status_code}"
+                if response.status_code == 302:
+                    assert response["Location"].startswith(ADMIN_LOGIN), f"{where}: {response['Location']}"
     assert not world.globex.server.operations.exclude(pk=world.globex.operation.pk).exists()

@@ -16,7 +16,6 @@ placeholder values:
 
 from __future__ import annotations
 
-import base64
 import re
 
 import pytest
@@ -27,17 +26,12 @@ from django.middleware.csrf import CSRF_ALLOWED_CHARS, CSRF_SECRET_LENGTH
 from django.test import Client
 from django.utils.crypto import get_random_string
 
-from tests.panel.routes import GUEST_NAME, actor, all_routes, candidates, security_world
+from tests.panel.routes import actor, all_routes, candidates, data_for, security_world
 
 ROUTES = all_routes()
 # Session rows change with every sign-in and message; they are not what a request "does".
 UNWATCHED = {"sessions.Session"}
 CSRF_FAILURE = b"CSRF verification failed"
-
-
-def ssh_key() -> str:
-    blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + bytes(range(32))
-    return f"ssh-ed25519 {base64.b64encode(blob).decode()} bob@laptop"
 
 
 # django-rq's dashboard answers 500 for a worker, a scheduler or its placeholder model that
@@ -96,38 +90,6 @@ def changes(before: dict, after: dict) -> list[str]:
     if before["redis"] != after["redis"]:
         found.append("redis")
     return found
-
-
-def payload(w) -> dict:
-    """Fields for every form of the panel at once; each view takes what it knows. Valid, so
-    that a POST with a token really acts where it can."""
-    new_password = "a new long passphrase 7"
-    return {
-        # tenant: server request, plan change, guest accounts
-        "name": "newsrv", "hostname": "newsrv.example.test", "plan": w.medium.pk, "template": w.busybox.pk,
-        "user": "newuser", "password": "guest password 1", "ssh_key": ssh_key(),
-        f"pw-{GUEST_NAME}-password": "guest password 1", f"key-{GUEST_NAME}-ssh_key": ssh_key(),
-        # operator: approvals, tenants, members, plans, templates, pools
-        "node": "local", "reason": "not now", "tenant": w.acme.pk, "autostart": "on",
-        "slug": "newco", "max_servers": 5, "max_cpus": 4, "max_memory_mb": 4096, "max_disk_mb": 20480,
-        "username": "newmember", "role": "admin",
-        "cpus": "1", "memory_mb": 256, "disk_mb": 1024, "pids": 128, "is_active": "on",
-        "display_name": "New", "network": "198.19.200.0/24", "gateway": "198.19.200.1",
-        # accounts: password change and reset
-        "old_password": "bob password 1", "new_password1": new_password, "new_password2": new_password,
-        "email": "bob@globex.test",
-    }
-
-
-# Where one field name means different things: a ModelChoiceField by primary key.
-OVERRIDES = {"op_server_create": {"node": "NODE_PK"}, "op_pools": {"node": "NODE_PK"}}
-
-
-def data_for(route, w) -> dict:
-    data = payload(w)
-    for key, value in OVERRIDES.get(route.name, {}).items():
-        data[key] = w.node.pk if value == "NODE_PK" else value
-    return data
 
 
 def signed_in(w, route, **client_options) -> Client:
