@@ -310,6 +310,8 @@ static int open_files(int n, int hold)
 	getrlimit(RLIMIT_NOFILE, &rl);
 	printf("rlimit_nofile=%llu/%llu\n", (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
 	fflush(stdout);
+	struct rlimit higher = {rl.rlim_max + 1, rl.rlim_max + 1};
+	report("raise_hard_limit", setrlimit(RLIMIT_NOFILE, &higher));
 	rl.rlim_cur = rl.rlim_max;
 	setrlimit(RLIMIT_NOFILE, &rl);
 	for (int i = 0; i < n; i++) {
