@@ -47,6 +47,8 @@ import ipaddress
 import json
 import os
 import re
+import socket
+import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -354,28 +356,114 @@ def ensure(config) -> None:
     _nft.script(_static(_installation(config))[0])
 
 
-# --- per VPS -----------------------------------------------------------------------------
+# --- per VPS: set elements over a plain netfilter netlink socket --------------------------
+#
+# Every start adds a handful of set elements. libnftables would first rebuild its cache of the
+# host's whole ruleset (a few milliseconds of CPU once anything changed, as it does between
+# any two starts), so these few requests are packed by hand: one batch, one system call,
+# tens of microseconds. The batch is one transaction: all of it or none.
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
+NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_DATA_VALUE = 1, 1, 2, 1
+NFPROTO = {"inet": 1, "bridge": 7}
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
+NLMSG_ERROR = 2
+NLA_F_NESTED = 0x8000
+_NLMSG = struct.Struct("=IHHII")
+
+# (verb "add" or "delete", family, set, key, value or None)
+Op = tuple[str, str, str, bytes, "bytes | None"]
 
 
-def _elements(table: str, name: str, values: list[Any]) -> dict:
-    return {"element": {"family": "bridge", "table": table, "name": name, "elem": values}}
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + bytes(-length % 4)
 
 
-def _guest_elements(table: str, host_if: str, mac: str, addresses: list[IPInterface]) -> list[dict]:
-    """The VPS's elements, one command per set (none for an empty one), fingerprint last."""
+def _nested(kind: int, *parts: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, b"".join(parts))
+
+
+def _message(kind: int, flags: int, seq: int, family: int, res_id: int, body: bytes) -> bytes:
+    payload = struct.pack("=BB", family, 0) + struct.pack("!H", res_id) + body  # nfgenmsg
+    return _NLMSG.pack(_NLMSG.size + len(payload), kind, NLM_F_REQUEST | flags, seq, 0) + payload
+
+
+def _batch(table: str, ops: list[Op]) -> None:
+    """Send OPS on TABLE as one nf_tables transaction; NftError with the kernel's errno if
+    any of them fails (and then none is done)."""
+    seq = int.from_bytes(os.urandom(3), "big") << 4
+    parts = [_message(NFNL_MSG_BATCH_BEGIN, 0, seq, 0, NFNL_SUBSYS_NFTABLES, b"")]
+    for i, (verb, family, name, key, value) in enumerate(ops, start=1):
+        element = _nested(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key))
+        if value is not None:
+            element += _nested(NFTA_SET_ELEM_DATA, _attr(NFTA_DATA_VALUE, value))
+        body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, name.encode()
+                + b"\0") + _nested(NFTA_SET_ELEM_LIST_ELEMENTS, _nested(NFTA_LIST_ELEM, element)))
+        kind, flags = (NFT_MSG_NEWSETELEM, NLM_F_CREATE) if verb == "add" else (NFT_MSG_DELSETELEM, 0)
+        parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags | NLM_F_ACK, seq + i, NFPROTO[family], 0, body))
+    parts.append(_message(NFNL_MSG_BATCH_END, 0, seq + len(ops) + 1, 0, NFNL_SUBSYS_NFTABLES, b""))
+    answered: set[int] = set()
+    failures: list[str] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
+        sock.settimeout(5.0)
+        sock.send(b"".join(parts))
+        # The kernel handles the batch within send() and queues every answer before it
+        # returns: wait for the first, then take what is queued.
+        data: bytes | None = sock.recv(65536)
+        while data is not None and len(answered) < len(ops):
+            offset = 0
+            while offset + _NLMSG.size <= len(data):
+                length, kind, _flags, number, _port = _NLMSG.unpack_from(data, offset)
+                if kind == NLMSG_ERROR and seq < number <= seq + len(ops):
+                    answered.add(number)
+                    code = -struct.unpack_from("=i", data, offset + _NLMSG.size)[0]
+                    if code:
+                        verb, family, name, _key, _value = ops[number - seq - 1]
+                        failures.append(f"{verb} element in {family} {table} {name}: {os.strerror(code)}")
+                offset += max((length + 3) & ~3, _NLMSG.size)
+            data = _recv_now(sock) if len(answered) < len(ops) else None
+    if failures or len(answered) < len(ops):
+        raise NftError("nftables: " + ("; ".join(failures) or "the kernel did not answer every request"))
+
+
+def _recv_now(sock: socket.socket) -> bytes | None:
+    try:
+        return sock.recv(65536, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+
+
+def _ifname_key(name: str) -> bytes:
+    return name.encode().ljust(16, b"\0")
+
+
+def _padded(raw: bytes) -> bytes:
+    return raw + bytes(-len(raw) % 4)  # each part of a concatenated key takes whole 32-bit words
+
+
+def _mark(value: int) -> bytes:
+    return struct.pack("=I", value)  # nftables keeps marks in host byte order
+
+
+def _guest_ops(host_if: str, mac: str, addresses: list[IPInterface]) -> list[Op]:
+    """The VPS's elements (see STATIC_BRIDGE for the sets), its fingerprint first."""
+    port = _ifname_key(host_if)
+    mac_raw = bytes.fromhex(mac.replace(":", ""))
     own4 = sorted({a.ip for a in addresses if a.version == 4})
     own6 = sorted({a.ip for a in addresses if a.version == 6} | {link_local(mac)})
-    mac_int = f"0x{int(mac.replace(':', ''), 16):012x}"
-    found = [
-        _elements(table, "guest_mac", [{"concat": [host_if, mac]}]),
-        _elements(table, "guest_ip4", [{"concat": [host_if, a.compressed]} for a in own4]),
-        _elements(table, "guest_ip6", [{"concat": [host_if, a.compressed]} for a in own6]),
-        _elements(table, "guest_na", [{"concat": [host_if, f"0x{int(a):032x}"]} for a in own6]),
-        _elements(table, "guest_ndmac", [{"concat": [host_if, mac_int]}]),
-    ]
-    found = [cmd for cmd in found if cmd["element"]["elem"]]
-    fingerprint = _hash32(json.dumps([RULESET_VERSION, found], sort_keys=True))
-    return [*found, _elements(table, "guest_fp", [[host_if, fingerprint]])]
+    elements = [("guest_mac", port + _padded(mac_raw))]
+    elements += [("guest_ip4", port + a.packed) for a in own4]
+    elements += [("guest_ip6", port + a.packed) for a in own6]
+    elements += [("guest_na", port + a.packed) for a in own6]  # the target field, as raw bytes
+    elements += [("guest_ndmac", port + _padded(mac_raw))]
+    fingerprint = _hash32(repr([RULESET_VERSION, elements]))
+    return [("add", "bridge", "guest_fp", port, _mark(fingerprint)),
+            *(("add", "bridge", name, key, None) for name, key in elements)]
 
 
 def _addresses(values: Iterable[IPInterface | str]) -> list[IPInterface]:
@@ -393,9 +481,9 @@ def protect(config, host_if: str, addresses: Iterable[IPInterface | str]) -> str
     it; returns the MAC its interface must have (``guest_mac``).
 
     Call it before the port exists: until it has run, the port gets no unicast through.
-    1. One transaction adds the static fingerprint and the VPS's elements with theirs. Adding
-       what is there already is a no-op (every restart), adding anew is the first start;
-       a fingerprint there with another value, or no table, fails it.
+    1. One transaction adds the static part's fingerprint and the VPS's elements with
+       theirs. Adding what is there already is a no-op (every restart), adding anew is the
+       first start; a fingerprint there with another value, or no table, fails it.
     2. Otherwise rebuild the static part if its fingerprint is not the current one, and
        run 1 again; if it still fails, remove the VPS's old elements and run 1 once more.
     """
@@ -405,28 +493,25 @@ def protect(config, host_if: str, addresses: Iterable[IPInterface | str]) -> str
         raise InvalidInput(f"{host_if} does not carry the installation's prefix {inst.veth_prefix}")
     mac = guest_mac(host_if)
     script, static_fp = _static(inst)
-    static_check = [
-        {"add": {"element": {"family": family, "table": inst.table, "name": "fingerprint",
-                             "elem": [["static", static_fp]]}}}
-        for family in ("bridge", "inet")
-    ]
-    commands = static_check + [{"add": c} for c in _guest_elements(inst.table, host_if, mac, _addresses(addresses))]
+    static_check: list[Op] = [("add", family, "fingerprint", _ifname_key("static"), _mark(static_fp))
+                              for family in ("bridge", "inet")]
+    ops = static_check + _guest_ops(host_if, mac, _addresses(addresses))
     try:
-        _nft.json(commands)
+        _batch(inst.table, ops)
         return mac
     except NftError:
         pass
     try:
-        _nft.json(static_check)
+        _batch(inst.table, static_check)
     except NftError:
         _nft.script(script)
         try:
-            _nft.json(commands)
+            _batch(inst.table, ops)
             return mac
         except NftError:
             pass
     _release(inst.table, host_if)
-    _nft.json(commands)
+    _batch(inst.table, ops)
     return mac
 
 
@@ -442,11 +527,10 @@ def release(bridge: str, host_if: str, addresses: Iterable[IPInterface | str]) -
     """
     t = table_name(bridge)
     host_if = _ifname(host_if)
-    elements = _guest_elements(t, host_if, guest_mac(host_if), _addresses(addresses))
-    dropped = _elements(t, "dropped", [host_if])
+    ops = _guest_ops(host_if, guest_mac(host_if), _addresses(addresses))
+    ops.append(("add", "bridge", "dropped", _ifname_key(host_if), None))
     try:
-        _nft.json([*({"add": e} for e in [elements[-1], *elements[:-1], dropped]),
-                   *({"delete": e} for e in [*elements, dropped])])
+        _batch(t, ops + [("delete", family, name, key, None) for _verb, family, name, key, _value in ops])
         return
     except NftError:
         if not _table_exists(t):
@@ -460,6 +544,10 @@ def _table_exists(table: str) -> bool:
     except NftError:
         return False
     return True
+
+
+def _elements(table: str, name: str, values: list[Any]) -> dict:
+    return {"element": {"family": "bridge", "table": table, "name": name, "elem": values}}
 
 
 def _release(table: str, host_if: str) -> None:
