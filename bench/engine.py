@@ -1,9 +1,11 @@
-"""Benchmark of the engine itself: lifecycle latency, a breakdown of start, and density.
+"""Benchmark of the engine itself: lifecycle latency, a breakdown of start, throughput of
+whole lifecycles, and density, for the busybox and the Debian/Apache templates.
 
 Run as root from the repository root::
 
-    .venv/bin/python bench/engine.py --runs 20 --density 100
-    .venv/bin/python bench/engine.py --quick        # a smoke run: 3 runs, 5 servers
+    .venv/bin/python bench/engine.py --quick   # make bench: 20 runs, 100 busybox, 100 Apache
+    .venv/bin/python bench/engine.py --full    # make bench FULL=1: 50 runs, 1000 busybox
+    .venv/bin/python bench/engine.py --smoke   # a few of each, to check the benchmark itself
 
 Uses its own installation (see bench/common.py), prints JSON and Markdown tables, writes
 bench/results/engine.json and updates bench/results/SUMMARY.md, and removes everything it
@@ -25,14 +27,26 @@ from bench import common  # noqa: E402
 from bench.common import MB, md_table, summary  # noqa: E402
 
 TEMPLATE = "busybox"
+APACHE = "debian"
 HTTP_TIMEOUT = 30.0
+APACHE_HTTP_TIMEOUT = 120.0
+# /proc/meminfo fields whose change per server says where a server's memory goes.
+MEMINFO_FIELDS = ("MemAvailable", "MemFree", "Cached", "Buffers", "Shmem", "AnonPages", "Slab",
+                  "SReclaimable", "SUnreclaim", "KernelStack", "PageTables", "Percpu")
+PROFILES = {
+    # runs, busybox density, Apache runs, Apache density, throughput seconds
+    "smoke": {"runs": 3, "density": 5, "apache_runs": 1, "apache_density": 2, "cycle_seconds": 3},
+    "quick": {"runs": 20, "density": 100, "apache_runs": 5, "apache_density": 100, "cycle_seconds": 10},
+    "full": {"runs": 50, "density": 1000, "apache_runs": 20, "apache_density": 100, "cycle_seconds": 30},
+}
 
 START_PHASES = [
     ("clean_leftovers", "clean leftovers of a previous run (`Engine._clean_leftovers`)"),
     ("cgroups.create", "cgroup create + limits (`cgroups.create`)"),
     ("network.ensure_bridge", "bridge check (`network.ensure_bridge`)"),
     ("userns.create", "user namespace (`userns.create`)"),
-    ("launch.setup", "setup child: loop mount, idmapped template, overlay, namespaces, fork init"),
+    ("launch.setup", "setup child: cgroup join (meanwhile loop mount), idmapped template, overlay, "
+                     "namespaces, fork init"),
     ("launch.wire_network", "veth + addresses + routes (`wire_network` callback)"),
     ("launch.record", "write runtime.json (`record` callback)"),
     ("launch.exec", "go signal until init has exec'd"),
@@ -131,10 +145,11 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def one_lifecycle(engine, timer: PhaseTimer, name: str, addr: str) -> dict:
+def one_lifecycle(engine, timer: PhaseTimer, name: str, addr: str, template: str = TEMPLATE,
+                  http_timeout: float = HTTP_TIMEOUT) -> dict:
     ip = addr.split("/")[0]
     t0 = time.monotonic()
-    engine.create(name, TEMPLATE, [addr])
+    engine.create(name, template, [addr])
     t1 = time.monotonic()
     timer.current = {}
     try:
@@ -143,9 +158,9 @@ def one_lifecycle(engine, timer: PhaseTimer, name: str, addr: str) -> dict:
         phases, timer.current = timer.current, None
     t2 = time.monotonic()
     common.check_route(ip)
-    answered = common.wait_http(ip, t2 + HTTP_TIMEOUT)
+    answered = common.wait_http(ip, t2 + http_timeout)
     if answered is None:
-        raise RuntimeError(f"{name} ({ip}) did not answer HTTP within {HTTP_TIMEOUT} s")
+        raise RuntimeError(f"{name} ({ip}) did not answer HTTP within {http_timeout} s")
     t3 = time.monotonic()
     engine.stop(name)
     t4 = time.monotonic()
@@ -165,17 +180,20 @@ def one_lifecycle(engine, timer: PhaseTimer, name: str, addr: str) -> dict:
     }
 
 
-def latency(engine, timer: PhaseTimer, runs: int, log) -> dict:
-    log(f"latency: 1 warm-up + {runs} runs")
-    warmup = one_lifecycle(engine, timer, "lat-warmup", common.address(0))
+def latency(engine, timer: PhaseTimer, runs: int, log, template: str = TEMPLATE,
+            http_timeout: float = HTTP_TIMEOUT) -> dict:
+    log(f"latency ({template}): 1 warm-up + {runs} runs")
+    warmup = one_lifecycle(engine, timer, f"lat-{template}-warmup", common.address(0), template, http_timeout)
     samples = []
     for i in range(runs):
-        samples.append(one_lifecycle(engine, timer, f"lat{i}", common.address(1 + i % 8)))
+        samples.append(one_lifecycle(engine, timer, f"lat-{template}{i}", common.address(1 + i % 8), template,
+                                     http_timeout))
         log(f"  run {i + 1}/{runs}: start {samples[-1]['start_ms']:.1f} ms, "
             f"to HTTP {samples[-1]['start_to_http_ms']:.1f} ms, stop {samples[-1]['stop_ms']:.1f} ms")
     keys = ["create_ms", "start_ms", "start_to_http_ms", "create_start_to_http_ms", "stop_ms", "delete_ms"]
     phase_keys = [k for k, _ in START_PHASES] + ["launch"]
     return {
+        "template": template,
         "runs": runs,
         "warmup": warmup,
         "stats_ms": {k: summary([s[k] for s in samples]) for k in keys},
@@ -196,18 +214,26 @@ def pss_of(pids: list[int]) -> int:
     return total
 
 
-def density(engine, n: int, log) -> dict:
-    names = [f"dens{i}" for i in range(n)]
+def meminfo_all() -> dict[str, int]:
+    """The MEMINFO_FIELDS in bytes, MemAvailable as the median of a few readings."""
+    values = {field: common.meminfo(field) for field in MEMINFO_FIELDS if field != "MemAvailable"}
+    values["MemAvailable"] = common.meminfo_sampled()
+    return values
+
+
+def density(engine, n: int, log, template: str = TEMPLATE, http_timeout: float = HTTP_TIMEOUT) -> dict:
+    names = [f"dens-{template}{i}" for i in range(n)]
     addrs = {name: common.address(16 + i) for i, name in enumerate(names)}
-    log(f"density: creating {n} servers")
+    log(f"density ({template}): creating {n} servers")
     t0 = time.monotonic()
     for name in names:
-        engine.create(name, TEMPLATE, [addrs[name]])
+        engine.create(name, template, [addrs[name]])
     create_all_s = time.monotonic() - t0
     os.sync()
     time.sleep(1.0)
-    mem_before = common.meminfo_sampled()
-    free_before = common.meminfo("MemFree")
+    before = meminfo_all()
+    mem_before = before["MemAvailable"]
+    free_before = before["MemFree"]
     log(f"density: starting {n} servers")
     t0 = time.monotonic()
     start_errors = {}
@@ -218,7 +244,7 @@ def density(engine, n: int, log) -> dict:
             start_errors[name] = str(exc)
     start_all_s = time.monotonic() - t0
     answered = {}
-    deadline = time.monotonic() + HTTP_TIMEOUT
+    deadline = time.monotonic() + http_timeout
     for name in names:
         if name in start_errors:
             continue
@@ -229,8 +255,9 @@ def density(engine, n: int, log) -> dict:
             answered[name] = when
     all_http_s = (max(answered.values()) - t0) if answered else None
     time.sleep(2.0)  # settle
-    mem_after = common.meminfo_sampled()
-    free_after = common.meminfo("MemFree")
+    after = meminfo_all()
+    mem_after = after["MemAvailable"]
+    free_after = after["MemFree"]
     log("density: measuring")
     per = []
     for name in names:
@@ -262,7 +289,9 @@ def density(engine, n: int, log) -> dict:
         return sum(p[key] for p in per) / running
 
     return {
+        "template": template,
         "servers": n,
+        "meminfo_delta_per_server_bytes": {f: (after[f] - before[f]) / running for f in MEMINFO_FIELDS},
         "started": n - len(start_errors),
         "answered_http": len(answered),
         "answered_share": len(answered) / n,
@@ -287,6 +316,59 @@ def density(engine, n: int, log) -> dict:
     }
 
 
+def _cycle_worker(index: int, seconds: float, results) -> None:
+    """Create, start, stop and delete one server again and again for SECONDS; report the
+    count and each cycle's time (runs in a process of its own)."""
+    from vservers.engine import Engine, EngineConfig
+    from vservers.engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
+
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # the inits it starts are reparented here and reaped by stop
+    engine = Engine(EngineConfig.from_env(common.BENCH_ENV))
+    name, addr = f"cycle{index}", common.address(2000 + index)
+    cycles: list[float] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        try:
+            engine.create(name, TEMPLATE, [addr])
+            if engine.start(name).state != "running":
+                raise RuntimeError("start did not leave it running")
+            engine.stop(name)
+            engine.delete(name)
+        except Exception as exc:  # noqa: BLE001 - reported, and the loop ends
+            errors.append(f"{name}: {exc}")
+            break
+        cycles.append(time.monotonic() - t0)
+    results.put({"index": index, "cycles_s": cycles, "errors": errors})
+
+
+def throughput(workers: int, seconds: float, log) -> dict:
+    """Whole lifecycles per second: WORKERS processes each cycling its own server."""
+    import multiprocessing
+
+    log(f"throughput: {workers} process(es) cycling create/start/stop/delete for {seconds:.0f} s")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    t0 = time.monotonic()
+    procs = [ctx.Process(target=_cycle_worker, args=(i, seconds, queue)) for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    reports = [queue.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    wall = time.monotonic() - t0
+    cycles = [c for r in reports for c in r["cycles_s"]]
+    return {
+        "workers": workers,
+        "seconds": round(wall, 3),
+        "cycles": len(cycles),
+        "cycles_per_s": round(len(cycles) / wall, 2) if wall else 0.0,
+        "cycle_ms": summary([ms(c) for c in cycles]),
+        "errors": [e for r in reports for e in r["errors"]],
+    }
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -296,98 +378,193 @@ def fmt_bytes(value: float) -> str:
     return f"{value / 1000:.0f} KB"
 
 
+LATENCY_LABELS = {
+    "create_ms": "create (config + sparse ext4 image)",
+    "start_ms": "start (returns when init runs)",
+    "start_to_http_ms": "start → first HTTP 200",
+    "create_start_to_http_ms": "create + start → first HTTP 200",
+    "stop_ms": "stop",
+    "delete_ms": "delete (stopped server)",
+}
+TEMPLATE_TITLES = {TEMPLATE: "busybox (busybox httpd)", APACHE: "Debian 12 with Apache"}
+
+
+def _latency_md(lat: dict) -> list[str]:
+    rows = [[label, f"{lat['stats_ms'][k]['median']:.1f}", f"{lat['stats_ms'][k]['p95']:.1f}"]
+            for k, label in LATENCY_LABELS.items()]
+    return ["", f"### Latency, {TEMPLATE_TITLES[lat['template']]} ({lat['runs']} runs after 1 warm-up; "
+            "HTTP polled every 2 ms)", "", md_table(["operation", "median ms", "p95 ms"], rows)]
+
+
+def _ratio(ours: float, vm: float) -> str:
+    return f"{vm / ours:.0f}×" if ours > 0 else "—"
+
+
+def _density_md(den: dict) -> list[str]:
+    n = den["servers"]
+    vm_ram, vm_disk = common.SLIDES_VM_RAM_BYTES, common.SLIDES_VM_DISK_BYTES
+    ram = den["mem_available_delta_per_server_bytes"]
+    img = den["image_allocated_per_server_bytes"]
+    rows = [
+        ["host memory (MemAvailable drop)", fmt_bytes(ram), "150 MB", _ratio(ram, vm_ram)],
+        ["PSS of the server's processes", fmt_bytes(den["pss_per_server_bytes"]), "", ""],
+        ["cgroup memory (charged to it)", fmt_bytes(den["cgroup_memory_per_server_bytes"]), "", ""],
+        ["disk allocated (sparse image blocks)", fmt_bytes(img), "700 MB", _ratio(img, vm_disk)],
+        ["disk used inside (its upper layer's filesystem)", fmt_bytes(den["disk_used_per_server_bytes"]), "", ""],
+        ["processes", f"{den['processes_per_server']:.1f}", "", ""],
+    ]
+    out = ["", f"### Density: {n} servers of {TEMPLATE_TITLES[den['template']]} at once", "",
+           md_table(["per server", "ours", "full VM (slides, Apache)", "VM / ours"], rows)]
+    http_s = den["start_all_to_http_s"]
+    rows = [
+        ["create all", f"{den['create_all_s']:.2f} s"],
+        ["start all (sequential `start`)", f"{den['start_all_s']:.2f} s"],
+        ["start of the first → all answer HTTP", f"{http_s:.2f} s" if http_s is not None else "—"],
+        ["answering HTTP", f"{den['answered_http']}/{n} ({den['answered_share']:.0%})"],
+        ["stop all (`stop_many`)", f"{den['stop_many_s']:.2f} s"],
+        ["delete all", f"{den['delete_all_s']:.2f} s"],
+    ]
+    out += ["", md_table(["all servers", "value"], rows)]
+    delta = den.get("meminfo_delta_per_server_bytes")
+    if delta:
+        rows = [[field, f"{delta[field] / 1000:+.0f} KB"] for field in MEMINFO_FIELDS]
+        out += ["", "Where the host memory went (change of `/proc/meminfo` per server, before → after "
+                "starting all):", "", md_table(["field", "per server"], rows)]
+    return out
+
+
 def markdown(result: dict) -> str:
     info = result["host"]
     out = [
-        "## Engine: lifecycle latency and density",
+        "## Engine: lifecycle latency, throughput and density",
         "",
         f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, "
         f"commit {info['git_commit']}; `bench/engine.py {' '.join(result['argv'])}`. "
-        f"busybox template (built in {result['template_build_s']:.2f} s).",
+        f"Templates built in: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["template_build_s"].items()) + ".",
     ]
     lat = result.get("latency")
     if lat:
-        labels = {
-            "create_ms": "create (config + sparse ext4 image)",
-            "start_ms": "start (returns when init runs)",
-            "start_to_http_ms": "start → first HTTP 200",
-            "create_start_to_http_ms": "create + start → first HTTP 200",
-            "stop_ms": "stop",
-            "delete_ms": "delete (stopped server)",
-        }
-        rows = [[label, f"{lat['stats_ms'][k]['median']:.1f}", f"{lat['stats_ms'][k]['p95']:.1f}"]
-                for k, label in labels.items()]
-        out += ["", f"### Latency ({lat['runs']} runs after 1 warm-up; HTTP polled every 2 ms)", "",
-                md_table(["operation", "median ms", "p95 ms"], rows)]
+        out += _latency_md(lat)
         rows = [[label, f"{lat['phases_ms'][k]['median']:.2f}", f"{lat['phases_ms'][k]['p95']:.2f}"]
                 for k, label in START_PHASES]
         rows.append(["**start total**", f"{lat['stats_ms']['start_ms']['median']:.2f}",
                      f"{lat['stats_ms']['start_ms']['p95']:.2f}"])
-        out += ["", "### Where start spends its time", "",
-                md_table(["phase", "median ms", "p95 ms"], rows)]
-    den = result.get("density")
-    if den:
-        n = den["servers"]
-        vm_ram, vm_disk = common.SLIDES_VM_RAM_BYTES, common.SLIDES_VM_DISK_BYTES
-        ram = den["mem_available_delta_per_server_bytes"]
-        img = den["image_allocated_per_server_bytes"]
-
-        def ratio(ours: float, vm: float) -> str:
-            return f"{vm / ours:.0f}×" if ours > 0 else "—"
-
-        rows = [
-            ["host memory (MemAvailable drop)", fmt_bytes(ram), "150 MB", ratio(ram, vm_ram)],
-            ["PSS of the server's processes", fmt_bytes(den["pss_per_server_bytes"]), "", ""],
-            ["cgroup memory", fmt_bytes(den["cgroup_memory_per_server_bytes"]), "", ""],
-            ["disk allocated (sparse image blocks)", fmt_bytes(img), "700 MB", ratio(img, vm_disk)],
-            ["disk used inside (upper filesystem)", fmt_bytes(den["disk_used_per_server_bytes"]), "", ""],
-        ]
-        out += ["", f"### Density: {n} busybox servers at once", "",
-                md_table(["per server", "ours (busybox VPS)", "full VM (slides, Apache)", "VM / ours"], rows)]
-        http_s = den["start_all_to_http_s"]
-        rows = [
-            ["create all", f"{den['create_all_s']:.2f} s"],
-            ["start all (sequential `start`)", f"{den['start_all_s']:.2f} s"],
-            ["start of the first → all answer HTTP", f"{http_s:.2f} s" if http_s is not None else "—"],
-            ["answering HTTP", f"{den['answered_http']}/{n} ({den['answered_share']:.0%})"],
-            ["stop all (`stop_many`)", f"{den['stop_many_s']:.2f} s"],
-            ["delete all", f"{den['delete_all_s']:.2f} s"],
-        ]
-        out += ["", md_table(["all servers", "value"], rows)]
-        out += ["", "Full-VM figures are the project's slides (one VM running an Apache web server); ours "
-                "run busybox httpd. The like-for-like Apache comparison, LXC and HTTP overhead are not "
-                "in this part."]
+        out += ["", "### Where start spends its time (busybox)", "",
+                md_table(["phase", "median ms", "p95 ms"], rows),
+                "", "After start returns, the guest's own boot (busybox init, rcS, runsvdir, runsv, httpd) "
+                "runs until the first HTTP 200."]
+    for tp in result.get("throughput", []):
+        out += ["", f"### Throughput: create + start + stop + delete, {tp['workers']} at a time", "",
+                md_table(["cycles", "wall s", "cycles/s", "cycle median ms", "cycle p95 ms", "errors"],
+                         [[tp["cycles"], f"{tp['seconds']:.1f}", f"{tp['cycles_per_s']:.1f}",
+                           f"{tp['cycle_ms']['median']:.1f}", f"{tp['cycle_ms']['p95']:.1f}",
+                           len(tp["errors"])]])]
+    if result.get("density"):
+        out += _density_md(result["density"])
+    if result.get("apache_latency"):
+        out += _latency_md(result["apache_latency"])
+    if result.get("apache_density"):
+        out += _density_md(result["apache_density"])
+    out += ["", "Full-VM figures are the project's slides (one VM running an Apache web server). A page "
+            "of the shared template is charged to the memory cgroup of the first server that touches "
+            "it, so cgroup memory per server is an average over uneven charges; MemAvailable counts "
+            "everything, kernel objects included, once."]
+    plots = result.get("plots") or []
+    if plots:
+        out += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     problems = result.get("leftovers")
     out += ["", "Cleanup: " + ("nothing left behind." if not problems else "LEFT BEHIND: " + "; ".join(problems))]
     return "\n".join(out) + "\n"
 
 
+def plot(result: dict) -> list[str]:
+    """PNG plots next to the results; their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    lat = result.get("latency")
+    if lat:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        keys = ["start_ms", "start_to_http_ms", "create_start_to_http_ms", "stop_ms"]
+        data = [[s[k] for s in lat["samples"]] for k in keys]
+        ax.boxplot(data, showfliers=True)
+        ax.set_xticks(range(1, len(keys) + 1), ["start", "start→HTTP", "create+start→HTTP", "stop"])
+        ax.set_ylabel("ms")
+        ax.set_title(f"busybox VPS lifecycle latency ({lat['runs']} runs)")
+        ax.grid(axis="y", alpha=0.3)
+        paths.append(_save(fig, "engine-latency.png"))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = [k for k, _ in START_PHASES]
+        values = [lat["phases_ms"][k]["median"] for k in labels]
+        ax.barh(labels[::-1], values[::-1])
+        ax.set_xlabel("median ms")
+        ax.set_title("where start spends its time (busybox)")
+        fig.tight_layout()
+        paths.append(_save(fig, "engine-start-phases.png"))
+    dens = [d for d in (result.get("density"), result.get("apache_density")) if d]
+    if dens:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = [TEMPLATE_TITLES[d["template"]] for d in dens] + ["full VM (slides)"]
+        values = [d["mem_available_delta_per_server_bytes"] / MB for d in dens] + [common.SLIDES_VM_RAM_BYTES / MB]
+        ax.bar(names, values, color=["tab:blue"] * len(dens) + ["tab:gray"])
+        ax.set_yscale("log")
+        ax.set_ylabel("host memory per server, MB (log)")
+        ax.set_title("memory per server: MemAvailable drop")
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom")
+        paths.append(_save(fig, "engine-memory.png"))
+    return paths
+
+
+def _save(fig, name: str) -> str:
+    path = common.RESULTS_DIR / name
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=20, help="lifecycle runs for the latency figures")
-    parser.add_argument("--density", type=int, default=100, help="servers started at once")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 runs, 5 servers")
+    size = parser.add_mutually_exclusive_group()
+    for profile in PROFILES:
+        size.add_argument(f"--{profile}", dest="profile", action="store_const", const=profile,
+                          help=f"sizes: {PROFILES[profile]}")
+    parser.add_argument("--runs", type=int, help="lifecycle runs for the latency figures")
+    parser.add_argument("--density", type=int, help="busybox servers started at once")
+    parser.add_argument("--apache-density", type=int, help="Apache servers started at once (0: no Debian)")
+    parser.add_argument("--workers", type=int, default=4, help="processes cycling servers for throughput")
     parser.add_argument("--name", default="engine", help="results file name (default: engine)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.runs, args.density = 3, 5
-    if args.runs < 1 or args.density < 0:
-        parser.error("--runs must be >= 1 and --density >= 0")
-    if args.density + 16 > common.NETWORK.num_addresses - 257:
-        parser.error("--density too large for the benchmark address range")
+    sizes = dict(PROFILES[args.profile or "quick"])
+    for key in ("runs", "density", "apache_density"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    if sizes["runs"] < 1 or sizes["density"] < 0 or sizes["apache_density"] < 0:
+        parser.error("--runs must be >= 1, densities >= 0")
+    if max(sizes["density"], sizes["apache_density"]) + 16 > 1900:
+        parser.error("density too large for the benchmark address plan (< 1,900)")
     if os.geteuid() != 0:
         parser.error("must run as root")
 
     env = common.engine_env()
     from vservers.engine import Engine, EngineConfig, templates
+    from vservers.engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # inits of stopped servers are reaped here, not left as zombies
     config = EngineConfig.from_env(env)
     engine = Engine(config)
     timer = PhaseTimer()
-    result: dict = {"host": common.host_info(), "argv": sys.argv[1:] if argv is None else argv}
+    result: dict = {"host": common.host_info(), "argv": sys.argv[1:] if argv is None else argv,
+                    "sizes": sizes, "template_build_s": {}}
     common.install_signal_handlers()
     ok = False
     try:
@@ -399,12 +576,22 @@ def main(argv: list[str] | None = None) -> int:
             common.install_signal_handlers()
         t0 = time.monotonic()
         templates.build(config, TEMPLATE)
-        result["template_build_s"] = round(time.monotonic() - t0, 3)
+        result["template_build_s"][TEMPLATE] = round(time.monotonic() - t0, 3)
         timer.install(engine)
-        result["latency"] = latency(engine, timer, args.runs, log)
+        result["latency"] = latency(engine, timer, sizes["runs"], log)
         timer.uninstall()
-        if args.density:
-            result["density"] = density(engine, args.density, log)
+        result["throughput"] = [throughput(1, sizes["cycle_seconds"], log),
+                                throughput(args.workers, sizes["cycle_seconds"], log)]
+        if sizes["density"]:
+            result["density"] = density(engine, sizes["density"], log)
+        if sizes["apache_density"]:
+            log("building the debian template (debootstrap)")
+            t0 = time.monotonic()
+            templates.build(config, APACHE)
+            result["template_build_s"][APACHE] = round(time.monotonic() - t0, 3)
+            result["apache_latency"] = latency(engine, timer, sizes["apache_runs"], log, APACHE,
+                                               APACHE_HTTP_TIMEOUT)
+            result["apache_density"] = density(engine, sizes["apache_density"], log, APACHE, APACHE_HTTP_TIMEOUT)
         ok = True
     finally:
         timer.uninstall()
@@ -414,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             log("LEFT BEHIND: " + "; ".join(result["leftovers"]))
     if not ok:
         return 1
+    result["plots"] = plot(result)
     md = markdown(result)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     print()

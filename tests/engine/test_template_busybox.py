@@ -98,7 +98,11 @@ def test_layout_and_boot_files(rootfs):
     inittab = (rootfs / "etc" / "inittab").read_text().splitlines()
     assert "::sysinit:/etc/init.d/rcS" in inittab
     assert "::respawn:/usr/bin/runsvdir -P /etc/service" in inittab
-    assert "::shutdown:/usr/bin/sv -w 3 force-stop /etc/service/*" in inittab
+    assert "::shutdown:/etc/init.d/rcK" in inittab
+    rck = rootfs / "etc" / "init.d" / "rcK"
+    assert _mode(rck) == 0o755
+    shutdown = rck.read_text()
+    assert "sv down /etc/service/*" in shutdown and "exec poweroff -f" in shutdown
 
     rcs = rootfs / "etc" / "init.d" / "rcS"
     assert _mode(rcs) == 0o755
@@ -218,13 +222,11 @@ def test_boots_serves_http_and_powers_off_on_sigusr2(rootfs, tmp_path):
             )  # fmt: skip
             page = fetch.stdout
         assert "<h1>It works: busybox VPS</h1>" in page
-        started = time.monotonic()
         os.kill(init, signal.SIGUSR2)
         proc.wait(timeout=20)
-        elapsed = time.monotonic() - started
-        output = proc.stdout.read()
-        assert "Requesting system poweroff" in output
-        assert elapsed < 15
+        # rcK's `poweroff -f` is reboot(2) inside the PID namespace: the kernel ends its init
+        # as if by SIGINT, and unshare passes that on.
+        assert proc.returncode == -signal.SIGINT, proc.stdout.read()
     finally:
         if proc.poll() is None:
             if init is not None:
@@ -235,8 +237,13 @@ def test_boots_serves_http_and_powers_off_on_sigusr2(rootfs, tmp_path):
 
 def test_rebuild_reuses_the_binary_and_moves_current(tmp_path):
     config, first, _ = _build(tmp_path / "root")
-    _, second, seconds = _build(tmp_path / "root")
-    assert seconds < 30, f"a rebuild with a cached binary took {seconds:.1f} s"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VSERVER_CACHE_DIR", CACHE_DIR)
+        cached = os.stat(busybox.ensure_binary(config))
+        _, second, _ = _build(tmp_path / "root")
+        again = os.stat(busybox.ensure_binary(config))
+    # Not compiled again: the very same cached file.
+    assert (again.st_ino, again.st_mtime_ns) == (cached.st_ino, cached.st_mtime_ns)
     assert second.version != first.version
     assert templates.get(config, "busybox").version == second.version
     listing = {info.version: current for info, current in templates.list_all(config)}

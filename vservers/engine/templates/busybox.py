@@ -80,7 +80,7 @@ REQUIRED_APPLETS = frozenset(
     {
         "sh", "ash", "init", "runsvdir", "runsv", "sv", "svlogd", "chpst", "httpd",
         "adduser", "deluser", "addgroup", "delgroup", "chpasswd", "passwd",
-        "ipcs", "ipcrm", "ps", "hostname", "ip", "ping", "mkdir", "kill",
+        "ipcs", "ipcrm", "ps", "hostname", "ip", "ping", "mkdir", "kill", "pidof", "usleep", "poweroff",
     }
 )  # fmt: skip
 
@@ -415,6 +415,9 @@ RCK = """\
 sv down {service_dir}/* >/dev/null 2>&1
 sv exit {service_dir}/* >/dev/null 2>&1
 kill -TERM -1 2>/dev/null
+# The supervisors have nothing to save, and runsv waits out the first second of a service
+# before it exits; the services themselves have their TERM.
+kill -KILL $(pidof runsvdir runsv) 2>/dev/null
 tries=0
 while kill -0 -1 2>/dev/null && [ $tries -lt 300 ]; do
     usleep 10000
