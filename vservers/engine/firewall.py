@@ -28,16 +28,18 @@ operator lists in ``VSERVER_HOST_ALLOW`` (``tcp/53,udp/53``; default none) at th
 addresses. TCP is answered with a reset, UDP with port-unreachable, the rest dropped; all
 counted.
 
-The rules are static, made once per bridge; a VPS is a handful of elements in the sets they
-look up (its port name paired with its MAC and each address), so a start costs one small
-libnftables transaction, in-process (ctypes), whose size does not grow with the number of
-VPSs. The VPS's elements stay while it is stopped and go when it is deleted. Fingerprints
-keep this honest: the static part carries one of the settings it was made from, each VPS
-one of its elements, and re-adding an element that is there with another value fails the
-transaction, which sends us to the slow path that rebuilds what is stale.
+The rules are static, made once per bridge (libnftables, in-process through ctypes, by the
+first start after the bridge appears); a VPS is a handful of elements in the sets they look
+up (its port name paired with its MAC and each of its addresses), added by each start in one
+nf_tables batch over a plain netlink socket: a fraction of a millisecond, the same with one
+VPS or thousands. The VPS's elements stay while it is stopped and go when it is deleted.
+Fingerprints keep this honest: the static part carries one of the settings it was made from,
+each VPS one of its elements, and re-adding an element that is there with another value fails
+the batch, which sends the start to the slow path that rebuilds what is stale.
 
 Every value that goes into a command is validated first (interface names, addresses, MACs,
-ports); the static rules are nft syntax, the per-VPS commands libnftables JSON.
+ports); the static rules are nft syntax, the rare clean-ups libnftables JSON, the per-start
+elements binary netlink attributes.
 """
 
 from __future__ import annotations
