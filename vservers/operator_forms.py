@@ -193,6 +193,19 @@ def _at_least(low: int):
     return check
 
 
+def _engine_size(maximum: int):
+    """A size in MB that the engine takes in bytes (vservers.jobs.plan_limits)."""
+
+    def check(value) -> None:
+        if value is not None:
+            try:
+                engine_validate.size(value * 2**20, maximum=maximum)
+            except InvalidInput:
+                raise ValidationError(f"must be at most {maximum // 2**20} MB") from None
+
+    return check
+
+
 class PlanForm(forms.ModelForm):
     class Meta:
         model = Plan
@@ -207,6 +220,9 @@ class PlanForm(forms.ModelForm):
         # Below these a guest's init and a filesystem do not fit.
         self.fields["memory_mb"].validators.append(_at_least(16))
         self.fields["disk_mb"].validators.append(_at_least(64))
+        # Above these the engine refuses the plan's limits (its CLI's bounds; the disk is one ext4 image).
+        self.fields["memory_mb"].validators.append(_engine_size(maximum=2**50))
+        self.fields["disk_mb"].validators.append(_engine_size(maximum=2**44))
 
 
 class TemplateForm(forms.ModelForm):
@@ -219,6 +235,15 @@ class TemplateForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["name"].validators.append(validate_template_name)
         self.fields["name"].help_text = "the engine's template name, e.g. busybox"
+
+
+def _last_host(network):
+    """What hosts() would end with, without walking it (an IPv6 /64 is long)."""
+    if network.num_addresses == 1:
+        return network.network_address
+    if network.version == 4 and network.prefixlen < 31:
+        return network.broadcast_address - 1
+    return network.broadcast_address
 
 
 class PoolForm(forms.ModelForm):
@@ -241,7 +266,28 @@ class PoolForm(forms.ModelForm):
                 if theirs.version == new.version and theirs.overlaps(new):
                     self.add_error("network", f"overlaps pool {other.name} ({other.network})")
                     break
+            else:
+                self._check_with_the_engine(new, data.get("gateway"))
         return data
+
+    def _check_with_the_engine(self, network, gateway) -> None:
+        """The engine must take the addresses this pool hands out (its first and last: the
+        engine refuses loopback, link-local, multicast, a network's own and broadcast address,
+        and single-address networks) and the gateway with the network's prefix."""
+        hosts = [host for host in (next(iter(network.hosts()), None), _last_host(network)) if host is not None]
+        for host in hosts:
+            try:
+                engine_validate.guest_address(f"{host}/{network.prefixlen}")
+            except InvalidInput as exc:
+                self.add_error("network", f"the engine cannot give servers these addresses: {exc}")
+                return
+        if not hosts:
+            self.add_error("network", "this network has no address to hand out")
+        if gateway and not self.has_error("gateway"):
+            try:
+                engine_validate.gateway_interface(f"{gateway}/{network.prefixlen}", version=network.version)
+            except InvalidInput as exc:
+                self.add_error("gateway", str(exc))
 
     def _post_clean(self):
         # IPPool.clean() parses network and gateway unguarded: with a gateway that is not an

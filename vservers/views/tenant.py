@@ -28,6 +28,8 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.models import AuditEntry, Membership, Tenant
 
 from .. import actions
+from ..engine import validate
+from ..engine.errors import InvalidInput
 from ..forms import (
     AccountAddForm,
     AccountKeyForm,
@@ -454,7 +456,16 @@ def _get_account_for_user(server: VirtualServer, name: str, *, system_ok: bool =
     account = get_object_or_404(server.guest_accounts, name=name)
     if account.is_system and not (system_ok and account.uid == 0):
         raise PermissionDenied(f"{name} is a system account")
+    # The guest's root names accounts as he likes; the engine acts only on names it accepts.
+    _engine_name(validate.user_name, account.name, allow_reserved=True)
     return account
+
+
+def _engine_name(check, name: str, **kwargs) -> None:
+    try:
+        check(name, **kwargs)
+    except InvalidInput as exc:
+        raise PermissionDenied(f"the panel cannot manage this: {exc}") from None
 
 
 @login_required
@@ -526,5 +537,6 @@ def service_action(request: HttpRequest, uuid, name: str, action: str) -> HttpRe
     if action not in SERVICE_ACTIONS:
         raise Http404("no such service action")
     name = get_object_or_404(server.services, name=name).name  # as the worker last listed them
+    _engine_name(validate.service_name, name)
     verb = {"start": "starting", "stop": "stopping", "restart": "restarting"}[action]
     return _queue(request, server, SERVICE_ACTIONS[action], f"{verb} service {name}.", service=name)
