@@ -219,7 +219,7 @@ _nft = _Nft()
 # --- the static part ---------------------------------------------------------------------
 
 # One jump per direction for the ports of ours; everything else on the bridge is not our
-# business. Every drop of what a VPS sent also counts in @dropped, per port.
+# business. Every drop of what a VPS sent counts in its rule and, per port, in @dropped.
 STATIC_BRIDGE = """\
 table bridge {table} {{
     map fingerprint {{ type ifname : mark; }}
@@ -237,6 +237,7 @@ table bridge {table} {{
     chain guest4 {{ }}
     chain guest6 {{ }}
     chain to_guest {{ }}
+    chain refuse {{ }}
 }}
 flush chain bridge {table} prerouting
 flush chain bridge {table} forward
@@ -245,6 +246,9 @@ flush chain bridge {table} from_guest
 flush chain bridge {table} guest4
 flush chain bridge {table} guest6
 flush chain bridge {table} to_guest
+flush chain bridge {table} refuse
+add rule bridge {table} refuse add @dropped {{ iifname counter }}
+add rule bridge {table} refuse drop
 add rule bridge {table} prerouting iifname "{prefix}*" jump from_guest
 add rule bridge {table} forward oifname "{prefix}*" jump to_guest
 add rule bridge {table} output oifname "{prefix}*" jump to_guest
@@ -269,7 +273,9 @@ add rule bridge {table} guest6 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-a
 ip6 length != {{ 24, 32 }} {drop}
 add rule bridge {table} guest6 accept
 """
-_DROP_COUNTED = "counter add @dropped { iifname counter } drop"
+# The count per port and the drop are separate rules: a set that cannot take another element
+# ends its rule early, and the drop must not depend on that.
+_DROP_COUNTED = "counter goto refuse"
 
 STATIC_INET = """\
 table inet {table} {{
