@@ -367,7 +367,8 @@ class Reconciler:
         """Queued operations whose job never reached Redis, or that Redis lost, or whose job
         ended without running them (it failed before the claim)."""
         stale = timezone.now() - LOST_PUSH_AFTER
-        for operation in self.operations().filter(status=OperationStatus.QUEUED).select_related("server__node"):
+        queued = self.operations().filter(status=OperationStatus.QUEUED).select_related("server__node")
+        for operation in queued.order_by("pk"):  # in the order they were asked for
             if operation.error.startswith(DELAYED_PREFIX):
                 pass
             elif operation.job_id:

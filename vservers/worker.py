@@ -22,6 +22,12 @@ the worker stays the parent that guests' inits are handed to. On top of RQ's wor
     reached Redis) and restarts its scheduler if Redis took it down; its scheduler process
     dies with it (a SIGKILLed worker leaves no scheduler behind). Its name says which process
     it is ("panel:" + vservers.jobs.runner_id()), so others can tell whether it still lives.
+ 6. waits for Redis instead of exiting: RQ's own loop gives up (and the process exits) when
+    Redis goes away anywhere but in the wait for the next job, e.g. while it records a job's
+    end. Here every Redis call of the loop outside that wait treats "unreachable" as "wait
+    for it", so the wait's own back-off takes over; at start-up it tries again until Redis
+    answers (the database's recovery has run by then). The database keeps every operation's
+    outcome, so nothing that Redis forgets is lost.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ TICK_SECONDS = 10
 REAP_EVERY = 1.0
 # How often the outbox is handed over (between jobs and while idle).
 OUTBOX_EVERY = 10.0
+# Redis unreachable (or not answering in time).
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+# The longest wait between two attempts to reach Redis at start-up (seconds).
+MAX_REDIS_WAIT = 30.0
 
 
 class JobRefused(Exception):
@@ -96,7 +106,19 @@ class PanelWorker(SimpleWorker):
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         # The database and the kernel first: this works while Redis is still down.
         self.recover(with_redis=False)
-        super().bootstrap(*args, **kwargs)
+        delay = 1.0
+        while True:
+            try:
+                super().bootstrap(*args, **kwargs)
+                break
+            except REDIS_DOWN as exc:
+                self.log.error("Worker %s: Redis is unreachable (%s); trying again in %d s", self.name, exc, delay)
+            except ValueError:  # our own registration, from an attempt that failed half-way
+                self.connection.delete(self.key)
+                continue
+            self.reap_children()
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_REDIS_WAIT)
         self.reap_children()
         self.recover(with_redis=True)
         self.ensure_reconcile_scheduled()
@@ -109,18 +131,19 @@ class PanelWorker(SimpleWorker):
     def heartbeat(self, timeout=None, pipeline=None) -> None:
         try:
             super().heartbeat(timeout, pipeline)
-        except (redis.ConnectionError, redis.TimeoutError):
-            # RQ waits and tries again; the guests' exits are still collected meanwhile.
+        except REDIS_DOWN:
+            # The wait for the next job meets the outage too, and waits with a back-off; the
+            # guests' exits are still collected meanwhile.
             self._redis_lost = True
-            if pipeline is None and time.monotonic() - self._last_reap >= REAP_EVERY:
+            if time.monotonic() - self._last_reap >= REAP_EVERY:
                 self.reap_children()
-            raise
+            return
         # Without a pipeline, RQ calls this only outside jobs: after one, and each time the
         # wait for the next one times out.
         if pipeline is None:
             if time.monotonic() - self._last_reap >= REAP_EVERY:
                 self.reap_children()
-            if self._redis_lost:
+            if self._redis_lost or not self.registered():
                 self._redis_lost = False
                 self.after_redis_outage()
             if time.monotonic() - self._last_outbox >= OUTBOX_EVERY:
@@ -133,8 +156,35 @@ class PanelWorker(SimpleWorker):
         close_old_connections()  # a long-lived process: drop a database connection gone stale
         try:
             super().execute_job(job, queue)
+        except REDIS_DOWN as exc:
+            # RQ could not record the job's start or end. An operation that ran has its
+            # outcome on its row; one that did not is still queued there, and is sent again.
+            self._redis_lost = True
+            self.log.error("Worker %s: Redis went away during job %s: %s", self.name, job.id, exc)
         finally:
             close_old_connections()
+
+    # 6. Redis calls of RQ's loop outside the wait for a job: unreachable means "wait".
+
+    def set_state(self, state, pipeline=None) -> None:
+        try:
+            super().set_state(state, pipeline)
+        except REDIS_DOWN:
+            if pipeline is not None:
+                raise
+            self._redis_lost = True
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_DOWN:
+            self._redis_lost = True
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_DOWN:
+            self._redis_lost = True
 
     def reap_children(self) -> list[int]:
         """Collect every exited child except RQ's scheduler process, whose exit status its
@@ -199,6 +249,15 @@ class PanelWorker(SimpleWorker):
         finally:
             close_old_connections()
 
+    def registered(self) -> bool:
+        """Whether Redis still knows this worker (a restarted Redis has forgotten it: the
+        heartbeat just made a bare key)."""
+        try:
+            return bool(self.connection.hexists(self.key, "birth"))
+        except REDIS_DOWN:
+            self._redis_lost = True
+            return True  # the next heartbeat finds out
+
     def after_redis_outage(self) -> None:
         """Redis is back (maybe empty, after a restart): our registration, the scheduler (it
         exits when Redis goes away), the reconcile chain and the outbox."""
@@ -207,7 +266,8 @@ class PanelWorker(SimpleWorker):
             if not self.connection.hexists(self.key, "birth"):
                 self.connection.delete(self.key)
                 self.register_birth()
-        except Exception:  # noqa: BLE001 - cosmetic: only the dashboards miss us
+                self.set_state(self.get_state())
+        except Exception:  # noqa: BLE001 - only the dashboards miss us; the next heartbeat tries again
             self.log.exception("Worker %s: could not register again", self.name)
         self.ensure_scheduler()
         self.ensure_reconcile_scheduled()
