@@ -7,10 +7,11 @@ the loop device has autoclear set, so when the VPS's last process dies the kerne
 of it by itself: a crash of the engine at any line cannot leave a mount or loop device behind.
 
 The order matters, and is the one that works on this kernel (see KERNEL-FACTS):
- 1. engine (host root): make a user namespace mapping 0..65535 to the VPS's host range;
- 2. setup child (host root): join the VPS's cgroups, unshare a private mount namespace,
-    loop-mount the VPS's disk image, mount the template idmapped through that user namespace,
-    and the overlay (template below, the disk's upper dir on top);
+ 1. setup child (host root): unshare a private mount namespace, loop-mount the VPS's disk
+    image; meanwhile the engine moves it into the VPS's cgroups and makes a user namespace
+    mapping 0..65535 to the VPS's host range (both mostly wait), and hands that over;
+ 2. setup child: mount the template idmapped through that user namespace, and the overlay
+    (template below, the disk's upper dir on top);
  3. setup child: enter the user namespace, unshare mount, UTS, IPC, net, cgroup and PID
     namespaces (now owned by the guest's root), set the hostname, fork init;
  4. init-to-be (PID 1): mount /proc, /sys, /dev, /run, pivot_root into the overlay, wait
@@ -23,12 +24,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import capabilities, loopdev, seccomp, syscalls
+from . import capabilities, loopdev, seccomp, syscalls, userns
 from .errors import EngineError
 from .syscalls import (
     CLONE_NEWCGROUP,
@@ -96,8 +98,7 @@ class Launched:
     loop_device: str
 
 
-def launch(plan: LaunchPlan, userns_fd: int, wire_network: Callable[[int], None],
-           record: Callable[[Launched], None]) -> Launched:
+def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callable[[Launched], None]) -> Launched:
     """Start the guest; WIRE_NETWORK(init_pid) runs before init is exec'd, RECORD before go.
 
     On failure the half-started guest is killed (which releases its mounts) and EngineError
@@ -105,26 +106,27 @@ def launch(plan: LaunchPlan, userns_fd: int, wire_network: Callable[[int], None]
     """
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
+    to_setup, setup_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     setup_pid = os.fork()
     if setup_pid == 0:
         os.close(report_r)
         os.close(go_w)
-        os.close(joined_w)
-        _child_main(report_w, lambda: _setup_child(plan, userns_fd, report_w, go_r, joined_r))
+        to_setup.close()
+        _child_main(report_w, lambda: _setup_child(plan, report_w, go_r, setup_end))
     os.close(report_w)
     os.close(go_r)
-    os.close(joined_r)
+    setup_end.close()
     launched: Launched | None = None
     try:
-        # Moving a process into a v1 cgroup waits for an RCU grace period (~10 ms here), so
-        # we move the setup child while it loop-mounts the disk; it waits for "j" before it
-        # makes the namespaces (the cgroup namespace is rooted where it stands) and forks init.
-        try:
-            plan.join_cgroups(setup_pid)
-            os.write(joined_w, b"j")
-        finally:
-            os.close(joined_w)  # without "j" the setup child gives up
+        # The setup child loop-mounts the disk meanwhile; it waits for "j" and the user
+        # namespace before it mounts the template and makes the namespaces (the cgroup
+        # namespace is rooted where it stands, so it must be in its cgroups by then).
+        with to_setup:
+            userns_fd = _join_and_make_userns(plan, setup_pid)
+            try:
+                socket.send_fds(to_setup, [b"j"], [userns_fd])
+            finally:
+                os.close(userns_fd)
         with os.fdopen(report_r, "r", closefd=True) as report:
             messages = _read_until_pid(report)
             os.waitpid(setup_pid, 0)
@@ -163,6 +165,36 @@ def launch(plan: LaunchPlan, userns_fd: int, wire_network: Callable[[int], None]
             os.waitpid(setup_pid, 0)
 
 
+def _join_and_make_userns(plan: LaunchPlan, setup_pid: int) -> int:
+    """Move the setup child into the VPS's cgroups and make its user namespace, at once.
+
+    Both mostly wait: a move into a v1 cgroup for an RCU grace period (~10 ms here), the user
+    namespace for a fork. So the namespace is made in a thread meanwhile (its forked child
+    only unshares and waits). Returns the namespace's fd.
+    """
+    made: dict[str, object] = {}
+
+    def make() -> None:
+        try:
+            made["fd"] = userns.create(plan.uid_base)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            made["error"] = exc
+
+    thread = threading.Thread(target=make, name="userns")
+    thread.start()
+    try:
+        plan.join_cgroups(setup_pid)
+    except BaseException:
+        thread.join()
+        if "fd" in made:
+            os.close(made["fd"])  # type: ignore[arg-type]
+        raise
+    thread.join()
+    if "error" in made:
+        raise made["error"]  # type: ignore[misc]
+    return made["fd"]  # type: ignore[return-value]
+
+
 def _parse(text: str) -> dict[str, str]:
     found = {}
     for line in text.splitlines():
@@ -196,13 +228,18 @@ def _child_main(report_w: int, body: Callable[[], None]) -> None:
     os._exit(code)
 
 
-def _setup_child(plan: LaunchPlan, userns_fd: int, report_w: int, go_r: int, joined_r: int) -> None:
+def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.socket) -> None:
     # The engine moves us into the VPS's cgroups meanwhile (see launch), so the loop device
     # and the disk's mount are charged to the engine's cgroup; all the guest's own are not.
     syscalls.unshare(CLONE_NEWNS)
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
     loop_device = _mount_disk(plan)
     os.write(report_w, f"loop {loop_device}\n".encode())
+    message, fds, _flags, _address = socket.recv_fds(engine, 1, 1)
+    engine.close()
+    if message != b"j" or len(fds) != 1:
+        raise EngineError("start aborted by the engine")
+    userns_fd = fds[0]
     syscalls.idmapped_clone(plan.template_rootfs, plan.lower_dir, userns_fd)
     syscalls.mount(
         "overlay",
@@ -211,9 +248,6 @@ def _setup_child(plan: LaunchPlan, userns_fd: int, report_w: int, go_r: int, joi
         0,
         f"lowerdir={plan.lower_dir},upperdir={plan.disk_dir}/upper,workdir={plan.disk_dir}/work",
     )
-    if os.read(joined_r, 1) != b"j":
-        raise EngineError("start aborted by the engine")
-    os.close(joined_r)
     syscalls.setns(userns_fd, CLONE_NEWUSER)
     os.close(userns_fd)
     os.setresgid(0, 0, 0)

@@ -253,14 +253,11 @@ class Engine:
             init_argv=info.init,
             join_cgroups=lambda pid: self.cgroups.attach(spec.name, pid),
         )
-        userns_fd = userns.create(spec.uid_base)
         try:
-            launch(plan, userns_fd, wire, record)
+            launch(plan, wire, record)
         except BaseException:
             self._clean_leftovers(spec.name)
             raise
-        finally:
-            os.close(userns_fd)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> Status:
         """Ask the guest's init to shut down; kill what remains after TIMEOUT seconds."""

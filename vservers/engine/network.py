@@ -128,8 +128,9 @@ def _is_host_netns(nsfd: int) -> bool:
     return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
-def _netns_socket(nsfd: int) -> socket.socket:
-    """A NETLINK_ROUTE socket in the network namespace NSFD."""
+def _netns_socket(nsfd: int, sysctls: dict[str, str] | None = None) -> socket.socket:
+    """A NETLINK_ROUTE socket in the network namespace NSFD, after writing SYSCTLS (paths
+    under /proc/sys/net, which shows the namespace of the thread that opens them)."""
     result: list[socket.socket] = []
     failure: list[BaseException] = []
 
@@ -138,6 +139,10 @@ def _netns_socket(nsfd: int) -> socket.socket:
         # thread and the rest of the process never leave the host namespace.
         try:
             setns(nsfd, CLONE_NEWNET)
+            for path, value in (sysctls or {}).items():
+                if os.path.exists(path):  # no ipv6/ when the host has IPv6 off
+                    with open(path, "w") as fh:
+                        fh.write(value)
             result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
@@ -389,20 +394,28 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None
         raise
 
 
+# A VPS announces its addresses when eth0 comes up (gratuitous ARP, unsolicited neighbour
+# advertisements): an address freed by one VPS and given to the next would otherwise stay
+# bound to the old MAC in the host's and the other VPSs' neighbour tables for up to a minute.
+ANNOUNCE = {
+    f"/proc/sys/net/ipv4/conf/{GUEST_IF}/arp_notify": "1",
+    f"/proc/sys/net/ipv6/conf/{GUEST_IF}/ndisc_notify": "1",
+}
+
+
 def _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6) -> None:
-    """lo and eth0 up, the addresses on eth0, a default route per family."""
+    """lo up; the addresses on eth0, then eth0 up (which announces them and adds their
+    prefix routes); a default route per family."""
     with _netlink_errors(f"enter the network namespace of pid {pid}"):
-        sock = _netns_socket(nsfd)
+        sock = _netns_socket(nsfd, ANNOUNCE)
     with rtnl.Socket(sock) as ns:
-        with _netlink_errors(f"attach {host_if}: set up {GUEST_IF} in pid {pid}"):
+        with _netlink_errors(f"attach {host_if}: find {GUEST_IF} in pid {pid}"):
             lo = ns.link_index("lo")
             index = ns.link_index(GUEST_IF)
             if index is None:
                 raise EngineError(f"attach {host_if}: {GUEST_IF} did not appear in pid {pid}")
             if lo is not None:
                 ns.set_up(lo)
-            # Up before addresses: IPv4 adds the prefix route only for a running device.
-            ns.set_up(index)
         for iface in ifaces:
             with _netlink_errors(f"attach {host_if}: add {iface} in pid {pid}"):
                 try:
@@ -410,6 +423,8 @@ def _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6) -> None:
                 except rtnl.NetlinkFailure as exc:
                     if exc.errno != errno.EEXIST:
                         raise
+        with _netlink_errors(f"attach {host_if}: set {GUEST_IF} up in pid {pid}"):
+            ns.set_up(index)
         families = {iface.version for iface in ifaces}
         for gw, version in ((gw4, 4), (gw6, 6)):
             if gw is None or version not in families:
