@@ -41,14 +41,14 @@ OVERHEAD_ENV = {
     "VSERVER_ROOT": "/var/lib/vservers-bench-overhead",
     "VSERVER_BRIDGE": "vsbenchov0",
     "VSERVER_GATEWAY": "198.19.208.1/21",
-    "VSERVER_UID_BASE": "3000000000",
+    "VSERVER_UID_BASE": "1500000000",
 }
 PANEL_ENV = {
     **BENCH_ENV,
     "VSERVER_ROOT": "/var/lib/vservers-bench-panel",
     "VSERVER_BRIDGE": "vsbenchpn0",
     "VSERVER_GATEWAY": "198.19.216.1/21",
-    "VSERVER_UID_BASE": "3500000000",
+    "VSERVER_UID_BASE": "1900000000",
 }
 # LXC's containers (bench/lxc.py): not an engine installation, a bridge and lxcpath of their own.
 LXC_BRIDGE = "vsbenchlxc0"
