@@ -183,15 +183,16 @@ class WorkerProcess:
                 found.append(int(entry.name))
         return found
 
-    def kill(self) -> None:
-        """SIGKILL, as the OOM killer or a power cut would; then make sure no helper process
-        of it lives on (its scheduler dies with it)."""
+    def kill(self) -> list[int]:
+        """SIGKILL, as the OOM killer would; then make sure no helper process of it lives on
+        (its scheduler dies with it). Returns the helpers' pids."""
         helpers = self.python_children()
         os.kill(self.pid, signal.SIGKILL)
         assert self.proc.wait(timeout=30) == -signal.SIGKILL
         self._log.close()
         for pid in helpers:
             assert wait_gone(pid), f"process {pid} of the killed worker {self.pid} lives on"
+        return helpers
 
     def stop(self, timeout: float = 60.0) -> None:
         """A warm shutdown (SIGTERM: finish the job at hand, then exit); SIGKILL if it does

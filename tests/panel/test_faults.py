@@ -120,7 +120,7 @@ def test_a_worker_killed_in_the_middle_leaves_nothing_running_and_one_retry_conv
     assert server.state == DURING[kind]
     if server.engine_name in engine.names():
         uid_bases.append(engine.spec(server.engine_name).uid_base)
-    first.kill()
+    assert first.kill(), "the worker had its scheduler process, and it died with it"
     operation.refresh_from_db()
     assert operation.status == OperationStatus.RUNNING  # nobody knows yet
 
