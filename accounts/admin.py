@@ -2,11 +2,37 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .forms import AdminLoginForm
+from .forms import AdminLoginForm, ThrottledPasswordChangeForm
 from .models import AuditEntry, LoginFailure, Membership, Tenant
 
 # The admin's login page counts against the same login throttle as the panel's.
 admin.site.login_form = AdminLoginForm
+
+
+class AdminPasswordChangeForm(ThrottledPasswordChangeForm):
+    required_css_class = "required"  # as the admin's own form
+
+
+def password_change(self, request, extra_context=None):
+    """AdminSite.password_change with the throttled form: guessing the old password there
+    counts as failed sign-ins too."""
+    from django.urls import reverse
+
+    from .views import PasswordChangeView
+
+    defaults = {
+        "form_class": AdminPasswordChangeForm,
+        "success_url": reverse("admin:password_change_done", current_app=self.name),
+        "extra_context": {**self.each_context(request), **(extra_context or {})},
+    }
+    if self.password_change_template is not None:
+        defaults["template_name"] = self.password_change_template
+    request.current_app = self.name
+    return PasswordChangeView.as_view(**defaults)(request)
+
+
+# The admin's URLs take the method from the site when they are made (panel/urls.py).
+admin.site.password_change = password_change.__get__(admin.site)
 
 
 class MembershipInline(admin.TabularInline):

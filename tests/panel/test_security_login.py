@@ -203,3 +203,15 @@ def test_guessing_the_old_password_on_the_password_page_is_throttled(world):
     assert world.alice.check_password("alice password 1")
     assert AuditEntry.objects.filter(action="auth.password_change_failed", actor=world.alice).count() == PER_USER
     assert AuditEntry.objects.filter(action="auth.password_change_throttled").count() == 1
+
+
+def test_the_admins_password_page_is_throttled_too(world):
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    client.force_login(world.operator)
+    new = {"new_password1": "a brand new passphrase", "new_password2": "a brand new passphrase"}
+    for _ in range(PER_USER):
+        assert client.post("/admin/password_change/", {"old_password": "wrong guess", **new}).status_code == 200
+    response = client.post("/admin/password_change/", {"old_password": "operator pw 1", **new})
+    assert response.status_code == 429
+    world.operator.refresh_from_db()
+    assert world.operator.check_password("operator pw 1")
