@@ -105,21 +105,6 @@ def fault_world(file_database, world):
     return world
 
 
-@pytest.fixture
-def forget_neighbours():
-    """After the test, the host forgets the MAC addresses it learnt on the tests' bridge.
-
-    The next test's first server gets the same address with another MAC; while the host's
-    entry for it is still REACHABLE (15-45 s after the last reply) the host keeps sending to
-    the old MAC, which the bridge's firewall rightly drops, and that test's first HTTP
-    request times out. (The engine could delete the entries of a server's addresses when it
-    wires it; until then, tests that talk to servers clean up after themselves.)"""
-    yield
-    bridge = PANEL_ENV["VSERVER_BRIDGE"]
-    if Path(f"/sys/class/net/{bridge}").exists():
-        subprocess.run(["ip", "neigh", "flush", "dev", bridge], check=False, capture_output=True)
-
-
 # --- worker processes ------------------------------------------------------------------------
 
 

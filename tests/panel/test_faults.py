@@ -24,13 +24,12 @@ from vservers.models import GuestAccount, Operation, OperationKind, OperationSta
 from vservers.models.operations import FINISHED, INTERRUPTED
 from vservers.queues import get_queue
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("forget_neighbours")]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 # The shared fixtures (tests/panel/faults.py).
 file_database = faults.file_database
 fault_world = faults.fault_world
 workers = faults.workers
-forget_neighbours = faults.forget_neighbours
 
 PASSWORD = "Correct-horse-7-battery"
 

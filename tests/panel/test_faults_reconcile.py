@@ -16,7 +16,6 @@ from django.utils import timezone
 
 from accounts.models import AuditEntry
 from tests.leaks import PANEL_ENV, _leaks_of
-from tests.panel import faults
 from tests.panel.faults import kernel_state, wait_gone, wait_until
 from vservers import reconcile
 from vservers.actions import request_operation
@@ -24,8 +23,7 @@ from vservers.engine import templates
 from vservers.models import Operation, OperationKind, OperationStatus, State
 from vservers.reconcile import CRASH_LIMIT, reconcile_node
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("forget_neighbours")]
-forget_neighbours = faults.forget_neighbours
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def kill_init(engine, server) -> None:
