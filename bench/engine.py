@@ -326,21 +326,28 @@ def _cycle_worker(index: int, seconds: float, results) -> None:
     engine = Engine(EngineConfig.from_env(common.BENCH_ENV))
     name, addr = f"cycle{index}", common.address(2000 + index)
     cycles: list[float] = []
+    steps: dict[str, list[float]] = {"create": [], "start": [], "stop": [], "delete": []}
     errors: list[str] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         t0 = time.monotonic()
         try:
             engine.create(name, TEMPLATE, [addr])
+            t1 = time.monotonic()
             if engine.start(name).state != "running":
                 raise RuntimeError("start did not leave it running")
+            t2 = time.monotonic()
             engine.stop(name)
+            t3 = time.monotonic()
             engine.delete(name)
         except Exception as exc:  # noqa: BLE001 - reported, and the loop ends
             errors.append(f"{name}: {exc}")
             break
-        cycles.append(time.monotonic() - t0)
-    results.put({"index": index, "cycles_s": cycles, "errors": errors})
+        t4 = time.monotonic()
+        cycles.append(t4 - t0)
+        for step, took in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            steps[step].append(took)
+    results.put({"index": index, "cycles_s": cycles, "steps_s": steps, "errors": errors})
 
 
 def throughput(workers: int, seconds: float, log) -> dict:
@@ -365,6 +372,8 @@ def throughput(workers: int, seconds: float, log) -> dict:
         "cycles": len(cycles),
         "cycles_per_s": round(len(cycles) / wall, 2) if wall else 0.0,
         "cycle_ms": summary([ms(c) for c in cycles]),
+        "steps_ms": {step: summary([ms(t) for r in reports for t in r["steps_s"][step]])
+                     for step in ("create", "start", "stop", "delete")},
         "errors": [e for r in reports for e in r["errors"]],
     }
 

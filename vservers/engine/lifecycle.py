@@ -27,6 +27,11 @@ from .launch import Launched, LaunchPlan, launch, proc_start_time, reap, wait_ex
 from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
 from .state import locked, read_json, write_json
 
+# A namespace's init gets from outside only the signals it catches or blocks; others are
+# dropped. A halt signal sent in the first moment after init's exec, before the guest's init
+# has set that up, is lost: so it is sent once more if init is still there after this long.
+# (Both templates' inits take a repeated halt signal as the same request.)
+HALT_RESEND_AFTER = 0.3
 STOP_TIMEOUT = 10.0
 
 
@@ -60,6 +65,16 @@ class Engine:
         if not self.config.servers_dir.is_dir():
             return []
         return sorted(p.name for p in self.config.servers_dir.iterdir() if (p / "config.json").is_file())
+
+    def specs(self) -> list[ServerSpec]:
+        """Every server's spec; one deleted meanwhile (by another process) is left out."""
+        found = []
+        for name in self.names():
+            try:
+                found.append(self.spec(name))
+            except NotFound:
+                pass
+        return found
 
     @property
     def cgroups(self):
@@ -116,7 +131,8 @@ class Engine:
                     return spec  # the same create again: already done
                 raise Conflict(f"server {name!r} already exists")
             self._check_addresses_free(interfaces)
-            taken = [self.spec(other).uid_base for other in self.names()]
+            # Under the allocation lock nobody creates; a delete meanwhile only frees a range.
+            taken = [other.uid_base for other in self.specs()]
             spec = ServerSpec(
                 name=name,
                 template=info.name,
@@ -162,11 +178,11 @@ class Engine:
 
     def _check_addresses_free(self, interfaces: list[str]) -> None:
         wanted = {ipaddress.ip_interface(a).ip for a in interfaces}
-        for other in self.names():
-            used = {ipaddress.ip_interface(a).ip for a in self.spec(other).addresses}
+        for other in self.specs():
+            used = {ipaddress.ip_interface(a).ip for a in other.addresses}
             clash = wanted & used
             if clash:
-                raise Conflict(f"address {sorted(map(str, clash))[0]} is already used by {other!r}")
+                raise Conflict(f"address {sorted(map(str, clash))[0]} is already used by {other.name!r}")
 
     def delete_many(self, names: list[str]) -> dict[str, EngineError | None]:
         """Delete several servers; their shutdowns run at the same time."""
@@ -318,8 +334,16 @@ class Engine:
 
     def _await_halt(self, name: str, init_pid: int, timeout: float) -> None:
         """Wait for init to finish its shutdown; after TIMEOUT kill everything left."""
-        if wait_exit(init_pid, timeout):
+        if wait_exit(init_pid, min(timeout, HALT_RESEND_AFTER)):
             return
+        if timeout > HALT_RESEND_AFTER:
+            spec = self.spec(name)
+            try:
+                os.kill(init_pid, templates.get(self.config, spec.template, spec.template_version).halt_signal)
+            except ProcessLookupError:
+                return
+            if wait_exit(init_pid, timeout - HALT_RESEND_AFTER):
+                return
         self.cgroups.kill(name)
         try:
             os.kill(init_pid, signal.SIGKILL)
@@ -388,7 +412,10 @@ class Engine:
 
     def list(self) -> Iterator[Status]:
         for name in self.names():
-            yield self.status(name)
+            try:
+                yield self.status(name)
+            except NotFound:
+                pass  # deleted by another process while we listed
 
     # -- inside the server -----------------------------------------------------------------
 
