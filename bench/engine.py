@@ -32,7 +32,7 @@ HTTP_TIMEOUT = 30.0
 APACHE_HTTP_TIMEOUT = 120.0
 # /proc/meminfo fields whose change per server says where a server's memory goes.
 MEMINFO_FIELDS = ("MemAvailable", "MemFree", "Cached", "Buffers", "Shmem", "AnonPages", "Slab",
-                  "SReclaimable", "SUnreclaim", "KernelStack", "PageTables", "Percpu")
+                  "SReclaimable", "SUnreclaim", "KernelStack", "PageTables", "Percpu", "VmallocUsed")
 PROFILES = {
     # runs, busybox density, Apache runs, Apache density, throughput seconds
     "smoke": {"runs": 3, "density": 5, "apache_runs": 1, "apache_density": 2, "cycle_seconds": 3},
