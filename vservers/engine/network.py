@@ -39,6 +39,7 @@ from .syscalls import CLONE_NEWNET, setns
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 GUEST_IF = "eth0"
+BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the kernel's net/bridge/br_private.h
 RT_SCOPE_LINK = 253
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _COUNTERS = (
@@ -381,6 +382,11 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None
             if exc.errno == errno.EEXIST:
                 raise Conflict(
                     f"attach {host_if}: {host_if} exists on the host or pid {pid} already has an {GUEST_IF}"
+                ) from exc
+            if exc.errno == errno.EXFULL:
+                raise Conflict(
+                    f"attach {host_if}: bridge {bridge} has {BRIDGE_MAX_PORTS} ports, the kernel's limit; "
+                    "run more servers as a second installation (its own VSERVER_ROOT and VSERVER_BRIDGE)"
                 ) from exc
             raise
     try:
