@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 APT_PACKAGES := python3-venv python3-dev build-essential busybox-static e2fsprogs util-linux \
-	iproute2 iputils-ping redis-server debootstrap procps psmisc ca-certificates chromium
+	iproute2 iputils-ping redis-server debootstrap procps psmisc ca-certificates chromium nftables
 
 .PHONY: help install apt-packages run test bench clean as-root
 
