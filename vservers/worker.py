@@ -12,7 +12,10 @@ the worker stays the parent that guests' inits are handed to. On top of RQ's wor
  2. reads jobs as JSON, whatever serializer it is given (pickle would run code on load);
  3. is a child subreaper: a guest's init is reparented to it when the engine's setup child
     exits, so it reaps its exited children between jobs and while idle, or dead inits would
-    stay zombies (this machine's PID 1 does not reap);
+    stay zombies (this machine's PID 1 does not reap). An init it reaps there died on its
+    own (the engine reaps the ones it stops): then it runs the node's reconcile at once, so
+    a crashed guest shows stopped, and autostart brings it back, within seconds instead of
+    at the next periodic run (and the crash-loop bound can see ten deaths in a minute);
  4. makes sure each of its nodes has the periodic reconcile job scheduled (at start-up, then
     now and then, in case the chain was broken, e.g. by a Redis restart);
  5. survives faults around it: at start-up, before it takes a job, it fails the operations a
@@ -44,8 +47,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 ALLOWED_FUNCTIONS = frozenset({"vservers.jobs.run_operation", "vservers.reconcile.reconcile_node"})
-# Between jobs, and at least this often while idle (seconds).
-TICK_SECONDS = 10
+# Between jobs, and at least this often while idle (seconds): how soon a guest's death is seen.
+TICK_SECONDS = 2
 REAP_EVERY = 1.0
 # How often the outbox is handed over (between jobs and while idle).
 OUTBOX_EVERY = 10.0
@@ -73,6 +76,7 @@ class PanelWorker(SimpleWorker):
         self._last_outbox = 0.0
         self._redis_lost = False
         self._scheduler_wanted = False
+        self._guests_exited = False
 
     # -- 1. the allow-list ---------------------------------------------------------------------
 
@@ -135,17 +139,20 @@ class PanelWorker(SimpleWorker):
             # The wait for the next job meets the outage too, and waits with a back-off; the
             # guests' exits are still collected meanwhile.
             self._redis_lost = True
-            if time.monotonic() - self._last_reap >= REAP_EVERY:
-                self.reap_children()
+            if time.monotonic() - self._last_reap >= REAP_EVERY and self.reap_children():
+                self._guests_exited = True  # seen to once Redis is back
             return
         # Without a pipeline, RQ calls this only outside jobs: after one, and each time the
         # wait for the next one times out.
         if pipeline is None:
-            if time.monotonic() - self._last_reap >= REAP_EVERY:
-                self.reap_children()
+            if time.monotonic() - self._last_reap >= REAP_EVERY and self.reap_children():
+                self._guests_exited = True
             if self._redis_lost or not self.registered():
                 self._redis_lost = False
                 self.after_redis_outage()
+            if self._guests_exited:
+                self._guests_exited = False
+                self.reconcile_now()
             if time.monotonic() - self._last_outbox >= OUTBOX_EVERY:
                 self.flush_outbox()
                 self.ensure_scheduler()
@@ -249,6 +256,20 @@ class PanelWorker(SimpleWorker):
         finally:
             close_old_connections()
 
+    def reconcile_now(self) -> None:
+        """A guest's init died on its own: compare the database with the kernel now (the
+        reconcile job's own work, outside the chain)."""
+        from vservers.reconcile import Reconciler
+
+        try:
+            for node in self.nodes():
+                summary = Reconciler(node).run()
+                self.log.info("Worker %s: a guest's init exited; node %s: %s", self.name, node.name, summary)
+        except Exception:  # noqa: BLE001 - the periodic run does it later
+            self.log.exception("Worker %s: could not reconcile after a guest's exit", self.name)
+        finally:
+            close_old_connections()
+
     def registered(self) -> bool:
         """Whether Redis still knows this worker (a restarted Redis has forgotten it: the
         heartbeat just made a bare key)."""
@@ -341,9 +362,36 @@ def _disarm(job, reason: str) -> None:
 
 
 def reap_zombie_children(keep: set[int] = frozenset()) -> list[int]:
-    """waitpid() every zombie whose parent is this process, except the pids in KEEP. The
-    kernel lists a process's parent in /proc/PID/stat; scanning it touches no child that is
-    still running, so no one else's waitpid() loses its child."""
+    """waitpid() every exited child of this process, except the pids in KEEP, whose exit
+    status someone else waits for (RQ's scheduler process: its multiprocessing handle).
+
+    A plain waitpid(-1) loop would take KEEP's status too. Instead waitid(WNOWAIT) names the
+    next exited child without reaping it, and only that pid is reaped: one system call when
+    nothing has exited, however many processes the host or this process has. Children that
+    still run are never touched. Only when a kept child stands first in line (it is not
+    reaped, so waitid keeps naming it) are the others found by the slower scan of /proc."""
+    reaped = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped  # no children at all
+        if info is None or not info.si_pid:
+            return reaped  # none has exited
+        pid = info.si_pid
+        if pid in keep:
+            return reaped + _reap_by_scan(keep)
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # reaped meanwhile by whoever waits for it
+        if done:
+            reaped.append(pid)
+
+
+def _reap_by_scan(keep: set[int]) -> list[int]:
+    """The zombies whose parent is this process, found in /proc (the kernel lists a process's
+    parent in /proc/PID/stat), reaped except the pids in KEEP."""
     me = os.getpid()
     reaped = []
     for entry in os.scandir("/proc"):

@@ -111,9 +111,11 @@ def fault_world(file_database, world):
 class WorkerProcess:
     """One `manage.py rqworker` of the panel, as the node runs it."""
 
-    def __init__(self, database: str, redis_url: str, log: Path, fault: str = "", queues=("default",)) -> None:
+    def __init__(self, database: str, redis_url: str, log: Path, fault: str = "", queues=("default",),
+                 env: dict[str, str] | None = None) -> None:
         env = {
             **os.environ,
+            **(env or {}),
             "DJANGO_SETTINGS_MODULE": "tests.panel.fault_settings",
             "PANEL_TEST_DATABASE": database,
             "REDIS_URL": redis_url,
@@ -200,13 +202,14 @@ class WorkerProcess:
 
 @pytest.fixture
 def workers(fault_world, rq_redis, panel_redis, tmp_path):
-    """workers(fault="", redis_url=None) starts a worker process on this test's database and
-    (by default) the session's Redis; each is stopped at the end if still running."""
+    """workers(fault="", redis_url=None, env=None) starts a worker process on this test's
+    database and (by default) the session's Redis; each is stopped at the end if still
+    running."""
     started: list[WorkerProcess] = []
 
-    def start(fault: str = "", redis_url: str | None = None) -> WorkerProcess:
+    def start(fault: str = "", redis_url: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started) + 1}.log"
-        worker = WorkerProcess(fault_world.database, redis_url or panel_redis, log, fault=fault)
+        worker = WorkerProcess(fault_world.database, redis_url or panel_redis, log, fault=fault, env=env)
         started.append(worker)
         return worker
 

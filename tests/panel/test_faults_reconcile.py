@@ -16,14 +16,20 @@ from django.utils import timezone
 
 from accounts.models import AuditEntry
 from tests.leaks import PANEL_ENV, _leaks_of
+from tests.panel import faults
 from tests.panel.faults import kernel_state, wait_gone, wait_until
 from vservers import reconcile
-from vservers.actions import request_operation
+from vservers.actions import approve, request_operation
 from vservers.engine import templates
-from vservers.models import Operation, OperationKind, OperationStatus, State
+from vservers.models import Node, Operation, OperationKind, OperationStatus, State
 from vservers.reconcile import CRASH_LIMIT, reconcile_node
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# The shared fixtures (tests/panel/faults.py).
+file_database = faults.file_database
+fault_world = faults.fault_world
+workers = faults.workers
 
 
 def kill_init(engine, server) -> None:
@@ -114,6 +120,28 @@ def test_a_killed_init_comes_back_until_it_died_ten_times_within_the_window(
     assert server.state_reason == ""
     http.wait(address)
     dies_and_comes_back()
+
+
+def test_the_worker_sees_a_crashed_guest_at_once_and_brings_it_back(fault_world, make_server, workers):
+    """Not at the next periodic run: the worker reaps the dead init (it is its subreaper) and
+    reconciles right then. The periodic run is an hour away here, so only that can do it."""
+    world, engine = fault_world, fault_world.engine
+    worker = workers(env={"PANEL_RECONCILE_SECONDS": "3600"})
+    server = make_server("web")
+    provisioning = approve(server, world.operator)
+    wait_until(lambda: Operation.objects.get(pk=provisioning.pk).status == OperationStatus.SUCCEEDED,
+               lambda: f"the provisioning:\n{worker.log_tail()}")
+    # Its first periodic run, at start-up, is behind it.
+    wait_until(lambda: Node.objects.get(pk=world.node.pk).last_seen is not None, "the first reconcile run")
+
+    for deaths in (1, 2):
+        kill_init(engine, server)
+        wait_until(lambda n=deaths: autostarts(server).filter(status=OperationStatus.SUCCEEDED).count() == n,
+                   lambda: f"the worker to start it again:\n{worker.log_tail()}")
+        server.refresh_from_db()
+        assert server.state == State.RUNNING
+        assert kernel_state(engine, server) == "running"
+    worker.stop()
 
 
 # --- 3. the host reboots -------------------------------------------------------------------------
