@@ -44,9 +44,8 @@ START_PHASES = [
     ("clean_leftovers", "clean leftovers of a previous run (`Engine._clean_leftovers`)"),
     ("cgroups.create", "cgroup create + limits (`cgroups.create`)"),
     ("network.ensure_bridge", "bridge check (`network.ensure_bridge`)"),
-    ("userns.create", "user namespace (`userns.create`)"),
-    ("launch.setup", "setup child: cgroup join (meanwhile loop mount), idmapped template, overlay, "
-                     "namespaces, fork init"),
+    ("launch.setup", "setup child: cgroup join, meanwhile the user namespace (a thread) and the loop "
+                     "mount; then idmapped template, overlay, namespaces, fork init"),
     ("launch.wire_network", "veth + addresses + routes (`wire_network` callback)"),
     ("launch.record", "write runtime.json (`record` callback)"),
     ("launch.exec", "go signal until init has exec'd"),
@@ -85,9 +84,8 @@ class PhaseTimer:
 
     def install(self, engine) -> None:
         from vservers.engine import launch as launch_mod
-        from vservers.engine import lifecycle, network, userns
+        from vservers.engine import lifecycle, network
 
-        self.patch(userns, "create", self.wrap("userns.create", userns.create))
         self.patch(network, "ensure_bridge", self.wrap("network.ensure_bridge", network.ensure_bridge))
         self.patch(engine.cgroups, "create", self.wrap("cgroups.create", engine.cgroups.create))
         self.patch(lifecycle.Engine, "status", self.wrap("status", lifecycle.Engine.status))
@@ -107,7 +105,7 @@ class PhaseTimer:
 
             return timed
 
-        def launch(plan, userns_fd, wire_network, record):
+        def launch(plan, wire_network, record):
             t0 = time.perf_counter()
             wired: dict[str, float] = {}
 
@@ -120,7 +118,7 @@ class PhaseTimer:
 
             marks.clear()
             try:
-                return original_launch(plan, userns_fd, wire, record_wrapper(record))
+                return original_launch(plan, wire, record_wrapper(record))
             finally:
                 end = time.perf_counter()
                 if "start" in wired:

@@ -93,7 +93,9 @@ class Engine:
         runtime = self._runtime(name)
         if runtime is None:
             return None
-        if proc_start_time(runtime.init_pid) != runtime.init_start_time:
+        # A runtime.json from before boot ids were recorded has none: start time alone decides.
+        stale_boot = bool(runtime.boot_id) and runtime.boot_id != boot_id()
+        if stale_boot or proc_start_time(runtime.init_pid) != runtime.init_start_time:
             return None
         return runtime.init_pid
 
@@ -254,6 +256,7 @@ class Engine:
                 init_start_time=proc_start_time(launched.init_pid) or 0,
                 loop_device=launched.loop_device,
                 host_veth=host_if,
+                boot_id=boot_id(),
             )
             # Not fsync'ed: after a host crash no init of it runs, whatever the file says.
             write_json(server_dir / "runtime.json", runtime.to_json(), durable=False)
@@ -445,6 +448,12 @@ class Engine:
         from .services import Services
 
         return Services(self, name)
+
+
+def boot_id() -> str:
+    """This boot of the host (the kernel's random boot id)."""
+    with open("/proc/sys/kernel/random/boot_id") as fh:
+        return fh.read().strip()
 
 
 def make_disk_image(path: Path, size_bytes: int, uid_base: int) -> None:

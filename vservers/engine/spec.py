@@ -67,6 +67,7 @@ class RuntimeState:
     init_start_time: int  # /proc/PID/stat field 22, so a reused pid is not mistaken for init
     loop_device: str
     host_veth: str
+    boot_id: str = ""  # the host's boot: after a reboot a new process may match pid and start time
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
