@@ -109,3 +109,17 @@ def test_addresses_are_not_given_twice(engine, make_server):
     with pytest.raises(Conflict, match="already used"):
         engine.create("second", "busybox", ["198.19.3.16/18"])
     assert "second" not in engine.names()
+
+
+def test_an_init_recorded_in_another_boot_is_not_taken_for_the_running_one(engine, make_server):
+    name = make_server("reboot", "198.19.3.19/18", start=True)
+    runtime_file = engine.config.server_dir(name) / "runtime.json"
+    recorded = json.loads(runtime_file.read_text())
+    assert recorded["boot_id"] == open("/proc/sys/kernel/random/boot_id").read().strip()
+    # Same pid and start time, but written in another boot: after a reboot that is a stranger.
+    runtime_file.write_text(json.dumps({**recorded, "boot_id": "00000000-0000-0000-0000-000000000000"}))
+    try:
+        assert engine.status(name).state == "stopped"
+    finally:
+        runtime_file.write_text(json.dumps(recorded))
+    assert engine.status(name).state == "running"
