@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
@@ -245,7 +246,10 @@ def plan_change(request: HttpRequest, uuid, decision: str) -> HttpResponse:
         return _back(request, "op_approvals")
     try:
         with transaction.atomic():
-            if not VirtualServer.objects.filter(pk=server.pk, requested_plan=plan).update(requested_plan=None):
+            changed = VirtualServer.objects.filter(pk=server.pk, requested_plan=plan).update(
+                requested_plan=None, updated=timezone.now()
+            )
+            if not changed:
                 raise ActionRefused("another operator decided it already")
             if decision == "approve":
                 actions.request_operation(

@@ -8,20 +8,27 @@ Views never touch the kernel: they record an Operation (vservers.actions) and re
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from functools import wraps
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Max
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render, resolve_url
 from django.template.defaultfilters import filesizeformat
+from django.template.loader import get_template
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import get_conditional_response, patch_cache_control
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
@@ -39,7 +46,16 @@ from ..forms import (
     number,
     tenant_usage,
 )
-from ..models import ON_NODE, GuestAccount, Operation, OperationKind, OperationStatus, State, VirtualServer
+from ..models import (
+    ON_NODE,
+    GuestAccount,
+    IPAddress,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    State,
+    VirtualServer,
+)
 
 SERVER_ACTIONS = {
     "start": OperationKind.START,
@@ -200,15 +216,113 @@ def _decorate(server: VirtualServer) -> VirtualServer:
     return server
 
 
-def _server_rows(request: HttpRequest):
-    servers = (
-        VirtualServer.objects.restrict(request.user)
-        .visible()
-        .select_related("tenant", "plan", "template")
-        .prefetch_related("addresses")
-        .order_by("tenant__name", "name")
+# The tenant's server list: rows per page, and how often an open page asks for them again.
+PER_PAGE = 50
+# What a row shows, fetched as plain values: no model objects, no related objects per row.
+ROW_FIELDS = (
+    "pk", "uuid", "name", "hostname", "state", "state_reason", "requested_plan_id", "tenant__name",
+    "plan__name", "plan__cpus", "plan__memory_mb", "plan__disk_mb", "template__name", "template__display_name",
+    "memory_bytes", "disk_used_bytes", "sampled_at",
+)
+STATE_LABELS = dict(State.choices)
+_NO_UUID = UUID(int=0)
+
+
+def _list_servers(user):
+    """The servers USER's list shows, in the list's order (a total order, so pages never
+    overlap)."""
+    return VirtualServer.objects.restrict(user).visible().order_by("tenant__name", "name", "pk")
+
+
+def _row(values: dict, url_pattern: str, addresses: list[str]) -> dict:
+    """One row of the list as plain values for _server_rows.html (no queries)."""
+    mib = 1024 * 1024
+    meters = []
+    if values["sampled_at"]:
+        memory_limit, disk_limit = values["plan__memory_mb"] * mib, values["plan__disk_mb"] * mib
+        for label, used, limit in (
+            ("Memory", values["memory_bytes"], memory_limit),
+            ("Disk", values["disk_used_bytes"], disk_limit),
+        ):
+            meter = Meter(label, filesizeformat(used), filesizeformat(limit), _percent(used, limit))
+            meters.append({
+                "label": label,
+                "percent": meter.percent,
+                "value": f"{meter.percent}\xa0%" if meter.percent is not None else meter.used,
+                "level": meter.level,
+                "title": f"{label}: {meter.used} of {meter.limit}",
+            })
+    return {
+        "url": url_pattern.replace(str(_NO_UUID), str(values["uuid"])),
+        "name": values["name"],
+        "hostname": values["hostname"],
+        "tenant": values["tenant__name"],
+        "state": values["state"],
+        "state_label": STATE_LABELS.get(values["state"], values["state"]),
+        "error": values["state_reason"] if values["state"] == State.ERROR else "",
+        "plan_change": values["requested_plan_id"] is not None,
+        "addresses": addresses,
+        "plan": values["plan__name"],
+        "plan_cpus": number(values["plan__cpus"]),
+        "plan_memory_mb": values["plan__memory_mb"],
+        "template": values["template__display_name"] or values["template__name"],
+        "meters": meters,
+    }
+
+
+def _server_page(request: HttpRequest) -> tuple[Page, list[dict]]:
+    """The page of the list that REQUEST asks for (?page=N; out of range: the nearest) and
+    its rows. Three queries whatever the number of servers: the count, the page's rows with
+    their plan, template and tenant, and the page's addresses."""
+    servers = _list_servers(request.user).values(*ROW_FIELDS)
+    page = Paginator(servers, PER_PAGE).get_page(request.GET.get("page"))
+    found = list(page.object_list)
+    addresses: dict[int, list[str]] = {}
+    if found:
+        for server_id, address in IPAddress.objects.filter(server_id__in=[v["pk"] for v in found]).values_list(
+            "server_id", "address"
+        ):
+            addresses.setdefault(server_id, []).append(address)
+    url_pattern = reverse("server_detail", args=[_NO_UUID])
+    return page, [_row(values, url_pattern, addresses.get(values["pk"], [])) for values in found]
+
+
+def _server_rows(request: HttpRequest) -> list[dict]:
+    """The rows of the page REQUEST asks for (bench/panel.py times them apart from rendering)."""
+    return _server_page(request)[1]
+
+
+@functools.cache
+def _rows_markup_version() -> str:
+    """Part of the rows' ETag: a deployment that changes their markup changes every ETag, so
+    no browser keeps rows of the old markup."""
+    digest = hashlib.sha256()
+    for name in ("vservers/tenant/_server_table.html", "vservers/tenant/_server_rows.html"):
+        digest.update(get_template(name).template.source.encode())
+    return digest.hexdigest()[:12]
+
+
+def _rows_etag(request: HttpRequest, can_request: bool) -> str:
+    """A validator of the rows fragment, from one aggregate query: whatever a row shows
+    changes a server's `updated` (every state change and plan change bumps it), its usage
+    sample (`sampled_at`) or its addresses, and servers coming and going change the count.
+    The user, their role and the page asked for are part of it too. Not covered: an operator
+    renaming a plan, template or tenant; the next full page load shows that."""
+    totals = _list_servers(request.user).order_by().aggregate(
+        n_servers=Count("pk", distinct=True),
+        last_updated=Max("updated"),
+        last_sampled=Max("sampled_at"),
+        n_addresses=Count("addresses__pk"),
+        last_address=Max("addresses__pk"),
     )
-    return [_decorate(server) for server in servers]
+    key = "|".join(
+        str(part)
+        for part in (
+            _rows_markup_version(), request.user.pk, request.user.is_staff, can_request, request.GET.get("page", ""),
+            PER_PAGE, *totals.values(),
+        )
+    )
+    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 
 def _available_actions(server: VirtualServer) -> dict[str, bool]:
@@ -300,12 +414,16 @@ def _queue(request: HttpRequest, server: VirtualServer, kind: str, done: str, **
 @login_required
 @require_GET
 def server_list(request: HttpRequest) -> HttpResponse:
+    """The user's servers, PER_PAGE a page (operators: every tenant's). An open page asks
+    for its rows again every 5 s (server_list_rows)."""
     membership = _membership(request.user)
     if membership is None and not request.user.is_staff:
         return _no_tenant(request)
     tenant = membership.tenant if membership else None
+    page, rows = _server_page(request)
     context = {
-        "servers": _server_rows(request),
+        "page": page,
+        "servers": rows,
         "tenant": tenant,
         "quota_meters": quota_meters(tenant) if tenant else None,
         "can_request": membership is not None and membership.can_act,
@@ -317,13 +435,27 @@ def server_list(request: HttpRequest) -> HttpResponse:
 @htmx_fragment
 @require_GET
 def server_list_rows(request: HttpRequest) -> HttpResponse:
+    """The list's table (one page of it, ?page=N) for the page's poll. Answers carry an ETag
+    and "Cache-Control: private, no-cache": the browser keeps the last answer and asks with
+    If-None-Match, and while nothing has changed the answer is a bodiless 304 after one
+    query, with no rows built or rendered. The browser hands its kept copy to htmx as a
+    200, so the (unchanged) table is swapped in again."""
     membership = _membership(request.user)
-    context = {
-        "servers": _server_rows(request),
-        "show_tenant": request.user.is_staff,  # operators see every tenant's servers
-        "can_request": membership is not None and membership.can_act,
-    }
-    return render(request, "vservers/tenant/_server_rows.html", context)
+    can_request = membership is not None and membership.can_act
+    etag = _rows_etag(request, can_request)
+    response = get_conditional_response(request, etag=etag)
+    if response is None:
+        page, rows = _server_page(request)
+        context = {
+            "page": page,
+            "servers": rows,
+            "show_tenant": request.user.is_staff,  # operators see every tenant's servers
+            "can_request": can_request,
+        }
+        response = render(request, "vservers/tenant/_server_table.html", context)
+    response["ETag"] = etag
+    patch_cache_control(response, private=True, no_cache=True)
+    return response
 
 
 @login_required
@@ -437,11 +569,11 @@ def plan_change(request: HttpRequest, uuid) -> HttpResponse:
         return _render_detail(request, server, plan_form=form)
     plan = form.cleaned_data["plan"]
     if plan.pk == server.plan_id:
-        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=None)
+        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=None, updated=timezone.now())
         AuditEntry.record(request, "server.plan_change_withdrawn", server)
         messages.success(request, f"{server.name}: plan change request withdrawn.")
     else:
-        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=plan)
+        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=plan, updated=timezone.now())
         AuditEntry.record(request, "server.plan_change_requested", server, plan=plan.name)
         messages.success(request, f"{server.name}: change to plan {plan.name} requested; an operator will apply it.")
     return redirect("server_detail", uuid=server.uuid)
