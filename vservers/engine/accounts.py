@@ -4,6 +4,7 @@ never inside a shell string."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from . import validate
@@ -67,6 +68,22 @@ class Accounts:
 
     def list(self) -> list[Account]:
         return parse_passwd(self._run(["cat", "/etc/passwd"]).stdout)
+
+    def list_from_files(self) -> list[Account]:
+        """What list() says, read by the host from the guest's /etc/passwd instead of by a
+        program run inside the guest (well under a millisecond instead of an exec). The file
+        is looked up as the guest sees it, but only on its root filesystem, and read only if
+        it is a regular file (vservers.engine.guest.open_in_root). OSError or EngineError
+        when that is not possible (e.g. /etc/passwd is a symlink out of the root filesystem,
+        or openat2 is missing): list() still works then."""
+        from . import guest
+
+        root = guest.open_root(self.engine, self.name)
+        try:
+            data = guest.read_file(root, "/etc/passwd")
+        finally:
+            os.close(root)
+        return parse_passwd(data.decode(errors="replace"))
 
     def get(self, user: str) -> Account | None:
         return next((a for a in self.list() if a.name == user), None)

@@ -15,6 +15,7 @@ bounding set and seccomp filter.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -249,3 +250,74 @@ def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: flo
     finally:
         sel.close()
     return b"".join(chunks[out_r]), b"".join(chunks[err_r])
+
+
+# -- the guest's files, read from the host --------------------------------------------------
+
+# How the guest's files are looked up: from the guest's own root, symlinks (absolute ones
+# too) and ".." kept inside it, no /proc magic links, and no mount point crossed, so the file
+# is one of the guest's root filesystem (not a proc, sysfs or device file it bound there).
+_IN_GUEST = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS | syscalls.RESOLVE_NO_XDEV
+# The most read_file reads (a longer file is refused).
+READ_LIMIT = 4 * 2**20
+
+
+def root_fd(init_pid: int) -> int:
+    """An O_PATH fd of the root directory of the guest whose init is INIT_PID, as that init
+    sees it. The caller closes it."""
+    return os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_in_root(root: int, path: str, kind: int, flags: int = os.O_RDONLY) -> int:
+    """Open PATH inside a guest's root (ROOT: from root_fd) as the guest would find it, but
+    only on the guest's root filesystem (see _IN_GUEST), and only if it is of KIND
+    (stat.S_IFREG, S_IFDIR or S_IFIFO): it is found with O_PATH, which opens nothing (no
+    device's or FIFO's open runs), checked with fstat, and only then opened with FLAGS (plus
+    O_NONBLOCK, O_NOCTTY and O_CLOEXEC) through /proc/self/fd. The caller closes the fd.
+
+    OSError when it is not there or the walk is refused (EXDEV, ELOOP, ENOSYS before Linux
+    5.6), EngineError when it is of another kind."""
+    for _attempt in range(3):
+        try:
+            found = syscalls.openat2(root, path, os.O_PATH | os.O_CLOEXEC, _IN_GUEST)
+            break
+        except BlockingIOError:  # EAGAIN: a rename or mount raced with "..": try again
+            continue
+    else:
+        raise EngineError(f"could not look up {path} in the guest (it kept changing)")
+    try:
+        if stat.S_IFMT(os.fstat(found).st_mode) != kind:
+            raise EngineError(f"{path} in the guest is not what it should be (a symlink, device or other kind)")
+        return os.open(f"/proc/self/fd/{found}", flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(found)
+
+
+def read_file(root: int, path: str, limit: int = READ_LIMIT) -> bytes:
+    """The contents of the regular file PATH inside a guest's root (see open_in_root)."""
+    fd = open_in_root(root, path, stat.S_IFREG)
+    try:
+        chunks, size = [], 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > limit:
+                raise EngineError(f"{path} in the guest is larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def open_root(engine, name: str) -> int:
+    """root_fd() of the running server NAME (Conflict if it is not running). Checked once the
+    fd is open that its init still is the server's (not a later process that took its pid),
+    so the fd is the guest's root and never the host's."""
+    pid = engine.init_pid(name)
+    fd = root_fd(pid)
+    try:
+        if engine.init_pid(name) != pid:
+            raise EngineError(f"server {name!r} restarted while its files were being read")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -48,10 +48,16 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
-# The mount-API numbers are the same on every architecture; pivot_root is not.
+# openat2's "how.resolve" flags (linux/openat2.h).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+# The mount-API and openat2 numbers are the same on every architecture; pivot_root is not.
 _NR = {
     "open_tree": 428,
     "move_mount": 429,
+    "openat2": 437,
     "mount_setattr": 442,
     "pivot_root": {"x86_64": 155, "aarch64": 41}.get(platform.machine()),
 }
@@ -100,6 +106,24 @@ def open_tree(path: str | os.PathLike, flags: int) -> int:
         _libc.syscall(_NR["open_tree"], ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags)),
         f"open_tree {path}",
     )
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str | os.PathLike, flags: int, resolve: int) -> int:
+    """openat2(2) (Linux 5.6): open PATH relative to DIR_FD with RESOLVE's restrictions on
+    how the path is walked (e.g. RESOLVE_IN_ROOT: DIR_FD is "/" for the walk, symlinks
+    included). A new fd; OSError as os.open raises it."""
+    how = _OpenHow(flags=flags, mode=0, resolve=resolve)
+    result = _libc.syscall(
+        _NR["openat2"], ctypes.c_int(dir_fd), _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
+    )
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(path))
+    return result
 
 
 class _MountAttr(ctypes.Structure):
