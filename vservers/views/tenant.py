@@ -234,8 +234,9 @@ def _list_servers(user):
     return VirtualServer.objects.restrict(user).visible().order_by("tenant__name", "name", "pk")
 
 
-def _row(values: dict, url_pattern: str, addresses: list[str]) -> dict:
-    """One row of the list as plain values for _server_rows.html (no queries)."""
+def _row(values: dict, url_pattern: str, addresses: list[str], size) -> dict:
+    """One row of the list as plain values for _server_rows.html (no queries); SIZE formats
+    a number of bytes (filesizeformat, remembered for the page: most limits repeat)."""
     mib = 1024 * 1024
     meters = []
     if values["sampled_at"]:
@@ -244,7 +245,7 @@ def _row(values: dict, url_pattern: str, addresses: list[str]) -> dict:
             ("Memory", values["memory_bytes"], memory_limit),
             ("Disk", values["disk_used_bytes"], disk_limit),
         ):
-            meter = Meter(label, filesizeformat(used), filesizeformat(limit), _percent(used, limit))
+            meter = Meter(label, size(used), size(limit), _percent(used, limit))
             meters.append({
                 "label": label,
                 "percent": meter.percent,
@@ -284,7 +285,8 @@ def _server_page(request: HttpRequest) -> tuple[Page, list[dict]]:
         ):
             addresses.setdefault(server_id, []).append(address)
     url_pattern = reverse("server_detail", args=[_NO_UUID])
-    return page, [_row(values, url_pattern, addresses.get(values["pk"], [])) for values in found]
+    size = functools.cache(filesizeformat)
+    return page, [_row(values, url_pattern, addresses.get(values["pk"], []), size) for values in found]
 
 
 def _server_rows(request: HttpRequest) -> list[dict]:
