@@ -87,6 +87,7 @@ bench: as-root install
 	$(PY) bench/lxc.py $(if $(FULL),--full,--quick)
 	$(PY) bench/overhead.py $(if $(FULL),--full,--quick)
 	$(PY) bench/panel.py $(if $(FULL),--full,--quick)
+	$(PY) bench/targets.py
 
 # Refuses while the panel runs or while anything is mounted below var/ (a test's server
 # left behind); --one-file-system keeps rm out of any mount all the same.
