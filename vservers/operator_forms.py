@@ -126,6 +126,10 @@ class ServerCreateForm(forms.ModelForm):
         self.fields["name"].validators.append(validate_server_name)
         self.fields["hostname"].validators.append(validate_hostname)
 
+    def clean_hostname(self) -> str:
+        # What the engine will use: it drops a trailing dot ("a." is "a").
+        return engine_validate.hostname(self.cleaned_data["hostname"])
+
     def clean(self):
         data = super().clean()
         tenant, name = data.get("tenant"), data.get("name")
