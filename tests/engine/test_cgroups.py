@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -163,6 +164,34 @@ def test_v1_attach_shows_process_and_usage(v1: CgroupV1, spawn: Callable[[list[s
     v1.kill("web")
     assert child.proc.wait(timeout=5) == -9
     wait_for(lambda: v1.procs("web") == [])
+
+
+def test_v1_join_self_moves_the_whole_single_threaded_process(v1: CgroupV1) -> None:
+    v1.create("self", Limits(pids=20))
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # single-threaded, as the engine's setup child
+        code = 1
+        try:
+            v1.join_self("self")
+            os.write(ready_w, b"j")
+            time.sleep(30)
+        finally:
+            os._exit(code)
+    try:
+        assert os.read(ready_r, 1) == b"j"
+        assert v1.procs("self") == [pid]
+        for path in v1.paths("self"):
+            assert (path / "cgroup.procs").read_text().split() == [str(pid)]
+        assert v1.usage("self").pids == 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)
+    v1.destroy("self")
+    with pytest.raises(EngineError, match="does not exist"):
+        v1.join_self("self")
 
 
 def test_v1_memory_limit_kills_a_hog(v1: CgroupV1, spawn: Callable[[list[str]], Gated]) -> None:
@@ -435,6 +464,8 @@ def test_v2_attach_writes_pid(fake_root: Path) -> None:
     assert read(group / "cgroup.procs") == "4242"
     with pytest.raises(EngineError, match="does not exist"):
         backend.attach("ghost", 4242)
+    backend.join_self("web")
+    assert read(group / "cgroup.procs") == "0"  # "0": the writer itself
 
 
 def test_v2_kill_uses_cgroup_kill(fake_root: Path) -> None:

@@ -7,9 +7,9 @@ the loop device has autoclear set, so when the VPS's last process dies the kerne
 of it by itself: a crash of the engine at any line cannot leave a mount or loop device behind.
 
 The order matters, and is the one that works on this kernel (see KERNEL-FACTS):
- 1. setup child (host root): unshare a private mount namespace, loop-mount the VPS's disk
-    image; meanwhile the engine moves it into the VPS's cgroups and makes a user namespace
-    mapping 0..65535 to the VPS's host range (both mostly wait), and hands that over;
+ 1. setup child (host root): move itself into the VPS's cgroups, unshare a private mount
+    namespace, loop-mount the VPS's disk image; meanwhile the engine makes a user namespace
+    mapping 0..65535 to the VPS's host range and hands it over;
  2. setup child: mount the template idmapped through that user namespace, and the overlay
     (template below, the disk's upper dir on top);
  3. setup child: enter the user namespace, unshare mount, UTS, IPC, net, cgroup and PID
@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,7 +88,7 @@ class LaunchPlan:
     lower_dir: Path  # mount point of the idmapped template
     rootfs_dir: Path  # mount point of the overlay
     init_argv: tuple[str, ...]
-    join_cgroups: Callable[[int], None]
+    join_cgroups: Callable[[], None]  # moves the calling (single-threaded) process in
 
 
 @dataclass(frozen=True)
@@ -118,11 +117,10 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
     setup_end.close()
     launched: Launched | None = None
     try:
-        # The setup child loop-mounts the disk meanwhile; it waits for "j" and the user
-        # namespace before it mounts the template and makes the namespaces (the cgroup
-        # namespace is rooted where it stands, so it must be in its cgroups by then).
+        # The setup child joins its cgroups and loop-mounts the disk meanwhile; it waits for
+        # "j" and the user namespace before it mounts the template and makes the namespaces.
         with to_setup:
-            userns_fd = _join_and_make_userns(plan, setup_pid)
+            userns_fd = userns.create(plan.uid_base)
             try:
                 socket.send_fds(to_setup, [b"j"], [userns_fd])
             finally:
@@ -165,36 +163,6 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
             os.waitpid(setup_pid, 0)
 
 
-def _join_and_make_userns(plan: LaunchPlan, setup_pid: int) -> int:
-    """Move the setup child into the VPS's cgroups and make its user namespace, at once.
-
-    Both mostly wait: a move into a v1 cgroup for an RCU grace period (~10 ms here), the user
-    namespace for a fork. So the namespace is made in a thread meanwhile (its forked child
-    only unshares and waits). Returns the namespace's fd.
-    """
-    made: dict[str, object] = {}
-
-    def make() -> None:
-        try:
-            made["fd"] = userns.create(plan.uid_base)
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            made["error"] = exc
-
-    thread = threading.Thread(target=make, name="userns")
-    thread.start()
-    try:
-        plan.join_cgroups(setup_pid)
-    except BaseException:
-        thread.join()
-        if "fd" in made:
-            os.close(made["fd"])  # type: ignore[arg-type]
-        raise
-    thread.join()
-    if "error" in made:
-        raise made["error"]  # type: ignore[misc]
-    return made["fd"]  # type: ignore[return-value]
-
-
 def _parse(text: str) -> dict[str, str]:
     found = {}
     for line in text.splitlines():
@@ -229,8 +197,9 @@ def _child_main(report_w: int, body: Callable[[], None]) -> None:
 
 
 def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.socket) -> None:
-    # The engine moves us into the VPS's cgroups meanwhile (see launch), so the loop device
-    # and the disk's mount are charged to the engine's cgroup; all the guest's own are not.
+    # First of all: everything from here on, init included, is the VPS's (and its cgroup
+    # namespace will be rooted here).
+    plan.join_cgroups()
     syscalls.unshare(CLONE_NEWNS)
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
     loop_device = _mount_disk(plan)

@@ -270,7 +270,7 @@ class Engine:
             lower_dir=server_dir / "lower",
             rootfs_dir=server_dir / "rootfs",
             init_argv=info.init,
-            join_cgroups=lambda pid: self.cgroups.attach(spec.name, pid),
+            join_cgroups=lambda: self.cgroups.join_self(spec.name),
         )
         try:
             launch(plan, wire, record)

@@ -124,6 +124,10 @@ class CgroupBackend(ABC):
     def attach(self, name: str, pid: int) -> None: ...
 
     @abstractmethod
+    def join_self(self, name: str) -> None:
+        """Move the calling process, which must have a single thread, into group NAME."""
+
+    @abstractmethod
     def usage(self, name: str) -> Usage: ...
 
     @abstractmethod

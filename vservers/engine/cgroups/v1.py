@@ -105,6 +105,16 @@ class CgroupV1(CgroupBackend):
         for path in self.paths(name):
             write_value(path / "cgroup.procs", pid)
 
+    def join_self(self, name: str) -> None:
+        # Moving a process through cgroup.procs takes the kernel's threadgroup lock for
+        # writing, which waits for an RCU grace period (6-25 ms here, on every start). A
+        # thread that moves itself through `tasks` ("0": the caller) is exempt, and a
+        # single-threaded process moves whole with its only thread: about 1 ms for all four.
+        if not self.exists(name):
+            raise EngineError(f"cgroup {self.parent}/{name} does not exist")
+        for path in self.paths(name):
+            write_value(path / "tasks", 0)
+
     def usage(self, name: str) -> Usage:
         if not self.exists(name):
             return Usage()

@@ -81,6 +81,13 @@ class CgroupV2(CgroupBackend):
             raise EngineError(f"cgroup {self.parent}/{name} does not exist")
         write_value(self.group(name) / "cgroup.procs", pid)
 
+    def join_self(self, name: str) -> None:
+        # v2 has no per-thread escape for a domain group ("cgroup.threads" is for threaded
+        # ones): "0" in cgroup.procs moves the caller's process.
+        if not self.exists(name):
+            raise EngineError(f"cgroup {self.parent}/{name} does not exist")
+        write_value(self.group(name) / "cgroup.procs", 0)
+
     def kill(self, name: str) -> None:
         killer = self.group(name) / "cgroup.kill"
         if killer.exists():
