@@ -170,6 +170,19 @@ def meminfo_sampled(field: str = "MemAvailable", samples: int = 5, interval: flo
     return int(percentile(values, 50))
 
 
+def pss_of(pids: Iterable[int]) -> int:
+    """Summed proportional set size of PIDS (processes gone meanwhile count 0)."""
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
 def host_info() -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],

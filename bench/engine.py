@@ -200,18 +200,6 @@ def latency(engine, timer: PhaseTimer, runs: int, log, template: str = TEMPLATE,
     }
 
 
-def pss_of(pids: list[int]) -> int:
-    import psutil
-
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return total
-
-
 def meminfo_all() -> dict[str, int]:
     """The MEMINFO_FIELDS in bytes, MemAvailable as the median of a few readings."""
     values = {field: common.meminfo(field) for field in MEMINFO_FIELDS if field != "MemAvailable"}
@@ -267,7 +255,7 @@ def density(engine, n: int, log, template: str = TEMPLATE, http_timeout: float =
         per.append({
             "name": name,
             "pids": len(pids),
-            "pss_bytes": pss_of(pids),
+            "pss_bytes": common.pss_of(pids),
             "cgroup_memory_bytes": st.usage.memory_bytes,
             "disk_used_bytes": st.usage.disk_used_bytes,
             "image_allocated_bytes": image.stat().st_blocks * 512,

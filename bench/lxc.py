@@ -269,18 +269,6 @@ def cgroup_memory(cg: Path) -> int | None:
     return None
 
 
-def pss_of(pids: list[int]) -> int:
-    import psutil
-
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
 def monitor_of(pid: int) -> int | None:
     """The `[lxc monitor]` process: the container init's parent."""
     import psutil
@@ -496,8 +484,8 @@ def density(lab: Lab, variant: str, n: int) -> dict:
             "name": name,
             "cgroup": str(cg) if cg else None,
             "pids": len(pids),
-            "pss_bytes": pss_of(pids),
-            "monitor_pss_bytes": pss_of([monitor]) if monitor else 0,
+            "pss_bytes": common.pss_of(pids),
+            "monitor_pss_bytes": common.pss_of([monitor]) if monitor else 0,
             "cgroup_memory_bytes": cgroup_memory(cg) if cg else None,
             "rootfs_disk_bytes": disk_used(own_rootfs),
             "container_dir_disk_bytes": disk_used(LXC_PATH / name),

@@ -219,9 +219,8 @@ def stop_process(proc: subprocess.Popen | None, name: str, grace: float) -> str 
     return note
 
 
-def session_members(sid: int) -> list[int]:
-    """PIDs of live processes in session SID (the one start_new_session made for a child)."""
-    found = []
+def _processes():
+    """(pid, state, parent pid, session id) of every process, from /proc/PID/stat."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -231,27 +230,23 @@ def session_members(sid: int) -> list[int]:
         except OSError:
             continue
         fields = data[data.rindex(b")") + 2:].split()
-        if fields[0] != b"Z" and int(fields[3]) == sid:
-            found.append(int(entry.name))
-    return found
+        yield int(entry.name), fields[0], int(fields[1]), int(fields[3])
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs of live processes in session SID (the one start_new_session made for a child)."""
+    return [pid for pid, state, _parent, session in _processes() if state != b"Z" and session == sid]
 
 
 def reap_zombies() -> int:
     """Collect exited children that no Popen waits for (guests' inits and RQ's scheduler are
-    handed to us, a child subreaper, once the worker is gone)."""
+    handed to us, a child subreaper, once the worker is gone). Not waitpid(-1): that would
+    take the exit status of the children Popen waits for."""
     me, reaped = os.getpid(), 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2:].split()
-        if fields[0] == b"Z" and int(fields[1]) == me:
+    for pid, state, parent, _session in _processes():
+        if state == b"Z" and parent == me:
             try:
-                if os.waitpid(int(entry.name), os.WNOHANG)[0]:
+                if os.waitpid(pid, os.WNOHANG)[0]:
                     reaped += 1
             except ChildProcessError:
                 pass
