@@ -392,6 +392,7 @@ def _start(run: Run) -> None:
     run.checkpoint("after-engine")
     run.server.move([State.STARTING], State.RUNNING)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
+    _refresh_best_effort(run)
 
 
 def _stop(run: Run) -> None:
@@ -414,6 +415,7 @@ def _restart(run: Run) -> None:
     run.checkpoint("after-engine")
     run.server.move([State.STARTING], State.RUNNING)
     run.note(f"Restarted {run.name} (init pid {status.init_pid}).")
+    _refresh_best_effort(run)
 
 
 def _delete(run: Run) -> None:
@@ -566,8 +568,8 @@ def _refresh_accounts(run: Run) -> None:
     run.note(f"Accounts: {', '.join(a.name for a in accounts if not a.is_system) or 'none'}.")
 
 
-def _refresh_services(run: Run) -> None:
-    services = store_services(run.server, run.engine)
+def _refresh_services(run: Run, settle: bool = False) -> None:
+    services = store_services(run.server, run.engine, settle)
     run.note(f"Services: {', '.join(f'{s.name} {s.state}' for s in services) or 'none'}.")
 
 
@@ -594,9 +596,11 @@ def store_accounts(server: VirtualServer, engine: Engine) -> list:
     return accounts
 
 
-def store_services(server: VirtualServer, engine: Engine) -> list:
-    """Replace SERVER's service rows with what its guest says now."""
-    services = _read_guest(engine.services(server.engine_name), "services")
+def store_services(server: VirtualServer, engine: Engine, settle: bool = False) -> list:
+    """Replace SERVER's service rows with what its guest says now, or, with SETTLE (right
+    after a start), once its supervisor has started what it should."""
+    lister = engine.services(server.engine_name)
+    services = lister.settled() if settle else _read_guest(lister, "services")
     with transaction.atomic():
         server.services.all().delete()
         Service.objects.bulk_create(
@@ -606,11 +610,11 @@ def store_services(server: VirtualServer, engine: Engine) -> list:
 
 
 def _refresh_best_effort(run: Run) -> None:
-    """A fresh server's lists, for the tenant's first look; a failure here does not fail the
-    operation that started it (a refresh operation can read them again)."""
+    """A freshly started server's lists, for the tenant's next look; a failure here does not
+    fail the operation that started it (a refresh operation can read them again)."""
     try:
         _refresh_accounts(run)
-        _refresh_services(run)
+        _refresh_services(run, settle=True)
     except EngineError as exc:
         run.note(f"Could not read the accounts and services yet: {exc}")
 

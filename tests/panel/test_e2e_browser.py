@@ -155,7 +155,7 @@ def test_a_tenant_gets_a_server_and_manages_it(world, drain, http, live_server, 
     alice.wait_for_selector("text=carol")
 
     # 5. alice stops the web service; the page says so and the address stops answering
-    _drain_until(drain, lambda: Service.objects.filter(server=server, name="httpd").exists())
+    _drain_until(drain, lambda: Service.objects.filter(server=server, name="httpd", state="running").exists())
     alice.goto(f"{live_server.url}/servers/{server.uuid}/")
     alice.locator("form[action$='/services/httpd/stop/'] button").click()
     _drain_until(drain, lambda: Service.objects.filter(server=server, name="httpd", state="stopped").exists())

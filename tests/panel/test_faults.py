@@ -157,9 +157,10 @@ def test_a_worker_killed_in_the_middle_leaves_nothing_running_and_one_retry_conv
 
     # Nothing of it stays in the kernel once it is gone.
     if server.state != State.DELETED:
-        request_operation(server, OperationKind.DELETE, None)
+        delete = request_operation(server, OperationKind.DELETE, None)
         drain()
         server.refresh_from_db()
-    assert server.state == State.DELETED
+        delete.refresh_from_db()
+        assert server.state == State.DELETED, (server.state, delete.status, delete.error, delete.output)
     assert kernel_state(engine, server) == "missing"
     assert not server_leaks(uid_bases), server_leaks(uid_bases)

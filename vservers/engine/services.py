@@ -16,6 +16,7 @@ from .errors import EngineError, InvalidInput, NotFound
 ACTIONS = {"start": "start", "stop": "stop", "restart": "restart"}
 _STATUS_LINE = re.compile(
     r"^(?P<state>run|down|finish|fail|warning): (?P<path>[^:]+):\s*(?:\(pid (?P<pid>\d+)\)\s*)?(?P<secs>\d+)?s?"
+    r"(?P<rest>.*)$"
 )
 # Lists the service directories; the directory arrives as $1, never inside the script.
 _STATUS_SCRIPT = r"""
@@ -35,12 +36,15 @@ _TAI_OFFSET = 0x400000000000000A
 # Looking a service's files up failed in a way that says nothing about the service (a mount
 # or symlink the host-side reader does not follow): the list is left to `sv status`.
 _NOT_FOR_US = (errno.EXDEV, errno.ELOOP, errno.ENOSYS, errno.EPERM, errno.EACCES)
+SETTLED = frozenset({"running", "stopped"})
+SETTLE_TIMEOUT = 2.0  # seconds; a busybox guest settles within ~10 ms of its start
+SETTLE_POLL = 0.01
 
 
 @dataclass(frozen=True)
 class Service:
     name: str
-    state: str  # "running" | "stopped" | "failed"
+    state: str  # "running" | "starting" | "stopping" | "stopped" | "failed"
     pid: int | None
     seconds: int | None
 
@@ -55,6 +59,8 @@ def parse_status(text: str) -> list[Service]:
         if not match:
             continue
         state = {"run": "running", "down": "stopped", "finish": "stopping"}.get(match["state"], "failed")
+        if state == "stopped" and "want up" in match["rest"]:
+            state = "starting"  # runsv is about to (re)start it
         found.append(
             Service(
                 name=match["path"].rstrip("/").rsplit("/", 1)[-1],
@@ -112,6 +118,22 @@ class Services:
         finally:
             os.close(root)
 
+    def settled(self, timeout: float = SETTLE_TIMEOUT) -> list[Service]:
+        """The list once the guest's supervisor has caught up with what it was told, or as it
+        is after TIMEOUT seconds. Right after a start runsvdir has not yet spawned every runsv
+        (the service reads as "failed": nothing supervises it) and runsv has not yet run every
+        service ("starting"); a list taken then would show the tenant a server whose services
+        all seem down. A service that keeps failing costs the whole TIMEOUT."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                services = self.list_from_files()
+            except (OSError, EngineError):
+                services = self.list()
+            if all(s.state in SETTLED for s in services) or time.monotonic() >= deadline:
+                return services
+            time.sleep(SETTLE_POLL)
+
     def control(self, service: str, action: str) -> Service:
         validate.service_name(service)
         if action not in ACTIONS:
@@ -163,10 +185,12 @@ def _supervise_status(root: int, path: str, name: str, now: int) -> Service:
     if len(data) != _STATUS_SIZE:
         return failed
     started, _nsec = _STATUS_TIME.unpack_from(data)
-    pid, _paused, _want, _got_term, run_or_finish = _STATUS_REST.unpack_from(data, _STATUS_TIME.size)
+    pid, _paused, want, _got_term, run_or_finish = _STATUS_REST.unpack_from(data, _STATUS_TIME.size)
     state = {0: "stopped", 1: "running", 2: "stopping"}.get(run_or_finish)
     if state is None:
         return failed
+    if state == "stopped" and want == ord("u"):
+        state = "starting"  # what sv prints as "down: ..., want up"
     return Service(
         name=name,
         state=state,
