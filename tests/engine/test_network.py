@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -358,3 +359,26 @@ def test_entering_a_namespace_forks_no_helper(lab: Lab, monkeypatch: pytest.Monk
 def test_routed_via_names_lo_for_a_local_address() -> None:
     # Only a route lookup: nothing is sent.
     assert network.routed_via("127.0.0.1") == "lo"
+
+
+def test_the_bridge_raises_the_hosts_neighbour_limits_and_never_lowers_them(lab: Lab) -> None:
+    # The host's ARP and NDP tables hold every namespace's neighbours; at the kernel's default
+    # limit (1024) about 500 busy VPSs fill them and the next ones stop answering.
+    paths = {(family, name): f"/proc/sys/net/{family}/neigh/default/{name}"
+             for family in ("ipv4", "ipv6") for name in network.NEIGHBOUR_FLOORS}
+    saved = {key: Path(path).read_text() for key, path in paths.items()}
+    try:
+        for (_family, name), path in paths.items():
+            Path(path).write_text({"gc_thresh3": "1024", "gc_thresh2": "512"}[name])
+        network.ensure_bridge(lab.bridge, GW4)  # made here, or found ready: raised either way
+        assert {key: int(Path(path).read_text()) for key, path in paths.items()} == {
+            (family, name): network.NEIGHBOUR_FLOORS[name] for family, name in paths}
+        higher = {key: network.NEIGHBOUR_FLOORS[key[1]] * 2 for key in paths}
+        for key, value in higher.items():
+            Path(paths[key]).write_text(str(value))
+        assert network.raise_neighbour_limits() == {}
+        network.ensure_bridge(lab.bridge, GW4)
+        assert {key: int(Path(path).read_text()) for key, path in paths.items()} == higher
+    finally:
+        for key, text in saved.items():
+            Path(paths[key]).write_text(text)

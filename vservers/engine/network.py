@@ -40,6 +40,15 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 GUEST_IF = "eth0"
 BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the kernel's net/bridge/br_private.h
+# The kernel's neighbour (ARP, NDP) tables are one per address family for the whole host, every
+# network namespace included, and their limits can only be set from the host's namespace. Each
+# VPS that talks to the host costs two entries (the host's for the VPS, the VPS's for its
+# gateway), so the default hard limit (gc_thresh3 = 1024) overflows at about 500 busy VPSs: new
+# neighbours are refused ("neighbor table overflow") and VPSs stop answering (measured: 953 of
+# 1,000). Raised, never lowered: gc_thresh3 to LXD's production value, gc_thresh2 (past which
+# idle entries are collected) to half of it, the kernel's own ratio.
+NEIGHBOUR_FLOORS = {"gc_thresh3": 8192, "gc_thresh2": 4096}
+_NEIGHBOUR_SYSCTL = "/proc/sys/net/{family}/neigh/default/{name}"
 RT_SCOPE_LINK = 253
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _COUNTERS = (
@@ -252,8 +261,9 @@ def ensure_bridge(
     validate_ifname(bridge)
     gw4 = _interface(gateway4, 4)
     gw6 = _interface(gateway6, 6) if gateway6 is not None else None
-    if _bridge_ready(bridge, [gw for gw in (gw4, gw6) if gw is not None]):
+    if _bridge_ready(bridge, [gw for gw in (gw4, gw6) if gw is not None]) and _neighbour_limit_ok():
         return
+    raise_neighbour_limits()
     stp_off = {"kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0}
     with _host() as ipr, _netlink_errors(f"set up bridge {bridge}"):
         link = _get_link(ipr, bridge)
@@ -299,6 +309,36 @@ def _bridge_ready(bridge: str, gateways: list[IPInterface]) -> bool:
     except OSError:
         return False
     return all(gw in present for gw in gateways)
+
+
+def _neighbour_limit_ok() -> bool:
+    """One read on every start: a host that rebooted or had the value reset gets it raised."""
+    try:
+        with open(_NEIGHBOUR_SYSCTL.format(family="ipv4", name="gc_thresh3")) as fh:
+            return int(fh.read()) >= NEIGHBOUR_FLOORS["gc_thresh3"]
+    except (OSError, ValueError):
+        return False
+
+
+def raise_neighbour_limits() -> dict[str, int]:
+    """Raise the host's neighbour table limits (IPv4 and IPv6) to NEIGHBOUR_FLOORS where they
+    are lower; returns what was written (the hard limit first, so they stay ordered)."""
+    written = {}
+    for family in ("ipv4", "ipv6"):
+        for name in ("gc_thresh3", "gc_thresh2"):
+            path = _NEIGHBOUR_SYSCTL.format(family=family, name=name)
+            try:
+                with open(path) as fh:
+                    current = int(fh.read())
+                if current < NEIGHBOUR_FLOORS[name]:
+                    with open(path, "w") as fh:
+                        fh.write(str(NEIGHBOUR_FLOORS[name]))
+                    written[path] = NEIGHBOUR_FLOORS[name]
+            except FileNotFoundError:
+                continue  # no IPv6 in this kernel
+            except (OSError, ValueError) as exc:
+                raise EngineError(f"cannot raise the neighbour table limit {path}: {exc}") from exc
+    return written
 
 
 def remove_bridge(bridge: str) -> None:
