@@ -67,13 +67,21 @@ class Engine:
         return sorted(p.name for p in self.config.servers_dir.iterdir() if (p / "config.json").is_file())
 
     def specs(self) -> list[ServerSpec]:
-        """Every server's spec; one deleted meanwhile (by another process) is left out."""
+        """Every server's spec; one deleted meanwhile (by another process) is left out. Each
+        create reads them all (addresses and uid ranges in use), so this reads config.json
+        of each directory entry straight away, without a stat per server first."""
         found = []
-        for name in self.names():
+        try:
+            entries = sorted(os.listdir(self.config.servers_dir))
+        except FileNotFoundError:
+            return []
+        for name in entries:
             try:
-                found.append(self.spec(name))
-            except NotFound:
-                pass
+                data = read_json(self.config.servers_dir / name / "config.json")
+            except NotADirectoryError:
+                continue
+            if data is not None:  # else half created or being deleted
+                found.append(ServerSpec.from_json(data))
         return found
 
     @property
@@ -132,9 +140,10 @@ class Engine:
                 ):
                     return spec  # the same create again: already done
                 raise Conflict(f"server {name!r} already exists")
-            self._check_addresses_free(interfaces)
+            others = self.specs()
+            self._check_addresses_free(interfaces, others)
             # Under the allocation lock nobody creates; a delete meanwhile only frees a range.
-            taken = [other.uid_base for other in self.specs()]
+            taken = [other.uid_base for other in others]
             spec = ServerSpec(
                 name=name,
                 template=info.name,
@@ -178,9 +187,9 @@ class Engine:
             raise InvalidInput("the same address was given twice")
         return clean
 
-    def _check_addresses_free(self, interfaces: list[str]) -> None:
+    def _check_addresses_free(self, interfaces: list[str], others: list[ServerSpec]) -> None:
         wanted = {ipaddress.ip_interface(a).ip for a in interfaces}
-        for other in self.specs():
+        for other in others:
             used = {ipaddress.ip_interface(a).ip for a in other.addresses}
             clash = wanted & used
             if clash:

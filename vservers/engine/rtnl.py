@@ -25,6 +25,7 @@ from dataclasses import dataclass
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x300, 0x200, 0x400
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12  # strict checking lets a dump filter (Linux 4.20)
 RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 18, 20, 22, 24
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
@@ -171,9 +172,16 @@ class Socket:
         self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
 
     def addresses(self, index: int | None = None) -> list[Address]:
-        """Every address (of interface INDEX if given)."""
+        """Every address (of interface INDEX if given: then the kernel dumps only that
+        interface's, where a plain dump has every bridge port's IPv6 link-local address)."""
         found = []
-        for msg_type, payload in self.request(RTM_GETADDR, NLM_F_DUMP, _IFADDR.pack(0, 0, 0, 0, 0)):
+        if index is not None:
+            try:
+                self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            except OSError:
+                pass  # an older kernel dumps everything; the loop below still filters
+        request = _IFADDR.pack(0, 0, 0, 0, index or 0)
+        for msg_type, payload in self.request(RTM_GETADDR, NLM_F_DUMP, request):
             if msg_type != RTM_NEWADDR:
                 continue
             family, prefixlen, _flags, scope, if_index = _IFADDR.unpack_from(payload)

@@ -231,8 +231,20 @@ class CgroupBackend(ABC):
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
+    def _has_groups(self) -> bool:
+        """Whether any hierarchy's parent still holds a group: stops at the first one, where
+        names() would list every server's (this runs on every start and delete)."""
+        for parent in self.parent_paths():
+            try:
+                with os.scandir(parent) as entries:
+                    if any(entry.is_dir(follow_symlinks=False) for entry in entries):
+                        return True
+            except FileNotFoundError:
+                pass
+        return False
+
     def _remove_parent_if_unused(self) -> None:
-        if self.names():
+        if self._has_groups():
             return
         for parent in self.parent_paths():
             try:
