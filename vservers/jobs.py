@@ -38,7 +38,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.db.models import Q
 
-from .engine import Engine, EngineError, Limits, NotFound
+from .engine import Engine, EngineError, Limits, NotFound, guest
 from .models import (
     FINISHED,
     TERMINAL,
@@ -573,19 +573,9 @@ def _refresh_services(run: Run, settle: bool = False) -> None:
     run.note(f"Services: {', '.join(f'{s.name} {s.state}' for s in services) or 'none'}.")
 
 
-def _read_guest(lister, what: str):
-    """LISTER's list read from the guest's files by the host (a fraction of a millisecond),
-    or, when they cannot be read that way, from a program run inside the guest (an exec)."""
-    try:
-        return lister.list_from_files()
-    except (OSError, EngineError) as exc:
-        log.debug("reading the %s of %s from its files failed (%s); asking the guest", what, lister.name, exc)
-        return lister.list()
-
-
 def store_accounts(server: VirtualServer, engine: Engine) -> list:
     """Replace SERVER's account rows with what its guest says now."""
-    accounts = _read_guest(engine.accounts(server.engine_name), "accounts")
+    accounts = guest.listing(engine.accounts(server.engine_name))
     with transaction.atomic():
         server.guest_accounts.all().delete()
         GuestAccount.objects.bulk_create(
@@ -600,7 +590,7 @@ def store_services(server: VirtualServer, engine: Engine, settle: bool = False) 
     """Replace SERVER's service rows with what its guest says now, or, with SETTLE (right
     after a start), once its supervisor has started what it should."""
     lister = engine.services(server.engine_name)
-    services = lister.settled() if settle else _read_guest(lister, "services")
+    services = lister.settled() if settle else guest.listing(lister)
     with transaction.atomic():
         server.services.all().delete()
         Service.objects.bulk_create(

@@ -124,12 +124,11 @@ class Services:
         (the service reads as "failed": nothing supervises it) and runsv has not yet run every
         service ("starting"); a list taken then would show the tenant a server whose services
         all seem down. A service that keeps failing costs the whole TIMEOUT."""
+        from . import guest
+
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                services = self.list_from_files()
-            except (OSError, EngineError):
-                services = self.list()
+            services = guest.listing(self)
             if all(s.state in SETTLED for s in services) or time.monotonic() >= deadline:
                 return services
             time.sleep(SETTLE_POLL)
