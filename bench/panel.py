@@ -76,11 +76,11 @@ STEPS = ["provision", "stop", "delete"]  # one cycle; provision = create + start
 
 MODES = {
     "smoke": {"scales": [10, 1000], "reps": 5, "small_reps": 3, "gunicorn_reps": 5, "profile_reps": 2,
-              "cycles": 3, "inflight": 3, "http_runs": 2, "profile_cycles": 1},
+              "cycles": 3, "inflight": 3, "http_runs": 2, "profile_cycles": 1, "workers": 2},
     "quick": {"scales": [10, 1000], "reps": 20, "small_reps": 10, "gunicorn_reps": 10, "profile_reps": 3,
-              "cycles": 20, "inflight": 20, "http_runs": 5, "profile_cycles": 1},
+              "cycles": 20, "inflight": 20, "http_runs": 5, "profile_cycles": 1, "workers": 4},
     "full": {"scales": [10, 1000, 3000], "reps": 50, "small_reps": 20, "gunicorn_reps": 50, "profile_reps": 10,
-             "cycles": 100, "inflight": 100, "http_runs": 20, "profile_cycles": 2},
+             "cycles": 100, "inflight": 100, "http_runs": 20, "profile_cycles": 2, "workers": 4},
 }
 
 # Stands for the ETag of the page's own last answer in PAGES' headers (see _headers).
@@ -277,22 +277,54 @@ def start_redis(ctx) -> None:
 
 
 def start_worker(ctx) -> None:
+    ctx.worker_timings = ctx.tmp / "worker-timings.jsonl"
+    ctx.worker_log = ctx.tmp / "worker.log"
+    ctx.worker_proc = spawn_worker(ctx, ctx.worker_log, scheduler=True)
+    wait_for_workers(ctx, 1, [ctx.worker_proc])
+
+
+def spawn_worker(ctx, log_path: Path, scheduler: bool) -> subprocess.Popen:
+    """A PanelWorker process as `make run` starts it (manage.py rqworker), with the timers."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-child", str(ctx.worker_timings),
+           "rqworker", "default", "--worker-class", "vservers.worker.PanelWorker",
+           "--serializer", "rq.serializers.JSONSerializer", *(["--with-scheduler"] if scheduler else [])]
+    return subprocess.Popen(cmd, cwd=REPO, env=ctx.child_env, stdout=open(log_path, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_workers(ctx, count: int, procs: list[subprocess.Popen]) -> None:
+    """Until COUNT workers have registered with Redis."""
     from django_rq import get_connection
     from rq import Worker
 
-    ctx.worker_timings = ctx.tmp / "worker-timings.jsonl"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-child", str(ctx.worker_timings),
-           "rqworker", "default", "--worker-class", "vservers.worker.PanelWorker",
-           "--serializer", "rq.serializers.JSONSerializer", "--with-scheduler"]
-    ctx.worker_log = ctx.tmp / "worker.log"
-    ctx.worker_proc = subprocess.Popen(cmd, cwd=REPO, env=ctx.child_env, stdout=open(ctx.worker_log, "wb"),  # noqa: SIM115
-                                       stderr=subprocess.STDOUT, start_new_session=True)
     connection = get_connection("default")
     deadline = time.monotonic() + 60
-    while not Worker.all(connection=connection):
-        if ctx.worker_proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the worker did not start:\n" + tail(ctx.worker_log))
+    while len(Worker.all(connection=connection)) < count:
+        if any(proc.poll() is not None for proc in procs) or time.monotonic() > deadline:
+            raise RuntimeError("a worker did not start:\n" + tail(ctx.worker_log))
         time.sleep(0.05)
+
+
+def run_with_more_workers(ctx, workers: int, k: int) -> dict:
+    """K cycles all in flight with WORKERS worker processes on the queue (the first one and
+    WORKERS - 1 more, without a scheduler: one per node schedules the reconcile)."""
+    ctx.extra_workers = [spawn_worker(ctx, ctx.tmp / f"worker-{i}.log", scheduler=False)
+                         for i in range(2, workers + 1)]
+    try:
+        wait_for_workers(ctx, workers, [ctx.worker_proc, *ctx.extra_workers])
+        phase = run_cycles(ctx, "many", k, k)
+    finally:
+        stop_extra_workers(ctx)
+    phase["workers"] = workers
+    return phase
+
+
+def stop_extra_workers(ctx) -> None:
+    for i, proc in enumerate(getattr(ctx, "extra_workers", [])):
+        note = stop_process(proc, f"worker {i + 2}", 60)
+        if note:
+            ctx.notes.append(note)
+    ctx.extra_workers = []
 
 
 def start_gunicorn(ctx) -> None:
@@ -1146,13 +1178,16 @@ def markdown(result: dict) -> str:
         out += ["", "![page times](panel-pages.png)"]
     queue = result.get("queue")
     if queue:
-        out += ["", "### Operations through the queue (one worker)", "",
+        out += ["", "### Operations through the queue", "",
                 "A cycle is what a tenant and the operator do: request a server, approve it (the worker "
                 "provisions it: engine create + start + a first read of its accounts and services), stop, "
                 "delete; each step asked (through `vservers.actions` as the views call it) as soon as the "
                 f"previous one finished. Target: {CYCLE_TARGET_PER_S:.0f} cycles per second.", ""]
         rows = []
-        for key, label in (("sequential", "one cycle at a time"), ("inflight", "all cycles in flight at once")):
+        many = (queue.get("inflight_workers") or {}).get("workers")
+        for key, label in (("sequential", "one cycle at a time, one worker"),
+                           ("inflight", "all cycles in flight at once, one worker"),
+                           ("inflight_workers", f"all cycles in flight at once, {many} workers")):
             ph = queue.get(key)
             if not ph:
                 continue
@@ -1305,6 +1340,11 @@ def findings(result: dict) -> list[str]:
                 lines.append(f"The panel and RQ add a median {med:.0f} ms to each operation around the engine's "
                              f"calls (row saved → RQ done, minus the engine), so {len(STEPS)} operations per cycle "
                              f"alone allow at most {1000 / (len(STEPS) * med):.1f} cycles/s with one worker.")
+        many = queue.get("inflight_workers")
+        if many:
+            lines.append(f"With {many['workers']} worker processes on the queue: {many['cycles_per_s']:.2f} cycles/s "
+                         f"against {CYCLE_TARGET_PER_S:.0f}; on {os.cpu_count()} CPUs the workers' Python and the "
+                         "engine's forks share the same cores (8 workers gave no more than 4).")
     http = result.get("http")
     if http and http.get("reuse"):
         reuse = http["reuse"]
@@ -1458,6 +1498,9 @@ def run(ctx, mode: dict) -> None:
     log(f"  {result['queue']['inflight']['cycles_per_s']} cycles/s")
     log(f"approval → HTTP, {mode['http_runs']} runs")
     result["http"] = approval_to_http(ctx, mode["http_runs"])
+    log(f"{mode['inflight']} cycles in flight at once, {mode['workers']} workers")
+    result["queue"]["inflight_workers"] = run_with_more_workers(ctx, mode["workers"], mode["inflight"])
+    log(f"  {result['queue']['inflight_workers']['cycles_per_s']} cycles/s")
     result["reconcile"] = reconcile_runs()
     log("stopping the worker process")
     common_stop(ctx, "worker_proc", "worker", 60)
@@ -1503,6 +1546,7 @@ def cleanup(ctx) -> list[str]:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     problems: list[str] = []
     common_stop(ctx, "web_proc", "gunicorn", 15)
+    stop_extra_workers(ctx)
     common_stop(ctx, "worker_proc", "worker", 60)
     problems += common.cleanup_installation(ctx.engine, log)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup_installation restored the defaults

@@ -117,6 +117,10 @@ def rows() -> list[list[str]]:
                                      dig(panel, "queue.inflight.cycles_per_s")]), default=None)
     add("the same through the panel (queue + one worker)", "≥ 10", panel_cycles, fmt(panel_cycles, "/s"),
         check(panel_cycles, 10, lower_is_better=False))
+    many_cycles, many = dig(panel, "queue.inflight_workers.cycles_per_s"), dig(panel, "queue.inflight_workers.workers")
+    if many_cycles is not None:
+        add(f"the same through the panel ({many} workers)", "≥ 10", many_cycles, fmt(many_cycles, "/s"),
+            check(many_cycles, 10, lower_is_better=False))
     for key, label in (("tenant_list", "tenant's server list"), ("operator_servers", "operator's server list"),
                        ("operator_operations", "operator's operations list")):
         value = dig(panel, f"pages.gunicorn.{key}.server_ms.median")
