@@ -11,17 +11,24 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Python packages come at the versions in constraints.txt (all of them, dependencies too), so a
+# release upstream cannot break a fresh install; `make lock` writes the file anew.
+CONSTRAINTS := constraints.txt
 
-APT_PACKAGES := python3-venv python3-dev build-essential busybox-static e2fsprogs util-linux \
-	iproute2 iputils-ping redis-server debootstrap procps psmisc ca-certificates chromium nftables
+# What running needs: the venv, gcc/make/libc.a for the busybox compile, the engine's tools
+# (mkfs.ext4, losetup, ip, nft), Redis for the queue, debootstrap for the Debian template.
+RUN_PACKAGES := python3-venv python3-dev build-essential e2fsprogs util-linux iproute2 procps \
+	redis-server debootstrap ca-certificates nftables
+# What only the tests add: the browser the page tests drive, and ping for network checks.
+TEST_PACKAGES := chromium iputils-ping
+APT_PACKAGES := $(RUN_PACKAGES)
 
-.PHONY: help install apt-packages run test bench clean as-root
+.PHONY: help install install-test apt-packages run test bench clean as-root lock
 
 help:
 	@echo "make run     install what is missing, prepare the database, start the panel (Ctrl-C stops it)"
 	@echo "make test    install what is missing, then ruff and pytest (PYTEST_ARGS='-k name' to select)"
-	@echo "make install Debian packages, .venv and the project's Python packages"
+	@echo "make install Debian packages, .venv and the project's Python packages (what running needs)"
 	@echo "make bench   engine latency and density benchmarks (FULL=1 for the large run)"
 	@echo "make clean   empty var/ (database, secret key, static files, redis data)"
 
@@ -31,7 +38,11 @@ as-root:
 		exit 1; \
 	fi
 
-install: apt-packages $(STAMP)
+install: apt-packages $(VENV)/.installed-run
+
+install-test:
+	$(MAKE) --no-print-directory apt-packages APT_PACKAGES="$(RUN_PACKAGES) $(TEST_PACKAGES)"
+	$(MAKE) --no-print-directory $(VENV)/.installed-dev
 
 # apt-get only when a package is missing: dpkg-query asks the local database, not the network.
 apt-packages:
@@ -47,16 +58,32 @@ apt-packages:
 		fi; \
 		echo "Installing Debian packages: $${missing[*]}"; \
 		apt-get update; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$${missing[@]}"; \
 	fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when pyproject.toml changed since the last successful install.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev]'
+# Reinstall only when pyproject.toml or the constraints changed since the last install.
+# --force-confold above: dpkg keeps a configuration file the project wrote before the package
+# came (/etc/default/lxc-net for `make bench`) instead of asking, which fails without a terminal.
+$(VENV)/.installed-run: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e .
 	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) $(VENV)/.installed-run
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+# Writes constraints.txt from a new venv with every extra; commit the result.
+lock:
+	rm -rf var/lock-venv
+	$(PYTHON) -m venv var/lock-venv
+	var/lock-venv/bin/pip install --quiet -e '.[dev,postgres]'
+	{ echo "# Every Python package at the version make install takes (make lock writes it anew)."; \
+	  var/lock-venv/bin/pip freeze --exclude-editable | grep -v '^vservers'; } > $(CONSTRAINTS)
+	rm -rf var/lock-venv
 
 run: as-root install
 	$(PY) manage.py migrate --noinput
@@ -67,7 +94,7 @@ run: as-root install
 	$(PY) manage.py demo --if-empty --provision
 	exec scripts/run-panel
 
-test: as-root install
+test: as-root install install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -76,6 +103,7 @@ test: as-root install
 # things, tests never do.
 BENCH_PACKAGES := wrk lxc rsync
 bench: as-root install
+	$(MAKE) --no-print-directory $(VENV)/.installed-dev
 	@# LXC's package would bring up lxcbr0 on 10.0.3.0/24; the benchmarks use their own bridges
 	@# in 198.18.0.0/15 only, so lxc-net is told not to make it before the package arrives.
 	@if ! dpkg-query -W -f='$${Status}' lxc 2>/dev/null | grep -q "install ok installed"; then \

@@ -29,7 +29,7 @@ BENCH_ENV = {
     "VSERVER_BRIDGE": "vsbench0",
     "VSERVER_GATEWAY": "198.19.224.1/19",
     "VSERVER_UID_BASE": "700000000",
-    "VSERVER_CACHE_DIR": "/var/cache/vservers-test",
+    "VSERVER_CACHE_DIR": str(REPO / "var" / "cache"),
 }
 NETWORK = ipaddress.ip_network("198.19.224.0/19")
 BRIDGE = BENCH_ENV["VSERVER_BRIDGE"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import coldpath
 from tests.leaks import TEST_ENV, find_leaks
 
 # One test session at a time per host: the sessions share their installations' names
@@ -35,6 +36,11 @@ def pytest_configure(config):
         prctl(PR_SET_CHILD_SUBREAPER, 1)
     for key, value in TEST_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in coldpath.summary():
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,13 +6,17 @@ import os
 from pathlib import Path
 
 TEST_ROOT = "/var/lib/vservers-test"
+# The compiled busybox and its source tarball, kept inside the checkout: a clean clone (CI's)
+# starts without them, so the path that fills the cache runs there every time, and nothing
+# left on the machine by an earlier run can make a test pass.
+TEST_CACHE = str(Path(__file__).resolve().parent.parent / "var" / "cache")
 TEST_ENV = {
     "VSERVER_ROOT": TEST_ROOT,
     "VSERVER_BRIDGE": "vstest0",
     "VSERVER_GATEWAY": "198.19.0.1/18",
     "VSERVER_GATEWAY6": "fd00:19::1/64",
     "VSERVER_UID_BASE": "5000000",
-    "VSERVER_CACHE_DIR": "/var/cache/vservers-test",
+    "VSERVER_CACHE_DIR": TEST_CACHE,
 }
 # A second installation on the same host, to show two never disturb each other.
 SECOND_ENV = {

@@ -38,7 +38,8 @@ from datetime import timedelta
 from django.db import transaction
 from django.db.models import Q
 
-from .engine import Engine, EngineError, Limits, NotFound, guest
+from .actions import GUEST_KINDS
+from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest
 from .models import (
     FINISHED,
     TERMINAL,
@@ -221,14 +222,17 @@ def run_operation(operation_id: int) -> str:
         handler(run)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row, never lost
         message = _message(exc)
+        public = _public_message(exc, run)
         log.warning("operation %s (%s of %s) failed: %s", operation.pk, operation.kind, run.name, message)
         if not isinstance(exc, Refused):
             try:
-                _after_failure(run, message)
+                _after_failure(run, public)
             except Exception:  # noqa: BLE001 - the state fix is best effort; the error below counts
                 log.exception("could not settle the state of %s after a failure", run.name)
-        details = "\n".join([*run.lines, traceback.format_exc()])
-        operation.finish(False, output=run.scrub(details), error=run.scrub(message))
+        detail = "\n".join([message, *run.lines, traceback.format_exc()])
+        operation.finish(
+            False, output=run.scrub("\n".join(run.lines)), error=run.scrub(public), detail=run.scrub(detail)
+        )
         return "failed"
     operation.finish(True, output=run.scrub("\n".join(run.lines) or "done"))
     return "succeeded"
@@ -278,17 +282,38 @@ def _message(exc: Exception) -> str:
     return f"internal error ({type(exc).__name__}: {exc}); the operator can see the details"
 
 
-def _after_failure(run: Run, message: str) -> None:
+# What a tenant reads when an operation failed for a reason that is the operator's to fix
+# (the engine's message names host paths, commands and templates: it goes to `detail`).
+FAILED_SENTENCES = {
+    OperationKind.PROVISION: "The server could not be set up",
+    OperationKind.START: "The server could not be started",
+    OperationKind.STOP: "The server could not be stopped",
+    OperationKind.RESTART: "The server could not be restarted",
+    OperationKind.DELETE: "The server could not be deleted",
+    OperationKind.CHANGE_PLAN: "The new plan could not be applied",
+}
+OPERATOR_TOLD = "the operator has been told."
+
+
+def _public_message(exc: Exception, run: Run) -> str:
+    """The sentence the user who asked is shown. Refusals are about their request; inside the
+    guest, a clash or a missing account or service is about the guest's own state; anything
+    else is the operator's (the full message is in the operation's detail)."""
+    kind = run.operation.kind
+    if isinstance(exc, Refused) or (isinstance(exc, InvalidInput | Conflict | NotFound) and kind in GUEST_KINDS):
+        return str(exc).replace(repr(run.name), repr(run.server.name))
+    what = FAILED_SENTENCES.get(kind) or f"{OperationKind(kind).label} did not succeed"
+    return f"{what}; {OPERATOR_TOLD}"
+
+
+def _after_failure(run: Run, reason: str) -> None:
     """Put the server in the state its failure leaves it in."""
     kind = run.operation.kind
-    what = OperationKind(kind).label.lower()
-    if kind == OperationKind.PROVISION:
-        # The tenant sees the error; a new provision or start retries, delete cleans up.
-        run.server.fail(f"provisioning failed: {message}")
-    elif kind == OperationKind.DELETE:
-        run.server.fail(f"deletion failed: {message}")
+    if kind in (OperationKind.PROVISION, OperationKind.DELETE):
+        # A new provision or start retries, delete cleans up.
+        run.server.fail(reason)
     elif kind in (OperationKind.START, OperationKind.STOP, OperationKind.RESTART, OperationKind.CHANGE_PLAN):
-        settle(run.server, run.engine, f"{what} failed: {message}")
+        settle(run.server, run.engine, reason)
     # Operations inside the guest leave the server as it is.
 
 

@@ -43,6 +43,7 @@ from .jobs import finish_delete, get_engine, runner_alive, store_accounts, store
 from .models import (
     FINISHED,
     IN_PROGRESS,
+    ON_NODE,
     TERMINAL,
     Node,
     Operation,
@@ -191,9 +192,6 @@ class Reconciler:
         self.fail_orphans()
         self.resend_lost()
         known = set(self.engine.names())
-        if not self.installed:
-            log.error("node %s: the engine has no servers directory %s; is VSERVER_ROOT right?",
-                      self.node.name, self.engine.config.servers_dir)
         busy = set(
             self.operations()
             .filter(status__in=[OperationStatus.QUEUED, OperationStatus.RUNNING])
@@ -204,6 +202,11 @@ class Reconciler:
             .exclude(state__in=[*TERMINAL, State.REQUESTED])
             .select_related("tenant", "node")
         )
+        # A new node has no servers directory until its first server: only servers that should
+        # be on it make its absence a misconfiguration worth an error.
+        if not self.installed and any(server.state in ON_NODE for server in servers):
+            log.error("node %s: the engine has no servers directory %s; is VSERVER_ROOT right?",
+                      self.node.name, self.engine.config.servers_dir)
         for server in servers:
             self.counts["servers"] += 1
             try:

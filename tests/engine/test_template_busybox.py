@@ -1,8 +1,9 @@
 """The busybox template: a static busybox compiled from Debian's source, staged as a guest tree.
 
 Compiling busybox takes one to three minutes, so the binary is cached across test sessions in
-VSERVER_CACHE_DIR (this module sets it to /var/cache/vservers-test unless the environment already
-names another directory); with a warm cache the whole module takes a few seconds. Needs root.
+VSERVER_CACHE_DIR (the tests set it to var/cache inside the checkout, so a clean clone starts
+without it). test_a_cold_cache_downloads_and_compiles makes sure every run compiles once from
+an empty cache all the same. Needs root.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import coldpath
+from tests.leaks import TEST_CACHE
 from vservers.engine import templates
 from vservers.engine.config import EngineConfig
 from vservers.engine.templates import busybox
@@ -26,7 +29,9 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-CACHE_DIR = os.environ.get("VSERVER_CACHE_DIR") or "/var/cache/vservers-test"
+CACHE_DIR = os.environ.get("VSERVER_CACHE_DIR") or TEST_CACHE
+# Whether the session found a compiled busybox in the shared cache when it began.
+CACHE_WAS_WARM = (Path(CACHE_DIR) / f"busybox-{busybox.BUSYBOX_VERSION}" / f"busybox-{busybox.cache_key()}").is_file()
 
 
 def _build(root: Path) -> tuple[EngineConfig, templates.TemplateInfo, float]:
@@ -276,3 +281,29 @@ def test_config_fragment_is_applied_over_defconfig(tmp_path):
 
 def test_a_dynamically_linked_binary_is_not_static():
     assert not busybox._is_static_elf(Path(shutil.which("ls")))
+
+
+def test_a_cold_cache_downloads_and_compiles(tmp_path):
+    """The path a new machine takes: no tarball, no binary. If the session's shared cache was
+    empty when it began, its first build took that path (or this test makes it take it now);
+    otherwise the compile runs here into an empty cache of its own."""
+    cache = Path(CACHE_DIR) if not CACHE_WAS_WARM else tmp_path / "cache"
+    if CACHE_WAS_WARM:
+        assert not cache.exists()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VSERVER_CACHE_DIR", str(cache))
+        config = EngineConfig.from_env({"VSERVER_ROOT": str(tmp_path / "root")})
+        started = time.monotonic()
+        binary = busybox.ensure_binary(config)
+        seconds = time.monotonic() - started
+    record = coldpath.busybox_compiled_this_session(cache)
+    assert record is not None, "no busybox was compiled from an empty cache in this session"
+    assert record["tarball_sha256"] == busybox.BUSYBOX_SHA256
+    assert (binary.parent / busybox.TARBALL_NAME).is_file()  # downloaded, checked, kept
+    assert busybox._is_static_elf(binary)
+    where = "the session's empty cache" if not CACHE_WAS_WARM else "an empty cache of this test"
+    coldpath.note(
+        "busybox",
+        f"downloaded {busybox.TARBALL_NAME} and compiled it in {record['build_seconds']} s into {where}"
+        + (f" (this test waited {seconds:.0f} s)" if seconds > 1 else ""),
+    )

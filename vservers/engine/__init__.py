@@ -10,10 +10,26 @@ A pure library (no Django) with a CLI, `vserver`. Start with `Engine`::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .config import EngineConfig
 from .errors import Conflict, EngineError, InvalidInput, NotFound
-from .lifecycle import Engine
 from .spec import Limits, ServerSpec, Status, Usage
+
+if TYPE_CHECKING:
+    from .lifecycle import Engine
+
+
+def __getattr__(name: str):
+    # Engine loads the modules that talk to the kernel (namespaces, seccomp, ctypes, pyroute2);
+    # importing it on first use keeps `vservers.engine.validate` and the other plain modules
+    # free of that for the web process and for tools that only parse or check.
+    if name == "Engine":
+        from .lifecycle import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Conflict",

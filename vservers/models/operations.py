@@ -79,7 +79,11 @@ class Operation(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
     output = models.TextField(blank=True)
+    # What the user who asked is told: a plain sentence, never a traceback, host path or
+    # command. What went wrong in full (the engine's message, the traceback) is in `detail`,
+    # which only operators see.
     error = models.TextField(blank=True)
+    detail = models.TextField(blank=True)
 
     objects = OperationQuerySet.as_manager()
 
@@ -119,13 +123,14 @@ class Operation(models.Model):
             self.refresh_from_db()
         return changed == 1
 
-    def finish(self, ok: bool, output: str = "", error: str = "") -> None:
+    def finish(self, ok: bool, output: str = "", error: str = "", detail: str = "") -> None:
         params = {k: v for k, v in self.params.items() if k not in SECRET_PARAMS}
         Operation.objects.filter(pk=self.pk).update(
             status=OperationStatus.SUCCEEDED if ok else OperationStatus.FAILED,
             finished=timezone.now(),
             output=output[-20000:],
             error=error[-5000:],
+            detail=detail[-20000:],
             params=params,
         )
         self.refresh_from_db()

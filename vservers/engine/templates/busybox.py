@@ -40,6 +40,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .. import archive
 from ..config import EngineConfig
 from ..errors import EngineError
 from ..state import locked
@@ -275,8 +276,6 @@ def _verify_binary(binary: Path) -> list[str]:
 
 def _compile(tarball: Path, cache: Path, key: str) -> Path:
     """Compile busybox from TARBALL; the binary ends up as CACHE/busybox-KEY."""
-    import tarfile
-
     _check_build_tools()
     settings = _parse_fragment(CONFIG_FRAGMENT)
     log_path = cache / f"build-{key}.log"
@@ -284,9 +283,8 @@ def _compile(tarball: Path, cache: Path, key: str) -> Path:
     started = time.monotonic()
     try:
         try:
-            with tarfile.open(tarball, "r:bz2") as tar:
-                tar.extractall(work, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:
+            archive.extract(tarball, work)
+        except OSError as exc:
             raise EngineError(f"cannot unpack {tarball}: {exc}") from None
         src = work / f"busybox-{BUSYBOX_VERSION}"
         if not (src / "Makefile").is_file():
