@@ -17,6 +17,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,6 +33,9 @@ BENCH_ENV = {
     "VSERVER_CACHE_DIR": str(REPO / "var" / "cache"),
 }
 NETWORK = ipaddress.ip_network("198.19.224.0/19")
+# Every address a benchmark sends to (besides loopback) lies in here: the range for benchmarks
+# (RFC 2544), on bridges and in namespaces the benchmarks make.
+BENCH_SPACE = ipaddress.ip_network("198.18.0.0/15")
 BRIDGE = BENCH_ENV["VSERVER_BRIDGE"]
 
 # The other benchmarks' installations: each its own root, bridge, range and uids, so that
@@ -61,6 +65,32 @@ SLIDES_VM_DISK_BYTES = 700 * 1000 * 1000
 
 MB = 1000 * 1000
 
+# The environment of programs the benchmarks run on the host (no proxy variables, no locale).
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "HOME": "/root"}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """ARGV (a list, never a shell), its output captured as text unless told otherwise."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return subprocess.run(argv, **kwargs)
+
+
+def must(argv: list[str], **kwargs) -> str:
+    """run(ARGV); its stdout, or RuntimeError if it failed."""
+    done = run(argv, **kwargs)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
+    return done.stdout
+
 
 def network_of(env: dict[str, str]) -> ipaddress.IPv4Network:
     return ipaddress.ip_interface(env["VSERVER_GATEWAY"]).network
@@ -74,6 +104,28 @@ def engine_env(env: dict[str, str] = BENCH_ENV) -> dict[str, str]:
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         os.environ.pop(var, None)
     return dict(env)
+
+
+ENGINE_UID_LIMIT = 2**31  # the engine accepts uid bases below this only
+
+
+def below_uid_limit(env: dict[str, str], name: str, fallback: int) -> tuple[dict[str, str], str | None]:
+    """ENV (common.NAME) with FALLBACK as its uid base if its own is above the engine's limit,
+    and a note saying so (None when ENV's own is used)."""
+    env = dict(env)
+    if int(env["VSERVER_UID_BASE"]) < ENGINE_UID_LIMIT:
+        return env, None
+    note = (f"common.{name}'s VSERVER_UID_BASE {env['VSERVER_UID_BASE']} is above the engine's limit (2^31); "
+            f"used {fallback}")
+    env["VSERVER_UID_BASE"] = str(fallback)
+    return env, note
+
+
+def uncommitted(paths: list[str]) -> list[str]:
+    """Files under PATHS (of the repository) that differ from HEAD: a run measures the working
+    tree, which others may be changing."""
+    status = run(["git", "-C", str(REPO), "status", "--porcelain", "--", *paths]).stdout
+    return sorted(line[3:] for line in status.splitlines() if line[3:])
 
 
 def address(index: int, network: ipaddress.IPv4Network = NETWORK) -> str:
@@ -92,31 +144,45 @@ class UnsafeRoute(RuntimeError):
     pass
 
 
+def route_dev(ip, netns: str | None = None) -> tuple[str | None, subprocess.CompletedProcess]:
+    """The device `ip route get IP` names (in network namespace NETNS if given), and the command's
+    result."""
+    argv = ["ip", "route", "get", str(ip)]
+    out = run(["ip", "netns", "exec", netns, *argv] if netns else argv)
+    words = out.stdout.split()
+    return (words[words.index("dev") + 1] if "dev" in words else None), out
+
+
 def check_route(addr: str, network: ipaddress.IPv4Network = NETWORK, bridge: str = BRIDGE) -> None:
     """Abort unless the host would send ADDR out of the benchmark's BRIDGE (the default route
     leaves the machine and a proxy there answers anything)."""
     ip = ipaddress.ip_address(addr.split("/")[0])
-    if ip not in network:
+    if ip not in network or ip not in BENCH_SPACE:
         raise UnsafeRoute(f"{ip} is outside the benchmark range {network}")
-    out = subprocess.run(["ip", "route", "get", str(ip)], capture_output=True, text=True)
-    words = out.stdout.split()
-    dev = words[words.index("dev") + 1] if "dev" in words else None
+    dev, out = route_dev(ip)
     if out.returncode != 0 or dev != bridge:
         raise UnsafeRoute(f"ip route get {ip} names {dev!r}, not {bridge}: {out.stdout.strip() or out.stderr.strip()}")
 
 
-def http_status(ip: str, timeout: float = 1.0) -> int | None:
-    """GET / from IP:80 with http.client (no proxies); the status, or None if it failed."""
-    conn = http.client.HTTPConnection(ip, 80, timeout=timeout)
+def http_get(ip: str, port: int = 80, path: str = "/", headers: dict | None = None,
+             timeout: float = 1.0) -> tuple[int, bytes]:
+    """GET PATH from IP:PORT with http.client (no proxies; the caller has checked the route or
+    IP is loopback): (status, body). OSError if it failed."""
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    except OSError:
-        return None
+        return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def http_status(ip: str, timeout: float = 1.0) -> int | None:
+    """GET / from IP:80 with http.client (no proxies); the status, or None if it failed."""
+    try:
+        return http_get(ip, timeout=timeout)[0]
+    except OSError:
+        return None
 
 
 def wait_http(ip: str, deadline: float, interval: float = 0.002) -> float | None:
@@ -127,6 +193,13 @@ def wait_http(ip: str, deadline: float, interval: float = 0.002) -> float | None
         if time.monotonic() >= deadline:
             return None
         time.sleep(interval)
+
+
+def guest_write(engine, name: str, path: str, data: bytes) -> None:
+    """Write DATA to PATH inside the server NAME (its own dd, through engine.run)."""
+    done = engine.run(name, ["dd", f"of={path}", "bs=65536"], input=data, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"writing {path} in {name}: {done.stderr.strip()}")
 
 
 # --- statistics ---------------------------------------------------------------------------
@@ -283,15 +356,34 @@ def cleanup_installation(engine, log: Callable[[str], None] = print) -> list[str
     return problems
 
 
+def clean_earlier_run(engine, log: Callable[[str], None] = print) -> None:
+    """If the installation's root exists (a crashed earlier run), clean it first."""
+    if engine.config.root.exists():
+        log(f"{engine.config.root} exists from an earlier run: cleaning it first")
+        clean_or_fail(engine, log)
+
+
+def clean_or_fail(engine, log: Callable[[str], None] = print) -> None:
+    """cleanup_installation of an earlier run's leftovers; RuntimeError if something stays.
+    Then the signal handlers again (cleanup_installation restored the defaults)."""
+    left = cleanup_installation(engine, log)
+    if left:
+        raise RuntimeError(f"could not clean the earlier run: {left}")
+    install_signal_handlers()
+
+
+def mounts_below(path: Path | str) -> list[str]:
+    """Mount points at PATH or below it (PATH as given: resolve it first if it may be a link)."""
+    root = str(path)
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
 def leftovers(config) -> list[str]:
     """What of the benchmark installation still exists on the host."""
-    found = []
     root = str(config.root)
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            point = line.split()[4]
-            if point == root or point.startswith(root + "/"):
-                found.append(f"mount {point}")
+    found = [f"mount {point}" for point in mounts_below(root)]
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     found += [f"loop {line}" for line in loops.splitlines() if root + "/" in line]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout

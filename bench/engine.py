@@ -15,7 +15,6 @@ made at the end (also on SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
-from bench.common import MB, md_table, summary  # noqa: E402
+from bench import common, report  # noqa: E402
+from bench.common import MB, log, md_table, ms, summary  # noqa: E402
+from bench.report import fmt_bytes  # noqa: E402
 
 TEMPLATE = "busybox"
 APACHE = "debian"
@@ -89,6 +89,8 @@ class PhaseTimer:
         self.patch(network, "ensure_bridge", self.wrap("network.ensure_bridge", network.ensure_bridge))
         self.patch(engine.cgroups, "create", self.wrap("cgroups.create", engine.cgroups.create))
         self.patch(lifecycle.Engine, "status", self.wrap("status", lifecycle.Engine.status))
+        # Private: start's clean-up of a previous run has no public function; start calls it
+        # before launching, and the breakdown times it apart.
         self.patch(lifecycle.Engine, "_clean_leftovers",
                    self.wrap("clean_leftovers", lifecycle.Engine._clean_leftovers))
         original_launch = launch_mod.launch
@@ -137,10 +139,6 @@ class PhaseTimer:
 
 
 # --- the measurements ---------------------------------------------------------------------
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
 
 
 def one_lifecycle(engine, timer: PhaseTimer, name: str, addr: str, template: str = TEMPLATE,
@@ -367,12 +365,6 @@ def throughput(workers: int, seconds: float, log) -> dict:
 # --- report -------------------------------------------------------------------------------
 
 
-def fmt_bytes(value: float) -> str:
-    if value >= MB:
-        return f"{value / MB:.2f} MB"
-    return f"{value / 1000:.0f} KB"
-
-
 LATENCY_LABELS = {
     "create_ms": "create (config + sparse ext4 image)",
     "start_ms": "start (returns when init runs)",
@@ -474,11 +466,7 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict) -> list[str]:
     """PNG plots next to the results; their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     paths = []
     lat = result.get("latency")
     if lat:
@@ -515,13 +503,7 @@ def plot(result: dict) -> list[str]:
 
 
 def _save(fig, name: str) -> str:
-    path = common.RESULTS_DIR / name
-    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return str(path)
+    return str(report.save(fig, common.RESULTS_DIR / name, dpi=100))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,9 +533,6 @@ def main(argv: list[str] | None = None) -> int:
     from vservers.engine import Engine, EngineConfig, templates
     from vservers.engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # inits of stopped servers are reaped here, not left as zombies
     config = EngineConfig.from_env(env)
     engine = Engine(config)
@@ -563,12 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     common.install_signal_handlers()
     ok = False
     try:
-        if config.root.exists():
-            log(f"{config.root} exists from an earlier run: cleaning it first")
-            left = common.cleanup_installation(engine, log)
-            if left:
-                raise RuntimeError(f"could not clean the earlier run: {left}")
-            common.install_signal_handlers()
+        common.clean_earlier_run(engine, log)
         t0 = time.monotonic()
         templates.build(config, TEMPLATE)
         result["template_build_s"][TEMPLATE] = round(time.monotonic() - t0, 3)
@@ -598,9 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result["plots"] = plot(result)
     md = markdown(result)
-    print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    print()
-    print(md)
+    report.show(result, md)
     path = common.write_results(args.name, result, md)
     log(f"wrote {path} and {path.parent / 'SUMMARY.md'}")
     return 0 if not result["leftovers"] else 2

@@ -32,8 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
-from bench.common import LXC_BRIDGE, LXC_GATEWAY, MB, md_table, summary  # noqa: E402
+from bench import common, report  # noqa: E402
+from bench.common import LXC_BRIDGE, LXC_GATEWAY, MB, log, md_table, mounts_below, ms, summary  # noqa: E402
+from bench.report import fmt_bytes  # noqa: E402
 
 LXC_PATH = Path(common.LXC_PATH)
 PREFIX = "vsbl-"  # every container of ours; LXC's cgroups are lxc.payload.<name>, host-wide
@@ -66,14 +67,6 @@ START_PHASES = [
 
 class LxcError(RuntimeError):
     pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
 
 
 # --- lxc-* commands -------------------------------------------------------------------------
@@ -578,17 +571,6 @@ def our_processes() -> list[str]:
     return found
 
 
-def mounts_below(path: Path) -> list[str]:
-    root = str(path)
-    points = []
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            point = line.split()[4]
-            if point == root or point.startswith(root + "/"):
-                points.append(point)
-    return points
-
-
 def bridge_ports() -> list[str] | None:
     """The interfaces on our bridge; None when it does not exist."""
     out = subprocess.run(["ip", "-o", "link", "show", "dev", LXC_BRIDGE], capture_output=True, text=True)
@@ -673,14 +655,6 @@ def cleanup(pivot_ours: bool) -> list[str]:
 
 
 # --- report ---------------------------------------------------------------------------------
-
-
-def fmt_bytes(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value >= MB:
-        return f"{value / MB:.2f} MB"
-    return f"{value / 1000:.0f} KB"
 
 
 def ratio(ours: float | None, theirs: float | None) -> str:
@@ -832,11 +806,7 @@ def markdown(result: dict, engine: dict | None, plots: dict[str, str]) -> str:
 
 def plot(result: dict, engine: dict | None) -> dict[str, str]:
     """PNG plots into the results directory; {file name: title}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     made = {}
     lat = result.get("latency")
@@ -863,8 +833,7 @@ def plot(result: dict, engine: dict | None) -> dict[str, str]:
         ax.set_title("Start latency (each run one container; dots = runs)")
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(common.RESULTS_DIR / "lxc-latency.png", dpi=110)
-        plt.close(fig)
+        report.save(fig, common.RESULTS_DIR / "lxc-latency.png")
         made["lxc-latency.png"] = "start latency, LXC and ours"
     den = result.get("density") or {}
     if den:
@@ -898,8 +867,7 @@ def plot(result: dict, engine: dict | None) -> dict[str, str]:
         ax2.set_title("Disk (LXC: du of its dir; ours: image blocks)", fontsize=9)
         fig.suptitle("Per container at density (LXC: this run; ours: bench/engine.py's last run)", fontsize=10)
         fig.tight_layout()
-        fig.savefig(common.RESULTS_DIR / "lxc-memory.png", dpi=110)
-        plt.close(fig)
+        report.save(fig, common.RESULTS_DIR / "lxc-memory.png")
         made["lxc-memory.png"] = "memory and disk per container, by variant"
     return made
 
@@ -1002,9 +970,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"plots failed: {exc!r}")
             result["plot_error"] = repr(exc)
     md = markdown(result, engine, plots)
-    print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    print()
-    print(md)
+    report.show(result, md)
     if write:
         path = common.write_results("lxc", result, md)
         log(f"wrote {path}, {path.parent / 'SUMMARY.md'} and {', '.join(plots)}")

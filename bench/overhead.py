@@ -21,23 +21,20 @@ which leaves the bridge and veths out. Server and client are pinned to different
 own installation (bench/common.py OVERHEAD_ENV), prints JSON and Markdown, writes
 bench/results/overhead.json, its section of SUMMARY.md and overhead-*.png, and removes
 everything it made at the end (also on SIGINT/SIGTERM).
+
+This file sets up and measures. Beside it: wrk.py (wrk runs, their CPU time, rounds),
+hostside.py (the host-side servers), netns.py (the namespaces on the bridge), template_store.py
+(the Debian template kept between runs) and overhead_report.py (ratios, tables, plots).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
-import http.client
 import ipaddress
-import json
-import math
 import os
 import re
-import resource
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -48,33 +45,49 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
-from bench.common import md_table, summary  # noqa: E402
+from bench import common, hostside, netns, report  # noqa: E402
+from bench.common import HOST_ENV, guest_write, log, must, run, summary  # noqa: E402
+from bench.hostside import HostSide, cgroup_cpu, firewall_tables, pin  # noqa: E402
+from bench.overhead_report import analysis, derived, markdown, plot  # noqa: E402
+from bench.procs import proc_start  # noqa: E402
+from bench.template_store import (  # noqa: E402
+    TEMPLATE_STORE,
+    copy_rootfs,
+    ensure_debian_in_store,
+    exclusive,
+    link_debian,
+    write_private,
+)
+from bench.wrk import (  # noqa: E402
+    BACKGROUND,
+    CLIENT_CPU,
+    CONNTRACK_PAUSES,
+    SERVER_CPU,
+    WRK_DIR,
+    Target,
+    children_cpu,
+    compare,
+    install_wrk,
+    vps_runner,
+    wrk_args,
+    wrk_bundle,
+)
 
-# The Debian template takes about a minute to debootstrap. It is kept between runs in a store
-# of its own (an engine installation root that only ever holds templates, never servers) and
-# hard-linked into the benchmark's root for each run: a template is read-only (the overlay's
-# lower layer), so nothing is ever written through the links.
-TEMPLATE_STORE = Path("/var/cache/vservers-bench-overhead")
-
-# The engine accepts uid bases below 2^31 only; common.OVERHEAD_ENV's 3000000000 is above.
-# Then this one is used: clear of the other installations (tests 5M-600M+, bench 700M+).
+# The engine accepts uid bases below 2^31 only; if common.OVERHEAD_ENV's were above, this one
+# would be used (and noted in the results): clear of the other installations (tests 5M-600M+,
+# bench 700M+).
 UID_BASE_FALLBACK = 1_800_000_000
 
 CLIENT_NS = "vsbenchov-client"
 CLIENT_VETH = "vsbenchovc0"  # host end on the bridge; "eth0" inside the namespace
 BARE_NS = "vsbenchov-srv"
 BARE_VETH = "vsbenchovs0"
-SERVER_CPU = 0
-CLIENT_CPU = 1
 FIRST_PORT = 18480  # host-side servers listen here (and up), never on a wildcard address
 
 BUSYBOX_VPS = "ov-busybox"
 DEBIAN_VPS = "ov-debian"
 PAGE_NAME = "bench.html"
 PAGE_BYTES = 4096
-WRK_DIR = "/opt/wrk"  # inside a VPS: wrk, its libraries, its loader and a busybox for taskset
-
 # wrk's connections per server: busybox httpd listens with a backlog of 9, so more than that
 # many connections lose SYNs under load and wait for a retransmission (1 s), which is not the
 # server's speed; Apache's backlog is 511.
@@ -97,404 +110,28 @@ LOOP_SCRIPT = 'i=0; while [ "$i" -lt "$1" ]; do i=$((i+1)); done'
 FORK_SCRIPT = 'i=0; while [ "$i" -lt "$1" ]; do (:); i=$((i+1)); done'
 # "$1" is the busybox binary: a bare `dd` would find the host's (or Debian's) GNU dd on $PATH.
 READ_SCRIPT = 'i=0; while [ "$i" -lt "$3" ]; do "$1" dd if="$2" of=/dev/null bs=1048576 2>&1; i=$((i+1)); done'
-HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "HOME": "/root"}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    return subprocess.run(argv, **kwargs)
-
-
-def must(argv: list[str], **kwargs) -> str:
-    done = run(argv, **kwargs)
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
-    return done.stdout
-
-
-# --- the Debian template, kept between runs ------------------------------------------------
-
-
-def exclusive():
-    """Hold the lock that keeps two runs of this benchmark apart (they share root, bridge and
-    namespace names); None if another run holds it."""
-    TEMPLATE_STORE.mkdir(parents=True, exist_ok=True)
-    fh = open(TEMPLATE_STORE / ".run.lock", "w")  # noqa: SIM115 - held until the process ends
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    return fh
-
-
-def debian_recipe_key() -> str:
-    """A hash of the code that builds the Debian template: a change there rebuilds it."""
-    from vservers.engine import templates
-
-    base = Path(templates.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for name in ("debian.py", "guestfiles.py"):
-        digest.update((base / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def store_config(env: dict[str, str]):
-    from vservers.engine import EngineConfig
-
-    return EngineConfig.from_env({**env, "VSERVER_ROOT": str(TEMPLATE_STORE)})
-
-
-def mounted_below(path: Path) -> bool:
-    base = str(path.resolve())
-    with open("/proc/self/mountinfo") as fh:
-        points = [line.split()[4] for line in fh]
-    return any(p == base or p.startswith(base + "/") for p in points)
-
-
-def ensure_debian_in_store(env: dict[str, str]) -> tuple[str, float]:
-    """The Debian template's version in the store, built there if missing or stale, and the
-    build time (0 when reused)."""
-    from vservers.engine import NotFound, templates
-
-    store = store_config(env)
-    TEMPLATE_STORE.mkdir(parents=True, exist_ok=True)
-    key = debian_recipe_key()
-    key_file = TEMPLATE_STORE / "debian.key"
-    with open(TEMPLATE_STORE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            info = templates.get(store, "debian")
-            if key_file.is_file() and key_file.read_text().strip() == key:
-                return info.version, 0.0
-        except NotFound:
-            pass
-        log(f"building the debian template into {TEMPLATE_STORE} (once; later runs reuse it)")
-        t0 = time.monotonic()
-        info = templates.build(store, "debian")
-        built_s = time.monotonic() - t0
-        key_file.write_text(key + "\n")
-        base = templates.template_dir(store, "debian")
-        for old in base.iterdir():  # older versions are of no use any more
-            if old.is_dir() and not old.is_symlink() and old.name != info.version and not mounted_below(old):
-                shutil.rmtree(old, ignore_errors=True)
-        return info.version, built_s
-
-
-def link_debian(config, env: dict[str, str], version: str) -> None:
-    """Make the store's Debian VERSION the current debian template of the bench root CONFIG
-    (the layout of vservers.engine.templates: NAME/VERSION/{rootfs,template.json}, current)."""
-    from vservers.engine import templates
-
-    src = templates.template_dir(store_config(env), "debian") / version
-    base = templates.template_dir(config, "debian")
-    base.mkdir(parents=True, exist_ok=True)
-    dst = base / version
-    if not dst.exists():
-        if run(["cp", "-a", "--link", str(src), str(dst)]).returncode != 0:
-            shutil.rmtree(dst, ignore_errors=True)
-            must(["cp", "-a", str(src), str(dst)])
-    link = base / "current"
-    if link.is_symlink():
-        link.unlink()
-    os.symlink(version, link)
-    templates.get(config, "debian")
-
-
-def copy_rootfs(src: Path, dst: Path) -> None:
-    """A tree the host-side Apache may write to: /usr (binaries, modules: read only) hard-linked
-    from the template, everything else copied."""
-    dst.mkdir(parents=True)
-    for entry in sorted(src.iterdir()):
-        link = entry.name == "usr" and entry.is_dir() and not entry.is_symlink()
-        argv = ["cp", "-a", "--link", str(entry), str(dst)] if link else ["cp", "-a", str(entry), str(dst)]
-        must(argv)
-    os.chmod(dst, 0o755)
-
-
-def write_private(path: Path, data: str | bytes) -> None:
-    """Write a file of a copied tree, refusing one that is a hard link into a template."""
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and path.stat().st_nlink != 1:
-        raise RuntimeError(f"{path} is hard-linked; not writing through it")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(path, mode) as fh:
-        fh.write(data)
-
-
-# --- host-side processes and namespaces ------------------------------------------------------
-
-
-def proc_start(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-@dataclass
-class HostSide:
-    """What this run started or made on the host outside the engine; all removed by cleanup."""
-
-    pid_file: Path
-    servers: dict[str, subprocess.Popen] = field(default_factory=dict)
-    cgroups: dict[str, Path] = field(default_factory=dict)  # server label -> its accounting cgroup
-    started: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # also after stop
-    netns: list[str] = field(default_factory=list)
-
-    def start(self, label: str, argv: list[str], log_path: Path) -> subprocess.Popen:
-        """Start ARGV in a session of its own, inside an accounting cgroup of its own (so the
-        CPU time of every process it forks counts, also of those nobody reaps)."""
-        group = accounting_cgroup(label)
-        group.mkdir(exist_ok=True)
-        self.cgroups[label] = group
-        argv = [sys.executable, "-c", ENTER_CGROUP, str(group / "cgroup.procs"), *argv]
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=HOST_ENV, start_new_session=True)
-        self.servers[label] = proc
-        self.started[label] = (proc.pid, proc_start(proc.pid))
-        self._save()
-        return proc
-
-    def _save(self) -> None:
-        data = {label: [p.pid, proc_start(p.pid)] for label, p in self.servers.items() if p.poll() is None}
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(json.dumps(data))
-
-    def stop(self, label: str) -> None:
-        proc = self.servers.pop(label, None)
-        if proc is not None:
-            stop_group(proc.pid, proc)
-        self._save()
-
-    def make_netns(self, name: str, veth: str, bridge: str, addr: str) -> None:
-        """A network namespace with one veth on BRIDGE (address ADDR/prefix) and no route out
-        of the bridge's network."""
-        if run(["ip", "netns", "add", name]).returncode != 0:
-            raise RuntimeError(f"cannot add network namespace {name}")
-        self.netns.append(name)
-        must(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name])
-        must(["ip", "link", "set", veth, "master", bridge, "up"])
-        must(["ip", "netns", "exec", name, "ip", "addr", "add", addr, "dev", "eth0"])
-        must(["ip", "netns", "exec", name, "ip", "link", "set", "eth0", "up"])
-        must(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
-
-    def cleanup(self) -> list[str]:
-        problems = []
-        for label in list(self.servers):
-            try:
-                self.stop(label)
-            except Exception as exc:  # noqa: BLE001 - keep cleaning
-                problems.append(f"stop host server {label}: {exc}")
-        for name in self.netns:
-            problems += delete_netns(name)
-        self.netns.clear()
-        for label, group in list(self.cgroups.items()):
-            problems += remove_cgroup(group)
-            del self.cgroups[label]
-        return problems
-
-
-# Runs as the first program of every host-side server: joins the cgroup, then execs the server.
-ENTER_CGROUP = "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid())); os.execvp(sys.argv[2], sys.argv[2:])"
-CGROUP_PREFIX = "vsbenchov-"
-
-
-def accounting_root() -> Path:
-    v1 = Path("/sys/fs/cgroup/cpuacct")
-    return v1 if (v1 / "cpuacct.usage").exists() else Path("/sys/fs/cgroup")
-
-
-def accounting_cgroup(label: str) -> Path:
-    if not re.fullmatch(r"[a-z0-9-]{1,40}", label):
-        raise ValueError(f"bad label {label!r}")
-    return accounting_root() / f"{CGROUP_PREFIX}{label}"
-
-
-def cgroup_cpu(group: Path) -> float:
-    """CPU seconds used by everything that ever ran in GROUP (cgroup v1 cpuacct or v2 cpu.stat)."""
-    usage = group / "cpuacct.usage"
-    if usage.exists():
-        return int(usage.read_text()) / 1e9
-    for line in (group / "cpu.stat").read_text().splitlines():
-        if line.startswith("usage_usec "):
-            return int(line.split()[1]) / 1e6
-    raise RuntimeError(f"no CPU usage in {group}")
-
-
-def remove_cgroup(group: Path) -> list[str]:
-    """Kill what is left in our accounting cgroup GROUP and remove it."""
-    if not group.is_dir():
-        return []
-    for _ in range(50):
-        pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    try:
-        group.rmdir()
-    except OSError as exc:
-        return [f"cgroup {group}: {exc}"]
-    return []
-
-
-def stop_group(pid: int, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the process PID (a session leader we started) and, once it is gone or after
-    5 s, SIGKILL what is left of its process group."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            break
-        if proc is None and proc_start(pid) is None:
-            break
-        time.sleep(0.02)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc is not None:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def delete_netns(name: str) -> list[str]:
-    """Kill what runs in our namespace NAME, then delete it (its veth pair goes with it)."""
-    problems = []
-    if name not in netns_list():
-        return problems
-    pids = run(["ip", "netns", "pids", name]).stdout.split()
-    for pid in pids:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    if run(["ip", "netns", "del", name]).returncode != 0:
-        problems.append(f"netns {name} could not be deleted")
-    return problems
-
-
-def netns_list() -> list[str]:
-    return [line.split()[0] for line in run(["ip", "netns", "list"]).stdout.splitlines() if line.strip()]
-
-
-def link_exists(name: str) -> bool:
-    return run(["ip", "link", "show", "dev", name]).returncode == 0
-
-
-def kill_recorded(pid_file: Path) -> None:
-    """Stop host-side servers a crashed earlier run left (recorded pid and start time)."""
-    try:
-        data = json.loads(pid_file.read_text())
-    except (OSError, ValueError):
-        return
-    for _label, (pid, start) in data.items():
-        if start is not None and proc_start(pid) == start:
-            stop_group(pid)
 
 
 def own_leftovers(host: HostSide, ports: list[int], bridge: str) -> list[str]:
-    found = [f"netns {n}" for n in (CLIENT_NS, BARE_NS) if n in netns_list()]
-    found += [f"link {v}" for v in (CLIENT_VETH, BARE_VETH) if link_exists(v)]
+    found = [f"netns {n}" for n in (CLIENT_NS, BARE_NS) if n in netns.names()]
+    found += [f"link {v}" for v in (CLIENT_VETH, BARE_VETH) if netns.link_exists(v)]
     found += [f"process {label} (pid {pid})" for label, (pid, start) in host.started.items()
               if start is not None and proc_start(pid) == start]
-    listening = run(["ss", "-Hltn"]).stdout
-    for port in ports:
-        if re.search(rf":{port}\s", listening):
-            found.append(f"listener on port {port}")
+    found += [f"listener on port {port}" for port in hostside.listening(ports)]
     found += [f"nftables {t}" for t in firewall_tables(bridge)]
-    found += [f"cgroup {g}" for g in sorted(accounting_root().glob(CGROUP_PREFIX + "*"))]
+    found += [f"cgroup {g}" for g in hostside.stale_cgroups()]
     return found
 
 
-def port_free(port: int) -> bool:
-    """Nothing on the host uses PORT on any address (not even a connection in TIME_WAIT)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("0.0.0.0", port))  # noqa: S104 - a probe, closed at once, never listens
-            return True
-        except OSError:
-            return False
-
-
-def pick_ports(labels: list[str]) -> dict[str, int]:
-    """A free port for each host-side server (the same port at the gateway, on loopback and in
-    the bare namespace)."""
-    ports: dict[str, int] = {}
-    for port in range(FIRST_PORT, FIRST_PORT + 200):
-        if len(ports) == len(labels):
-            break
-        if port_free(port):
-            ports[labels[len(ports)]] = port
-    if len(ports) != len(labels):
-        raise RuntimeError("no free ports for the host-side servers")
-    return ports
-
-
-def firewall_tables(bridge: str) -> list[str]:
-    """The engine's nftables tables for BRIDGE, if the engine makes any."""
-    out = run(["nft", "list", "tables"]).stdout if shutil.which("nft", path=HOST_ENV["PATH"]) else ""
-    return [line.strip() for line in out.splitlines() if line.strip().endswith(f" vservers-{bridge}")]
-
-
-def pin(pids: list[int], cpu: int) -> None:
-    for pid in pids:
-        run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)])
-
-
-# --- network safety -------------------------------------------------------------------------
-
-
-def check_client_route(addr: str, network: ipaddress.IPv4Network) -> None:
-    """Abort unless the client namespace sends ADDR out of its veth on our bridge."""
-    ip = ipaddress.ip_address(addr)
-    if ip not in network:
-        raise common.UnsafeRoute(f"{ip} is outside the benchmark range {network}")
-    out = run(["ip", "netns", "exec", CLIENT_NS, "ip", "route", "get", str(ip)])
-    words = out.stdout.split()
-    dev = words[words.index("dev") + 1] if "dev" in words else None
-    if out.returncode != 0 or dev != "eth0":
-        raise common.UnsafeRoute(f"in {CLIENT_NS}, ip route get {ip} names {dev!r}: {out.stdout.strip()}")
-    if run(["ip", "netns", "exec", CLIENT_NS, "ip", "route", "show", "default"]).stdout.strip():
-        raise common.UnsafeRoute(f"{CLIENT_NS} has a default route")
-
-
-def fetch(ip: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
-    """GET PATH from IP:PORT with http.client (no proxies); (status, body) or None."""
-    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except OSError:
-        return None
-    finally:
-        conn.close()
-
-
 def wait_page(ip: str, port: int, body: bytes, timeout: float = 30.0) -> None:
+    """Until IP:PORT serves BODY as /PAGE_NAME (loopback, or an address whose route the caller
+    has checked)."""
     deadline = time.monotonic() + timeout
     while True:
-        got = fetch(ip, port, "/" + PAGE_NAME)
+        try:
+            got = common.http_get(ip, port, "/" + PAGE_NAME, timeout=2.0)
+        except OSError:
+            got = None
         if got is not None and got[0] == 200 and got[1] == body:
             return
         if time.monotonic() > deadline:
@@ -502,230 +139,7 @@ def wait_page(ip: str, port: int, body: bytes, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-# --- wrk ------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"unknown latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(out: str) -> dict:
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not rps:
-        raise RuntimeError(f"wrk printed no Requests/sec:\n{out}")
-    result: dict = {"rps": float(rps.group(1))}
-    done = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", out)
-    if done:
-        result["requests"] = int(done.group(1))
-        size = float(done.group(4)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}.get(done.group(5), 1)
-        result["bytes_per_request"] = round(size / max(1, result["requests"]))
-    for q in ("50", "75", "90", "99"):
-        m = re.search(rf"^\s+{q}%\s+(\S+)", out, re.M)
-        if m:
-            result[f"lat_p{q}_ms"] = _ms(m.group(1))
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["socket_errors"] = sum(int(x) for x in errors.groups()) if errors else 0
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
-    return result
-
-
-def wrk_args(url: str, seconds: int, conns: int) -> list[str]:
-    return ["-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url]
-
-
-def cpu_times() -> dict[int, list[int]]:
-    """Per CPU: user, nice, system, idle, iowait, irq, softirq, steal (USER_HZ ticks)."""
-    found = {}
-    with open("/proc/stat") as fh:
-        for line in fh:
-            m = re.match(r"cpu(\d+) (.*)", line)
-            if m:
-                found[int(m.group(1))] = [int(x) for x in m.group(2).split()[:8]]
-    return found
-
-
-def cpu_per_request(before: dict, after: dict, requests: int) -> dict:
-    """Microseconds of CPU per request on the server's and the client's CPU, by kind."""
-    hz = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for role, cpu in (("server_cpu", SERVER_CPU), ("client_cpu", CLIENT_CPU)):
-        if cpu not in before or cpu not in after:
-            continue
-        d = [a - b for a, b in zip(after[cpu], before[cpu], strict=True)]
-        us = 1e6 / hz / max(1, requests)
-        out[role] = {
-            "user_us": round((d[0] + d[1]) * us, 3),
-            "system_us": round(d[2] * us, 3),
-            "softirq_us": round((d[5] + d[6]) * us, 3),
-            "idle_share": round((d[3] + d[4]) / max(1, sum(d)), 4),
-            "steal_share": round(d[7] / max(1, sum(d)), 4),
-        }
-    return out
-
-
-def background_busy(seconds: float = 1.0) -> float:
-    """The share of both CPUs busy over SECONDS while this benchmark runs nothing: other
-    people's work, which shows up as noise in the figures."""
-    before = cpu_times()
-    time.sleep(seconds)
-    after = cpu_times()
-    busy = total = 0
-    for cpu in after:
-        d = [a - b for a, b in zip(after[cpu], before.get(cpu, after[cpu]), strict=True)]
-        total += sum(d)
-        busy += sum(d) - d[3] - d[4]
-    return round(busy / total, 4) if total else 0.0
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _cpu_of(fields: list[str]) -> float:
-    """utime + stime + cutime + cstime (reaped children, e.g. busybox httpd's per-request
-    forks and Apache's exited workers) in seconds."""
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def vps_cpu(engine, name: str) -> float:
-    """CPU seconds the VPS's cgroup has used (every process in it, ever)."""
-    return engine.status(name, with_addresses=False).usage.cpu_seconds
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-CONNTRACK = Path("/proc/sys/net/netfilter")
-CONNTRACK_PAUSES: list[float] = []
-
-
-def conntrack_guard(limit: float = 0.5, max_wait: float = 300.0) -> None:
-    """Wait while the host's connection-tracking table is more than LIMIT full.
-
-    The engine's firewall turns conntrack on for the host's network namespace, so every
-    connection through the bridge gets an entry that stays 120 s after it closes. busybox httpd
-    takes a new connection per request, some 2,500 a second: left alone, a long run would fill
-    the table, and a full table drops new connections, everyone's."""
-    try:
-        maximum = int((CONNTRACK / "nf_conntrack_max").read_text())
-    except (OSError, ValueError):
-        return
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < max_wait:
-        if int((CONNTRACK / "nf_conntrack_count").read_text()) <= limit * maximum:
-            break
-        time.sleep(2)
-    if time.monotonic() - t0 > 0.5:
-        CONNTRACK_PAUSES.append(round(time.monotonic() - t0, 1))
-
-
-def timed_wrk(argv: list[str], runner=None, server_cpu=None, timeout: float = 120) -> dict:
-    """Run wrk (on the host, or through RUNNER); its figures, the CPU time per request of each
-    CPU (/proc/stat) and of the server's processes (SERVER_CPU: cumulative seconds) and wrk's."""
-    conntrack_guard()
-    before, client0 = cpu_times(), children_cpu()
-    server0 = server_cpu() if server_cpu else None
-    if runner is None:
-        done = run(argv, timeout=timeout)
-    else:
-        done = runner(argv, timeout)
-    server1 = server_cpu() if server_cpu else None
-    after, client1 = cpu_times(), children_cpu()
-    out, code, err = done.stdout, done.returncode, done.stderr
-    if code != 0:
-        raise RuntimeError(f"wrk failed ({code}): {err.strip() or out.strip()}")
-    result = parse_wrk(out)
-    n = max(1, result.get("requests", 0))
-    result["cpu_per_request"] = cpu_per_request(before, after, n)
-    result["client_process_us"] = round((client1 - client0) * 1e6 / n, 2)
-    if server0 is not None:
-        # wrk run inside the VPS (RUNNER) is in the VPS's cgroup too: its own time comes off.
-        inside = (client1 - client0) if runner is not None else 0.0
-        result["server_process_us"] = round((server1 - server0 - inside) * 1e6 / n, 2)
-    result["loadavg1_after"] = os.getloadavg()[0]
-    return result
-
-
-# --- measurements ---------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    """One place a server is reached from the client: its label and how to run wrk there."""
-
-    label: str
-    argv: list[str]
-    runner: object = None  # None: run on the host; else a callable (argv, timeout) -> Completed
-    server_cpu: object = None  # a callable: the server processes' CPU seconds so far
-
-
-BACKGROUND: dict[str, float] = {}  # what -> background_busy() just before its rounds
-
-
-def compare(targets: list[Target], reps: int, warmup_s: int, what: str) -> dict:
-    """Warm each target up, then REPS rounds that run every target once, the order rotated
-    each round so drift spreads over all of them."""
-    for t in targets:
-        timed_wrk(warmup_argv(t.argv, warmup_s), t.runner, t.server_cpu)
-    runs: dict[str, list[dict]] = {t.label: [] for t in targets}
-    quiet = background_busy()
-    for i in range(reps):
-        order = targets[i % len(targets):] + targets[: i % len(targets)]
-        for t in order:
-            runs[t.label].append(timed_wrk(t.argv, t.runner, t.server_cpu))
-        log(f"  {what} round {i + 1}/{reps}: " + ", ".join(
-            f"{t.label} {runs[t.label][-1]['rps']:.0f}/s" for t in targets))
-    BACKGROUND[what] = quiet
-    return {label: side_summary(samples) for label, samples in runs.items()}
-
-
-def warmup_argv(argv: list[str], seconds: int) -> list[str]:
-    return [f"-d{seconds}s" if a.startswith("-d") and a.endswith("s") else a for a in argv]
-
-
-def side_summary(samples: list[dict]) -> dict:
-    def stats(key: str) -> dict:
-        return summary([s[key] for s in samples if key in s])
-
-    cpu = {}
-    for role in ("server_cpu", "client_cpu"):
-        rows = [s["cpu_per_request"][role] for s in samples if role in s["cpu_per_request"]]
-        if rows:
-            cpu[role] = {k: common.percentile([r[k] for r in rows], 50) for k in rows[0]}
-    return {
-        "rps": stats("rps"),
-        "lat_p50_ms": stats("lat_p50_ms"),
-        "lat_p99_ms": stats("lat_p99_ms"),
-        "cpu_per_request_median": cpu,
-        "server_process_us": stats("server_process_us"),
-        "client_process_us": stats("client_process_us"),
-        "socket_errors": sum(s["socket_errors"] for s in samples),
-        "non_2xx": sum(s["non_2xx"] for s in samples),
-        "bytes_per_request": samples[0].get("bytes_per_request") if samples else None,
-        "samples": samples,
-    }
-
-
-def ratio(vps: float, host: float) -> float | None:
-    return round(vps / host, 4) if host else None
-
-
-def paired_ratio(vps: dict, host: dict, key: str = "rps") -> float | None:
-    """Median of the per-round ratios (round i of the VPS against round i of the host)."""
-    pairs = [v[key] / h[key] for v, h in zip(vps["samples"], host["samples"], strict=False) if h.get(key)]
-    return round(common.percentile(pairs, 50), 4) if pairs else None
+# --- commands on both sides -----------------------------------------------------------------
 
 
 def dd_seconds(output: str) -> float:
@@ -804,48 +218,9 @@ def make_page() -> bytes:
     return body
 
 
-def guest_write(engine, name: str, path: str, data: bytes) -> None:
-    done = engine.run(name, ["dd", f"of={path}", "bs=65536"], input=data, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"writing {path} in {name}: {done.stderr.strip()}")
-
-
-def wrk_bundle() -> dict[str, Path]:
-    """wrk and what it loads (from ldd), by the file name it is looked up as."""
-    wrk = shutil.which("wrk", path=HOST_ENV["PATH"])
-    if wrk is None:
-        raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    files = {"wrk": Path(wrk)}
-    for line in must(["ldd", wrk]).splitlines():
-        m = re.match(r"\s*(\S+) => (/\S+)", line) or re.match(r"\s*(/\S+ld-linux\S*)", line)
-        if m:
-            name = os.path.basename(m.group(1))
-            files[name] = Path(os.path.realpath(m.group(m.lastindex)))
-    if not any(n.startswith("ld-linux") for n in files):
-        raise RuntimeError("cannot find wrk's dynamic loader in ldd's output")
-    return files
-
-
-def install_wrk(engine, name: str, files: dict[str, Path], busybox: Path) -> list[str]:
-    """Copy wrk into the VPS; the argv prefix that runs it there pinned to the client CPU."""
-    done = engine.run(name, ["mkdir", "-p", WRK_DIR])
-    if done.returncode != 0:
-        raise RuntimeError(f"mkdir {WRK_DIR} in {name}: {done.stderr.strip()}")
-    for fname, path in {**files, "busybox": busybox}.items():
-        guest_write(engine, name, f"{WRK_DIR}/{fname}", path.read_bytes())
-    done = engine.run(name, ["chmod", "755", *[f"{WRK_DIR}/{f}" for f in [*files, "busybox"]]])
-    if done.returncode != 0:
-        raise RuntimeError(f"chmod in {name}: {done.stderr.strip()}")
-    loader = next(n for n in files if n.startswith("ld-linux"))
-    return [f"{WRK_DIR}/busybox", "taskset", "-c", str(CLIENT_CPU),
-            f"{WRK_DIR}/{loader}", "--library-path", WRK_DIR, f"{WRK_DIR}/wrk"]
-
-
-def vps_runner(engine, name: str):
-    def runner(argv: list[str], timeout: float):
-        return engine.run(name, argv, timeout=timeout)
-
-    return runner
+def vps_cpu(engine, name: str) -> float:
+    """CPU seconds the VPS's cgroup has used (every process in it, ever)."""
+    return engine.status(name, with_addresses=False).usage.cpu_seconds
 
 
 @dataclass
@@ -985,7 +360,7 @@ def setup(engine, config, env, profile: dict, ports: dict[str, int], result: dic
     for ip in ctx.vps_ip.values():
         wait_page(ip, 80, page)
     for ip in [gw, bare_ip, *ctx.vps_ip.values()]:
-        check_client_route(ip, network)
+        netns.check_route(CLIENT_NS, ip, network)
     ctx.host_cgroups = dict(host.cgroups)
     bundle = wrk_bundle()
     for name in ctx.vps_ip:
@@ -1201,274 +576,6 @@ def measure(engine, config, env, profile: dict, ports: dict[str, int], result: d
     phases["file"] = round(time.monotonic() - t0, 1)
 
 
-# --- report ---------------------------------------------------------------------------------
-
-HTTP_SIDES = [("host", "host"), ("bare_netns", "bare netns"), ("vps", "VPS")]
-
-
-def fmt(x: float | None, digits: int = 0) -> str:
-    return "—" if x is None else f"{x:,.{digits}f}"
-
-
-def pct(x: float | None) -> str:
-    return "—" if x is None else f"{x * 100:.1f} %"
-
-
-def derived(result: dict) -> dict:
-    """The ratios the report and the plots show."""
-    out: dict = {"http": {}, "cpu": {}, "file": {}}
-    for label, paths in result.get("http", {}).items():
-        for path, sides in paths.items():
-            host = sides["host"]
-            for side, s in sides.items():
-                if side == "host":
-                    continue
-                out["http"][f"{label}/{path}/{side}"] = {
-                    "ratio_of_medians": ratio(s["rps"]["median"], host["rps"]["median"]),
-                    "paired_ratio": paired_ratio(s, host),
-                    # Other work only ever slows a run down: the best runs are the least disturbed.
-                    "ratio_of_p95": ratio(s["rps"]["p95"], host["rps"]["p95"]),
-                }
-    for key, m in result.get("cpu", {}).items():
-        if key != "startup_baseline":
-            out["cpu"][key] = {"host_over_vps_cpu_time": ratio(m["host_cpu_s"]["median"], m["vps_cpu_s"]["median"]),
-                               "host_over_vps_time": ratio(m["host_s"]["median"], m["vps_s"]["median"])}
-    for key, m in result.get("file", {}).items():
-        out["file"][key] = {"vps_over_host_MBps": ratio(m["vps_MBps"]["median"], m["host_MBps"]["median"])}
-    return out
-
-
-def rps_cell(side: dict) -> str:
-    return f"{fmt(side['rps']['median'])} ({fmt(side['rps']['p95'])})"
-
-
-def latency_cell(side: dict) -> str:
-    return f"{fmt(side['lat_p50_ms']['median'], 2)} / {fmt(side['lat_p99_ms']['median'], 2)}"
-
-
-def ratio_cell(r: dict) -> str:
-    return f"**{pct(r['ratio_of_medians'])}** (paired {pct(r['paired_ratio'])}, p95 {pct(r['ratio_of_p95'])})"
-
-
-def markdown(result: dict, plots: list[str]) -> str:
-    info, prof, d = result["host"], result["profile"], result["derived"]
-    out = [
-        "## Overhead: VPS against the bare host",
-        "",
-        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, "
-        f"commit {info['git_commit']}; `bench/overhead.py {' '.join(result['argv'])}` "
-        f"({result['mode']}, {result['run_time_s']:.0f} s). Load average before/after: "
-        f"{result['loadavg_before'][0]:.2f} / {result['loadavg_after'][0]:.2f}."
-        + (f" Engine with uncommitted changes in: {', '.join(result['engine_uncommitted'])}."
-           if result.get("engine_uncommitted") else "")
-        + (" The engine's firewall was on (nftables tables for the bridge)."
-           if result.get("setup", {}).get("firewall_tables") else ""),
-        "",
-        f"Servers pinned to CPU {SERVER_CPU}, load generator to CPU {CLIENT_CPU} (`taskset`). Same binary, same "
-        f"files on both sides: the busybox template's static busybox (`httpd`, no keep-alive, one fork per "
-        f"request) and the Debian template's Apache 2.4 (mpm_event, keep-alive) with its own config (the host "
-        f"side only listens on another port). Page: {PAGE_BYTES} bytes. wrk -t1, -c{CONNS['busybox']} for "
-        f"busybox (its listen backlog is 9), -c{CONNS['apache']} for Apache: "
-        f"{prof['http_reps']} rounds × {prof['http_s']} s per side through the bridge, {prof['lo_reps']} × "
-        f"{prof['lo_s']} s over loopback, sides alternated (order rotated each round) after a warm-up.",
-    ]
-    http = result.get("http", {})
-    if http:
-        rows = []
-        for label, paths in http.items():
-            sides = paths["bridge"]
-            key = f"{label}/bridge/vps"
-            rows.append([f"**{label}** req/s median (p95)"]
-                        + [rps_cell(sides[s]) for s, _ in HTTP_SIDES] + [ratio_cell(d["http"][key])])
-            rows.append([f"{label} latency p50 / p99 ms"] + [latency_cell(sides[s]) for s, _ in HTTP_SIDES] + [""])
-        busy = result.get("background_busy_before_http", {})
-        if busy:
-            noisy = max(busy.values()) > 0.1
-            out += ["", ("**Noisy run:** " if noisy else "") + "CPU busy with other work in the second before each "
-                    "series (both CPUs): " + ", ".join(f"{k} {pct(v)}" for k, v in busy.items()) + "."]
-        out += ["", "### HTTP through the bridge (client in its own network namespace)", "",
-                "host: client ns → bridge → host stack (bridge address); bare netns: the host's server "
-                "process in a plain network namespace on the bridge (one veth more, nothing else); VPS: "
-                "client ns → bridge → veth → VPS.", "",
-                md_table(["", "host", "bare netns", "VPS", "VPS / host: medians (paired rounds, p95s)"], rows)]
-        rows = []
-        for label, paths in http.items():
-            if "loopback" not in paths:
-                continue
-            lo = paths["loopback"]
-            key = f"{label}/loopback/vps"
-            rows.append([f"**{label}** req/s median (p95)", rps_cell(lo["host"]), rps_cell(lo["vps"]),
-                         ratio_cell(d["http"][key])])
-            rows.append([f"{label} latency p50 / p99 ms", latency_cell(lo["host"]), latency_cell(lo["vps"]), ""])
-        if rows:
-            out += ["", "### HTTP over loopback (wrk beside the server: on the host / inside the VPS)", "",
-                    md_table(["", "host", "VPS", "VPS / host: medians (paired rounds, p95s)"], rows)]
-        rows = []
-        for label, paths in http.items():
-            for path, sides in paths.items():
-                for side, s in sides.items():
-                    c = s["cpu_per_request_median"]
-                    cells = [fmt(s["server_process_us"]["median"], 1), fmt(s["client_process_us"]["median"], 1)]
-                    for role in ("server_cpu", "client_cpu"):
-                        r = c.get(role, {})
-                        cells.append(f"{fmt(r.get('user_us'), 1)} / {fmt(r.get('system_us'), 1)} / "
-                                     f"{fmt(r.get('softirq_us'), 1)} (idle {pct(r.get('idle_share'))})")
-                    rows.append([f"{label} {path}", dict(HTTP_SIDES).get(side, side), *cells])
-        out += ["", "### Where the CPU goes: µs of CPU per request", "",
-                "Server processes: the CPU time of the cgroup they run in (the host-side server's own "
-                "accounting cgroup; the VPS's cgroup, minus wrk when wrk runs inside it), so every forked "
-                "child counts; wrk: its own time (rusage). Softirq work that ran in a process's context "
-                "counts for that process. Per CPU: everything /proc/stat saw on that CPU, user / system / "
-                "softirq, other people's processes included.", "",
-                md_table(["server", "side", "server processes", "wrk", f"CPU {SERVER_CPU} (server)",
-                          f"CPU {CLIENT_CPU} (client)"], rows)]
-    rows = []
-    cpu = result.get("cpu", {})
-    for key, label in (("shell_loop", "busybox sh loop, {iterations:,} iterations: CPU s (wall s)"),
-                       ("fork_loop", "busybox sh, {forks:,} subshells (fork + exit): CPU s (wall s)"),
-                       ("syscall_loop", "dd bs=1 /dev/zero → /dev/null, {syscalls:,} syscalls: CPU s (dd's s)")):
-        if key in cpu:
-            m, r = cpu[key], d["cpu"][key]
-            rows.append([label.format(**m), f"{fmt(m['host_cpu_s']['median'], 3)} ({fmt(m['host_s']['median'], 3)})",
-                         f"{fmt(m['vps_cpu_s']['median'], 3)} ({fmt(m['vps_s']['median'], 3)})",
-                         f"**{pct(r['host_over_vps_cpu_time'])}** speed ({pct(r['host_over_vps_time'])})"])
-    for key, label in (("own_disk_warm", "read own-disk file, page cache warm (MB/s)"),
-                       ("template_warm", "read template file `{file}` (overlay lower), warm (MB/s)"),
-                       ("own_disk_cold", "read own-disk file, cold: its pages dropped (MB/s)")):
-        if key in result.get("file", {}):
-            m = result["file"][key]
-            rows.append([label.format(**m), fmt(m["host_MBps"]["median"]), fmt(m["vps_MBps"]["median"]),
-                         f"**{pct(d['file'][key]['vps_over_host_MBps'])}**"])
-    if rows:
-        base = cpu.get("startup_baseline", {})
-        out += ["", "### CPU and file reads (same busybox binary, pinned to one CPU)", "",
-                md_table(["", "host", "VPS", "VPS / host"], rows), "",
-                "CPU: user + system time of the processes (rusage), the figure other work on the machine "
-                "hardly moves; in brackets the elapsed time. The loops run without address-space "
-                "randomisation (`setarch -R`) and with the same argv and environment on both sides (the host's "
-                "chrooted into the template), so both get the same memory layout. "
-                "The shell loop's elapsed time is the wall clock minus the start-up of an empty command on the same "
-                f"side (host {fmt(base.get('host_s', {}).get('median', 0) * 1000, 1)} ms, VPS through "
-                f"`engine.run` {fmt(base.get('vps_s', {}).get('median', 0) * 1000, 1)} ms); everything done with "
-                "dd by the copy time dd reports itself (no process start-up). Reads: `dd bs=1M` to /dev/null. "
-                "The own-disk file lies in the VPS's ext4 image (overlay upper, loop device) and on the host's "
-                "ext4; the template file is the same inode on both sides (the VPS reads it through the overlay "
-                "and the idmapped mount). Cold: the file's pages (and in the VPS those of its disk image) "
-                "dropped with `posix_fadvise(DONTNEED)` before each read, nothing else of the host's cache."]
-    if result.get("analysis"):
-        out += ["", "### Reading", "", result["analysis"]]
-    for p in plots:
-        out += ["", f"![{p}]({p})"]
-    problems = result.get("leftovers")
-    out += ["", "Cleanup: " + ("nothing left behind." if not problems else "LEFT BEHIND: " + "; ".join(problems))]
-    return "\n".join(out) + "\n"
-
-
-def analysis(result: dict) -> str:
-    """What the numbers say, from the numbers (the report's own reading comes on top)."""
-    d = result["derived"]
-    lines = []
-    for label, paths in result.get("http", {}).items():
-        b = paths["bridge"]
-        r_vps = d["http"][f"{label}/bridge/vps"]["ratio_of_medians"]
-        r_bare = d["http"][f"{label}/bridge/bare_netns"]["ratio_of_medians"]
-        verdict = "meets" if r_vps is not None and r_vps >= 0.97 else "misses"
-        vps_over_bare = ratio(b["vps"]["rps"]["median"], b["bare_netns"]["rps"]["median"])
-        text = (f"**{label}**: through the bridge the VPS serves {pct(r_vps)} of the host's requests per second "
-                f"({verdict} the 97 % target). The extra veth hop alone (bare netns) gives {pct(r_bare)} of the "
-                f"host, the rest of the VPS {pct(vps_over_bare)} of the bare netns.")
-        if "loopback" in paths:
-            text += (f" Over loopback, without bridge and veth, the VPS gets "
-                     f"{pct(d['http'][f'{label}/loopback/vps']['ratio_of_medians'])} of the host.")
-
-        us = [b[side]["server_process_us"]["median"] for side in ("host", "bare_netns", "vps")]
-        soft = [b[side]["cpu_per_request_median"].get("server_cpu", {}).get("softirq_us", math.nan)
-                for side in ("host", "bare_netns", "vps")]
-        text += (f" CPU per request of the server's processes: host {us[0]:.0f} µs, bare netns {us[1]:.0f} µs, "
-                 f"VPS {us[2]:.0f} µs; softirq on the server's CPU {soft[0]:.0f} / {soft[1]:.0f} / {soft[2]:.0f} µs.")
-        lines.append(text)
-    cpu = d.get("cpu", {})
-    if cpu:
-        lines.append("**CPU**: per unit of work the VPS needs " + ", ".join(
-            f"{key.replace('_', ' ')} {pct(1 / v['host_over_vps_cpu_time']) if v['host_over_vps_cpu_time'] else '—'}"
-            for key, v in cpu.items()) + " of the host's CPU time.")
-    files = d.get("file", {})
-    if files:
-        ra = result["file"].get("own_disk_cold", {}).get("read_ahead_kb", {})
-        text = "**Reads**: " + ", ".join(f"{key.replace('_', ' ')} {pct(v['vps_over_host_MBps'])}"
-                                         for key, v in files.items()) + " of the host's MB/s"
-        if ra:
-            text += (f" (read-ahead: host disk {ra.get('host_disk', '?')} KB, the VPS's loop device "
-                     f"{ra.get('vps_loop', '?')} KB)")
-        lines.append(text + ".")
-    return "\n\n".join(lines)
-
-
-def plot(result: dict, outdir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = []
-    http = result.get("http", {})
-    if http:
-        groups = []
-        for label, paths in http.items():
-            for path, sides in paths.items():
-                groups.append((f"{label}\n{path}", sides))
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        colors = {"host": "#4c72b0", "bare_netns": "#8c8c8c", "vps": "#dd8452"}
-        width = 0.26
-        for gi, (_, sides) in enumerate(groups):
-            keys = [k for k, _ in HTTP_SIDES if k in sides]
-            for si, key in enumerate(keys):
-                s = sides[key]["rps"]
-                x = gi + (si - (len(keys) - 1) / 2) * width
-                ax.bar(x, s["median"], width, color=colors[key], label=dict(HTTP_SIDES)[key],
-                       yerr=[[s["median"] - s["min"]], [s["p95"] - s["median"]]], capsize=3)
-        handles, labels = ax.get_legend_handles_labels()
-        seen = {}
-        for h, lab in zip(handles, labels, strict=True):
-            seen.setdefault(lab, h)
-        ax.legend(seen.values(), seen.keys())
-        ax.set_xticks(range(len(groups)), [g for g, _ in groups])
-        ax.set_ylabel("requests / s (median; whiskers min – p95)")
-        ax.set_title("HTTP throughput: host vs VPS (wrk, same server binary and page)")
-        fig.tight_layout()
-        fig.savefig(outdir / "overhead-http.png", dpi=110)
-        plt.close(fig)
-        names.append("overhead-http.png")
-    d = result["derived"]
-    bars = []  # (label, VPS/host, colour)
-    for key, v in d["http"].items():
-        label, path, side = key.split("/")
-        name = f"{label} {path}" + (" (bare netns)" if side == "bare_netns" else "")
-        bars.append((name, v["ratio_of_medians"], "#8c8c8c" if side == "bare_netns" else "#dd8452"))
-    for key, v in d["cpu"].items():
-        bars.append((f"cpu {key.replace('_', ' ')} (CPU time)", v["host_over_vps_cpu_time"], "#dd8452"))
-    for key, v in d["file"].items():
-        bars.append((f"read {key.replace('_', ' ')}", v["vps_over_host_MBps"], "#dd8452"))
-    bars = [b for b in bars if b[1] is not None]
-    if bars:
-        fig, ax = plt.subplots(figsize=(9, 5))
-        ax.barh([k for k, _, _ in bars], [v * 100 for _, v, _ in bars], color=[c for _, _, c in bars])
-        ax.axvline(100, color="black", linewidth=0.8)
-        ax.axvline(97, color="red", linestyle="--", linewidth=0.8, label="97 % target")
-        for i, (_, v, _) in enumerate(bars):
-            ax.text(v * 100, i, f" {v * 100:.1f} %", va="center", fontsize=8)
-        ax.set_xlabel("VPS (grey: bare netns) as % of host, medians (higher is better)")
-        ax.set_xlim(0, max(115, max(v * 100 for _, v, _ in bars) + 10))
-        ax.invert_yaxis()
-        ax.legend(loc="lower right")
-        ax.set_title("VPS / host")
-        fig.tight_layout()
-        fig.savefig(outdir / "overhead-ratios.png", dpi=110)
-        plt.close(fig)
-        names.append("overhead-ratios.png")
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -1490,15 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         log(f"another run of bench/overhead.py holds {TEMPLATE_STORE / '.run.lock'}; not starting")
         return 1
-    ov_env = dict(common.OVERHEAD_ENV)
-    uid_note = None
-    if int(ov_env["VSERVER_UID_BASE"]) >= 2**31:
-        uid_note = (f"common.OVERHEAD_ENV's VSERVER_UID_BASE {ov_env['VSERVER_UID_BASE']} is above the engine's "
-                    f"limit (2^31); used {UID_BASE_FALLBACK}")
-        ov_env["VSERVER_UID_BASE"] = str(UID_BASE_FALLBACK)
+    ov_env, uid_note = common.below_uid_limit(common.OVERHEAD_ENV, "OVERHEAD_ENV", UID_BASE_FALLBACK)
     # The host-side servers listen at the gateway: the engine's firewall (if it has one) must
     # let the bridge reach those ports of the host.
-    ports = pick_ports(["busybox"] + ([] if args.no_apache else ["apache"]))
+    ports = hostside.pick_ports(["busybox"] + ([] if args.no_apache else ["apache"]), FIRST_PORT)
     ov_env["VSERVER_HOST_ALLOW"] = ",".join(f"tcp/{p}" for p in ports.values())
     env = common.engine_env(ov_env)
     from vservers.engine import Engine, EngineConfig
@@ -1515,26 +617,22 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": os.getloadavg(), "installation": {k: env[k] for k in sorted(ov_env)}, "ports": ports,
     }
     # The engine measured is the working tree's: say so when it is not the commit's.
-    status = run(["git", "-C", str(common.REPO), "status", "--porcelain", "--", "vservers/engine"]).stdout
-    result["engine_uncommitted"] = sorted(line[3:] for line in status.splitlines() if line.strip())
+    result["engine_uncommitted"] = common.uncommitted(["vservers/engine"])
     if uid_note:
         result["uid_base_note"] = uid_note
         log(uid_note)
     common.install_signal_handlers()
     ok = False
     try:
-        stale_groups = sorted(accounting_root().glob(CGROUP_PREFIX + "*"))
-        if config.root.exists() or set(netns_list()) & {CLIENT_NS, BARE_NS} or stale_groups:
+        stale_groups = hostside.stale_cgroups()
+        if config.root.exists() or set(netns.names()) & {CLIENT_NS, BARE_NS} or stale_groups:
             log(f"{config.root}, our namespaces or cgroups exist from an earlier run: cleaning first")
-            kill_recorded(pid_file)
+            hostside.kill_recorded(pid_file)
             for group in stale_groups:
-                remove_cgroup(group)
+                hostside.remove_cgroup(group)
             for ns in (CLIENT_NS, BARE_NS):
-                delete_netns(ns)
-            left = common.cleanup_installation(engine, log)
-            if left:
-                raise RuntimeError(f"could not clean the earlier run: {left}")
-            common.install_signal_handlers()
+                netns.delete(ns)
+            common.clean_or_fail(engine, log)
         measure(engine, config, env, profile, ports, result, host)
         ok = True
     finally:
@@ -1562,16 +660,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             plots = plot(result, Path(tmp))
         md = markdown(result, plots)
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
-        print()
-        print(md)
+        report.show(result, md)
         log("smoke run: no results written")
     else:
         plots = plot(result, common.RESULTS_DIR)
         md = markdown(result, plots)
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
-        print()
-        print(md)
+        report.show(result, md)
         path = common.write_results("overhead", result, md)
         log(f"wrote {path}, {path.parent / 'SUMMARY.md'} and {', '.join(plots)}")
     return 0 if not result["leftovers"] else 2

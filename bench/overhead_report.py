@@ -1,0 +1,275 @@
+"""The report of bench/overhead.py: VPS/host ratios, the Markdown tables, a reading in words
+and the plots, all from the result dictionary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench import common
+from bench.common import md_table
+from bench.report import fmt, pct, pyplot, save
+
+
+def ratio(vps: float, host: float) -> float | None:
+    return round(vps / host, 4) if host else None
+
+
+def paired_ratio(vps: dict, host: dict, key: str = "rps") -> float | None:
+    """Median of the per-round ratios (round i of the VPS against round i of the host)."""
+    pairs = [v[key] / h[key] for v, h in zip(vps["samples"], host["samples"], strict=False) if h.get(key)]
+    return round(common.percentile(pairs, 50), 4) if pairs else None
+
+
+HTTP_SIDES = [("host", "host"), ("bare_netns", "bare netns"), ("vps", "VPS")]
+
+
+def derived(result: dict) -> dict:
+    """The ratios the report and the plots show."""
+    out: dict = {"http": {}, "cpu": {}, "file": {}}
+    for label, paths in result.get("http", {}).items():
+        for path, sides in paths.items():
+            host = sides["host"]
+            for side, s in sides.items():
+                if side == "host":
+                    continue
+                out["http"][f"{label}/{path}/{side}"] = {
+                    "ratio_of_medians": ratio(s["rps"]["median"], host["rps"]["median"]),
+                    "paired_ratio": paired_ratio(s, host),
+                    # Other work only ever slows a run down: the best runs are the least disturbed.
+                    "ratio_of_p95": ratio(s["rps"]["p95"], host["rps"]["p95"]),
+                }
+    for key, m in result.get("cpu", {}).items():
+        if key != "startup_baseline":
+            out["cpu"][key] = {"host_over_vps_cpu_time": ratio(m["host_cpu_s"]["median"], m["vps_cpu_s"]["median"]),
+                               "host_over_vps_time": ratio(m["host_s"]["median"], m["vps_s"]["median"])}
+    for key, m in result.get("file", {}).items():
+        out["file"][key] = {"vps_over_host_MBps": ratio(m["vps_MBps"]["median"], m["host_MBps"]["median"])}
+    return out
+
+
+def rps_cell(side: dict) -> str:
+    return f"{fmt(side['rps']['median'])} ({fmt(side['rps']['p95'])})"
+
+
+def latency_cell(side: dict) -> str:
+    return f"{fmt(side['lat_p50_ms']['median'], 2)} / {fmt(side['lat_p99_ms']['median'], 2)}"
+
+
+def ratio_cell(r: dict) -> str:
+    return f"**{pct(r['ratio_of_medians'])}** (paired {pct(r['paired_ratio'])}, p95 {pct(r['ratio_of_p95'])})"
+
+
+def markdown(result: dict, plots: list[str]) -> str:
+    info, prof, d = result["host"], result["profile"], result["derived"]
+    out = [
+        "## Overhead: VPS against the bare host",
+        "",
+        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, "
+        f"commit {info['git_commit']}; `bench/overhead.py {' '.join(result['argv'])}` "
+        f"({result['mode']}, {result['run_time_s']:.0f} s). Load average before/after: "
+        f"{result['loadavg_before'][0]:.2f} / {result['loadavg_after'][0]:.2f}."
+        + (f" Engine with uncommitted changes in: {', '.join(result['engine_uncommitted'])}."
+           if result.get("engine_uncommitted") else "")
+        + (" The engine's firewall was on (nftables tables for the bridge)."
+           if result.get("setup", {}).get("firewall_tables") else ""),
+        "",
+        f"Servers pinned to CPU {result['server_cpu']}, load generator to CPU {result['client_cpu']} (`taskset`). "
+        "Same binary, same "
+        f"files on both sides: the busybox template's static busybox (`httpd`, no keep-alive, one fork per "
+        f"request) and the Debian template's Apache 2.4 (mpm_event, keep-alive) with its own config (the host "
+        f"side only listens on another port). Page: {result['page_bytes']} bytes. wrk -t1, "
+        f"-c{result['connections']['busybox']} for busybox (its listen backlog is 9), "
+        f"-c{result['connections']['apache']} for Apache: "
+        f"{prof['http_reps']} rounds × {prof['http_s']} s per side through the bridge, {prof['lo_reps']} × "
+        f"{prof['lo_s']} s over loopback, sides alternated (order rotated each round) after a warm-up.",
+    ]
+    http = result.get("http", {})
+    if http:
+        rows = []
+        for label, paths in http.items():
+            sides = paths["bridge"]
+            key = f"{label}/bridge/vps"
+            rows.append([f"**{label}** req/s median (p95)"]
+                        + [rps_cell(sides[s]) for s, _ in HTTP_SIDES] + [ratio_cell(d["http"][key])])
+            rows.append([f"{label} latency p50 / p99 ms"] + [latency_cell(sides[s]) for s, _ in HTTP_SIDES] + [""])
+        busy = result.get("background_busy_before_http", {})
+        if busy:
+            noisy = max(busy.values()) > 0.1
+            out += ["", ("**Noisy run:** " if noisy else "") + "CPU busy with other work in the second before each "
+                    "series (both CPUs): " + ", ".join(f"{k} {pct(v)}" for k, v in busy.items()) + "."]
+        out += ["", "### HTTP through the bridge (client in its own network namespace)", "",
+                "host: client ns → bridge → host stack (bridge address); bare netns: the host's server "
+                "process in a plain network namespace on the bridge (one veth more, nothing else); VPS: "
+                "client ns → bridge → veth → VPS.", "",
+                md_table(["", "host", "bare netns", "VPS", "VPS / host: medians (paired rounds, p95s)"], rows)]
+        rows = []
+        for label, paths in http.items():
+            if "loopback" not in paths:
+                continue
+            lo = paths["loopback"]
+            key = f"{label}/loopback/vps"
+            rows.append([f"**{label}** req/s median (p95)", rps_cell(lo["host"]), rps_cell(lo["vps"]),
+                         ratio_cell(d["http"][key])])
+            rows.append([f"{label} latency p50 / p99 ms", latency_cell(lo["host"]), latency_cell(lo["vps"]), ""])
+        if rows:
+            out += ["", "### HTTP over loopback (wrk beside the server: on the host / inside the VPS)", "",
+                    md_table(["", "host", "VPS", "VPS / host: medians (paired rounds, p95s)"], rows)]
+        rows = []
+        for label, paths in http.items():
+            for path, sides in paths.items():
+                for side, s in sides.items():
+                    c = s["cpu_per_request_median"]
+                    cells = [fmt(s["server_process_us"]["median"], 1), fmt(s["client_process_us"]["median"], 1)]
+                    for role in ("server_cpu", "client_cpu"):
+                        r = c.get(role, {})
+                        cells.append(f"{fmt(r.get('user_us'), 1)} / {fmt(r.get('system_us'), 1)} / "
+                                     f"{fmt(r.get('softirq_us'), 1)} (idle {pct(r.get('idle_share'))})")
+                    rows.append([f"{label} {path}", dict(HTTP_SIDES).get(side, side), *cells])
+        out += ["", "### Where the CPU goes: µs of CPU per request", "",
+                "Server processes: the CPU time of the cgroup they run in (the host-side server's own "
+                "accounting cgroup; the VPS's cgroup, minus wrk when wrk runs inside it), so every forked "
+                "child counts; wrk: its own time (rusage). Softirq work that ran in a process's context "
+                "counts for that process. Per CPU: everything /proc/stat saw on that CPU, user / system / "
+                "softirq, other people's processes included.", "",
+                md_table(["server", "side", "server processes", "wrk", f"CPU {result['server_cpu']} (server)",
+                          f"CPU {result['client_cpu']} (client)"], rows)]
+    rows = []
+    cpu = result.get("cpu", {})
+    for key, label in (("shell_loop", "busybox sh loop, {iterations:,} iterations: CPU s (wall s)"),
+                       ("fork_loop", "busybox sh, {forks:,} subshells (fork + exit): CPU s (wall s)"),
+                       ("syscall_loop", "dd bs=1 /dev/zero → /dev/null, {syscalls:,} syscalls: CPU s (dd's s)")):
+        if key in cpu:
+            m, r = cpu[key], d["cpu"][key]
+            rows.append([label.format(**m), f"{fmt(m['host_cpu_s']['median'], 3)} ({fmt(m['host_s']['median'], 3)})",
+                         f"{fmt(m['vps_cpu_s']['median'], 3)} ({fmt(m['vps_s']['median'], 3)})",
+                         f"**{pct(r['host_over_vps_cpu_time'])}** speed ({pct(r['host_over_vps_time'])})"])
+    for key, label in (("own_disk_warm", "read own-disk file, page cache warm (MB/s)"),
+                       ("template_warm", "read template file `{file}` (overlay lower), warm (MB/s)"),
+                       ("own_disk_cold", "read own-disk file, cold: its pages dropped (MB/s)")):
+        if key in result.get("file", {}):
+            m = result["file"][key]
+            rows.append([label.format(**m), fmt(m["host_MBps"]["median"]), fmt(m["vps_MBps"]["median"]),
+                         f"**{pct(d['file'][key]['vps_over_host_MBps'])}**"])
+    if rows:
+        base = cpu.get("startup_baseline", {})
+        out += ["", "### CPU and file reads (same busybox binary, pinned to one CPU)", "",
+                md_table(["", "host", "VPS", "VPS / host"], rows), "",
+                "CPU: user + system time of the processes (rusage), the figure other work on the machine "
+                "hardly moves; in brackets the elapsed time. The loops run without address-space "
+                "randomisation (`setarch -R`) and with the same argv and environment on both sides (the host's "
+                "chrooted into the template), so both get the same memory layout. "
+                "The shell loop's elapsed time is the wall clock minus the start-up of an empty command on the same "
+                f"side (host {fmt(base.get('host_s', {}).get('median', 0) * 1000, 1)} ms, VPS through "
+                f"`engine.run` {fmt(base.get('vps_s', {}).get('median', 0) * 1000, 1)} ms); everything done with "
+                "dd by the copy time dd reports itself (no process start-up). Reads: `dd bs=1M` to /dev/null. "
+                "The own-disk file lies in the VPS's ext4 image (overlay upper, loop device) and on the host's "
+                "ext4; the template file is the same inode on both sides (the VPS reads it through the overlay "
+                "and the idmapped mount). Cold: the file's pages (and in the VPS those of its disk image) "
+                "dropped with `posix_fadvise(DONTNEED)` before each read, nothing else of the host's cache."]
+    if result.get("analysis"):
+        out += ["", "### Reading", "", result["analysis"]]
+    for p in plots:
+        out += ["", f"![{p}]({p})"]
+    problems = result.get("leftovers")
+    out += ["", "Cleanup: " + ("nothing left behind." if not problems else "LEFT BEHIND: " + "; ".join(problems))]
+    return "\n".join(out) + "\n"
+
+
+def analysis(result: dict) -> str:
+    """What the numbers say, from the numbers (the report's own reading comes on top)."""
+    d = result["derived"]
+    lines = []
+    for label, paths in result.get("http", {}).items():
+        b = paths["bridge"]
+        r_vps = d["http"][f"{label}/bridge/vps"]["ratio_of_medians"]
+        r_bare = d["http"][f"{label}/bridge/bare_netns"]["ratio_of_medians"]
+        verdict = "meets" if r_vps is not None and r_vps >= 0.97 else "misses"
+        vps_over_bare = ratio(b["vps"]["rps"]["median"], b["bare_netns"]["rps"]["median"])
+        text = (f"**{label}**: through the bridge the VPS serves {pct(r_vps)} of the host's requests per second "
+                f"({verdict} the 97 % target). The extra veth hop alone (bare netns) gives {pct(r_bare)} of the "
+                f"host, the rest of the VPS {pct(vps_over_bare)} of the bare netns.")
+        if "loopback" in paths:
+            text += (f" Over loopback, without bridge and veth, the VPS gets "
+                     f"{pct(d['http'][f'{label}/loopback/vps']['ratio_of_medians'])} of the host.")
+
+        us = [b[side]["server_process_us"]["median"] for side in ("host", "bare_netns", "vps")]
+        soft = [b[side]["cpu_per_request_median"].get("server_cpu", {}).get("softirq_us", math.nan)
+                for side in ("host", "bare_netns", "vps")]
+        text += (f" CPU per request of the server's processes: host {us[0]:.0f} µs, bare netns {us[1]:.0f} µs, "
+                 f"VPS {us[2]:.0f} µs; softirq on the server's CPU {soft[0]:.0f} / {soft[1]:.0f} / {soft[2]:.0f} µs.")
+        lines.append(text)
+    cpu = d.get("cpu", {})
+    if cpu:
+        lines.append("**CPU**: per unit of work the VPS needs " + ", ".join(
+            f"{key.replace('_', ' ')} {pct(1 / v['host_over_vps_cpu_time']) if v['host_over_vps_cpu_time'] else '—'}"
+            for key, v in cpu.items()) + " of the host's CPU time.")
+    files = d.get("file", {})
+    if files:
+        ra = result["file"].get("own_disk_cold", {}).get("read_ahead_kb", {})
+        text = "**Reads**: " + ", ".join(f"{key.replace('_', ' ')} {pct(v['vps_over_host_MBps'])}"
+                                         for key, v in files.items()) + " of the host's MB/s"
+        if ra:
+            text += (f" (read-ahead: host disk {ra.get('host_disk', '?')} KB, the VPS's loop device "
+                     f"{ra.get('vps_loop', '?')} KB)")
+        lines.append(text + ".")
+    return "\n\n".join(lines)
+
+
+def plot(result: dict, outdir: Path) -> list[str]:
+    plt = pyplot()
+    names = []
+    http = result.get("http", {})
+    if http:
+        groups = []
+        for label, paths in http.items():
+            for path, sides in paths.items():
+                groups.append((f"{label}\n{path}", sides))
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        colors = {"host": "#4c72b0", "bare_netns": "#8c8c8c", "vps": "#dd8452"}
+        width = 0.26
+        for gi, (_, sides) in enumerate(groups):
+            keys = [k for k, _ in HTTP_SIDES if k in sides]
+            for si, key in enumerate(keys):
+                s = sides[key]["rps"]
+                x = gi + (si - (len(keys) - 1) / 2) * width
+                ax.bar(x, s["median"], width, color=colors[key], label=dict(HTTP_SIDES)[key],
+                       yerr=[[s["median"] - s["min"]], [s["p95"] - s["median"]]], capsize=3)
+        handles, labels = ax.get_legend_handles_labels()
+        seen = {}
+        for h, lab in zip(handles, labels, strict=True):
+            seen.setdefault(lab, h)
+        ax.legend(seen.values(), seen.keys())
+        ax.set_xticks(range(len(groups)), [g for g, _ in groups])
+        ax.set_ylabel("requests / s (median; whiskers min – p95)")
+        ax.set_title("HTTP throughput: host vs VPS (wrk, same server binary and page)")
+        fig.tight_layout()
+        save(fig, outdir / "overhead-http.png")
+        names.append("overhead-http.png")
+    d = result["derived"]
+    bars = []  # (label, VPS/host, colour)
+    for key, v in d["http"].items():
+        label, path, side = key.split("/")
+        name = f"{label} {path}" + (" (bare netns)" if side == "bare_netns" else "")
+        bars.append((name, v["ratio_of_medians"], "#8c8c8c" if side == "bare_netns" else "#dd8452"))
+    for key, v in d["cpu"].items():
+        bars.append((f"cpu {key.replace('_', ' ')} (CPU time)", v["host_over_vps_cpu_time"], "#dd8452"))
+    for key, v in d["file"].items():
+        bars.append((f"read {key.replace('_', ' ')}", v["vps_over_host_MBps"], "#dd8452"))
+    bars = [b for b in bars if b[1] is not None]
+    if bars:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        ax.barh([k for k, _, _ in bars], [v * 100 for _, v, _ in bars], color=[c for _, _, c in bars])
+        ax.axvline(100, color="black", linewidth=0.8)
+        ax.axvline(97, color="red", linestyle="--", linewidth=0.8, label="97 % target")
+        for i, (_, v, _) in enumerate(bars):
+            ax.text(v * 100, i, f" {v * 100:.1f} %", va="center", fontsize=8)
+        ax.set_xlabel("VPS (grey: bare netns) as % of host, medians (higher is better)")
+        ax.set_xlim(0, max(115, max(v * 100 for _, v, _ in bars) + 10))
+        ax.invert_yaxis()
+        ax.legend(loc="lower right")
+        ax.set_title("VPS / host")
+        fig.tight_layout()
+        save(fig, outdir / "overhead-ratios.png")
+        names.append("overhead-ratios.png")
+    return names
