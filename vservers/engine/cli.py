@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import validate
-from .errors import EngineError
+from .errors import EngineError, InvalidInput
 
 
 def _engine():
@@ -68,15 +68,27 @@ def cmd_template_list(args) -> int:
     return 0
 
 
+def _limits_given(args) -> dict[str, float | int]:
+    """The limits typed as --cpus, --memory, --pids and --disk, validated; create and update
+    share the parsing and the bounds."""
+    from .spec import MAX_DISK_BYTES, MIN_DISK_BYTES, MIN_MEMORY_BYTES
+
+    given: dict[str, float | int] = {}
+    if args.cpus is not None:
+        given["cpus"] = validate.cpus(args.cpus)
+    if args.memory is not None:
+        given["memory_bytes"] = validate.size(args.memory, minimum=MIN_MEMORY_BYTES)
+    if args.pids is not None:
+        given["pids"] = validate.pids(args.pids)
+    if args.disk is not None:
+        given["disk_bytes"] = validate.size(args.disk, minimum=MIN_DISK_BYTES, maximum=MAX_DISK_BYTES)
+    return given
+
+
 def cmd_create(args) -> int:
     from .spec import Limits
 
-    limits = Limits(
-        cpus=validate.cpus(args.cpus) if args.cpus is not None else None,
-        memory_bytes=validate.size(args.memory, minimum=4 * 2**20) if args.memory is not None else None,
-        pids=validate.pids(args.pids) if args.pids is not None else None,
-        disk_bytes=validate.size(args.disk, minimum=16 * 2**20, maximum=2**44),
-    )
+    limits = Limits(**_limits_given(args))
     spec = _engine().create(
         validate.server_name(args.name),
         validate.template_name(args.template),
@@ -86,6 +98,25 @@ def cmd_create(args) -> int:
         autostart=args.autostart,
     )
     print(f"created {spec.name} ({', '.join(spec.addresses)}; uid range {spec.uid_base}+65536)")
+    return 0
+
+
+def cmd_update(args) -> int:
+    import dataclasses
+
+    name = validate.server_name(args.name)
+    given = _limits_given(args)
+    if not given:
+        raise InvalidInput("update needs at least one of --cpus, --memory, --pids, --disk")
+    engine = _engine()
+    # Omitted options keep their value: the engine takes the whole new set.
+    status = engine.update(name, dataclasses.replace(engine.spec(name).limits, **given))
+    lim = status.limits
+    print(f"updated {name}: cpus={lim.cpus or '-'} memory={_mb(lim.memory_bytes)} pids={lim.pids or '-'} "
+          f"disk={_mb(lim.disk_bytes)}")
+    if status.extra.get("disk_grow_pending"):
+        print(f"the disk of {name} grows at its next start: this host does not let the engine resize "
+              "a mounted filesystem (CAP_SYS_RESOURCE)")
     return 0
 
 
@@ -145,8 +176,9 @@ def cmd_status(args) -> int:
     print(f"template: {status.template}")
     print(f"ips:      {', '.join(status.ips) or '-'}")
     print(f"uids:     {status.uid_base}..{status.uid_base + 65535}")
+    pending = " (grows at the next start)" if status.extra.get("disk_grow_pending") else ""
     print(f"limits:   cpus={lim.cpus or '-'} memory={_mb(lim.memory_bytes)} pids={lim.pids or '-'} "
-          f"disk={_mb(lim.disk_bytes)}")
+          f"disk={_mb(lim.disk_bytes)}{pending}")
     print(f"usage:    cpu={u.cpu_seconds:.2f}s memory={_mb(u.memory_bytes)} pids={u.pids} "
           f"disk={_mb(u.disk_used_bytes)}")
     return 0
@@ -290,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
         if verb in ("stop", "restart"):
             sub.add_argument("--timeout", type=float, default=10.0)
         sub.set_defaults(func=func)
+
+    update = verbs.add_parser("update", help="change a server's limits (running: at once); disks only grow")
+    update.add_argument("name")
+    update.add_argument("--cpus", help="share of cores, e.g. 0.5")
+    update.add_argument("--memory", help="memory limit, e.g. 64M")
+    update.add_argument("--pids", help="process limit, e.g. 128")
+    update.add_argument("--disk", help="disk size, e.g. 512M (no smaller than now)")
+    update.set_defaults(func=cmd_update)
 
     status = verbs.add_parser("status", help="state, limits, addresses and usage of a server")
     status.add_argument("name")

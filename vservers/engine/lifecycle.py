@@ -33,6 +33,10 @@ from .state import locked, read_json, write_json
 # (Both templates' inits take a repeated halt signal as the same request.)
 HALT_RESEND_AFTER = 0.3
 STOP_TIMEOUT = 10.0
+# Present while a server's disk image may be larger than the filesystem in it: an update that
+# grows the disk writes it before the image grows and removes it once resize2fs has run, so a
+# crash in between is finished by the next update or start.
+DISK_GROW_PENDING = "disk-grow.json"
 
 
 class Engine:
@@ -239,6 +243,8 @@ class Engine:
 
         info = templates.get(self.config, spec.template, spec.template_version)
         server_dir = self._dir(spec.name)
+        if (server_dir / DISK_GROW_PENDING).exists():  # an update that grew the disk crashed
+            self._grow_disk(spec.name, spec.limits.disk_bytes, running=False)
         self.cgroups.create(spec.name, spec.limits)
         host_if = self.host_veth(spec.name)
         interfaces = spec.interfaces()
@@ -383,6 +389,74 @@ class Engine:
                 raise EngineError(f"{runtime.loop_device} of {name!r} is still attached")
         (server_dir / "runtime.json").unlink(missing_ok=True)
 
+    # -- limits ----------------------------------------------------------------------------
+
+    def update(self, name: str, limits: Limits) -> Status:
+        """Give the server new resource limits: all of LIMITS replaces what it had.
+
+        They are stored in config.json, so every later start uses them; while the server
+        runs they hold at once (its cgroups, and its disk grown online), else its disk is
+        grown offline now. A disk only grows: a smaller one is refused (InvalidInput). On a
+        host where the engine may not resize a mounted filesystem (no CAP_SYS_RESOURCE) a
+        running server's disk grows at its next start; until then the status returned (and
+        every status) says "disk_grow_pending": true.
+        """
+        limits = limits.validated()
+        with self._lock(name):
+            spec = self.spec(name)
+            if limits.disk_bytes < spec.limits.disk_bytes:
+                raise InvalidInput(
+                    f"the disk of {name!r} can only grow: it has {_mib(spec.limits.disk_bytes)}, "
+                    f"{_mib(limits.disk_bytes)} was asked for"
+                )
+            running = self._running_init(name) is not None
+            if running:
+                self._apply_live(name, limits)
+            # Recorded before the disk grows: a crash while it grows leaves the size asked for
+            # (and the pending mark) for the next update or start to finish.
+            write_json(self._dir(name) / "config.json", dataclasses.replace(spec, limits=limits).to_json())
+            self._grow_disk(name, limits.disk_bytes, running=running)
+        return self.status(name)
+
+    def _apply_live(self, name: str, limits: Limits) -> None:
+        """Write LIMITS to the running server's cgroups; if the kernel refuses one (say a
+        memory limit below what the server uses now), put back the ones it had."""
+        before = self.cgroups.limits(name)
+        try:
+            self.cgroups.update(name, limits)
+        except EngineError as exc:
+            if before is not None:
+                try:
+                    self.cgroups.update(name, before)
+                except EngineError:
+                    pass  # the first error is the one to report
+            raise Conflict(f"the new limits cannot be applied to running server {name!r}: {exc}") from exc
+
+    def _grow_disk(self, name: str, size: int, running: bool) -> None:
+        """Grow the server's image to SIZE bytes and its filesystem with it (online if RUNNING);
+        nothing to do when it has that size and no earlier grow is pending. Where a running
+        server's cannot grow online, the pending mark is all: its next start grows it."""
+        from . import disk
+
+        server_dir = self._dir(name)
+        image = server_dir / "disk.img"
+        pending = server_dir / DISK_GROW_PENDING
+        if image.stat().st_size >= size and not pending.exists():
+            return
+        write_json(pending, {"disk_bytes": size})
+        if running and not disk.can_grow_online():
+            return
+        disk.grow_file(image, size)
+        if running:
+            runtime = self._runtime(name)
+            if runtime is None or not runtime.loop_device:
+                raise EngineError(f"the loop device of running server {name!r} is not recorded")
+            disk.grow_online(runtime.loop_device, image, server_dir / "disk")
+        else:
+            self._clean_leftovers(name)  # e2fsck must not meet the image still attached
+            disk.grow_offline(image)
+        pending.unlink()
+
     # -- status ----------------------------------------------------------------------------
 
     def _remember_disk_usage(self, name: str, init_pid: int) -> None:
@@ -409,6 +483,8 @@ class Engine:
         return self._status(spec, "running", init_pid, ips, limits, usage)
 
     def _status(self, spec, state, init_pid, ips, limits, usage) -> Status:
+        # Said only when true, so the status of nearly every server stays as it was.
+        pending = (self._dir(spec.name) / DISK_GROW_PENDING).exists()
         return Status(
             name=spec.name,
             state=state,
@@ -420,6 +496,7 @@ class Engine:
             limits=limits,
             usage=usage,
             autostart=spec.autostart,
+            extra={"disk_grow_pending": True} if pending else {},
         )
 
     def list(self) -> Iterator[Status]:
@@ -481,6 +558,10 @@ def make_disk_image(path: Path, size_bytes: int, uid_base: int) -> None:
     )
     if result.returncode != 0:
         raise EngineError(f"mkfs.ext4 failed: {result.stderr.strip()}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
 
 
 def disk_used(init_pid: int) -> int | None:

@@ -3,15 +3,18 @@ itself as soon as the last mount of it goes away (no loop device can outlive its
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
+LOOP_SET_CAPACITY = 0x4C07
 LO_FLAGS_AUTOCLEAR = 4
 LO_NAME_SIZE = 64
 
@@ -104,3 +107,22 @@ def wait_released(device: str, image: Path, timeout: float = 5.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def held(device: str, image: Path) -> Iterator[int]:
+    """An open fd of DEVICE, checked to serve IMAGE. While it is open autoclear cannot free
+    the device, so it cannot be given to another image meanwhile (the guest may halt at any
+    moment); the check comes after the open for that reason."""
+    fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if backing_file(device) != str(image):
+            raise OSError(errno.ENXIO, f"{device} no longer serves {image}")
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def set_capacity(fd: int) -> None:
+    """Make the loop device of FD take the current size of its image (grown while attached)."""
+    fcntl.ioctl(fd, LOOP_SET_CAPACITY, 0)

@@ -10,6 +10,11 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # Every VPS gets 65,536 ids, like the classic /etc/subuid allocation.
 ID_RANGE_SIZE = 65536
+# The bounds of what an operator may ask for, one copy for `vserver create`, `vserver update`
+# and Engine.update.
+MIN_MEMORY_BYTES = 4 * 2**20
+MIN_DISK_BYTES = 16 * 2**20
+MAX_DISK_BYTES = 2**44
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,19 @@ class Limits:
     memory_bytes: int | None = None
     pids: int | None = None
     disk_bytes: int = 256 * 1024 * 1024
+
+    def validated(self) -> Limits:
+        """These limits with every value checked by the validators the CLI uses (InvalidInput
+        with the reason otherwise), for callers of the library that did not go through it."""
+        from . import validate
+
+        return Limits(
+            cpus=None if self.cpus is None else validate.cpus(self.cpus),
+            memory_bytes=None if self.memory_bytes is None
+            else validate.size(self.memory_bytes, minimum=MIN_MEMORY_BYTES),
+            pids=None if self.pids is None else validate.pids(self.pids),
+            disk_bytes=validate.size(self.disk_bytes, minimum=MIN_DISK_BYTES, maximum=MAX_DISK_BYTES),
+        )
 
 
 @dataclass(frozen=True)
