@@ -58,6 +58,7 @@ from functools import lru_cache
 from typing import Any
 
 from .errors import EngineError, InvalidInput
+from .validate import interface_name
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -65,7 +66,6 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 # show (their text is part of it too).
 RULESET_VERSION = 1
 TABLE_PREFIX = "vservers-"
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}")
 _ALLOW_ITEM = re.compile(r"(tcp|udp)/(\d{1,5})")
 _NFT_CTX_OUTPUT_JSON = 1 << 4  # libnftables.h
@@ -74,12 +74,6 @@ GUEST_SETS = ("guest_mac", "guest_ip4", "guest_ip6", "guest_na", "guest_ndmac")
 
 
 # --- names and values --------------------------------------------------------------------
-
-
-def _ifname(name: object) -> str:
-    if not isinstance(name, str) or not _IFNAME.fullmatch(name) or name in (".", ".."):
-        raise InvalidInput(f"bad interface name {name!r}: 1-15 characters of A-Z a-z 0-9 _ . -")
-    return name
 
 
 def validate_mac(value: object) -> str:
@@ -91,7 +85,7 @@ def validate_mac(value: object) -> str:
 
 def table_name(bridge: str) -> str:
     """The name of both tables of the installation whose bridge is BRIDGE."""
-    return TABLE_PREFIX + _ifname(bridge)
+    return TABLE_PREFIX + interface_name(bridge)
 
 
 def guest_mac(host_if: str) -> str:
@@ -100,7 +94,7 @@ def guest_mac(host_if: str) -> str:
     Locally administered and unicast, derived from the interface name (itself unique per
     installation and server): known without asking the guest, the same across restarts.
     """
-    digest = hashlib.sha256(b"vservers-guest:" + _ifname(host_if).encode()).digest()
+    digest = hashlib.sha256(b"vservers-guest:" + interface_name(host_if).encode()).digest()
     octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
     return ":".join(f"{b:02x}" for b in octets)
 
@@ -324,8 +318,8 @@ def _installation(config) -> _Installation:
         if proto not in ("tcp", "udp") or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise InvalidInput(f"bad host_allow entry {entry!r}")
     return _Installation(
-        bridge=_ifname(config.bridge),
-        veth_prefix=_ifname(config.veth_prefix),
+        bridge=interface_name(config.bridge),
+        veth_prefix=interface_name(config.veth_prefix),
         gateway4=ipaddress.IPv4Address(config.gateway4.ip),
         gateway6=ipaddress.IPv6Address(config.gateway6.ip) if config.gateway6 is not None else None,
         host_allow=allow,
@@ -496,7 +490,7 @@ def protect(config, host_if: str, addresses: Iterable[IPInterface | str]) -> str
        run 1 again; if it still fails, remove the VPS's old elements and run 1 once more.
     """
     inst = _installation(config)
-    host_if = _ifname(host_if)
+    host_if = interface_name(host_if)
     if not host_if.startswith(inst.veth_prefix):
         raise InvalidInput(f"{host_if} does not carry the installation's prefix {inst.veth_prefix}")
     mac = guest_mac(host_if)
@@ -534,7 +528,7 @@ def release(bridge: str, host_if: str, addresses: Iterable[IPInterface | str]) -
        HOST_IF now, looked up in them (slow with many VPSs, so only then).
     """
     t = table_name(bridge)
-    host_if = _ifname(host_if)
+    host_if = interface_name(host_if)
     ops = _guest_ops(host_if, guest_mac(host_if), _addresses(addresses))
     ops.append(("add", "bridge", "dropped", _ifname_key(host_if), None))
     try:

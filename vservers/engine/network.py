@@ -22,7 +22,6 @@ import errno
 import hashlib
 import ipaddress
 import os
-import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 from . import firewall, rtnl
 from .errors import Conflict, EngineError, InvalidInput
 from .syscalls import CLONE_NEWNET, setns
+from .validate import interface_name as validate_ifname  # the name callers and tests use
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -50,7 +50,6 @@ BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the kernel's net/bridge/br_private.h
 NEIGHBOUR_FLOORS = {"gc_thresh3": 8192, "gc_thresh2": 4096}
 _NEIGHBOUR_SYSCTL = "/proc/sys/net/{family}/neigh/default/{name}"
 RT_SCOPE_LINK = 253
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _COUNTERS = (
     "rx_bytes",
     "tx_bytes",
@@ -64,13 +63,6 @@ _COUNTERS = (
 
 
 # --- validation --------------------------------------------------------------------------
-
-
-def validate_ifname(name: str) -> str:
-    """Return NAME if the kernel would accept it as an interface name, else InvalidInput."""
-    if not isinstance(name, str) or not _IFNAME.fullmatch(name) or name in (".", ".."):
-        raise InvalidInput(f"bad interface name {name!r}: 1-15 characters of A-Z a-z 0-9 _ . -")
-    return name
 
 
 def _interface(value: object, version: int | None = None) -> IPInterface:
