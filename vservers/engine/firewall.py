@@ -49,7 +49,6 @@ import ipaddress
 import json
 import os
 import re
-import socket
 import struct
 import threading
 from collections.abc import Iterable
@@ -57,7 +56,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from . import netlink
 from .errors import EngineError, InvalidInput
+from .netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, attr, nested, strz
 from .validate import interface_name
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -372,27 +373,25 @@ NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_DATA_VALUE = 1, 1, 2, 1
 NFPROTO = {"inet": 1, "bridge": 7}
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-NLMSG_ERROR = 2
-NLA_F_NESTED = 0x8000
-_NLMSG = struct.Struct("=IHHII")
 
 # (verb "add" or "delete", family, set, key, value or None)
 Op = tuple[str, str, str, bytes, "bytes | None"]
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + bytes(-length % 4)
-
-
-def _nested(kind: int, *parts: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(parts))
-
-
 def _message(kind: int, flags: int, seq: int, family: int, res_id: int, body: bytes) -> bytes:
     payload = struct.pack("=BB", family, 0) + struct.pack("!H", res_id) + body  # nfgenmsg
-    return _NLMSG.pack(_NLMSG.size + len(payload), kind, NLM_F_REQUEST | flags, seq, 0) + payload
+    return netlink.message(kind, NLM_F_REQUEST | flags, seq, payload)
+
+
+def _element_message(seq: int, table: str, op: Op) -> bytes:
+    verb, family, name, key, value = op
+    element = nested(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, key))
+    if value is not None:
+        element += nested(NFTA_SET_ELEM_DATA, attr(NFTA_DATA_VALUE, value))
+    body = (attr(NFTA_SET_ELEM_LIST_TABLE, strz(table)) + attr(NFTA_SET_ELEM_LIST_SET, strz(name))
+            + nested(NFTA_SET_ELEM_LIST_ELEMENTS, nested(NFTA_LIST_ELEM, element)))
+    kind, flags = (NFT_MSG_NEWSETELEM, NLM_F_CREATE) if verb == "add" else (NFT_MSG_DELSETELEM, 0)
+    return _message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags | NLM_F_ACK, seq, NFPROTO[family], 0, body)
 
 
 def _batch(table: str, ops: list[Op]) -> None:
@@ -400,44 +399,18 @@ def _batch(table: str, ops: list[Op]) -> None:
     any of them fails (and then none is done)."""
     seq = int.from_bytes(os.urandom(3), "big") << 4
     parts = [_message(NFNL_MSG_BATCH_BEGIN, 0, seq, 0, NFNL_SUBSYS_NFTABLES, b"")]
-    for i, (verb, family, name, key, value) in enumerate(ops, start=1):
-        element = _nested(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key))
-        if value is not None:
-            element += _nested(NFTA_SET_ELEM_DATA, _attr(NFTA_DATA_VALUE, value))
-        body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(NFTA_SET_ELEM_LIST_SET, name.encode()
-                + b"\0") + _nested(NFTA_SET_ELEM_LIST_ELEMENTS, _nested(NFTA_LIST_ELEM, element)))
-        kind, flags = (NFT_MSG_NEWSETELEM, NLM_F_CREATE) if verb == "add" else (NFT_MSG_DELSETELEM, 0)
-        parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags | NLM_F_ACK, seq + i, NFPROTO[family], 0, body))
+    parts += [_element_message(seq + i, table, op) for i, op in enumerate(ops, start=1)]
     parts.append(_message(NFNL_MSG_BATCH_END, 0, seq + len(ops) + 1, 0, NFNL_SUBSYS_NFTABLES, b""))
-    answered: set[int] = set()
-    failures: list[str] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
-        sock.settimeout(5.0)
+    with netlink.Socket(NETLINK_NETFILTER, timeout=5.0) as sock:
         sock.send(b"".join(parts))
-        # The kernel handles the batch within send() and queues every answer before it
-        # returns: wait for the first, then take what is queued.
-        data: bytes | None = sock.recv(65536)
-        while data is not None and len(answered) < len(ops):
-            offset = 0
-            while offset + _NLMSG.size <= len(data):
-                length, kind, _flags, number, _port = _NLMSG.unpack_from(data, offset)
-                if kind == NLMSG_ERROR and seq < number <= seq + len(ops):
-                    answered.add(number)
-                    code = -struct.unpack_from("=i", data, offset + _NLMSG.size)[0]
-                    if code:
-                        verb, family, name, _key, _value = ops[number - seq - 1]
-                        failures.append(f"{verb} element in {family} {table} {name}: {os.strerror(code)}")
-                offset += max((length + 3) & ~3, _NLMSG.size)
-            data = _recv_now(sock) if len(answered) < len(ops) else None
-    if failures or len(answered) < len(ops):
+        answers = sock.acks(range(seq + 1, seq + len(ops) + 1))
+    failures = []
+    for number, code in answers.items():
+        if code:
+            verb, family, name, _key, _value = ops[number - seq - 1]
+            failures.append(f"{verb} element in {family} {table} {name}: {os.strerror(code)}")
+    if failures or len(answers) < len(ops):
         raise NftError("nftables: " + ("; ".join(failures) or "the kernel did not answer every request"))
-
-
-def _recv_now(sock: socket.socket) -> bytes | None:
-    try:
-        return sock.recv(65536, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return None
 
 
 def _ifname_key(name: str) -> bytes:
