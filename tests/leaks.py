@@ -60,7 +60,7 @@ def _leaks_of(env: dict[str, str]) -> list[str]:
     for link in Path("/sys/class/net").iterdir():
         if link.name.startswith(config.veth_prefix) or link.name == config.bridge:
             leaks.append(f"network interface {link.name}")
-    from vservers.engine import firewall
+    from vservers.engine import firewall, procfs
 
     table = firewall.table_name(config.bridge)
     leaks += [f"nftables table {family} {table}" for family, names in firewall.tables().items() if table in names]
@@ -74,12 +74,12 @@ def _leaks_of(env: dict[str, str]) -> list[str]:
             continue
         try:
             uid = os.stat(proc).st_uid
-            state = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+        except (FileNotFoundError, ProcessLookupError):
             continue
+        stat = procfs.read_stat(int(proc.name))
         # A zombie holds nothing but its pid; ours are reaped before this check, and one
         # adopted by a PID 1 that never reaps (as on this VM) is beyond anyone's reach.
-        if base <= uid < base + UID_SPAN and state != b"Z":
+        if stat is not None and base <= uid < base + UID_SPAN and stat.state != "Z":
             leaks.append(f"process {proc.name} (uid {uid}) {_cmdline(proc)}")
     return leaks
 

@@ -39,7 +39,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from .actions import GUEST_KINDS
-from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest
+from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest, procfs
 from .models import (
     FINISHED,
     TERMINAL,
@@ -87,25 +87,19 @@ def reset_engine() -> None:
 
 
 def _boot_id() -> str:
+    """The boot id shortened, as runner ids carry it (they are stored: keep the form)."""
     try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            return fh.read().strip().replace("-", "")[:12]
+        return procfs.boot_id().replace("-", "")[:12]
     except OSError:
         return "unknown"
 
 
 def _process_start(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (None for a process that is gone or a zombie): with the
-    boot id it tells a live process from a later one that reuses its pid."""
+    """procfs.start_time, None also when /proc cannot be read: then the runner counts as gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
+        return procfs.start_time(pid)
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
 
 
 def runner_id(pid: int | None = None) -> str:

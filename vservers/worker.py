@@ -392,6 +392,8 @@ def reap_zombie_children(keep: set[int] = frozenset()) -> list[int]:
 def _reap_by_scan(keep: set[int]) -> list[int]:
     """The zombies whose parent is this process, found in /proc (the kernel lists a process's
     parent in /proc/PID/stat), reaped except the pids in KEEP."""
+    from vservers.engine.procfs import read_stat
+
     me = os.getpid()
     reaped = []
     for entry in os.scandir("/proc"):
@@ -401,12 +403,10 @@ def _reap_by_scan(keep: set[int]) -> list[int]:
         if pid in keep:
             continue
         try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                data = fh.read()
+            stat = read_stat(pid)
         except OSError:
             continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        if fields[0] != b"Z" or int(fields[1]) != me:
+        if stat is None or stat.state != "Z" or stat.ppid != me:
             continue
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)

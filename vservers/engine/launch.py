@@ -21,6 +21,7 @@ The order matters, and is the one that works on this kernel (see KERNEL-FACTS):
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -68,13 +69,29 @@ READ_ONLY_PATHS = ("proc/bus", "proc/fs", "proc/irq", "proc/sysrq-trigger")
 
 def _present_on_host(paths: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
     """(path, is a directory) of the entries this kernel has: the guest's fresh /proc and /sys
-    show the same ones. Looked up once per engine process, as a failed lookup in /proc costs
-    about as much as a mount."""
+    show the same ones."""
     return tuple((path, os.path.isdir(f"/{path}")) for path in paths if os.path.lexists(f"/{path}"))
 
 
-_MASKED_PRESENT = _present_on_host(MASKED_PATHS)
-_READ_ONLY_PRESENT = tuple(path for path, _ in _present_on_host(READ_ONLY_PATHS))
+# Looked up once per engine process, as a failed lookup in /proc costs about as much as a
+# mount; at first use, not import, so the web process can import the engine without /proc.
+@functools.cache
+def _masked_present() -> tuple[tuple[str, bool], ...]:
+    return _present_on_host(MASKED_PATHS)
+
+
+@functools.cache
+def _read_only_present() -> tuple[str, ...]:
+    return tuple(path for path, _ in _present_on_host(READ_ONLY_PATHS))
+
+
+def __getattr__(name: str) -> object:
+    # launch._MASKED_PRESENT was a module constant; tests/engine/test_escape.py still reads it.
+    if name == "_MASKED_PRESENT":
+        return _masked_present()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -103,6 +120,9 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
     On failure the half-started guest is killed (which releases its mounts) and EngineError
     is raised; the caller removes cgroups and veths.
     """
+    # Looked up in the engine, where the answer is kept, not in each forked child that uses it.
+    _masked_present()
+    _read_only_present()
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     to_setup, setup_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -311,12 +331,12 @@ def _mask_host_state(root: Path) -> None:
     """Mask and make read-only the host's entries of the guest's fresh /proc and /sys."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     base = f"{root}/"
-    for relative, is_dir in _MASKED_PRESENT:
+    for relative, is_dir in _masked_present():
         if is_dir:
             syscalls.mount("tmpfs", base + relative, "tmpfs", flags | MS_RDONLY, "mode=555,size=4k,nr_inodes=1")
         else:
             syscalls.mount("/dev/null", base + relative, None, MS_BIND)
-    for relative in _READ_ONLY_PRESENT:
+    for relative in _read_only_present():
         _bind_read_only(base + relative, flags)
     proc_sys = base + "proc/sys"
     syscalls.mount(proc_sys + "/net", proc_sys + "/net", None, MS_BIND)  # stays writable
@@ -326,19 +346,6 @@ def _mask_host_state(root: Path) -> None:
 def _bind_read_only(path: str, flags: int, recursive: int = 0) -> None:
     syscalls.mount(path, path, None, MS_BIND | recursive)
     syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: tells a live init from a later process reusing its pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None
-    return int(fields[19])
 
 
 def wait_exit(pid: int, timeout: float) -> bool:

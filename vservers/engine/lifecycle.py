@@ -23,7 +23,8 @@ from pathlib import Path
 from . import templates, userns, validate
 from .config import EngineConfig
 from .errors import Conflict, EngineError, InvalidInput, NotFound
-from .launch import Launched, LaunchPlan, launch, proc_start_time, reap, wait_exit
+from .launch import Launched, LaunchPlan, launch, reap, wait_exit
+from .procfs import boot_id, start_time
 from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
 from .state import locked, read_json, write_json
 
@@ -107,7 +108,7 @@ class Engine:
             return None
         # A runtime.json from before boot ids were recorded has none: start time alone decides.
         stale_boot = bool(runtime.boot_id) and runtime.boot_id != boot_id()
-        if stale_boot or proc_start_time(runtime.init_pid) != runtime.init_start_time:
+        if stale_boot or start_time(runtime.init_pid) != runtime.init_start_time:
             return None
         return runtime.init_pid
 
@@ -268,7 +269,7 @@ class Engine:
         def record(launched: Launched) -> None:
             runtime = RuntimeState(
                 init_pid=launched.init_pid,
-                init_start_time=proc_start_time(launched.init_pid) or 0,
+                init_start_time=start_time(launched.init_pid) or 0,
                 loop_device=launched.loop_device,
                 host_veth=host_if,
                 boot_id=boot_id(),
@@ -534,12 +535,6 @@ class Engine:
         from .services import Services
 
         return Services(self, name)
-
-
-def boot_id() -> str:
-    """This boot of the host (the kernel's random boot id)."""
-    with open("/proc/sys/kernel/random/boot_id") as fh:
-        return fh.read().strip()
 
 
 def make_disk_image(path: Path, size_bytes: int, uid_base: int) -> None:

@@ -1,0 +1,74 @@
+"""What the kernel says about processes and this boot, read from /proc: one parser for
+/proc/PID/stat and one reader of the boot id, for the engine, the panel's jobs and worker,
+and the tests.
+
+Nothing is read at import (the web process imports the engine without touching the kernel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat that we use (proc(5) numbers them from 1)."""
+
+    pid: int  # 1
+    comm: str  # 2, without its parentheses
+    state: str  # 3: one letter, R S D T t Z X ...
+    ppid: int  # 4
+    pgrp: int  # 5
+    session: int  # 6
+    start_time: int  # 22: clock ticks after boot; with the boot id it names one process
+
+    @property
+    def alive(self) -> bool:
+        """Not a zombie or a dead task (one that exited holds nothing but its pid)."""
+        return self.state not in ("Z", "X")
+
+
+def parse_stat(data: bytes) -> ProcStat:
+    """Parse the contents of a /proc/PID/stat file.
+
+    The command name may hold spaces and parentheses (a process names itself), so the
+    fields are split only after the last ')', as the kernel's format requires.
+    """
+    close = data.rindex(b")")
+    head, comm = data[:close].split(b" (", 1)
+    fields = data[close + 2 :].split()
+    return ProcStat(
+        pid=int(head),
+        comm=comm.decode(errors="replace"),
+        state=fields[0].decode(),
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        session=int(fields[3]),
+        start_time=int(fields[19]),
+    )
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """/proc/PID/stat parsed; None when there is no such process (any longer). Other errors
+    (out of file descriptors, say) raise: they do not mean the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return parse_stat(data)
+
+
+def start_time(pid: int) -> int | None:
+    """When process PID started (field 22), None if it is gone or a zombie: with the boot id
+    it tells a live process from a later one that reuses its pid."""
+    stat = read_stat(pid)
+    return stat.start_time if stat is not None and stat.alive else None
+
+
+def boot_id() -> str:
+    """This boot of the host (the kernel's random boot id, with its dashes)."""
+    with open(BOOT_ID) as fh:
+        return fh.read().strip()
