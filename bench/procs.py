@@ -9,24 +9,13 @@ import subprocess
 import time
 from pathlib import Path
 
-
-def stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-        return data[data.rindex(b")") + 2:].decode().split()
-    except (OSError, ValueError):
-        return None
+from vservers.engine import procfs
 
 
 def proc_start(pid: int) -> int | None:
     """PID's start time (clock ticks after boot): with the PID, it names one process."""
-    fields = stat_fields(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
-        return None
+    stat = procfs.read_stat(pid)
+    return stat.start_time if stat else None
 
 
 def processes():
@@ -34,10 +23,9 @@ def processes():
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        fields = stat_fields(int(entry.name))
-        if fields is None:
-            continue
-        yield int(entry.name), fields[0], int(fields[1]), int(fields[3])
+        stat = procfs.read_stat(int(entry.name))
+        if stat is not None:
+            yield stat.pid, stat.state, stat.ppid, stat.session
 
 
 def session_members(sid: int) -> list[int]:
