@@ -105,6 +105,9 @@ RQ = {
 }
 # How often each node's worker compares the database with the kernel (vservers.reconcile).
 PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30, low=5, high=3600)
+# How many operations a tenant's servers may have queued or running at once: each is a job for
+# a root worker, so a tenant must not be able to flood a node's queue.
+PANEL_MAX_PENDING_PER_TENANT = env.env_int(ENV, "PANEL_MAX_PENDING_PER_TENANT", default=20, low=1, high=10000)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

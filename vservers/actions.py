@@ -5,23 +5,32 @@ the kernel; the node's worker runs the operation (vservers.jobs.run_operation)."
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
 
-from accounts.models import AuditEntry
+from accounts.models import AuditEntry, Tenant
 
 from .models import (
-    IN_PROGRESS,
+    TERMINAL,
     IPPool,
     Node,
     Operation,
     OperationKind,
     OperationStatus,
+    Plan,
     PoolExhausted,
     State,
+    Template,
     VirtualServer,
 )
-from .models.operations import QUEUE_DELAYED
+from .models.operations import QUEUE_DELAYED, SECRET_PARAMS
+
+PENDING = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +41,18 @@ class ActionRefused(Exception):
     """The action does not fit the server's current state; the message is for the user."""
 
 
-# Which states each kind may be asked in (the worker re-checks when it runs).
-ALLOWED_STATES = {
-    OperationKind.START: {State.STOPPED, State.ERROR},
-    OperationKind.STOP: {State.RUNNING, State.ERROR},
-    OperationKind.RESTART: {State.RUNNING, State.ERROR},
-    OperationKind.DELETE: {State.STOPPED, State.RUNNING, State.ERROR, State.REQUESTED},
-    OperationKind.CHANGE_PLAN: {State.STOPPED, State.RUNNING},
-}
-GUEST_KINDS = {
-    OperationKind.ACCOUNT_ADD,
-    OperationKind.ACCOUNT_DELETE,
-    OperationKind.ACCOUNT_PASSWORD,
-    OperationKind.ACCOUNT_KEY,
-    OperationKind.SERVICE_START,
-    OperationKind.SERVICE_STOP,
-    OperationKind.SERVICE_RESTART,
-    OperationKind.REFRESH,
-}
+class QuotaExceeded(ActionRefused):
+    """The tenant's quota has no room for it; PROBLEMS says which limits, in plain words."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "This plan does not fit your quota: " + "; ".join(problems) + ". Choose a smaller plan or ask the operator."
+        )
+
+
+class NameTaken(ActionRefused):
+    pass
 
 
 def enqueue(operation: Operation) -> None:
@@ -77,34 +80,227 @@ def enqueue(operation: Operation) -> None:
 
 
 def request_operation(server: VirtualServer, kind: str, user, request=None, **params) -> Operation:
-    """Record and queue an operation on SERVER, refusing kinds that do not fit its state."""
-    allowed = ALLOWED_STATES.get(kind)
-    if kind in GUEST_KINDS:
-        allowed = {State.RUNNING}
-    if allowed is not None and server.state not in allowed:
-        what, state = OperationKind(kind).label.lower(), server.get_state_display().lower()
-        raise ActionRefused(f"cannot {what} while the server is {state}")
+    """Record and queue an operation on SERVER, refusing kinds that do not fit its state
+    (models.transitions). Asked again while the same operation is still pending, it returns
+    that one; a tenant has at most MAX_PENDING_PER_TENANT operations pending at once.
+
+    The server's row lock makes the two checks and the insert one step (on SQLite the
+    IMMEDIATE transaction's write lock does)."""
     with transaction.atomic():
+        VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+        # The state the user saw: what is asked for behind a running operation waits for it,
+        # and the worker checks the state it really meets (runs_from) when it gets there.
+        if not server.may(kind):
+            what, state = OperationKind(kind).label.lower(), server.get_state_display().lower()
+            raise ActionRefused(f"cannot {what} while the server is {state}")
+        same = Operation.objects.filter(server=server, kind=kind, params=params, status__in=PENDING).first()
+        if same is not None:
+            return same
+        if user is not None and not user.is_staff:
+            pending = Operation.objects.filter(server__tenant_id=server.tenant_id, status__in=PENDING).count()
+            if pending >= settings.PANEL_MAX_PENDING_PER_TENANT:
+                raise ActionRefused(
+                    f"{pending} operations of your servers are still waiting to run; "
+                    "try again once some of them have finished"
+                )
         operation = Operation.objects.create(server=server, kind=kind, params=params, requested_by=user)
         enqueue(operation)
         if request is not None:
-            safe = {k: v for k, v in params.items() if k != "password"}
+            safe = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
             AuditEntry.record(request, f"server.{kind}", server, **safe)
     return operation
 
 
-def approve(server: VirtualServer, operator, node: Node | None = None, request=None) -> Operation:
+def retry(server: VirtualServer, user, request=None) -> Operation:
+    """A server in error tries again: provisioning is idempotent (it creates what is missing
+    and starts the server), so it also finishes a start, stop or delete that failed half-way."""
+    return request_operation(server, OperationKind.PROVISION, user, request=request)
+
+
+def delete(server: VirtualServer, user, request=None) -> Operation:
+    return request_operation(server, OperationKind.DELETE, user, request=request)
+
+
+def cancel(server: VirtualServer, request=None) -> None:
+    """Withdraw a request an operator has not decided yet: nothing exists on any node."""
+    if not server.move([State.REQUESTED], State.DELETED, "withdrawn by the tenant"):
+        raise ActionRefused("only a request that waits for approval can be withdrawn")
+    if request is not None:
+        AuditEntry.record(request, "server.cancel", server)
+
+
+# -- quotas ---------------------------------------------------------------------------------
+
+
+def tenant_usage(tenant: Tenant, exclude: VirtualServer | None = None) -> dict:
+    """What the tenant's live servers take, pending requests included (a request is a live
+    server in state requested). A server with a plan change waiting counts with the larger
+    of its two plans in each resource, so approving the change can never exceed the quota."""
+    servers = VirtualServer.objects.filter(tenant=tenant).exclude(state__in=TERMINAL)
+    if exclude is not None:
+        servers = servers.exclude(pk=exclude.pk)
+
+    def larger(field: str):
+        return Greatest(f"plan__{field}", Coalesce(f"requested_plan__{field}", f"plan__{field}"))
+
+    totals = servers.aggregate(
+        servers=Count("pk"), cpus=Sum(larger("cpus")), memory_mb=Sum(larger("memory_mb")),
+        disk_mb=Sum(larger("disk_mb")),
+    )
+    return {
+        "servers": totals["servers"] or 0,
+        "cpus": Decimal(totals["cpus"] or 0),
+        "memory_mb": totals["memory_mb"] or 0,
+        "disk_mb": totals["disk_mb"] or 0,
+    }
+
+
+def quota_problems(tenant: Tenant, plan: Plan, replacing: VirtualServer | None = None) -> list[str]:
+    """Why one more server on PLAN (or REPLACING moved to PLAN) would exceed the tenant's
+    quotas; empty when it fits. Callers hold the tenant's row lock (lock_tenant)."""
+    used = tenant_usage(tenant, exclude=replacing)
+    plan = Plan.objects.get(pk=plan.pk)  # the stored limits, as Decimals, whatever the caller holds
+    problems = []
+    if replacing is None and used["servers"] + 1 > tenant.max_servers:
+        problems.append(f"your servers would exceed the limit of {tenant.max_servers}")
+    if used["cpus"] + plan.cpus > tenant.max_cpus:
+        problems.append(f"CPUs would add up to {number(used['cpus'] + plan.cpus)} of at most {number(tenant.max_cpus)}")
+    if used["memory_mb"] + plan.memory_mb > tenant.max_memory_mb:
+        problems.append(
+            f"memory would add up to {used['memory_mb'] + plan.memory_mb} MB of at most {tenant.max_memory_mb} MB"
+        )
+    if used["disk_mb"] + plan.disk_mb > tenant.max_disk_mb:
+        problems.append(f"disk would add up to {used['disk_mb'] + plan.disk_mb} MB of at most {tenant.max_disk_mb} MB")
+    return problems
+
+
+def lock_tenant(tenant: Tenant) -> None:
+    """The tenant's row lock, inside the caller's transaction: quota checks and the changes
+    they allow happen one tenant-wide step at a time."""
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+
+
+def _check_quota(tenant: Tenant, plan: Plan, replacing: VirtualServer | None = None) -> None:
+    problems = quota_problems(tenant, plan, replacing)
+    if problems:
+        raise QuotaExceeded(problems)
+
+
+def number(value) -> str:
+    """2.00 -> "2", 0.50 -> "0.5" (CPU shares are decimals)."""
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+# -- requests, approvals, plan changes --------------------------------------------------------
+
+
+def request_server(tenant: Tenant, user, *, name: str, hostname: str, plan: Plan, template: Template,
+                   request=None) -> VirtualServer:
+    """A tenant asks for a server; it waits in state requested until an operator approves it.
+
+    1. lock the tenant's row, so two requests cannot both take the last of the quota;
+    2. check the quota (pending requests and plan changes count);
+    3. create the server; the unique constraint on live names is the backstop for the name.
+    """
+    with transaction.atomic():
+        lock_tenant(tenant)
+        _check_quota(tenant, plan)
+        try:
+            with transaction.atomic():
+                server = VirtualServer.objects.create(
+                    tenant=tenant, name=name, hostname=hostname, plan=plan, template=template,
+                    state=State.REQUESTED, requested_by=user,
+                )
+        except IntegrityError:
+            raise NameTaken(f"there is a server named {name!r} already") from None
+        if request is not None:
+            AuditEntry.record(request, "server.request", server, plan=plan.name, template=template.name)
+    return server
+
+
+def create_server(operator, *, tenant: Tenant, name: str, hostname: str, plan: Plan, template: Template,
+                  node: Node | None = None, autostart: bool = True, request=None) -> VirtualServer:
+    """An operator's server for a tenant: requested and approved in one transaction, so a
+    refused approval (no node, no free address) leaves nothing behind. Operators set the
+    quotas, so theirs is not held to it."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                server = VirtualServer.objects.create(
+                    tenant=tenant, name=name, hostname=hostname, plan=plan, template=template,
+                    state=State.REQUESTED, requested_by=operator, autostart=autostart,
+                )
+        except IntegrityError:
+            raise NameTaken("this tenant has a server of this name already") from None
+        if request is not None:
+            AuditEntry.record(request, "server.create", server, plan=plan.name, template=template.name)
+        approve(server, operator, node=node, request=request, check_quota=False)
+    return server
+
+
+def request_plan_change(server: VirtualServer, plan: Plan, user, request=None) -> bool:
+    """The tenant asks for PLAN (an operator decides); asking for the current plan withdraws
+    a waiting request. True if a change is now waiting."""
+    if not server.may(OperationKind.CHANGE_PLAN):
+        raise ActionRefused("the plan can be changed once the server is running or stopped")
+    with transaction.atomic():
+        lock_tenant(server.tenant)
+        if plan.pk == server.plan_id:
+            VirtualServer.objects.filter(pk=server.pk).update(requested_plan=None, updated=timezone.now())
+            if request is not None:
+                AuditEntry.record(request, "server.plan_change_withdrawn", server)
+            return False
+        _check_quota(server.tenant, plan, replacing=server)
+        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=plan, updated=timezone.now())
+        if request is not None:
+            AuditEntry.record(request, "server.plan_change_requested", server, plan=plan.name)
+    return True
+
+
+def decide_plan_change(server: VirtualServer, accept: bool, operator, request=None) -> Plan:
+    """Approve (queue a change_plan operation) or reject the tenant's plan change request.
+
+    1. clear requested_plan with a compare-and-swap, so of two operators deciding at once
+       only one acts;
+    2. on approval, check the quota again under the tenant's lock and queue the operation;
+       a refusal rolls back 1., so the request stays waiting.
+    """
+    plan = server.requested_plan
+    if plan is None:
+        raise ActionRefused("there is no plan change waiting")
+    with transaction.atomic():
+        lock_tenant(server.tenant)
+        changed = VirtualServer.objects.filter(pk=server.pk, requested_plan=plan).update(
+            requested_plan=None, updated=timezone.now()
+        )
+        if not changed:
+            raise ActionRefused("another operator decided it already")
+        if accept:
+            _check_quota(server.tenant, plan, replacing=server)
+            request_operation(server, OperationKind.CHANGE_PLAN, operator, request=request, plan_id=plan.pk)
+        elif request is not None:
+            AuditEntry.record(request, "server.plan_change_reject", server, plan=plan.name)
+    return plan
+
+
+def approve(server: VirtualServer, operator, node: Node | None = None, request=None,
+            check_quota: bool = True) -> Operation:
     """Approve a requested server: pick a node, give it an address, queue provisioning.
 
-    1. compare-and-swap requested -> approved (a second approval of the same server loses);
-    2. allocate the lowest free address of a pool on that node (pool lock + unique constraint);
-    3. create the provision operation; it is queued when the transaction commits.
+    1. under the tenant's lock, check its quota again (it may have changed since the request);
+    2. compare-and-swap requested -> approved (a second approval of the same server loses);
+    3. allocate the lowest free address of a pool on that node (pool lock + unique constraint);
+    4. create the provision operation; it is queued when the transaction commits.
     """
     node = node or Node.objects.filter(is_active=True).order_by("pk").first()
     if node is None:
         raise ActionRefused("there is no active node to run the server on")
     try:
         with transaction.atomic():
+            if check_quota:
+                lock_tenant(server.tenant)
+                _check_quota(server.tenant, server.plan, replacing=server)
             if not server.approve(node):
                 raise ActionRefused("only servers awaiting approval can be approved")
             _allocate_on(node, server)
@@ -119,18 +315,10 @@ def approve(server: VirtualServer, operator, node: Node | None = None, request=N
 
 
 def _allocate_on(node: Node, server: VirtualServer) -> None:
-    """An address from the first pool of NODE that has one free."""
-    pools = list(IPPool.objects.filter(node=node).order_by("pk"))
-    if not pools:
-        raise ActionRefused(f"node {node} has no address pool")
-    for pool in pools:
-        try:
-            pool.allocate(server)
-            return
-        except PoolExhausted:
-            continue
-    where = f"pool {pools[0].name}" if len(pools) == 1 else f"the pools of node {node}"
-    raise ActionRefused(f"no free address left in {where}")
+    try:
+        IPPool.allocate_on(node, server)
+    except PoolExhausted as exc:
+        raise ActionRefused(str(exc)) from None
 
 
 def reject(server: VirtualServer, reason: str, request=None) -> None:
@@ -141,8 +329,8 @@ def reject(server: VirtualServer, reason: str, request=None) -> None:
 
 
 def pending_operation(server: VirtualServer) -> Operation | None:
-    return server.operations.filter(status__in=[OperationStatus.QUEUED, OperationStatus.RUNNING]).first()
+    return server.operations.filter(status__in=PENDING).first()
 
 
 def busy(server: VirtualServer) -> bool:
-    return server.state in IN_PROGRESS
+    return server.in_progress

@@ -26,6 +26,7 @@ repeat, so one retry finishes the work.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -38,10 +39,10 @@ from datetime import timedelta
 from django.db import transaction
 from django.db.models import Q
 
-from .actions import GUEST_KINDS
 from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest, procfs
 from .models import (
     FINISHED,
+    GUEST_KINDS,
     TERMINAL,
     GuestAccount,
     IPPool,
@@ -55,6 +56,7 @@ from .models import (
     VirtualServer,
 )
 from .models.operations import INTERRUPTED, QUEUE_DELAYED
+from .models.transitions import OnFailure, transition
 
 log = logging.getLogger(__name__)
 
@@ -301,14 +303,12 @@ def _public_message(exc: Exception, run: Run) -> str:
 
 
 def _after_failure(run: Run, reason: str) -> None:
-    """Put the server in the state its failure leaves it in."""
-    kind = run.operation.kind
-    if kind in (OperationKind.PROVISION, OperationKind.DELETE):
-        # A new provision or start retries, delete cleans up.
+    """Put the server in the state its failure leaves it in (the table's failure policy)."""
+    policy = transition(run.operation.kind).on_failure
+    if policy is OnFailure.ERROR:
         run.server.fail(reason)
-    elif kind in (OperationKind.START, OperationKind.STOP, OperationKind.RESTART, OperationKind.CHANGE_PLAN):
+    elif policy is OnFailure.SETTLE:
         settle(run.server, run.engine, reason)
-    # Operations inside the guest leave the server as it is.
 
 
 def settle(server: VirtualServer, engine: Engine, reason: str = "") -> str:
@@ -334,6 +334,12 @@ def settle(server: VirtualServer, engine: Engine, reason: str = "") -> str:
 def _refuse_state(run: Run) -> Refused:
     what = OperationKind(run.operation.kind).label.lower()
     return Refused(f"cannot {what} while the server is {run.server.get_state_display().lower()}")
+
+
+def _begin(run: Run) -> None:
+    """Into the operation's in-progress state, as the table allows; else refused."""
+    if not run.server.begin(run.operation.kind):
+        raise _refuse_state(run)
 
 
 def _ensure_created(run: Run) -> None:
@@ -364,83 +370,80 @@ def _ensure_created(run: Run) -> None:
 
 
 def _allocate(server: VirtualServer):
-    pool = IPPool.objects.filter(node=server.node).order_by("pk").first() if server.node else None
-    if pool is None:
-        raise Refused("the server has no address and its node has no address pool")
     try:
-        return pool.allocate(server)
+        return IPPool.allocate_on(server.node, server)
     except PoolExhausted as exc:
         raise Refused(str(exc)) from None
 
 
+def _limits_for(run: Run, plan: Plan) -> tuple[Limits, Limits]:
+    """PLAN's limits for the server as the engine has it (current), keeping a larger disk:
+    a server's disk only grows (its files may fill it), so a smaller plan leaves it as it is."""
+    current = run.engine.spec(run.name).limits
+    wanted = plan_limits(plan)
+    if wanted.disk_bytes < current.disk_bytes:
+        wanted = dataclasses.replace(wanted, disk_bytes=current.disk_bytes)
+    return current, wanted
+
+
 def _apply_plan(run: Run) -> None:
-    """The plan's CPU, memory and process limits on the running server: the engine starts it
-    with the limits it was created with, and the plan may have changed since."""
-    wanted = plan_limits(run.server.plan)
-    created = run.engine.spec(run.name).limits
-    if (created.cpus, created.memory_bytes, created.pids) != (wanted.cpus, wanted.memory_bytes, wanted.pids):
-        run.engine.cgroups.update(run.name, wanted)
+    """Before a start: the engine starts a server with the limits it stored, and an operator
+    may have edited the plan since. Through the engine's update, so they are stored too."""
+    current, wanted = _limits_for(run, run.server.plan)
+    if current != wanted:
+        run.engine.update(run.name, wanted)
         run.note(f"Applied the limits of plan {run.server.plan.name}.")
 
 
 def _provision(run: Run) -> None:
-    # Besides approved servers: a retry after an error or a crash, and records that claim a
-    # state the node never saw (the demo's): create and start are idempotent.
-    if not run.server.move(
-        [State.APPROVED, State.PROVISIONING, State.ERROR, State.STOPPED, State.RUNNING], State.PROVISIONING
-    ):
-        raise _refuse_state(run)
+    _begin(run)
     run.checkpoint("before-engine")
     _ensure_created(run)
     run.checkpoint("created")
-    status = run.engine.start(run.name)
     _apply_plan(run)
+    status = run.engine.start(run.name)
     run.checkpoint("after-engine")
-    run.server.move([State.PROVISIONING], State.RUNNING)
+    run.server.complete(run.operation.kind)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
     _refresh_best_effort(run)
 
 
 def _start(run: Run) -> None:
-    if not run.server.move([State.STOPPED, State.ERROR, State.STARTING], State.STARTING):
-        raise _refuse_state(run)
+    _begin(run)
     run.checkpoint("before-engine")
     _ensure_created(run)  # a start after a failed provisioning finishes it
-    status = run.engine.start(run.name)
     _apply_plan(run)
+    status = run.engine.start(run.name)
     run.checkpoint("after-engine")
-    run.server.move([State.STARTING], State.RUNNING)
+    run.server.complete(run.operation.kind)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
     _refresh_best_effort(run)
 
 
 def _stop(run: Run) -> None:
-    if not run.server.move([State.RUNNING, State.ERROR, State.STOPPING], State.STOPPING):
-        raise _refuse_state(run)
+    _begin(run)
     run.checkpoint("before-engine")
     run.engine.stop(run.name)
     run.checkpoint("after-engine")
-    run.server.move([State.STOPPING], State.STOPPED)
+    run.server.complete(run.operation.kind)
     run.note(f"Stopped {run.name}.")
 
 
 def _restart(run: Run) -> None:
-    if not run.server.move([State.RUNNING, State.ERROR, State.STARTING], State.STARTING):
-        raise _refuse_state(run)
+    _begin(run)
     run.checkpoint("before-engine")
     _ensure_created(run)
-    status = run.engine.restart(run.name)
     _apply_plan(run)
+    status = run.engine.restart(run.name)
     run.checkpoint("after-engine")
-    run.server.move([State.STARTING], State.RUNNING)
+    run.server.complete(run.operation.kind)
     run.note(f"Restarted {run.name} (init pid {status.init_pid}).")
     _refresh_best_effort(run)
 
 
 def _delete(run: Run) -> None:
     server = run.server
-    if not server.move([s for s in State if s not in TERMINAL], State.DELETING):
-        raise _refuse_state(run)
+    _begin(run)
     run.checkpoint("before-engine")
     run.engine.delete(run.name)  # also fine for a server the node never had
     run.checkpoint("after-engine")
@@ -456,45 +459,41 @@ def finish_delete(server: VirtualServer, reason: str = "") -> bool:
         server.release_addresses()
         server.guest_accounts.all().delete()
         server.services.all().delete()
-        return server.move([State.DELETING], State.DELETED, reason)
+        return server.complete(OperationKind.DELETE, reason)
 
 
 def _change_plan(run: Run) -> None:
+    """The engine first (it stores the limits and applies them live), then the row: a retry
+    after a crash in between does the same update again and records the plan."""
     server = run.server
-    if server.state not in (State.STOPPED, State.RUNNING):
-        raise _refuse_state(run)
-    plan_id = run.operation.params.get("plan_id")
-    new = Plan.objects.get(pk=plan_id)
+    _begin(run)
+    new = Plan.objects.get(pk=run.operation.params.get("plan_id"))
     old = server.plan
+    current, wanted = _limits_for(run, new)
+    status = run.engine.update(run.name, wanted)
     server.plan = new
     if server.requested_plan_id == new.pk:
         server.requested_plan = None
     server.save(update_fields=["plan", "requested_plan", "updated"])
     run.note(f"Plan changed from {old.name} to {new.name}: {new.cpus} CPU, {new.memory_mb} MB memory, "
              f"{new.pids} processes.")
-    try:
-        running = run.engine.status(run.name, with_addresses=False).state == "running"
-    except NotFound:
-        running = False
-    if running:
-        run.engine.cgroups.update(run.name, plan_limits(new))
+    if status.state == "running":
         run.note("The new CPU, memory and process limits apply to the running server now.")
     else:
         run.note("The new CPU, memory and process limits apply from the next start.")
-    if new.disk_mb != old.disk_mb:
-        run.note(f"The disk stays at {old.disk_mb} MB: resizing a server's disk is not supported yet.")
+    disk_mb = wanted.disk_bytes // 2**20
+    if wanted.disk_bytes > current.disk_bytes:
+        later = status.extra.get("disk_grow_pending") if status.extra else False
+        run.note(f"The disk grows to {disk_mb} MB" + (" at the next start." if later else " now."))
+    elif new.disk_mb != disk_mb:
+        run.note(f"The disk stays at {disk_mb} MB: a server's disk only grows.")
 
 
 # --- inside the guest ---------------------------------------------------------------------
 
 
-def _require_running(run: Run) -> None:
-    if run.server.state != State.RUNNING:
-        raise _refuse_state(run)
-
-
 def _account_add(run: Run) -> None:
-    _require_running(run)
+    _begin(run)
     user = run.account()
     password, key = run.optional("password"), run.optional("ssh_key")
     extras = [what for what, given in (("a password", password), ("an SSH key", key)) if given]
@@ -541,7 +540,7 @@ def _interrupted_add(run: Run, user: str) -> bool:
 
 
 def _account_delete(run: Run) -> None:
-    _require_running(run)
+    _begin(run)
     user = run.account()
     run.engine.accounts(run.name).delete(user)
     run.note(f"Deleted account {user}.")
@@ -549,7 +548,7 @@ def _account_delete(run: Run) -> None:
 
 
 def _account_password(run: Run) -> None:
-    _require_running(run)
+    _begin(run)
     user = run.account()
     run.engine.accounts(run.name).set_password(user, run.param("password"))
     run.note(f"Set a new password for {user}.")
@@ -557,7 +556,7 @@ def _account_password(run: Run) -> None:
 
 
 def _account_key(run: Run) -> None:
-    _require_running(run)
+    _begin(run)
     user = run.account()
     run.engine.accounts(run.name).add_ssh_key(user, run.param("ssh_key"))
     run.note(f"Added an SSH key for {user}.")
@@ -566,7 +565,7 @@ def _account_key(run: Run) -> None:
 
 def _service(action: str) -> Callable[[Run], None]:
     def control(run: Run) -> None:
-        _require_running(run)
+        _begin(run)
         service = run.param("service")
         result = run.engine.services(run.name).control(service, action)
         pid = f" (pid {result.pid})" if result.pid else ""
@@ -577,7 +576,7 @@ def _service(action: str) -> Callable[[Run], None]:
 
 
 def _refresh(run: Run) -> None:
-    _require_running(run)
+    _begin(run)
     _refresh_accounts(run)
     _refresh_services(run)
 

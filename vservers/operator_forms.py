@@ -16,28 +16,20 @@ from accounts.models import Membership, Tenant
 
 from .engine import validate as engine_validate
 from .engine.errors import InvalidInput
+from .forms import engine_check
 from .models import IPPool, Node, OperationKind, OperationStatus, Plan, State, Template, VirtualServer
 
 
-def _engine_check(check, value):
-    """Run one of the engine's validators as a Django validator: the engine decides what a
-    server, host or template name may be, the panel only repeats its answer."""
-    try:
-        check(value)
-    except InvalidInput as exc:
-        raise ValidationError(str(exc)) from None
-
-
 def validate_server_name(value: str) -> None:
-    _engine_check(engine_validate.server_name, value)
+    engine_check(engine_validate.server_name, value)
 
 
 def validate_hostname(value: str) -> None:
-    _engine_check(engine_validate.hostname, value)
+    engine_check(engine_validate.hostname, value)
 
 
 def validate_template_name(value: str) -> None:
-    _engine_check(engine_validate.template_name, value)
+    engine_check(engine_validate.template_name, value)
 
 
 # -- lists: filters (GET) ------------------------------------------------------------------
@@ -219,8 +211,8 @@ class PlanForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["cpus"].validators.append(lambda value: _engine_check(engine_validate.cpus, value))
-        self.fields["pids"].validators.append(lambda value: _engine_check(engine_validate.pids, value))
+        self.fields["cpus"].validators.append(lambda value: engine_check(engine_validate.cpus, value))
+        self.fields["pids"].validators.append(lambda value: engine_check(engine_validate.pids, value))
         # Below these a guest's init and a filesystem do not fit.
         self.fields["memory_mb"].validators.append(_at_least(16))
         self.fields["disk_mb"].validators.append(_at_least(64))

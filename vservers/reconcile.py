@@ -37,12 +37,12 @@ from rq.job import JobStatus
 
 from accounts.models import AuditEntry
 
-from .actions import GUEST_KINDS, enqueue, request_operation
+from .actions import enqueue, request_operation
 from .engine import EngineError, NotFound, Status
 from .jobs import finish_delete, get_engine, runner_alive, store_accounts, store_services
 from .models import (
     FINISHED,
-    IN_PROGRESS,
+    GUEST_KINDS,
     ON_NODE,
     TERMINAL,
     Node,
@@ -53,6 +53,7 @@ from .models import (
     VirtualServer,
 )
 from .models.operations import DELAYED_PREFIX
+from .models.transitions import OnInterrupt, interrupted
 from .queues import get_queue
 
 log = logging.getLogger(__name__)
@@ -246,30 +247,34 @@ class Reconciler:
             self.counts["autostarted"] += 1
 
     def correct_state(self, server: VirtualServer, status: Status | None) -> None:
+        """Follow the kernel; a server left in an in-progress state by an operation that no
+        longer runs is settled by that operation's interrupt policy (models.transitions)."""
         state = server.state
+        left = interrupted(state)
         if status is None:
             if not self.installed:
                 return
             # The node does not have it.
-            if state == State.DELETING:
+            if left is not None and left.on_interrupt is OnInterrupt.FINISH_DELETE:
                 # The engine finished the delete; the worker died before recording it.
                 finish_delete(server, "deleted (finished by the reconciler)")
-            elif state in (State.APPROVED, State.PROVISIONING):
-                server.move([state], State.ERROR, "provisioning was interrupted; start or delete the server")
+            elif left is not None and left.interrupted_reason:
+                server.move([state], State.ERROR, left.interrupted_reason)
             elif state != State.ERROR:
                 server.move([state], State.ERROR, f"the server does not exist on node {self.node.name}")
             return
         running = status.state == "running"
-        if state == State.DELETING:
-            server.move([state], State.ERROR, "deletion was interrupted; delete the server again")
+        if left is not None and left.on_interrupt is OnInterrupt.FINISH_DELETE:
+            server.move([state], State.ERROR, left.interrupted_reason)
         elif running and state != State.RUNNING:
             server.move([state], State.RUNNING, "")
         elif not running and state == State.RUNNING:
             server.move([state], State.STOPPED, "the server's init exited")
-        elif not running and state in IN_PROGRESS:
-            target = State.STOPPED if state in (State.STARTING, State.STOPPING) else State.ERROR
-            reason = "" if target == State.STOPPED else "provisioning was interrupted; start or delete the server"
-            server.move([state], target, reason)
+        elif not running and left is not None:
+            if left.on_interrupt is OnInterrupt.FOLLOW_KERNEL:
+                server.move([state], State.STOPPED, "")
+            else:
+                server.move([state], State.ERROR, left.interrupted_reason)
 
     def wants_start(self, server: VirtualServer) -> bool:
         last = server.operations.filter(status__in=FINISHED).order_by("-finished", "-pk").first()

@@ -78,7 +78,9 @@ def crowd(file_database, django_user_model, settings):
     pool = IPPool.objects.create(name="tiny", node=node, network="198.19.129.0/27", gateway="198.19.129.1")
     plan = Plan.objects.create(name="small", cpus="0.5", memory_mb=256, disk_mb=1024)
     template = Template.objects.create(name="busybox", display_name="BusyBox")
-    tenant = Tenant.objects.create(name="Acme", slug="acme")
+    # Quotas with room for every request: what is raced for here is the pool's addresses.
+    tenant = Tenant.objects.create(name="Acme", slug="acme", max_servers=REQUESTS, max_cpus=REQUESTS,
+                                   max_memory_mb=REQUESTS * 256, max_disk_mb=REQUESTS * 1024)
     alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw")
     Membership.objects.create(user=alice, tenant=tenant, role=Membership.ADMIN)
     operator = django_user_model.objects.create_user("op", "op@example.com", "pw", is_staff=True)

@@ -14,10 +14,7 @@ from vservers.forms import (
     AccountAddForm,
     AccountKeyForm,
     AccountPasswordForm,
-    PlanChangeForm,
     ServerRequestForm,
-    quota_problems,
-    tenant_usage,
 )
 from vservers.models import Plan, State, Template, VirtualServer
 
@@ -99,40 +96,6 @@ def test_hostnames_are_checked_by_the_engine(acme, small, busybox, hostname, ok)
         assert form.cleaned_data["hostname"] == hostname.lower().rstrip(".")
     else:
         assert form.errors["hostname"][0].startswith("Invalid hostname")
-
-
-def test_it_names_the_quota_that_does_not_fit(acme, small, large, busybox):
-    server(acme, "one", small, busybox)
-    form = request_form(acme, large, busybox)
-    assert not form.is_valid()
-    message = form.errors["plan"][0]
-    assert "CPUs would add up to 2.5 of at most 2;" in message
-    assert "memory would add up to 2560 MB of at most 2048 MB" in message
-    assert "disk would add up to 10240 MB of at most 8192 MB" in message
-
-
-def test_only_live_servers_count_against_the_quota(acme, small, busybox):
-    for name in ("one", "two", "three"):
-        server(acme, name, small, busybox)
-    assert quota_problems(acme, small) == ["your servers would exceed the limit of 3"]
-    VirtualServer.objects.filter(name="one").update(state=State.DELETED)
-    VirtualServer.objects.filter(name="two").update(state=State.REJECTED)
-    assert quota_problems(acme, small) == []
-    assert tenant_usage(acme) == {"servers": 1, "cpus": Decimal("0.5"), "memory_mb": 512, "disk_mb": 2048}
-
-
-def test_a_requested_server_counts_against_the_quota(acme, small, busybox):
-    server(acme, "one", small, busybox, state=State.REQUESTED)
-    assert tenant_usage(acme)["servers"] == 1
-
-
-def test_a_plan_change_replaces_the_servers_own_share(acme, small, large, busybox):
-    web = server(acme, "web", small, busybox)
-    assert PlanChangeForm({"plan": large.pk}, server=web).is_valid()  # 2 CPUs in all, not 2.5
-    server(acme, "other", small, busybox)
-    form = PlanChangeForm({"plan": large.pk}, server=web)
-    assert not form.is_valid()
-    assert "does not fit your quota" in form.errors["plan"][0]
 
 
 # -- accounts -------------------------------------------------------------------------------

@@ -84,10 +84,15 @@ def test_stop_start_restart_and_plan_change_follow_the_kernel(world, provision, 
     assert_ok(operation)
     assert server.plan == world.medium
     assert "apply to the running server now" in operation.output
-    assert "disk stays at 256 MB" in operation.output
+    assert "The disk grows to 512 MB" in operation.output  # online, or at the next start
     assert world.engine.status(name).limits.memory_bytes == 256 * 2**20
-    # The engine starts a server with the limits it was created with; the worker puts the
-    # plan's back after every start.
+    # The plan change went through the engine's update: the engine keeps the new limits, so
+    # a restart by hand (`vserver restart`) does not bring back the old ones.
+    world.engine.restart(name)
+    limits = world.engine.status(name).limits
+    assert (limits.memory_bytes, limits.pids, limits.cpus, limits.disk_bytes) == (
+        256 * 2**20, 512, 1.0, 512 * 2**20)
+    assert not world.engine.status(name).extra.get("disk_grow_pending")
     assert_ok(run(server, OperationKind.RESTART, drain))
     limits = world.engine.status(name).limits
     assert (limits.memory_bytes, limits.pids, limits.cpus) == (256 * 2**20, 512, 1.0)

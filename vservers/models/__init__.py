@@ -4,10 +4,12 @@ from .catalog import Node, Plan, Template
 from .guest import GuestAccount, Service
 from .ipam import IPAddress, IPPool, PoolExhausted
 from .operations import FINISHED, Operation, OperationKind, OperationStatus
-from .servers import IN_PROGRESS, ON_NODE, TERMINAL, State, VirtualServer
+from .servers import ON_NODE, TERMINAL, State, VirtualServer
+from .transitions import GUEST_KINDS, IN_PROGRESS, TRANSITIONS, OnFailure, OnInterrupt, Transition
 
 __all__ = [
     "FINISHED",
+    "GUEST_KINDS",
     "IN_PROGRESS",
     "IPAddress",
     "IPPool",
@@ -21,7 +23,11 @@ __all__ = [
     "Service",
     "State",
     "TERMINAL",
+    "TRANSITIONS",
     "Template",
+    "Transition",
+    "OnFailure",
+    "OnInterrupt",
     "GuestAccount",
     "VirtualServer",
 ]

@@ -55,19 +55,21 @@ class IPPool(models.Model):
 
     @property
     def size(self) -> int:
-        """Usable addresses, counted without walking them (an IPv6 /64 is 2^64)."""
-        net = self.ip_network
-        hosts = net.num_addresses - (2 if net.version == 4 and net.prefixlen < 31 else 0)
-        if net.version == 6:
-            hosts -= 1  # hosts() leaves out the subnet-router anycast address
+        """How many addresses the pool can hand out, by arithmetic instead of counting (a /15
+        has 131070 hosts, an IPv6 /64 more than can be counted): what iter_hosts yields."""
+        network = self.ip_network
         gateway = ipaddress.ip_address(self.gateway)
-        if net.version == 6:
-            edges = {net.network_address}
-        elif net.prefixlen >= 31:
-            edges = set()
+        if network.version == 4:
+            reserved = 2 if network.prefixlen < 31 else 0  # network and broadcast address
+            hosts = network.num_addresses - reserved
+            gateway_is_host = gateway in network and (
+                not reserved or gateway not in (network.network_address, network.broadcast_address)
+            )
         else:
-            edges = {net.network_address, net.broadcast_address}
-        return hosts - (1 if gateway in net and gateway not in edges else 0)
+            reserved = 1 if network.prefixlen < 127 else 0  # the subnet-router anycast address
+            hosts = network.num_addresses - reserved
+            gateway_is_host = gateway in network and (not reserved or gateway != network.network_address)
+        return hosts - (1 if gateway_is_host else 0)
 
     def iter_hosts(self) -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         gateway = ipaddress.ip_address(self.gateway)
@@ -80,6 +82,21 @@ class IPPool(models.Model):
             if str(host) not in used:
                 return str(host)
         return None
+
+    @classmethod
+    def allocate_on(cls, node, server) -> IPAddress:
+        """The lowest free address of the first pool of NODE that has one (PoolExhausted
+        says why there is none)."""
+        pools = list(cls.objects.filter(node=node).order_by("pk")) if node is not None else []
+        if not pools:
+            raise PoolExhausted(f"node {node} has no address pool")
+        for pool in pools:
+            try:
+                return pool.allocate(server)
+            except PoolExhausted:
+                continue
+        where = f"pool {pools[0].name}" if len(pools) == 1 else f"the pools of node {node}"
+        raise PoolExhausted(f"no free address left in {where}")
 
     def allocate(self, server) -> IPAddress:
         """Give SERVER the lowest free address of this pool (race-free)."""

@@ -1,4 +1,5 @@
-"""Virtual servers and their life: the state machine lives here, as model methods.
+"""Virtual servers and their life. The table of transitions is in .transitions; the model
+methods here carry them out (begin, complete, fail).
 
 Every transition is a compare-and-swap UPDATE (filter on the old state, act only when
 exactly one row changed), so two workers or a worker and a request can never both move the
@@ -28,7 +29,6 @@ class State(models.TextChoices):
     ERROR = "error", "Error"
 
 
-IN_PROGRESS = {State.APPROVED, State.PROVISIONING, State.STARTING, State.STOPPING, State.DELETING}
 TERMINAL = {State.REJECTED, State.DELETED}
 # States from which the kernel has (or may have) a server to act on.
 ON_NODE = {State.STOPPED, State.RUNNING, State.STARTING, State.STOPPING, State.ERROR}
@@ -97,7 +97,15 @@ class VirtualServer(models.Model):
 
     @property
     def in_progress(self) -> bool:
+        from .transitions import IN_PROGRESS
+
         return self.state in IN_PROGRESS
+
+    def may(self, kind: str) -> bool:
+        """Whether an operation of KIND may be asked for in the server's current state."""
+        from .transitions import may_ask
+
+        return may_ask(self.state, kind)
 
     @property
     def is_live(self) -> bool:
@@ -116,6 +124,26 @@ class VirtualServer(models.Model):
         if changed:
             self.state, self.state_reason = to_state, reason[:500]
         return changed == 1
+
+    def begin(self, kind: str) -> bool:
+        """The worker starts an operation of KIND: into its in-progress state, from a state
+        it may start from (compare-and-swap); for kinds that leave the state alone, only the
+        check. False: the server is in no state to run it."""
+        from .transitions import transition
+
+        t = transition(kind)
+        if t.busy is None:
+            return self.state in t.runs_from
+        return self.move(t.runs_from, t.busy)
+
+    def complete(self, kind: str, reason: str = "") -> bool:
+        """The operation of KIND did its work: from its in-progress state into its target."""
+        from .transitions import transition
+
+        t = transition(kind)
+        if t.busy is None or t.target is None:
+            return True
+        return self.move([t.busy], t.target, reason)
 
     def approve(self, node) -> bool:
         if not self.move([State.REQUESTED], State.APPROVED):

@@ -8,7 +8,6 @@ else records its own AuditEntry. A refused action becomes a message, never an er
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from decimal import Decimal
 from functools import wraps
@@ -17,11 +16,10 @@ from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
@@ -129,28 +127,10 @@ def nodes_with_usage() -> list[Node]:
     return nodes
 
 
-def pool_size(pool: IPPool) -> int:
-    """How many addresses POOL can hand out: the same as pool.size, by arithmetic instead of
-    counting (a /15 has 131070 hosts, an IPv6 /64 more than can be counted)."""
-    network = pool.ip_network
-    gateway = ipaddress.ip_address(pool.gateway)
-    if network.version == 4:
-        reserved = 2 if network.prefixlen < 31 else 0  # network and broadcast address
-        hosts = network.num_addresses - reserved
-        gateway_is_host = gateway in network and (
-            not reserved or gateway not in (network.network_address, network.broadcast_address)
-        )
-    else:
-        reserved = 1 if network.prefixlen < 127 else 0  # the subnet-router anycast address
-        hosts = network.num_addresses - reserved
-        gateway_is_host = gateway in network and (not reserved or gateway != network.network_address)
-    return hosts - (1 if gateway_is_host else 0)
-
-
 def _pools_with_usage(pools: QuerySet) -> list[IPPool]:
     pools = list(pools.select_related("node").annotate(used=Count("addresses")))
     for pool in pools:
-        pool.capacity = pool_size(pool)
+        pool.capacity = pool.size
         pool.free = pool.capacity - pool.used
         pool.percent = _percent(pool.used, pool.capacity)
         pool.usage_text = f"{pool.used} of {pool.capacity}"
@@ -230,33 +210,16 @@ def reject(request: HttpRequest, uuid) -> HttpResponse:
 @operator_required
 @require_POST
 def plan_change(request: HttpRequest, uuid, decision: str) -> HttpResponse:
-    """Approve (queue a change_plan operation) or reject a tenant's plan change request.
-
-    1. clear requested_plan with a compare-and-swap, so of two operators deciding at once
-       only one acts;
-    2. on approval, queue the operation; if the server's state refuses it, roll back 1. so
-       the request stays waiting.
-    """
+    """Approve (queue a change_plan operation) or reject a tenant's plan change request
+    (actions.decide_plan_change)."""
     if decision not in ("approve", "reject"):
         raise Http404("no such decision")
     server = _get_server(request, uuid)
-    plan = server.requested_plan
-    if plan is None:
+    if server.requested_plan is None:
         messages.info(request, f"{server} has no plan change waiting.")
         return _back(request, "op_approvals")
     try:
-        with transaction.atomic():
-            changed = VirtualServer.objects.filter(pk=server.pk, requested_plan=plan).update(
-                requested_plan=None, updated=timezone.now()
-            )
-            if not changed:
-                raise ActionRefused("another operator decided it already")
-            if decision == "approve":
-                actions.request_operation(
-                    server, OperationKind.CHANGE_PLAN, request.user, request=request, plan_id=plan.pk
-                )
-            else:
-                AuditEntry.record(request, "server.plan_change_reject", server, plan=plan.name)
+        plan = actions.decide_plan_change(server, decision == "approve", request.user, request=request)
     except ActionRefused as exc:
         messages.error(request, f"The plan change of {server} was not decided: {exc}.")
     else:
@@ -287,7 +250,7 @@ def servers(request: HttpRequest) -> HttpResponse:
 def server_detail(request: HttpRequest, uuid) -> HttpResponse:
     server = _get_server(request, uuid)
     operations = server.operations.select_related("requested_by")[:PER_PAGE]
-    kinds = [kind for kind in DIRECT_KINDS if server.state in actions.ALLOWED_STATES[kind]]
+    kinds = [kind for kind in DIRECT_KINDS if server.may(kind)]
     return render(request, "vservers/operator/server_detail.html", {
         "section": "servers",
         "server": server,
@@ -316,26 +279,23 @@ def server_action(request: HttpRequest, uuid, kind: str) -> HttpResponse:
 @operator_required
 @require_http_methods(["GET", "POST"])
 def server_create(request: HttpRequest) -> HttpResponse:
-    """An operator's server for a tenant: saved as requested and approved at once, in one
-    transaction, so a refused approval (no node, no free address) leaves nothing behind."""
+    """An operator's server for a tenant, requested and approved at once (actions.create_server)."""
     initial = {}
     if request.GET.get("tenant"):
         initial["tenant"] = Tenant.objects.filter(slug=request.GET["tenant"]).first()
     form = ServerCreateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
         try:
-            with transaction.atomic():
-                server = form.save(commit=False)
-                server.state = State.REQUESTED
-                server.requested_by = request.user
-                server.save()
-                AuditEntry.record(request, "server.create", server, plan=server.plan.name,
-                                  template=server.template.name)
-                actions.approve(server, request.user, node=form.cleaned_data["node"], request=request)
+            server = actions.create_server(
+                request.user, tenant=data["tenant"], name=data["name"], hostname=data["hostname"],
+                plan=data["plan"], template=data["template"], node=data["node"], autostart=data["autostart"],
+                request=request,
+            )
+        except actions.NameTaken:
+            form.add_error("name", "this tenant has a server of this name already")
         except ActionRefused as exc:
             form.add_error(None, f"The server could not be approved, so it was not created: {exc}.")
-        except IntegrityError:
-            form.add_error("name", "this tenant has a server of this name already")
         else:
             messages.success(request, f"{server} is created and approved; provisioning is queued.")
             return redirect("op_server_detail", uuid=server.uuid)
@@ -373,16 +333,15 @@ def tenant_detail(request: HttpRequest, uuid) -> HttpResponse:
         messages.success(request, f"Tenant {tenant} is saved.")
         return redirect("op_tenant_detail", uuid=tenant.uuid)
     servers = tenant.servers.select_related("plan", "node").prefetch_related("addresses").order_by("name", "pk")
-    usage = tenant.servers.filter(state__in=LIVE_STATES).aggregate(
-        servers=Count("pk"), cpus=Sum("plan__cpus"), memory=Sum("plan__memory_mb"), disk=Sum("plan__disk_mb")
-    )
+    used = actions.tenant_usage(tenant)
     return render(request, "vservers/operator/tenant_detail.html", {
         "section": "tenants",
         "tenant": tenant,
         "form": form,
         "members": tenant.memberships.select_related("user").order_by("user__username"),
         "servers": servers,
-        "usage": {key: value or 0 for key, value in usage.items()},
+        "usage": {"servers": used["servers"], "cpus": used["cpus"], "memory": used["memory_mb"],
+                  "disk": used["disk_mb"]},
     })
 
 

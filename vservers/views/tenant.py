@@ -20,7 +20,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.db import IntegrityError, transaction
 from django.db.models import Count, Max
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render, resolve_url
@@ -32,9 +31,10 @@ from django.utils.cache import get_conditional_response, patch_cache_control
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts.models import AuditEntry, Membership, Tenant
+from accounts.models import Membership, Tenant
 
 from .. import actions
+from ..actions import number
 from ..engine import validate
 from ..engine.errors import InvalidInput
 from ..forms import (
@@ -43,8 +43,6 @@ from ..forms import (
     AccountPasswordForm,
     PlanChangeForm,
     ServerRequestForm,
-    number,
-    tenant_usage,
 )
 from ..models import (
     ON_NODE,
@@ -180,7 +178,7 @@ def usage(server: VirtualServer) -> list[Meter]:
 
 def quota_meters(tenant: Tenant) -> list[Meter]:
     """What the tenant's live servers take of its quotas (one query)."""
-    used = tenant_usage(tenant)
+    used = actions.tenant_usage(tenant)
     return [
         Meter("Servers", str(used["servers"]), str(tenant.max_servers), _percent(used["servers"], tenant.max_servers)),
         Meter("CPUs", number(used["cpus"]), number(tenant.max_cpus), _percent(used["cpus"], tenant.max_cpus)),
@@ -330,7 +328,7 @@ def _rows_etag(request: HttpRequest, can_request: bool) -> str:
 def _available_actions(server: VirtualServer) -> dict[str, bool]:
     # The same rule request_operation applies; refresh is a guest kind and needs a running server.
     return {
-        name: server.state in actions.ALLOWED_STATES.get(kind, {State.RUNNING}) for name, kind in SERVER_ACTIONS.items()
+        name: server.may(kind) for name, kind in SERVER_ACTIONS.items()
     }
 
 
@@ -392,7 +390,7 @@ def _render_detail(request: HttpRequest, server: VirtualServer, *, plan_form=Non
         "operations": operations,
         "operations_pending": pending,
         "plan_form": plan_form or PlanChangeForm(server=server, auto_id="id_plan_%s"),
-        "plan_change_allowed": server.state in actions.ALLOWED_STATES[OperationKind.CHANGE_PLAN],
+        "plan_change_allowed": server.may(OperationKind.CHANGE_PLAN),
         "on_node": server.state in ON_NODE,
         **_guest_context(server, bound),
     }
@@ -462,12 +460,8 @@ def server_list_rows(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def server_request(request: HttpRequest) -> HttpResponse:
-    """Ask for a server; it waits in state "requested" until an operator approves it.
-
-    1. lock the tenant's row, so two requests cannot both pass the quota check;
-    2. validate (names, quota and the unique live name, all under that lock);
-    3. create the server; the unique constraint is the backstop for the name.
-    """
+    """Ask for a server; it waits in state "requested" until an operator approves it
+    (actions.request_server decides, under the tenant's lock)."""
     membership = _membership(request.user)
     if membership is None:
         return _no_tenant(request)
@@ -476,29 +470,20 @@ def server_request(request: HttpRequest) -> HttpResponse:
     tenant = membership.tenant
     if request.method == "POST":
         form = ServerRequestForm(request.POST, tenant=tenant)
-        with transaction.atomic():
-            Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # the tenant lock
-            if form.is_valid():
-                data = form.cleaned_data
-                try:
-                    with transaction.atomic():
-                        server = VirtualServer.objects.create(
-                            tenant=tenant,
-                            name=data["name"],
-                            hostname=data["hostname"],
-                            plan=data["plan"],
-                            template=data["template"],
-                            state=State.REQUESTED,
-                            requested_by=request.user,
-                        )
-                except IntegrityError:
-                    form.add_error("name", "You already have a server with this name.")
-                else:
-                    AuditEntry.record(
-                        request, "server.request", server, plan=data["plan"].name, template=data["template"].name
-                    )
-                    messages.success(request, f"Requested {server.name}. An operator will set it up shortly.")
-                    return redirect("server_detail", uuid=server.uuid)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                server = actions.request_server(
+                    tenant, request.user, name=data["name"], hostname=data["hostname"], plan=data["plan"],
+                    template=data["template"], request=request,
+                )
+            except actions.QuotaExceeded as exc:
+                form.add_error("plan", str(exc))
+            except actions.NameTaken:
+                form.add_error("name", "You already have a server with this name.")
+            else:
+                messages.success(request, f"Requested {server.name}. An operator will set it up shortly.")
+                return redirect("server_detail", uuid=server.uuid)
     else:
         form = ServerRequestForm(tenant=tenant)
     meters = quota_meters(tenant)
@@ -563,21 +548,22 @@ def server_action(request: HttpRequest, uuid, kind: str) -> HttpResponse:
 def plan_change(request: HttpRequest, uuid) -> HttpResponse:
     """Record the plan the tenant wants; an operator applies it (a change_plan operation)."""
     server = _get_server_for_user(request, uuid, act=True)
-    if server.state not in actions.ALLOWED_STATES[OperationKind.CHANGE_PLAN]:
+    if not server.may(OperationKind.CHANGE_PLAN):
         messages.error(request, f"{server.name}: the plan can be changed once the server is running or stopped.")
         return redirect("server_detail", uuid=server.uuid)
     form = PlanChangeForm(request.POST, server=server, auto_id="id_plan_%s")
     if not form.is_valid():
         return _render_detail(request, server, plan_form=form)
     plan = form.cleaned_data["plan"]
-    if plan.pk == server.plan_id:
-        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=None, updated=timezone.now())
-        AuditEntry.record(request, "server.plan_change_withdrawn", server)
-        messages.success(request, f"{server.name}: plan change request withdrawn.")
-    else:
-        VirtualServer.objects.filter(pk=server.pk).update(requested_plan=plan, updated=timezone.now())
-        AuditEntry.record(request, "server.plan_change_requested", server, plan=plan.name)
+    try:
+        waiting = actions.request_plan_change(server, plan, request.user, request=request)
+    except actions.ActionRefused as exc:
+        form.add_error("plan", str(exc))
+        return _render_detail(request, server, plan_form=form)
+    if waiting:
         messages.success(request, f"{server.name}: change to plan {plan.name} requested; an operator will apply it.")
+    else:
+        messages.success(request, f"{server.name}: plan change request withdrawn.")
     return redirect("server_detail", uuid=server.uuid)
 
 

@@ -1,0 +1,162 @@
+"""The one table of a server's life: for each kind of operation, the states it may be asked
+in, the states the worker may start it from, the state while it runs, the state it ends in,
+and what a failure or an interrupted run leaves behind.
+
+Everything that decides by state reads this table: the actions (may this be asked now?), the
+worker (may I start it, where does it end?), the reconciler (a server found in an in-progress
+state with no operation running) and the pages (which buttons to show). A new capability
+(snapshot, backup, reinstall, rescue, migrate) is a new row here and a new handler in jobs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .operations import OperationKind
+from .servers import TERMINAL, State
+
+
+class OnFailure(enum.Enum):
+    ERROR = "error"  # the server goes to error; retry or delete starts from there
+    SETTLE = "settle"  # the server's state is read again from the kernel
+    KEEP = "keep"  # the server stays as it was (operations inside the guest)
+
+
+class OnInterrupt(enum.Enum):
+    """What the reconciler does with a server left in this operation's in-progress state
+    when no operation of it is queued or running any more (its worker died)."""
+
+    FOLLOW_KERNEL = "follow kernel"  # running or stopped, as the kernel says
+    UNLESS_RUNNING_ERROR = "error unless running"  # half-made: error, unless it runs already
+    FINISH_DELETE = "finish delete"  # gone from the node: finish the delete; still there: error
+
+
+@dataclass(frozen=True)
+class Transition:
+    kind: str
+    asked_in: frozenset[str]  # where users (and the reconciler's autostart) may ask for it
+    runs_from: frozenset[str]  # where the worker may start it: asked_in, its own busy state (a
+    # second run after a crash) and states it repairs
+    busy: str | None  # the state while it runs; None: the server's state does not move
+    target: str | None  # the state it ends in; None: unchanged
+    on_failure: OnFailure
+    on_interrupt: OnInterrupt | None = None
+    interrupted_reason: str = ""
+
+
+def _states(*states: str) -> frozenset[str]:
+    return frozenset(states)
+
+
+LIVE = frozenset(s for s in State if s not in TERMINAL)
+GUEST_KINDS = frozenset({
+    OperationKind.ACCOUNT_ADD,
+    OperationKind.ACCOUNT_DELETE,
+    OperationKind.ACCOUNT_PASSWORD,
+    OperationKind.ACCOUNT_KEY,
+    OperationKind.SERVICE_START,
+    OperationKind.SERVICE_STOP,
+    OperationKind.SERVICE_RESTART,
+    OperationKind.REFRESH,
+})
+
+_PROVISION_INTERRUPTED = "provisioning was interrupted; start or delete the server"
+
+TRANSITIONS: dict[str, Transition] = {
+    t.kind: t
+    for t in [
+        Transition(
+            OperationKind.PROVISION,
+            # Approval asks for it; a retry after an error asks again; so does the demo for
+            # records that claim a state the node never saw.
+            asked_in=_states(State.APPROVED, State.ERROR, State.STOPPED, State.RUNNING),
+            # Records that claim a state the node never saw (the demo's) are provisioned as
+            # well: create and start are idempotent.
+            runs_from=_states(State.APPROVED, State.PROVISIONING, State.ERROR, State.STOPPED, State.RUNNING),
+            busy=State.PROVISIONING,
+            target=State.RUNNING,
+            on_failure=OnFailure.ERROR,
+            on_interrupt=OnInterrupt.UNLESS_RUNNING_ERROR,
+            interrupted_reason=_PROVISION_INTERRUPTED,
+        ),
+        Transition(
+            OperationKind.START,
+            asked_in=_states(State.STOPPED, State.ERROR),
+            runs_from=_states(State.STOPPED, State.ERROR, State.STARTING),
+            busy=State.STARTING,
+            target=State.RUNNING,
+            on_failure=OnFailure.SETTLE,
+            on_interrupt=OnInterrupt.FOLLOW_KERNEL,
+        ),
+        Transition(
+            OperationKind.STOP,
+            asked_in=_states(State.RUNNING, State.ERROR),
+            runs_from=_states(State.RUNNING, State.ERROR, State.STOPPING),
+            busy=State.STOPPING,
+            target=State.STOPPED,
+            on_failure=OnFailure.SETTLE,
+            on_interrupt=OnInterrupt.FOLLOW_KERNEL,
+        ),
+        Transition(
+            OperationKind.RESTART,
+            asked_in=_states(State.RUNNING, State.ERROR),
+            runs_from=_states(State.RUNNING, State.ERROR, State.STARTING),
+            busy=State.STARTING,
+            target=State.RUNNING,
+            on_failure=OnFailure.SETTLE,
+            on_interrupt=OnInterrupt.FOLLOW_KERNEL,
+        ),
+        Transition(
+            OperationKind.DELETE,
+            # A pending request may be deleted too (nothing exists on a node; the worker's
+            # delete is a no-op there); actions.cancel withdraws one without the worker.
+            asked_in=_states(State.STOPPED, State.RUNNING, State.ERROR, State.REQUESTED),
+            runs_from=LIVE,
+            busy=State.DELETING,
+            target=State.DELETED,
+            on_failure=OnFailure.ERROR,
+            on_interrupt=OnInterrupt.FINISH_DELETE,
+            interrupted_reason="deletion was interrupted; delete the server again",
+        ),
+        Transition(
+            OperationKind.CHANGE_PLAN,
+            asked_in=_states(State.STOPPED, State.RUNNING),
+            runs_from=_states(State.STOPPED, State.RUNNING),
+            busy=None,
+            target=None,
+            on_failure=OnFailure.SETTLE,
+        ),
+        *(
+            Transition(kind, asked_in=_states(State.RUNNING), runs_from=_states(State.RUNNING), busy=None,
+                       target=None, on_failure=OnFailure.KEEP)
+            for kind in sorted(GUEST_KINDS)
+        ),
+    ]
+}
+
+# The states a server passes through while an operation runs, and approved (provisioning is
+# queued): derived from the table, so a new busy state is in-progress everywhere at once.
+IN_PROGRESS = frozenset({State.APPROVED, *(t.busy for t in TRANSITIONS.values() if t.busy)})
+
+
+def transition(kind: str) -> Transition:
+    try:
+        return TRANSITIONS[kind]
+    except KeyError:
+        raise ValueError(f"unknown operation kind {kind!r}") from None
+
+
+def may_ask(state: str, kind: str) -> bool:
+    return state in transition(kind).asked_in
+
+
+def interrupted(state: str) -> Transition | None:
+    """The transition whose run left a server in STATE (an in-progress state), if any.
+    Approved counts as provisioning's: its operation never started."""
+    if state == State.APPROVED:
+        return TRANSITIONS[OperationKind.PROVISION]
+    for t in TRANSITIONS.values():
+        if t.busy == state:
+            return t
+    return None
