@@ -101,7 +101,7 @@ test: as-root install install-test
 # Benchmarks (bench/README.md): our engine beside LXC, VPS beside host, the panel. The quick
 # run takes under 10 minutes; FULL=1 is the large run. Not part of the tests: benchmarks time
 # things, tests never do.
-BENCH_PACKAGES := wrk lxc rsync
+BENCH_PACKAGES := wrk lxc rsync busybox-static
 bench: as-root install
 	$(MAKE) --no-print-directory $(VENV)/.installed-dev
 	@# LXC's package would bring up lxcbr0 on 10.0.3.0/24; the benchmarks use their own bridges
