@@ -22,12 +22,13 @@ import copy
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from .errors import EngineError
 
 # An interpreter that has the filters applies "data" as well: the members passed our checks
 # already, so it changes nothing, and it silences 3.12's warning about extracting unfiltered.
-_TRUSTED = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+_TRUSTED: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 class UnsafeArchive(EngineError):

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import validate
 from .errors import EngineError, InvalidInput
@@ -68,12 +69,12 @@ def cmd_template_list(args) -> int:
     return 0
 
 
-def _limits_given(args) -> dict[str, float | int]:
+def _limits_given(args) -> dict[str, Any]:
     """The limits typed as --cpus, --memory, --pids and --disk, validated; create and update
     share the parsing and the bounds."""
     from .spec import MAX_DISK_BYTES, MIN_DISK_BYTES, MIN_MEMORY_BYTES
 
-    given: dict[str, float | int] = {}
+    given: dict[str, Any] = {}
     if args.cpus is not None:
         given["cpus"] = validate.cpus(args.cpus)
     if args.memory is not None:

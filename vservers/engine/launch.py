@@ -184,7 +184,7 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
 
 
 def _parse(text: str) -> dict[str, str]:
-    found = {}
+    found: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         found.setdefault(key, value)

@@ -8,6 +8,7 @@ line finishes or undoes the half-done work.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
 import ipaddress
@@ -517,10 +518,10 @@ class Engine:
             raise Conflict(f"server {name!r} is not running")
         return pid
 
-    def cgroup_procs(self, name: str) -> list[Path]:
+    def cgroup_procs(self, name: str) -> builtins.list[Path]:
         return self.cgroups.procs_files(name)
 
-    def run(self, name: str, argv: list[str], input: str | None = None, timeout: float = 60.0):
+    def run(self, name: str, argv: builtins.list[str], input: str | None = None, timeout: float = 60.0):
         """Run ARGV inside the running server and collect its exit status and output."""
         from . import guest
 

@@ -67,7 +67,7 @@ _COUNTERS = (
 
 def _interface(value: object, version: int | None = None) -> IPInterface:
     try:
-        iface = ipaddress.ip_interface(value)
+        iface = ipaddress.ip_interface(value)  # type: ignore[arg-type]  # anything: refused below
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"bad address {value!r}: {exc}") from None
     if version is not None and iface.version != version:
@@ -77,7 +77,7 @@ def _interface(value: object, version: int | None = None) -> IPInterface:
 
 def _address(value: object, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        addr = ipaddress.ip_address(value)
+        addr = ipaddress.ip_address(value)  # type: ignore[arg-type]  # anything: refused below
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"bad address {value!r}: {exc}") from None
     if addr.version != version:

@@ -132,10 +132,10 @@ _RET_K = 0x06
 def denied_numbers(machine: str) -> dict[int, str]:
     """The refused system-call numbers of MACHINE's native ABI, with their names."""
     column = _ARCHES[machine][1]
-    found = {}
+    found: dict[int, str] = {}
     for name, entry in (*DENIED.items(), *DENIED_FLAGS.items()):
         number = entry[column]
-        if number is not None:
+        if isinstance(number, int):
             found[number] = name
     return found
 
@@ -148,8 +148,12 @@ def build(machine: str | None = None) -> list[tuple[int, int, int, int]]:
     native, column, compat = _ARCHES[machine]
     refuse = (_RET_K, 0, 0, SECCOMP_RET_ERRNO | REFUSED_ERRNO)
     allow = (_RET_K, 0, 0, SECCOMP_RET_ALLOW)
-    numbers = sorted(entry[column] for entry in DENIED.values() if entry[column] is not None)
-    flagged = [(entry[column], entry[2], entry[3]) for entry in DENIED_FLAGS.values() if entry[column] is not None]
+    numbers = sorted(n for entry in DENIED.values() if isinstance(n := entry[column], int))
+    flagged = [
+        (n, int(entry[2]), int(entry[3]))
+        for entry in DENIED_FLAGS.values()
+        if isinstance(n := entry[column], int)
+    ]
 
     # Body, after the arch check has loaded the number into A. Jumps are relative to the next
     # instruction; each test is written knowing how many instructions follow it.

@@ -67,4 +67,5 @@ def create(base: int) -> int:
 def read_map(pid: int) -> list[tuple[int, int, int]]:
     """The uid map of process PID as (inside, outside, count) triples."""
     with open(f"/proc/{pid}/uid_map") as fh:
-        return [tuple(int(x) for x in line.split()) for line in fh if line.strip()]
+        rows = [line.split() for line in fh if line.strip()]
+    return [(int(inside), int(outside), int(count)) for inside, outside, count in rows]

@@ -73,7 +73,7 @@ def get(config: EngineConfig, name: str, version: str | None = None) -> Template
 
 def list_all(config: EngineConfig) -> list[tuple[TemplateInfo, bool]]:
     """Every built version of every template, with whether it is the current one."""
-    found = []
+    found: list[tuple[TemplateInfo, bool]] = []
     if not config.templates_dir.is_dir():
         return found
     for base in sorted(config.templates_dir.iterdir()):
