@@ -32,7 +32,7 @@ def password_change(self, request, extra_context=None):
 
 
 # The admin's URLs take the method from the site when they are made (panel/urls.py).
-admin.site.password_change = password_change.__get__(admin.site)
+admin.site.password_change = password_change.__get__(admin.site)  # type: ignore[method-assign]
 
 
 class MembershipInline(admin.TabularInline):

@@ -24,6 +24,14 @@ def _minutes(seconds: int) -> int:
     return max(1, -(-seconds // 60))
 
 
+class Throttled(forms.ValidationError):
+    """The form's "throttled" error; RETRY_AFTER (seconds) becomes the Retry-After header."""
+
+    def __init__(self, retry_after: int, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after = retry_after
+
+
 def refuse_if_throttled(request, username: str, action: str) -> None:
     """Raise the form's "throttled" error (and audit it) while USERNAME or the request's
     address has used up its failed attempts."""
@@ -33,9 +41,8 @@ def refuse_if_throttled(request, username: str, action: str) -> None:
     AuditEntry.record(
         request, action, None, username=str(username)[:150], reason=refusal.reason, retry_after=refusal.retry_after
     )
-    error = forms.ValidationError(THROTTLED, code="throttled", params={"minutes": _minutes(refusal.retry_after)})
-    error.retry_after = refusal.retry_after
-    raise error
+    raise Throttled(refusal.retry_after, THROTTLED, code="throttled",
+                    params={"minutes": _minutes(refusal.retry_after)})
 
 
 class ThrottledLoginMixin:

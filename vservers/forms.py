@@ -146,7 +146,7 @@ class AccountAddForm(forms.Form):
         return engine_check(validate.ssh_public_key, value) if value else ""
 
     def clean(self) -> dict:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if not self.errors and not cleaned.get("password") and not cleaned.get("ssh_key"):
             raise forms.ValidationError("Give a password, an SSH key, or both: otherwise nobody can log in.")
         return cleaned

@@ -24,6 +24,7 @@ import secrets
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.db.models import Model
 
 from accounts.models import Membership, Tenant
 from vservers.actions import approve, request_operation
@@ -95,7 +96,7 @@ class Command(BaseCommand):
 
 def existing_data() -> str:
     """What the database already holds, e.g. "2 users, 1 node"; empty if nothing."""
-    models = [
+    models: list[tuple[str, type[Model]]] = [
         ("users", get_user_model()),
         ("tenants", Tenant),
         ("plans", Plan),
@@ -104,7 +105,7 @@ def existing_data() -> str:
         ("address pools", IPPool),
         ("servers", VirtualServer),
     ]
-    counts = [(label, model.objects.count()) for label, model in models]
+    counts = [(label, model._default_manager.count()) for label, model in models]
     return ", ".join(f"{n} {label}" for label, n in counts if n)
 
 
