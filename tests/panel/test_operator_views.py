@@ -439,7 +439,7 @@ def test_server_creation_validates_names(op_client, world):
     )
     errors = response.context["form"].errors
     assert "already has a server named web" in errors["name"][0]
-    assert "invalid hostname" in errors["hostname"][0]
+    assert "Invalid hostname" in errors["hostname"][0]  # the engine's words, as the tenant's form shows them
     response = op_client.post(
         reverse("op_server_create"),
         {
@@ -450,7 +450,7 @@ def test_server_creation_validates_names(op_client, world):
             "template": world.busybox.pk,
         },
     )
-    assert "invalid server name" in response.context["form"].errors["name"][0]
+    assert "Invalid server name" in response.context["form"].errors["name"][0]
     assert VirtualServer.objects.count() == 1
 
 
@@ -614,7 +614,7 @@ def test_operator_adds_and_toggles_a_template(op_client, world):
 
 def test_template_names_follow_the_engine(op_client, world):
     response = op_client.post(reverse("op_templates"), {"name": "9lives", "display_name": "x"})
-    assert "invalid template name" in response.context["form"].errors["name"][0]
+    assert "Invalid template name" in response.context["form"].errors["name"][0]
 
 
 def test_operator_creates_a_pool(op_client, world):

@@ -9,8 +9,10 @@ else records its own AuditEntry. A refused action becomes a message, never an er
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import wraps
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
@@ -103,38 +105,92 @@ def _percent(used, total) -> int:
     return min(100, round(100 * float(used) / float(total))) if total else 0
 
 
-def nodes_with_usage() -> list[Node]:
+class _Shows:
+    """A row of a table: its own figures, and the model's fields for the template (which
+    reads `row.name` as the node's or pool's name)."""
+
+    subject: Any
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.subject, name)
+
+
+@dataclass
+class PoolUsage(_Shows):
+    subject: IPPool
+    used: int
+
+    @property
+    def capacity(self) -> int:
+        return self.subject.size
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+    @property
+    def percent(self) -> int:
+        return _percent(self.used, self.capacity)
+
+    @property
+    def usage_text(self) -> str:
+        return f"{self.used} of {self.capacity}"
+
+
+@dataclass
+class NodeUsage(_Shows):
+    """A node with what its live servers' plans add up to."""
+
+    subject: Node
+    server_count: int
+    cpus_allocated: Decimal
+    memory_allocated: int
+    disk_allocated: int
+    pool_list: list[PoolUsage] = field(default_factory=list)
+
+    @property
+    def cpu_percent(self) -> int:
+        return _percent(self.cpus_allocated, self.subject.cpus)
+
+    @property
+    def memory_percent(self) -> int:
+        return _percent(self.memory_allocated, self.subject.memory_mb)
+
+    @property
+    def disk_percent(self) -> int:
+        return _percent(self.disk_allocated, self.subject.disk_mb)
+
+    @property
+    def cpu_text(self) -> str:
+        return f"{self.cpus_allocated.normalize():f} / {self.subject.cpus}"
+
+    @property
+    def memory_text(self) -> str:
+        return f"{self.memory_allocated} / {self.subject.memory_mb} MB"
+
+    @property
+    def disk_text(self) -> str:
+        return f"{self.disk_allocated} / {self.subject.disk_mb} MB"
+
+
+def nodes_with_usage() -> list[NodeUsage]:
     """Active and inactive nodes with what their live servers' plans add up to (one query)."""
     live = Q(servers__state__in=LIVE_STATES)
-    nodes = list(
-        Node.objects.annotate(
-            server_count=Count("servers", filter=live),
-            cpus_allocated=Sum("servers__plan__cpus", filter=live),
-            memory_allocated=Sum("servers__plan__memory_mb", filter=live),
-            disk_allocated=Sum("servers__plan__disk_mb", filter=live),
-        )
+    annotated = Node.objects.annotate(
+        server_count=Count("servers", filter=live),
+        cpus_allocated=Sum("servers__plan__cpus", filter=live),
+        memory_allocated=Sum("servers__plan__memory_mb", filter=live),
+        disk_allocated=Sum("servers__plan__disk_mb", filter=live),
     )
-    for node in nodes:
-        node.cpus_allocated = Decimal(node.cpus_allocated or 0)
-        node.memory_allocated = node.memory_allocated or 0
-        node.disk_allocated = node.disk_allocated or 0
-        node.cpu_percent = _percent(node.cpus_allocated, node.cpus)
-        node.memory_percent = _percent(node.memory_allocated, node.memory_mb)
-        node.disk_percent = _percent(node.disk_allocated, node.disk_mb)
-        node.cpu_text = f"{node.cpus_allocated.normalize():f} / {node.cpus}"
-        node.memory_text = f"{node.memory_allocated} / {node.memory_mb} MB"
-        node.disk_text = f"{node.disk_allocated} / {node.disk_mb} MB"
-    return nodes
+    return [
+        NodeUsage(node, node.server_count, Decimal(node.cpus_allocated or 0), node.memory_allocated or 0,
+                  node.disk_allocated or 0)
+        for node in annotated
+    ]
 
 
-def _pools_with_usage(pools: QuerySet) -> list[IPPool]:
-    pools = list(pools.select_related("node").annotate(used=Count("addresses")))
-    for pool in pools:
-        pool.capacity = pool.size
-        pool.free = pool.capacity - pool.used
-        pool.percent = _percent(pool.used, pool.capacity)
-        pool.usage_text = f"{pool.used} of {pool.capacity}"
-    return pools
+def _pools_with_usage(pools: QuerySet[IPPool]) -> list[PoolUsage]:
+    return [PoolUsage(pool, pool.used) for pool in pools.select_related("node").annotate(used=Count("addresses"))]
 
 
 # -- dashboard and approvals ---------------------------------------------------------------
@@ -442,23 +498,25 @@ def pools(request: HttpRequest) -> HttpResponse:
 
 @operator_required
 def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    pool = _pools_with_usage(IPPool.objects.filter(pk=pk))
-    if not pool:
+    found = _pools_with_usage(IPPool.objects.filter(pk=pk))
+    if not found:
         raise Http404("no such pool")
-    allocations = IPAddress.objects.filter(pool=pool[0]).select_related("server__tenant").order_by("allocated", "pk")
+    pool = found[0]
+    allocations = IPAddress.objects.filter(pool=pool.subject).select_related("server__tenant").order_by(
+        "allocated", "pk")
     return render(request, "vservers/operator/pool_detail.html", {
-        "section": "pools", "pool": pool[0], "page": _page(request, allocations),
+        "section": "pools", "pool": pool, "page": _page(request, allocations),
     })
 
 
 @operator_required
 def nodes(request: HttpRequest) -> HttpResponse:
-    pools_by_node: dict[int, list[IPPool]] = {}
+    pools_by_node: dict[int, list[PoolUsage]] = {}
     for pool in _pools_with_usage(IPPool.objects.all()):
-        pools_by_node.setdefault(pool.node_id, []).append(pool)
+        pools_by_node.setdefault(pool.subject.node_id, []).append(pool)
     listed = nodes_with_usage()
     for node in listed:
-        node.pool_list = pools_by_node.get(node.pk, [])
+        node.pool_list = pools_by_node.get(node.subject.pk, [])
     return render(request, "vservers/operator/nodes.html", {"section": "nodes", "nodes": listed})
 
 
