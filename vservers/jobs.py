@@ -55,6 +55,7 @@ from .models import (
     State,
     VirtualServer,
 )
+from .models.guest import store_listing
 from .models.operations import INTERRUPTED, QUEUE_DELAYED
 from .models.transitions import OnFailure, transition
 
@@ -592,16 +593,9 @@ def _refresh_services(run: Run, settle: bool = False) -> None:
 
 
 def store_accounts(server: VirtualServer, engine: Engine) -> list:
-    """Replace SERVER's account rows with what its guest says now."""
-    accounts = guest.listing(engine.accounts(server.engine_name))
-    with transaction.atomic():
-        server.guest_accounts.all().delete()
-        GuestAccount.objects.bulk_create(
-            GuestAccount(server=server, name=a.name, uid=a.uid, home=a.home[:200], shell=a.shell[:200],
-                         is_system=a.is_system)
-            for a in accounts
-        )
-    return accounts
+    """Replace SERVER's account rows with what its guest says now; returns the accounts
+    stored (store_listing: only names the engine accepts, the rest counted)."""
+    return store_listing(server, GuestAccount, guest.listing(engine.accounts(server.engine_name)))
 
 
 def store_services(server: VirtualServer, engine: Engine, settle: bool = False) -> list:
@@ -609,12 +603,7 @@ def store_services(server: VirtualServer, engine: Engine, settle: bool = False) 
     after a start), once its supervisor has started what it should."""
     lister = engine.services(server.engine_name)
     services = lister.settled() if settle else guest.listing(lister)
-    with transaction.atomic():
-        server.services.all().delete()
-        Service.objects.bulk_create(
-            Service(server=server, name=s.name, state=s.state, pid=s.pid, seconds=s.seconds) for s in services
-        )
-    return services
+    return store_listing(server, Service, services)
 
 
 def _refresh_best_effort(run: Run) -> None:

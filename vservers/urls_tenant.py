@@ -1,10 +1,15 @@
-"""The tenant's area, mounted at /servers/. Object URLs carry the server's UUID."""
+"""The tenant's area, mounted at /servers/. Object URLs carry the server's UUID, and accounts and
+services their names in the guest."""
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, register_converter
 
+from vservers.converters import GuestNameConverter
 from vservers.views import tenant
+
+# Account and service names come from inside the guest (see GuestNameConverter).
+register_converter(GuestNameConverter, "guest")
 
 urlpatterns = [
     path("", tenant.server_list, name="server_list"),
@@ -16,8 +21,8 @@ urlpatterns = [
     path("<uuid:uuid>/action/<slug:kind>/", tenant.server_action, name="server_action"),
     path("<uuid:uuid>/plan/", tenant.plan_change, name="plan_change"),
     path("<uuid:uuid>/accounts/add/", tenant.account_add, name="account_add"),
-    path("<uuid:uuid>/accounts/<str:name>/delete/", tenant.account_delete, name="account_delete"),
-    path("<uuid:uuid>/accounts/<str:name>/password/", tenant.account_password, name="account_password"),
-    path("<uuid:uuid>/accounts/<str:name>/key/", tenant.account_key, name="account_key"),
-    path("<uuid:uuid>/services/<str:name>/<slug:action>/", tenant.service_action, name="service_action"),
+    path("<uuid:uuid>/accounts/<guest:name>/delete/", tenant.account_delete, name="account_delete"),
+    path("<uuid:uuid>/accounts/<guest:name>/password/", tenant.account_password, name="account_password"),
+    path("<uuid:uuid>/accounts/<guest:name>/key/", tenant.account_key, name="account_key"),
+    path("<uuid:uuid>/services/<guest:name>/<slug:action>/", tenant.service_action, name="service_action"),
 ]

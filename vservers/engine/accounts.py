@@ -38,14 +38,25 @@ class Account:
         return {**asdict(self), "system": self.is_system}
 
 
+# The most digits of a uid or gid (Linux's are below 2**32).
+_ID_DIGITS = 10
+
+
 def parse_passwd(text: str) -> list[Account]:
+    """The accounts of a passwd file, skipping lines that are not one. The guest's root writes
+    the file: a uid like "²" passes str.isdigit() but not int(), and int() refuses over 4,300
+    digits, so only ASCII numbers of up to _ID_DIGITS digits count."""
     accounts = []
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) != 7 or not fields[2].isdigit() or not fields[3].isdigit():
+        if len(fields) != 7 or not all(_is_id(field) for field in fields[2:4]):
             continue
         accounts.append(Account(fields[0], int(fields[2]), int(fields[3]), fields[5], fields[6]))
     return accounts
+
+
+def _is_id(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= _ID_DIGITS
 
 
 class Accounts:

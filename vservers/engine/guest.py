@@ -186,6 +186,12 @@ def _take_guest_terminal(pty_socket: int) -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+# The most output run() collects from each of a program's stdout and stderr. The program is
+# the guest's (its root may have replaced `cat` or made /etc/passwd a link to /dev/zero), and
+# account and service listings are far smaller.
+OUTPUT_LIMIT = 4 * 2**20
+
+
 def run(
     init_pid: int,
     argv: Sequence[str],
@@ -193,7 +199,8 @@ def run(
     input: str | bytes | None = None,
     timeout: float = 60.0,
 ) -> Completed:
-    """Run ARGV in the VPS and collect its output (for account and service operations)."""
+    """Run ARGV in the VPS and collect its output (for account and service operations);
+    EngineError if it writes more than OUTPUT_LIMIT bytes to either."""
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -203,18 +210,22 @@ def run(
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
     data = input.encode() if isinstance(input, str) else (input or b"")
-    stdout, stderr = _communicate(stdin_w, out_r, err_r, data, timeout, pid)
-    _, status = os.waitpid(pid, 0)
+    try:
+        stdout, stderr = _communicate(stdin_w, out_r, err_r, data, timeout, pid)
+    finally:
+        _, status = os.waitpid(pid, 0)  # also after a kill: no zombie left behind
     return Completed(os.waitstatus_to_exitcode(status), stdout.decode(errors="replace"),
                      stderr.decode(errors="replace"))
 
 
 def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: float, pid: int):
     """Feed stdin and drain both outputs without deadlock, as subprocess.communicate does."""
+    import select
     import selectors
     import time
 
     chunks = {out_r: [], err_r: []}
+    sizes = {out_r: 0, err_r: 0}
     sel = selectors.DefaultSelector()
     sel.register(out_r, selectors.EVENT_READ)
     sel.register(err_r, selectors.EVENT_READ)
@@ -224,8 +235,9 @@ def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: flo
         os.close(stdin_w)
     view = memoryview(data)
     deadline = time.monotonic() + timeout
+    flooded = False
     try:
-        while sel.get_map():
+        while sel.get_map() and not flooded:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 os.kill(pid, 9)
@@ -245,11 +257,28 @@ def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: flo
                 block = os.read(fd, 65536)
                 if block:
                     chunks[fd].append(block)
+                    sizes[fd] += len(block)
+                    flooded = flooded or sizes[fd] > OUTPUT_LIMIT
                 else:
                     sel.unregister(fd)
                     os.close(fd)
     finally:
+        for key in list(sel.get_map().values()):  # still open after a timeout or a flood
+            os.close(key.fd)
         sel.close()
+    if flooded:
+        # With our ends closed the program dies of SIGPIPE at its next write and the helper
+        # reaps it. Killing the helper instead would hand the program to the worker (its
+        # subreaper) to reap, and until then the guest's init could not exit (a PID namespace
+        # ends only when all its processes are reaped). One that ignores SIGPIPE is killed
+        # with the helper when the time is up.
+        pidfd = os.pidfd_open(pid)  # readable once the helper has exited; run() reaps it
+        try:
+            if not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                os.kill(pid, 9)
+        finally:
+            os.close(pidfd)
+        raise EngineError(f"the program wrote more than {OUTPUT_LIMIT} bytes")
     return b"".join(chunks[out_r]), b"".join(chunks[err_r])
 
 

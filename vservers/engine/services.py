@@ -36,6 +36,9 @@ _TAI_OFFSET = 0x400000000000000A
 # Looking a service's files up failed in a way that says nothing about the service (a mount
 # or symlink the host-side reader does not follow): the list is left to `sv status`.
 _NOT_FOR_US = (errno.EXDEV, errno.ELOOP, errno.ENOSYS, errno.EPERM, errno.EACCES)
+# The most entries of the service directory list_from_files looks at (each costs a few
+# system calls, and the guest's root can make that directory as large as its disk allows).
+LIST_LIMIT = 1000
 SETTLED = frozenset({"running", "stopped"})
 SETTLE_TIMEOUT = 2.0  # seconds; a busybox guest settles within ~10 ms of its start
 SETTLE_POLL = 0.01
@@ -98,7 +101,7 @@ class Services:
         for writing without blocking (to see whether runsv still reads it, as sv does) and a
         regular file read. OSError or EngineError when the files cannot be read this way
         (e.g. supervise/ is a symlink into /run, as Debian's runit makes it): list() still
-        works then."""
+        works then. Only the first LIST_LIMIT entries (in sh's order) are looked at."""
         from . import guest
 
         service_dir = self._service_dir()
@@ -106,7 +109,7 @@ class Services:
         try:
             dir_fd = guest.open_in_root(root, service_dir, stat.S_IFDIR, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                names = sorted(name for name in os.listdir(dir_fd) if not name.startswith("."))  # sh's `*`
+                names = sorted(name for name in os.listdir(dir_fd) if not name.startswith("."))[:LIST_LIMIT]  # sh's `*`
             finally:
                 os.close(dir_fd)
             now = int(time.time())
