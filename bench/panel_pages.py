@@ -114,17 +114,12 @@ def time_pages(ctx, reps: int, profile_reps: int = 0) -> dict:
 
 def rows_split(ctx, reps: int) -> dict | None:
     """The server rows of the tenant's list (alice: a quarter) and of the operator's (every
-    server) without a profiler: building them (vservers.views.tenant._server_rows: the query,
+    server) without a profiler: building them (vservers.views.tenant.server_rows: the query,
     model objects, usage meters) apart from rendering their template (_server_rows.html)."""
     from django.template.loader import render_to_string
     from django.test import RequestFactory
 
-    # Private: no public function of the views returns the rows without rendering them
-    # (server_list and server_list_rows render; _server_rows is _server_page's rows).
-    try:
-        from vservers.views.tenant import _server_rows
-    except ImportError:
-        return None
+    from vservers.views.tenant import server_rows  # the rows, not rendered
     out = {}
     for who, user in (("alice", ctx.alice), ("operator", ctx.operator)):
         request = RequestFactory().get("/servers/rows/")
@@ -132,7 +127,7 @@ def rows_split(ctx, reps: int) -> dict | None:
         build, render = [], []
         for _ in range(reps + 2):  # the first two warm up
             t0 = time.perf_counter()
-            servers = _server_rows(request)
+            servers = server_rows(request)
             t1 = time.perf_counter()
             render_to_string("vservers/tenant/_server_rows.html",
                              {"servers": servers, "show_tenant": user.is_staff, "can_request": True}, request=request)

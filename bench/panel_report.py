@@ -137,7 +137,7 @@ def markdown(result: dict) -> str:
         if split:
             rows = [[f"{who} ({v['rows']} rows)", f1(v["build_ms"]["median"]), f1(v["render_ms"]["median"]),
                      f"{v['build_per_row_ms']:.3f}", f"{v['render_per_row_ms']:.3f}"] for who, v in split.items()]
-            out += ["", "The server rows of the first page without a profiler: `_server_rows()` (queries, values, "
+            out += ["", "The server rows of the first page without a profiler: `server_rows()` (queries, values, "
                     "meters) apart from rendering `_server_rows.html`:", "",
                     md_table(["rows of", "build median ms", "render median ms", "build ms/row", "render ms/row"],
                              rows)]

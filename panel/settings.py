@@ -61,6 +61,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # How numbers and times are written (cpus, duration, ago), in every template.
+            "builtins": ["vservers.templatetags.panel_format"],
         },
     },
 ]

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEntry, Tenant
 
+from .formatting import number
 from .models import (
     TERMINAL,
     IPPool,
@@ -184,12 +185,6 @@ def _check_quota(tenant: Tenant, plan: Plan, replacing: VirtualServer | None = N
     problems = quota_problems(tenant, plan, replacing)
     if problems:
         raise QuotaExceeded(problems)
-
-
-def number(value) -> str:
-    """2.00 -> "2", 0.50 -> "0.5" (CPU shares are decimals)."""
-    text = f"{value:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 # -- requests, approvals, plan changes --------------------------------------------------------

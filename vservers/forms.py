@@ -11,9 +11,9 @@ from django import forms
 
 from accounts.models import Tenant
 
-from .actions import number
 from .engine import validate
 from .engine.errors import InvalidInput
+from .formatting import number
 from .models import TERMINAL, Plan, Template, VirtualServer
 
 

@@ -95,6 +95,16 @@ class Operation(models.Model):
         return f"{self.get_kind_display()} {self.server}"
 
     @property
+    def subject(self) -> str:
+        """The account or service it acts on, if any."""
+        return self.params.get("account") or self.params.get("service") or ""
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from its start to its end, once it has ended."""
+        return (self.finished - self.started).total_seconds() if self.started and self.finished else None
+
+    @property
     def is_finished(self) -> bool:
         return self.status in FINISHED
 

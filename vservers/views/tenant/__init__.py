@@ -1,0 +1,29 @@
+"""The tenant's area: a customer's own servers, what runs inside them, and their history.
+
+Access goes through one helper, `_get_server_for_user`: it scopes by
+`VirtualServer.objects.restrict(user)` and answers 404 for anyone else's server, so no view
+can forget the tenant check. Read-only members may look but every POST answers 403.
+Views never touch the kernel: they record an Operation (vservers.actions) and redirect.
+"""
+
+from .guest import account_add, account_delete, account_key, account_password, service_action
+from .lists import PER_PAGE, server_list, server_list_rows, server_request, server_rows
+from .servers import plan_change, server_action, server_detail, server_operations, server_state
+
+__all__ = [
+    "PER_PAGE",
+    "account_add",
+    "account_delete",
+    "account_key",
+    "account_password",
+    "plan_change",
+    "server_action",
+    "server_detail",
+    "server_list",
+    "server_list_rows",
+    "server_operations",
+    "server_request",
+    "server_rows",
+    "server_state",
+    "service_action",
+]

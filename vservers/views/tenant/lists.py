@@ -1,0 +1,219 @@
+"""The server list (paged, polled with ETags) and the request for a new server."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from uuid import UUID
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, Max
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.defaultfilters import filesizeformat
+from django.template.loader import get_template
+from django.urls import reverse
+from django.utils.cache import get_conditional_response, patch_cache_control
+from django.views.decorators.http import require_GET
+
+from ... import actions
+from ...formatting import number
+from ...forms import ServerRequestForm
+from ...models import IPAddress, State, VirtualServer
+from .access import htmx_fragment, membership, no_tenant
+from .display import Meter, percent, quota_meters
+
+# The tenant's server list: rows per page, and how often an open page asks for them again.
+PER_PAGE = 50
+# What a row shows, fetched as plain values: no model objects, no related objects per row.
+ROW_FIELDS = (
+    "pk", "uuid", "name", "hostname", "state", "state_reason", "requested_plan_id", "tenant__name",
+    "plan__name", "plan__cpus", "plan__memory_mb", "plan__disk_mb", "template__name", "template__display_name",
+    "memory_bytes", "disk_used_bytes", "sampled_at",
+)
+STATE_LABELS = dict(State.choices)
+_NO_UUID = UUID(int=0)
+
+
+def _list_servers(user):
+    """The servers USER's list shows, in the list's order (a total order, so pages never
+    overlap)."""
+    return VirtualServer.objects.restrict(user).visible().order_by("tenant__name", "name", "pk")
+
+
+def _row(values: dict, url_pattern: str, addresses: list[str], size) -> dict:
+    """One row of the list as plain values for _server_rows.html (no queries); SIZE formats
+    a number of bytes (filesizeformat, remembered for the page: most limits repeat)."""
+    mib = 1024 * 1024
+    meters = []
+    if values["sampled_at"]:
+        memory_limit, disk_limit = values["plan__memory_mb"] * mib, values["plan__disk_mb"] * mib
+        for label, used, limit in (
+            ("Memory", values["memory_bytes"], memory_limit),
+            ("Disk", values["disk_used_bytes"], disk_limit),
+        ):
+            meter = Meter(label, size(used), size(limit), percent(used, limit))
+            meters.append({
+                "label": label,
+                "percent": meter.percent,
+                "value": f"{meter.percent}\xa0%" if meter.percent is not None else meter.used,
+                "level": meter.level,
+                "title": f"{label}: {meter.used} of {meter.limit}",
+            })
+    return {
+        "url": url_pattern.replace(str(_NO_UUID), str(values["uuid"])),
+        "name": values["name"],
+        "hostname": values["hostname"],
+        "tenant": values["tenant__name"],
+        "state": values["state"],
+        "state_label": STATE_LABELS.get(values["state"], values["state"]),
+        "error": values["state_reason"] if values["state"] == State.ERROR else "",
+        "plan_change": values["requested_plan_id"] is not None,
+        "addresses": addresses,
+        "plan": values["plan__name"],
+        "plan_cpus": number(values["plan__cpus"]),
+        "plan_memory_mb": values["plan__memory_mb"],
+        "template": values["template__display_name"] or values["template__name"],
+        "meters": meters,
+    }
+
+
+def server_page(request: HttpRequest) -> tuple[Page, list[dict]]:
+    """The page of the list that REQUEST asks for (?page=N; out of range: the nearest) and
+    its rows. Three queries whatever the number of servers: the count, the page's rows with
+    their plan, template and tenant, and the page's addresses."""
+    servers = _list_servers(request.user).values(*ROW_FIELDS)
+    page = Paginator(servers, PER_PAGE).get_page(request.GET.get("page"))
+    found = list(page.object_list)
+    addresses: dict[int, list[str]] = {}
+    if found:
+        for server_id, address in IPAddress.objects.filter(server_id__in=[v["pk"] for v in found]).values_list(
+            "server_id", "address"
+        ):
+            addresses.setdefault(server_id, []).append(address)
+    url_pattern = reverse("server_detail", args=[_NO_UUID])
+    size = functools.cache(filesizeformat)
+    return page, [_row(values, url_pattern, addresses.get(values["pk"], []), size) for values in found]
+
+
+def server_rows(request: HttpRequest) -> list[dict]:
+    """The rows of the page REQUEST asks for (bench/panel.py times them apart from rendering)."""
+    return server_page(request)[1]
+
+
+@functools.cache
+def _rows_markup_version() -> str:
+    """Part of the rows' ETag: a deployment that changes their markup changes every ETag, so
+    no browser keeps rows of the old markup."""
+    digest = hashlib.sha256()
+    for name in ("vservers/tenant/_server_table.html", "vservers/tenant/_server_rows.html"):
+        # The backend's wrapper holds the engine's Template, which has the source.
+        digest.update(get_template(name).template.source.encode())  # type: ignore[attr-defined]
+    return digest.hexdigest()[:12]
+
+
+def _rows_etag(request: HttpRequest, can_request: bool) -> str:
+    """A validator of the rows fragment, from one aggregate query: whatever a row shows
+    changes a server's `updated` (every state change and plan change bumps it), its usage
+    sample (`sampled_at`) or its addresses, and servers coming and going change the count.
+    The user, their role and the page asked for are part of it too. Not covered: an operator
+    renaming a plan, template or tenant; the next full page load shows that."""
+    totals = _list_servers(request.user).order_by().aggregate(
+        n_servers=Count("pk", distinct=True),
+        last_updated=Max("updated"),
+        last_sampled=Max("sampled_at"),
+        n_addresses=Count("addresses__pk"),
+        last_address=Max("addresses__pk"),
+    )
+    key = "|".join(
+        str(part)
+        for part in (
+            _rows_markup_version(), request.user.pk, request.user.is_staff, can_request, request.GET.get("page", ""),
+            PER_PAGE, *totals.values(),
+        )
+    )
+    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
+
+
+
+@login_required
+@require_GET
+def server_list(request: HttpRequest) -> HttpResponse:
+    """The user's servers, PER_PAGE a page (operators: every tenant's). An open page asks
+    for its rows again every 5 s (server_list_rows)."""
+    member = membership(request.user)
+    if member is None and not request.user.is_staff:
+        return no_tenant(request)
+    tenant = member.tenant if member else None
+    page, rows = server_page(request)
+    context = {
+        "page": page,
+        "servers": rows,
+        "tenant": tenant,
+        "quota_meters": quota_meters(tenant) if tenant else None,
+        "can_request": member is not None and member.can_act,
+        "show_tenant": request.user.is_staff,  # operators see every tenant's servers
+    }
+    return render(request, "vservers/tenant/server_list.html", context)
+
+
+@htmx_fragment
+@require_GET
+def server_list_rows(request: HttpRequest) -> HttpResponse:
+    """The list's table (one page of it, ?page=N) for the page's poll. Answers carry an ETag
+    and "Cache-Control: private, no-cache": the browser keeps the last answer and asks with
+    If-None-Match, and while nothing has changed the answer is a bodiless 304 after one
+    query, with no rows built or rendered. The browser hands its kept copy to htmx as a
+    200, so the (unchanged) table is swapped in again."""
+    member = membership(request.user)
+    can_request = member is not None and member.can_act
+    etag = _rows_etag(request, can_request)
+    response = get_conditional_response(request, etag=etag)
+    if response is None:
+        page, rows = server_page(request)
+        context = {
+            "page": page,
+            "servers": rows,
+            "show_tenant": request.user.is_staff,  # operators see every tenant's servers
+            "can_request": can_request,
+        }
+        response = render(request, "vservers/tenant/_server_table.html", context)
+    response["ETag"] = etag
+    patch_cache_control(response, private=True, no_cache=True)
+    return response
+
+
+@login_required
+def server_request(request: HttpRequest) -> HttpResponse:
+    """Ask for a server; it waits in state "requested" until an operator approves it
+    (actions.request_server decides, under the tenant's lock)."""
+    member = membership(request.user)
+    if member is None:
+        return no_tenant(request)
+    if not member.can_act:
+        raise PermissionDenied("your role in this tenant is read-only")
+    tenant = member.tenant
+    if request.method == "POST":
+        form = ServerRequestForm(request.POST, tenant=tenant)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                server = actions.request_server(
+                    tenant, request.user, name=data["name"], hostname=data["hostname"], plan=data["plan"],
+                    template=data["template"], request=request,
+                )
+            except actions.QuotaExceeded as exc:
+                form.add_error("plan", str(exc))
+            except actions.NameTaken:
+                form.add_error("name", "You already have a server with this name.")
+            else:
+                messages.success(request, f"Requested {server.name}. An operator will set it up shortly.")
+                return redirect("server_detail", uuid=server.uuid)
+    else:
+        form = ServerRequestForm(tenant=tenant)
+    meters = quota_meters(tenant)
+    context = {"form": form, "tenant": tenant, "quota_meters": meters, "quota_full": meters[0].percent == 100}
+    return render(request, "vservers/tenant/server_request.html", context)
