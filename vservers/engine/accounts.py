@@ -4,6 +4,7 @@ never inside a shell string."""
 
 from __future__ import annotations
 
+import builtins
 import os
 from dataclasses import asdict, dataclass
 
@@ -80,7 +81,7 @@ class Accounts:
     def list(self) -> list[Account]:
         return parse_passwd(self._run(["cat", "/etc/passwd"]).stdout)
 
-    def list_from_files(self) -> list[Account]:
+    def list_from_files(self) -> builtins.list[Account]:
         """What list() says, read by the host from the guest's /etc/passwd instead of by a
         program run inside the guest (well under a millisecond instead of an exec). The file
         is looked up as the guest sees it, but only on its root filesystem, and read only if

@@ -224,7 +224,7 @@ def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: flo
     import selectors
     import time
 
-    chunks = {out_r: [], err_r: []}
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     sizes = {out_r: 0, err_r: 0}
     sel = selectors.DefaultSelector()
     sel.register(out_r, selectors.EVENT_READ)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import re
@@ -92,7 +93,7 @@ class Services:
             raise EngineError(f"could not list services: {result.stderr.strip()}")
         return parse_status(result.stdout)
 
-    def list_from_files(self) -> list[Service]:
+    def list_from_files(self) -> builtins.list[Service]:
         """What list() says (`sv status` of each service directory), read by the host from
         the files runsv keeps in each service's supervise/ directory instead of by programs
         run inside the guest (about a millisecond instead of an exec). The files are looked
@@ -121,7 +122,7 @@ class Services:
         finally:
             os.close(root)
 
-    def settled(self, timeout: float = SETTLE_TIMEOUT) -> list[Service]:
+    def settled(self, timeout: float = SETTLE_TIMEOUT) -> builtins.list[Service]:
         """The list once the guest's supervisor has caught up with what it was told, or as it
         is after TIMEOUT seconds. Right after a start runsvdir has not yet spawned every runsv
         (the service reads as "failed": nothing supervises it) and runsv has not yet run every
