@@ -8,8 +8,7 @@ Run as root from the repository root::
     .venv/bin/python bench/panel.py --smoke     # every step once or twice
 
 Everything is its own: a temporary directory with a SQLite database (migrated), a private
-redis-server on a Unix socket, one real PanelWorker (`manage.py rqworker … --worker-class
-vservers.worker.PanelWorker --serializer rq.serializers.JSONSerializer --with-scheduler`, as
+redis-server on a Unix socket, one real worker process (`manage.py nodeworker default`, as
 scripts/run-panel starts it), a gunicorn on 127.0.0.1 for the page timings over HTTP, and the
 engine installation bench/common.PANEL_ENV (bridge vsbenchpn0, 198.19.216.1/21; the panel's
 pool hands out 198.19.217.0 upwards). Prints JSON and Markdown, writes bench/results/panel.json,
@@ -62,7 +61,6 @@ from bench.panel_world import (  # noqa: E402
     TEMPLATE,
     UID_NOTE,
     add_rq_times,
-    epoch,
     fill_crowd,
     log,
     make_world,
@@ -115,15 +113,14 @@ def start_redis(ctx) -> None:
 def start_worker(ctx) -> None:
     ctx.worker_timings = ctx.tmp / "worker-timings.jsonl"
     ctx.worker_log = ctx.tmp / "worker.log"
-    ctx.worker_proc = spawn_worker(ctx, ctx.worker_log, scheduler=True)
+    ctx.worker_proc = spawn_worker(ctx, ctx.worker_log)
     wait_for_workers(ctx, 1, [ctx.worker_proc])
 
 
-def spawn_worker(ctx, log_path: Path, scheduler: bool) -> subprocess.Popen:
-    """A PanelWorker process as `make run` starts it (manage.py rqworker), with the timers."""
+def spawn_worker(ctx, log_path: Path) -> subprocess.Popen:
+    """A worker process as `make run` starts it (manage.py nodeworker), with the timers."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-child", str(ctx.worker_timings),
-           "rqworker", "default", "--worker-class", "vservers.worker.PanelWorker",
-           "--serializer", "rq.serializers.JSONSerializer", *(["--with-scheduler"] if scheduler else [])]
+           "nodeworker", "default"]
     return subprocess.Popen(cmd, cwd=REPO, env=ctx.child_env, stdout=open(log_path, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -143,9 +140,8 @@ def wait_for_workers(ctx, count: int, procs: list[subprocess.Popen]) -> None:
 
 def run_with_more_workers(ctx, workers: int, k: int) -> dict:
     """K cycles all in flight with WORKERS worker processes on the queue (the first one and
-    WORKERS - 1 more, without a scheduler: one per node schedules the reconcile)."""
-    ctx.extra_workers = [spawn_worker(ctx, ctx.tmp / f"worker-{i}.log", scheduler=False)
-                         for i in range(2, workers + 1)]
+    WORKERS - 1 more; the node's reconcile job has one id, whichever of them queues it)."""
+    ctx.extra_workers = [spawn_worker(ctx, ctx.tmp / f"worker-{i}.log") for i in range(2, workers + 1)]
     try:
         wait_for_workers(ctx, workers, [ctx.worker_proc, *ctx.extra_workers])
         phase = run_cycles(ctx, "many", k, k)
@@ -423,23 +419,17 @@ def run(ctx, mode: dict) -> None:
 
 
 def reconcile_runs() -> dict:
-    """The worker's periodic reconcile jobs that ran beside ours (RQ keeps finished jobs for
-    500 s): how many, and how long each took."""
-    from django_rq import get_connection
-    from rq.job import Job
-    from rq.registry import FinishedJobRegistry
-    from rq.serializers import JSONSerializer
-
+    """The worker's periodic reconcile jobs that ran beside ours (the node's one job id; RQ
+    keeps the results of its last ten runs): how many, and how long each took."""
     from vservers.queues import get_queue
 
-    connection = get_connection("default")
-    registry = FinishedJobRegistry(queue=get_queue("default"))
+    queue = get_queue("default")
     durations = []
-    for job_id in registry.get_job_ids():
-        if job_id.startswith("reconcile-"):
-            job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-            if job.started_at and job.ended_at:
-                durations.append((epoch(job.ended_at) - epoch(job.started_at)) * 1000)
+    for job_id in queue.finished_job_registry.get_job_ids():
+        job = queue.fetch_job(job_id) if job_id.startswith("reconcile-") else None
+        for result in job.results() if job else []:
+            if result.execution_started_at and result.execution_ended_at:
+                durations.append((result.execution_ended_at - result.execution_started_at).total_seconds() * 1000)
     return {"runs": len(durations), "ms": summary(durations)}
 
 
@@ -468,8 +458,8 @@ def cleanup(ctx) -> list[str]:
     except Exception:  # noqa: BLE001 - Django may not be set up yet
         pass
     common_stop(ctx, "redis_proc", "redis-server", 15)
-    # Each child had a session of its own: whatever is still in one (a gunicorn worker or RQ's
-    # scheduler whose parent had to be killed) is ours to end. The guests' inits were in the
+    # Each child had a session of its own: whatever is still in one (a gunicorn worker whose
+    # parent had to be killed) is ours to end. The guests' inits were in the
     # worker's session too; the engine has stopped them above.
     for attr in ("worker_proc", "web_proc", "redis_proc"):
         proc = getattr(ctx, attr, None)
@@ -528,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     from vservers.engine import Engine, EngineConfig
     from vservers.engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
 
-    # Guests' inits and RQ's scheduler come to us, not to PID 1, if the worker dies first.
+    # Guests' inits come to us, not to PID 1, if the worker dies first.
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     engine = Engine(EngineConfig.from_env(env))
     result: dict = {"host": common.host_info(), "argv": argv, "mode": mode_name, "settings": mode, "setup": {},

@@ -98,7 +98,7 @@ def markdown(result: dict) -> str:
         f"{result.get('run_s', 0):.0f} s; load average {result['loadavg_start'][0]:.1f} at the start, "
         f"{result.get('loadavg_end', [0])[0]:.1f} at the end: other work shares this machine). "
         "SQLite (WAL) in a temporary directory, a private redis-server on a "
-        "Unix socket, one real PanelWorker process (JSON serializer, with its scheduler), busybox servers "
+        "Unix socket, one real worker process (manage.py nodeworker), busybox servers "
         f"on the installation's own bridge {BRIDGE}.",
     ]
     pages = result.get("pages")

@@ -1,4 +1,4 @@
-"""The panel's worker for bench/panel.py: the real PanelWorker process with timers around the
+"""The panel's worker for bench/panel.py: the real worker process with timers around the
 engine's calls and the job's database steps (`bench/panel.py --worker-child`), its timings, and
 the worker's time per job profiled in the bench's own process."""
 
@@ -17,8 +17,8 @@ from bench.panel_world import STEPS, new_server, submit, wait_op
 
 
 def worker_child(timings_path: str, argv: list[str]) -> int:
-    """`bench/panel.py --worker-child TIMINGS rqworker …`: manage.py's rqworker command, with
-    timers (in this process only) that write one JSON line per run_operation to TIMINGS."""
+    """`bench/panel.py --worker-child TIMINGS nodeworker …`: manage.py's nodeworker command,
+    with timers (in this process only) that write one JSON line per run_operation to TIMINGS."""
     import django
 
     django.setup()
@@ -62,9 +62,9 @@ def install_worker_timers(path: Path) -> None:
         # (the public store_* the job's refresh steps call).
         (jobs, "store_accounts", "engine.accounts (refresh)"),
         (jobs, "store_services", "engine.services (refresh)"),
-        # Private: jobs._claim (the server's row lock, the busy check, the claim) has no public
-        # equivalent; the public Operation.claim alone is only the claim's UPDATE.
-        (jobs, "_claim", "db.claim"),
+        # The server's row lock, the busy check and the claim's UPDATE (once more after the
+        # job's operation: the look for the server's next one).
+        (jobs, "claim_next", "db.claim"),
         (Operation, "finish", "db.finish"),
     ]:
         if hasattr(owner, attr):
@@ -88,6 +88,8 @@ def install_worker_timers(path: Path) -> None:
 
 
 def read_worker_timings(path: Path) -> dict[int, dict]:
+    from vservers.jobs import LEFT
+
     found: dict[int, dict] = {}
     if not path.exists():
         return found
@@ -96,7 +98,7 @@ def read_worker_timings(path: Path) -> dict[int, dict]:
             row = json.loads(line)
         except ValueError:
             continue
-        if row.get("result") in ("deferred", "skipped", "missing"):
+        if row.get("result") in (LEFT, "skipped", "missing"):  # jobs that ran no operation of theirs
             continue
         found[int(row["op"])] = row
     return found
@@ -104,31 +106,26 @@ def read_worker_timings(path: Path) -> dict[int, dict]:
 
 # Functions whose cumulative time per job the worker's profile reports: (label, file, function).
 WORKER_WATCH = [
-    ("PanelWorker.execute_job (all of one job but the dequeue)", "vservers/worker.py", "execute_job"),
+    ("SimpleWorker.execute_job (all of one job but the dequeue)", "rq/worker/worker_classes.py", "execute_job"),
     ("vservers.jobs.run_operation (the job itself)", "vservers/jobs.py", "run_operation"),
-    ("… jobs._claim (server lock, busy check, claim UPDATE)", "vservers/jobs.py", "_claim"),
+    ("… jobs.claim_next (server lock, busy check, claim UPDATE)", "vservers/jobs.py", "claim_next"),
     ("… Operation.finish (update + re-read)", "vservers/models/operations.py", "finish"),
     ("RQ dequeue_job_and_maintain_ttl", "rq/worker/base.py", "dequeue_job_and_maintain_ttl"),
     ("RQ prepare_job_execution", "rq/worker/base.py", "prepare_job_execution"),
     ("RQ handle_job_success", "rq/worker/base.py", "handle_job_success"),
     ("Django close_old_connections (before and after each job)", "django/db/__init__.py", "close_old_connections"),
     ("Django: open a database connection (SQLite + PRAGMAs)", "django/db/backends/base/base.py", "connect"),
-    ("PanelWorker.heartbeat (between jobs: housekeeping)", "vservers/worker.py", "heartbeat"),
-    ("… reap_zombie_children (/proc scan)", "vservers/worker.py", "reap_zombie_children"),
-    ("… PanelWorker.registered", "vservers/worker.py", "registered"),
-    ("… PanelWorker.flush_outbox", "vservers/worker.py", "flush_outbox"),
-    ("… PanelWorker.ensure_scheduler", "vservers/worker.py", "ensure_scheduler"),
+    ("RQ heartbeat", "rq/worker/base.py", "heartbeat"),
 ]
 
 
 def profile_worker(ctx, cycles: int) -> dict:
     """After the worker process has stopped: one warm-up cycle, then CYCLES more cycles, each
     job run by a PanelWorker in this process (burst mode, as tests/panel/conftest.py's drain
-    does). cProfile covers only what a long-running worker pays per job: PanelWorker's
+    does). cProfile covers only what a long-running worker pays per job: RQ's SimpleWorker
     execute_job (RQ's preparation, the job, RQ's bookkeeping, Django's connection handling) and
     the dequeue; not burst mode's own start and teardown (registration, the pub/sub thread)."""
     from django_rq import get_connection
-    from rq.serializers import JSONSerializer
 
     from vservers.queues import get_queue
     from vservers.worker import PanelWorker
@@ -146,8 +143,7 @@ def profile_worker(ctx, cycles: int) -> dict:
                 if job_id.startswith("reconcile-"):
                     queue.remove(job_id)  # the periodic job, not ours to time here
             handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-            worker = PanelWorker([queue], connection=connection, serializer=JSONSerializer)
-            worker.schedule_reconcile = False
+            worker = PanelWorker([queue], connection=connection)
             spent: list[float] = []
             for name in ("execute_job", "dequeue_job_and_maintain_ttl"):
                 setattr(worker, name, profiling.profiled(getattr(worker, name), profiler if i >= 0 else None, spent))

@@ -34,8 +34,8 @@ def session_members(sid: int) -> list[int]:
 
 
 def reap_zombies() -> int:
-    """Collect exited children that no Popen waits for (guests' inits and RQ's scheduler are
-    handed to us, a child subreaper, once the worker is gone). Not waitpid(-1): that would
+    """Collect exited children that no Popen waits for (guests' inits are handed to us, a
+    child subreaper, once the worker is gone). Not waitpid(-1): that would
     take the exit status of the children Popen waits for."""
     me, reaped = os.getpid(), 0
     for pid, state, parent, _session in processes():

@@ -1,19 +1,21 @@
 """The worker's one job: run an Operation with the engine, in the worker's own process.
 
 `run_operation(operation_id)` is what `vservers.actions.enqueue` queues; only the id travels
-through Redis. For each operation the worker
+through Redis, and the job is only a wake-up: the rows say what runs, and when. The job
 
- 1. re-reads the row and skips it if it is gone or no longer queued (a second delivery of the
-    same job, or an operation an operator already settled);
- 2. claims it (queued -> running, compare-and-swap, recording which process runs it) while it
-    holds the server's row lock, and only if no other operation of the same server is running
-    and none asked for earlier is still queued: a server's operations run one at a time, in
-    the order they were asked for. Otherwise it sends the job back to the queue for a little
-    later (the engine takes its own per-server lock as well);
+ 1. re-reads the row and does nothing if it is gone or no longer queued (a second delivery of
+    the same job, an operation that the job of another one of its server ran, or one an
+    operator already settled);
+ 2. claims the server's oldest queued operation (queued -> running, compare-and-swap,
+    recording which process runs it) under the server's row lock, unless another operation
+    of the server is running: then it returns at once, and the worker running that one takes
+    this one after it (claim_next). So a server's operations run one at a time, in the order
+    they were asked for, and no job waits for another (the engine locks each server too);
  3. moves the server into the operation's in-progress state, calls the engine, and moves it
     on (every move is a compare-and-swap, see VirtualServer.move);
  4. records the outcome on the row: a human-readable output, or a readable error with the
-    traceback as output. After a failure the server's state follows what the kernel says.
+    traceback as output. After a failure the server's state follows what the kernel says;
+ 5. claims the server's next queued operation, and so on (3.-5.), until none is left.
 
 Passwords reach the engine from the operation's params and nowhere else: Operation.finish
 drops them from the row, and every text we store is scrubbed of them first.
@@ -31,12 +33,11 @@ import logging
 import os
 import signal
 import socket
-import time
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.db.models import Q
 
 from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest, procfs
@@ -56,20 +57,31 @@ from .models import (
     VirtualServer,
 )
 from .models.guest import store_listing
-from .models.operations import INTERRUPTED, QUEUE_DELAYED
+from .models.operations import INTERRUPTED
 from .models.transitions import OnFailure, transition
+
+if TYPE_CHECKING:
+    from .worker import Watch
 
 log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "vservers.jobs.run_operation"
-# How long an operation waits when another operation of its server is still running.
-DEFER_SECONDS = 2
+# What a job answers when another operation of its server is running: that worker runs it.
+LEFT = "left to the worker running its server"
 # Test-only fault injection: "KIND:PHASE" makes the worker stop itself (SIGSTOP) when an
 # operation of KIND reaches PHASE (see Run.checkpoint), so that a test can SIGKILL it exactly
 # there (tests/panel/test_faults.py). Read once at start-up; never set it in production.
 TEST_FAULT = os.environ.get("VSERVERS_TEST_FAULT", "")
 
 _engine: Engine | None = None
+
+# The worker process's watch over the guests' inits that it starts (vservers.worker.Watch,
+# set by `manage.py nodeworker`): it reaps each one that dies and has the node reconciled at
+# once. None elsewhere (the tests' in-process workers, the CLI).
+init_watch: Watch | None = None
+# Operations that end the server's init themselves (the engine stops and reaps it): the watch
+# forgets it first, so that this end does not count as a crash of the guest.
+ENDS_INIT = frozenset({OperationKind.STOP, OperationKind.RESTART, OperationKind.DELETE})
 
 
 def get_engine() -> Engine:
@@ -178,6 +190,11 @@ class Run:
             text = text.replace(secret, "********")
         return text
 
+    def watch_init(self, status) -> None:
+        """STATUS's init was started by this process: the worker's watch reaps it when it dies."""
+        if init_watch is not None and status.init_pid:
+            init_watch.add(self.name, status.init_pid)
+
     def checkpoint(self, phase: str) -> None:
         """A named point in the middle of an operation: "before-engine" (the server's state
         is moved, the kernel not touched yet), "after-engine" (the kernel did it, the rows do
@@ -192,26 +209,70 @@ class Run:
 
 
 def run_operation(operation_id: int) -> str:
-    """Run one queued Operation (see the module's docstring for the steps)."""
-    operation = (
-        Operation.objects.select_related("server__plan", "server__template", "server__node", "server__tenant")
-        .filter(pk=operation_id)
-        .first()
-    )
-    if operation is None:
-        log.warning("operation %s does not exist; nothing to do", operation_id)
-        return "missing"
-    if operation.status != OperationStatus.QUEUED:
-        log.info("operation %s is %s, not queued; skipping it", operation_id, operation.status)
-        return "skipped"
-    claimed = _claim(operation)
-    if claimed is None:
-        _defer(operation)
-        return "deferred"
-    if not claimed:
-        log.info("operation %s was claimed by someone else", operation_id)
-        return "skipped"
+    """The job: run the operations of OPERATION_ID's server, from the oldest queued one on (see
+    the module's docstring). Returns what became of OPERATION_ID: its outcome if this job ran
+    it, "skipped" if it was not queued any more, LEFT if another worker runs its server."""
+    close_old_connections()  # a long-lived worker: a database connection gone stale
+    try:
+        operation = Operation.objects.filter(pk=operation_id).only("status", "server_id").first()
+        if operation is None:
+            log.warning("operation %s does not exist; nothing to do", operation_id)
+            return "missing"
+        if operation.status != OperationStatus.QUEUED:
+            log.info("operation %s is %s, not queued; skipping it", operation_id, operation.status)
+            return "skipped"
+        outcome = LEFT
+        while (claimed := claim_next(operation.server_id)) is not None:
+            result = run_claimed(claimed)
+            if claimed.pk == operation.pk:
+                outcome = result
+        if outcome == LEFT:
+            log.info("operation %s waits for the worker running its server", operation_id)
+        return outcome
+    finally:
+        close_old_connections()
+
+
+def claim_next(server_id: int) -> Operation | None:
+    """Claim the oldest queued operation of SERVER_ID for this process, under the server's row
+    lock (on SQLite the IMMEDIATE transaction's write lock plays its part). None if one of its
+    operations is running (its worker takes the next one when it is done) or none is queued.
+
+    Why no queued operation is left behind (a worker that finishes and then looks for the
+    next one, against a new operation committed meanwhile): a new operation is committed
+    before its job is pushed (actions.enqueue pushes on commit), so the worker that takes the
+    job looks after that commit. If it still sees the server's operation running, the end of
+    that one was committed after its look, so after the new operation, and the look for the
+    next one, which follows that end, sees the new one. If it sees none running, it claims
+    the new one (or an older one) itself. A worker that dies in between leaves the queued
+    ones queued: the reconciler fails its operation and sends them again.
+
+    The same reasoning lets a look that finds nothing queued skip the lock (a write lock on
+    SQLite): it too starts after this worker's last end was committed."""
+    mine = Operation.objects.filter(server_id=server_id)
+    if not mine.filter(status=OperationStatus.QUEUED).exists():
+        return None
+    with transaction.atomic():
+        VirtualServer.objects.select_for_update().filter(pk=server_id).first()
+        if mine.filter(status=OperationStatus.RUNNING).exists():
+            return None
+        operation = (
+            mine.filter(status=OperationStatus.QUEUED)
+            .select_related("server__plan", "server__template", "server__node", "server__tenant")
+            .order_by("pk")
+            .first()
+        )
+        # Under the lock nobody else claims it; the compare-and-swap is the backstop.
+        if operation is None or not operation.claim(runner_id()):
+            return None
+        return operation
+
+
+def run_claimed(operation: Operation) -> str:
+    """Run OPERATION, claimed by this process, and record its outcome on the row."""
     run = Run(operation, get_engine())
+    if init_watch is not None and operation.kind in ENDS_INIT:
+        init_watch.discard(run.name)
     handler = HANDLERS.get(operation.kind)
     try:
         if handler is None:
@@ -235,42 +296,6 @@ def run_operation(operation_id: int) -> str:
     return "succeeded"
 
 
-def _claim(operation: Operation) -> bool | None:
-    """Claim OPERATION under its server's row lock. None: another operation of the same
-    server is running, or one asked for earlier is still queued, so this one must wait. (On
-    SQLite the IMMEDIATE transaction's write lock plays the row lock's part.)"""
-    with transaction.atomic():
-        VirtualServer.objects.select_for_update().filter(pk=operation.server_id).first()
-        busy = (
-            Operation.objects.filter(server_id=operation.server_id)
-            .filter(Q(status=OperationStatus.RUNNING) | Q(status=OperationStatus.QUEUED, pk__lt=operation.pk))
-            .exclude(pk=operation.pk)
-            .exists()
-        )
-        if busy:
-            return None
-        return operation.claim(runner_id())
-
-
-def _defer(operation: Operation) -> None:
-    """Send OPERATION back for a little later (needs the worker's scheduler). A new job id:
-    the job running now still holds the old one."""
-    from .queues import get_queue
-
-    queue_name = operation.server.node.queue_name if operation.server.node else "default"
-    job_id = f"op-{operation.uuid}-{int(time.time() * 1000)}"
-    try:
-        job = get_queue(queue_name).enqueue_in(
-            timedelta(seconds=DEFER_SECONDS), JOB_FUNCTION, operation.pk, job_id=job_id
-        )
-    except Exception as exc:  # noqa: BLE001 - the worker's outbox pass or the reconciler re-sends it
-        log.warning("could not queue operation %s again: %s", operation.pk, exc)
-        Operation.objects.filter(pk=operation.pk, status=OperationStatus.QUEUED).update(error=QUEUE_DELAYED)
-        return
-    Operation.objects.filter(pk=operation.pk, status=OperationStatus.QUEUED).update(job_id=job.id)
-    log.info("operation %s waits: another operation of its server comes first", operation.pk)
-
-
 def _message(exc: Exception) -> str:
     if isinstance(exc, Refused | EngineError):
         return str(exc) or type(exc).__name__
@@ -281,7 +306,7 @@ def _message(exc: Exception) -> str:
 
 # What a tenant reads when an operation failed for a reason that is the operator's to fix
 # (the engine's message names host paths, commands and templates: it goes to `detail`).
-FAILED_SENTENCES = {
+FAILED_SENTENCES: dict[str, str] = {
     OperationKind.PROVISION: "The server could not be set up",
     OperationKind.START: "The server could not be started",
     OperationKind.STOP: "The server could not be stopped",
@@ -403,6 +428,7 @@ def _provision(run: Run) -> None:
     run.checkpoint("created")
     _apply_plan(run)
     status = run.engine.start(run.name)
+    run.watch_init(status)
     run.checkpoint("after-engine")
     run.server.complete(run.operation.kind)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
@@ -415,6 +441,7 @@ def _start(run: Run) -> None:
     _ensure_created(run)  # a start after a failed provisioning finishes it
     _apply_plan(run)
     status = run.engine.start(run.name)
+    run.watch_init(status)
     run.checkpoint("after-engine")
     run.server.complete(run.operation.kind)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
@@ -436,6 +463,7 @@ def _restart(run: Run) -> None:
     _ensure_created(run)
     _apply_plan(run)
     status = run.engine.restart(run.name)
+    run.watch_init(status)
     run.checkpoint("after-engine")
     run.server.complete(run.operation.kind)
     run.note(f"Restarted {run.name} (init pid {status.init_pid}).")

@@ -1,7 +1,9 @@
 """The node's periodic job: make the database agree with the kernel, for all servers at once.
 
-One job per node, every PANEL_RECONCILE_SECONDS, run by the node's worker (no process or job
-per server: density is the product). For every live server of the node it
+One job per node (job id "reconcile-<node pk>"), queued every PANEL_RECONCILE_SECONDS by the
+node's worker process itself (vservers.worker.Watch), and at once when a guest's init that it
+started dies or when Redis is back from an outage. No process or job per server: density is
+the product. For every live server of the node it
 
  1. asks the engine what the kernel says (running or not) and stores the usage sample;
  2. unless an operation of the server is queued or running, corrects the state: a server
@@ -13,26 +15,23 @@ per server: density is the product). For every live server of the node it
     and an operator sees it in the audit log (no crash loop);
 
 and for the node it fails operations left "running" by a worker that died (and puts their
-servers in the state the kernel shows), re-sends queued operations whose job never reached
-Redis (or was lost there), and records node.last_seen. Finally it schedules its next run (the
-worker's scheduler enqueues it when due).
+servers in the state the kernel shows), hands over the outbox (queued operations whose job
+never reached Redis, was lost there, or ended without running them) and records
+node.last_seen.
 
-The worker runs the first two of those node-wide steps by itself too (`recover`): at start-up,
-so that nothing stays "running" after a crash, and the outbox now and then, so that operations
-asked for while Redis was down run soon after it is back.
+The worker process runs the first of those node-wide steps by itself at start-up (`recover`),
+before it takes any job, so that nothing stays "running" after a crash. RQ's own records are
+only read here (a job's status and worker), never written: the rows are the truth.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.db.models import Q
 from django.utils import timezone
-from rq import get_current_job
 from rq.job import JobStatus
 
 from accounts.models import AuditEntry
@@ -67,109 +66,79 @@ CRASH_LIMIT = 10
 CRASH_WINDOW = timedelta(minutes=1)
 # The prefix of RQ worker names that say which process they are (vservers.worker.PanelWorker).
 WORKER_NAME_PREFIX = "panel:"
-# RQ job states in which a queued operation's job will still run it.
-WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED}
 
 
 def reconcile_node(node_id: int) -> str:
     """The periodic job (see the module's docstring). Returns a one-line summary."""
-    node = Node.objects.filter(pk=node_id).first()
-    if node is None or not node.is_active:
-        log.info("node %s is gone or inactive; its reconcile job stops", node_id)
-        return "node gone or inactive"
+    close_old_connections()  # a long-lived worker: a database connection gone stale
     try:
+        node = Node.objects.filter(pk=node_id).first()
+        if node is None or not node.is_active:
+            log.info("node %s is gone or inactive; nothing to reconcile", node_id)
+            return "node gone or inactive"
         return Reconciler(node).run()
     finally:
-        try:
-            schedule(node, delay=settings.PANEL_RECONCILE_SECONDS)
-        except Exception:  # noqa: BLE001 - the worker re-creates a broken chain later
-            log.exception("could not schedule the next reconcile of node %s", node.name)
+        close_old_connections()
 
 
-# --- scheduling ---------------------------------------------------------------------------
+# --- queueing the job (RQ's public API; the worker's watch and `manage.py reconcile`) ------
 
 
-def _job_prefix(node: Node) -> str:
-    return f"reconcile-{node.pk}-"
+def job_id(node_id: int) -> str:
+    """The node's one reconcile job id: asking again while it is queued adds nothing."""
+    return f"reconcile-{node_id}"
 
 
-def abandon_dead_executions(queue) -> int:
-    """Hand the jobs that a dead worker of this host left "started" to RQ's own clean-up for
-    abandoned jobs (they go to the failed registry) now, not when their timeout runs out: a
-    job of a worker killed in the middle would otherwise look busy for an hour. Returns how
-    many there were."""
-    from rq.executions import Execution
-
-    registry = queue.started_job_registry
-    dead = []
-    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
-        try:
-            execution = Execution.fetch(execution_id, job_id, queue.connection)
-        except ValueError:
-            continue  # its record expired: RQ's clean-up takes it when its score does
-        name = execution.worker_name
-        if name.startswith(WORKER_NAME_PREFIX) and runner_alive(name[len(WORKER_NAME_PREFIX):]) is False:
-            dead.append(execution.composite_key)
-    if dead:
-        queue.connection.zadd(registry.key, dict.fromkeys(dead, 0))
-        registry.cleanup()
-        log.warning("queue %s: jobs of dead workers marked abandoned: %s", queue.name, ", ".join(dead))
-    return len(dead)
+def worker_gone(job) -> bool:
+    """Whether JOB says it was started by a worker process of this host that is gone: then it
+    never ends by itself (RQ's own clean-up fails it only once its heartbeat expires, up to
+    the job's timeout later)."""
+    name = job.worker_name or ""
+    return name.startswith(WORKER_NAME_PREFIX) and runner_alive(name[len(WORKER_NAME_PREFIX):]) is False
 
 
-def _pending_ids(queue) -> list[str]:
-    """Jobs queued, scheduled or running, except the one running this code (the reconcile
-    job schedules its own successor)."""
-    current = get_current_job()
-    abandon_dead_executions(queue)
-    ids = (
-        queue.get_job_ids()
-        + queue.scheduled_job_registry.get_job_ids()
-        + queue.started_job_registry.get_job_ids()
-    )
-    return [i for i in ids if current is None or i != current.id]
+def will_run(job) -> bool:
+    """Whether JOB (or None: not in Redis) is queued, or running in a live worker."""
+    if job is None:
+        return False
+    status = job.get_status(refresh=False)
+    return status == JobStatus.QUEUED or (status == JobStatus.STARTED and not worker_gone(job))
 
 
-def schedule(node: Node, delay: float = 0):
-    """Queue NODE's reconcile job (in DELAY seconds), unless one is already queued, scheduled
-    or running: one chain per node. Returns the new job, or None."""
-    queue = get_queue(node.queue_name)
-    prefix = _job_prefix(node)
-    if any(job_id.startswith(prefix) for job_id in _pending_ids(queue)):
-        return None
-    job_id = f"{prefix}{uuid.uuid4().hex[:12]}"
-    options = {"job_id": job_id, "result_ttl": 60, "failure_ttl": 86400}
-    if delay > 0:
-        return queue.enqueue_in(timedelta(seconds=delay), RECONCILE_FUNCTION, node.pk, **options)
-    return queue.enqueue(RECONCILE_FUNCTION, node.pk, **options)
+def queue_run(queue, node_id: int, unless_ended_within: float = 0) -> str:
+    """Queue NODE_ID's reconcile job under its fixed id. Returns what happened:
 
+     - "waiting": it is queued already; that run starts after whatever made us ask;
+     - "running": it runs now and may have looked at a server before what made us ask: the
+       caller asks again once it has ended;
+     - "recent": it ended less than UNLESS_ENDED_WITHIN seconds ago (the periodic ask: the
+       run of another worker process of the node counts);
+     - "queued".
 
-def ensure_scheduled(node: Node):
-    """At worker start-up and now and then: run soon unless the chain is alive."""
-    return schedule(node, delay=0)
+    Two processes that ask at the same moment may both queue it: the node then runs twice,
+    which is harmless (every step is safe to repeat)."""
+    job = queue.fetch_job(job_id(node_id))
+    if job is not None and will_run(job):
+        return "waiting" if job.get_status(refresh=False) == JobStatus.QUEUED else "running"
+    if job is not None and unless_ended_within and job.ended_at:
+        if (datetime.now(UTC) - job.ended_at).total_seconds() < unless_ended_within:
+            return "recent"
+    # Its result is kept long enough for the "recent" question of the next periodic ask.
+    queue.enqueue(RECONCILE_FUNCTION, node_id, job_id=job_id(node_id),
+                  result_ttl=max(60, int(unless_ended_within) * 2), failure_ttl=86400)
+    return "queued"
 
 
 # --- the work -----------------------------------------------------------------------------
 
 
-def recover(node: Node, *, redis: bool = True) -> dict[str, int]:
-    """What a worker does for NODE when it starts, before it takes any job: fail the
-    operations that a dead worker left running and settle their servers from the kernel;
-    with REDIS, also clean RQ's record of their jobs and hand over the outbox."""
+def recover(node: Node) -> int:
+    """What a worker process does for NODE when it starts, before it takes any job, with the
+    database and the kernel only (Redis may still be down): fail the operations that a dead
+    worker left running and settle their servers from the kernel. Returns how many."""
     reconciler = Reconciler(node)
-    reconciler.fail_orphans(redis=redis)
-    if redis:
-        abandon_dead_executions(reconciler.queue)
-        reconciler.resend_lost()
-    return reconciler.counts
-
-
-def flush_outbox(node: Node) -> int:
-    """Hand NODE's queued operations that never reached the queue (or that it lost) to it;
-    the worker calls this now and then, and at once when Redis is back."""
-    reconciler = Reconciler(node)
-    reconciler.resend_lost()
-    return reconciler.counts["resent"]
+    reconciler.fail_orphans(redis=False)
+    return reconciler.counts["orphans"]
 
 
 class Reconciler:
@@ -189,7 +158,6 @@ class Reconciler:
         return Operation.objects.filter(mine)
 
     def run(self) -> str:
-        abandon_dead_executions(self.queue)
         self.fail_orphans()
         self.resend_lost()
         known = set(self.engine.names())
@@ -373,15 +341,20 @@ class Reconciler:
 
     def resend_lost(self) -> None:
         """Queued operations whose job never reached Redis, or that Redis lost, or whose job
-        ended without running them (it failed before the claim)."""
+        ended without running them (it failed before the claim, or its worker died). Not those
+        of a server with an operation running: its worker takes them when it is done (and
+        fail_orphans, just before, ended the running ones of dead workers)."""
         stale = timezone.now() - LOST_PUSH_AFTER
-        queued = self.operations().filter(status=OperationStatus.QUEUED).select_related("server__node")
+        busy = self.operations().filter(status=OperationStatus.RUNNING).values("server_id")
+        queued = (
+            self.operations().filter(status=OperationStatus.QUEUED).exclude(server_id__in=busy)
+            .select_related("server__node")
+        )
         for operation in queued.order_by("pk"):  # in the order they were asked for
             if operation.error.startswith(DELAYED_PREFIX):
                 pass
             elif operation.job_id:
-                job = self.queue.fetch_job(operation.job_id)
-                if job is not None and job.get_status(refresh=False) in WAITING:
+                if will_run(self.queue.fetch_job(operation.job_id)):
                     continue
             elif operation.created > stale:
                 continue  # its push may still come

@@ -1,417 +1,345 @@
-"""The node's RQ worker: runs the panel's jobs as root, in its own process.
+"""The node's worker process, as root: `manage.py nodeworker [QUEUE...]` (default "default").
 
-    manage.py rqworker default --worker-class vservers.worker.PanelWorker \\
-        --serializer rq.serializers.JSONSerializer --with-scheduler
+It runs the panel's jobs with RQ's SimpleWorker through RQ's public API only, and keeps no
+state of its own in Redis: the operation rows are the truth, and a job only wakes the worker
+up (vservers.jobs, vservers.reconcile). Why a SimpleWorker (no fork per job): the engine,
+pyroute2 and Django are imported once, and this process stays the parent that the guests'
+inits it starts are handed to. The process (NodeWorker.run)
 
-Why a SimpleWorker (no fork per job): the engine, pyroute2 and Django are imported once, and
-the worker stays the parent that guests' inits are handed to. On top of RQ's worker it
+ 1. becomes a child subreaper: a guest's init is reparented to it when the engine's setup
+    child exits (this machine's PID 1 does not reap, so someone must);
+ 2. recovers (vservers.reconcile.recover): fails the operations that a dead worker left
+    "running" and settles their servers from the kernel, with the database and the engine
+    only, so this works while Redis is still down;
+ 3. starts its one thread, the Watch (below);
+ 4. runs PanelWorkers (a SimpleWorker of PanelJobs, read as JSON) one after the other: a new
+    one once Redis answers again when the last one's work() returned or raised (RQ gives up
+    when Redis fails anywhere but in its wait for the next job), and when the watch saw
+    Redis come back from an outage (it may have restarted empty and forgotten the worker);
+    until SIGTERM or SIGINT: a warm stop, the job at hand finishes first (a second signal is
+    RQ's cold stop).
 
- 1. runs only the functions in ALLOWED_FUNCTIONS: whoever can write to Redis must not be
-    able to run anything else as root. Any other job (or one with callbacks, which RQ would
-    import and call too) is failed without importing or running anything of it;
- 2. reads jobs as JSON, whatever serializer it is given (pickle would run code on load);
- 3. is a child subreaper: a guest's init is reparented to it when the engine's setup child
-    exits, so it reaps its exited children between jobs and while idle, or dead inits would
-    stay zombies (this machine's PID 1 does not reap). An init it reaps there died on its
-    own (the engine reaps the ones it stops): then it runs the node's reconcile at once, so
-    a crashed guest shows stopped, and autostart brings it back, within seconds instead of
-    at the next periodic run (and the crash-loop bound can see ten deaths in a minute);
- 4. makes sure each of its nodes has the periodic reconcile job scheduled (at start-up, then
-    now and then, in case the chain was broken, e.g. by a Redis restart);
- 5. survives faults around it: at start-up, before it takes a job, it fails the operations a
-    dead worker left "running" and settles their servers from the kernel (vservers.reconcile.
-    recover), and has RQ treat that worker's jobs as abandoned; now and then, and at once
-    after Redis was unreachable, it hands over the outbox (queued operations that never
-    reached Redis) and restarts its scheduler if Redis took it down; its scheduler process
-    dies with it (a SIGKILLed worker leaves no scheduler behind). Its name says which process
-    it is ("panel:" + vservers.jobs.runner_id()), so others can tell whether it still lives.
- 6. waits for Redis instead of exiting: RQ's own loop gives up (and the process exits) when
-    Redis goes away anywhere but in the wait for the next job, e.g. while it records a job's
-    end. Here every Redis call of the loop outside that wait treats "unreachable" as "wait
-    for it", so the wait's own back-off takes over; at start-up it tries again until Redis
-    answers (the database's recovery has run by then). The database keeps every operation's
-    outcome, so nothing that Redis forgets is lost.
+The watch thread never touches the database. Every second it
+
+ - reaps the guests' inits that this process started: jobs register each one (and forget it
+   before they stop it themselves), the watch holds a pidfd for it, and only an init whose
+   pidfd says it exited is waited for, by its pid, so the watch never takes the exit status
+   of a process that `subprocess` or the engine waits for. Such an init died on its own (a
+   crash inside the guest, the OOM killer, a kill from the host), so the watch has the node
+   reconciled now: the server shows stopped and autostart brings it back within seconds, and
+   the crash-loop bound sees ten deaths in a minute;
+ - queues the node's periodic reconcile job every PANEL_RECONCILE_SECONDS, from start-up on;
+ - asks Redis who it is (its run id); when Redis is back from an outage or was restarted, it
+   queues the reconcile at once (its resend_lost hands over the outbox: operations asked for
+   while Redis was down) and has the main thread start a new PanelWorker, which registers
+   with the Redis that forgot the old one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import select
 import signal
+import threading
 import time
+from collections.abc import Callable
 
+import django_rq
 import redis
 from django.conf import settings
 from django.db import close_old_connections
-from rq.scheduler import RQScheduler
+from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-ALLOWED_FUNCTIONS = frozenset({"vservers.jobs.run_operation", "vservers.reconcile.reconcile_node"})
-# Between jobs, and at least this often while idle (seconds): how soon a guest's death is seen.
-TICK_SECONDS = 2
-REAP_EVERY = 1.0
-# How often the outbox is handed over (between jobs and while idle).
-OUTBOX_EVERY = 10.0
+from . import jobs, reconcile
+from .queues import PanelJob, new_queue
+
+log = logging.getLogger(__name__)
+
+# How often the watch looks (seconds): how soon a guest's death is seen.
+TICK_SECONDS = 1.0
 # Redis unreachable (or not answering in time).
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-# The longest wait between two attempts to reach Redis at start-up (seconds).
-MAX_REDIS_WAIT = 30.0
-
-
-class JobRefused(Exception):
-    """The job names something the worker does not run."""
+# The longest wait between two attempts to reach Redis (seconds).
+MAX_REDIS_WAIT = 10.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The watch to this process: end the PanelWorker at hand (warm) and start a new one.
+RENEW_SIGNAL = signal.SIGUSR1
 
 
 class PanelWorker(SimpleWorker):
-    # Off in tests that drain queues by hand and want no reconcile job of their own.
-    schedule_reconcile = True
+    """RQ's SimpleWorker with the panel's settings: PanelJob (the allow-list), JSON whatever
+    serializer it is given, and a name that says which process it is ("panel:" + the runner
+    id, so a job it left "started" can be told dead: reconcile.worker_gone)."""
 
-    def __init__(self, *args, serializer=None, name=None, **kwargs) -> None:
-        from vservers.jobs import runner_id
-        from vservers.reconcile import WORKER_NAME_PREFIX
+    # RQ's own setting: the longest pause between its attempts to reach Redis while it waits
+    # for a job (RQ's 60 s would leave the operations asked for meanwhile waiting that long).
+    max_connection_wait_time = MAX_REDIS_WAIT
 
-        super().__init__(*args, serializer=JSONSerializer, name=name or WORKER_NAME_PREFIX + runner_id(), **kwargs)
-        self._last_reap = 0.0
-        self._last_schedule_check = 0.0
-        self._last_outbox = 0.0
-        self._redis_lost = False
-        self._scheduler_wanted = False
-        self._guests_exited = False
+    def __init__(self, queues, **kwargs) -> None:
+        kwargs.setdefault("name", reconcile.WORKER_NAME_PREFIX + jobs.runner_id())
+        super().__init__(queues, **{**kwargs, "job_class": PanelJob, "serializer": JSONSerializer})
+        self.stopping = False
 
-    # -- 1. the allow-list ---------------------------------------------------------------------
+    def request_stop(self, signum, frame) -> None:
+        """RQ's warm stop; SIGTERM and SIGINT (not the watch's RENEW_SIGNAL) also end the
+        process once this worker has returned."""
+        if signum in STOP_SIGNALS:
+            self.stopping = True
+        super().request_stop(signum, frame)
 
-    @staticmethod
-    def refusal(job) -> str | None:
-        """Why JOB must not run, or None. Reads only the job's data, imports nothing."""
-        try:
-            func_name, instance = job.func_name, job.instance
-        except Exception as exc:  # noqa: BLE001 - unreadable data is a refusal, not a crash
-            return f"unreadable job data ({type(exc).__name__})"
-        if func_name not in ALLOWED_FUNCTIONS or instance is not None:
-            return f"function {func_name!r} is not one the panel's worker runs"
-        callbacks = [job._success_callback_name, job._failure_callback_name, job._stopped_callback_name]
-        if any(callbacks):
-            return "jobs with callbacks are not run"
-        return None
 
-    def perform_job(self, job, queue, execution) -> bool:
-        reason = self.refusal(job)
-        if reason is not None:
-            self.log.error("Worker %s: refusing job %s: %s", self.name, job.id, reason)
-            _disarm(job, reason)
-        # RQ's own path records the failure (failed registry, job status, exception info).
-        return super().perform_job(job, queue, execution)
+class NodeWorker:
+    """The process (see the module's docstring)."""
 
-    # -- 3./4. housekeeping between jobs -----------------------------------------------------
+    def __init__(self, queue_names: list[str]) -> None:
+        self.queue_names = queue_names
+        self.stopping = False
+        self.worker: PanelWorker | None = None  # the one whose work() runs now
+        self.last: PanelWorker | None = None  # the last one started
+        self.started_at = 0.0  # when it started (time.monotonic)
+        self.woken = False  # the watch found Redis back: a pause between attempts ends
 
-    def bootstrap(self, *args, **kwargs) -> None:
-        from vservers.engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
+    def run(self) -> None:
+        """1.-4. of the module's docstring, until asked to stop."""
+        from .engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
 
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        # The database and the kernel first: this works while Redis is still down.
-        self.recover(with_redis=False)
-        delay = 1.0
-        while True:
-            try:
-                super().bootstrap(*args, **kwargs)
-                break
-            except REDIS_DOWN as exc:
-                self.log.error("Worker %s: Redis is unreachable (%s); trying again in %d s", self.name, exc, delay)
-            except ValueError:  # our own registration, from an attempt that failed half-way
-                self.connection.delete(self.key)
-                continue
-            self.reap_children()
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_REDIS_WAIT)
-        self.reap_children()
-        self.recover(with_redis=True)
-        self.ensure_reconcile_scheduled()
-
-    @property
-    def dequeue_timeout(self) -> int:
-        # Wake up now and then while idle, for the housekeeping in heartbeat().
-        return max(1, min(super().dequeue_timeout, TICK_SECONDS))
-
-    def heartbeat(self, timeout=None, pipeline=None) -> None:
+        self.handle_signals()
+        self.recover()
+        watch = Watch(self.queue_names, self.renew)
+        jobs.init_watch = watch
+        watch.start()
+        delay = 0.0
         try:
-            super().heartbeat(timeout, pipeline)
-        except REDIS_DOWN:
-            # The wait for the next job meets the outage too, and waits with a back-off; the
-            # guests' exits are still collected meanwhile.
-            self._redis_lost = True
-            if time.monotonic() - self._last_reap >= REAP_EVERY and self.reap_children():
-                self._guests_exited = True  # seen to once Redis is back
-            return
-        # Without a pipeline, RQ calls this only outside jobs: after one, and each time the
-        # wait for the next one times out.
-        if pipeline is None:
-            if time.monotonic() - self._last_reap >= REAP_EVERY and self.reap_children():
-                self._guests_exited = True
-            if self._redis_lost or not self.registered():
-                self._redis_lost = False
-                self.after_redis_outage()
-            if self._guests_exited:
-                self._guests_exited = False
-                self.reconcile_now()
-            if time.monotonic() - self._last_outbox >= OUTBOX_EVERY:
-                self.flush_outbox()
-                self.ensure_scheduler()
-            if time.monotonic() - self._last_schedule_check >= 6 * settings.PANEL_RECONCILE_SECONDS:
-                self.ensure_reconcile_scheduled()
-
-    def execute_job(self, job, queue) -> None:
-        close_old_connections()  # a long-lived process: drop a database connection gone stale
-        try:
-            super().execute_job(job, queue)
-        except REDIS_DOWN as exc:
-            # RQ could not record the job's start or end. An operation that ran has its
-            # outcome on its row; one that did not is still queued there, and is sent again.
-            self._redis_lost = True
-            self.log.error("Worker %s: Redis went away during job %s: %s", self.name, job.id, exc)
-        finally:
-            close_old_connections()
-
-    # 6. Redis calls of RQ's loop outside the wait for a job: unreachable means "wait".
-
-    def set_state(self, state, pipeline=None) -> None:
-        try:
-            super().set_state(state, pipeline)
-        except REDIS_DOWN:
-            if pipeline is not None:
-                raise
-            self._redis_lost = True
-
-    def check_for_suspension(self, burst: bool) -> None:
-        try:
-            super().check_for_suspension(burst)
-        except REDIS_DOWN:
-            self._redis_lost = True
-
-    def run_maintenance_tasks(self) -> None:
-        try:
-            super().run_maintenance_tasks()
-        except REDIS_DOWN:
-            self._redis_lost = True
-
-    def reap_children(self) -> list[int]:
-        """Collect every exited child except RQ's scheduler process, whose exit status its
-        multiprocessing handle waits for itself."""
-        self._last_reap = time.monotonic()
-        keep = set()
-        scheduler = getattr(self, "scheduler", None)
-        process = getattr(scheduler, "_process", None) if scheduler else None
-        if process is not None and process.pid:
-            keep.add(process.pid)
-        return reap_zombie_children(keep)
-
-    def ensure_reconcile_scheduled(self) -> None:
-        self._last_schedule_check = time.monotonic()
-        if not self.schedule_reconcile:
-            return
-        from vservers.reconcile import ensure_scheduled
-
-        try:
-            for node in self.nodes():
-                ensure_scheduled(node)
-        except Exception:  # noqa: BLE001 - e.g. the database is not migrated yet; try again later
-            self.log.exception("Worker %s: could not schedule the reconcile job", self.name)
-        finally:
-            close_old_connections()
-
-    # -- 5. faults -----------------------------------------------------------------------------
-
-    def nodes(self):
-        from vservers.models import Node
-
-        return list(Node.objects.filter(is_active=True, queue_name__in=self.queue_names()))
-
-    def recover(self, with_redis: bool) -> None:
-        """After a crash: no operation of our nodes stays "running" for a dead worker."""
-        from vservers.reconcile import recover
-
-        try:
-            for node in self.nodes():
-                counts = recover(node, redis=with_redis)
-                if counts["orphans"] or counts["resent"]:
-                    self.log.warning("Worker %s: node %s: %s operations of a dead worker failed, %s re-sent",
-                                     self.name, node.name, counts["orphans"], counts["resent"])
-        except Exception:  # noqa: BLE001 - the reconcile job does the same later
-            self.log.exception("Worker %s: could not recover the operations of a dead worker", self.name)
-        finally:
-            close_old_connections()
-
-    def flush_outbox(self) -> None:
-        """Queued operations that never reached Redis go there now."""
-        from vservers.reconcile import flush_outbox
-
-        self._last_outbox = time.monotonic()
-        try:
-            for node in self.nodes():
-                sent = flush_outbox(node)
-                if sent:
-                    self.log.info("Worker %s: node %s: %s waiting operations sent to the queue",
-                                  self.name, node.name, sent)
-        except Exception:  # noqa: BLE001 - Redis or the database is away; the next tick tries again
-            self.log.exception("Worker %s: could not hand over the outbox", self.name)
-        finally:
-            close_old_connections()
-
-    def reconcile_now(self) -> None:
-        """A guest's init died on its own: compare the database with the kernel now (the
-        reconcile job's own work, outside the chain)."""
-        from vservers.reconcile import Reconciler
-
-        try:
-            for node in self.nodes():
-                summary = Reconciler(node).run()
-                self.log.info("Worker %s: a guest's init exited; node %s: %s", self.name, node.name, summary)
-        except Exception:  # noqa: BLE001 - the periodic run does it later
-            self.log.exception("Worker %s: could not reconcile after a guest's exit", self.name)
-        finally:
-            close_old_connections()
-
-    def registered(self) -> bool:
-        """Whether Redis still knows this worker (a restarted Redis has forgotten it: the
-        heartbeat just made a bare key)."""
-        try:
-            return bool(self.connection.hexists(self.key, "birth"))
-        except REDIS_DOWN:
-            self._redis_lost = True
-            return True  # the next heartbeat finds out
-
-    def after_redis_outage(self) -> None:
-        """Redis is back (maybe empty, after a restart): our registration, the scheduler (it
-        exits when Redis goes away), the reconcile chain and the outbox."""
-        self.log.warning("Worker %s: Redis is reachable again", self.name)
-        try:
-            if not self.connection.hexists(self.key, "birth"):
-                self.connection.delete(self.key)
-                self.register_birth()
-                self.set_state(self.get_state())
-        except Exception:  # noqa: BLE001 - only the dashboards miss us; the next heartbeat tries again
-            self.log.exception("Worker %s: could not register again", self.name)
-        self.ensure_scheduler()
-        self.ensure_reconcile_scheduled()
-        self.flush_outbox()
-
-    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=None, log_format=None) -> None:
-        """RQ's own, with a scheduler process that dies with this worker."""
-        from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-
-        self.scheduler = PanelScheduler(
-            self.queues,
-            connection=self.connection,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            date_format=date_format or DEFAULT_LOGGING_DATE_FORMAT,
-            log_format=log_format or DEFAULT_LOGGING_FORMAT,
-            serializer=self.serializer,
-        )
-        self.scheduler.acquire_locks()
-        if burst:
-            if self.scheduler.acquired_locks:
+            while not self.stopping:
+                self.pause(delay)
+                watch.nodes = self.nodes() or watch.nodes
                 try:
-                    self.scheduler.register_birth()
-                    self.scheduler.enqueue_scheduled_jobs()
-                finally:
-                    self.scheduler.release_locks()
-                    self.scheduler.register_death()
-            return
-        self._scheduler_wanted = True
-        if self.scheduler.acquired_locks:
-            self.scheduler.start()
+                    self.work()
+                    # RQ gave up (Redis went away in its bookkeeping), unless the watch renewed it.
+                    delay = 0.0 if self.started_at < watch.renewed_at else 1.0
+                except StopRequested:
+                    delay = 0.0  # the signal came just outside RQ's loop, which catches it itself
+                except REDIS_DOWN as exc:
+                    delay = min(max(delay * 2, 1.0), MAX_REDIS_WAIT)
+                    log.error("Redis is unreachable (%s); trying again in %.0f s", exc, delay)
+                except Exception:  # noqa: BLE001 - RQ's loop ended unexpectedly: start anew
+                    log.exception("the RQ worker ended; starting a new one")
+                    delay = 1.0
+                if self.last is not None and self.last.stopping:
+                    self.stopping = True
+        finally:
+            watch.stop()
+            jobs.init_watch = None
+            close_old_connections()
 
-    def ensure_scheduler(self) -> None:
-        """Start the scheduler again if it died (RQ itself checks only every ten minutes)."""
-        scheduler = self.scheduler
-        if not self._scheduler_wanted or scheduler is None:
+    def work(self) -> None:
+        """One PanelWorker, until its work() returns (REDIS_DOWN while Redis does not answer)."""
+        self.woken = False
+        try:
+            connection = django_rq.get_connection(self.queue_names[0])
+            connection.ping()
+            if self.last is not None:
+                # Same name: RQ refuses to register a name whose record looks alive, and a
+                # worker whose end Redis missed (or a signal cut short) left one.
+                self.last.register_death()
+            queues = [new_queue(name, connection) for name in self.queue_names]
+            self.last = self.worker = PanelWorker(queues, connection=connection)
+            self.started_at = time.monotonic()
+            self.worker.work()
+        finally:
+            self.worker = None
+            self.handle_signals()
+
+    def handle_signals(self) -> None:
+        """Outside RQ's work() (which installs its own for SIGTERM and SIGINT, and so ends up
+        in PanelWorker.request_stop): remember a stop; a renewal ends the worker at hand."""
+        signal.signal(signal.SIGTERM, self.on_stop)
+        signal.signal(signal.SIGINT, self.on_stop)
+        signal.signal(RENEW_SIGNAL, self.on_renew)
+
+    def on_stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def on_renew(self, signum, frame) -> None:
+        worker = self.worker
+        if worker is None:
             return
-        process = scheduler._process
-        if process is None or not process.is_alive():
+        try:
+            worker.request_stop(signum, frame)  # idle: raises StopRequested, RQ's loop ends
+        finally:
+            # Busy: the job at hand finishes first. RQ has made the next SIGTERM or SIGINT a
+            # cold stop (it takes this for the first one); it is not.
+            signal.signal(signal.SIGTERM, worker.request_stop)
+            signal.signal(signal.SIGINT, worker.request_stop)
+
+    def renew(self, since: float) -> None:
+        """Called by the watch: Redis is back from an outage that began at SINCE. A worker
+        started before then is renewed: Redis may have restarted empty and forgotten it."""
+        if self.worker is None:
+            self.woken = True
+        elif self.started_at < since:
+            os.kill(os.getpid(), RENEW_SIGNAL)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, but not past a stop request (a signal handler only sets a flag) or the watch
+        finding Redis back."""
+        deadline = time.monotonic() + seconds
+        while not (self.stopping or self.woken) and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def nodes(self) -> list[tuple[int, str]]:
+        """The active nodes this process serves, as (pk, queue name); none if the database
+        cannot say now (the watch keeps the ones it has)."""
+        from .models import Node
+
+        try:
+            return list(Node.objects.filter(is_active=True, queue_name__in=self.queue_names)
+                        .values_list("pk", "queue_name"))
+        except Exception:  # noqa: BLE001 - e.g. the database is not migrated yet
+            log.exception("could not read this worker's nodes")
+            return []
+        finally:
+            close_old_connections()
+
+    def recover(self) -> None:
+        """After a crash: no operation of our nodes stays "running" for a dead worker."""
+        from .models import Node
+
+        try:
+            for node in Node.objects.filter(is_active=True, queue_name__in=self.queue_names):
+                failed = reconcile.recover(node)
+                if failed:
+                    log.warning("node %s: %s operations of a dead worker failed", node.name, failed)
+        except Exception:  # noqa: BLE001 - every reconcile run does the same later
+            log.exception("could not recover the operations of a dead worker")
+        finally:
+            close_old_connections()
+
+
+class Watch(threading.Thread):
+    """The worker process's one thread (see the module's docstring). It never touches the
+    database: the main thread hands it the nodes, and jobs hand it the inits they start."""
+
+    def __init__(self, queue_names: list[str], renew: Callable[[float], None]) -> None:
+        super().__init__(name="panel-watch", daemon=True)
+        self.renew = renew
+        self.nodes: list[tuple[int, str]] = []  # (node pk, queue name), set by the main thread
+        self.period = float(settings.PANEL_RECONCILE_SECONDS)
+        self.lock = threading.Lock()
+        self.inits: dict[str, tuple[int, int]] = {}  # server engine name -> (init pid, pidfd)
+        self.forgotten: list[int] = []  # pidfds to close: only this thread polls or closes them
+        self.done = threading.Event()
+        self.queues = {name: new_queue(name) for name in queue_names}  # a Redis client of its own
+        self.connection = self.queues[queue_names[0]].connection
+        # Not the worker's pause of up to a minute: a Redis that hangs holds up only a tick.
+        self.connection.connection_pool.connection_kwargs.update(socket_timeout=5, socket_connect_timeout=5)
+        self.due = 0.0  # the periodic run (time.monotonic): at start-up
+        self.wanted = False  # a run now: a guest died, or Redis is back
+        self.lost_at: float | None = None  # when Redis was found unreachable
+        self.run_id = ""  # Redis's: a new one means it restarted, maybe between two looks
+        self.renewed_at = 0.0
+
+    # -- the jobs' side (the main thread) --------------------------------------------------
+
+    def add(self, name: str, pid: int) -> None:
+        """PID is the init of server NAME, just started by this process."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.wanted = True  # gone already
+            return
+        with self.lock:
+            old = self.inits.pop(name, None)
+            if old is not None:
+                self.forgotten.append(old[1])
+            self.inits[name] = (pid, fd)
+
+    def discard(self, name: str) -> None:
+        """This process is about to end server NAME's init itself (the engine reaps it)."""
+        with self.lock:
+            old = self.inits.pop(name, None)
+            if old is not None:
+                self.forgotten.append(old[1])
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
+        with self.lock:
+            fds = self.forgotten + [fd for _, fd in self.inits.values()]
+            self.forgotten, self.inits = [], {}
+        for fd in fds:
+            os.close(fd)
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.done.is_set():
             try:
-                scheduler.acquire_locks(auto_start=True)
-            except Exception:  # noqa: BLE001 - next time
-                self.log.exception("Worker %s: could not start the scheduler again", self.name)
+                self.tick()
+            except REDIS_DOWN as exc:
+                if self.lost_at is None:
+                    self.lost_at = time.monotonic()
+                    log.error("Redis is unreachable: %s", exc)
+            except Exception:  # noqa: BLE001 - the watch must outlive any one problem
+                log.exception("the worker's watch could not queue the reconcile job")
+            try:
+                if self.reap(TICK_SECONDS):
+                    self.wanted = True
+            except Exception:  # noqa: BLE001 - as above
+                log.exception("the worker's watch could not reap")
+                self.done.wait(TICK_SECONDS)
 
+    def reap(self, timeout: float) -> list[str]:
+        """Wait up to TIMEOUT for a watched init to exit; reap the ones that did, exactly by
+        their pids. Returns their servers' names."""
+        with self.lock:
+            closing, self.forgotten = self.forgotten, []
+            watched = {fd: (name, pid) for name, (pid, fd) in self.inits.items()}
+        for fd in closing:
+            os.close(fd)
+        if not watched:
+            self.done.wait(timeout)
+            return []
+        poller = select.poll()
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        died = []
+        for fd, _ in poller.poll(timeout * 1000):
+            name, pid = watched[fd]
+            with self.lock:
+                if self.inits.get(name) != (pid, fd):
+                    continue  # forgotten meanwhile: the engine ends it; its fd is closed next time
+                del self.inits[name]
+            os.close(fd)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass  # not our child (any more): whoever it belongs to collects it
+            died.append(name)
+        if died:
+            log.warning("the init of %s exited: reconciling now", ", ".join(died))
+        return died
 
-class PanelScheduler(RQScheduler):
-    """RQ's scheduler process, which exits when its worker dies instead of living on as an
-    orphan that holds the scheduler lock."""
-
-    def start(self):
-        self._parent_pid = os.getpid()
-        return super().start()
-
-    def work(self):
-        from vservers.engine.syscalls import PR_SET_PDEATHSIG, prctl
-
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != getattr(self, "_parent_pid", os.getppid()):
-            return  # the worker died before the line above
-        super().work()
-
-
-def _disarm(job, reason: str) -> None:
-    """Make JOB fail with JobRefused instead of importing and calling anything it names."""
-
-    def refuse():
-        raise JobRefused(reason)
-
-    job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
-    job._success_callback = job._failure_callback = job._stopped_callback = None
-    job.perform = refuse
-
-
-def reap_zombie_children(keep: set[int] = frozenset()) -> list[int]:
-    """waitpid() every exited child of this process, except the pids in KEEP, whose exit
-    status someone else waits for (RQ's scheduler process: its multiprocessing handle).
-
-    A plain waitpid(-1) loop would take KEEP's status too. Instead waitid(WNOWAIT) names the
-    next exited child without reaping it, and only that pid is reaped: one system call when
-    nothing has exited, however many processes the host or this process has. Children that
-    still run are never touched. Only when a kept child stands first in line (it is not
-    reaped, so waitid keeps naming it) are the others found by the slower scan of /proc."""
-    reaped = []
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return reaped  # no children at all
-        if info is None or not info.si_pid:
-            return reaped  # none has exited
-        pid = info.si_pid
-        if pid in keep:
-            return reaped + _reap_by_scan(keep)
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            continue  # reaped meanwhile by whoever waits for it
-        if done:
-            reaped.append(pid)
-
-
-def _reap_by_scan(keep: set[int]) -> list[int]:
-    """The zombies whose parent is this process, found in /proc (the kernel lists a process's
-    parent in /proc/PID/stat), reaped except the pids in KEEP."""
-    from vservers.engine.procfs import read_stat
-
-    me = os.getpid()
-    reaped = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid in keep:
-            continue
-        try:
-            stat = read_stat(pid)
-        except OSError:
-            continue
-        if stat is None or stat.state != "Z" or stat.ppid != me:
-            continue
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            continue
-        if done:
-            reaped.append(pid)
-    return reaped
+    def tick(self) -> None:
+        """Redis (is it there, is it back, did it restart?) and the reconcile runs that are due."""
+        run_id = self.connection.info("server")["run_id"]
+        now = time.monotonic()
+        if self.lost_at is not None or self.run_id not in ("", run_id):
+            log.warning("Redis is reachable again" if self.lost_at is not None else "Redis restarted")
+            self.renewed_at = now
+            self.renew(self.lost_at or now)
+            self.lost_at, self.wanted = None, True
+        self.run_id = run_id
+        if self.wanted:
+            # A run that is running now may have looked at a server before it died: again
+            # once it has ended. One that is queued sees it.
+            said = [reconcile.queue_run(self.queues[name], pk) for pk, name in self.nodes]
+            self.wanted = "running" in said
+        if now >= self.due:
+            self.due = now + self.period
+            for pk, name in self.nodes:
+                reconcile.queue_run(self.queues[name], pk, unless_ended_within=self.period / 2)

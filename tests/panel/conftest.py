@@ -96,20 +96,17 @@ def rq_redis(settings, panel_redis):
 
 @pytest.fixture
 def drain(rq_redis):
-    """drain() runs every queued job with a real PanelWorker in this process, in burst mode;
-    drain(reconcile=True) lets it schedule the nodes' reconcile jobs at start-up, as in
-    production."""
-    from rq.serializers import JSONSerializer
-
+    """drain() runs every queued job with a real PanelWorker (RQ's SimpleWorker with PanelJob
+    and JSON) in this process, in burst mode. Nothing else of the node's worker process runs
+    (no watch): tests that need a reconcile run call reconcile_node themselves."""
     from vservers.queues import get_queue
     from vservers.worker import PanelWorker
 
-    def run(*queue_names: str, reconcile: bool = False):
+    def run(*queue_names: str):
         queues = [get_queue(name) for name in queue_names or ("default",)]
         # RQ installs its own SIGINT/SIGTERM handlers; pytest's must come back.
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        worker = PanelWorker(queues, connection=rq_redis, serializer=JSONSerializer)
-        worker.schedule_reconcile = reconcile
+        worker = PanelWorker(queues, connection=rq_redis)
         try:
             worker.work(burst=True)
         finally:

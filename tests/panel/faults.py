@@ -2,8 +2,8 @@
 to start, stop, pause and kill, a Redis of their own to stop and start, and checks that the
 database tells the kernel's truth and that nothing of a server is left in the kernel.
 
-Worker processes are `manage.py rqworker` exactly as production starts them (PanelWorker, JSON,
-with its scheduler), with tests/panel/fault_settings.py pointing them at this test's database.
+Worker processes are `manage.py nodeworker` exactly as production starts them (vservers.worker),
+with tests/panel/fault_settings.py pointing them at this test's database.
 VSERVERS_TEST_FAULT="KIND:PHASE" makes one stop itself at a named point of an operation
 (vservers.jobs.Run.checkpoint), where the test kills it with SIGKILL: the middle of the
 operation is hit exactly, without any timing.
@@ -109,7 +109,7 @@ def fault_world(file_database, world):
 
 
 class WorkerProcess:
-    """One `manage.py rqworker` of the panel, as the node runs it."""
+    """One `manage.py nodeworker` of the panel, as the node runs it."""
 
     def __init__(self, database: str, redis_url: str, log: Path, fault: str = "", queues=("default",),
                  env: dict[str, str] | None = None) -> None:
@@ -126,12 +126,7 @@ class WorkerProcess:
             env["VSERVERS_TEST_FAULT"] = fault
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()/kill()
-        argv = [
-            sys.executable, "manage.py", "rqworker", *queues,
-            "--worker-class", "vservers.worker.PanelWorker",
-            "--serializer", "rq.serializers.JSONSerializer",
-            "--with-scheduler",
-        ]
+        argv = [sys.executable, "manage.py", "nodeworker", *queues]
         self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
@@ -154,7 +149,8 @@ class WorkerProcess:
         assert self.alive(), f"worker {self.pid} exited instead:\n{self.log_tail()}"
 
     def python_children(self) -> list[int]:
-        """Its own helper processes (RQ's scheduler), not the guests' inits it adopted."""
+        """Helper processes of its own (Python), not the guests' inits it adopted. It should
+        have none: its watch is a thread."""
         me = os.path.realpath(sys.executable)
         found = []
         for entry in Path("/proc").iterdir():
@@ -171,8 +167,8 @@ class WorkerProcess:
         return found
 
     def kill(self) -> list[int]:
-        """SIGKILL, as the OOM killer would; then make sure no helper process of it lives on
-        (its scheduler dies with it). Returns the helpers' pids."""
+        """SIGKILL, as the OOM killer would; then make sure no helper process of it lives on.
+        Returns the helpers' pids (there should be none)."""
         helpers = self.python_children()
         os.kill(self.pid, signal.SIGKILL)
         assert self.proc.wait(timeout=30) == -signal.SIGKILL

@@ -123,8 +123,9 @@ def test_a_killed_init_comes_back_until_it_died_ten_times_within_the_window(
 
 
 def test_the_worker_sees_a_crashed_guest_at_once_and_brings_it_back(fault_world, make_server, workers):
-    """Not at the next periodic run: the worker reaps the dead init (it is its subreaper) and
-    reconciles right then. The periodic run is an hour away here, so only that can do it."""
+    """Not at the next periodic run: the worker's watch sees the init it started exit, reaps
+    it and has the node reconciled right then. The periodic run is an hour away here, so only
+    that can do it."""
     world, engine = fault_world, fault_world.engine
     worker = workers(env={"PANEL_RECONCILE_SECONDS": "3600"})
     server = make_server("web")

@@ -3,10 +3,12 @@ real PanelWorker, real servers on the tests' own bridge (vspanel0)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vservers.actions import approve, request_operation
-from vservers.jobs import run_operation
+from vservers.jobs import LEFT, claim_next, run_operation
 from vservers.models import (
     GuestAccount,
     IPAddress,
@@ -175,6 +177,11 @@ def test_a_failed_provision_says_why_and_the_server_can_still_be_deleted(world, 
     assert not IPAddress.objects.exists()
 
 
+def leave_marker(job, connection, *args) -> None:
+    """A callback that would show it ran: it makes the file named in the job's meta."""
+    Path(job.meta["marker"]).touch()
+
+
 def test_the_worker_refuses_jobs_outside_its_allow_list(world, drain, tmp_path):
     from rq import Callback
 
@@ -183,32 +190,64 @@ def test_the_worker_refuses_jobs_outside_its_allow_list(world, drain, tmp_path):
     marker = tmp_path / "ran"
     queue = get_queue("default")
     foreign = queue.enqueue("os.system", f"touch {marker}")
-    with_callback = queue.enqueue("vservers.jobs.run_operation", 0, on_failure=Callback("os.system"))
+    # An allowed name, but as a method of an object the job brings along.
+    bound = queue.enqueue("vservers.jobs.run_operation", 0)
+    bound.instance = {"not": "a plain function"}
+    bound.save()
+    # Any callback a job names, on success or failure, is neither imported nor called (had it
+    # been imported, the marker would exist; had the import failed, the job would have failed).
+    callback = Callback(f"{__name__}.leave_marker")
+    callbacks = {"on_success": callback, "on_failure": callback, "on_stopped": callback,
+                 "meta": {"marker": str(marker)}}
+    succeeding = queue.enqueue("vservers.jobs.run_operation", 0, **callbacks)
+    failing = queue.enqueue("vservers.jobs.run_operation", "not an id", **callbacks)
 
     drain()
 
     assert not marker.exists()
-    assert foreign.get_status() == "failed"
-    assert "not one the panel's worker runs" in foreign.latest_result().exc_string
-    assert with_callback.get_status() == "failed"
-    assert "callbacks" in with_callback.latest_result().exc_string
+    for refused, name in ((foreign, "os.system"), (bound, "run_operation")):
+        assert refused.get_status() == "failed"
+        assert "JobRefused: function" in refused.latest_result().exc_string
+        assert f"{name}' is not one the panel's worker runs" in refused.latest_result().exc_string
+    assert (succeeding.get_status(), succeeding.latest_result().return_value) == ("finished", "missing")
+    assert failing.get_status() == "failed"
+    assert "JobRefused" not in failing.latest_result().exc_string  # run_operation itself failed
 
 
-def test_an_operation_waits_while_another_of_its_server_runs(world, make_server, rq_redis):
-    from vservers.queues import get_queue
-
-    server = make_server("web", state=State.RUNNING, node=world.node)
-    Operation.objects.create(server=server, kind=OperationKind.REFRESH, status=OperationStatus.RUNNING)
+def test_an_operation_whose_server_is_busy_is_left_to_the_worker_running_it(world, make_server):
+    server = make_server("web", state=State.STOPPED, node=world.node)
+    first = Operation.objects.create(server=server, kind=OperationKind.START)
+    assert claim_next(server.pk) == first  # a worker runs it
     waiting = Operation.objects.create(server=server, kind=OperationKind.STOP)
 
-    assert run_operation(waiting.pk) == "deferred"
+    assert run_operation(waiting.pk) == LEFT  # at once, without touching it
 
     waiting.refresh_from_db()
     assert waiting.status == OperationStatus.QUEUED
-    assert waiting.job_id.startswith(f"op-{waiting.uuid}-")
-    assert waiting.job_id in get_queue("default").scheduled_job_registry.get_job_ids()
     server.refresh_from_db()
-    assert server.state == State.RUNNING
+    assert server.state == State.STOPPED
+    # The worker running the first one finishes it, and then takes the waiting one.
+    first.finish(True, output="done")
+    assert claim_next(server.pk) == waiting
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.runner) == (OperationStatus.RUNNING, first.runner)
+    assert claim_next(server.pk) is None  # it runs: nothing more for anyone
+
+
+def test_a_job_runs_its_servers_queued_operations_in_order_from_the_oldest(world, make_server):
+    server = make_server("web", state=State.STOPPED, node=world.node)
+    older, newer = (Operation.objects.create(server=server, kind=OperationKind.ACCOUNT_ADD,
+                                             params={"account": name}) for name in ("carol", "dave"))
+
+    assert run_operation(newer.pk) == "failed"  # a stopped server has no accounts to add to
+    assert run_operation(older.pk) == "skipped"  # the first job ran it, before the newer one
+
+    older.refresh_from_db()
+    newer.refresh_from_db()
+    for operation in (older, newer):
+        assert operation.status == OperationStatus.FAILED
+        assert operation.error == "cannot add account while the server is stopped"
+    assert older.finished <= newer.started
 
 
 def test_missing_and_finished_operations_are_skipped(world, make_server):

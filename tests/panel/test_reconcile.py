@@ -11,9 +11,10 @@ import pytest
 from django.core.management import call_command
 
 from vservers.actions import request_operation
+from vservers.jobs import runner_id
 from vservers.models import Node, Operation, OperationKind, OperationStatus, State
 from vservers.queues import get_queue
-from vservers.reconcile import ensure_scheduled, reconcile_node
+from vservers.reconcile import WORKER_NAME_PREFIX, queue_run, reconcile_node
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -107,7 +108,7 @@ def test_it_resends_operations_whose_job_never_reached_redis_or_ended_unrun(worl
     server = make_server("web", state=State.STOPPED, node=world.node)
     other = make_server("other", state=State.STOPPED, node=world.node)
     failed_job = get_queue("default").enqueue("os.getcwd")  # refused by the worker: fails
-    drain()  # (a worker hands over the outbox when it starts: the delayed one comes after it)
+    drain()
     delayed = Operation.objects.create(
         server=server, kind=OperationKind.START, error="queueing delayed: Error connecting to unix socket"
     )
@@ -141,24 +142,47 @@ def test_an_operation_left_running_by_a_dead_worker_is_failed(world, make_server
     assert server.state == State.ERROR  # the node never had it
 
 
-def test_the_worker_starts_one_chain_of_runs_per_node(world, drain):
+def test_a_node_has_one_reconcile_job_under_a_fixed_id_whoever_asks(world, drain):
     queue = get_queue("default")
-    prefix = f"reconcile-{world.node.pk}-"
+    job_id = f"reconcile-{world.node.pk}"
 
-    # At start-up the worker queues a run for its node; the run schedules its successor.
-    drain(reconcile=True)
-
-    assert Node.objects.get(pk=world.node.pk).last_seen is not None
-    ran = [j for j in queue.finished_job_registry.get_job_ids() if j.startswith(prefix)]
-    scheduled = [j for j in queue.scheduled_job_registry.get_job_ids() if j.startswith(prefix)]
-    assert len(ran) == 1 and len(scheduled) == 1
-    job = queue.fetch_job(scheduled[0])
-    assert (job.func_name, job.args) == ("vservers.reconcile.reconcile_node", [world.node.pk])
-    # Neither a second worker, nor a run outside the chain, nor the command adds another.
-    assert ensure_scheduled(world.node) is None
-    drain(reconcile=True)
-    reconcile_node(world.node.pk)
+    assert queue_run(queue, world.node.pk) == "queued"
+    # Asked again while it waits (by a wake-up, another worker, the command): nothing more.
+    assert queue_run(queue, world.node.pk) == "waiting"
     out = io.StringIO()
     call_command("reconcile", "--schedule", stdout=out)
-    assert out.getvalue() == "local: already queued or scheduled\n"
-    assert [j for j in queue.scheduled_job_registry.get_job_ids() if j.startswith(prefix)] == scheduled
+    assert out.getvalue() == f"local: {job_id} waiting\n"
+    assert queue.get_job_ids() == [job_id]
+    job = queue.fetch_job(job_id)
+    assert (job.func_name, job.args) == ("vservers.reconcile.reconcile_node", [world.node.pk])
+
+    drain()
+
+    assert Node.objects.get(pk=world.node.pk).last_seen is not None
+    # The periodic ask skips a run that ended just now (another worker process's); a wake-up
+    # (a guest died, Redis is back) does not.
+    assert queue_run(queue, world.node.pk, unless_ended_within=15) == "recent"
+    assert queue.get_job_ids() == []
+    assert queue_run(queue, world.node.pk) == "queued"
+    assert queue.get_job_ids() == [job_id]
+
+
+def test_a_running_reconcile_counts_only_while_its_worker_lives(world, rq_redis):
+    from rq.job import JobStatus
+
+    queue = get_queue("default")
+    assert queue_run(queue, world.node.pk) == "queued"
+    job = queue.fetch_job(f"reconcile-{world.node.pk}")
+    queue.remove(job)  # taken by a worker...
+    job.set_status(JobStatus.STARTED)
+
+    job.worker_name = WORKER_NAME_PREFIX + runner_id()  # ... that lives (this process)
+    job.save()
+    assert queue_run(queue, world.node.pk) == "running"
+
+    dead = runner_id().split(":")
+    dead[-1] = str(int(dead[-1]) + 1)  # this pid, but started at another time: gone
+    job.worker_name = WORKER_NAME_PREFIX + ":".join(dead)
+    job.save()
+    assert queue_run(queue, world.node.pk) == "queued"
+    assert queue.get_job_ids() == [job.id]

@@ -1,63 +1,101 @@
-"""The worker's reaper (vservers.worker.reap_zombie_children): it collects its exited
-children, leaves alone the ones it is told to keep (RQ's scheduler, whose exit status its
-multiprocessing handle waits for) and those still running."""
+"""The worker's watch (vservers.worker.Watch): it reaps exactly the guests' inits that its
+process registered, when they exit, and has the node reconciled at once; any other child is
+left to whoever waits for it."""
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import pytest
 
-from vservers.worker import reap_zombie_children
+from vservers.queues import get_queue
+from vservers.worker import Watch
+
+NODE = 7  # the watch knows nodes by pk and queue only: no database row is needed
 
 
-def _child(exit_code: int | None) -> int:
-    """A child that exits with EXIT_CODE at once, or (None) waits to be killed."""
+def child() -> tuple[int, int]:
+    """A child process that exits when the returned pipe end is closed: (pid, write end)."""
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        if exit_code is None:
-            signal.pause()
-        os._exit(exit_code)
-    return pid
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    return pid, write
 
 
-def _zombie(pid: int) -> None:
-    """Wait until PID has exited (without reaping it)."""
-    deadline = time.monotonic() + 10
-    while True:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if info is not None and info.si_pid == pid:
-            return
-        assert time.monotonic() < deadline, f"child {pid} did not exit"
-        time.sleep(0.01)
+def exited_unreaped(pid: int) -> bool:
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None and info.si_pid == pid
 
 
-def _still_mine(pid: int) -> bool:
+def reaped(pid: int) -> bool:
     try:
-        os.waitpid(pid, os.WNOHANG)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        return False
-    return True
+        return True
+    return False
 
 
-@pytest.mark.parametrize("kept_first", [False, True], ids=["kept-last", "kept-first-in-line"])
-def test_it_reaps_exited_children_but_not_kept_or_running_ones(kept_first):
-    running = _child(None)
-    pids = [_child(3), _child(4), _child(5)]
-    kept = pids[0] if kept_first else pids[-1]  # the kernel names the oldest exited child first
+def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def watch(rq_redis, settings):
+    settings.PANEL_RECONCILE_SECONDS = 3600
+    renewals: list[float] = []
+    watch = Watch(["default"], renewals.append)
+    watch.nodes = [(NODE, "default")]
+    watch.renewals = renewals
+    watch.start()
+    yield watch
+    watch.stop()
+
+
+def test_an_exited_init_is_reaped_and_reconciles_the_node_once_others_are_left_alone(watch):
+    queue = get_queue("default")
+    job_id = f"reconcile-{NODE}"
+    # At start-up: the periodic run, at once.
+    wait_for(lambda: queue.get_job_ids() == [job_id], "the start-up reconcile job")
+    queue.fetch_job(job_id).delete()  # as if a worker had run it (a run ends the same way)
+
+    init, init_end = child()
+    other, other_end = child()
+    watch.add("vs-web", init)
     try:
-        for pid in pids:
-            _zombie(pid)
-        reaped = reap_zombie_children({kept})
-        assert set(pids) - {kept} <= set(reaped)
-        assert kept not in reaped and running not in reaped
-        assert os.waitpid(kept, 0) == (kept, 5 << 8 if not kept_first else 3 << 8)  # its status is still there
-        assert _still_mine(running)
-        assert reap_zombie_children() == []  # nothing left that has exited
+        os.close(init_end)
+        os.close(other_end)
+        wait_for(lambda: reaped(init), "the watch to reap the init")
+        wait_for(lambda: queue.get_job_ids() == [job_id], "the reconcile job")
+        # Once: the death is handed to the one job, and the periodic run is an hour away.
+        time.sleep(2.5)
+        assert queue.get_job_ids() == [job_id]
+        # A child nobody registered is not the watch's: its exit status is still there.
+        wait_for(lambda: exited_unreaped(other), "the other child to exit")
+        assert not reaped(other)
+        assert watch.renewals == []  # Redis never went away
     finally:
-        os.kill(running, signal.SIGKILL)
-        os.waitpid(running, 0)
-    for pid in pids:
-        assert not _still_mine(pid)
+        os.waitpid(other, 0)
+
+
+def test_an_init_the_process_ends_itself_is_forgotten_first(watch):
+    queue = get_queue("default")
+    wait_for(lambda: queue.get_job_ids() == [f"reconcile-{NODE}"], "the start-up reconcile job")
+    queue.fetch_job(f"reconcile-{NODE}").delete()
+
+    init, init_end = child()
+    watch.add("vs-web", init)
+    watch.discard("vs-web")  # a stop: the engine waits for it
+    os.close(init_end)
+    wait_for(lambda: exited_unreaped(init), "the init to exit")
+    time.sleep(2.5)
+    assert not reaped(init)
+    assert queue.get_job_ids() == []
+    os.waitpid(init, 0)

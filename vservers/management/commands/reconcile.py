@@ -1,12 +1,11 @@
-"""Compare the database with the kernel now, or (re)start the periodic reconcile job.
+"""Compare the database with the kernel now, or have the node's worker do it soon.
 
     manage.py reconcile [--node NAME]             run it here, now (as root, with the
                                                    node's VSERVER_* environment)
-    manage.py reconcile --schedule [--node NAME]  have the node's worker run it soon; the job
-                                                   then schedules itself every
-                                                   PANEL_RECONCILE_SECONDS
+    manage.py reconcile --schedule [--node NAME]  queue the node's reconcile job (unless it
+                                                   is queued or running already)
 
-The worker schedules it by itself at start-up; --schedule is for after a Redis flush.
+The node's worker queues it by itself every PANEL_RECONCILE_SECONDS (vservers.worker).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from vservers.models import Node
+from vservers.queues import get_queue
 
 
 class Command(BaseCommand):
@@ -33,9 +33,8 @@ class Command(BaseCommand):
                 raise CommandError(f"no active node named {node!r}")
         for each in nodes:
             if schedule:
-                job = reconcile.ensure_scheduled(each)
-                said = f"queued as {job.id}" if job else "already queued or scheduled"
-                self.stdout.write(f"{each.name}: {said}")
+                said = reconcile.queue_run(get_queue(each.queue_name), each.pk)
+                self.stdout.write(f"{each.name}: {reconcile.job_id(each.pk)} {said}")
             else:
                 summary = reconcile.Reconciler(each).run()
                 self.stdout.write(f"{each.name}: {summary}")
