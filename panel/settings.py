@@ -104,6 +104,9 @@ RQ = {
     # Push jobs when asked: vservers.actions.enqueue already waits for the commit itself (a
     # second, nested deferral would lose the job's id inside test transactions).
     "COMMIT_MODE": "auto",
+    # The allow-list (vservers.queues.PanelJob) also for django-rq's own commands, e.g. a
+    # `manage.py rqworker` started by hand: it runs only the panel's functions, no callbacks.
+    "JOB_CLASS": "vservers.queues.PanelJob",
 }
 # How often each node's worker compares the database with the kernel (vservers.reconcile).
 PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30, low=5, high=3600)
