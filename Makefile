@@ -27,7 +27,7 @@ APT_PACKAGES := $(RUN_PACKAGES)
 
 help:
 	@echo "make run     install what is missing, prepare the database, start the panel (Ctrl-C stops it)"
-	@echo "make test    install what is missing, then ruff and pytest (PYTEST_ARGS='-k name' to select)"
+	@echo "make test    install what is missing, then ruff, mypy and pytest (PYTEST_ARGS='-k name' to select)"
 	@echo "make install Debian packages, .venv and the project's Python packages (what running needs)"
 	@echo "make bench   engine latency and density benchmarks (FULL=1 for the large run)"
 	@echo "make clean   empty var/ (database, secret key, static files, redis data)"
@@ -96,6 +96,7 @@ run: as-root install
 
 test: as-root install install-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Benchmarks (bench/README.md): our engine beside LXC, VPS beside host, the panel. The quick
