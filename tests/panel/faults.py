@@ -28,6 +28,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from tests.leaks import PANEL_ENV, _leaks_of
+from vservers.engine import procfs
 
 REPO = Path(__file__).resolve().parents[2]
 # A generous bound for things that take a second or two: only a hang runs into it.
@@ -49,11 +50,8 @@ def wait_until(predicate, what: str, timeout: float = PATIENCE, every: float = 0
 
 def process_state(pid: int) -> str | None:
     """The one-letter state of PID (R, S, T, Z, ...), None once it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
+    stat = procfs.read_stat(pid)
+    return stat.state if stat else None
 
 
 def wait_gone(pid: int, timeout: float = 30.0) -> bool:
@@ -156,13 +154,10 @@ class WorkerProcess:
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
-            try:
-                data = (entry / "stat").read_bytes()
-                exe = os.path.realpath(entry / "exe")
-            except OSError:
+            stat = procfs.read_stat(int(entry.name))
+            if stat is None or stat.ppid != self.pid:
                 continue
-            ppid = int(data[data.rindex(b")") + 2 :].split()[1])
-            if ppid == self.pid and exe == me:
+            if os.path.realpath(entry / "exe") == me:
                 found.append(int(entry.name))
         return found
 
