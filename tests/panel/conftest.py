@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -247,6 +248,41 @@ def provision(world, make_server, drain):
 
 
 # --- rows without Redis or the engine ----------------------------------------------------------
+
+
+# A tenant with small quotas and plans around them (tests of forms and of vservers.actions).
+
+
+@pytest.fixture
+def acme(db):
+    from accounts.models import Tenant
+
+    return Tenant.objects.create(
+        name="Acme", slug="acme", max_servers=3, max_cpus=Decimal("2"), max_memory_mb=2048, max_disk_mb=8192
+    )
+
+
+@pytest.fixture
+def small(db):
+    from vservers.models import Plan
+
+    return Plan.objects.create(name="small", cpus=Decimal("0.5"), memory_mb=512, disk_mb=2048)
+
+
+@pytest.fixture
+def large(db):
+    from vservers.models import Plan
+
+    return Plan.objects.create(name="large", cpus=Decimal("2"), memory_mb=2048, disk_mb=8192)
+
+
+@pytest.fixture
+def busybox(db):
+    from vservers.models import Template
+
+    return Template.objects.create(name="busybox", display_name="BusyBox")
+
+
 
 FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

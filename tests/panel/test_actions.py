@@ -19,36 +19,13 @@ from vservers.models import (
     OperationKind,
     Plan,
     State,
-    Template,
     VirtualServer,
 )
 
 
 @pytest.fixture
-def acme(db):
-    return Tenant.objects.create(
-        name="Acme", slug="acme", max_servers=3, max_cpus=Decimal("2"), max_memory_mb=2048, max_disk_mb=8192
-    )
-
-
-@pytest.fixture
-def small(db):
-    return Plan.objects.create(name="small", cpus=Decimal("0.5"), memory_mb=512, disk_mb=2048)
-
-
-@pytest.fixture
 def one_cpu(db):
     return Plan.objects.create(name="one", cpus=Decimal("1"), memory_mb=512, disk_mb=2048)
-
-
-@pytest.fixture
-def large(db):
-    return Plan.objects.create(name="large", cpus=Decimal("2"), memory_mb=2048, disk_mb=8192)
-
-
-@pytest.fixture
-def busybox(db):
-    return Template.objects.create(name="busybox", display_name="BusyBox")
 
 
 @pytest.fixture

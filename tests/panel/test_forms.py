@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-from decimal import Decimal
 
 import pytest
 
-from accounts.models import Tenant
 from vservers.engine import validate
 from vservers.engine.errors import InvalidInput
 from vservers.forms import (
@@ -16,35 +14,13 @@ from vservers.forms import (
     AccountPasswordForm,
     ServerRequestForm,
 )
-from vservers.models import Plan, State, Template, VirtualServer
+from vservers.models import State, VirtualServer
 
 
 def ssh_key(key_type: str = "ssh-ed25519") -> str:
     name = key_type.encode()
     blob = len(name).to_bytes(4, "big") + name + (32).to_bytes(4, "big") + bytes(32)
     return f"{key_type} {base64.b64encode(blob).decode()} me@host"
-
-
-@pytest.fixture
-def acme(db):
-    return Tenant.objects.create(
-        name="Acme", slug="acme", max_servers=3, max_cpus=Decimal("2"), max_memory_mb=2048, max_disk_mb=8192
-    )
-
-
-@pytest.fixture
-def small(db):
-    return Plan.objects.create(name="small", cpus=Decimal("0.5"), memory_mb=512, disk_mb=2048)
-
-
-@pytest.fixture
-def large(db):
-    return Plan.objects.create(name="large", cpus=Decimal("2"), memory_mb=2048, disk_mb=8192)
-
-
-@pytest.fixture
-def busybox(db):
-    return Template.objects.create(name="busybox", display_name="BusyBox")
 
 
 def server(tenant, name, plan, template, state=State.RUNNING) -> VirtualServer:
