@@ -1,12 +1,47 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
 
 from .forms import AdminLoginForm, ThrottledPasswordChangeForm
 from .models import AuditEntry, LoginFailure, Membership, Tenant
 
 # The admin's login page counts against the same login throttle as the panel's.
 admin.site.login_form = AdminLoginForm
+
+
+@method_decorator(never_cache)
+def login(self, request, extra_context=None):
+    """AdminSite.login through the panel's LoginView (accounts.views): the same throttle, the
+    same 429 with Retry-After, the same known-device cookie. Only the template and the
+    context are the admin's (as in AdminSite.login)."""
+    from django.contrib.auth import REDIRECT_FIELD_NAME
+    from django.http import HttpResponseRedirect
+    from django.urls import reverse
+    from django.utils.translation import gettext as _
+
+    from .views import LoginView
+
+    if request.method == "GET" and self.has_permission(request):
+        return HttpResponseRedirect(reverse("admin:index", current_app=self.name))
+    context = {
+        **self.each_context(request),
+        "title": _("Log in"),
+        "subtitle": None,
+        "app_path": request.get_full_path(),
+        "username": request.user.get_username(),
+    }
+    if REDIRECT_FIELD_NAME not in request.GET and REDIRECT_FIELD_NAME not in request.POST:
+        context[REDIRECT_FIELD_NAME] = reverse("admin:index", current_app=self.name)
+    context.update(extra_context or {})
+    request.current_app = self.name
+    return LoginView.as_view(
+        extra_context=context,
+        authentication_form=self.login_form,
+        template_name=self.login_template or "admin/login.html",
+        redirect_authenticated_user=False,
+    )(request)
 
 
 class AdminPasswordChangeForm(ThrottledPasswordChangeForm):
@@ -31,8 +66,9 @@ def password_change(self, request, extra_context=None):
     return PasswordChangeView.as_view(**defaults)(request)
 
 
-# The admin's URLs take the method from the site when they are made (panel/urls.py).
+# The admin's URLs take the methods from the site when they are made (panel/urls.py).
 admin.site.password_change = password_change.__get__(admin.site)  # type: ignore[method-assign]
+admin.site.login = login.__get__(admin.site)  # type: ignore[method-assign]
 
 
 class MembershipInline(admin.TabularInline):
@@ -58,12 +94,12 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
 @admin.register(LoginFailure)
 class LoginFailureAdmin(admin.ModelAdmin):
-    """Failed sign-ins inside the throttle's window. Deleting a user's rows lifts the lock
+    """Failed sign-ins inside the throttle's window. Deleting a user's rows ends the delays
     early (the throttle counts rows); they cannot be added or edited here."""
 
-    list_display = ["created", "username", "address"]
+    list_display = ["created", "username", "address", "device"]
     search_fields = ["username", "address"]
-    readonly_fields = ["created", "username", "address"]
+    readonly_fields = ["created", "username", "address", "device", "user_cleared"]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -1,8 +1,9 @@
 """Sign-in and password forms that ask the login throttle (accounts.throttle) first.
 
-The throttle is asked before the password is checked: while a name or an address is
-throttled, the answer is the same whether the password was right or wrong, so guessing on
-is pointless, and the message says when to try again.
+The throttle is asked before the password is checked: while a sign-in must wait, the answer
+is the same whether the password was right or wrong, so guessing on is pointless, and the
+message says how long to wait. The panel's login page and the admin's use the same form and
+view (accounts.views.LoginView), so they count, answer and set the known-device cookie alike.
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ from . import throttle
 from .models import AuditEntry
 
 THROTTLED = (
-    "Too many failed sign-ins for this account or from your network. "
-    "Try again in %(minutes)s minute(s)."
+    "Too many failed sign-ins %(whom)s. Please wait %(wait)s and try again. "
+    "Your account is not locked: a browser you have signed in with before is not held up by "
+    "other people's failed attempts."
 )
+WHOM = {
+    "device": "in this browser",
+    "user": "for this user name",
+    "address": "from your network",
+}
 
 
-def _minutes(seconds: int) -> int:
-    return max(1, -(-seconds // 60))
+def _wait(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 class Throttled(forms.ValidationError):
@@ -33,8 +43,8 @@ class Throttled(forms.ValidationError):
 
 
 def refuse_if_throttled(request, username: str, action: str) -> None:
-    """Raise the form's "throttled" error (and audit it) while USERNAME or the request's
-    address has used up its failed attempts."""
+    """Raise the form's "throttled" error (and audit it) while a sign-in as USERNAME from the
+    request's browser and address must wait (accounts.throttle)."""
     refusal = throttle.check(request, username)
     if refusal is None:
         return
@@ -42,7 +52,7 @@ def refuse_if_throttled(request, username: str, action: str) -> None:
         request, action, None, username=str(username)[:150], reason=refusal.reason, retry_after=refusal.retry_after
     )
     raise Throttled(refusal.retry_after, THROTTLED, code="throttled",
-                    params={"minutes": _minutes(refusal.retry_after)})
+                    params={"whom": WHOM[refusal.reason], "wait": _wait(refusal.retry_after)})
 
 
 class ThrottledLoginMixin:
@@ -58,7 +68,7 @@ class LoginForm(ThrottledLoginMixin, AuthenticationForm):
 
 
 class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
-    """The admin's login page (admin.site.login_form): the same throttle and counts."""
+    """The admin's login page (accounts.admin.login): the same throttle and counts."""
 
 
 class ThrottledPasswordChangeForm(PasswordChangeForm):

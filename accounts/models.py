@@ -91,8 +91,9 @@ class AuditEntry(models.Model):
 
 
 class LoginFailure(models.Model):
-    """One failed sign-in, for the throttle (accounts.throttle): counted per user name and per
-    client address over a sliding window, and deleted once older than that window."""
+    """One failed sign-in, for the throttle (accounts.throttle): counted per known device, per
+    user name and address, per user name and per address over a sliding window, and deleted
+    once older than that window."""
 
     created = models.DateTimeField(auto_now_add=True, db_index=True)
     # The name as typed, lower-cased (it need not exist: unknown names are counted the same).
@@ -101,6 +102,8 @@ class LoginFailure(models.Model):
     address = models.CharField(max_length=64)
     # The user signed in since: no longer counted for the name, still for the address.
     user_cleared = models.BooleanField(default=False)
+    # The known-device id (accounts.devices) the failure was made with, if any.
+    device = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
         indexes = [
@@ -124,3 +127,23 @@ class SessionEpoch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} epoch {self.epoch}"
+
+
+class PasswordResetRequest(models.Model):
+    """One password reset asked for, for its throttle (accounts.views.PasswordResetView):
+    counted per client address and per e-mail address, deleted once older than the window."""
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    # accounts.addresses.throttle_key of the client.
+    address = models.CharField(max_length=64)
+    # The e-mail address as typed, lower-cased (it need not belong to an account).
+    email = models.CharField(max_length=254)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["address", "created"]),
+            models.Index(fields=["email", "created"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created:%Y-%m-%d %H:%M:%S} {self.email} from {self.address}"

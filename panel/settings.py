@@ -124,9 +124,20 @@ AUTH_PASSWORD_VALIDATORS = [
 # Django's ModelBackend, whose get_user also brings the user's session epoch (accounts.sessions).
 AUTHENTICATION_BACKENDS = ["accounts.sessions.PanelBackend"]
 
-# The login throttle (accounts.throttle): failed sign-ins per user name and per client address
-# within a sliding window of "window" seconds; beyond that, sign-ins are refused unchecked.
-PANEL_LOGIN_THROTTLE = {"per_user": 5, "per_address": 20, "window": 15 * 60}
+# The login throttle (accounts.throttle): failed sign-ins within a sliding window of "window"
+# seconds, per known device, per user name and address, per user name and per address; beyond
+# the free ones, 2^n seconds of delay, capped at "max_delay" for one guesser and at
+# "shared_max_delay" for the counts a stranger can run up for someone else.
+PANEL_LOGIN_THROTTLE = {
+    "per_user": 5,
+    "per_address": 20,
+    "window": 15 * 60,
+    "max_delay": 15 * 60,
+    "shared_max_delay": 60,
+}
+# Password reset mails (accounts.throttle.reset_allowed): at most this many requests per e-mail
+# address and per client address within "window" seconds; the others are dropped silently.
+PANEL_RESET_THROTTLE = {"per_email": 3, "per_address": 5, "window": 60 * 60}
 # Reverse proxies whose X-Forwarded-For is believed (accounts.addresses): addresses or networks,
 # comma-separated. Empty: the client is REMOTE_ADDR, and X-Forwarded-For is never read.
 PANEL_TRUSTED_PROXIES = env.env_networks(ENV, "PANEL_TRUSTED_PROXIES")

@@ -1,10 +1,12 @@
-"""The login throttle (accounts.throttle): per user name and per client address, where the
-address is REMOTE_ADDR unless a trusted proxy forwarded the request, so a forged
-X-Forwarded-For changes nothing. Refused attempts say why and when to try again, answer 429
-and are audited, as every failed one is.
+"""The login throttle (accounts.throttle): growing delays per user name and address, per user
+name and per client address, where the address is REMOTE_ADDR unless a trusted proxy
+forwarded the request, so a forged X-Forwarded-For changes nothing; a browser that signed in
+as the user before (accounts.devices) counts only its own failures. Refused attempts say why
+and how long to wait, answer 429 and are audited, as every failed one is.
 
-offline_world's passwords: alice "alice password 1", bob "bob password 1". The defaults are
-5 failures per name and 20 per address in 15 minutes (panel/settings.py).
+offline_world's passwords: alice "alice password 1", bob "bob password 1", operator "operator
+pw 1". The defaults: 5 free failures per name, 20 per address, then 2^n seconds, capped at
+15 minutes for one guesser and at 60 seconds for the counts a stranger shares with the user.
 """
 
 from __future__ import annotations
@@ -16,17 +18,25 @@ from django.contrib.auth import SESSION_KEY
 from django.test import Client
 from django.utils import timezone
 
+from accounts import devices
 from accounts.models import AuditEntry, LoginFailure
 
 LOGIN = "/accounts/login/"
 ADMIN_LOGIN = "/admin/login/"
 PER_USER, PER_ADDRESS = 5, 20
+MAX_DELAY, SHARED_MAX_DELAY = 900, 60
 THROTTLED = "Too many failed sign-ins"
 
 
 @pytest.fixture
 def world(offline_world, settings):
-    settings.PANEL_LOGIN_THROTTLE = {"per_user": PER_USER, "per_address": PER_ADDRESS, "window": 900}
+    settings.PANEL_LOGIN_THROTTLE = {
+        "per_user": PER_USER,
+        "per_address": PER_ADDRESS,
+        "window": 900,
+        "max_delay": MAX_DELAY,
+        "shared_max_delay": SHARED_MAX_DELAY,
+    }
     settings.PANEL_TRUSTED_PROXIES = []
     return offline_world
 
@@ -47,13 +57,19 @@ def fail(times: int, username: str = "alice", address: str = "203.0.113.9", **he
 # -- per user name ---------------------------------------------------------------------------
 
 
+def age(seconds: float) -> None:
+    """Time passes: every counted failure is SECONDS older."""
+    for failure in LoginFailure.objects.all():
+        LoginFailure.objects.filter(pk=failure.pk).update(created=failure.created - timedelta(seconds=seconds))
+
+
 def test_after_five_failures_even_the_right_password_is_refused(world):
     fail(PER_USER)
     response, signed_in = sign_in("alice", "alice password 1")
     assert not signed_in
     assert response.status_code == 429
     assert THROTTLED in response.content.decode()
-    assert 1 <= int(response["Retry-After"]) <= 900
+    assert int(response["Retry-After"]) == 1
     entry = AuditEntry.objects.get(action="auth.login_throttled")
     assert (entry.actor, entry.remote_addr, entry.details["username"], entry.details["reason"]) == (
         None,
@@ -69,7 +85,21 @@ def test_four_failures_still_let_the_right_password_in(world):
     assert sign_in("alice", "alice password 1")[1]
 
 
-def test_the_name_is_locked_from_every_address(world):
+def test_failures_earn_growing_delays_not_a_lock(world, settings):
+    settings.PANEL_LOGIN_THROTTLE = {**settings.PANEL_LOGIN_THROTTLE, "window": 24 * 3600}
+    fail(PER_USER)
+    for extra, wait in enumerate([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900]):
+        response, signed_in = sign_in("alice", "alice password 1")
+        assert (response.status_code, int(response["Retry-After"]), signed_in) == (429, wait, False), extra
+        assert f"wait {wait} second" in response.content.decode() or "minute" in response.content.decode()
+        age(wait)
+        if extra < 11:
+            fail(1)  # the guesser's next try, as soon as it is allowed
+    response, signed_in = sign_in("alice", "alice password 1")
+    assert signed_in
+
+
+def test_the_name_waits_from_every_address_but_briefly(world):
     fail(PER_USER, address="203.0.113.9")
     response, signed_in = sign_in("alice", "alice password 1", address="198.51.100.77")
     assert response.status_code == 429 and not signed_in
@@ -112,7 +142,7 @@ def test_a_successful_sign_in_clears_the_names_count_but_not_the_addresses(world
     assert sign_in("alice", "alice password 1")[1]
 
 
-def test_the_lock_lifts_when_the_failures_leave_the_window(world):
+def test_the_delay_ends_when_the_failures_leave_the_window(world):
     fail(PER_USER)
     assert sign_in("alice", "alice password 1")[0].status_code == 429
     LoginFailure.objects.update(created=timezone.now() - timedelta(seconds=901))
@@ -136,7 +166,7 @@ def spray(times: int, address: str = "203.0.113.9", **headers) -> None:
         assert response.status_code == 200, i
 
 
-def test_an_address_with_twenty_failures_is_refused_for_every_name(world):
+def test_an_address_with_twenty_failures_makes_every_name_wait(world):
     spray(PER_ADDRESS)
     response, signed_in = sign_in("bob", "bob password 1")
     assert response.status_code == 429 and not signed_in
@@ -184,9 +214,19 @@ def test_the_admins_login_counts_and_is_refused_the_same(world):
         assert response.status_code == 200
     response, signed_in = sign_in("operator", "operator pw 1", url=ADMIN_LOGIN)
     assert not signed_in
+    assert response.status_code == 429 and response["Retry-After"] == "1"
     assert THROTTLED in response.content.decode()
     # ... and the panel's login page shares the count.
     assert sign_in("operator", "operator pw 1")[0].status_code == 429
+    age(1)
+    response, signed_in = sign_in("operator", "operator pw 1", url=ADMIN_LOGIN)
+    assert signed_in and response.status_code == 302
+
+
+def test_the_admins_login_marks_the_browser_as_known_too(world):
+    client = Client(REMOTE_ADDR="198.51.100.5")
+    assert client.post(ADMIN_LOGIN, {"username": "operator", "password": "operator pw 1"}).status_code == 302
+    assert devices.COOKIE in client.cookies
 
 
 def test_guessing_the_old_password_on_the_password_page_is_throttled(world):
@@ -215,3 +255,88 @@ def test_the_admins_password_page_is_throttled_too(world):
     assert response.status_code == 429
     world.operator.refresh_from_db()
     assert world.operator.check_password("operator pw 1")
+
+
+# -- attacks aimed at someone else: the victim still gets in ---------------------------------
+
+
+def known_browser(username: str, password: str, address: str) -> Client:
+    """The victim's own browser: it has signed in (and out) before, so it has the cookie."""
+    client = Client(REMOTE_ADDR=address)
+    assert client.post(LOGIN, {"username": username, "password": password}).status_code == 302
+    cookie = client.cookies[devices.COOKIE]
+    assert cookie["httponly"] and cookie["max-age"] == devices.KNOWN_DEVICE_AGE
+    client.post("/accounts/logout/")
+    return client
+
+
+def signs_in(client: Client, username: str, password: str):
+    response = client.post(LOGIN, {"username": username, "password": password})
+    return response, SESSION_KEY in client.session
+
+
+def test_a_strangers_fifty_failures_for_the_operators_name_do_not_keep_the_operator_out(world):
+    operator = known_browser("operator", "operator pw 1", "198.51.100.5")
+    answers = [sign_in("operator", "wrong guess", f"192.0.2.{i + 1}")[0].status_code for i in range(50)]
+    assert answers.count(200) == PER_USER and answers.count(429) == 50 - PER_USER
+    # A patient attacker, who waits out every delay, gets no further: fifty counted failures.
+    LoginFailure.objects.bulk_create(
+        LoginFailure(username="operator", address=f"192.0.2.{i + 1}") for i in range(50 - PER_USER)
+    )
+    # The operator's own browser gets in at once, from its usual address or any other.
+    assert signs_in(operator, "operator", "operator pw 1")[1]
+    operator.post("/accounts/logout/")
+    operator.defaults["REMOTE_ADDR"] = "203.0.113.200"
+    assert signs_in(operator, "operator", "operator pw 1")[1]
+    # A fresh browser waits at most the short cap, then gets in (the stranger's count is 50).
+    LoginFailure.objects.bulk_create(
+        LoginFailure(username="operator", address=f"192.0.2.{i + 1}") for i in range(50)
+    )
+    response, signed_in = sign_in("operator", "operator pw 1", "198.51.100.99")
+    assert response.status_code == 429 and not signed_in
+    assert int(response["Retry-After"]) <= SHARED_MAX_DELAY
+    age(SHARED_MAX_DELAY)
+    assert sign_in("operator", "operator pw 1", "198.51.100.99")[1]
+
+
+def test_a_guesser_at_the_users_own_address_does_not_hold_up_the_users_browser(world):
+    alice = known_browser("alice", "alice password 1", "203.0.113.9")
+    answers = [sign_in("alice", "wrong guess")[0].status_code for _ in range(30)]
+    assert answers.count(200) == PER_USER  # hammering: 5 counted, then 429s
+    LoginFailure.objects.bulk_create(LoginFailure(username="alice", address="203.0.113.9") for _ in range(20))
+    assert sign_in("alice", "alice password 1")[0].status_code == 429  # a stranger's browser waits
+    assert signs_in(alice, "alice", "alice password 1")[1]
+
+
+def test_twenty_failures_from_one_address_hold_up_its_other_users_only_briefly(world):
+    bob = known_browser("bob", "bob password 1", "203.0.113.9")
+    spray(PER_ADDRESS)
+    LoginFailure.objects.bulk_create(LoginFailure(username=f"more{i}", address="203.0.113.9") for i in range(80))
+    # bob's known browser: at once; alice, new at that address: after at most the short cap.
+    assert signs_in(bob, "bob", "bob password 1")[1]
+    response, signed_in = sign_in("alice", "alice password 1")
+    assert response.status_code == 429 and int(response["Retry-After"]) <= SHARED_MAX_DELAY
+    assert "from your network" in response.content.decode()
+    age(SHARED_MAX_DELAY)
+    assert sign_in("alice", "alice password 1")[1]
+
+
+def test_a_known_browser_counts_its_own_failures(world):
+    alice = known_browser("alice", "alice password 1", "203.0.113.9")
+    for _ in range(PER_USER):
+        assert signs_in(alice, "alice", "wrong guess")[0].status_code == 200
+    response, signed_in = signs_in(alice, "alice", "alice password 1")
+    assert response.status_code == 429 and not signed_in
+    assert "in this browser" in response.content.decode()
+    assert set(LoginFailure.objects.values_list("device", flat=True)) != {""}
+
+
+def test_the_cookie_counts_only_for_its_own_user_and_only_signed(world):
+    alice = known_browser("alice", "alice password 1", "203.0.113.9")
+    fail(PER_USER, username="bob", address="192.0.2.1")
+    # alice's cookie does not make the browser a known one for bob ...
+    assert signs_in(alice, "bob", "bob password 1")[0].status_code == 429
+    # ... and a cookie made up by hand is no cookie.
+    forged = Client(REMOTE_ADDR="203.0.113.9")
+    forged.cookies[devices.COOKIE] = f"{world.bob.pk}:0123456789abcdef0123456789abcdef"
+    assert signs_in(forged, "bob", "bob password 1")[0].status_code == 429
