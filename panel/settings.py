@@ -36,6 +36,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response, no-store for signed-in users (panel.middleware).
+    "panel.middleware.SecurityHeadersMiddleware",
     # gunicorn does not serve files; WhiteNoise serves the collected ones from STATIC_ROOT.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
