@@ -47,6 +47,11 @@ class ServerQuerySet(models.QuerySet):
     def visible(self) -> ServerQuerySet:
         return self.exclude(state__in=TERMINAL)
 
+    def rejected_undismissed(self) -> ServerQuerySet:
+        """Requests an operator rejected that the tenant has not dismissed yet: the server
+        list shows them with the operator's reason."""
+        return self.filter(state=State.REJECTED, dismissed=False)
+
 
 class VirtualServer(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -59,6 +64,8 @@ class VirtualServer(models.Model):
     state = models.CharField(max_length=20, choices=State.choices, default=State.REQUESTED, db_index=True)
     state_reason = models.CharField(max_length=500, blank=True)
     autostart = models.BooleanField(default=True)
+    # A rejected request the tenant has read and dismissed (VirtualServer.dismiss).
+    dismissed = models.BooleanField(default=False)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -154,6 +161,16 @@ class VirtualServer(models.Model):
 
     def reject(self, reason: str) -> bool:
         return self.move([State.REQUESTED], State.REJECTED, reason)
+
+    def dismiss(self) -> bool:
+        """The tenant has read the rejection: stop showing it (compare-and-swap, so a double
+        click records one dismissal). True if this call dismissed it."""
+        changed = VirtualServer.objects.filter(pk=self.pk, state=State.REJECTED, dismissed=False).update(
+            dismissed=True, updated=timezone.now()
+        )
+        if changed:
+            self.dismissed = True
+        return changed == 1
 
     def fail(self, reason: str) -> None:
         """Any non-terminal state can end in error; retry or delete start from there."""

@@ -11,13 +11,15 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, Max
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import get_template
 from django.urls import reverse
 from django.utils.cache import get_conditional_response, patch_cache_control
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.models import AuditEntry
 
 from ... import actions
 from ...formatting import number
@@ -152,6 +154,12 @@ def server_list(request: HttpRequest) -> HttpResponse:
     context = {
         "page": page,
         "servers": rows,
+        # The tenant's rejected requests, with the operator's reason, until dismissed.
+        "rejected": (
+            VirtualServer.objects.filter(tenant=tenant).rejected_undismissed().order_by("-updated")
+            if tenant else []
+        ),
+        "can_act": member is not None and member.can_act,
         "tenant": tenant,
         "quota_meters": quota_meters(tenant) if tenant else None,
         "can_request": member is not None and member.can_act,
@@ -184,6 +192,23 @@ def server_list_rows(request: HttpRequest) -> HttpResponse:
     response["ETag"] = etag
     patch_cache_control(response, private=True, no_cache=True)
     return response
+
+
+@login_required
+@require_POST
+def dismiss_rejected(request: HttpRequest, uuid) -> HttpResponse:
+    """The tenant has read why a request was rejected: hide it from the list (audited). Only
+    the tenant's own members find it (another tenant, and an operator, get 404); read-only
+    members get 403."""
+    member = membership(request.user)
+    if member is None:
+        raise Http404("no such request")
+    server = get_object_or_404(VirtualServer.objects.filter(tenant=member.tenant).rejected_undismissed(), uuid=uuid)
+    if not member.can_act:
+        raise PermissionDenied("your role in this tenant is read-only")
+    if server.dismiss():
+        AuditEntry.record(request, "server.dismiss", server)
+    return redirect("server_list")
 
 
 @login_required
