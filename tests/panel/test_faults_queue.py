@@ -109,7 +109,10 @@ def test_redis_down_while_tenants_click_pages_load_and_nothing_is_lost_or_run_tw
         assert operation.status == OperationStatus.SUCCEEDED, operation.error + operation.output
         assert operation.error == ""
     # Run once each: by its own job, or (the account) by the job of the restart before it on
-    # the same server, whose worker went on with it; its own job then found it done.
+    # the same server, whose worker went on with it; its own job then found it done. That job
+    # may still be on its way when the rows say finished: wait for every job's result.
+    wait_until(lambda: all(job_results(queue, o.job_id) for o in asked),
+               lambda: f"every job to have run:\n{worker.log_tail()}")
     assert [job_results(queue, o.job_id) for o in asked] == [["succeeded"], ["succeeded"], ["skipped"]]
     web.refresh_from_db()
     db.refresh_from_db()
