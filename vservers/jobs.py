@@ -143,6 +143,12 @@ def plan_limits(plan: Plan) -> Limits:
         memory_bytes=plan.memory_mb * 2**20,
         pids=plan.pids,
         disk_bytes=plan.disk_mb * 2**20,
+        io_weight=plan.io_weight,
+        io_read_bps=None if plan.io_read_mbps is None else plan.io_read_mbps * 10**6,
+        io_write_bps=None if plan.io_write_mbps is None else plan.io_write_mbps * 10**6,
+        io_read_iops=plan.io_read_iops,
+        io_write_iops=plan.io_write_iops,
+        network_admin=plan.network_admin,
     )
 
 

@@ -25,6 +25,18 @@ class Limits:
     memory_bytes: int | None = None
     pids: int | None = None
     disk_bytes: int = 256 * 1024 * 1024
+    # Disk I/O on the server's own disk (its loop device): a relative weight against the other
+    # servers, and ceilings in bytes and operations per second.
+    io_weight: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    io_read_iops: int | None = None
+    io_write_iops: int | None = None
+    # Root inside may change its own network (addresses, routes, neighbours, firewall): it keeps
+    # CAP_NET_ADMIN over its network namespace. Off by default, as in OpenVZ: the engine sets
+    # the addresses from outside, and what CAP_NET_ADMIN reaches costs host kernel memory that
+    # no cgroup is charged for (see docs/security.md). Takes effect at the next start.
+    network_admin: bool = False
 
     def validated(self) -> Limits:
         """These limits with every value checked by the validators the CLI uses (InvalidInput
@@ -37,6 +49,12 @@ class Limits:
             else validate.size(self.memory_bytes, minimum=MIN_MEMORY_BYTES),
             pids=None if self.pids is None else validate.pids(self.pids),
             disk_bytes=validate.size(self.disk_bytes, minimum=MIN_DISK_BYTES, maximum=MAX_DISK_BYTES),
+            io_weight=self.io_weight,
+            io_read_bps=self.io_read_bps,
+            io_write_bps=self.io_write_bps,
+            io_read_iops=self.io_read_iops,
+            io_write_iops=self.io_write_iops,
+            network_admin=bool(self.network_admin),
         )
 
 

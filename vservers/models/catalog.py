@@ -14,6 +14,16 @@ class Plan(models.Model):
     memory_mb = models.PositiveIntegerField()
     disk_mb = models.PositiveIntegerField()
     pids = models.PositiveIntegerField(default=256)
+    io_weight = models.PositiveIntegerField(
+        default=100, help_text="share of disk time against other servers, 1-10000 (100 is even)")
+    io_read_mbps = models.PositiveIntegerField(null=True, blank=True, help_text="MB/s read; empty: no limit")
+    io_write_mbps = models.PositiveIntegerField(null=True, blank=True, help_text="MB/s written; empty: no limit")
+    io_read_iops = models.PositiveIntegerField(null=True, blank=True, help_text="reads per second; empty: no limit")
+    io_write_iops = models.PositiveIntegerField(null=True, blank=True, help_text="writes per second; empty: no limit")
+    network_admin = models.BooleanField(
+        default=False,
+        help_text="root inside may change its own addresses, routes and firewall (CAP_NET_ADMIN); "
+        "off keeps the network as the panel set it. Applies at the next start.")
     is_active = models.BooleanField(default=True)
     description = models.CharField(max_length=200, blank=True)
 
