@@ -237,6 +237,10 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
         0,
         f"lowerdir={plan.lower_dir},upperdir={plan.disk_dir}/upper,workdir={plan.disk_dir}/work",
     )
+    # The VPS's share of pending signals and message queue bytes per process, as hard limits
+    # set while we are still host root: init and all it starts inherit them and cannot raise
+    # them (the VPS's total is capped by its user namespaces, see userns.py).
+    userns.set_rlimits()
     syscalls.setns(userns_fd, CLONE_NEWUSER)
     os.close(userns_fd)
     os.setresgid(0, 0, 0)

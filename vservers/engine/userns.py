@@ -1,17 +1,80 @@
-"""User namespaces: root inside a VPS is an unprivileged range of host ids.
+"""User namespaces: root inside a VPS is an unprivileged range of host ids, and the VPS has its
+own share of the kernel's per-user limits.
 
 Each VPS owns ID_RANGE_SIZE consecutive host uids and gids starting at its uid_base; the
 ranges of one installation never overlap (allocated under the root's lock).
+
+Per-user limits ("ucounts", kernel/ucount.c) are counted per (user namespace, uid) and each
+count is checked at every level up to the host: an object made by uid U in namespace N counts
+at (N, U) against N's `user.max_*`, then at (N's parent, N's owner) against the parent's max,
+and so on. Which host uid a guest's objects land on is therefore the uid that *created* the
+namespace. Two namespaces per VPS make that the VPS's own, with limits the guest cannot lift:
+
+    host (init)  ── (host, uid_base) against the host's per-user max
+      └─ outer   made by host uid uid_base; its user.max_* are the VPS's totals (GuestLimits),
+         │       written by the engine from inside it; no guest process is ever in it
+         └─ guest made by the outer namespace's root (= uid_base); what the VPS runs in
+
+Every object of the guest counts at (outer, uid_base) against the outer namespace's max: one
+counter per VPS. The guest's root holds CAP_SYS_RESOURCE in the guest namespace only, so it can
+tune its own per-user `user.max_*` (like any admin) but never the outer ones, and it cannot
+enter the outer namespace (that needs CAP_SYS_ADMIN there). RLIMIT_MSGQUEUE and
+RLIMIT_SIGPENDING are counted the same way; their cap one level up is the creator's rlimit at
+the namespace's creation, so the creators run with the VPS's totals as their rlimits.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 
 from .errors import EngineError
 from .spec import ID_RANGE_SIZE
-from .syscalls import CLONE_NEWUSER, unshare
+from .syscalls import CLONE_NEWUSER, PR_SET_DUMPABLE, prctl, unshare
+
+NAMESPACE_KINDS = ("user", "pid", "uts", "ipc", "net", "mnt", "cgroup", "time")
+
+
+@dataclass(frozen=True)
+class GuestLimits:
+    """What one VPS may hold in all of its processes together of the kernel's per-user objects.
+
+    Measured on a Debian bookworm VPS with sysvinit, sshd, cron, rsyslog and Apache (see
+    docs/security.md): no namespace, no inotify or fanotify instance, no message queue and no
+    queued signal at rest; the values leave room for a few editors, `tail -f`, a file
+    synchroniser and a handful of nested containers or `ip netns`, and stay small next to the
+    host's own per-user defaults so that 1,000 VPSs cannot exhaust the host together.
+    """
+
+    # Made by the guest, besides the VPS's own one of each kind (the engine's).
+    namespaces: int = 64
+    inotify_instances: int = 128  # the kernel's default per user
+    inotify_watches: int = 8192  # the kernel's minimum default per user; each pins an inode
+    fanotify_groups: int = 16
+    fanotify_marks: int = 8192
+    msgqueue_bytes: int = 819_200  # RLIMIT_MSGQUEUE's default per user (MQ_BYTES_MAX)
+    pending_signals: int = 4096
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or not 0 <= value < 2**31 - 1:
+                raise EngineError(f"guest limit {field.name} must be an integer from 0 to 2^31-2, not {value!r}")
+
+    def ucount_sysctls(self) -> dict[str, int]:
+        """The values of /proc/sys/user/* for the VPS's namespaces."""
+        values = {f"max_{kind}_namespaces": self.namespaces + 1 for kind in NAMESPACE_KINDS}
+        values.update(max_inotify_instances=self.inotify_instances, max_inotify_watches=self.inotify_watches,
+                      max_fanotify_groups=self.fanotify_groups, max_fanotify_marks=self.fanotify_marks)
+        return values
+
+    def rlimits(self) -> dict[int, int]:
+        return {resource.RLIMIT_MSGQUEUE: self.msgqueue_bytes, resource.RLIMIT_SIGPENDING: self.pending_signals}
+
+
+GUEST_LIMITS = GuestLimits()
 
 
 def allocate_base(first_base: int, taken: Iterable[int]) -> int:
@@ -29,43 +92,143 @@ def id_map(base: int) -> str:
     return f"0 {base} {ID_RANGE_SIZE}\n"
 
 
-def create(base: int) -> int:
-    """Make a user namespace mapping 0..65535 to BASE.. and return an fd for it.
+def set_rlimits(limits: GuestLimits = GUEST_LIMITS) -> None:
+    """Make LIMITS' rlimits this process's soft and hard limits. Raising a hard limit needs
+    CAP_SYS_RESOURCE in the host's namespace: called as host root, what the guest inherits it
+    can lower but never raise."""
+    for kind, value in limits.rlimits().items():
+        _set_rlimit(kind, value)
 
-    A short-lived child unshares the namespace; we write its maps as host root (so no
-    setgroups=deny is needed) and keep the namespace alive through the returned fd.
+
+def _set_rlimit(kind: int, value: int) -> None:
+    try:
+        resource.setrlimit(kind, (value, value))
+    except ValueError:  # above our hard limit, and no CAP_SYS_RESOURCE: the most we may give
+        hard = resource.getrlimit(kind)[1]
+        resource.setrlimit(kind, (hard, hard))
+
+
+def _write_ucount_sysctls(limits: GuestLimits) -> None:
+    # /proc/sys/user shows the caller's own user namespace's table, writable with
+    # CAP_SYS_RESOURCE there (which the namespace's creator has).
+    for name, value in limits.ucount_sysctls().items():
+        path = f"/proc/sys/user/{name}"
+        if os.path.exists(path):  # max_fanotify_* and max_time_* are newer than some kernels
+            with open(path, "w") as fh:
+                fh.write(str(value))
+
+
+def _write_maps(pid: int, text: str) -> None:
+    for kind in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{kind}", "w") as fh:
+            fh.write(text)
+
+
+def _expect(fd: int, what: bytes) -> None:
+    got = os.read(fd, 64)
+    if got != what:
+        raise EngineError(got[1:].decode(errors="replace") if got.startswith(b"e") else "helper gave up")
+
+
+def _outer_child(base: int, limits: GuestLimits, to_engine: int, from_engine: int) -> None:
+    """Host root until it becomes BASE and makes the outer namespace; there it sets the VPS's
+    totals, has its own child make the guest namespace, and maps that child's ids."""
+    _set_rlimit(resource.RLIMIT_NPROC, resource.RLIM_INFINITY)  # see create()
+    set_rlimits(limits)
+    os.setgroups([])
+    os.setresgid(base, base, base)
+    os.setresuid(base, base, base)
+    # Changing uid made us undumpable: /proc/<us and our child>/*_map would then belong to host
+    # root, and we could not write our child's maps. Nothing else of this host uid runs.
+    prctl(PR_SET_DUMPABLE, 1)
+    unshare(CLONE_NEWUSER)
+    os.write(to_engine, b"o")
+    _expect(from_engine, b"m")  # the engine has mapped us: we are root of the outer namespace
+    _write_ucount_sysctls(limits)
+    up_r, up_w = os.pipe2(os.O_CLOEXEC)
+    down_r, down_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(to_engine)
+            os.close(up_r)
+            os.close(down_w)
+            unshare(CLONE_NEWUSER)
+            os.write(up_w, b"u")
+            _expect(down_r, b"m")
+            _write_ucount_sysctls(limits)  # the guest's own per-user values start the same
+            os.write(up_w, b"s")
+            os.read(from_engine, 1)  # EOF once the engine holds the namespace
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported by the parent
+            try:
+                os.write(up_w, f"e{exc}".encode())
+            except OSError:
+                pass
+        os._exit(code)
+    os.close(up_w)
+    os.close(down_r)
+    try:
+        _expect(up_r, b"u")
+        _write_maps(pid, f"0 0 {ID_RANGE_SIZE}\n")  # the outer namespace's ids, one to one
+        os.write(down_w, b"m")
+        _expect(up_r, b"s")
+        os.write(to_engine, f"g{pid}".encode())
+        os.read(from_engine, 1)
+    finally:
+        os.close(down_w)
+        os.waitpid(pid, 0)
+
+
+def create(base: int, limits: GuestLimits = GUEST_LIMITS) -> int:
+    """Make a VPS's user namespace, mapping 0..65535 to BASE.., and return an fd for it.
+
+    Host uid BASE creates an outer namespace holding the VPS's totals (see the module's
+    docstring), and the guest namespace is made inside it; host root writes the outer maps
+    (no setgroups=deny needed), the outer root the guest's. The returned fd keeps the guest
+    namespace, and through it the outer one, alive. RLIMIT_NPROC is lifted for the creators (to
+    infinity, as for host root before, or else to the worker's hard limit): the VPS's pids
+    cgroup bounds its processes, not the worker's rlimit.
     """
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    done_r, done_w = os.pipe2(os.O_CLOEXEC)
+    up_r, up_w = os.pipe2(os.O_CLOEXEC)
+    down_r, down_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # child: only syscalls until _exit
-        code = 0
+        code = 1
         try:
-            os.close(ready_r)
-            os.close(done_w)
-            unshare(CLONE_NEWUSER)
-            os.write(ready_w, b"1")
-            os.read(done_r, 1)
-        except BaseException:
-            code = 1
+            os.close(up_r)
+            os.close(down_w)
+            _outer_child(base, limits, up_w, down_r)
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the engine
+            try:
+                os.write(up_w, f"e{exc}".encode())
+            except OSError:
+                pass
         os._exit(code)
-    os.close(ready_w)
-    os.close(done_r)
+    os.close(up_w)
+    os.close(down_r)
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise EngineError("could not create a user namespace (is user.max_user_namespaces 0?)")
-        for kind in ("uid_map", "gid_map"):
-            with open(f"/proc/{pid}/{kind}", "w") as fh:
-                fh.write(id_map(base))
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        first = os.read(up_r, 256)
+        if first != b"o":
+            detail = first[1:].decode(errors="replace") if first.startswith(b"e") else "no answer"
+            raise EngineError(f"could not create a user namespace ({detail}; is user.max_user_namespaces 0?)")
+        _write_maps(pid, id_map(base))
+        os.write(down_w, b"m")
+        answer = os.read(up_r, 256)
+        if not answer.startswith(b"g"):
+            detail = answer[1:].decode(errors="replace") if answer.startswith(b"e") else "no answer"
+            raise EngineError(f"could not create the guest's user namespace: {detail}")
+        return os.open(f"/proc/{int(answer[1:])}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        os.close(done_w)
-        os.close(ready_r)
+        os.close(down_w)
+        os.close(up_r)
         os.waitpid(pid, 0)
 
 
 def read_map(pid: int) -> list[tuple[int, int, int]]:
-    """The uid map of process PID as (inside, outside, count) triples."""
+    """The uid map of process PID as (inside, outside, count) triples, in host ids."""
     with open(f"/proc/{pid}/uid_map") as fh:
         rows = [line.split() for line in fh if line.strip()]
     return [(int(inside), int(outside), int(count)) for inside, outside, count in rows]
