@@ -332,3 +332,50 @@ def test_clock_calls_answer_what_the_docs_say(engine, make_server, probe, config
     finally:
         os.close(fd)
     assert unfiltered == {**inside, "settimeofday": "EPERM", "clock_settime": "EPERM"}
+
+
+# -- what a real server uses of them ---------------------------------------------------------
+
+
+def _held_by(pids: list[int]) -> dict[str, int]:
+    """Per-user objects the processes PIDS hold, read on the host."""
+    held = {"inotify": 0, "fanotify": 0, "pending_signals": 0}
+    namespaces: dict[str, set[int]] = {kind: set() for kind in userns.NAMESPACE_KINDS}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                held["inotify"] += target == "anon_inode:inotify"
+                held["fanotify"] += target == "anon_inode:[fanotify]"
+            for kind in namespaces:
+                namespaces[kind].add(os.stat(f"/proc/{pid}/ns/{kind}").st_ino)
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue  # it ended meanwhile
+        queued = next(line for line in status.splitlines() if line.startswith("SigQ:")).split()[1]
+        held["pending_signals"] = max(held["pending_signals"], int(queued.split("/")[0]))
+    # The VPS's own namespace of each kind is the engine's, not counted in GuestLimits.namespaces.
+    held["namespaces"] = max(len(found) - 1 for found in namespaces.values())
+    return held
+
+
+@pytest.mark.slow
+def test_a_debian_server_uses_a_small_part_of_its_share(engine, make_server, debian_template):
+    """sysvinit, runit and Apache at rest and under a few requests: what GuestLimits leaves room
+    for (printed with -s; the figures are in docs/security.md)."""
+    from tests.engine.helpers import http_get, wait_for_http
+
+    name = make_server("uc-debian", f"{LATECOMER_IP}/18", template="debian",
+                       memory_bytes=256 * 2**20, pids=256, disk_bytes=512 * 2**20)
+    wait_for_http(LATECOMER_IP, timeout=60)
+    for _ in range(20):
+        assert http_get(LATECOMER_IP)[0] == 200
+    pids = sorted({int(pid) for path in engine.cgroup_procs(name) for pid in path.read_text().split()})
+    held = _held_by(pids)
+    queues = engine.run(name, ["/bin/sh", "-c", "ls -A /dev/mqueue | wc -l"]).stdout.strip()
+    print(f"\ndebian server, {len(pids)} processes: {held}, message queues {queues}")
+    assert held["namespaces"] <= LIMITS.namespaces // 4
+    assert held["inotify"] <= LIMITS.inotify_instances // 4
+    assert held["fanotify"] <= LIMITS.fanotify_groups // 4
+    assert held["pending_signals"] <= LIMITS.pending_signals // 4
+    assert queues == "0"
