@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from .forms import AdminLoginForm, ThrottledPasswordChangeForm
 from .models import AuditEntry, LoginFailure, Membership, Tenant
@@ -66,9 +68,34 @@ def password_change(self, request, extra_context=None):
     return PasswordChangeView.as_view(**defaults)(request)
 
 
+_has_permission = admin.site.has_permission
+
+
+def has_permission(self, request) -> bool:
+    """AdminSite.has_permission, and the same second factor as the panel's pages: a staff user
+    who has two-factor sign-in, or must have it (accounts.two_factor.is_required), needs a
+    verified session (django-otp's OTPAdminSite asks the same of everybody). The middleware
+    (accounts.middleware.SecondFactorMiddleware) already holds such sessions back; this is the
+    admin's own check, as OTPAdminSite's."""
+    from . import two_factor
+
+    if not _has_permission(request):
+        return False
+    user = request.user
+    return two_factor.is_verified(request) or not (two_factor.is_required(user) or two_factor.is_enabled(user))
+
+
 # The admin's URLs take the methods from the site when they are made (panel/urls.py).
 admin.site.password_change = password_change.__get__(admin.site)  # type: ignore[method-assign]
 admin.site.login = login.__get__(admin.site)  # type: ignore[method-assign]
+admin.site.has_permission = has_permission.__get__(admin.site)  # type: ignore[method-assign]
+
+# Authenticators and recovery codes change only through the panel's pages and the operator's
+# reset, which audit every change (accounts.two_factor); django-otp's admin pages would show
+# the TOTP secrets and add devices past the audit log.
+for _model in (TOTPDevice, StaticDevice):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
 
 
 class MembershipInline(admin.TabularInline):

@@ -12,7 +12,7 @@ from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
 
-from . import throttle
+from . import throttle, two_factor
 from .models import AuditEntry
 
 THROTTLED = (
@@ -88,3 +88,83 @@ class ThrottledPasswordChangeForm(PasswordChangeForm):
             AuditEntry.record(self.request, "auth.password_change_failed", self.user, username=username)
             throttle.record_failure(self.request, username)
             raise
+
+
+# -- two-factor sign-in (accounts.two_factor) ----------------------------------------------------
+
+WRONG_CODE = "That code is not right. Codes change every 30 seconds; a recovery code works once."
+
+
+def _code_field(help_text: str = "") -> forms.CharField:
+    return forms.CharField(
+        label="Code",
+        max_length=32,
+        help_text=help_text,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "autocapitalize": "none", "spellcheck": "false"}
+        ),
+    )
+
+
+class LoginCodeForm(forms.Form):
+    """The second step of signing in (accounts.views.LoginCodeView) for USER, who gave the
+    password: a code from the authenticator app or a recovery code. Asked of the login
+    throttle first, as the password is; a wrong code counts as a failed sign-in."""
+
+    code = _code_field("The 6 digits your authenticator app shows, or one of your recovery codes.")
+
+    def __init__(self, *args, request, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request, self.user, self.device = request, user, None
+
+    def clean(self):
+        code = self.cleaned_data.get("code")
+        if code is None:
+            return self.cleaned_data
+        username = self.user.get_username()
+        refuse_if_throttled(self.request, username, "auth.otp_throttled")
+        self.device = two_factor.verify(self.request, self.user, code)
+        if self.device is None:
+            AuditEntry.record(self.request, "auth.otp_failed", self.user, username=username, actor=self.user)
+            throttle.record_failure(self.request, username)
+            raise forms.ValidationError(WRONG_CODE, code="wrong_code")
+        return self.cleaned_data
+
+
+class ConfirmCodeForm(forms.Form):
+    """The first code from the app, which turns the authenticator on."""
+
+    code = _code_field("The 6 digits your authenticator app shows for this panel now.")
+
+
+class ConfirmIdentityForm(forms.Form):
+    """Turning two-factor sign-in off or making new recovery codes: the password or a current
+    code, so a session left open is not enough. Throttled and counted as sign-ins are."""
+
+    password = forms.CharField(
+        label="Your password", required=False, strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+    code = forms.CharField(
+        label="or a code", required=False, max_length=32,
+        help_text="From your authenticator app, or a recovery code (which is then spent).",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "autocapitalize": "none"}),
+    )
+
+    def __init__(self, *args, request, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request, self.user = request, user
+
+    def clean(self):
+        password, code = self.cleaned_data.get("password"), (self.cleaned_data.get("code") or "").strip()
+        if not password and not code:
+            raise forms.ValidationError("Give your password or a code.", code="required")
+        username = self.user.get_username()
+        refuse_if_throttled(self.request, username, "auth.2fa_check_throttled")
+        if (code and two_factor.verify(self.request, self.user, code) is not None) or (
+            password and self.user.check_password(password)
+        ):
+            return self.cleaned_data
+        AuditEntry.record(self.request, "auth.2fa_check_failed", self.user, username=username)
+        throttle.record_failure(self.request, username)
+        raise forms.ValidationError("That password or code is not right.", code="wrong")

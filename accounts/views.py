@@ -4,21 +4,41 @@ A throttled sign-in answers 429 Too Many Requests with Retry-After, and the logi
 the reason, so a script sees the limit and a person reads it. A successful sign-in marks the
 browser as a known device of the user (accounts.devices). The admin's login page is this
 view too (accounts.admin).
+
+A user with two-factor sign-in (accounts.two_factor) is not signed in by the password: the
+anonymous session remembers who gave it (PENDING_KEY, for PENDING_AGE seconds) and the code
+page (LoginCodeView) signs in. Nothing of a sign-in happens before the code: no session of
+the user, no known-device cookie, no clearing of the throttle's count for the name (a thief
+of the password could otherwise wipe the count of his wrong codes by typing it again).
 """
 
 from __future__ import annotations
 
+import time
+
+import django_otp
+from django.contrib import auth
 from django.contrib.auth import views as auth_views
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.http import HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.generic import FormView
 
-from . import throttle
+from . import throttle, two_factor
 from .devices import remember
-from .forms import LoginForm, ThrottledPasswordChangeForm
+from .forms import LoginCodeForm, LoginForm, ThrottledPasswordChangeForm
 from .models import AuditEntry
 
+PENDING_KEY = "_panel_2fa_pending"
+PENDING_AGE = 10 * 60
 
-def _mark_throttled(form, response):
+
+def mark_throttled(form, response):
     errors = form.errors.as_data()
     for error in errors.get(NON_FIELD_ERRORS, []) + errors.get("old_password", []):
         if error.code == "throttled":
@@ -33,12 +53,66 @@ class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def form_valid(self, form):
+        user = form.get_user()
+        if two_factor.is_enabled(user):
+            self.request.session[PENDING_KEY] = {
+                "user": user.pk,
+                "backend": user.backend,
+                "next": self.get_success_url(),
+                "at": int(time.time()),
+            }
+            return HttpResponseRedirect(reverse("login_code"))
         response = super().form_valid(form)
-        remember(self.request, response, form.get_user())
+        remember(self.request, response, user)
         return response
 
     def form_invalid(self, form):
-        return _mark_throttled(form, super().form_invalid(form))
+        return mark_throttled(form, super().form_invalid(form))
+
+
+def pending_user(request):
+    """The user who gave the password in this (anonymous) session and owes a code, or None
+    (none, too long ago, or the account is gone or disabled since)."""
+    pending = request.session.get(PENDING_KEY)
+    if not isinstance(pending, dict) or time.time() - pending.get("at", 0) > PENDING_AGE:
+        return None
+    user = auth.get_user_model()._default_manager.filter(pk=pending.get("user"), is_active=True).first()
+    if user is None or not two_factor.is_enabled(user):
+        return None
+    user.backend = pending["backend"]
+    return user
+
+
+@method_decorator([sensitive_post_parameters(), csrf_protect, never_cache], name="dispatch")
+class LoginCodeView(FormView):
+    """The second step: a code from the authenticator or a recovery code signs the pending
+    user in, with a verified session (django_otp.login). Wrong codes are throttled and counted
+    as failed sign-ins are (accounts.forms.LoginCodeForm); 429 with Retry-After while a sign-in
+    must wait."""
+
+    form_class = LoginCodeForm
+    template_name = "registration/login_code.html"
+
+    def dispatch(self, request, *args, **kwargs):
+        self.user = pending_user(request)
+        if self.user is None:
+            request.session.pop(PENDING_KEY, None)
+            return render(request, self.template_name, {"expired": True})
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request, "user": self.user}
+
+    def form_valid(self, form):
+        target = self.request.session.pop(PENDING_KEY)["next"]
+        auth.login(self.request, self.user, backend=self.user.backend)
+        django_otp.login(self.request, form.device)
+        response = HttpResponseRedirect(target)
+        remember(self.request, response, self.user)
+        return response
+
+    def form_invalid(self, form):
+        return mark_throttled(form, super().form_invalid(form))
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
@@ -48,7 +122,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         return {**super().get_form_kwargs(), "request": self.request}
 
     def form_invalid(self, form):
-        return _mark_throttled(form, super().form_invalid(form))
+        return mark_throttled(form, super().form_invalid(form))
 
 
 class PasswordResetView(auth_views.PasswordResetView):

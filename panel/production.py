@@ -46,6 +46,9 @@ if PANEL_LOCAL_HTTP:
             "unset DJANGO_LOCAL_HTTP to serve the panel to the network"
         )
 else:
+    # Served to the network: operators sign in with a second factor unless told otherwise.
+    PANEL_REQUIRE_2FA_OPERATORS = env.env_bool(ENV, "PANEL_REQUIRE_2FA_OPERATORS", default=True)
+
     if DEBUG:
         raise ImproperlyConfigured("DJANGO_DEBUG=1 shows settings and code to anyone: only with DJANGO_LOCAL_HTTP=1")
 

@@ -30,6 +30,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_rq",
+    # Two-factor sign-in (accounts.two_factor): TOTP devices and the recovery codes.
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "accounts",
     "vservers",
 ]
@@ -45,7 +49,12 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     # Django's, plus the session epoch check: signing out ends all of a user's sessions.
     "accounts.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): whether this session gave the second factor (django-otp).
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A session of a user with two-factor sign-in must have given the code; an operator who
+    # must use it and has not set it up reaches only the set-up page (accounts.middleware).
+    "accounts.middleware.SecondFactorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -143,6 +152,20 @@ PANEL_RESET_THROTTLE = {"per_email": 3, "per_address": 5, "window": 60 * 60}
 # Reverse proxies whose X-Forwarded-For is believed (accounts.addresses): addresses or networks,
 # comma-separated. Empty: the client is REMOTE_ADDR, and X-Forwarded-For is never read.
 PANEL_TRUSTED_PROXIES = env.env_networks(ENV, "PANEL_TRUSTED_PROXIES")
+
+# Two-factor sign-in (accounts.two_factor). Operators (staff users) must set it up before they
+# can do anything when this is on; tenants may. Off here (the tests, a host's own `manage.py`
+# shell); panel.production turns it on unless the panel is served to this host only
+# (DJANGO_LOCAL_HTTP=1, what `make run` does until a host name is set). The variable wins.
+PANEL_REQUIRE_2FA_OPERATORS = env.env_bool(ENV, "PANEL_REQUIRE_2FA_OPERATORS", default=False)
+# The name authenticator apps show beside the user name.
+OTP_TOTP_ISSUER = "vservers panel"
+# django-otp's own throttle per device is off: its delays grow without a cap and are shared by
+# whoever types codes for the user, so a thief of the password could lock the owner out of
+# the second factor. Wrong codes count in the login throttle instead (PANEL_LOGIN_THROTTLE:
+# per known device, per name and address, capped).
+OTP_TOTP_THROTTLE_FACTOR = 0
+OTP_STATIC_THROTTLE_FACTOR = 0
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

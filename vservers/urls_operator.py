@@ -21,6 +21,11 @@ urlpatterns = [
     path("tenants/", views.tenants, name="op_tenants"),
     path("tenants/<uuid:uuid>/", views.tenant_detail, name="op_tenant_detail"),
     path("tenants/<uuid:uuid>/members/new/", views.member_add, name="op_member_add"),
+    path(
+        "tenants/<uuid:uuid>/members/<int:user_id>/two-factor-reset/",
+        views.member_two_factor_reset,
+        name="op_member_2fa_reset",
+    ),
     path("plans/", views.plans, name="op_plans"),
     path("plans/<uuid:uuid>/", views.plan_edit, name="op_plan_edit"),
     path("templates/", views.templates, name="op_templates"),

@@ -363,3 +363,33 @@ def wait_for_http(address: str, timeout: float = 15.0) -> None:
 @pytest.fixture
 def http():
     return SimpleNamespace(get=http_get, wait=wait_for_http)
+
+
+# --- a real browser ----------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium driven by Playwright (no browser is downloaded)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make install)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    # Django refuses ORM calls from a thread that runs an event loop; Playwright's sync API runs one.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

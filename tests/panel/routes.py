@@ -94,9 +94,21 @@ PUBLIC = {
     "password_reset_confirm",
     "password_reset_complete",
     "admin:login",
+    # The code step of a sign-in: without a password given in this session, a page that says so.
+    "login_code",
 }
 # Views for any signed-in user, outside the tenant's and the operator's areas.
-SIGNED_IN = {"home", "logout", "password_change", "password_change_done"}
+SIGNED_IN = {
+    "home",
+    "logout",
+    "password_change",
+    "password_change_done",
+    "two_factor",
+    "two_factor_start",
+    "two_factor_confirm",
+    "two_factor_recovery_codes",
+    "two_factor_disable",
+}
 
 
 # -- objects behind the placeholders --------------------------------------------------------
@@ -156,6 +168,7 @@ def candidates(route: Route, w) -> dict[str, list]:
         "name": [GUEST_NAME, w.busybox.name],
         "object_id": [first if first is not None else 1],
         "id": [w.bob.pk],
+        "user_id": [w.bob.pk],
         "content_type_id": [ContentType.objects.get_for_model(type(w.running)).pk],
         "uidb64": ["Mg"],
         "token": ["set-password"],

@@ -61,6 +61,7 @@ OPERATOR_URL_NAMES = {
     "op_tenants",
     "op_tenant_detail",
     "op_member_add",
+    "op_member_2fa_reset",
     "op_plans",
     "op_plan_edit",
     "op_templates",

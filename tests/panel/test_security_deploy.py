@@ -80,6 +80,19 @@ def test_production_settings(name, expected):
     assert result.stdout.strip() == expected
 
 
+def test_operators_need_two_factor_sign_in_in_production_unless_told_otherwise():
+    def required(**variables: str) -> str:
+        return setting("PANEL_REQUIRE_2FA_OPERATORS", **variables).stdout.strip()
+
+    assert required(**PRODUCTION) == "True"
+    assert required(**PRODUCTION, PANEL_REQUIRE_2FA_OPERATORS="0") == "False"
+    # `make run` before a host name is set: this host only, the demo's operator signs in as before.
+    assert required(DJANGO_LOCAL_HTTP="1") == "False"
+    assert required(DJANGO_LOCAL_HTTP="1", PANEL_REQUIRE_2FA_OPERATORS="1") == "True"
+    refused = setting("PANEL_REQUIRE_2FA_OPERATORS", **PRODUCTION, PANEL_REQUIRE_2FA_OPERATORS="yes")
+    assert refused.returncode != 0 and "PANEL_REQUIRE_2FA_OPERATORS" in refused.stderr
+
+
 def test_local_http_is_for_this_host_only():
     result = setting("SESSION_COOKIE_SECURE", DJANGO_LOCAL_HTTP="1")
     assert result.returncode == 0, result.stderr

@@ -19,14 +19,16 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts.models import AuditEntry, Tenant
+from accounts import two_factor
+from accounts.models import AuditEntry, Membership, Tenant
 
 from .. import actions
 from ..actions import ActionRefused
@@ -394,7 +396,9 @@ def tenant_detail(request: HttpRequest, uuid) -> HttpResponse:
         "section": "tenants",
         "tenant": tenant,
         "form": form,
-        "members": tenant.memberships.select_related("user").order_by("user__username"),
+        "members": tenant.memberships.select_related("user").order_by("user__username").annotate(
+            two_factor=Exists(TOTPDevice.objects.filter(user_id=OuterRef("user_id"), confirmed=True))
+        ),
         "servers": servers,
         "usage": {"servers": used["servers"], "cpus": used["cpus"], "memory": used["memory_mb"],
                   "disk": used["disk_mb"]},
@@ -418,6 +422,22 @@ def member_add(request: HttpRequest, uuid) -> HttpResponse:
             "section": "tenants", "tenant": tenant, "membership": membership, "password": generated,
         })
     return render(request, "vservers/operator/member_form.html", {"section": "tenants", "tenant": tenant, "form": form})
+
+
+@operator_required
+@require_POST
+def member_two_factor_reset(request: HttpRequest, uuid, user_id: int) -> HttpResponse:
+    """A member lost the phone: their authenticator and recovery codes go, their sessions
+    end, and they sign in with the password alone until they set it up again. Audited
+    (accounts.two_factor.reset). Members of tenants only: operators' own second factor is
+    not for another operator to remove."""
+    membership = get_object_or_404(Membership.objects.select_related("user", "tenant"), tenant__uuid=uuid,
+                                   user_id=user_id)
+    if two_factor.reset(request, membership.user):
+        messages.success(request, f"Two-factor sign-in of {membership.user} is reset; their sessions are ended.")
+    else:
+        messages.info(request, f"{membership.user} had no two-factor sign-in.")
+    return redirect("op_tenant_detail", uuid=membership.tenant.uuid)
 
 
 # -- plans and templates -------------------------------------------------------------------
