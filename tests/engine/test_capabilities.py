@@ -13,7 +13,7 @@ from vservers.engine import capabilities
 
 HEADER = Path("/usr/include/linux/capability.h")
 # What a VPS's root needs and must keep (see the module's docstring).
-KEPT = ("CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_SETUID",
+KEPT = ("CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_SETUID",
         "CAP_SETGID", "CAP_SETPCAP", "CAP_SETFCAP", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
         "CAP_KILL", "CAP_SYS_CHROOT", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE", "CAP_MKNOD")
 
@@ -33,7 +33,7 @@ def test_names_and_numbers_match_the_kernel_headers():
         assert numbers[name] not in capabilities.DROPPED, f"{name} must stay: a VPS's root needs it"
 
 
-def _status_after_drop_and_exec() -> dict[str, str]:
+def _status_after_drop_and_exec(*keep: int) -> dict[str, str]:
     """Drop in a child inside a new user namespace, exec cat of its own status; its fields."""
     from vservers.engine.syscalls import CLONE_NEWUSER, unshare
 
@@ -45,7 +45,7 @@ def _status_after_drop_and_exec() -> dict[str, str]:
             os.close(read_end)
             unshare(CLONE_NEWUSER)
             Path("/proc/self/uid_map").write_text(f"0 {host_uid} 1\n")  # root in there, as in a VPS
-            capabilities.drop()
+            capabilities.drop(*keep)
             os.dup2(write_end, 1)
             os.execv("/bin/cat", ["cat", "/proc/self/status"])
         finally:
@@ -57,10 +57,29 @@ def _status_after_drop_and_exec() -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
+def test_network_admin_is_kept_only_when_asked_for():
+    numbers = header_numbers()
+    assert numbers["CAP_NET_ADMIN"] == capabilities.CAP_NET_ADMIN
+    net_admin = 1 << capabilities.CAP_NET_ADMIN
+    assert not capabilities.guest_bounding_set() & net_admin
+    assert capabilities.guest_bounding_set(network_admin=True) & net_admin
+    assert capabilities.guest_bounding_set(True) & ~net_admin == capabilities.guest_bounding_set()
+    status = _status_after_drop_and_exec(capabilities.guest_bounding_set(network_admin=True))
+    assert int(status["CapBnd"], 16) == capabilities.guest_bounding_set(network_admin=True)
+
+
+def test_drop_keeps_no_more_than_it_is_given_and_never_a_dropped_one():
+    # What exec does: the bounding set of the server's init, here one that lacks CAP_SYS_ADMIN and
+    # (as no init can have) claims CAP_SYS_MODULE.
+    keep = capabilities.guest_bounding_set() & ~(1 << 21) | (1 << 16)
+    status = _status_after_drop_and_exec(keep)
+    assert int(status["CapBnd"], 16) == capabilities.guest_bounding_set() & ~(1 << 21)
+
+
 def test_dropped_capabilities_are_gone_after_exec_and_the_rest_stay():
     status = _status_after_drop_and_exec()
     all_caps = (1 << (capabilities.last_cap() + 1)) - 1
-    mask = sum(1 << number for number in capabilities.DROPPED)
+    mask = sum(1 << number for number in capabilities.DROPPED) | 1 << capabilities.CAP_NET_ADMIN
     assert int(status["CapBnd"], 16) == all_caps & ~mask
     # Root of the new user namespace execs with its full (bounded) set.
     assert int(status["CapEff"], 16) == all_caps & ~mask

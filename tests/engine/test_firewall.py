@@ -201,8 +201,12 @@ def trio(engine, config, tmp_path_factory):
     tool = tmp_path_factory.mktemp("frame_tool") / "frame_tool"
     subprocess.run(["gcc", "-static", "-O2", "-o", str(tool), str(Path(__file__).with_name("frame_tool.c"))],
                    check=True)
+    from vservers.engine import Limits
+
     for name in NAMES:
-        engine.create(name, "busybox", [f"{IP4[name]}/18", f"{IP6[name]}/64"])
+        # With "network admin inside": the firewall must hold against a guest that may change
+        # its own addresses, links and neighbours (without it these attacks cannot even start).
+        engine.create(name, "busybox", [f"{IP4[name]}/18", f"{IP6[name]}/64"], Limits(network_admin=True))
     try:
         for name in NAMES:
             engine.start(name)

@@ -10,7 +10,7 @@ defence in depth against a kernel bug that checks one against the wrong namespac
 Reference: LXC's `lxc.cap.drop = mac_admin mac_override sys_time sys_module sys_rawio`
 (common.conf), plus what the OCI/Docker default set leaves out and is host-wide. Kept on purpose,
 unlike Docker's default set, because a VPS is a whole system with its own administrator:
-CAP_SYS_ADMIN (mounts inside), CAP_NET_ADMIN (own network, firewall), CAP_SYS_PTRACE (strace,
+CAP_SYS_ADMIN (mounts inside), CAP_SYS_PTRACE (strace,
 gdb), CAP_SYS_BOOT (see below), CAP_SYS_NICE, CAP_SYS_RESOURCE, CAP_AUDIT_WRITE (login and
 sshd send audit records; the kernel refuses them from a user namespace, which they tolerate),
 CAP_MKNOD (the kernel refuses device nodes in a user namespace anyway; FIFOs need no cap),
@@ -20,6 +20,13 @@ CAP_SYS_BOOT stays: reboot(2) from a PID namespace other than the host's ends th
 instead of the machine, and it needs CAP_SYS_BOOT in the namespace's owner. That is how the
 templates' init finishes a shutdown (busybox init after SIGUSR2 from `vserver stop`, sysvinit's
 `halt -f -p` in Debian), and how a guest `reboot` restarts the VPS.
+
+CAP_NET_ADMIN goes too unless the server's plan has "network admin inside" (``network_admin``),
+as OpenVZ does by default: the engine sets the guest's addresses and routes from outside, and
+what CAP_NET_ADMIN over its own network namespace reaches is charged to no cgroup (permanent
+neighbour entries: ~150 MB of host slab per 300,000, exempt from the table's limit; see
+docs/security.md, "Network defences"). Without it the guest cannot change its addresses, routes,
+neighbours, links, traffic control or firewall, nor write /proc/sys/net.
 
 Setuid programs still work inside (no no_new_privs): exec gives root's programs the bounding set
 at most, so `su` and `passwd` get what they need and never a dropped capability.
@@ -53,6 +60,7 @@ DROPPED: dict[int, tuple[str, str]] = {
     39: ("CAP_BPF", "load BPF programs and maps: host-wide kernel objects"),
 }
 NAMES = {name: number for number, (name, _) in DROPPED.items()}
+CAP_NET_ADMIN = 12
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -87,14 +95,35 @@ def last_cap() -> int:
         return int(fh.read())
 
 
-def drop() -> None:
-    """Drop DROPPED from this process's bounding set, and from its inheritable and ambient sets,
-    through which a capability could otherwise survive execve. Needs CAP_SETPCAP in the current
-    user namespace (the guest's root has it); takes effect for whatever this process execs."""
-    for number in DROPPED:
+# Read once, on the host, when the engine imports this module: drop() runs where /proc is the
+# guest's own mount, whose files its root could replace.
+_ALL_CAPS = (1 << (last_cap() + 1)) - 1
+
+
+def guest_bounding_set(network_admin: bool = False) -> int:
+    """The bounding set of every process of a VPS: all capabilities but DROPPED, and but
+    CAP_NET_ADMIN unless NETWORK_ADMIN."""
+    keep = _ALL_CAPS & ~_DROP_MASK
+    return keep if network_admin else keep & ~(1 << CAP_NET_ADMIN)
+
+
+def drop(keep: int | None = None) -> None:
+    """Leave in this process's bounding set only what is in KEEP (a mask; by default
+    guest_bounding_set(), the stricter one) and never DROPPED, and clear the rest from its
+    inheritable and ambient sets, through which a capability could otherwise survive execve.
+    Needs CAP_SETPCAP in the current user namespace (the guest's root has it); takes effect for
+    whatever this process execs. Programs run inside by exec pass the bounding set of the VPS's
+    init, so they get exactly what the init got."""
+    if keep is None:
+        keep = guest_bounding_set()
+    gone = ~keep | _DROP_MASK
+    for number in range(_ALL_CAPS.bit_length()):
+        if not gone >> number & 1:
+            continue
         # EINVAL: a capability this (older) kernel does not know, so nobody can have it.
         if _prctl(PR_CAPBSET_DROP, number, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
-            _fail(f"dropping {DROPPED[number][0]} from the bounding set")
+            name = DROPPED[number][0] if number in DROPPED else f"capability {number}"
+            _fail(f"dropping {name} from the bounding set")
     if _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         _fail("clearing the ambient capabilities")
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
@@ -102,8 +131,8 @@ def drop() -> None:
     if _capget(header, data) != 0:
         _fail("capget")
     inheritable = data[0].inheritable | (data[1].inheritable << 32)
-    if inheritable & _DROP_MASK:
-        inheritable &= ~_DROP_MASK
+    if inheritable & gone:
+        inheritable &= ~gone
         data[0].inheritable = inheritable & 0xFFFFFFFF
         data[1].inheritable = inheritable >> 32
         if _capset(header, data) != 0:

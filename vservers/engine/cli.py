@@ -83,6 +83,8 @@ def _limits_given(args) -> dict[str, Any]:
         given["pids"] = validate.pids(args.pids)
     if args.disk is not None:
         given["disk_bytes"] = validate.size(args.disk, minimum=MIN_DISK_BYTES, maximum=MAX_DISK_BYTES)
+    if args.network_admin is not None:
+        given["network_admin"] = args.network_admin
     return given
 
 
@@ -108,13 +110,15 @@ def cmd_update(args) -> int:
     name = validate.server_name(args.name)
     given = _limits_given(args)
     if not given:
-        raise InvalidInput("update needs at least one of --cpus, --memory, --pids, --disk")
+        raise InvalidInput("update needs at least one of --cpus, --memory, --pids, --disk, --[no-]network-admin")
     engine = _engine()
     # Omitted options keep their value: the engine takes the whole new set.
     status = engine.update(name, dataclasses.replace(engine.spec(name).limits, **given))
     lim = status.limits
     print(f"updated {name}: cpus={lim.cpus or '-'} memory={_mb(lim.memory_bytes)} pids={lim.pids or '-'} "
           f"disk={_mb(lim.disk_bytes)}")
+    if "network_admin" in given:
+        print(f"network admin inside: {'on' if lim.network_admin else 'off'} from the next start of {name}")
     if status.extra.get("disk_grow_pending"):
         print(f"the disk of {name} grows at its next start: this host does not let the engine resize "
               "a mounted filesystem (CAP_SYS_RESOURCE)")
@@ -308,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--memory", help="memory limit, e.g. 64M")
     create.add_argument("--disk", default="256M", help="disk size, e.g. 256M (default)")
     create.add_argument("--pids", help="process limit, e.g. 128")
+    create.add_argument("--network-admin", action=argparse.BooleanOptionalAction, default=None,
+                        help="root inside may change its own network (keeps CAP_NET_ADMIN); off by default")
     create.add_argument("--hostname")
     create.add_argument("--autostart", action="store_true")
     create.set_defaults(func=cmd_create)
@@ -330,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--memory", help="memory limit, e.g. 64M")
     update.add_argument("--pids", help="process limit, e.g. 128")
     update.add_argument("--disk", help="disk size, e.g. 512M (no smaller than now)")
+    update.add_argument("--network-admin", action=argparse.BooleanOptionalAction, default=None,
+                        help="root inside may change its own network (from the next start)")
     update.set_defaults(func=cmd_update)
 
     status = verbs.add_parser("status", help="state, limits, addresses and usage of a server")

@@ -9,7 +9,7 @@ is made non-dumpable before it enters, so the guest's root cannot open its /proc
 fds or cwd (the CVE-2019-5736 class); the helper itself stays in the host's PID namespace, and
 its child, visible in the guest until it execs, keeps only fds 0-2 and pipes of its own, with
 its cwd and root the guest's (the CVE-2024-21626 class). The program runs with the guest's init's
-bounding set and seccomp filter.
+bounding set (read from the host's /proc before entering) and seccomp filter.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def spawn(
     """
     if not argv:
         raise EngineError("no command given")
+    bounding = capabilities.bounding_set(init_pid)  # the program gets what the init got, no more
     ns_fds = [os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
     environment = {"PATH": GUEST_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "xterm"),
                    "LANG": "C.UTF-8", "container": "vserver"}
@@ -85,7 +86,7 @@ def spawn(
                 for fd in (go_w, *ns_fds, *procs_fds):
                     os.close(fd)
                 os.read(go_r, 1)  # wait until we are in the server's cgroups
-                _exec_child(argv, environment, error_w, pty_socket)
+                _exec_child(argv, environment, error_w, pty_socket, bounding)
             os.close(go_r)
             for fd in procs_fds:
                 os.write(fd, str(child).encode())  # opened as host root: the writer's open-time creds count
@@ -139,7 +140,7 @@ def _open_fds() -> list[int]:
     return [int(name) for name in os.listdir("/proc/self/fd")]
 
 
-def _exec_child(argv, environment, error_w: int, pty_socket: int | None) -> None:
+def _exec_child(argv, environment, error_w: int, pty_socket: int | None, bounding: int) -> None:
     """In the guest (its namespaces, root and cgroups): set up stdio and exec."""
     try:
         if pty_socket is not None:
@@ -148,7 +149,7 @@ def _exec_child(argv, environment, error_w: int, pty_socket: int | None) -> None
         os.closerange(error_w + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir("/")
         # The same confinement as the guest's init (see launch.py), last before exec.
-        capabilities.drop()
+        capabilities.drop(bounding)
         seccomp.install()
         os.execvpe(argv[0], list(argv), environment)
     except BaseException as exc:  # noqa: BLE001

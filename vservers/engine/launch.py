@@ -106,6 +106,7 @@ class LaunchPlan:
     rootfs_dir: Path  # mount point of the overlay
     init_argv: tuple[str, ...]
     join_cgroups: Callable[[], None]  # moves the calling (single-threaded) process in
+    network_admin: bool = False  # root inside keeps CAP_NET_ADMIN (see capabilities.py)
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,7 @@ def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:
     env = {"PATH": GUEST_PATH, "HOME": "/root", "TERM": "linux", "container": "vserver"}
     # Last before exec: the bounding set and the seccomp filter hold for init and everything it
     # starts (see capabilities.py, seccomp.py); guest.py does the same for exec'd programs.
-    capabilities.drop()
+    capabilities.drop(capabilities.guest_bounding_set(plan.network_admin))
     seccomp.install()
     os.execve(plan.init_argv[0], list(plan.init_argv), env)
 

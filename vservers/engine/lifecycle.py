@@ -288,6 +288,7 @@ class Engine:
             rootfs_dir=server_dir / "rootfs",
             init_argv=info.init,
             join_cgroups=lambda: self.cgroups.join_self(spec.name),
+            network_admin=spec.limits.network_admin,
         )
         try:
             launch(plan, wire, record)
