@@ -6,6 +6,8 @@ installation; the tables are made with the first start on it and removed with it
 
 ``bridge vservers-<bridge>``, on frames from and to the ports whose names carry the
 installation's veth prefix (see ``STATIC_BRIDGE`` below for the rules themselves):
+  * from a VPS, first: nothing addressed to an IEEE reserved group (01:80:c2:00:00:00-0f),
+    at the prerouting and the input hook (see ``RESERVED_GROUPS``).
   * from a VPS (``from_guest``): only its own MAC as Ethernet source; ARP only with its own
     sender MAC and IPv4 address; IPv4 only from its addresses; IPv6 only from its addresses
     and its EUI-64 link-local address; neighbour advertisements only for those addresses,
@@ -65,7 +67,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # Part of the static fingerprint: bump it when the rules change in a way their text would not
 # show (their text is part of it too).
-RULESET_VERSION = 1
+RULESET_VERSION = 2
 TABLE_PREFIX = "vservers-"
 _MAC = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}")
 _ALLOW_ITEM = re.compile(r"(tcp|udp)/(\d{1,5})")
@@ -156,6 +158,8 @@ class _Nft:
             raise EngineError(f"libnftables is missing ({exc}); install it: apt-get install libnftables1") from None
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.restype = None
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_output_set_flags.restype = None
         lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
@@ -194,6 +198,25 @@ class _Nft:
             raise NftError(f"nftables: {message}")
         return output
 
+    def script_here(self, text: str) -> None:
+        """Run TEXT in the network namespace of the calling thread, with a context of its own
+        made and freed for it (the shared one holds a socket in the engine's namespace)."""
+        with self._lock:
+            if self._lib is None:
+                self._lib = self._load()
+            lib = self._lib
+        ctx = lib.nft_ctx_new(0)
+        if not ctx:
+            raise EngineError("libnftables: could not create a context")
+        try:
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            if lib.nft_run_cmd_from_buffer(ctx, text.encode()) != 0:
+                error = lib.nft_ctx_get_error_buffer(ctx) or b""
+                raise NftError(f"nftables: {' '.join(error.decode(errors='replace').split()) or 'failed'}")
+        finally:
+            lib.nft_ctx_free(ctx)
+
     def json(self, commands: list[dict[str, Any]]) -> dict[str, Any]:
         """Run COMMANDS (libnftables JSON) as one transaction; the parsed output, if any."""
         output = self._run(json.dumps({"nftables": commands}).encode(), json_mode=True)
@@ -228,6 +251,7 @@ table bridge {table} {{
     chain prerouting {{ type filter hook prerouting priority filter; policy accept; }}
     chain forward {{ type filter hook forward priority filter; policy accept; }}
     chain output {{ type filter hook output priority filter; policy accept; }}
+    chain input {{ type filter hook input priority filter; policy accept; }}
     chain from_guest {{ }}
     chain guest4 {{ }}
     chain guest6 {{ }}
@@ -237,6 +261,7 @@ table bridge {table} {{
 flush chain bridge {table} prerouting
 flush chain bridge {table} forward
 flush chain bridge {table} output
+flush chain bridge {table} input
 flush chain bridge {table} from_guest
 flush chain bridge {table} guest4
 flush chain bridge {table} guest6
@@ -246,6 +271,8 @@ add rule bridge {table} refuse add @dropped {{ iifname counter }}
 add rule bridge {table} refuse drop
 add rule bridge {table} prerouting iifname "{prefix}*" jump from_guest
 add rule bridge {table} forward oifname "{prefix}*" jump to_guest
+add rule bridge {table} input iifname "{prefix}*" ether daddr {reserved} {drop}
+add rule bridge {table} from_guest ether daddr {reserved} {drop}
 add rule bridge {table} output oifname "{prefix}*" jump to_guest
 add rule bridge {table} to_guest @ll,0,8 & 0x1 == 0x0 oifname . ether daddr != @guest_mac counter drop
 add rule bridge {table} from_guest iifname . ether saddr != @guest_mac {drop}
@@ -268,6 +295,12 @@ add rule bridge {table} guest6 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-a
 ip6 length != {{ 24, 32 }} {drop}
 add rule bridge {table} guest6 accept
 """
+# IEEE 802.1D's reserved group addresses. The bridge hands frames to these to the host's own
+# stack on the port itself (01:80:c2:00:00:0e even without any bridge hook), learning their
+# source first; network.ensure_bridge makes it forward 03-0f instead (group_fwd_mask), so they
+# meet the prerouting hook and from_guest, 00 is forwarded as the bridge runs no STP, 01 the
+# kernel drops, and 02 (slow protocols, which cannot be forwarded) meets the input hook.
+RESERVED_GROUPS = "01:80:c2:00:00:00-01:80:c2:00:00:0f"
 # The count per port and the drop are separate rules: a set that cannot take another element
 # ends its rule early, and the drop must not depend on that.
 _DROP_COUNTED = "counter goto refuse"
@@ -332,6 +365,7 @@ def _static(inst: _Installation) -> tuple[str, int]:
     """The script that builds or refreshes both tables (keeping every VPS's elements), and
     the fingerprint of what it builds."""
     values = {"table": inst.table, "prefix": inst.veth_prefix, "bridge": inst.bridge, "drop": _DROP_COUNTED,
+              "reserved": RESERVED_GROUPS,
               "gateway4": inst.gateway4.compressed,
               "gateway6": inst.gateway6.compressed if inst.gateway6 else ""}
     text = STATIC_BRIDGE.format(**values) + STATIC_INET.format(**values)
@@ -596,3 +630,39 @@ def host_dropped(bridge: str) -> int:
             if isinstance(expr.get("counter"), dict):
                 total += int(expr["counter"]["packets"])
     return total
+
+
+# --- inside each VPS: a bound on the neighbour entries it makes ----------------------------
+#
+# The kernel's neighbour tables (ARP, NDP) are shared by every network namespace, and their
+# limit (gc_thresh3) can only be set for the whole host. A guest makes an entry for every next
+# hop it sends to: each address of its on-link prefixes, each multicast group, each loopback
+# address. Sending to thousands of them fills the table ("neighbor table overflow"): the host
+# then cannot resolve its VPSs, and its own entries are collected to make room. This table, put
+# in the guest's own network namespace by the engine before the guest's init runs, lets its
+# packets out to at most NEXT_HOPS next hops per family at once; a next hop unused for
+# NEXT_HOP_IDLE seconds makes room for another (longer than an idle neighbour entry stays out
+# of the kernel's reach: 5 s after its last use the forced collection may take it). The rest is
+# dropped before routing makes a neighbour entry for it (the sender gets EPERM). Its packets to
+# the gateway (the default route) count once. Without CAP_NET_ADMIN the guest can neither
+# remove it nor change its routes; with "network admin inside" it can (see docs/security.md).
+NEXT_HOPS = 64
+NEXT_HOP_IDLE = 60
+GUEST_TABLE = "vservers"
+GUEST_GUARD = f"""\
+table inet {GUEST_TABLE} {{
+    set hops4 {{ type ipv4_addr; size {NEXT_HOPS}; flags dynamic,timeout; timeout {NEXT_HOP_IDLE}s; }}
+    set hops6 {{ type ipv6_addr; size {NEXT_HOPS}; flags dynamic,timeout; timeout {NEXT_HOP_IDLE}s; }}
+    chain output {{
+        type filter hook output priority filter; policy accept;
+        meta nfproto ipv4 update @hops4 {{ rt ip nexthop }} accept
+        meta nfproto ipv6 update @hops6 {{ rt ip6 nexthop }} accept
+        counter drop
+    }}
+}}
+"""
+
+
+def guard_here() -> None:
+    """Put GUEST_GUARD in the network namespace of the calling thread (a VPS's, fresh)."""
+    _nft.script_here(GUEST_GUARD)

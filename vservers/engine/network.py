@@ -24,7 +24,7 @@ import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from pyroute2 import IPRoute
@@ -41,13 +41,27 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 GUEST_IF = "eth0"
 BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the kernel's net/bridge/br_private.h
 # The kernel's neighbour (ARP, NDP) tables are one per address family for the whole host, every
-# network namespace included, and their limits can only be set from the host's namespace. Each
-# VPS that talks to the host costs two entries (the host's for the VPS, the VPS's for its
-# gateway), so the default hard limit (gc_thresh3 = 1024) overflows at about 500 busy VPSs: new
-# neighbours are refused ("neighbor table overflow") and VPSs stop answering (measured: 953 of
-# 1,000). Raised, never lowered: gc_thresh3 to LXD's production value, gc_thresh2 (past which
-# idle entries are collected) to half of it, the kernel's own ratio.
-NEIGHBOUR_FLOORS = {"gc_thresh3": 8192, "gc_thresh2": 4096}
+# network namespace included, and their limits can only be set from the host's namespace (a
+# namespace has no neigh/default sysctls; measured on 6.18). Each VPS that talks to the host
+# costs two entries (the host's for the VPS, the VPS's for its gateway), so the default hard limit
+# (gc_thresh3 = 1024) overflows at about 500 busy VPSs: new neighbours are refused ("neighbor
+# table overflow") and VPSs stop answering (measured: 953 of 1,000). Past gc_thresh2 the kernel
+# collects entries idle for 5 s to make room, the host's own among them. A VPS pins at most
+# firewall.NEXT_HOPS entries per family (its guard), so gc_thresh2 is sized for every port of a
+# full bridge at that cap with 8,192 to spare for the host and the entries VPSs make for each
+# other; gc_thresh3 is twice that, the kernel's own ratio. Raised, never lowered. Memory: an
+# entry is ~460 bytes of slab (measured), so a table at gc_thresh3 holds ~68 MB per family.
+_NEIGHBOURS_PLANNED = BRIDGE_MAX_PORTS * firewall.NEXT_HOPS + 8192  # 73,728
+NEIGHBOUR_FLOORS = {"gc_thresh3": 2 * _NEIGHBOURS_PLANNED, "gc_thresh2": _NEIGHBOURS_PLANNED}
+# Frames to IEEE 802.1D's reserved group addresses 01:80:c2:00:00:03-0f are forwarded rather than
+# handed to the host's stack on the port they came in by (where no bridge firewall rule sees
+# them, and their source was learned first), so the firewall's prerouting rules meet and drop
+# them. 00-02 cannot be set here (the kernel refuses): 00 is forwarded anyway without STP, 01 is
+# dropped by the kernel, 02 meets the firewall's input hook. See firewall.RESERVED_GROUPS.
+GROUP_FWD_MASK = 0xFFF8
+# The host end of a VPS's veth is a bridge port and nothing more: no IPv6 on it (no link-local
+# address, no router advertisement taken there, which would add routes to the host's table).
+HOST_END_SYSCTLS = ("/proc/sys/net/ipv6/conf/{}/accept_ra", "0"), ("/proc/sys/net/ipv6/conf/{}/disable_ipv6", "1")
 _NEIGHBOUR_SYSCTL = "/proc/sys/net/{family}/neigh/default/{name}"
 RT_SCOPE_LINK = 253
 _COUNTERS = (
@@ -130,9 +144,12 @@ def _is_host_netns(nsfd: int) -> bool:
     return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
-def _netns_socket(nsfd: int, sysctls: dict[str, str] | None = None) -> socket.socket:
+def _netns_socket(
+    nsfd: int, sysctls: dict[str, str] | None = None, inside: Callable[[], None] | None = None
+) -> socket.socket:
     """A NETLINK_ROUTE socket in the network namespace NSFD, after writing SYSCTLS (paths
-    under /proc/sys/net, which shows the namespace of the thread that opens them)."""
+    under /proc/sys/net, which shows the namespace of the thread that opens them) and running
+    INSIDE there."""
     result: list[socket.socket] = []
     failure: list[BaseException] = []
 
@@ -145,6 +162,8 @@ def _netns_socket(nsfd: int, sysctls: dict[str, str] | None = None) -> socket.so
                 if os.path.exists(path):  # no ipv6/ when the host has IPv6 off
                     with open(path, "w") as fh:
                         fh.write(value)
+            if inside is not None:
+                inside()
             result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
@@ -245,9 +264,10 @@ def ensure_bridge(
     """Make sure BRIDGE exists, carries the gateway address(es) and is up.
 
     1. Create the bridge if missing (fixed MAC, STP off, forward delay 0 so a new port
-       forwards at once); an existing bridge gets STP off and forward delay 0 too.
+       forwards at once, reserved group frames forwarded to the firewall: GROUP_FWD_MASK);
+       an existing bridge gets these settings too.
     2. Add each gateway address it does not have yet (IPv6 with IFA_F_NODAD).
-    3. Set it up.
+    3. Set it up, and learn no source address from a reserved group frame.
     Safe to call again and concurrently. Addresses it already has are kept.
     """
     validate_ifname(bridge)
@@ -256,7 +276,7 @@ def ensure_bridge(
     if _bridge_ready(bridge, [gw for gw in (gw4, gw6) if gw is not None]) and _neighbour_limit_ok():
         return
     raise_neighbour_limits()
-    stp_off = {"kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0}
+    stp_off = {"kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0, "br_group_fwd_mask": GROUP_FWD_MASK}
     with _host() as ipr, _netlink_errors(f"set up bridge {bridge}"):
         link = _get_link(ipr, bridge)
         if link is None:
@@ -276,6 +296,11 @@ def ensure_bridge(
             if gw is not None:
                 _add_address(ipr, index, gw, bridge)
         ipr.link("set", index=index, state="up")
+    # Learn no source from a reserved group frame either (pyroute2 0.9 has no
+    # IFLA_BR_MULTI_BOOLOPT, the attribute that carries this option; sysfs has it).
+    with _netlink_errors(f"set up bridge {bridge}"):
+        with open(f"/sys/class/net/{bridge}/bridge/no_linklocal_learn", "w") as fh:
+            fh.write("1")
 
 
 def _bridge_ready(bridge: str, gateways: list[IPInterface]) -> bool:
@@ -290,10 +315,14 @@ def _bridge_ready(bridge: str, gateways: list[IPInterface]) -> bool:
             stp = int(fh.read())
         with open(f"{sysfs}/bridge/forward_delay") as fh:
             delay = int(fh.read())
+        with open(f"{sysfs}/bridge/group_fwd_mask") as fh:
+            mask = int(fh.read(), 16)
+        with open(f"{sysfs}/bridge/no_linklocal_learn") as fh:
+            ll_learn_off = int(fh.read())
         index = socket.if_nametoindex(bridge)
     except (OSError, ValueError):
         return False
-    if not up or stp or delay:
+    if not up or stp or delay or mask != GROUP_FWD_MASK or not ll_learn_off:
         return False
     try:
         with rtnl.Socket() as nl:
@@ -375,8 +404,10 @@ def attach(
     2. Create the veth pair HOST_IF <-> eth0, with eth0 created directly in the target
        namespace and HOST_IF enslaved to BRIDGE; set HOST_IF up. eth0 gets MAC if given
        (the firewall's guest_mac: the only source address its port lets through).
-    3. Inside: set lo and eth0 up, add ADDRESSES (IPv6 with IFA_F_NODAD), and add a
-       default route via each gateway whose family has an address.
+    3. Seal the port: no IPv6 on HOST_IF; with MAC, learning off and MAC bound to the port.
+    4. Inside: the guard on next hops (firewall.GUEST_GUARD), set lo and eth0 up, add
+       ADDRESSES (IPv6 with IFA_F_NODAD), and add a default route via each gateway whose
+       family has an address.
     On failure HOST_IF (and with it eth0) is deleted and an EngineError is raised.
     """
     validate_ifname(bridge)
@@ -422,6 +453,7 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None
                 ) from exc
             raise
     try:
+        _seal_port(host_if, mac)
         _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6)
     except BaseException:
         # Deleting the host end deletes eth0 too.
@@ -430,6 +462,22 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None
         except EngineError:
             pass
         raise
+
+
+def _seal_port(host_if: str, mac: str | None) -> None:
+    """Make the new port HOST_IF a bridge port only: no IPv6 on the host end (HOST_END_SYSCTLS),
+    and with the VPS's MAC known, that MAC bound to it in the bridge's table (static, sticky)
+    and learning off: whatever source addresses the VPS sends, the table holds one entry for
+    it, on its own port. Done while eth0 is still down, so no frame has come in yet."""
+    with _netlink_errors(f"attach {host_if}: seal the port"):
+        for path, value in HOST_END_SYSCTLS:
+            with open(path.format(host_if), "w") as fh:
+                fh.write(value)
+        if mac is not None:
+            with rtnl.Socket() as host:
+                index = socket.if_nametoindex(host_if)
+                host.add_static_fdb(index, mac)
+                host.set_port_learning(index, False)
 
 
 # A VPS announces its addresses when eth0 comes up (gratuitous ARP, unsolicited neighbour
@@ -442,10 +490,10 @@ ANNOUNCE = {
 
 
 def _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6) -> None:
-    """lo up; the addresses on eth0, then eth0 up (which announces them and adds their
-    prefix routes); a default route per family."""
+    """The guard on next hops (firewall.GUEST_GUARD); lo up; the addresses on eth0, then eth0
+    up (which announces them and adds their prefix routes); a default route per family."""
     with _netlink_errors(f"enter the network namespace of pid {pid}"):
-        sock = _netns_socket(nsfd, ANNOUNCE)
+        sock = _netns_socket(nsfd, ANNOUNCE, firewall.guard_here)
     with rtnl.Socket(sock) as ns:
         with _netlink_errors(f"attach {host_if}: find {GUEST_IF} in pid {pid}"):
             lo = ns.link_index("lo")

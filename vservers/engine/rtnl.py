@@ -7,8 +7,8 @@ fifteen requests, which was a third of the whole start. These messages are packe
 `struct` in a few microseconds and answered by the kernel in a few more.
 
 Only what start, stop and status need is here: create a veth pair with its peer born in
-the VPS's namespace, set links up, add addresses and default routes, look up a link and
-list addresses. Every request asks for an acknowledgement; a negative one raises
+the VPS's namespace, lock its bridge port to the VPS's MAC, set links up, add addresses and
+default routes, look up a link and list addresses. Every request asks for an acknowledgement; a negative one raises
 NetlinkFailure with the kernel's errno. The framing (header, attributes, socket,
 acknowledgements) is netlink.py's; here are only the route family's constants and bodies.
 """
@@ -23,9 +23,14 @@ from dataclasses import dataclass
 from . import netlink
 from .netlink import NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkFailure, attr, attrs, nested, strz, u32
 
-# <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>
-RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 18, 20, 22, 24
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
+# <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>, <linux/neighbour.h>
+RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 18, 19, 20, 22, 24
+RTM_NEWNEIGH = 28
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 12, 18, 28
+IFLA_BRPORT_LEARNING = 8
+NDA_LLADDR = 2
+NUD_NOARP = 0x40  # what `bridge fdb add ... static` asks for (NUD_PERMANENT would mean "local")
+NTF_MASTER, NTF_STICKY = 0x04, 0x40
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
@@ -36,6 +41,7 @@ IFF_UP = 0x1
 
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
+_NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
 
 
@@ -76,6 +82,21 @@ class Socket(netlink.Socket):
                           nested(IFLA_INFO_DATA, nested(VETH_INFO_PEER, peer)))
         body = _IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP) + b"".join(own_attrs) + linkinfo
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    # --- bridge ports --------------------------------------------------------------------
+
+    def set_port_learning(self, index: int, learning: bool) -> None:
+        """Turn MAC learning on the bridge port INDEX on or off."""
+        protinfo = nested(IFLA_PROTINFO, attr(IFLA_BRPORT_LEARNING, bytes([int(learning)])))
+        self.request(RTM_SETLINK, 0, _IFINFO.pack(socket.AF_BRIDGE, 0, index, 0, 0) + protinfo)
+
+    def add_static_fdb(self, index: int, mac: str) -> None:
+        """Bind MAC to the bridge port INDEX in its bridge's forwarding table: static (never
+        aged out) and sticky (no frame seen on another port moves it). Made again, it moves
+        an entry of that MAC that is elsewhere to INDEX."""
+        body = _NDMSG.pack(socket.AF_BRIDGE, index, NUD_NOARP, NTF_MASTER | NTF_STICKY, 0)
+        body += attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+        self.request(RTM_NEWNEIGH, NLM_F_CREATE, body)
 
     # --- addresses and routes ------------------------------------------------------------
 
