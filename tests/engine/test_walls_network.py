@@ -379,10 +379,9 @@ def test_one_guest_cannot_fill_the_shared_neighbour_table(walls, lab):
     from vservers.engine import firewall
 
     # The control: a plain namespace makes one entry per address it sends to.
-    before = neighbour_stats()["entries"]
     lab.inside("atk", lab.tool, "spray", "198.18.231.100", "150")
-    lab_growth = neighbour_stats()["entries"] - before
-    assert lab_growth >= 140, lab_growth
+    lab_entries = len(lab.inside("atk", "ip", "neigh", "show").splitlines())
+    assert lab_entries >= 150, lab_entries
 
     # The host knows B, and B's entry for its gateway is there.
     check_routed_to_bridge(IP4["wn-b"])
@@ -408,8 +407,8 @@ def test_one_guest_cannot_fill_the_shared_neighbour_table(walls, lab):
           f" / {v6_after['table_fulls'] - v6['table_fulls']}")
     assert all(int(r.split()[3]) > 0 for r in results.values()), results  # refused beyond the guard's bound
     assert len(own) <= 2 * firewall.NEXT_HOPS + 4  # and the few that others' requests make
-    assert v4_after["entries"] - v4["entries"] <= firewall.NEXT_HOPS + 8
-    assert v6_after["entries"] - v6["entries"] <= firewall.NEXT_HOPS + 8
+    # Host-wide counts (anything else on the machine moves them too): far from the 18,000 sent.
+    assert v4_after["entries"] - v4["entries"] < 1000 and v6_after["entries"] - v6["entries"] < 1000
     assert v4_after["table_fulls"] == v4["table_fulls"] and v6_after["table_fulls"] == v6["table_fulls"]
     # B still answers the host, and the host's entry for it is the one it had.
     assert http_get(IP4["wn-b"])[0] == 200
