@@ -239,7 +239,14 @@ def test_udp_to_the_host_through_a_reserved_group_never_arrives(walls, lab):
             spoofed = ether("01:80:c2:00:00:0e", a, 0x0800, udp4("198.19.20.99", GW4, 4000, port, b"spoofed"))
             control = ether(gateway_mac, a, 0x0800, udp4(IP4["wn-a"], GW4, 4000, port, b"control"))
             walls.run("wn-a", "ping", "-c1", "-W2", GW4)  # the host knows A: its answer needs no ARP
-            walls.send("wn-a", *attack, spoofed, control)
+            walls.send("wn-a", *attack, spoofed)
+            # The issue's own way, from the VPS that may still change its neighbours.
+            walls.run("wn-n", "arp", "-i", "eth0", "-s", GW4, "01:80:c2:00:00:0e")
+            try:
+                walls.run("wn-n", "/bin/sh", "-c", f"echo arp-trick | nc -u -w 1 {GW4} {port}", check=False)
+            finally:
+                walls.run("wn-n", "arp", "-i", "eth0", "-d", GW4)
+            walls.send("wn-a", control)
             received = []
             while True:
                 data = sock.recvfrom(100)[0]

@@ -39,6 +39,10 @@ Fingerprints keep this honest: the static part carries one of the settings it wa
 each VPS one of its elements, and re-adding an element that is there with another value fails
 the batch, which sends the start to the slow path that rebuilds what is stale.
 
+A third table, ``inet vservers``, is put inside each VPS's own network namespace when it starts
+(``GUEST_GUARD``): it bounds the next hops, and so the shared neighbour-table entries, the VPS
+can make. It goes with the namespace.
+
 Every value that goes into a command is validated first (interface names, addresses, MACs,
 ports); the static rules are nft syntax, the rare clean-ups libnftables JSON, the per-start
 elements binary netlink attributes.
@@ -641,8 +645,8 @@ def host_dropped(bridge: str) -> int:
 # then cannot resolve its VPSs, and its own entries are collected to make room. This table, put
 # in the guest's own network namespace by the engine before the guest's init runs, lets its
 # packets out to at most NEXT_HOPS next hops per family at once; a next hop unused for
-# NEXT_HOP_IDLE seconds makes room for another (longer than an idle neighbour entry stays out
-# of the kernel's reach: 5 s after its last use the forced collection may take it). The rest is
+# NEXT_HOP_IDLE seconds makes room for another (longer than a neighbour entry stays out of the
+# collector's reach after its last use: up to ~45 s while REACHABLE, then 5 s). The rest is
 # dropped before routing makes a neighbour entry for it (the sender gets EPERM). Its packets to
 # the gateway (the default route) count once. Without CAP_NET_ADMIN the guest can neither
 # remove it nor change its routes; with "network admin inside" it can (see docs/security.md).

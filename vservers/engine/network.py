@@ -50,7 +50,7 @@ BRIDGE_MAX_PORTS = 1024  # BR_MAX_PORTS in the kernel's net/bridge/br_private.h
 # firewall.NEXT_HOPS entries per family (its guard), so gc_thresh2 is sized for every port of a
 # full bridge at that cap with 8,192 to spare for the host and the entries VPSs make for each
 # other; gc_thresh3 is twice that, the kernel's own ratio. Raised, never lowered. Memory: an
-# entry is ~460 bytes of slab (measured), so a table at gc_thresh3 holds ~68 MB per family.
+# entry is ~470 bytes of slab (measured), so a table at gc_thresh3 holds ~68 MB per family.
 _NEIGHBOURS_PLANNED = BRIDGE_MAX_PORTS * firewall.NEXT_HOPS + 8192  # 73,728
 NEIGHBOUR_FLOORS = {"gc_thresh3": 2 * _NEIGHBOURS_PLANNED, "gc_thresh2": _NEIGHBOURS_PLANNED}
 # Frames to IEEE 802.1D's reserved group addresses 01:80:c2:00:00:03-0f are forwarded rather than
@@ -471,8 +471,11 @@ def _seal_port(host_if: str, mac: str | None) -> None:
     it, on its own port. Done while eth0 is still down, so no frame has come in yet."""
     with _netlink_errors(f"attach {host_if}: seal the port"):
         for path, value in HOST_END_SYSCTLS:
-            with open(path.format(host_if), "w") as fh:
-                fh.write(value)
+            try:
+                with open(path.format(host_if), "w") as fh:
+                    fh.write(value)
+            except FileNotFoundError:
+                pass  # a host without IPv6: nothing to turn off
         if mac is not None:
             with rtnl.Socket() as host:
                 index = socket.if_nametoindex(host_if)
