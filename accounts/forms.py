@@ -132,9 +132,28 @@ class LoginCodeForm(forms.Form):
 
 
 class ConfirmCodeForm(forms.Form):
-    """The first code from the app, which turns the authenticator on."""
+    """The first code from the app, which turns the authenticator on, and the password: a
+    session left open must not be enough to put the owner's account behind somebody else's
+    phone. A wrong password is throttled and counted as a failed sign-in."""
 
     code = _code_field("The 6 digits your authenticator app shows for this panel now.")
+    password = forms.CharField(
+        label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+
+    def __init__(self, *args, request, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request, self.user = request, user
+
+    def clean_password(self):
+        password = self.cleaned_data["password"]
+        username = self.user.get_username()
+        refuse_if_throttled(self.request, username, "auth.2fa_check_throttled")
+        if not self.user.check_password(password):
+            AuditEntry.record(self.request, "auth.2fa_check_failed", self.user, username=username)
+            throttle.record_failure(self.request, username)
+            raise forms.ValidationError("That is not your password.", code="wrong")
+        return password
 
 
 class ConfirmIdentityForm(forms.Form):

@@ -93,7 +93,8 @@ class SecondFactorMiddleware:
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         user = request.user
-        if not user.is_authenticated or two_factor.is_verified(request):
+        # Only a user of the session: a user set by other means (an API token's) is not ours.
+        if auth.SESSION_KEY not in request.session or not user.is_authenticated or two_factor.is_verified(request):
             return None
         if two_factor.is_enabled(user):
             request.session.flush()

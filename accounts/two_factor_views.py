@@ -4,8 +4,9 @@ it off. The logic and the audit entries are accounts.two_factor's.
 
 Every change is a POST (a GET changes nothing, so setting up starts with a button); the
 recovery codes are shown only on the answer to the POST that made them (signed-in pages are
-"no-store", panel.middleware). Making new codes and turning it off ask for the password or a
-code (accounts.forms.ConfirmIdentityForm).
+"no-store", panel.middleware). Turning it on asks for the password with the first code
+(accounts.forms.ConfirmCodeForm); making new codes and turning it off ask for the password or
+a code (accounts.forms.ConfirmIdentityForm).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _page(request: HttpRequest, *, confirm_form=None, identity_form=None, status
         "enabled": enabled,
         "required": two_factor.is_required(user),
         "device": device,
-        "confirm_form": confirm_form or ConfirmCodeForm(),
+        "confirm_form": confirm_form or ConfirmCodeForm(request=request, user=user),
         "identity_form": identity_form or ConfirmIdentityForm(request=request, user=user),
         "codes_left": two_factor.recovery_codes_left(user) if enabled else 0,
     }
@@ -63,12 +64,12 @@ def start(request: HttpRequest) -> HttpResponse:
 @login_required
 @sensitive_post_parameters()
 def confirm(request: HttpRequest) -> HttpResponse:
-    form = ConfirmCodeForm(request.POST)
+    form = ConfirmCodeForm(request.POST, request=request, user=request.user)
     codes = two_factor.confirm(request, request.user, form.cleaned_data["code"]) if form.is_valid() else None
     if codes is None:
         if form.is_valid():
             form.add_error("code", "That code is not right. Check the time on your phone and try the next one.")
-        return _page(request, confirm_form=form, status=400)
+        return mark_throttled(form, _page(request, confirm_form=form, status=400))
     return render(request, CODES_TEMPLATE, {"codes": codes, "new": True})
 
 

@@ -14,12 +14,12 @@ of the password could otherwise wipe the count of his wrong codes by typing it a
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import django_otp
 from django.contrib import auth
 from django.contrib.auth import views as auth_views
-from django.core.exceptions import NON_FIELD_ERRORS
 from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -39,8 +39,9 @@ PENDING_AGE = 10 * 60
 
 
 def mark_throttled(form, response):
-    errors = form.errors.as_data()
-    for error in errors.get(NON_FIELD_ERRORS, []) + errors.get("old_password", []):
+    """429 with Retry-After when the form was refused by the login throttle (any field's
+    "throttled" error: the form's own, the old password's, a password's)."""
+    for error in itertools.chain.from_iterable(form.errors.as_data().values()):
         if error.code == "throttled":
             response.status_code = 429
             response["Retry-After"] = str(getattr(error, "retry_after", 60))

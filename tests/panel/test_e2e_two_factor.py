@@ -56,6 +56,7 @@ def test_a_tenant_sets_up_two_factor_and_signs_in_with_a_code(offline_world, liv
     assert page.evaluate("document.getElementById('totp-qr').naturalWidth") > 0
     secret = page.inner_text("#totp-secret")
     page.fill("#id_code", app_code(secret))
+    page.fill("#id_password", PASSWORD)
     page.click("text=Turn on")
     page.wait_for_selector("#recovery-codes")
     assert page.locator("#recovery-codes li").count() == 10

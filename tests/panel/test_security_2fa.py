@@ -66,7 +66,7 @@ def enrol(client: Client, user) -> tuple[TOTPDevice, list[str]]:
     """USER, signed in with CLIENT, sets up an authenticator; the device and recovery codes."""
     assert client.post(f"{TWO_FACTOR}start/").status_code == 302
     device = TOTPDevice.objects.get(user=user, confirmed=False)
-    response = client.post(f"{TWO_FACTOR}confirm/", {"code": code(device)})
+    response = client.post(f"{TWO_FACTOR}confirm/", {"code": code(device), "password": PASSWORDS[user.username]})
     assert response.status_code == 200, response.content.decode()[:2000]
     codes = re.findall(r"<li>([a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4})</li>", response.content.decode())
     device.refresh_from_db()
@@ -109,11 +109,16 @@ def test_enrolment_shows_a_qr_code_and_the_secret_and_confirms_only_with_a_right
     assert "otpauth://" not in page.replace("otpauth%3A", "")  # only inside the image
 
     wrong = f"{(int(code(device)) + 1) % 1_000_000:06d}"
-    assert client.post(f"{TWO_FACTOR}confirm/", {"code": wrong}).status_code == 400
+    password = PASSWORDS["alice"]
+    assert client.post(f"{TWO_FACTOR}confirm/", {"code": wrong, "password": password}).status_code == 400
+    # The right code with a wrong password: a session left open is not enough.
+    assert client.post(f"{TWO_FACTOR}confirm/", {"code": code(device), "password": "guess"}).status_code == 400
     device.refresh_from_db()
     assert not device.confirmed and not two_factor.is_enabled(world.alice)
+    assert AuditEntry.objects.filter(action="auth.2fa_check_failed").count() == 1
+    assert LoginFailure.objects.filter(username="alice").count() == 1
 
-    response = client.post(f"{TWO_FACTOR}confirm/", {"code": code(device)})
+    response = client.post(f"{TWO_FACTOR}confirm/", {"code": code(device), "password": password})
     assert response.status_code == 200
     assert response["Cache-Control"] == "private, no-store"
     codes = re.findall(r"<li>([a-z2-7-]{19})</li>", response.content.decode())
@@ -127,7 +132,7 @@ def test_enrolment_shows_a_qr_code_and_the_secret_and_confirms_only_with_a_right
     assert client.session[DEVICE_ID_SESSION_KEY] == device.persistent_id
     assert client.get("/servers/").status_code == 200
     actions = list(AuditEntry.objects.filter(actor=world.alice).values_list("action", flat=True))
-    assert actions[:2] == ["2fa.confirm", "2fa.start"]
+    assert actions[:3] == ["2fa.confirm", "auth.2fa_check_failed", "2fa.start"]
     entry = AuditEntry.objects.get(action="2fa.confirm")
     assert (entry.object_type, entry.object_id, entry.tenant) == ("User", str(world.alice.pk), world.acme)
 
@@ -224,6 +229,22 @@ def test_enrolment_elsewhere_signs_out_the_sessions_without_the_code(world):
     assert other.get("/servers/").status_code == 302 and not signed_in(other)
 
 
+def test_requests_without_a_session_user_pass_untouched(world, rf):
+    """A user put on the request by something else than the session (an API token's
+    authentication) is not held to the session's second factor."""
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from accounts.middleware import SecondFactorMiddleware
+
+    enrolled(world.alice)
+    request = rf.get("/servers/")
+    request.session = SessionStore()
+    request.user = world.alice
+    world.alice.is_verified = lambda: False
+    assert SecondFactorMiddleware(lambda r: None).process_view(request, None, (), {}) is None
+    assert request.user == world.alice
+
+
 # -- wrong codes: the login throttle ------------------------------------------------------------
 
 
@@ -294,6 +315,17 @@ def verified_client(user) -> tuple[Client, TOTPDevice, list[str]]:
     assert signed_in(client)
     time_passes(device)
     return client, device, codes
+
+
+def test_wrong_passwords_when_turning_it_on_are_throttled(world, client):
+    client.force_login(world.alice)
+    client.post(f"{TWO_FACTOR}start/")
+    device = TOTPDevice.objects.get(user=world.alice)
+    for _ in range(PER_USER):
+        client.post(f"{TWO_FACTOR}confirm/", {"code": code(device), "password": "guess"})
+    response = client.post(f"{TWO_FACTOR}confirm/", {"code": code(device), "password": PASSWORDS["alice"]})
+    assert response.status_code == 429 and int(response["Retry-After"]) == 1
+    assert not two_factor.is_enabled(world.alice)
 
 
 def test_turning_it_off_needs_the_password_or_a_code(world):
