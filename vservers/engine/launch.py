@@ -25,14 +25,17 @@ import functools
 import os
 import signal
 import socket
+import stat
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import capabilities, loopdev, seccomp, syscalls, userns
+from . import capabilities, loopdev, ptys, seccomp, syscalls, userns
 from .errors import EngineError
 from .syscalls import (
+    AT_EMPTY_PATH,
+    AT_RECURSIVE,
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
     CLONE_NEWNET,
@@ -41,15 +44,19 @@ from .syscalls import (
     CLONE_NEWUSER,
     CLONE_NEWUTS,
     MNT_DETACH,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
     MS_BIND,
     MS_NODEV,
-    MS_NOEXEC,
-    MS_NOSUID,
     MS_PRIVATE,
-    MS_RDONLY,
     MS_REC,
-    MS_REMOUNT,
+    OPEN_TREE_CLOEXEC,
+    OPEN_TREE_CLONE,
     PR_SET_DUMPABLE,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_SYMLINKS,
 )
 
 DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -276,8 +283,12 @@ def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:
     # Mounts made by host root arrive locked in the guest's mount namespace, and pivot_root
     # refuses a locked new root; a bind of the overlay onto itself made here is not locked.
     syscalls.mount(str(root), root, None, MS_BIND)
-    mount_guest_filesystems(root)
-    os.chdir(root)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        mount_guest_filesystems(root_fd)
+        os.fchdir(root_fd)
+    finally:
+        os.close(root_fd)
     syscalls.pivot_root(".", ".")
     syscalls.umount(".", MNT_DETACH)
     os.chdir("/")
@@ -303,54 +314,158 @@ def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:
     os.execve(plan.init_argv[0], list(plan.init_argv), env)
 
 
-def mount_guest_filesystems(root: Path) -> None:
+# Every path below the guest's root is the guest's to shape (its upper layer is written by its
+# root, and survives a stop), but these mounts are made before the pivot, while "/" is still
+# the host's. So no path of the guest is ever given to mount(2): each target is opened with
+# openat2 inside the guest's root, following no symlink at all (RESOLVE_NO_SYMLINKS also
+# refuses /proc/self/... magic links), and the new mount is attached to that fd with
+# move_mount. Nothing in the guest's tree can send a mount, a device node or a link to the host.
+_IN_GUEST_ROOT = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS
+# Where the engine mounts the guest's kernel filesystems. Whatever the guest left there is
+# hidden under those mounts while it runs, so an entry that is not a directory (a link, a file)
+# is replaced by an empty directory inside the guest's root: a customer who broke /dev gets a
+# server that boots, and the engine never touches what the link pointed to.
+GUEST_MOUNT_POINTS = ("proc", "sys", "dev", "run")
+_NOSUID_NODEV_NOEXEC = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+
+
+def _open_in_guest(root_fd: int, path: str, flags: int = 0) -> int:
+    """An O_PATH fd of PATH (relative, below the guest's root) found without following any link."""
+    try:
+        return syscalls.openat2(root_fd, path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | flags, _IN_GUEST_ROOT)
+    except OSError as exc:
+        raise EngineError(f"cannot open /{path} in the guest: {exc.strerror}") from exc
+
+
+def _guest_mount_point(root_fd: int, name: str) -> int:
+    """An O_PATH fd of the directory /NAME of the guest, made one if it is anything else."""
+    try:
+        fd = syscalls.openat2(root_fd, name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _IN_GUEST_ROOT)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise EngineError(f"cannot open /{name} in the guest: {exc.strerror}") from exc
+    else:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        try:
+            os.unlink(name, dir_fd=root_fd)  # unlinkat: the link or file itself, never its target
+        except OSError as exc:
+            raise EngineError(f"cannot replace /{name} of the guest (not a directory): {exc.strerror}") from exc
+    try:
+        os.mkdir(name, 0o755, dir_fd=root_fd)
+    except OSError as exc:
+        raise EngineError(f"cannot make /{name} in the guest: {exc.strerror}") from exc
+    return _open_in_guest(root_fd, name, os.O_DIRECTORY)
+
+
+def _attach(mount_fd: int, target_fd: int, what: str) -> None:
+    try:
+        syscalls.move_mount_fd(mount_fd, target_fd, what)
+    finally:
+        os.close(mount_fd)
+
+
+def _bind_host(source: str, target_fd: int, what: str) -> None:
+    """Bind the host's SOURCE (an absolute path of the host, looked up before the pivot) on
+    TARGET_FD."""
+    _attach(syscalls.open_tree(source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), target_fd, what)
+
+
+def mount_guest_filesystems(root_fd: int) -> None:
     """The guest's own /proc, read-only /sys, minimal /dev with its own devpts, /dev/shm,
-    POSIX message queues and /run; run as the guest's root inside its namespaces."""
-    nosuid_nodev_noexec = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    syscalls.mount("proc", root / "proc", "proc", nosuid_nodev_noexec)
-    syscalls.mount("sysfs", root / "sys", "sysfs", nosuid_nodev_noexec | MS_RDONLY)
-    _mask_host_state(root)
-    dev = root / "dev"
-    # nodev: the device nodes below are mounts of their own; nothing else here may be one.
-    syscalls.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=1024k")
+    POSIX message queues and /run, on the guest's root ROOT_FD (an O_PATH fd); run as the
+    guest's root inside its namespaces, before the pivot."""
+    points = {name: _guest_mount_point(root_fd, name) for name in GUEST_MOUNT_POINTS}
+    try:
+        _attach(syscalls.new_mount("proc", {}, _NOSUID_NODEV_NOEXEC), points["proc"], "/proc")
+        _attach(syscalls.new_mount("sysfs", {}, _NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY), points["sys"], "/sys")
+        _mask_host_state(root_fd)
+        # nodev: the device nodes below are mounts of their own; nothing else here may be one.
+        dev = syscalls.new_mount("tmpfs", {"mode": "755", "size": "1024k"}, _NOSUID_NODEV_NOEXEC)
+        try:
+            syscalls.move_mount_fd(dev, points["dev"], "/dev")
+            _populate_dev(dev)  # the fd is now the root of the attached, still empty tmpfs
+        finally:
+            os.close(dev)
+        _attach(syscalls.new_mount("tmpfs", {"mode": "755"}, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV), points["run"],
+                "/run")
+    finally:
+        for fd in points.values():
+            os.close(fd)
+
+
+def _populate_dev(dev: int) -> None:
+    """Fill the guest's fresh /dev tmpfs (DEV: an fd of its root; nothing of the guest is in it)."""
     for node in (*DEVICE_NODES, "console"):
-        target = dev / node
-        target.touch(mode=0o666)
-        # mknod is refused in a user namespace, so the host's nodes are bind-mounted.
-        syscalls.mount("/dev/null" if node == "console" else f"/dev/{node}", target, None, MS_BIND)
-    (dev / "pts").mkdir()
-    syscalls.mount("devpts", dev / "pts", "devpts", MS_NOSUID | MS_NOEXEC,
-                   "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    (dev / "ptmx").symlink_to("pts/ptmx")
-    (dev / "fd").symlink_to("/proc/self/fd")
+        target = os.open(node, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                         dir_fd=dev)
+        try:
+            # mknod is refused in a user namespace, so the host's nodes are bind-mounted.
+            _bind_host("/dev/null" if node == "console" else f"/dev/{node}", target, f"/dev/{node}")
+        finally:
+            os.close(target)
+    for name, mode, fstype, options, attrs in (
+        ("pts", 0o755, "devpts", ptys.devpts_options(), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC),
+        ("shm", 0o1777, "tmpfs", {"mode": "1777"}, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV),
+        ("mqueue", 0o755, "mqueue", {}, _NOSUID_NODEV_NOEXEC),
+    ):
+        os.mkdir(name, mode, dir_fd=dev)
+        target = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev)
+        try:
+            _attach(syscalls.new_mount(fstype, options, attrs), target, f"/dev/{name}")
+        finally:
+            os.close(target)
+    os.symlink("pts/ptmx", "ptmx", dir_fd=dev)
+    os.symlink("/proc/self/fd", "fd", dir_fd=dev)
     for number, stream in enumerate(("stdin", "stdout", "stderr")):
-        (dev / stream).symlink_to(f"/proc/self/fd/{number}")
-    (dev / "shm").mkdir(mode=0o1777)
-    syscalls.mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    (dev / "mqueue").mkdir()
-    syscalls.mount("mqueue", dev / "mqueue", "mqueue", nosuid_nodev_noexec)
-    syscalls.mount("tmpfs", root / "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+        os.symlink(f"/proc/self/fd/{number}", stream, dir_fd=dev)
 
 
-def _mask_host_state(root: Path) -> None:
+def _mask_host_state(root_fd: int) -> None:
     """Mask and make read-only the host's entries of the guest's fresh /proc and /sys."""
-    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    base = f"{root}/"
-    for relative, is_dir in _masked_present():
-        if is_dir:
-            syscalls.mount("tmpfs", base + relative, "tmpfs", flags | MS_RDONLY, "mode=555,size=4k,nr_inodes=1")
-        else:
-            syscalls.mount("/dev/null", base + relative, None, MS_BIND)
+    masks = [(relative, is_dir) for relative, is_dir in _masked_present()]
+    if any(is_dir for _, is_dir in masks):
+        # One empty read-only tmpfs, cloned onto each masked directory.
+        empty = syscalls.new_mount("tmpfs", {"mode": "555", "size": "4k", "nr_inodes": "1"},
+                                   _NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY)
+    try:
+        for relative, is_dir in masks:
+            target = _open_in_guest(root_fd, relative)
+            try:
+                if is_dir:
+                    clone = syscalls.open_tree("", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH, empty)
+                    _attach(clone, target, f"/{relative}")
+                else:
+                    _bind_host("/dev/null", target, f"/{relative}")
+            finally:
+                os.close(target)
+    finally:
+        if any(is_dir for _, is_dir in masks):
+            os.close(empty)
     for relative in _read_only_present():
-        _bind_read_only(base + relative, flags)
-    proc_sys = base + "proc/sys"
-    syscalls.mount(proc_sys + "/net", proc_sys + "/net", None, MS_BIND)  # stays writable
-    _bind_read_only(proc_sys, flags, MS_REC)  # carries the writable net/ along
+        _bind_read_only(root_fd, relative)
+    _bind_read_only(root_fd, "proc/sys/net", read_only=False)  # stays writable: the VPS's own netns
+    _bind_read_only(root_fd, "proc/sys", recursive=True)  # carries the writable net/ along
 
 
-def _bind_read_only(path: str, flags: int, recursive: int = 0) -> None:
-    syscalls.mount(path, path, None, MS_BIND | recursive)
-    syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+def _bind_read_only(root_fd: int, relative: str, recursive: bool = False, read_only: bool = True) -> None:
+    """Bind RELATIVE (below the guest's root) onto itself, read-only unless told otherwise; with
+    RECURSIVE the mounts below come along, keeping their own flags."""
+    target = _open_in_guest(root_fd, relative)
+    try:
+        flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+        clone = syscalls.open_tree("", flags, target)
+        try:
+            if read_only:  # without AT_RECURSIVE: the top mount of the clone only
+                syscalls.mount_setattr(clone, MOUNT_ATTR_RDONLY | _NOSUID_NODEV_NOEXEC)
+        except BaseException:
+            os.close(clone)
+            raise
+        _attach(clone, target, f"/{relative}")
+    finally:
+        os.close(target)
 
 
 def wait_exit(pid: int, timeout: float) -> bool:

@@ -31,7 +31,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from . import firewall, rtnl
+from . import firewall, ptys, rtnl
 from .errors import Conflict, EngineError, InvalidInput
 from .syscalls import CLONE_NEWNET, setns
 from .validate import interface_name as validate_ifname  # the name callers and tests use
@@ -273,6 +273,7 @@ def ensure_bridge(
     validate_ifname(bridge)
     gw4 = _interface(gateway4, 4)
     gw6 = _interface(gateway6, 6) if gateway6 is not None else None
+    ptys.raise_host_limit()  # the host's pty pool, sized for every guest (see ptys.py)
     if _bridge_ready(bridge, [gw for gw in (gw4, gw6) if gw is not None]) and _neighbour_limit_ok():
         return
     raise_neighbour_limits()

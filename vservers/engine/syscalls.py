@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Mapping
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the process already has libc loaded
 _libc.syscall.restype = ctypes.c_long
@@ -39,9 +40,16 @@ AT_RECURSIVE = 0x8000
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 MOUNT_ATTR_IDMAP = 0x00100000
 
 PR_SET_PDEATHSIG = 1
@@ -51,12 +59,16 @@ PR_SET_CHILD_SUBREAPER = 36
 # openat2's "how.resolve" flags (linux/openat2.h).
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_IN_ROOT = 0x10
 
 # The mount-API and openat2 numbers are the same on every architecture; pivot_root is not.
 _NR = {
     "open_tree": 428,
     "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
     "openat2": 437,
     "mount_setattr": 442,
     "pivot_root": {"x86_64": 155, "aarch64": 41}.get(platform.machine()),
@@ -101,11 +113,52 @@ def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0), "prctl")
 
 
-def open_tree(path: str | os.PathLike, flags: int) -> int:
+def open_tree(path: str | os.PathLike, flags: int, dir_fd: int = AT_FDCWD) -> int:
+    """open_tree(2); with OPEN_TREE_CLONE a detached copy of the mount at PATH (or of DIR_FD's
+    own mount, with path "" and AT_EMPTY_PATH)."""
     return _check(
-        _libc.syscall(_NR["open_tree"], ctypes.c_int(AT_FDCWD), _b(path), ctypes.c_uint(flags)),
-        f"open_tree {path}",
+        _libc.syscall(_NR["open_tree"], ctypes.c_int(dir_fd), _b(path), ctypes.c_uint(flags)),
+        f"open_tree {path or dir_fd}",
     )
+
+
+def new_mount(fstype: str, options: Mapping[str, str | None], attrs: int) -> int:
+    """A new, still detached mount of FSTYPE (fsopen, fsconfig, fsmount: Linux 5.2): an fd of its
+    root, to be attached with move_mount_fd. OPTIONS maps each option to its value, or None for a
+    flag; ATTRS are MOUNT_ATTR_* of the mount."""
+    fs_fd = _check(_libc.syscall(_NR["fsopen"], _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen {fstype}")
+    try:
+        for key, value in options.items():
+            command = FSCONFIG_SET_FLAG if value is None else FSCONFIG_SET_STRING
+            result = _libc.syscall(
+                _NR["fsconfig"], ctypes.c_int(fs_fd), ctypes.c_uint(command), _b(key), _b(value), ctypes.c_int(0)
+            )
+            _check(result, f"{fstype} option {key}={value}")
+        _check(
+            _libc.syscall(_NR["fsconfig"], ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None,
+                          ctypes.c_int(0)),
+            f"create {fstype}",
+        )
+        return _check(
+            _libc.syscall(_NR["fsmount"], ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs)),
+            f"fsmount {fstype}",
+        )
+    finally:
+        os.close(fs_fd)
+
+
+def move_mount_fd(mount_fd: int, target_fd: int, what: str) -> None:
+    """Attach the mount of MOUNT_FD on top of whatever TARGET_FD is: no path is looked up, so
+    nothing between the caller's resolution of TARGET_FD and the mount can redirect it."""
+    result = _libc.syscall(
+        _NR["move_mount"],
+        ctypes.c_int(mount_fd),
+        b"",
+        ctypes.c_int(target_fd),
+        b"",
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+    )
+    _check(result, f"mount on {what}")
 
 
 class _OpenHow(ctypes.Structure):
