@@ -14,8 +14,9 @@ The order matters, and is the one that works on this kernel (see KERNEL-FACTS):
     (template below, the disk's upper dir on top);
  3. setup child: enter the user namespace, unshare mount, UTS, IPC, net, cgroup and PID
     namespaces (now owned by the guest's root), set the hostname, fork init;
- 4. init-to-be (PID 1): mount /proc, /sys, /dev, /run, pivot_root into the overlay, wait
-    until the engine has wired the network, then exec the template's init;
+ 4. init-to-be (PID 1): mount /proc, /sys, /dev, /run on fds opened inside the overlay (no
+    guest link is ever followed), pivot_root into it, wait until the engine has wired the
+    network, then exec the template's init;
  5. engine: wires a veth into the new network namespace, records the runtime state, says go.
 """
 
