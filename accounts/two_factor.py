@@ -196,16 +196,17 @@ def disable(request, user) -> None:
         _audit(request, "2fa.disable", user)
 
 
-def reset(request, user) -> bool:
-    """An operator removes USER's authenticator and codes (a lost phone): the user signs in
-    with the password alone and may set it up again. USER's sessions end. Whether there was
-    anything to remove; audited either way, by the operator."""
+def reset(request, user, **details) -> bool:
+    """An operator (REQUEST's user, or manage.py two_factor_reset without a request) removes
+    USER's authenticator and codes (a lost phone): the user signs in with the password alone
+    and may set it up again. USER's sessions end. Whether there was anything to remove;
+    audited either way."""
     from .sessions import end_all_sessions
 
     with transaction.atomic():
         had = bool(_remove(user))
         end_all_sessions(user)
-        _audit(request, "2fa.reset", user, had_two_factor=had)
+        _audit(request, "2fa.reset", user, had_two_factor=had, **details)
     return had
 
 

@@ -410,6 +410,24 @@ def test_operators_reset_a_members_lost_authenticator(world):
     assert alice.post(url).status_code == 403
 
 
+def test_an_operators_lost_phone_is_reset_from_the_shell(world):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    enrolled(world.operator)
+    out = StringIO()
+    call_command("two_factor_reset", "operator", stdout=out)
+    assert "removed" in out.getvalue() and not two_factor.is_enabled(world.operator)
+    entry = AuditEntry.objects.get(action="2fa.reset")
+    assert (entry.actor, entry.object_id, entry.details) == (
+        None, str(world.operator.pk), {"had_two_factor": True, "command": True},
+    )
+    with pytest.raises(CommandError):
+        call_command("two_factor_reset", "nobody")
+
+
 # -- the admin ----------------------------------------------------------------------------------
 
 
