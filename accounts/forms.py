@@ -116,6 +116,7 @@ class LoginCodeForm(forms.Form):
     def __init__(self, *args, request, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.request, self.user, self.device = request, user, None
+        self.fields["code"].widget.attrs["autofocus"] = True
 
     def clean(self):
         code = self.cleaned_data.get("code")
