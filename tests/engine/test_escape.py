@@ -559,8 +559,8 @@ def test_programs_started_from_the_host_hold_only_their_stdio(pair):
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     try:
-        pid = guest.spawn(engine.init_pid("esc-a"), [PROBE, "fds"], engine.cgroup_procs("esc-a"), null, null, null,
-                          pty_socket=theirs.fileno())
+        helper = guest.spawn(engine.init_pid("esc-a"), [PROBE, "fds"], engine.cgroup_procs("esc-a"), null, null,
+                             null, pty_socket=theirs.fileno())
     finally:
         theirs.close()
         os.close(null)
@@ -578,7 +578,7 @@ def test_programs_started_from_the_host_hold_only_their_stdio(pair):
             output += block
     finally:
         os.close(fds[0])
-        os.waitpid(pid, 0)
+        helper.wait()
     check_only_stdio(output.decode().replace("\r\n", "\n"))
     record("find a host fd or cwd in a program started by exec, accounts, services or enter",
            "only fds 0-2 (pipes or the guest's own pty), cwd /")

@@ -72,7 +72,9 @@ class Accounts:
         return templates.get(self.engine.config, spec.template, spec.template_version).account_tool
 
     def _run(self, argv: list[str], input: str | None = None, what: str = ""):
-        result = self.engine.run(self.name, argv, input=input)
+        from .guest import OPERATION_TIMEOUT
+
+        result = self.engine.run(self.name, argv, input=input, timeout=OPERATION_TIMEOUT)
         if result.returncode != 0:
             message = (result.stderr or result.stdout).strip().splitlines()
             raise EngineError(f"{what or argv[0]} failed: {message[-1] if message else result.returncode}")
@@ -98,7 +100,10 @@ class Accounts:
         return parse_passwd(data.decode(errors="replace"))
 
     def get(self, user: str) -> Account | None:
-        return next((a for a in self.list() if a.name == user), None)
+        from . import guest
+
+        # Every operation looks its user up: from the files where it can (no exec).
+        return next((a for a in guest.listing(self) if a.name == user), None)
 
     def add(self, user: str, password: str | None = None, ssh_key: str | None = None) -> Account:
         validate.user_name(user)

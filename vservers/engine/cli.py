@@ -231,9 +231,11 @@ def _read_password(prompt: str) -> str:
 
 
 def cmd_account(args) -> int:
+    from .guest import listing
+
     accounts = _engine().accounts(validate.server_name(args.name))
     if args.action == "list":
-        rows = accounts.list()
+        rows = listing(accounts)
         if args.json:
             _print_json([a.to_json() for a in rows])
         else:
@@ -262,9 +264,11 @@ def cmd_account(args) -> int:
 
 
 def cmd_service(args) -> int:
+    from .guest import listing
+
     services = _engine().services(validate.server_name(args.name))
     if args.action == "list":
-        rows = services.list()
+        rows = listing(services)
         if args.json:
             _print_json([s.to_json() for s in rows])
         else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from . import capabilities, seccomp, syscalls
 from .errors import EngineError
 from .launch import GUEST_PATH
-from .syscalls import CLONE_NEWUSER, PR_SET_DUMPABLE
+from .syscalls import CLONE_NEWUSER, PR_SET_DUMPABLE, PR_SET_PDEATHSIG
 
 # The user namespace first: the others are owned by it, and entering it gives us the
 # capabilities there that joining them requires.
@@ -39,6 +38,83 @@ class Completed:
     stderr: str
 
 
+# How long spawn() waits by default for the program to exec, and how long a helper told to
+# give up may take to kill its program and exit before it is killed itself.
+START_TIMEOUT = 30.0
+HELPER_GRACE = 5.0
+# The most bytes of an error message the helper or its child may send back.
+_ERROR_LIMIT = 65536
+
+
+class Helper:
+    """The host-side helper of a program started by spawn(). The helper holds the read end of
+    a pipe whose write end only the engine holds (CANCEL_FD): when that end closes (cancel(),
+    or the engine dies), the helper SIGKILLs the program, reaps it and exits. The helper does
+    the killing, not the engine: only the helper may reap the program (its parent), so only
+    it can kill it without the pid having been reused, and a program killed that way is never
+    left as an orphan for the engine's subreaper or the host's init to reap (until reaped, it
+    would keep the guest's PID namespace, and so its init, from ending)."""
+
+    def __init__(self, pid: int, cancel_fd: int, what: str) -> None:
+        self.pid = pid
+        self.what = what
+        self._cancel_fd = cancel_fd
+        self.returncode: int | None = None
+
+    def cancel(self) -> None:
+        """Have the helper kill the program (SIGKILL: stopped ones die too) and exit."""
+        if self._cancel_fd >= 0:
+            os.close(self._cancel_fd)
+            self._cancel_fd = -1
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The program's exit status (128+N after signal N), once the helper has exited and
+        been reaped. With TIMEOUT, EngineError once it has passed: the program was killed."""
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None and not _exited(self.pid, timeout):
+            self.kill()
+            raise EngineError(f"{self.what} did not finish within {timeout:g} s; it was killed")
+        return self._reap()
+
+    def kill(self) -> None:
+        """Cancel and reap, killing the helper too if it does not exit within HELPER_GRACE
+        (it then dies with its program: the program has PR_SET_PDEATHSIG=SIGKILL)."""
+        self.cancel()
+        if self.returncode is None:
+            if not _exited(self.pid, HELPER_GRACE):
+                os.kill(self.pid, 9)
+            self._reap()
+
+    def _reap(self) -> int:
+        self.cancel()
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        self.returncode = 128 - code if code < 0 else code
+        return self.returncode
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether process PID (our child) has exited within TIMEOUT seconds; it is not reaped."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        return bool(_readable([pidfd], timeout))
+    finally:
+        os.close(pidfd)
+
+
+def _readable(fds: Sequence[int], timeout: float | None) -> list[int]:
+    """Which of FDS are readable (or at their end) within TIMEOUT seconds (None: no limit).
+    poll, not select: a worker may hold fds beyond select's FD_SETSIZE."""
+    import select
+
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    wait_ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
+    return [fd for fd, _ in poller.poll(wait_ms)]
+
+
 def spawn(
     init_pid: int,
     argv: Sequence[str],
@@ -48,29 +124,43 @@ def spawn(
     stderr: int,
     env: dict[str, str] | None = None,
     pty_socket: int | None = None,
-) -> int:
-    """Start ARGV inside the VPS whose init is INIT_PID; returns the pid of a host-side
-    helper whose exit status is the program's (decode with os.waitstatus_to_exitcode).
+    deadline: float | None = None,
+) -> Helper:
+    """Start ARGV inside the VPS whose init is INIT_PID; returns its host-side Helper, whose
+    wait() gives the program's exit status.
 
     With PTY_SOCKET (a unix socket), the program gets a terminal of the guest's own devpts
     instead of STDIN/STDOUT/STDERR, and the terminal's master end is sent back on the socket.
+
+    Returns once the program has exec'd. Between fork and exec the program is visible in the
+    guest, whose root may SIGSTOP it there; if it has not exec'd by DEADLINE (a
+    time.monotonic() value; default START_TIMEOUT from now), it and the helper are killed
+    and reaped, and EngineError says so.
     """
+    import time
+
     if not argv:
         raise EngineError("no command given")
+    if deadline is None:
+        deadline = time.monotonic() + START_TIMEOUT
     bounding = capabilities.bounding_set(init_pid)  # the program gets what the init got, no more
     ns_fds = [os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
     environment = {"PATH": GUEST_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "xterm"),
                    "LANG": "C.UTF-8", "container": "vserver"}
     environment.update(env or {})
     error_r, error_w = os.pipe2(os.O_CLOEXEC)
+    cancel_r, cancel_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         code = 127
+        helper_pid, child = os.getpid(), 0
         try:
             os.close(error_r)
+            os.close(cancel_w)
             procs_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroup_procs]
             go_r, go_w = os.pipe2(os.O_CLOEXEC)
-            keep = [error_w, go_r, go_w, *ns_fds, *procs_fds] + ([pty_socket] if pty_socket is not None else [])
+            keep = [error_w, cancel_r, go_r, go_w, *ns_fds, *procs_fds]
+            keep += [pty_socket] if pty_socket is not None else []
             _keep_only_fds(stdin, stdout, stderr, keep=keep)
             stdin, stdout, stderr = 0, 1, 2
             syscalls.prctl(PR_SET_DUMPABLE, 0)
@@ -81,13 +171,19 @@ def spawn(
             os.setresuid(0, 0, 0)
             child = os.fork()
             if child == 0:
+                # Dies with the helper, whatever the guest does to it (a stopped process
+                # dies of SIGKILL too). Kept across exec: the helper outlives the program
+                # unless it is killed. A helper that died before this line closed go_w.
+                syscalls.prctl(PR_SET_PDEATHSIG, 9)
                 # Visible in the guest from here on: hold no handle of the host's (namespace
                 # and cgroup files) even for the moment until exec.
-                for fd in (go_w, *ns_fds, *procs_fds):
+                for fd in (go_w, cancel_r, *ns_fds, *procs_fds):
                     os.close(fd)
-                os.read(go_r, 1)  # wait until we are in the server's cgroups
+                if os.read(go_r, 1) != b"g":  # wait until we are in the server's cgroups
+                    os._exit(127)  # the helper is gone
                 _exec_child(argv, environment, error_w, pty_socket, bounding)
             os.close(go_r)
+            program = os.pidfd_open(child)  # our own unreaped child: it cannot be another's pid
             for fd in procs_fds:
                 os.write(fd, str(child).encode())  # opened as host root: the writer's open-time creds count
                 os.close(fd)
@@ -97,6 +193,10 @@ def spawn(
             # wait on this pipe while we wait on the program.
             os.close(error_w)
             error_w = -1
+            # The program's end, or the engine giving up (its end of the cancel pipe closed).
+            ready = _readable([program, cancel_r], None)
+            if program not in ready:
+                os.kill(child, 9)
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
@@ -106,16 +206,55 @@ def spawn(
                     os.write(error_w, f"{exc}".encode())
                 except OSError:
                     pass
+            if os.getpid() != helper_pid:
+                os._exit(127)
+            if child > 0:  # never leave the program to a subreaper
+                try:
+                    os.kill(child, 9)
+                    os.waitpid(child, 0)
+                except OSError:
+                    pass
         os._exit(code)
     for fd in ns_fds:
         os.close(fd)
     os.close(error_w)
-    with os.fdopen(error_r, "rb") as errors:
-        message = errors.read().decode(errors="replace")
+    os.close(cancel_r)
+    what = f"{argv[0]!r} in the server"
+    helper = Helper(pid, cancel_w, what)
+    allowed = deadline - time.monotonic()
+    try:
+        message, started = _read_until_eof(error_r, deadline)
+    except BaseException:
+        helper.kill()
+        raise
+    finally:
+        os.close(error_r)
+    if not started:
+        helper.kill()
+        raise EngineError(f"{what} did not start within {max(0.0, allowed):.0f} s (something in the server held it "
+                          "before it could run, such as a process that stops new processes); it was killed")
     if message:
-        os.waitpid(pid, 0)
+        helper.kill()
         raise EngineError(f"could not run {argv[0]!r} in the server: {message}")
-    return pid
+    return helper
+
+
+def _read_until_eof(fd: int, deadline: float) -> tuple[str, bool]:
+    """What arrives on the pipe FD until its writers have closed it (at most _ERROR_LIMIT
+    bytes kept), and whether that happened before DEADLINE."""
+    import time
+
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if not _readable([fd], deadline - time.monotonic()):
+            return "", False
+        block = os.read(fd, 65536)
+        if not block:
+            return b"".join(chunks).decode(errors="replace"), True
+        if size < _ERROR_LIMIT:
+            chunks.append(block[: _ERROR_LIMIT - size])
+            size += len(chunks[-1])
 
 
 def _keep_only_fds(stdin: int, stdout: int, stderr: int, keep: list[int]) -> None:
@@ -187,6 +326,8 @@ def _take_guest_terminal(pty_socket: int) -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+# How long an account or service operation's program may take (`sv -w 10` waits up to 10 s).
+OPERATION_TIMEOUT = 30.0
 # The most output run() collects from each of a program's stdout and stderr. The program is
 # the guest's (its root may have replaced `cat` or made /etc/passwd a link to /dev/zero), and
 # account and service listings are far smaller.
@@ -200,34 +341,46 @@ def run(
     input: str | bytes | None = None,
     timeout: float = 60.0,
 ) -> Completed:
-    """Run ARGV in the VPS and collect its output (for account and service operations);
-    EngineError if it writes more than OUTPUT_LIMIT bytes to either."""
+    """Run ARGV in the VPS and collect its output (for account and service operations).
+
+    Bounded in size and time, as anything the host reads from a guest must be: EngineError
+    if the program writes more than OUTPUT_LIMIT bytes to either output, or has not finished
+    within TIMEOUT seconds (counted from the call: starting it is part of it). The program is
+    then killed, SIGSTOP'd or not, and nothing of it is left."""
+    import time
+
+    deadline = time.monotonic() + timeout
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = spawn(init_pid, argv, cgroup_procs, stdin_r, out_w, err_w)
+        helper = spawn(init_pid, argv, cgroup_procs, stdin_r, out_w, err_w, deadline=deadline)
+    except BaseException:
+        for fd in (stdin_w, out_r, err_r):
+            os.close(fd)
+        raise
     finally:
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
     data = input.encode() if isinstance(input, str) else (input or b"")
     try:
-        stdout, stderr = _communicate(stdin_w, out_r, err_r, data, timeout, pid)
+        stdout, stderr = _communicate(stdin_w, out_r, err_r, data, deadline, timeout, helper)
     finally:
-        _, status = os.waitpid(pid, 0)  # also after a kill: no zombie left behind
-    return Completed(os.waitstatus_to_exitcode(status), stdout.decode(errors="replace"),
-                     stderr.decode(errors="replace"))
+        helper.kill()  # a no-op once it has exited; otherwise no helper or program left behind
+    return Completed(helper.wait(), stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 
-def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: float, pid: int):
-    """Feed stdin and drain both outputs without deadlock, as subprocess.communicate does."""
-    import select
+def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, deadline: float, timeout: float,
+                 helper: Helper) -> tuple[bytes, bytes]:
+    """Feed stdin and drain both outputs without deadlock, as subprocess.communicate does,
+    until both outputs are closed and the helper has exited."""
     import selectors
     import time
 
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     sizes = {out_r: 0, err_r: 0}
-    sel = selectors.DefaultSelector()
+    # poll, not select: a worker may hold more than FD_SETSIZE fds.
+    sel = selectors.PollSelector()
     sel.register(out_r, selectors.EVENT_READ)
     sel.register(err_r, selectors.EVENT_READ)
     if data:
@@ -235,14 +388,12 @@ def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: flo
     else:
         os.close(stdin_w)
     view = memoryview(data)
-    deadline = time.monotonic() + timeout
     flooded = False
     try:
         while sel.get_map() and not flooded:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                os.kill(pid, 9)
-                raise subprocess.TimeoutExpired("guest command", timeout)
+                break
             for key, _ in sel.select(remaining):
                 fd = key.fd
                 if fd == stdin_w:
@@ -263,23 +414,24 @@ def _communicate(stdin_w: int, out_r: int, err_r: int, data: bytes, timeout: flo
                 else:
                     sel.unregister(fd)
                     os.close(fd)
+        finished = not sel.get_map()
     finally:
         for key in list(sel.get_map().values()):  # still open after a timeout or a flood
             os.close(key.fd)
         sel.close()
     if flooded:
-        # With our ends closed the program dies of SIGPIPE at its next write and the helper
-        # reaps it. Killing the helper instead would hand the program to the worker (its
-        # subreaper) to reap, and until then the guest's init could not exit (a PID namespace
-        # ends only when all its processes are reaped). One that ignores SIGPIPE is killed
-        # with the helper when the time is up.
-        pidfd = os.pidfd_open(pid)  # readable once the helper has exited; run() reaps it
-        try:
-            if not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                os.kill(pid, 9)
-        finally:
-            os.close(pidfd)
-        raise EngineError(f"the program wrote more than {OUTPUT_LIMIT} bytes")
+        helper.kill()
+        raise EngineError(f"{helper.what} wrote more than {OUTPUT_LIMIT} bytes (the most the engine reads "
+                          "from a guest); it was killed")
+    if not finished:
+        helper.kill()
+        raise EngineError(f"{helper.what} did not finish within {timeout:g} s; it was killed")
+    # Both outputs closed: the program has normally exited, but something it left running
+    # may hold them open no longer, and the program itself may still be stopped.
+    try:
+        helper.wait(max(0.0, deadline - time.monotonic()))
+    except EngineError:
+        raise EngineError(f"{helper.what} did not finish within {timeout:g} s; it was killed") from None
     return b"".join(chunks[out_r]), b"".join(chunks[err_r])
 
 

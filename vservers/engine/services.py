@@ -88,7 +88,10 @@ class Services:
         return templates.get(self.engine.config, spec.template, spec.template_version).service_dir
 
     def list(self) -> list[Service]:
-        result = self.engine.run(self.name, ["/bin/sh", "-c", _STATUS_SCRIPT, "sh", self._service_dir()])
+        from .guest import OPERATION_TIMEOUT
+
+        result = self.engine.run(self.name, ["/bin/sh", "-c", _STATUS_SCRIPT, "sh", self._service_dir()],
+                                 timeout=OPERATION_TIMEOUT)
         if result.returncode != 0:
             raise EngineError(f"could not list services: {result.stderr.strip()}")
         return parse_status(result.stdout)
@@ -144,7 +147,9 @@ class Services:
         if not any(s.name == service for s in self.list()):
             raise NotFound(f"no service {service!r} in {self.name!r}")
         path = f"{self._service_dir()}/{service}"
-        result = self.engine.run(self.name, ["sv", "-w", "10", ACTIONS[action], path])
+        from .guest import OPERATION_TIMEOUT
+
+        result = self.engine.run(self.name, ["sv", "-w", "10", ACTIONS[action], path], timeout=OPERATION_TIMEOUT)
         if result.returncode != 0:
             raise EngineError(f"sv {action} {service} failed: {(result.stdout + result.stderr).strip()}")
         return next(s for s in self.list() if s.name == service)
