@@ -142,6 +142,7 @@ def test_output_without_end_costs_the_host_a_bounded_amount_of_memory(engine, ma
     from vservers.engine import EngineError, guest
 
     name = make_server("wo-flood", "198.19.31.10/18")
+    before = _our_processes()  # e.g. the panel tests' worker and redis, when they ran first
     code, baseline, err = _cli_peak_rss("account", "list", name)
     assert code == 0, err
 
@@ -179,7 +180,7 @@ def test_output_without_end_costs_the_host_a_bounded_amount_of_memory(engine, ma
     for operation in (lambda a: a.get("root"), lambda a: a.add("eve"), lambda a: a.delete("eve")):
         with pytest.raises(EngineError, match=f"more than {guest.OUTPUT_LIMIT} bytes"):
             operation(engine.accounts(name))
-    assert _our_processes() == {} and _zombie_children() == []
+    assert _our_processes().keys() <= before.keys() and _zombie_children() == []
 
 
 # -- finding 7: a guest that stops what the host starts ---------------------------------------
@@ -213,7 +214,7 @@ def test_a_guest_stopping_new_processes_cannot_hang_the_engine(engine, make_serv
         assert not thread.is_alive(), "engine.run(timeout=3) did not return"
         assert seen_stopped, "the guest's loop never stopped the program: the attack did not happen"
         assert "did not start within 3 s" in str(outcome.get("error")), outcome
-        assert _our_processes() == before == {}
+        assert _our_processes().keys() <= before.keys()
         assert _zombie_children() == []
         assert _stopped_in(engine.init_pid(name)) == [], "a stopped program was left in the guest"
 
@@ -223,7 +224,7 @@ def test_a_guest_stopping_new_processes_cannot_hang_the_engine(engine, make_serv
             engine.accounts(name).add("eve")
         with pytest.raises(EngineError, match="did not start within 2 s"):
             engine.services(name).list()
-        assert _our_processes() == {} and _zombie_children() == []
+        assert _our_processes().keys() <= before.keys() and _zombie_children() == []
     finally:
         os.kill(loop, signal.SIGKILL)
     # The server is usable again once the loop is gone.
@@ -234,6 +235,7 @@ def test_a_program_that_runs_past_its_time_or_writes_without_end_is_killed(engin
     from vservers.engine import EngineError, guest
 
     name = make_server("wo-slow", "198.19.31.12/18")
+    before = _our_processes()
     with pytest.raises(EngineError, match="did not finish within 1 s"):
         engine.run(name, ["sh", "-c", "trap '' PIPE TERM; sleep 1000"], timeout=1)
     with pytest.raises(EngineError, match=f"wrote more than {guest.OUTPUT_LIMIT} bytes"):
@@ -241,7 +243,7 @@ def test_a_program_that_runs_past_its_time_or_writes_without_end_is_killed(engin
     # Stopped by the guest after it exec'd: killed at the deadline all the same.
     with pytest.raises(EngineError, match="did not finish within 1 s"):
         engine.run(name, ["sh", "-c", "kill -STOP $$"], timeout=1)
-    assert _our_processes() == {} and _zombie_children() == []
+    assert _our_processes().keys() <= before.keys() and _zombie_children() == []
     assert _stopped_in(engine.init_pid(name)) == []
 
 
