@@ -30,9 +30,10 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _feed_stdin(target: int, close_at_end: bool) -> threading.Thread:
-    """Copy our stdin to TARGET until its end (or until nothing reads TARGET any more), in
-    a daemon thread: one blocked on a terminal when the program has exited must not keep us."""
+def _feed_stdin(target: int) -> threading.Thread:
+    """Copy our stdin to TARGET until its end (or until nothing reads TARGET any more), then
+    close TARGET; in a daemon thread: one blocked on a terminal when the program has exited
+    must not keep us."""
 
     def copy() -> None:
         try:
@@ -48,8 +49,7 @@ def _feed_stdin(target: int, close_at_end: bool) -> threading.Thread:
                 except OSError:  # EPIPE: nothing in the guest reads it any more
                     break
         finally:
-            if close_at_end:
-                os.close(target)
+            os.close(target)
 
     thread = threading.Thread(target=copy, name="stdin", daemon=True)
     thread.start()
@@ -79,9 +79,9 @@ def exec_forwarding(init_pid: int, argv: Sequence[str], cgroup_procs: Sequence[P
         for fd in (in_r, out_w, err_w):
             os.close(fd)
     try:
+        _feed_stdin(in_w)
         sys.stdout.flush()
         sys.stderr.flush()
-        _feed_stdin(in_w, close_at_end=True)
         targets = {out_r: (1, _plain_filter(1)), err_r: (2, _plain_filter(2))}
         sel = selectors.DefaultSelector()
         for fd in targets:
@@ -137,7 +137,9 @@ def interactive(init_pid: int, argv: Sequence[str], cgroup_procs: Sequence[Path]
         try:
             if saved is not None:
                 tty.setraw(0, termios.TCSANOW)  # TCSAFLUSH would drop what was typed ahead
-            _feed_stdin(master, close_at_end=False)
+            # A copy of its own: the thread may outlive this function, blocked on our
+            # terminal, and must never write to a number since reused for another file.
+            _feed_stdin(os.dup(master))
             _pump_pty(master, screen)
         finally:
             if screen is not None:
