@@ -10,6 +10,11 @@ fds or cwd (the CVE-2019-5736 class); the helper itself stays in the host's PID 
 its child, visible in the guest until it execs, keeps only fds 0-2 and pipes of its own, with
 its cwd and root the guest's (the CVE-2024-21626 class). The program runs with the guest's init's
 bounding set (read from the host's /proc before entering) and seccomp filter.
+
+The guest's root can see that child and stop it (SIGSTOP) before it execs, or make the
+program run or write without end: every wait on it has a deadline, after which the helper
+kills the program and both are reaped (see Helper), and run() keeps at most OUTPUT_LIMIT
+bytes of output.
 """
 
 from __future__ import annotations
