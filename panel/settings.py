@@ -34,8 +34,13 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
+    "rest_framework",
+    "drf_spectacular",
+    # Swagger UI's files for the API's docs page, served as our own static files.
+    "drf_spectacular_sidecar",
     "accounts",
     "vservers",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -124,6 +129,44 @@ PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30
 # How many operations a tenant's servers may have queued or running at once: each is a job for
 # a root worker, so a tenant must not be able to flood a node's queue.
 PANEL_MAX_PENDING_PER_TENANT = env.env_int(ENV, "PANEL_MAX_PENDING_PER_TENANT", default=20, low=1, high=10000)
+
+# The REST API (api/, docs/api.md): bearer tokens made in the panel, or the browser's session
+# (with its CSRF token) for the docs page; JSON only; errors as {"detail", "code", "fields"}.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # First: its WWW-Authenticate header makes a missing or bad token a 401.
+        "api.authentication.TokenAuthentication",
+        "api.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.SignedIn", "api.permissions.TokenScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.TokenRateThrottle"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "api.schema.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "vservers panel API",
+    "DESCRIPTION": "Servers, their operations, accounts and services, requests and approvals. See docs/api.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["api.permissions.SignedIn"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "ENUM_NAME_OVERRIDES": {},
+}
+# API tokens (api.models.ApiToken): requests per token within "window" seconds (429 with
+# Retry-After beyond), the longest lifetime a token may be given, and whether operators'
+# tokens may write (False: an operator's token is read-only whatever scope was asked for).
+PANEL_API_RATE = {"requests": env.env_int(ENV, "PANEL_API_RATE", default=600, low=1, high=1_000_000), "window": 60}
+PANEL_API_TOKEN_MAX_DAYS = 366
+PANEL_API_OPERATOR_WRITE = env.env_bool(ENV, "PANEL_API_OPERATOR_WRITE", default=True)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

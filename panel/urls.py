@@ -5,7 +5,11 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("vservers.urls")),
+    # API tokens: the user's own page (api.pages), beside the password change.
+    path("accounts/tokens/", include("api.urls_pages")),
     path("accounts/", include("accounts.urls")),
+    # The REST API (api/; docs/api.md): /api/v1/..., the schema and its docs page.
+    path("api/", include("api.urls")),
     # The RQ dashboard of django-rq hangs itself into the admin (/admin/django_rq/).
     path("admin/", admin.site.urls),
 ]

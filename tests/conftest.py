@@ -14,6 +14,9 @@ import pytest
 from tests import coldpath
 from tests.leaks import TEST_ENV, find_leaks
 
+# Session fixtures of tests/panel and tests/api, registered here once (tests/panel_fixtures.py).
+from tests.panel_fixtures import panel_engine, panel_redis  # noqa: F401
+
 # One test session at a time per host: the sessions share their installations' names
 # (roots, bridges, addresses), so a second one waits here instead of tripping the first.
 SESSION_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "vservers-tests.lock"

@@ -115,6 +115,8 @@ def request_operation(server: VirtualServer, kind: str, user, request=None, **pa
 def retry(server: VirtualServer, user, request=None) -> Operation:
     """A server in error tries again: provisioning is idempotent (it creates what is missing
     and starts the server), so it also finishes a start, stop or delete that failed half-way."""
+    if server.state != State.ERROR:
+        raise ActionRefused("only a server in error can be retried")
     return request_operation(server, OperationKind.PROVISION, user, request=request)
 
 
@@ -128,6 +130,15 @@ def cancel(server: VirtualServer, request=None) -> None:
         raise ActionRefused("only a request that waits for approval can be withdrawn")
     if request is not None:
         AuditEntry.record(request, "server.cancel", server)
+
+
+def dismiss(server: VirtualServer, request=None) -> bool:
+    """The tenant has read why a request was rejected: stop showing it (audited once; a
+    second dismissal changes nothing)."""
+    dismissed = server.dismiss()
+    if dismissed and request is not None:
+        AuditEntry.record(request, "server.dismiss", server)
+    return dismissed
 
 
 # -- quotas ---------------------------------------------------------------------------------
@@ -329,3 +340,67 @@ def pending_operation(server: VirtualServer) -> Operation | None:
 
 def busy(server: VirtualServer) -> bool:
     return server.in_progress
+
+
+# -- the operator's catalogue: tenants, members, plans, templates, pools ------------------------
+# The forms (vservers.operator_forms) validate; these save and record the audit entry, for the
+# operator's pages and the REST API alike.
+
+
+def _changes(form) -> dict:
+    return {name: str(form.cleaned_data[name]) for name in form.changed_data}
+
+
+def create_tenant(form, request=None) -> Tenant:
+    tenant = form.save()
+    AuditEntry.record(request, "tenant.create", tenant, tenant=tenant)
+    return tenant
+
+
+def update_tenant(form, request=None) -> Tenant:
+    tenant = form.save()
+    AuditEntry.record(request, "tenant.update", tenant, tenant=tenant, changes=_changes(form))
+    return tenant
+
+
+def add_member(form, tenant: Tenant, request=None):
+    """A new user in TENANT (MemberAddForm); returns the membership and the generated
+    password, if one was generated (shown once, stored nowhere)."""
+    with transaction.atomic():
+        membership, generated = form.save(tenant)
+        AuditEntry.record(request, "member.add", membership, tenant=tenant,
+                          username=membership.user.username, role=membership.role)
+    return membership, generated
+
+
+def create_plan(form, request=None) -> Plan:
+    plan = form.save()
+    AuditEntry.record(request, "plan.create", plan)
+    return plan
+
+
+def update_plan(form, request=None) -> Plan:
+    plan = form.save()
+    AuditEntry.record(request, "plan.update", plan, changes=_changes(form))
+    return plan
+
+
+def create_template(form, request=None) -> Template:
+    template = form.save()
+    AuditEntry.record(request, "template.create", template)
+    return template
+
+
+def set_template_active(template: Template, active: bool, request=None) -> Template:
+    """Offer TEMPLATE for new servers or stop offering it. A compare-and-swap on what the
+    caller read: two clicks on the page's toggle make two flips, not one."""
+    Template.objects.filter(pk=template.pk, is_active=not active).update(is_active=active)
+    template.refresh_from_db()
+    AuditEntry.record(request, "template.activate" if template.is_active else "template.deactivate", template)
+    return template
+
+
+def create_pool(form, request=None) -> IPPool:
+    pool = form.save()
+    AuditEntry.record(request, "pool.create", pool, network=pool.network, gateway=pool.gateway, node=pool.node.name)
+    return pool

@@ -84,6 +84,9 @@ def all_routes() -> list[Route]:
 TENANT_PREFIX = "servers/"
 OPERATOR_PREFIX = "operator/"
 ADMIN_PREFIX = "admin/"
+# The REST API (api/): its operator endpoints, and everything else (tenants and operators).
+API_PREFIX = "api/"
+API_OPERATOR_PREFIX = "api/v1/operator/"
 # Views for anybody, signed in or not. Every other view needs a signed-in user; a view that
 # belongs here must be added by name, on purpose.
 PUBLIC = {
@@ -108,6 +111,9 @@ SIGNED_IN = {
     "two_factor_confirm",
     "two_factor_recovery_codes",
     "two_factor_disable",
+    "api_tokens",
+    "api_token_revoke",
+    "api-docs",
 }
 
 
@@ -193,7 +199,7 @@ def actor(route: Route, w):
         return None
     if route.route.startswith(ADMIN_PREFIX):
         return w.root
-    if route.route.startswith(OPERATOR_PREFIX):
+    if route.route.startswith((OPERATOR_PREFIX, API_OPERATOR_PREFIX)):
         return w.operator
     return w.bob
 
@@ -224,6 +230,8 @@ def payload(w) -> dict:
         # accounts: password change and reset
         "old_password": "bob password 1", "new_password1": new_password, "new_password2": new_password,
         "email": "bob@globex.test",
+        # API tokens (the token page)
+        "scope": "read", "days": 30,
     }
 
 

@@ -7,8 +7,14 @@ view is covered the day it is added, without touching this file.
 2. alice gets 403 from every operator URL, GET and POST;
 3. an anonymous user is sent to the login page from all of them;
 4. every other URL pattern, anywhere in the urlconf, is either public by name (the sign-in
-   pages, healthz), for any signed-in user by name (home, sign-out, password change), or the
-   admin's: a view outside these fails test_every_view_has_a_case until it is given one.
+   pages, healthz), for any signed-in user by name (home, sign-out, password change), the
+   admin's, or the REST API's (5.): a view outside these fails test_every_view_has_a_case until
+   it is given one.
+5. the REST API (/api/), with bearer tokens, by the same rules from the same functions
+   (vservers.access): alice's token gets 404 for globex's objects with every method, 403 from
+   every operator endpoint (/api/v1/operator/), and her lists show nothing of globex; without
+   a token everything is 401; a read-only member's token and a read-only token get 403 for
+   every write on the member's own objects, and change nothing.
    Public pages show nothing of globex to anybody, the signed-in ones nothing to alice, and
    the admin (every pattern in it) lets neither alice nor an anonymous user in.
 
@@ -29,7 +35,8 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.converters import IntConverter, UUIDConverter
 
-from tests.panel.routes import ADMIN_PREFIX, PUBLIC, SIGNED_IN, all_routes
+from accounts.models import Membership
+from tests.panel.routes import ADMIN_PREFIX, API_OPERATOR_PREFIX, API_PREFIX, PUBLIC, SIGNED_IN, all_routes
 from tests.panel.routes import candidates as placeholder_values
 from vservers.models import (
     GuestAccount,
@@ -252,7 +259,7 @@ ADMIN_LOGIN = "/admin/login/"
 
 def test_every_view_has_a_case():
     covered = {id(r) for r in ADMIN_ROUTES + PUBLIC_ROUTES + SIGNED_IN_ROUTES}
-    areas = (TENANT_PREFIX, OPERATOR_PREFIX)
+    areas = (TENANT_PREFIX, OPERATOR_PREFIX, API_PREFIX)
     without = [str(r) for r in ALL_ROUTES if id(r) not in covered and not r.route.startswith(areas)]
     assert not without, (
         "views outside /servers/ and /operator/ that no test here covers; name them in "
@@ -320,3 +327,124 @@ def test_the_admin_lets_neither_tenants_nor_strangers_in(client, world, route):
                 if response.status_code == 302:
                     assert response["Location"].startswith(ADMIN_LOGIN), f"{where}: {response['Location']}"
     assert not world.globex.server.operations.exclude(pk=world.globex.operation.pk).exists()
+
+
+# -- 5. the REST API ------------------------------------------------------------------------
+
+API_ROUTES = [r for r in routes(API_PREFIX) if r.name not in SIGNED_IN]  # the docs page is a page
+API_OPERATOR_ROUTES = [r for r in API_ROUTES if r.route.startswith(API_OPERATOR_PREFIX)]
+API_OBJECT_ROUTES = [r for r in API_ROUTES if r.placeholders and r not in API_OPERATOR_ROUTES]
+API_LIST_ROUTES = [r for r in API_ROUTES if not r.placeholders and r not in API_OPERATOR_ROUTES]
+API_METHODS = ("get", "post", "put", "patch", "delete")
+# What a write sends: enough to pass the input checks where a view has them, so that a
+# refusal comes from the access rules and not from missing fields.
+API_BODY = {
+    "name": "newsrv", "hostname": "newsrv.example.test", "plan": "medium", "template": "busybox",
+    "user": "newuser", "password": "guest password 1", "ssh_key": "", "reason": "no", "node": "local",
+    "slug": "newco", "is_active": True, "cpus": "1", "memory_mb": 256, "disk_mb": 1024,
+    "network": "198.19.200.0/24", "gateway": "198.19.200.1", "tenant": "acme", "username": "newmember",
+}
+
+
+def test_the_matrix_sees_the_api():
+    names = {r.name for r in API_ROUTES}
+    assert {"api-servers", "api-server", "api-server-start", "api-operation", "api-op-approve", "api-op-tenants",
+            "api-op-audit", "api-schema"} <= names
+    assert len(API_OPERATOR_ROUTES) >= 15 and len(API_OBJECT_ROUTES) >= 15
+
+
+def _api_client(user, scope: str = "write"):
+    from rest_framework.test import APIClient
+
+    from api import actions
+
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {actions.create(user, name='matrix', scope=scope, days=1)[1]}")
+    return client
+
+
+def _api_answers(client, url: str) -> dict[str, int]:
+    return {method: getattr(client, method)(url, API_BODY, format="json").status_code for method in API_METHODS}
+
+
+def _nothing_done(world) -> bool:
+    return not world.globex.server.operations.exclude(pk=world.globex.operation.pk).exists()
+
+
+@pytest.mark.parametrize("route", API_OBJECT_ROUTES, ids=str)
+def test_api_another_tenants_objects_are_not_found(world, route):
+    alice = _api_client(world.alice)
+    urls = combinations(route, world)
+    for url in urls:
+        answers = _api_answers(alice, url)
+        assert set(answers.values()) <= {404, 405} and 404 in answers.values(), f"{url}: {answers}"
+    assert _nothing_done(world)
+
+    # The control: bob's token reaches the same objects with some value, so the 404s above
+    # come from the tenant check.
+    bob = _api_client(world.bob, scope="read")
+    found = [url for url in urls if bob.get(url).status_code not in (404, 405) or bob.post(url).status_code != 404]
+    assert found, f"no value for {route.route} reaches globex's objects even for bob: the test needs one"
+
+
+@pytest.mark.parametrize("route", API_LIST_ROUTES, ids=str)
+def test_api_lists_show_nothing_of_another_tenant(world, route):
+    response = _api_client(world.alice).get("/" + route.route)
+    assert response.status_code == 200, response.status_code
+    assert SECRET_NAME.encode() not in response.content
+    assert str(world.globex.server.uuid).encode() not in response.content
+
+
+@pytest.mark.parametrize("route", API_OPERATOR_ROUTES, ids=str)
+def test_api_operator_endpoints_are_forbidden_to_tenants(world, route):
+    alice = _api_client(world.alice)
+    for url in combinations(route, world, first_only=True):
+        answers = _api_answers(alice, url)
+        assert set(answers.values()) == {403}, f"{url}: {answers}"
+    assert _nothing_done(world)
+
+    # The control: the operator's token gets past the check.
+    operator = _api_client(world.operator, scope="read")
+    url = combinations(route, world, first_only=True)[0]
+    assert operator.get(url).status_code != 403 or operator.post(url).status_code != 403, url
+
+
+@pytest.mark.parametrize("route", API_ROUTES, ids=str)
+def test_api_without_a_token_is_401(world, route):
+    anonymous = _api_client(None)
+    for url in combinations(route, world, first_only=True):
+        for method in API_METHODS:
+            response = getattr(anonymous, method)(url, API_BODY, format="json")
+            assert response.status_code == 401, f"{method.upper()} {url}: {response.status_code}"
+            assert response["WWW-Authenticate"].startswith("Bearer"), url
+    assert _nothing_done(world)
+
+
+@pytest.fixture
+def readonly_member(world, django_user_model):
+    """carol, a read-only member of globex (bob's tenant)."""
+    carol = django_user_model.objects.create_user("carol", "carol@globex.test")
+    Membership.objects.create(user=carol, tenant=world.globex.server.tenant, role=Membership.READONLY)
+    return carol
+
+
+API_WRITE_ROUTES = [r for r in API_ROUTES if r not in API_OPERATOR_ROUTES and r.name != "api-schema"]
+
+
+@pytest.mark.parametrize("route", API_WRITE_ROUTES, ids=str)
+def test_api_read_only_members_and_tokens_cannot_write(world, readonly_member, route):
+    if route.name == "api-rejected-dismiss":  # it acts on rejected requests only
+        VirtualServer.objects.filter(pk=world.globex.server.pk).update(state=State.REJECTED)
+    before = {model: model.objects.count() for model in (VirtualServer, Operation)}
+    for client in (_api_client(readonly_member), _api_client(world.bob, scope="read")):
+        wrote, looked = set(), set()
+        for url in combinations(route, world):
+            for method in ("post", "patch", "delete"):
+                wrote.add(getattr(client, method)(url, API_BODY, format="json").status_code)
+            looked.add(client.get(url).status_code)
+        # 404: a value that fits no object of that kind (an operation's id as a server's).
+        assert wrote <= {403, 404, 405} and (403 in wrote or wrote == {405}), f"{route}: {wrote}"
+        assert looked & {200, 405}, f"{route}: {looked}"  # and they may look
+    assert before == {model: model.objects.count() for model in (VirtualServer, Operation)}
+    assert _nothing_done(world)

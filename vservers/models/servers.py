@@ -47,6 +47,21 @@ class ServerQuerySet(models.QuerySet):
     def visible(self) -> ServerQuerySet:
         return self.exclude(state__in=TERMINAL)
 
+    def fingerprint(self) -> tuple:
+        """What changes whenever anything a listing of these servers shows changes, from one
+        aggregate query: every state and plan change bumps a server's `updated`, every usage
+        sample its `sampled_at`, addresses come and go with their ids, servers with the count.
+        Not covered: an operator renaming a plan, template or tenant. For ETags (the server
+        list's polled rows, the API's server list and details)."""
+        totals = self.order_by().aggregate(
+            n_servers=models.Count("pk", distinct=True),
+            last_updated=models.Max("updated"),
+            last_sampled=models.Max("sampled_at"),
+            n_addresses=models.Count("addresses__pk"),
+            last_address=models.Max("addresses__pk"),
+        )
+        return tuple(totals.values())
+
     def rejected_undismissed(self) -> ServerQuerySet:
         """Requests an operator rejected that the tenant has not dismissed yet: the server
         list shows them with the operator's reason."""

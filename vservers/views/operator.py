@@ -16,9 +16,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -30,7 +28,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from accounts import two_factor
 from accounts.models import AuditEntry, Membership, Tenant
 
-from .. import actions
+from .. import access, actions
 from ..actions import ActionRefused
 from ..models import (
     TERMINAL,
@@ -74,8 +72,7 @@ def operator_required(view: Callable) -> Callable:
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise PermissionDenied("operators only")
+        access.require_operator(request.user)
         return view(request, *args, **kwargs)
 
     return wrapper
@@ -97,10 +94,7 @@ def _back(request: HttpRequest, fallback: str, *args, **kwargs) -> HttpResponse:
 
 
 def _get_server(request: HttpRequest, uuid) -> VirtualServer:
-    servers = VirtualServer.objects.restrict(request.user).select_related(
-        "tenant", "plan", "template", "node", "requested_by", "requested_plan"
-    )
-    return get_object_or_404(servers, uuid=uuid)
+    return access.operator_server(request.user, uuid)
 
 
 def _percent(used, total) -> int:
@@ -368,8 +362,7 @@ def server_create(request: HttpRequest) -> HttpResponse:
 def tenants(request: HttpRequest) -> HttpResponse:
     form = TenantForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        tenant = form.save()
-        AuditEntry.record(request, "tenant.create", tenant, tenant=tenant)
+        tenant = actions.create_tenant(form, request=request)
         messages.success(request, f"Tenant {tenant} is created.")
         return redirect("op_tenant_detail", uuid=tenant.uuid)
     listed = Tenant.objects.annotate(
@@ -385,9 +378,7 @@ def tenant_detail(request: HttpRequest, uuid) -> HttpResponse:
     tenant = get_object_or_404(Tenant, uuid=uuid)
     form = TenantForm(request.POST or None, instance=tenant)
     if request.method == "POST" and form.is_valid():
-        form.save()
-        changes = {name: str(form.cleaned_data[name]) for name in form.changed_data}
-        AuditEntry.record(request, "tenant.update", tenant, tenant=tenant, changes=changes)
+        actions.update_tenant(form, request=request)
         messages.success(request, f"Tenant {tenant} is saved.")
         return redirect("op_tenant_detail", uuid=tenant.uuid)
     servers = tenant.servers.select_related("plan", "node").prefetch_related("addresses").order_by("name", "pk")
@@ -414,10 +405,7 @@ def member_add(request: HttpRequest, uuid) -> HttpResponse:
     tenant = get_object_or_404(Tenant, uuid=uuid)
     form = MemberAddForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            membership, generated = form.save(tenant)
-            AuditEntry.record(request, "member.add", membership, tenant=tenant,
-                              username=membership.user.username, role=membership.role)
+        membership, generated = actions.add_member(form, tenant, request=request)
         return render(request, "vservers/operator/member_created.html", {
             "section": "tenants", "tenant": tenant, "membership": membership, "password": generated,
         })
@@ -448,8 +436,7 @@ def member_two_factor_reset(request: HttpRequest, uuid, user_id: int) -> HttpRes
 def plans(request: HttpRequest) -> HttpResponse:
     form = PlanForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        plan = form.save()
-        AuditEntry.record(request, "plan.create", plan)
+        plan = actions.create_plan(form, request=request)
         messages.success(request, f"Plan {plan.name} is created.")
         return redirect("op_plans")
     listed = Plan.objects.annotate(server_count=Count("servers", filter=Q(servers__state__in=LIVE_STATES)))
@@ -462,9 +449,7 @@ def plan_edit(request: HttpRequest, uuid) -> HttpResponse:
     plan = get_object_or_404(Plan, uuid=uuid)
     form = PlanForm(request.POST or None, instance=plan)
     if request.method == "POST" and form.is_valid():
-        form.save()
-        changes = {name: str(form.cleaned_data[name]) for name in form.changed_data}
-        AuditEntry.record(request, "plan.update", plan, changes=changes)
+        actions.update_plan(form, request=request)
         messages.success(request, f"Plan {plan.name} is saved; running servers keep their limits until changed.")
         return redirect("op_plans")
     return render(request, "vservers/operator/plan_form.html", {"section": "plans", "plan": plan, "form": form})
@@ -475,8 +460,7 @@ def plan_edit(request: HttpRequest, uuid) -> HttpResponse:
 def templates(request: HttpRequest) -> HttpResponse:
     form = TemplateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        template = form.save()
-        AuditEntry.record(request, "template.create", template)
+        template = actions.create_template(form, request=request)
         messages.success(request, f"Template {template.name} is added.")
         return redirect("op_templates")
     listed = Template.objects.annotate(server_count=Count("servers", filter=Q(servers__state__in=LIVE_STATES)))
@@ -489,10 +473,8 @@ def templates(request: HttpRequest) -> HttpResponse:
 @require_POST
 def template_toggle(request: HttpRequest, name: str) -> HttpResponse:
     template = get_object_or_404(Template, name=name)
-    # Flip in the database, not from what this request read: two clicks make two flips.
-    Template.objects.filter(pk=template.pk, is_active=template.is_active).update(is_active=not template.is_active)
-    template.refresh_from_db()
-    AuditEntry.record(request, "template.activate" if template.is_active else "template.deactivate", template)
+    # Flip what this request read (a compare-and-swap): two clicks make two flips.
+    template = actions.set_template_active(template, not template.is_active, request=request)
     state = "offered to tenants" if template.is_active else "no longer offered for new servers"
     messages.success(request, f"Template {template.name} is {state}.")
     return redirect("op_templates")
@@ -506,9 +488,7 @@ def template_toggle(request: HttpRequest, name: str) -> HttpResponse:
 def pools(request: HttpRequest) -> HttpResponse:
     form = PoolForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        pool = form.save()
-        AuditEntry.record(request, "pool.create", pool, network=pool.network, gateway=pool.gateway,
-                          node=pool.node.name)
+        pool = actions.create_pool(form, request=request)
         messages.success(request, f"Pool {pool} is created.")
         return redirect("op_pool_detail", pk=pool.pk)
     return render(request, "vservers/operator/pools.html", {

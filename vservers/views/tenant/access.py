@@ -1,4 +1,5 @@
-"""Who may see and act on which server: the one place the tenant area scopes objects."""
+"""The tenant area's side of vservers.access (the rules, shared with the REST API): the
+request-taking helpers and the htmx fragments' handling of signed-out users and gone servers."""
 
 from __future__ import annotations
 
@@ -7,46 +8,22 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render, resolve_url
+from django.shortcuts import render, resolve_url
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from accounts.models import Membership
-
+from ... import access
 from ...models import VirtualServer
 
-
-def membership(user) -> Membership | None:
-    try:
-        return user.membership
-    except Membership.DoesNotExist:
-        return None
-
-
-def can_act(user) -> bool:
-    """Tenant admins act on their servers, read-only members only look. Staff without a
-    membership are operators: they may act on any server."""
-    member = membership(user)
-    if member is None:
-        return user.is_staff
-    return member.can_act
+membership = access.membership
+can_act = access.can_act
 
 
 def get_server_for_user(request: HttpRequest, uuid, *, act: bool = False) -> VirtualServer:
-    """The user's live server with this UUID, or 404 (also for other tenants' servers: an
-    outsider cannot tell "not yours" from "does not exist"). With ACT, read-only members get
-    403 after that check."""
-    servers = (
-        VirtualServer.objects.restrict(request.user)
-        .visible()
-        .select_related("tenant", "plan", "template", "requested_plan")
-    )
-    server = get_object_or_404(servers, uuid=uuid)
-    if act and not can_act(request.user):
-        raise PermissionDenied("your role in this tenant is read-only")
-    return server
+    """The user's live server with this UUID, or 404; with ACT, 403 for read-only members
+    (vservers.access.get_server)."""
+    return access.get_server(request.user, uuid, act=act)
 
 
 def htmx_fragment(view):

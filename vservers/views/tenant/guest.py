@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_POST
 
-from ...engine import validate
-from ...engine.errors import InvalidInput
+from ... import access
 from ...forms import AccountAddForm, AccountKeyForm, AccountPasswordForm
 from ...models import GuestAccount, OperationKind, VirtualServer
 from .access import get_server_for_user
@@ -23,21 +20,7 @@ SERVICE_ACTIONS = {
 
 
 def _get_account_for_user(server: VirtualServer, name: str, *, system_ok: bool = False) -> GuestAccount:
-    """An account of SERVER as the worker last listed it, or 404: users act on the accounts
-    they see. System accounts other than root are the template's, not the tenant's."""
-    account = get_object_or_404(server.guest_accounts, name=name)
-    if account.is_system and not (system_ok and account.uid == 0):
-        raise PermissionDenied(f"{name} is a system account")
-    # The guest's root names accounts as he likes; the engine acts only on names it accepts.
-    _engine_name(validate.user_name, account.name, allow_reserved=True)
-    return account
-
-
-def _engine_name(check, name: str, **kwargs) -> None:
-    try:
-        check(name, **kwargs)
-    except InvalidInput as exc:
-        raise PermissionDenied(f"the panel cannot manage this: {exc}") from None
+    return access.get_account(server, name, system_ok=system_ok)
 
 
 @login_required
@@ -108,7 +91,6 @@ def service_action(request: HttpRequest, uuid, name: str, action: str) -> HttpRe
     server = get_server_for_user(request, uuid, act=True)
     if action not in SERVICE_ACTIONS:
         raise Http404("no such service action")
-    name = get_object_or_404(server.services, name=name).name  # as the worker last listed them
-    _engine_name(validate.service_name, name)
+    name = access.get_service(server, name).name  # as the worker last listed them
     verb = {"start": "starting", "stop": "stopping", "restart": "restarting"}[action]
     return queue_operation(request, server, SERVICE_ACTIONS[action], f"{verb} service {name}.", service=name)

@@ -10,18 +10,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Max
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import get_template
 from django.urls import reverse
 from django.utils.cache import get_conditional_response, patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts.models import AuditEntry
-
-from ... import actions
+from ... import access, actions
 from ...formatting import number
 from ...forms import ServerRequestForm
 from ...models import IPAddress, State, VirtualServer
@@ -43,7 +40,7 @@ _NO_UUID = UUID(int=0)
 def _list_servers(user):
     """The servers USER's list shows, in the list's order (a total order, so pages never
     overlap)."""
-    return VirtualServer.objects.restrict(user).visible().order_by("tenant__name", "name", "pk")
+    return access.servers_for(user).order_by("tenant__name", "name", "pk")
 
 
 def _row(values: dict, url_pattern: str, addresses: list[str], size) -> dict:
@@ -123,18 +120,12 @@ def _rows_etag(request: HttpRequest, can_request: bool) -> str:
     sample (`sampled_at`) or its addresses, and servers coming and going change the count.
     The user, their role and the page asked for are part of it too. Not covered: an operator
     renaming a plan, template or tenant; the next full page load shows that."""
-    totals = _list_servers(request.user).order_by().aggregate(
-        n_servers=Count("pk", distinct=True),
-        last_updated=Max("updated"),
-        last_sampled=Max("sampled_at"),
-        n_addresses=Count("addresses__pk"),
-        last_address=Max("addresses__pk"),
-    )
+    totals = _list_servers(request.user).fingerprint()
     key = "|".join(
         str(part)
         for part in (
             _rows_markup_version(), request.user.pk, request.user.is_staff, can_request, request.GET.get("page", ""),
-            PER_PAGE, *totals.values(),
+            PER_PAGE, *totals,
         )
     )
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
@@ -200,14 +191,7 @@ def dismiss_rejected(request: HttpRequest, uuid) -> HttpResponse:
     """The tenant has read why a request was rejected: hide it from the list (audited). Only
     the tenant's own members find it (another tenant, and an operator, get 404); read-only
     members get 403."""
-    member = membership(request.user)
-    if member is None:
-        raise Http404("no such request")
-    server = get_object_or_404(VirtualServer.objects.filter(tenant=member.tenant).rejected_undismissed(), uuid=uuid)
-    if not member.can_act:
-        raise PermissionDenied("your role in this tenant is read-only")
-    if server.dismiss():
-        AuditEntry.record(request, "server.dismiss", server)
+    actions.dismiss(access.get_rejected(request.user, uuid), request=request)
     return redirect("server_list")
 
 
