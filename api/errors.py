@@ -6,7 +6,8 @@ PermissionDenied from vservers.access, or an action the server's state refuses (
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, serializers, status
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -72,3 +73,20 @@ def exception_handler(exc, context):
         body = {"detail": str(detail), "code": str(code), "fields": {}}
     response.data = body
     return response
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found(request, exception=None):
+    """Django's 404 handler, except under /api/: the API's error in JSON."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Not found.", "code": "not_found", "fields": {}}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if _is_api(request):
+        return JsonResponse({"detail": "A server error occurred.", "code": "error", "fields": {}}, status=500)
+    return defaults.server_error(request)

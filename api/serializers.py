@@ -12,7 +12,6 @@ from __future__ import annotations
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -120,7 +119,7 @@ class ServerSerializer(serializers.Serializer):
     created = serializers.DateTimeField()
     updated = serializers.DateTimeField()
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_node(self, server) -> str | None:
         request = self.context.get("request")
         if request is None or not request.user.is_staff or server.node is None:
@@ -171,7 +170,7 @@ class OperationSerializer(serializers.Serializer):
         help_text="what went wrong in full (the engine's message, the traceback): operators only, absent for tenants",
     )
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_requested_by(self, operation) -> str | None:
         return operation.requested_by.get_username() if operation.requested_by else None
 

@@ -3,6 +3,11 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+# The API answers in JSON even where no URL pattern matched (a malformed UUID in the path) or a
+# view crashed; the panel's pages keep Django's own pages.
+handler404 = "api.errors.not_found"
+handler500 = "api.errors.server_error"
+
 urlpatterns = [
     path("", include("vservers.urls")),
     # API tokens: the user's own page (api.pages), beside the password change.

@@ -1,0 +1,127 @@
+"""The OpenAPI schema (/api/schema/) against the real API: schemathesis generates requests for
+every operation in it, from a tenant's token and from an operator's, sends them over HTTP to a
+live server on loopback (pytest-django's live_server: a real threaded WSGI server in this
+process, as the browser tests use), and checks every answer: no 5xx, a status code the schema
+names for that operation, the content type and headers it names, and a body that fits its
+schema (errors included: {"detail", "code", "fields"}).
+
+Half of the generated requests keep schemathesis' own path values (random UUIDs and names:
+404s), the other half are pointed at real objects of the world (the tenant's running server,
+its account and service, an operation, a tenant, a plan, a template, a pool), so the views'
+real answers are checked too, writes included (the operations they queue are recorded, not
+run: `queued`). Examples per operation are few (MAX_EXAMPLES) to keep the run short; no
+shrinking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.generation import GenerationMode  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+# Per operation and mode; API_SCHEMA_EXAMPLES=200 searches deeper by hand (the CI's run stays short).
+MAX_EXAMPLES = int(os.environ.get("API_SCHEMA_EXAMPLES", "6"))
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture
+def api_world(offline_world, django_user_model, settings):
+    """offline_world with a running server of acme (alice's) with an address, an operation,
+    an account and a service; a rejected request; generous rate limits."""
+    from vservers.models import GuestAccount, Operation, OperationKind, Service, State, VirtualServer
+
+    settings.PANEL_API_RATE = {"requests": 100_000, "window": 60}
+    w = offline_world
+    server = VirtualServer.objects.create(
+        tenant=w.acme, name="web", hostname="web.acme.test", plan=w.small, template=w.busybox, node=w.node,
+        state=State.RUNNING, requested_plan=w.medium,
+    )
+    w.pool.allocate(server)
+    operation = Operation.objects.create(server=server, kind=OperationKind.PROVISION, requested_by=w.operator,
+                                         error="it failed", detail="Traceback: for operators")
+    account = GuestAccount(server=server, name="www", uid=1000, home="/home/www")
+    account.shell = "/bin/sh"
+    account.save()
+    Service.objects.create(server=server, name="httpd", state="run", pid=42)
+    VirtualServer.objects.create(tenant=w.acme, name="old", hostname="old.acme.test", plan=w.small,
+                                 template=w.busybox, state=State.REJECTED, state_reason="not now")
+    return SimpleNamespace(**vars(w), server=server, operation=operation)
+
+
+def real_values(w) -> dict[str, list]:
+    """Real path values, for the half of the cases pointed at the world's objects."""
+    return {
+        "uuid": [w.server.uuid, w.operation.uuid, w.acme.uuid, w.small.uuid],
+        "name": ["www", "httpd", "busybox"],
+        "pk": [w.pool.pk],
+    }
+
+
+def check_operation(operation, mode, base_url: str, session, headers: dict, values: dict, seen: Counter) -> None:
+    """MAX_EXAMPLES cases of OPERATION in MODE (positive: what the schema allows; negative:
+    what it does not), every other one pointed at real objects; raises on the first failure."""
+    turn = itertools.count()
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    def run(case):
+        if next(turn) % 2 and case.path_parameters:
+            for name in case.path_parameters:
+                choices = values.get(name)
+                if choices:
+                    case.path_parameters[name] = str(choices[next(turn) % len(choices)])
+        response = case.call(base_url=base_url, session=session, headers=headers)
+        seen[response.status_code] += 1
+        case.validate_response(response, checks=CHECKS, headers=headers)
+
+    run()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", ["alice", "operator"])
+def test_the_api_answers_as_its_schema_says(api_world, live_server, make_token, who):
+    import requests
+
+    token = make_token(getattr(api_world, who), scope="write", days=1)
+    headers = {"Authorization": f"Bearer {token}"}
+    schema = schemathesis.openapi.from_url(f"{live_server.url}/api/schema/", headers=headers)
+    values = real_values(api_world)
+    session = requests.Session()
+    problems: list[str] = []
+    operations = 0
+    seen: Counter = Counter()  # answers by status code
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                check_operation(operation, mode, live_server.url, session, headers, values, seen)
+            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every operation's failures are collected
+                problems.append(f"{operation.label} ({mode.value}): {exc}")
+    print(f"{who}: {operations} operations, {sum(seen.values())} requests, answers {dict(sorted(seen.items()))}")
+    assert operations >= 50, operations
+    # The world's objects were reached, reads and writes: not only 4xx were checked.
+    assert seen[200] >= 20 and seen[202] >= 5, seen
+    assert not problems, "\n\n".join(problems)
