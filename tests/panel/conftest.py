@@ -10,8 +10,10 @@ Nothing here is autouse: tests that need neither Redis nor the engine pay for ne
 
 from __future__ import annotations
 
+import os
 import signal
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
