@@ -202,12 +202,57 @@ def _engine_size(maximum: int):
     return check
 
 
+def _engine_rule(check):
+    """The engine's validator as a field's, keeping its reason: an IntegerField would replace
+    the message of an error coded "invalid" (engine_check's) with "Enter a whole number"."""
+
+    def run(value) -> None:
+        try:
+            check(value)
+        except InvalidInput as exc:
+            message = str(exc)
+            raise ValidationError(message[:1].upper() + message[1:], code="engine") from None
+
+    return run
+
+
+def _io_mbps(value) -> None:
+    """A plan's MB/s, which the engine takes in bytes per second (vservers.jobs.plan_limits)."""
+    try:
+        engine_validate.io_bps(value * 10**6)
+    except InvalidInput:
+        low, high = engine_validate.MIN_IO_BPS // 10**6, engine_validate.MAX_IO_BPS // 10**6
+        raise ValidationError(f"Must be between {low} and {high} MB/s; leave it empty for no limit",
+                              code="engine") from None
+
+
+class _IntegerOrDefault(forms.IntegerField):
+    """Empty means DEFAULT (the model field's): a form or client that leaves the field out
+    keeps it, and it does not count as changed."""
+
+    def __init__(self, *, default: int, **kwargs) -> None:
+        self.default = default
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        number = super().to_python(value)
+        return self.default if number is None else number
+
+
 class PlanForm(forms.ModelForm):
+    io_weight = _IntegerOrDefault(
+        default=Plan._meta.get_field("io_weight").get_default(), required=False, label="Disk I/O weight",
+        help_text=Plan._meta.get_field("io_weight").help_text + "; empty: 100",
+    )
+
     class Meta:
         model = Plan
-        fields = ["name", "cpus", "memory_mb", "disk_mb", "pids", "is_active", "description"]
+        fields = ["name", "cpus", "memory_mb", "disk_mb", "pids", "io_weight", "io_read_mbps", "io_write_mbps",
+                  "io_read_iops", "io_write_iops", "is_active", "description"]
         labels = {"cpus": "CPUs", "memory_mb": "Memory (MB)", "disk_mb": "Disk (MB)", "pids": "Processes",
-                  "is_active": "Offered to tenants"}
+                  "io_read_mbps": "Disk reads (MB/s)",
+                  "io_write_mbps": "Disk writes (MB/s)", "io_read_iops": "Disk reads (operations/s)",
+                  "io_write_iops": "Disk writes (operations/s)", "is_active": "Offered to tenants"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -219,6 +264,12 @@ class PlanForm(forms.ModelForm):
         # Above these the engine refuses the plan's limits (its CLI's bounds; the disk is one ext4 image).
         self.fields["memory_mb"].validators.append(_engine_size(maximum=2**50))
         self.fields["disk_mb"].validators.append(_engine_size(maximum=2**44))
+        # The engine's bounds for disk I/O (vservers.jobs.plan_limits turns MB/s into bytes/s).
+        self.fields["io_weight"].validators.append(_engine_rule(engine_validate.io_weight))
+        for name in ("io_read_mbps", "io_write_mbps"):
+            self.fields[name].validators.append(_io_mbps)
+        for name in ("io_read_iops", "io_write_iops"):
+            self.fields[name].validators.append(_engine_rule(engine_validate.io_iops))
 
 
 class TemplateForm(forms.ModelForm):

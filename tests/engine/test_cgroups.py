@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from vservers.engine.cgroups import CgroupV1, CgroupV2, detect, missing_controllers
+from vservers.engine.cgroups import CgroupV1, CgroupV2, block_device_number, detect, missing_controllers
 from vservers.engine.config import EngineConfig
 from vservers.engine.errors import EngineError, InvalidInput
 from vservers.engine.spec import Limits, Usage
 
 MiB = 1024 * 1024
 SYS_CGROUP = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
 
 
 def config_with(cgroup_root: Path) -> EngineConfig:
@@ -114,7 +114,7 @@ def test_v1_create_applies_and_reads_back_limits(v1: CgroupV1) -> None:
     if memsw.exists():
         assert int(read(memsw)) == 64 * MiB
     paths = v1.paths("web")
-    assert len(paths) == len({p.resolve() for p in paths}) == 4
+    assert len(paths) == len({p.resolve() for p in paths}) == 5
     assert all(p.is_dir() for p in paths)
     assert v1.exists("web") and v1.names() == ["web"]
 
@@ -271,6 +271,90 @@ def test_v1_attach_to_missing_group_or_process_fails(v1: CgroupV1) -> None:
         v1.attach("web", dead.pid)
 
 
+# --- disk I/O, v1 for real --------------------------------------------------------------------
+
+IO_LIMITS = Limits(io_read_bps=20 * MiB, io_write_bps=10 * MiB, io_read_iops=400, io_write_iops=200)
+
+
+def throttle(v1: CgroupV1, name: str, what: str) -> str:
+    return read(v1.group("blkio", name) / f"blkio.throttle.{what}_device")
+
+
+def test_v1_io_ceilings_go_on_the_device_and_read_back(v1: CgroupV1) -> None:
+    device = block_device_number("/dev/loop0")  # loop0 exists from boot, attached or not
+    assert device == "7:0"
+    v1.create("disk", IO_LIMITS)
+    assert throttle(v1, "disk", "write_bps") == ""  # nothing before the device is known
+
+    v1.limit_io("disk", device, IO_LIMITS)
+
+    assert throttle(v1, "disk", "read_bps") == f"{device} {20 * MiB}"
+    assert throttle(v1, "disk", "write_bps") == f"{device} {10 * MiB}"
+    assert throttle(v1, "disk", "read_iops") == f"{device} 400"
+    assert throttle(v1, "disk", "write_iops") == f"{device} 200"
+    weight_files = [f for f in ("blkio.bfq.weight", "blkio.weight") if (v1.group("blkio", "disk") / f).exists()]
+    # This host's kernel has no BFQ: no weight file, and limits() says no weight is in force.
+    expected_weight = None if not weight_files else 100
+    assert v1.limits("disk") == dataclasses.replace(IO_LIMITS, io_weight=expected_weight)
+    assert v1.limits("disk", device) == v1.limits("disk")
+    assert v1.limits("disk", "7:99").io_write_bps is None  # type: ignore[union-attr]
+
+
+def test_v1_io_ceilings_change_and_clear_live(v1: CgroupV1) -> None:
+    device = block_device_number("/dev/loop0")
+    v1.create("disk", Limits())
+    v1.limit_io("disk", device, IO_LIMITS)
+
+    v1.update("disk", Limits(io_write_bps=5 * MiB, io_read_iops=50), device)
+    limits = v1.limits("disk")
+    assert limits is not None
+    assert (limits.io_read_bps, limits.io_write_bps, limits.io_read_iops, limits.io_write_iops) == (
+        None, 5 * MiB, 50, None)
+    assert throttle(v1, "disk", "read_bps") == ""  # a cleared ceiling leaves no line
+
+    v1.update("disk", Limits(), device)
+    assert all(throttle(v1, "disk", what) == "" for what in ("read_bps", "write_bps", "read_iops", "write_iops"))
+    assert v1.limits("disk") == Limits()
+
+
+def test_v1_processes_join_blkio_too(v1: CgroupV1) -> None:
+    v1.create("web", Limits())
+    blkio = v1.group("blkio", "web")
+    assert blkio.is_dir()
+    assert blkio / "cgroup.procs" in v1.procs_files("web")
+
+
+def test_v1_server_started_without_a_blkio_group_is_entered_and_refuses_io_ceilings(v1: CgroupV1) -> None:
+    # What an engine before disk I/O limits left running: the group in every hierarchy but blkio.
+    v1.create("old", Limits())
+    v1.group("blkio", "old").rmdir()
+
+    files = v1.procs_files("old")
+    assert len(files) == 4 and all(path.exists() for path in files)
+    v1.update("old", Limits(cpus=0.5), block_device_number("/dev/loop0"))  # no ceiling: fine
+    with pytest.raises(EngineError, match="from its next start"):
+        v1.update("old", Limits(io_write_bps=10 * MiB), block_device_number("/dev/loop0"))
+
+
+def test_block_device_numbers_only_of_block_devices(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="not a block device"):
+        block_device_number("/dev/null")
+    with pytest.raises(EngineError, match="cannot stat"):
+        block_device_number(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("device", ["", "7", "7:", "a:b", "7:0 rbps=1", "7:0\n8:0 1", "-7:0"])
+def test_io_ceilings_need_a_device_number(fake_root: Path, device: str) -> None:
+    fake_group(fake_root / "vs")
+    fake_group(fake_root / "vs" / "web")
+    backend = FakeV2(fake_root, "vs")
+    backend.create("web", Limits())
+    with pytest.raises(InvalidInput, match="MAJOR:MINOR"):
+        backend.limit_io("web", device, IO_LIMITS)
+    with pytest.raises(InvalidInput, match="MAJOR:MINOR"):
+        backend.update("web", IO_LIMITS, device)
+
+
 # --- v1 layout, in a temporary directory ----------------------------------------------------
 
 
@@ -288,6 +372,7 @@ def test_v1_comounted_cpu_cpuacct_is_one_hierarchy(tmp_path: Path) -> None:
         real / "cpu,cpuacct" / "vs",
         real / "memory" / "vs",
         real / "pids" / "vs",
+        real / "blkio" / "vs",
     ]
     assert backend.paths("a") == [p / "a" for p in backend.parent_paths()]
 
@@ -309,7 +394,17 @@ def test_names_must_be_simple(tmp_path: Path, bad: str) -> None:
 
 def test_limits_must_be_positive(tmp_path: Path) -> None:
     backend = CgroupV2(tmp_path, "vs")
-    for limits in (Limits(cpus=0), Limits(memory_bytes=-1), Limits(pids=0)):
+    for limits in (
+        Limits(cpus=0),
+        Limits(memory_bytes=-1),
+        Limits(pids=0),
+        Limits(io_weight=0),
+        Limits(io_weight=10_001),
+        Limits(io_read_bps=0),
+        Limits(io_write_bps=-1),
+        Limits(io_read_iops=0),
+        Limits(io_write_iops=1.5),  # type: ignore[arg-type]
+    ):
         with pytest.raises(InvalidInput):
             backend.create("a", limits)
     assert not (tmp_path / "vs").exists()
@@ -371,8 +466,8 @@ def test_v2_create_enables_controllers_and_writes_limits(fake_root: Path) -> Non
 
     backend.create("web", Limits(cpus=0.5, memory_bytes=64 * MiB, pids=50))
 
-    assert read(fake_root / "cgroup.subtree_control") == "+cpu +memory +pids"
-    assert read(fake_root / "vs" / "cgroup.subtree_control") == "+cpu +memory +pids"
+    assert read(fake_root / "cgroup.subtree_control") == "+cpu +io +memory +pids"
+    assert read(fake_root / "vs" / "cgroup.subtree_control") == "+cpu +io +memory +pids"
     assert read(group / "cpu.max") == "50000 100000"
     assert read(group / "cpu.weight") == "50"
     assert read(group / "memory.max") == str(64 * MiB)
@@ -417,7 +512,7 @@ def test_v2_leaves_already_enabled_controllers_alone(fake_root: Path) -> None:
     FakeV2(fake_root, "vs").create("web", Limits())
 
     assert read(fake_root / "cgroup.subtree_control") == "cpu io memory pids"
-    assert read(parent / "cgroup.subtree_control") == "+cpu +pids"
+    assert read(parent / "cgroup.subtree_control") == "+cpu +io +pids"
 
 
 def test_v2_without_swap_file(fake_root: Path) -> None:
@@ -434,6 +529,67 @@ def test_v2_missing_interface_file_is_an_error_not_a_new_file(fake_root: Path) -
     with pytest.raises(EngineError, match="pids.max does not exist"):
         FakeV2(fake_root, "vs").create("web", Limits(pids=10))
     assert not (group / "pids.max").exists()
+
+
+def io_group(path: Path, weight_file: str | None = "io.weight") -> Path:
+    group = fake_group(path)
+    (group / "io.max").write_text("")
+    if weight_file:
+        (group / weight_file).write_text("default 100\n")
+    return group
+
+
+def test_v2_io_weight_and_ceilings_on_the_device(fake_root: Path) -> None:
+    fake_group(fake_root / "vs")
+    group = io_group(fake_root / "vs" / "web")
+    backend = FakeV2(fake_root, "vs")
+
+    backend.create("web", Limits(io_weight=500))
+    assert read(group / "io.weight") == "default 500"
+    assert read(group / "io.max") == ""  # ceilings wait for the device
+
+    backend.limit_io("web", "7:3", Limits(io_read_bps=20 * MiB, io_write_iops=200))
+    assert read(group / "io.max") == f"7:3 rbps={20 * MiB} wbps=max riops=max wiops=200"
+    assert backend.limits("web") == Limits(io_weight=500, io_read_bps=20 * MiB, io_write_iops=200)
+    assert backend.limits("web", "7:3") == backend.limits("web")
+    assert backend.limits("web", "7:4") == Limits(io_weight=500)
+
+    backend.update("web", Limits(), "7:3")
+    assert read(group / "io.weight") == "default 100"
+    assert read(group / "io.max") == "7:3 rbps=max wbps=max riops=max wiops=max"
+    assert backend.limits("web") == Limits(io_weight=100)
+
+
+def test_v2_reads_the_kernels_io_max_lines(fake_root: Path) -> None:
+    fake_group(fake_root / "vs")
+    group = io_group(fake_root / "vs" / "web")
+    backend = FakeV2(fake_root, "vs")
+    backend.create("web", Limits())
+    (group / "io.max").write_text("7:5 rbps=max wbps=5000000 riops=max wiops=max\n")
+    (group / "io.weight").write_text("default 250\n7:5 300\n")
+
+    assert backend.limits("web") == Limits(io_weight=250, io_write_bps=5_000_000)
+
+    (group / "io.max").write_text("7:5 rbps=max wbps=lots\n")
+    with pytest.raises(EngineError, match="unexpected entry 'wbps=lots'"):
+        backend.limits("web")
+
+
+def test_v2_bfq_weight_is_clamped_to_its_range(fake_root: Path) -> None:
+    fake_group(fake_root / "vs")
+    group = io_group(fake_root / "vs" / "web", weight_file="io.bfq.weight")
+    FakeV2(fake_root, "vs").create("web", Limits(io_weight=5000))
+    assert read(group / "io.bfq.weight") == "default 1000"
+    assert not (group / "io.weight").exists()
+
+
+def test_v2_without_a_weight_file_has_no_weight(fake_root: Path) -> None:
+    fake_group(fake_root / "vs")
+    group = io_group(fake_root / "vs" / "web", weight_file=None)
+    backend = FakeV2(fake_root, "vs")
+    backend.create("web", Limits(io_weight=300))
+    assert not (group / "io.weight").exists() and not (group / "io.bfq.weight").exists()
+    assert backend.limits("web") == Limits()
 
 
 def test_v2_usage_parses_kernel_files(fake_root: Path) -> None:
@@ -560,8 +716,8 @@ def test_detect_refuses_partial_v1(tmp_path: Path) -> None:
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     config = config_with(tmp_path)
-    assert missing_controllers(config) == ["cpuacct", "pids"]
-    with pytest.raises(EngineError, match="cgroup v1 .* lacks controllers cpuacct, pids"):
+    assert missing_controllers(config) == ["cpuacct", "pids", "blkio"]
+    with pytest.raises(EngineError, match="cgroup v1 .* lacks controllers cpuacct, pids, blkio"):
         detect(config)
 
 

@@ -67,7 +67,10 @@ def test_a_server_through_its_whole_life(engine):
         status = json.loads(vserver_cli("status", "cli1", "--json", check=True).stdout)
         assert status["state"] == "running"
         assert sorted(status["ips"]) == [f"{IP}/18", "fd00:19::10/64"]
-        assert status["limits"] == {"cpus": 0.5, "memory_bytes": 64 * 2**20, "pids": 100, "disk_bytes": 128 * 2**20}
+        limits = status["limits"]
+        assert {key: limits[key] for key in ("cpus", "memory_bytes", "pids", "disk_bytes")} == {
+            "cpus": 0.5, "memory_bytes": 64 * 2**20, "pids": 100, "disk_bytes": 128 * 2**20}
+        assert [limits[f"io_{key}"] for key in ("read_bps", "write_bps", "read_iops", "write_iops")] == [None] * 4
         assert set(status["usage"]) == {"cpu_seconds", "memory_bytes", "pids", "disk_used_bytes"}
         assert status["usage"]["pids"] >= 3 and status["usage"]["memory_bytes"] > 0
         listed = json.loads(vserver_cli("list", "--json", check=True).stdout)

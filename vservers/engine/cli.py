@@ -85,7 +85,33 @@ def _limits_given(args) -> dict[str, Any]:
         given["disk_bytes"] = validate.size(args.disk, minimum=MIN_DISK_BYTES, maximum=MAX_DISK_BYTES)
     if args.network_admin is not None:
         given["network_admin"] = args.network_admin
+    if args.io_weight is not None:
+        given["io_weight"] = validate.io_weight(args.io_weight)
+    for option, field, check in _IO_CEILINGS:
+        value = getattr(args, option)
+        if value is not None:
+            # "max" lifts a ceiling (update keeps every option not given).
+            given[field] = None if value.strip().lower() == "max" else check(value)
     return given
+
+
+_IO_CEILINGS = (
+    ("io_read_bps", "io_read_bps", validate.io_bps),
+    ("io_write_bps", "io_write_bps", validate.io_bps),
+    ("io_read_iops", "io_read_iops", validate.io_iops),
+    ("io_write_iops", "io_write_iops", validate.io_iops),
+)
+
+
+def _io_text(lim) -> str:
+    def rate(value: int | None) -> str:
+        return "-" if value is None else f"{value / 2**20:.1f}M/s"
+
+    def ops(value: int | None) -> str:
+        return "-" if value is None else f"{value}/s"
+
+    return (f"weight={lim.io_weight or '-'} read={rate(lim.io_read_bps)} write={rate(lim.io_write_bps)} "
+            f"read-ops={ops(lim.io_read_iops)} write-ops={ops(lim.io_write_iops)}")
 
 
 def cmd_create(args) -> int:
@@ -110,7 +136,8 @@ def cmd_update(args) -> int:
     name = validate.server_name(args.name)
     given = _limits_given(args)
     if not given:
-        raise InvalidInput("update needs at least one of --cpus, --memory, --pids, --disk, --[no-]network-admin")
+        raise InvalidInput("update needs at least one of --cpus, --memory, --pids, --disk, --io-weight, "
+                           "--io-read-bps, --io-write-bps, --io-read-iops, --io-write-iops, --[no-]network-admin")
     engine = _engine()
     # Omitted options keep their value: the engine takes the whole new set.
     status = engine.update(name, dataclasses.replace(engine.spec(name).limits, **given))
@@ -119,6 +146,7 @@ def cmd_update(args) -> int:
           f"disk={_mb(lim.disk_bytes)}")
     if "network_admin" in given:
         print(f"network admin inside: {'on' if lim.network_admin else 'off'} from the next start of {name}")
+    print(f"disk io: {_io_text(lim)}")
     if status.extra.get("disk_grow_pending"):
         print(f"the disk of {name} grows at its next start: this host does not let the engine resize "
               "a mounted filesystem (CAP_SYS_RESOURCE)")
@@ -184,6 +212,7 @@ def cmd_status(args) -> int:
     pending = " (grows at the next start)" if status.extra.get("disk_grow_pending") else ""
     print(f"limits:   cpus={lim.cpus or '-'} memory={_mb(lim.memory_bytes)} pids={lim.pids or '-'} "
           f"disk={_mb(lim.disk_bytes)}{pending}")
+    print(f"disk io:  {_io_text(lim)}")
     print(f"usage:    cpu={u.cpu_seconds:.2f}s memory={_mb(u.memory_bytes)} pids={u.pids} "
           f"disk={_mb(u.disk_used_bytes)}")
     return 0
@@ -293,6 +322,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_io_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--io-weight", help="share of disk time against other servers, 1-10000 (100 is even)")
+    parser.add_argument("--io-read-bps", help="disk reads per second in bytes, e.g. 20M; max: no limit")
+    parser.add_argument("--io-write-bps", help="disk writes per second in bytes, e.g. 10M; max: no limit")
+    parser.add_argument("--io-read-iops", help="disk read operations per second, e.g. 500; max: no limit")
+    parser.add_argument("--io-write-iops", help="disk write operations per second, e.g. 200; max: no limit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vserver", description="OS-level virtual private servers")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
@@ -318,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--pids", help="process limit, e.g. 128")
     create.add_argument("--network-admin", action=argparse.BooleanOptionalAction, default=None,
                         help="root inside may change its own network (keeps CAP_NET_ADMIN); off by default")
+    _add_io_options(create)
     create.add_argument("--hostname")
     create.add_argument("--autostart", action="store_true")
     create.set_defaults(func=cmd_create)
@@ -342,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--disk", help="disk size, e.g. 512M (no smaller than now)")
     update.add_argument("--network-admin", action=argparse.BooleanOptionalAction, default=None,
                         help="root inside may change its own network (from the next start)")
+    _add_io_options(update)
     update.set_defaults(func=cmd_update)
 
     status = verbs.add_parser("status", help="state, limits, addresses and usage of a server")

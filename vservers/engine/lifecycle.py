@@ -277,6 +277,10 @@ class Engine:
             )
             # Not fsync'ed: after a host crash no init of it runs, whatever the file says.
             write_json(server_dir / "runtime.json", runtime.to_json(), durable=False)
+            # Before the guest's init runs: I/O ceilings are per device, and the device is new.
+            from .cgroups import block_device_number
+
+            self.cgroups.limit_io(spec.name, block_device_number(launched.loop_device), spec.limits)
 
         plan = LaunchPlan(
             hostname=spec.hostname,
@@ -424,16 +428,26 @@ class Engine:
     def _apply_live(self, name: str, limits: Limits) -> None:
         """Write LIMITS to the running server's cgroups; if the kernel refuses one (say a
         memory limit below what the server uses now), put back the ones it had."""
-        before = self.cgroups.limits(name)
+        device = self._disk_device(name)
+        before = self.cgroups.limits(name, device)
         try:
-            self.cgroups.update(name, limits)
+            self.cgroups.update(name, limits, device)
         except EngineError as exc:
             if before is not None:
                 try:
-                    self.cgroups.update(name, before)
+                    self.cgroups.update(name, before, device)
                 except EngineError:
                     pass  # the first error is the one to report
             raise Conflict(f"the new limits cannot be applied to running server {name!r}: {exc}") from exc
+
+    def _disk_device(self, name: str) -> str | None:
+        """"MAJOR:MINOR" of the running server's loop device, which its I/O limits are on."""
+        from .cgroups import block_device_number
+
+        runtime = self._runtime(name)
+        if runtime is None or not runtime.loop_device:
+            return None
+        return block_device_number(runtime.loop_device)
 
     def _grow_disk(self, name: str, size: int, running: bool) -> None:
         """Grow the server's image to SIZE bytes and its filesystem with it (online if RUNNING);
@@ -476,7 +490,7 @@ class Engine:
             return self._status(spec, "stopped", None, list(spec.addresses), spec.limits, usage)
         cg = self.cgroups.usage(name)
         usage = dataclasses.replace(cg, disk_used_bytes=disk_used(init_pid) or 0)
-        kernel_limits = self.cgroups.limits(name) or spec.limits
+        kernel_limits = self.cgroups.limits(name, self._disk_device(name)) or spec.limits
         limits = dataclasses.replace(kernel_limits, disk_bytes=spec.limits.disk_bytes)
         ips = list(spec.addresses)
         if with_addresses:

@@ -49,11 +49,11 @@ class Limits:
             else validate.size(self.memory_bytes, minimum=MIN_MEMORY_BYTES),
             pids=None if self.pids is None else validate.pids(self.pids),
             disk_bytes=validate.size(self.disk_bytes, minimum=MIN_DISK_BYTES, maximum=MAX_DISK_BYTES),
-            io_weight=self.io_weight,
-            io_read_bps=self.io_read_bps,
-            io_write_bps=self.io_write_bps,
-            io_read_iops=self.io_read_iops,
-            io_write_iops=self.io_write_iops,
+            io_weight=None if self.io_weight is None else validate.io_weight(self.io_weight),
+            io_read_bps=None if self.io_read_bps is None else validate.io_bps(self.io_read_bps),
+            io_write_bps=None if self.io_write_bps is None else validate.io_bps(self.io_write_bps),
+            io_read_iops=None if self.io_read_iops is None else validate.io_iops(self.io_read_iops),
+            io_write_iops=None if self.io_write_iops is None else validate.io_iops(self.io_write_iops),
             network_admin=bool(self.network_admin),
         )
 

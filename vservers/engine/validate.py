@@ -139,6 +139,55 @@ def pids(value: str | int) -> int:
     return number
 
 
+# Below these a guest can hardly boot, and nobody meant them: a typo ("5" for "5M") should be
+# an error, not a server that takes minutes to start. Above them a ceiling limits nothing.
+MIN_IO_BPS = 10**6
+MAX_IO_BPS = 2**44
+MIN_IO_IOPS = 10
+MAX_IO_IOPS = 10**8
+
+
+def io_weight(value: str | int) -> int:
+    """A server's share of disk time against the others: 1-10000, 100 an even share."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"invalid I/O weight {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"invalid I/O weight {value!r}: use a whole number 1-10000") from None
+    if not 1 <= number <= 10_000:
+        raise InvalidInput(f"I/O weight {value!r} must be between 1 and 10000 (100 is an even share)")
+    return number
+
+
+def io_bps(value: str | int) -> int:
+    """Bytes per second: a byte count or a size such as '10M' (binary units, as for sizes)."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidInput(f"invalid I/O rate {value!r}: use bytes per second, e.g. 10M")
+    try:
+        number = size(value)
+    except InvalidInput:
+        raise InvalidInput(f"invalid I/O rate {value!r}: use bytes per second, e.g. 10M") from None
+    if not MIN_IO_BPS <= number <= MAX_IO_BPS:
+        raise InvalidInput(
+            f"I/O rate {value!r} must be between {MIN_IO_BPS} bytes/s (1 MB/s) and {MAX_IO_BPS} bytes/s"
+        )
+    return number
+
+
+def io_iops(value: str | int) -> int:
+    """Operations per second."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"invalid I/O operations limit {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"invalid I/O operations limit {value!r}: use a whole number per second") from None
+    if not MIN_IO_IOPS <= number <= MAX_IO_IOPS:
+        raise InvalidInput(f"I/O operations limit {value!r} must be between {MIN_IO_IOPS} and {MAX_IO_IOPS} per second")
+    return number
+
+
 def guest_address(value: str) -> str:
     """An address with prefix for a VPS, e.g. 198.18.0.10/16 or fd00::10/64."""
     try:

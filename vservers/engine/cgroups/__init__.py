@@ -9,11 +9,19 @@ from __future__ import annotations
 from ..config import EngineConfig
 from ..errors import EngineError
 from . import v1, v2
-from .base import CgroupBackend, check_name
+from .base import CgroupBackend, block_device_number, check_name
 from .v1 import CgroupV1
 from .v2 import CgroupV2
 
-__all__ = ["CgroupBackend", "CgroupV1", "CgroupV2", "check_name", "detect", "missing_controllers"]
+__all__ = [
+    "CgroupBackend",
+    "CgroupV1",
+    "CgroupV2",
+    "block_device_number",
+    "check_name",
+    "detect",
+    "missing_controllers",
+]
 
 
 def _is_v2(config: EngineConfig) -> bool:
@@ -21,7 +29,8 @@ def _is_v2(config: EngineConfig) -> bool:
 
 
 def missing_controllers(config: EngineConfig) -> list[str]:
-    """Required controllers the host lacks: cpu, memory, pids, and on v1 also cpuacct."""
+    """Required controllers the host lacks: cpu, memory, pids and the block I/O one (v1: blkio,
+    v2: io), and on v1 also cpuacct."""
     if _is_v2(config):
         return v2.missing(config.cgroup_root)
     return v1.missing(config.cgroup_root)

@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import signal
+import stat
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -17,6 +18,12 @@ CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000  # the kernel refuses quotas below 1 ms
 DEFAULT_SHARES = 1024
 DEFAULT_WEIGHT = 100
+# io_weight's scale is v2's io.weight (and cpu.weight): 1..10000, 100 an even share. BFQ's
+# weight files, v1 and v2, take 1..1000 and get the value clamped into that range.
+MIN_IO_WEIGHT = 1
+MAX_IO_WEIGHT = 10_000
+MAX_BFQ_WEIGHT = 1_000
+_DEVICE = re.compile(r"(\d{1,10}):(\d{1,10})")
 
 # No dots, so a group can never be mistaken for an interface file such as "cpu.max".
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_@-]{0,127}")
@@ -35,7 +42,36 @@ def check_limits(limits: Limits) -> Limits:
         raise InvalidInput(f"memory limit must be positive, not {limits.memory_bytes!r}")
     if limits.pids is not None and limits.pids <= 0:
         raise InvalidInput(f"pids limit must be positive, not {limits.pids!r}")
+    if limits.io_weight is not None and not MIN_IO_WEIGHT <= limits.io_weight <= MAX_IO_WEIGHT:
+        raise InvalidInput(f"I/O weight must be {MIN_IO_WEIGHT}..{MAX_IO_WEIGHT}, not {limits.io_weight!r}")
+    for field in ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops"):
+        value = getattr(limits, field)
+        # v1's files read 0 as "no limit": refused, so nobody asks for "no I/O" and gets that.
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise InvalidInput(f"{field} must be a positive whole number, not {value!r}")
     return limits
+
+
+def check_device(device: str) -> str:
+    """A block device's "MAJOR:MINOR", the form every blkio and io file takes."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise InvalidInput(f"invalid block device number {device!r}: use MAJOR:MINOR")
+    return device
+
+
+def block_device_number(path: str | Path) -> str:
+    """The "MAJOR:MINOR" of the block device at PATH (say /dev/loop3)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise EngineError(f"cannot stat {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISBLK(info.st_mode):
+        raise EngineError(f"{path} is not a block device")
+    return f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+
+
+def io_weight_value(weight: int | None, maximum: int = MAX_IO_WEIGHT) -> int:
+    return min(maximum, max(MIN_IO_WEIGHT, DEFAULT_WEIGHT if weight is None else weight))
 
 
 def cpu_quota_us(cpus: float) -> int:
@@ -121,6 +157,10 @@ class CgroupBackend(ABC):
     def _apply(self, name: str, limits: Limits) -> None: ...
 
     @abstractmethod
+    def _apply_io(self, name: str, device: str, limits: Limits) -> None:
+        """Write LIMITS' I/O ceilings for block device DEVICE ("MAJOR:MINOR"), None clearing one."""
+
+    @abstractmethod
     def attach(self, name: str, pid: int) -> None: ...
 
     @abstractmethod
@@ -131,7 +171,9 @@ class CgroupBackend(ABC):
     def usage(self, name: str) -> Usage: ...
 
     @abstractmethod
-    def limits(self, name: str) -> Limits | None: ...
+    def limits(self, name: str, device: str | None = None) -> Limits | None:
+        """What the kernel holds for group NAME; the I/O ceilings are those on DEVICE
+        ("MAJOR:MINOR"), or with none given on the one device the group has any for."""
 
     # --- shared ------------------------------------------------------------------------------
 
@@ -175,11 +217,27 @@ class CgroupBackend(ABC):
                     raise
         self._apply(name, limits)
 
-    def update(self, name: str, limits: Limits) -> None:
+    def update(self, name: str, limits: Limits, device: str | None = None) -> None:
+        """Apply LIMITS to an existing group; the I/O ceilings too when DEVICE is given."""
         check_limits(limits)
+        if device is not None:
+            check_device(device)
         if not self.exists(name):
             raise EngineError(f"cgroup {self.parent}/{name} does not exist")
         self._apply(name, limits)
+        if device is not None:
+            self._apply_io(name, device, limits)
+
+    def limit_io(self, name: str, device: str, limits: Limits) -> None:
+        """Put LIMITS' I/O ceilings on block device DEVICE ("MAJOR:MINOR") for group NAME.
+
+        Ceilings are per device in both versions, so they can only be written once the
+        server's loop device is known; each start attaches a new one and makes a new group."""
+        check_limits(limits)
+        check_device(device)
+        if not self.exists(name):
+            raise EngineError(f"cgroup {self.parent}/{name} does not exist")
+        self._apply_io(name, device, limits)
 
     def kill(self, name: str) -> None:
         """SIGKILL every process; repeat while processes forked before the signal keep appearing."""

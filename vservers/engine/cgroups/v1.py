@@ -10,22 +10,37 @@ from ..spec import Limits, Usage
 from .base import (
     CPU_PERIOD_US,
     DEFAULT_SHARES,
+    MAX_BFQ_WEIGHT,
     CgroupBackend,
     cpu_quota_us,
+    io_weight_value,
     make_dir,
     read_int,
     read_max,
+    read_text,
     write_value,
 )
 
-CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
 # A file every mounted hierarchy of that controller has at its root (pids has none of its own).
 _MARKERS = {
     "cpu": "cpu.cfs_quota_us",
     "cpuacct": "cpuacct.usage",
     "memory": "memory.limit_in_bytes",
     "pids": "cgroup.procs",
+    "blkio": "blkio.throttle.write_bps_device",
 }
+# blk-throttle's per-device ceilings: "MAJ:MIN VALUE" lines; writing VALUE 0 removes one.
+_THROTTLE = {
+    "io_read_bps": "blkio.throttle.read_bps_device",
+    "io_write_bps": "blkio.throttle.write_bps_device",
+    "io_read_iops": "blkio.throttle.read_iops_device",
+    "io_write_iops": "blkio.throttle.write_iops_device",
+}
+# A proportional weight exists in v1 only with BFQ as the device's scheduler (CFQ, the other
+# one that read blkio.weight, left the kernel in 5.0). Kernels built without BFQ, like this
+# host's 6.18, have neither file: the weight is then not in force (limits() says None).
+_WEIGHT_FILES = ("blkio.bfq.weight", "blkio.weight")
 # v1 shows "no limit" as the largest page-aligned counter, 2^63 - 4096 on x86-64.
 _UNLIMITED_FLOOR = 1 << 62
 _MAX_SHARES = 262_144
@@ -77,6 +92,28 @@ class CgroupV1(CgroupBackend):
         self._set_cpu(self.group("cpu", name), limits.cpus)
         self._set_memory(self.group("memory", name), limits.memory_bytes)
         write_value(self.group("pids", name) / "pids.max", "max" if limits.pids is None else limits.pids)
+        weight = self._weight_file(name)
+        if weight is not None:
+            write_value(weight, io_weight_value(limits.io_weight, MAX_BFQ_WEIGHT))
+
+    def _weight_file(self, name: str) -> Path | None:
+        for filename in _WEIGHT_FILES:
+            path = self.group("blkio", name) / filename
+            if path.exists():
+                return path
+        return None
+
+    def _apply_io(self, name: str, device: str, limits: Limits) -> None:
+        group = self.group("blkio", name)
+        if not group.is_dir():
+            # Started by an engine that did not yet put servers in a blkio group: its processes
+            # are in the hierarchy's root, which no ceiling may be put on.
+            if all(getattr(limits, field) is None for field in _THROTTLE):
+                return
+            raise EngineError(f"server {name!r} has no blkio group: its disk I/O limits hold from its next start")
+        for field, filename in _THROTTLE.items():
+            value = getattr(limits, field)
+            write_value(group / filename, f"{device} {0 if value is None else value}")
 
     def _set_cpu(self, group: Path, cpus: float | None) -> None:
         write_value(group / "cpu.cfs_period_us", CPU_PERIOD_US)
@@ -98,6 +135,15 @@ class CgroupV1(CgroupBackend):
         else:
             write_value(memory, value)
             write_value(memsw, value)
+
+    def procs_files(self, name: str) -> list[Path]:
+        # A server started before the engine joined blkio has no group there (its processes
+        # are in that hierarchy's root): enter it through the hierarchies it has.
+        files = super().procs_files(name)
+        blkio = self.group("blkio", name)
+        if not blkio.is_dir() and any(path.parent.is_dir() for path in files if path.parent != blkio):
+            files.remove(blkio / "cgroup.procs")
+        return files
 
     def attach(self, name: str, pid: int) -> None:
         if not self.exists(name):
@@ -124,14 +170,50 @@ class CgroupV1(CgroupBackend):
             pids=read_int(self.group("pids", name) / "pids.current"),
         )
 
-    def limits(self, name: str) -> Limits | None:
+    def limits(self, name: str, device: str | None = None) -> Limits | None:
         if not self.exists(name):
             return None
         cpu = self.group("cpu", name)
         quota = read_int(cpu / "cpu.cfs_quota_us")
         memory = read_int(self.group("memory", name) / "memory.limit_in_bytes")
+        blkio = self.group("blkio", name)
+        ceilings = {field: _device_values(blkio / filename) for field, filename in _THROTTLE.items()}
+        if device is None:
+            # A server's group limits its one disk: the device named in any of the files.
+            device = next((dev for values in ceilings.values() for dev in sorted(values)), None)
+        weight = self._weight_file(name)
         return Limits(
             cpus=None if quota < 0 else quota / read_int(cpu / "cpu.cfs_period_us"),
             memory_bytes=None if memory >= _UNLIMITED_FLOOR else memory,
             pids=read_max(self.group("pids", name) / "pids.max"),
+            io_weight=None if weight is None else _weight(weight),
+            io_read_bps=ceilings["io_read_bps"].get(device or ""),
+            io_write_bps=ceilings["io_write_bps"].get(device or ""),
+            io_read_iops=ceilings["io_read_iops"].get(device or ""),
+            io_write_iops=ceilings["io_write_iops"].get(device or ""),
         )
+
+
+def _device_values(path: Path) -> dict[str, int]:
+    """A blk-throttle file's "MAJ:MIN VALUE" lines; a missing file (no blkio group) has none."""
+    if not path.exists():
+        return {}
+    found: dict[str, int] = {}
+    for line in read_text(path).splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise EngineError(f"unexpected line in {path}: {line!r}")
+        found[parts[0]] = int(parts[1])
+    return found
+
+
+def _weight(path: Path) -> int:
+    """BFQ's legacy file shows a bare number; newer kernels may show "default N" lines."""
+    text = read_text(path)
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 1 and parts[0].isdigit():
+            return int(parts[0])
+        if len(parts) == 2 and parts[0] == "default" and parts[1].isdigit():
+            return int(parts[1])
+    raise EngineError(f"unexpected content in {path}: {text.strip()!r}")

@@ -9,8 +9,10 @@ from ..spec import Limits, Usage
 from .base import (
     CPU_PERIOD_US,
     DEFAULT_WEIGHT,
+    MAX_BFQ_WEIGHT,
     CgroupBackend,
     cpu_quota_us,
+    io_weight_value,
     make_dir,
     read_int,
     read_max,
@@ -18,7 +20,14 @@ from .base import (
     write_value,
 )
 
-CONTROLLERS = ("cpu", "memory", "pids")
+CONTROLLERS = ("cpu", "io", "memory", "pids")
+# io.max's keys for each ceiling, in the order the kernel prints them.
+_IO_MAX_KEYS = {
+    "rbps": "io_read_bps",
+    "wbps": "io_write_bps",
+    "riops": "io_read_iops",
+    "wiops": "io_write_iops",
+}
 _MIN_WEIGHT = 1
 _MAX_WEIGHT = 10_000
 
@@ -75,6 +84,19 @@ class CgroupV2(CgroupBackend):
             # Like memsw in v1: a limited server may not spill past its limit into swap.
             write_value(swap, "max" if limits.memory_bytes is None else 0)
         write_value(group / "pids.max", "max" if limits.pids is None else limits.pids)
+        # io.weight is io.cost's (it does nothing until a device has io.cost.qos enabled);
+        # io.bfq.weight exists where a device may use BFQ. A kernel with neither has no weight.
+        if (group / "io.weight").exists():
+            write_value(group / "io.weight", f"default {io_weight_value(limits.io_weight)}")
+        elif (group / "io.bfq.weight").exists():
+            write_value(group / "io.bfq.weight", f"default {io_weight_value(limits.io_weight, MAX_BFQ_WEIGHT)}")
+
+    def _apply_io(self, name: str, device: str, limits: Limits) -> None:
+        values = " ".join(
+            f"{key}={'max' if getattr(limits, field) is None else getattr(limits, field)}"
+            for key, field in _IO_MAX_KEYS.items()
+        )
+        write_value(self.group(name) / "io.max", f"{device} {values}")
 
     def attach(self, name: str, pid: int) -> None:
         if not self.exists(name):
@@ -105,16 +127,58 @@ class CgroupV2(CgroupBackend):
             pids=read_int(group / "pids.current"),
         )
 
-    def limits(self, name: str) -> Limits | None:
+    def limits(self, name: str, device: str | None = None) -> Limits | None:
         if not self.exists(name):
             return None
         group = self.group(name)
         quota, period = read_text(group / "cpu.max").split()
+        ceilings = _io_max(group / "io.max")
+        if device is None:
+            # A server's group limits its one disk: the device io.max lists.
+            device = min(ceilings, default="")
+        on_device = ceilings.get(device, {})
         return Limits(
             cpus=None if quota == "max" else int(quota) / int(period),
             memory_bytes=read_max(group / "memory.max"),
             pids=read_max(group / "pids.max"),
+            io_weight=_io_weight(group),
+            io_read_bps=on_device.get("io_read_bps"),
+            io_write_bps=on_device.get("io_write_bps"),
+            io_read_iops=on_device.get("io_read_iops"),
+            io_write_iops=on_device.get("io_write_iops"),
         )
+
+
+def _io_max(path: Path) -> dict[str, dict[str, int | None]]:
+    """io.max's "MAJ:MIN rbps=N wbps=max riops=max wiops=max" lines, by device; the kernel
+    lists only devices with a ceiling, and a group without the io controller has no file."""
+    if not path.exists():
+        return {}
+    found: dict[str, dict[str, int | None]] = {}
+    for line in read_text(path).splitlines():
+        device, *pairs = line.split()
+        values: dict[str, int | None] = {}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            if key not in _IO_MAX_KEYS or not (value == "max" or value.isdigit()):
+                raise EngineError(f"unexpected entry {pair!r} in {path}")
+            values[_IO_MAX_KEYS[key]] = None if value == "max" else int(value)
+        found[device] = values
+    return found
+
+
+def _io_weight(group: Path) -> int | None:
+    """The group's default weight ("default N" in io.weight or io.bfq.weight), None where the
+    kernel offers no weight."""
+    for filename in ("io.weight", "io.bfq.weight"):
+        path = group / filename
+        if path.exists():
+            for line in read_text(path).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "default" and value.strip().isdigit():
+                    return int(value)
+            raise EngineError(f"no default weight in {path}")
+    return None
 
 
 def _usage_usec(path: Path) -> int:

@@ -1,0 +1,312 @@
+"""Finding 9 of issue 10: disk I/O had no limit. A plan's I/O ceilings now go on each server's
+loop device (blkio throttle on v1, io.max on v2), from before its init runs, live on update and
+again on the new device of every start.
+
+Every figure here is the guest's own: io_probe.c (built statically on the host, busybox guests
+have no compiler) times its reads, writes and fsyncs with the guest's clock. No assertion is
+on how long the test took; rates are bounded by the limit times a stated tolerance, and the
+neighbour's fsync latency under a limited writer is compared with its idle figure measured in
+the same run, next to a positive control (the same writer unlimited) that shows the harm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine.helpers import vserver_cli
+from tests.leaks import TEST_ENV
+from vservers.engine import Limits
+from vservers.engine.errors import InvalidInput
+
+PROBE = "/usr/local/bin/io-probe"
+MB = 10**6
+MiB = 2**20
+# blk-throttle dispatches in slices of 100 ms and lets a group start with one slice's budget:
+# over seconds of I/O the rate it allows is the limit within a few percent.
+RATE_TOLERANCE = 1.2
+
+
+@pytest.fixture(scope="module")
+def io_probe(tmp_path_factory) -> bytes:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (build-essential)")
+    out = tmp_path_factory.mktemp("io-probe") / "io-probe"
+    source = Path(__file__).with_name("io_probe.c")
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(source)], check=True)
+    return out.read_bytes()
+
+
+def install_probe(engine, name: str, binary: bytes) -> None:
+    result = engine.run(name, ["/bin/sh", "-c", f"mkdir -p /usr/local/bin && cat > {PROBE} && chmod 755 {PROBE}"],
+                        input=binary)
+    assert result.returncode == 0, result.stderr
+
+
+def probe(engine, name: str, *args: str, timeout: float = 120.0) -> dict[str, float]:
+    """Run io-probe in NAME; its last line's key=value figures."""
+    result = engine.run(name, [PROBE, *args], timeout=timeout)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    last = result.stdout.strip().splitlines()[-1]
+    return {key: float(value) for key, _, value in (pair.partition("=") for pair in last.split())}
+
+
+def write_rate(engine, name: str, total: int, block: int = MiB, path: str = "/root/data") -> float:
+    """Bytes per second of O_DIRECT writes of TOTAL bytes, each fsync'ed, by the guest's clock."""
+    figures = probe(engine, name, "write", path, str(total), str(block), str(total), "0", "ds")
+    return figures["bytes"] / figures["seconds"]
+
+
+def read_rate(engine, name: str, total: int, path: str = "/root/data") -> float:
+    figures = probe(engine, name, "read", path, str(MiB), str(total), "d")
+    return figures["bytes"] / figures["seconds"]
+
+
+def write_ops(engine, name: str, seconds: float) -> float:
+    """4 KiB O_DIRECT writes per second (no fsync: one bio each) over SECONDS of the guest's clock."""
+    figures = probe(engine, name, "write", "/root/ops", str(MiB), "4096", "0", str(seconds), "d")
+    return figures["ops"] / figures["seconds"]
+
+
+def io_of(limits: Limits) -> tuple:
+    return (limits.io_read_bps, limits.io_write_bps, limits.io_read_iops, limits.io_write_iops)
+
+
+# -- ceilings on the server's own figures ---------------------------------------------------
+
+
+def test_ceilings_hold_on_the_guests_own_figures_live_and_after_restart(engine, make_server, io_probe):
+    name = make_server("io-lim", "198.19.41.10/18")
+    install_probe(engine, name, io_probe)
+    limit = 5 * MB
+    total = 20 * MiB
+
+    # Positive control: unlimited, the same writes and reads run far faster than the ceiling.
+    free_write = write_rate(engine, name, total)
+    free_read = read_rate(engine, name, total)
+    free_ops = write_ops(engine, name, 1.0)
+    print(f"\nunlimited: write {free_write / MB:.0f} MB/s, read {free_read / MB:.0f} MB/s, {free_ops:.0f} writes/s")
+    if min(free_write, free_read) < 3 * limit or free_ops < 3 * 100:
+        pytest.skip(f"this disk is too slow to show a {limit / MB:.0f} MB/s or 100/s ceiling: "
+                    f"{free_write / MB:.1f} MB/s, {free_read / MB:.1f} MB/s, {free_ops:.0f}/s unlimited")
+
+    # Live: the running server's ceilings change at once, and status reads them from the kernel.
+    wanted = Limits(io_read_bps=limit, io_write_bps=limit)
+    status = engine.update(name, wanted)
+    assert io_of(status.limits) == io_of(wanted)
+    limited_write = write_rate(engine, name, total)
+    limited_read = read_rate(engine, name, total)
+    print(f"limited to {limit / MB:.0f} MB/s: write {limited_write / MB:.2f} MB/s, read {limited_read / MB:.2f} MB/s")
+    assert limited_write <= limit * RATE_TOLERANCE
+    assert limited_read <= limit * RATE_TOLERANCE
+
+    engine.update(name, Limits(io_write_iops=100))
+    limited_ops = write_ops(engine, name, 2.0)
+    print(f"limited to 100 writes/s: {limited_ops:.1f} writes/s")
+    assert limited_ops <= 100 * RATE_TOLERANCE
+
+    # A start attaches a new loop device and makes a new group: the ceilings follow.
+    before = engine._runtime(name).loop_device
+    engine.update(name, wanted)
+    engine.restart(name)
+    runtime = engine._runtime(name)
+    print(f"restart: {before} -> {runtime.loop_device}")
+    status = engine.status(name)
+    assert io_of(status.limits) == io_of(wanted)
+    after_restart = write_rate(engine, name, total)
+    print(f"after restart: write {after_restart / MB:.2f} MB/s")
+    assert after_restart <= limit * RATE_TOLERANCE
+
+    # Lifted live: back to the free rate's neighbourhood (at least well past the old ceiling).
+    engine.update(name, Limits())
+    assert io_of(engine.status(name).limits) == (None, None, None, None)
+    assert write_rate(engine, name, total) > 3 * limit
+
+
+# -- the neighbour's fsync latency ----------------------------------------------------------
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def fsync_latencies_ms(engine, name: str, count: int) -> list[float]:
+    """COUNT fsyncs of a freshly written 4 KiB block, 2 ms apart: what a small database does."""
+    result = engine.run(name, [PROBE, "fsync", "/root/journal", str(count), "2000"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("latencies_us\n", 1)[1].splitlines()
+    return [int(line) / 1000 for line in lines if line.isdigit()]
+
+
+def loop_sectors_written(engine, name: str) -> int:
+    device = Path(engine._runtime(name).loop_device).name
+    return int(Path(f"/sys/block/{device}/stat").read_text().split()[6])
+
+
+class Writers:
+    """Attackers writing flat out: 4 MiB O_DIRECT writes, each fsync'ed, round a 64 MiB file,
+    until the test drops a stop file in each guest. Started through `vserver exec`, as an
+    operator would, so the test's own process stays single-threaded."""
+
+    def __init__(self, engine, names: list[str]) -> None:
+        self.engine, self.names = engine, names
+        for name in names:
+            assert engine.run(name, ["rm", "-f", "/tmp/stop"]).returncode == 0
+        start = {name: loop_sectors_written(engine, name) for name in names}
+        env = {**os.environ, **TEST_ENV}
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "vservers.engine.cli", "exec", name, "--", PROBE, "write", "/root/flood",
+                 str(64 * MiB), str(4 * MiB), "0", "0", "ds", "/tmp/stop"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                cwd=Path(__file__).resolve().parents[2],
+            )
+            for name in names
+        ]
+        # Measure only once every writer's bios reach its disk (polls the kernel's counters).
+        deadline = time.monotonic() + 30
+        while not all(loop_sectors_written(engine, n) - start[n] >= 2 * MiB // 512 for n in names):
+            assert time.monotonic() < deadline, "the writers did not start writing"
+            assert all(p.poll() is None for p in self.procs), [p.communicate() for p in self.procs]
+            time.sleep(0.05)
+
+    def stop(self) -> list[str]:
+        for name in self.names:
+            self.engine.run(name, ["touch", "/tmp/stop"])
+        outputs = []
+        for proc in self.procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            outputs.append(out.strip())
+        return outputs
+
+
+def test_a_limited_writer_leaves_the_neighbours_fsync_latency_near_idle(engine, make_server, io_probe):
+    """Idle, unlimited attack and limited attack, interleaved over three rounds so that the
+    machine's own noise falls on all three alike; 300 fsyncs per phase and round.
+
+    The bound, for p50 and p99 alike: the limited figure is at most max(3 x idle, idle + 1 ms)
+    for p50 and max(3 x idle, idle + 3 ms) for p99. The positive control: the unlimited
+    attack breaks the p50 bound in the same run (else the test skips, saying so); where it
+    does not also break the p99 bound, the p99 check proves nothing on this machine and the
+    printed figures say so.
+    """
+    attackers = [make_server(f"io-att{i}", f"198.19.41.{20 + i}/18", cpus=0.5) for i in (1, 2)]
+    neighbour = make_server("io-nb", "198.19.41.30/18")
+    for name in (*attackers, neighbour):
+        install_probe(engine, name, io_probe)
+    ceiling = Limits(cpus=0.5, io_write_bps=10 * MB, io_read_bps=10 * MB, io_write_iops=200, io_read_iops=200)
+    free = Limits(cpus=0.5)
+    fsync_latencies_ms(engine, neighbour, 50)  # the journal file's blocks exist from here on
+
+    phases: dict[str, list[float]] = {"idle": [], "unlimited": [], "limited": []}
+    written: dict[str, list[str]] = {"unlimited": [], "limited": []}
+    for _round in range(3):
+        phases["idle"] += fsync_latencies_ms(engine, neighbour, 300)
+        for phase, limits in (("unlimited", free), ("limited", ceiling)):
+            for name in attackers:
+                engine.update(name, limits)
+            writers = Writers(engine, attackers)
+            try:
+                phases[phase] += fsync_latencies_ms(engine, neighbour, 300)
+            finally:
+                written[phase] += writers.stop()
+
+    figures = {phase: (percentile(s, 50), percentile(s, 99)) for phase, s in phases.items()}
+    (idle50, idle99), (free50, free99), (lim50, lim99) = figures["idle"], figures["unlimited"], figures["limited"]
+    bound50, bound99 = max(3 * idle50, idle50 + 1.0), max(3 * idle99, idle99 + 3.0)
+    report = (f"neighbour fsync p50/p99 ms: idle {idle50:.2f}/{idle99:.2f}, "
+              f"unlimited attack {free50:.2f}/{free99:.2f}, limited attack {lim50:.2f}/{lim99:.2f}; "
+              f"bounds {bound50:.2f}/{bound99:.2f}; mean idle {statistics.fmean(phases['idle']):.2f}")
+    print(f"\n{report}\nattackers wrote: {json.dumps(written)}")
+    if free50 <= bound50:
+        pytest.skip(f"the unlimited attack did not harm the neighbour on this machine: {report}")
+    if free99 <= bound99:
+        print("the unlimited attack stayed within the p99 bound here: the p99 check below proves nothing this run")
+    assert lim50 <= bound50, report
+    assert lim99 <= bound99, report
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        (Limits(io_weight=0), "I/O weight"),
+        (Limits(io_weight=20_000), "I/O weight"),
+        (Limits(io_write_bps=0), "I/O rate"),
+        (Limits(io_read_bps=1000), "I/O rate"),
+        (Limits(io_write_bps=2**60), "I/O rate"),
+        (Limits(io_read_iops=0), "I/O operations"),
+        (Limits(io_write_iops=10**9), "I/O operations"),
+        (Limits(io_write_iops="many"), "invalid I/O operations"),  # type: ignore[arg-type]
+        (Limits(io_read_bps=True), "invalid I/O rate"),  # type: ignore[arg-type]
+    ],
+)
+def test_the_engine_refuses_bad_io_limits(limits, message):
+    with pytest.raises(InvalidInput, match=message):
+        limits.validated()
+
+
+def test_update_with_bad_io_limits_changes_nothing(engine, make_server):
+    name = make_server("io-bad", "198.19.41.40/18", start=False)
+    with pytest.raises(InvalidInput, match="I/O rate"):
+        engine.update(name, Limits(io_write_bps=5))
+    assert engine.spec(name).limits == Limits()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--io-weight", "0", "I/O weight"),
+        ("--io-weight", "heavy", "invalid I/O weight"),
+        ("--io-write-bps", "0", "I/O rate"),
+        ("--io-write-bps", "5", "I/O rate"),
+        ("--io-read-bps", "fast", "invalid I/O rate"),
+        ("--io-read-iops", "1.5", "invalid I/O operations"),
+        ("--io-write-iops", "0", "I/O operations"),
+    ],
+)
+def test_the_cli_refuses_bad_io_limits_with_one_line(engine, option, value, message):
+    result = vserver_cli("create", "io-cli-bad", "--template", "busybox", "--ip", "198.19.41.41/18", option, value)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "io-cli-bad" not in engine.names()
+
+
+def test_the_cli_sets_shows_and_lifts_io_limits(engine):
+    name = "io-cli"
+    try:
+        vserver_cli("create", name, "--template", "busybox", "--ip", "198.19.41.42/18", "--io-weight", "300",
+                    "--io-write-bps", "10M", "--io-read-bps", "20000000", "--io-write-iops", "200", check=True)
+        limits = engine.spec(name).limits
+        assert (limits.io_weight, *io_of(limits)) == (300, 20_000_000, 10 * MiB, None, 200)
+
+        vserver_cli("start", name, check=True)
+        shown = json.loads(vserver_cli("status", name, "--json", check=True).stdout)["limits"]
+        # What the kernel holds: the ceilings on this start's loop device. This kernel has no
+        # I/O weight (no BFQ on v1; io.weight needs v2), which status shows as null.
+        assert (shown["io_read_bps"], shown["io_write_bps"], shown["io_read_iops"], shown["io_write_iops"]) == (
+            20_000_000, 10 * MiB, None, 200)
+        text = vserver_cli("status", name, check=True).stdout
+        assert "write=10.0M/s" in text and "write-ops=200/s" in text
+
+        updated = vserver_cli("update", name, "--io-write-bps", "max", "--io-read-iops", "500", check=True)
+        assert "read-ops=500/s" in updated.stdout and "write=-" in updated.stdout
+        limits = engine.spec(name).limits
+        assert io_of(limits) == (20_000_000, None, 500, 200)
+        assert io_of(engine.status(name).limits) == io_of(limits)
+        assert limits.io_weight == 300
+    finally:
+        engine.delete(name)
