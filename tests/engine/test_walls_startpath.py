@@ -10,6 +10,7 @@ Each attack has a positive control showing it works where the defence is absent.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -26,6 +27,7 @@ import pytest
 from tests.engine.helpers import wait_for_http
 from tests.leaks import TEST_ENV
 from vservers.engine import guest, launch, ptys, syscalls
+from vservers.engine.errors import EngineError
 
 LINK_IP = "198.19.42.10"
 PTY_A_IP, PTY_B_IP = "198.19.42.20", "198.19.42.21"
@@ -98,6 +100,41 @@ def test_positive_control_old_start_path_writes_into_the_host_directory(tmp_path
         os.close(root_fd)
     assert not (fake_root / "dev").is_symlink() and (fake_root / "dev").is_dir()
     assert sorted(os.listdir(victim)) == ["fd", "null"]  # untouched by the new lookup
+
+
+_CANNOT_REPLACE = textwrap.dedent("""
+    import os, sys
+    from vservers.engine import launch, syscalls
+    from vservers.engine.errors import EngineError
+    root, victim = sys.argv[1], sys.argv[2]
+    syscalls.unshare(syscalls.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    syscalls.mount(root, root, None, syscalls.MS_BIND)
+    syscalls.mount(None, root, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
+    os.chdir(victim)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        launch.mount_guest_filesystems(root_fd)
+    except EngineError as exc:
+        print(exc)
+""")
+
+
+def test_a_mount_point_that_cannot_be_replaced_is_a_clear_start_error(tmp_path):
+    """The guest's root is read-only (as a full or broken disk would leave it): the start stops
+    with an error naming the path, before any mount, and writes nothing anywhere."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    victim.chmod(0o777)
+    fake_root = tmp_path / "guest-root"
+    fake_root.mkdir()
+    (fake_root / "proc").symlink_to("/proc/self/cwd")
+    result = subprocess.run([sys.executable, "-c", _CANNOT_REPLACE, str(fake_root), str(victim)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cannot replace /proc of the guest (not a directory): Read-only file system"
+    assert os.listdir(victim) == []
+    assert (fake_root / "proc").is_symlink()
 
 
 def _plant(engine, name: str, script: str) -> list[str]:
@@ -298,3 +335,59 @@ def test_one_guest_cannot_take_the_pty_pool_from_its_neighbours_or_the_host(engi
     # vmalloc'd without accounting: that part is what the cap bounds, ~24 KiB a pty.
     assert charged >= count * 1024
     assert outside <= ptys.PER_VPS * ptys.UNCHARGED_BYTES_BOUND
+
+
+def test_a_devpts_of_the_guests_own_is_bounded_by_its_memory_and_the_pool(engine, make_server, pty_tool, capsys):
+    """The guest's root may mount a devpts instance of its own (devpts is mountable in a user
+    namespace), without max=: the cap of its /dev/pts does not hold there (the control). What
+    bounds it then is its memory cgroup (each pty charges its slab part, ~3 KiB) and the host's
+    pool, which the engine made large enough that a small guest runs out of memory long before
+    the pool. Not bounded by the cgroup: each pty's ~24 KiB of vmalloc, printed here (a known
+    limit, docs/security.md)."""
+    limit = 32 * 2**20
+    attacker = make_server("sp-pty-c", f"{PTY_A_IP}/18", memory_bytes=limit)
+    neighbour = make_server("sp-pty-d", f"{PTY_B_IP}/18")
+    for name in (attacker, neighbour):
+        _install(engine, name, pty_tool)
+    host_before = _meminfo()
+    sh(engine, attacker, f"mkdir -p /tmp/pts && mount -t devpts -o newinstance,ptmxmode=0666 none /tmp/pts && "
+                         f"(PTMX=/tmp/pts/ptmx {PTY_TOOL} 0 hold > /tmp/pty.out 2>&1 &)")
+    # Until the host's pty count settles (the tool prints and holds, or the guest's OOM killer
+    # ends it), then what the tool said if the guest still runs.
+    nr = Path("/proc/sys/kernel/pty/nr")
+    deadline = time.monotonic() + 120
+    seen, peak, steady, vmalloc_peak = -1, 0, 0, 0
+    while steady < 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        now = int(nr.read_text())
+        peak = max(peak, now)
+        vmalloc_peak = max(vmalloc_peak, _meminfo()["VmallocUsed"] - host_before["VmallocUsed"])
+        steady = steady + 1 if now == seen else 0
+        seen = now
+    out = None
+    if engine.status(attacker).state == "running":
+        with contextlib.suppress(EngineError, OSError):
+            out = engine.run(attacker, ["/bin/cat", "/tmp/pty.out"])
+    host_after = _meminfo()
+    pool = int(Path("/proc/sys/kernel/pty/max").read_text()) - int(Path("/proc/sys/kernel/pty/reserve").read_text()) - 1
+    in_use = peak
+    outcome = _opened(out.stdout) if out is not None and "opened=" in out.stdout else None
+    state = engine.status(attacker).state
+    after = {key: host_after[key] - host_before[key] for key in ("VmallocUsed", "Slab")}
+    with capsys.disabled():
+        print(f"\nown devpts of a 32 MiB guest: {outcome or 'ended by its memory cgroup'} (server {state}); "
+              f"most ptys in use on the host {in_use} of the guests' pool {pool}; host VmallocUsed at most "
+              f"+{vmalloc_peak / 2**20:.0f} MiB meanwhile, {after['VmallocUsed'] / 2**20:+.1f} MiB after; "
+              f"Slab {after['Slab'] / 2**20:+.1f} MiB after")
+    # Past its /dev/pts cap (the control: the cap alone does not hold here) ...
+    assert in_use > ptys.PER_VPS
+    # ... but stopped by its memory (each pty charges it at least 2 KiB), far from the pool: the
+    # neighbour and the host still open one.
+    assert in_use <= limit // 2048 < pool
+    assert _opened(sh(engine, neighbour, f"{PTY_TOOL} 1").stdout) == (1, "0")
+    code, output = _console(engine, neighbour, "echo marker-$((6*7))")
+    assert code == 0 and b"marker-42" in output
+    master, slave = os.openpty()
+    os.close(master)
+    os.close(slave)

@@ -13,8 +13,9 @@ busybox guest on kernel 6.18): ~3.3 KiB of slab (tty_struct, inode, dentry, file
 the guest's memory cgroup (memory.kmem.usage_in_bytes grew 3.2 KiB a pty), and ~24 KiB of
 vmalloc (consistent with n_tty's read and echo buffers, 12 KiB for each end, allocated
 without accounting), charged to no cgroup. So the cap is
-also the bound on host memory a guest can take through ptys outside its cgroup:
-PER_VPS * ~24 KiB.
+also the bound on host memory a guest can take through its /dev/pts outside its cgroup:
+PER_VPS * ~24 KiB. (A devpts the guest's root mounts itself has no cap; its memory cgroup and
+the host's pool bound it: see docs/security.md, "The pty pool".)
 
 PER_VPS = 256: far above what one server uses (ssh sessions, tmux panes, one per `vserver
 enter`), and ~6 MiB of uncharged host memory per VPS at worst; LXC's common.conf allows
