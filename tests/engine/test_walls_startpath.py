@@ -228,8 +228,8 @@ def _console(engine, name: str, script: str) -> tuple[int, bytes]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     try:
-        pid = guest.spawn(engine.init_pid(name), ["/bin/sh", "-c", script], engine.cgroup_procs(name), null, null,
-                          null, pty_socket=theirs.fileno())
+        helper = guest.spawn(engine.init_pid(name), ["/bin/sh", "-c", script], engine.cgroup_procs(name), null, null,
+                             null, pty_socket=theirs.fileno())
     finally:
         theirs.close()
         os.close(null)
@@ -248,8 +248,7 @@ def _console(engine, name: str, script: str) -> tuple[int, bytes]:
                 output += block
         finally:
             os.close(fds[0])
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output
+    return helper.wait(timeout=60), output
 
 
 def test_positive_control_a_devpts_instance_without_max_goes_past_the_cap(pty_tool, tmp_path):
