@@ -74,36 +74,22 @@ def _cli_peak_rss(*args: str) -> tuple[int, int, str]:
         return proc.returncode, usage.ru_maxrss * 1024, err.read().decode(errors="replace")
 
 
-def _our_processes() -> dict[int, str]:
-    """Our descendants that are alive (helpers and the programs they run), with their
-    states; the guests' inits (reparented to us, the subreaper) and their trees left out."""
-    ours = {}
-    for child in psutil.Process().children():
+def _ours(engine, name: str) -> dict[int, str]:
+    """The processes the engine started for server NAME that are still there (helpers and the
+    programs they run, zombies included), with their states: those of the server's uids
+    outside its init's tree. (The guest's root in the helper maps to the server's uid base.)"""
+    base = engine.spec(name).uid_base
+    init = engine.init_pid(name)
+    found = {}
+    for process in psutil.process_iter():
         try:
-            if not _is_guest_init(child.pid):
-                for process in [child, *child.children(recursive=True)]:
-                    ours[process.pid] = process.status()
+            if not base <= process.uids().real < base + 65536 or process.pid == init:
+                continue
+            if init not in {parent.pid for parent in process.parents()}:
+                found[process.pid] = process.status()
         except psutil.NoSuchProcess:
             pass
-    return {pid: status for pid, status in ours.items() if status != psutil.STATUS_ZOMBIE}
-
-
-def _is_guest_init(pid: int) -> bool:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("NSpid:"):
-            return len(line.split()) > 2 and line.split()[-1] == "1"
-    return False
-
-
-def _zombie_children() -> list[int]:
-    zombies = []
-    for child in psutil.Process().children():
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                zombies.append(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return zombies
+    return found
 
 
 def _host_pid(init_pid: int, guest_pid: int) -> int:
@@ -142,7 +128,6 @@ def test_output_without_end_costs_the_host_a_bounded_amount_of_memory(engine, ma
     from vservers.engine import EngineError, guest
 
     name = make_server("wo-flood", "198.19.31.10/18")
-    before = _our_processes()  # e.g. the panel tests' worker and redis, when they ran first
     code, baseline, err = _cli_peak_rss("account", "list", name)
     assert code == 0, err
 
@@ -180,7 +165,7 @@ def test_output_without_end_costs_the_host_a_bounded_amount_of_memory(engine, ma
     for operation in (lambda a: a.get("root"), lambda a: a.add("eve"), lambda a: a.delete("eve")):
         with pytest.raises(EngineError, match=f"more than {guest.OUTPUT_LIMIT} bytes"):
             operation(engine.accounts(name))
-    assert _our_processes().keys() <= before.keys() and _zombie_children() == []
+    assert _ours(engine, name) == {}
 
 
 # -- finding 7: a guest that stops what the host starts ---------------------------------------
@@ -195,7 +180,6 @@ def test_a_guest_stopping_new_processes_cannot_hang_the_engine(engine, make_serv
     started = engine.run(name, ["sh", "-c", 'sh -c "$0" </dev/null >/dev/null 2>&1 & echo $!', STOP_LOOP])
     loop = _host_pid(engine.init_pid(name), int(started.stdout))
     try:
-        before = _our_processes()
         outcome: dict[str, object] = {}
         seen_stopped: list[int] = []
 
@@ -208,14 +192,13 @@ def test_a_guest_stopping_new_processes_cannot_hang_the_engine(engine, make_serv
         thread = threading.Thread(target=attempt)
         thread.start()
         while thread.is_alive():  # the attack bites: our program is held stopped before it execs
-            seen_stopped += [pid for pid, status in _our_processes().items() if status == psutil.STATUS_STOPPED]
+            seen_stopped += [pid for pid, status in _ours(engine, name).items() if status == psutil.STATUS_STOPPED]
             time.sleep(0.05)
         thread.join(120)
         assert not thread.is_alive(), "engine.run(timeout=3) did not return"
         assert seen_stopped, "the guest's loop never stopped the program: the attack did not happen"
         assert "did not start within 3 s" in str(outcome.get("error")), outcome
-        assert _our_processes().keys() <= before.keys()
-        assert _zombie_children() == []
+        assert _ours(engine, name) == {}
         assert _stopped_in(engine.init_pid(name)) == [], "a stopped program was left in the guest"
 
         # The panel worker's path: account and service operations carry a deadline too.
@@ -224,7 +207,7 @@ def test_a_guest_stopping_new_processes_cannot_hang_the_engine(engine, make_serv
             engine.accounts(name).add("eve")
         with pytest.raises(EngineError, match="did not start within 2 s"):
             engine.services(name).list()
-        assert _our_processes().keys() <= before.keys() and _zombie_children() == []
+        assert _ours(engine, name) == {}
     finally:
         os.kill(loop, signal.SIGKILL)
     # The server is usable again once the loop is gone.
@@ -235,7 +218,6 @@ def test_a_program_that_runs_past_its_time_or_writes_without_end_is_killed(engin
     from vservers.engine import EngineError, guest
 
     name = make_server("wo-slow", "198.19.31.12/18")
-    before = _our_processes()
     with pytest.raises(EngineError, match="did not finish within 1 s"):
         engine.run(name, ["sh", "-c", "trap '' PIPE TERM; sleep 1000"], timeout=1)
     with pytest.raises(EngineError, match=f"wrote more than {guest.OUTPUT_LIMIT} bytes"):
@@ -243,7 +225,7 @@ def test_a_program_that_runs_past_its_time_or_writes_without_end_is_killed(engin
     # Stopped by the guest after it exec'd: killed at the deadline all the same.
     with pytest.raises(EngineError, match="did not finish within 1 s"):
         engine.run(name, ["sh", "-c", "kill -STOP $$"], timeout=1)
-    assert _our_processes().keys() <= before.keys() and _zombie_children() == []
+    assert _ours(engine, name) == {}
     assert _stopped_in(engine.init_pid(name)) == []
 
 
