@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import selectors
 import sys
 import threading
@@ -40,6 +41,9 @@ def _feed_stdin(target: int) -> threading.Thread:
             while True:
                 try:
                     data = os.read(0, 65536)
+                except BlockingIOError:  # a stdin left non-blocking by whoever shares it
+                    select.select([0], [], [])
+                    continue
                 except OSError:  # no stdin (fd 0 closed), or it failed: the guest sees its end
                     break
                 if not data:
