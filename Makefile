@@ -19,8 +19,9 @@ CONSTRAINTS := constraints.txt
 # (mkfs.ext4, losetup, ip, nft), Redis for the queue, debootstrap for the Debian template.
 RUN_PACKAGES := python3-venv python3-dev build-essential e2fsprogs util-linux iproute2 procps \
 	redis-server debootstrap ca-certificates nftables
-# What only the tests add: the browser the page tests drive, and ping for network checks.
-TEST_PACKAGES := chromium iputils-ping
+# What only the tests add: the browser the page tests drive, ping for network checks, and curl
+# for the calls of docs/api.md (tests/api/test_docs.py).
+TEST_PACKAGES := chromium iputils-ping curl
 APT_PACKAGES := $(RUN_PACKAGES)
 
 .PHONY: help install install-test apt-packages run test bench clean as-root lock
