@@ -381,7 +381,8 @@ def mount_guest_filesystems(root_fd: int) -> None:
     points = {name: _guest_mount_point(root_fd, name) for name in GUEST_MOUNT_POINTS}
     try:
         _attach(syscalls.new_mount("proc", {}, _NOSUID_NODEV_NOEXEC), points["proc"], "/proc")
-        _attach(syscalls.new_mount("sysfs", {}, _NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY), points["sys"], "/sys")
+        sysfs = syscalls.new_mount("sysfs", {"ro": None}, _NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY)
+        _attach(sysfs, points["sys"], "/sys")
         _mask_host_state(root_fd)
         # nodev: the device nodes below are mounts of their own; nothing else here may be one.
         dev = syscalls.new_mount("tmpfs", {"mode": "755", "size": "1024k"}, _NOSUID_NODEV_NOEXEC)
@@ -426,24 +427,23 @@ def _populate_dev(dev: int) -> None:
 
 def _mask_host_state(root_fd: int) -> None:
     """Mask and make read-only the host's entries of the guest's fresh /proc and /sys."""
-    masks = [(relative, is_dir) for relative, is_dir in _masked_present()]
-    if any(is_dir for _, is_dir in masks):
-        # One empty read-only tmpfs, cloned onto each masked directory.
-        empty = syscalls.new_mount("tmpfs", {"mode": "555", "size": "4k", "nr_inodes": "1"},
-                                   _NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY)
+    empty = -1  # one empty read-only tmpfs, cloned onto each masked directory
     try:
-        for relative, is_dir in masks:
+        for relative, is_dir in _masked_present():
             target = _open_in_guest(root_fd, relative)
             try:
-                if is_dir:
-                    clone = syscalls.open_tree("", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH, empty)
-                    _attach(clone, target, f"/{relative}")
-                else:
+                if not is_dir:
                     _bind_host("/dev/null", target, f"/{relative}")
+                    continue
+                if empty < 0:
+                    empty = syscalls.new_mount("tmpfs", {"mode": "555", "size": "4k", "nr_inodes": "1", "ro": None},
+                                               _NOSUID_NODEV_NOEXEC | MOUNT_ATTR_RDONLY)
+                clone = syscalls.open_tree("", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH, empty)
+                _attach(clone, target, f"/{relative}")
             finally:
                 os.close(target)
     finally:
-        if any(is_dir for _, is_dir in masks):
+        if empty >= 0:
             os.close(empty)
     for relative in _read_only_present():
         _bind_read_only(root_fd, relative)
