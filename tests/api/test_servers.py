@@ -202,3 +202,13 @@ def test_accounts_and_services(w):
     stopped = a.post(f"{base}/services/httpd/stop/")
     assert (stopped.status_code, stopped.json()["kind"], stopped.json()["subject"]) == (202, "service_stop", "httpd")
     assert [op.kind for op in w.queued] == ["account_add", "account_password", "account_delete", "service_stop"]
+
+
+def test_a_crash_under_api_is_a_json_500_and_elsewhere_the_page(rf):
+    from api.errors import server_error
+
+    answer = server_error(rf.get("/api/v1/servers/"))
+    assert answer.status_code == 500 and answer["Content-Type"] == "application/json"
+    assert answer.content == b'{"detail": "A server error occurred.", "code": "error", "fields": {}}'
+    page = server_error(rf.get("/servers/"))
+    assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
