@@ -77,23 +77,27 @@ def wait_gone(pid: int, timeout: float = 30.0) -> bool:
 @pytest.fixture
 def file_database(transactional_db, django_db_blocker, tmp_path):
     """The test's database, on a file when pytest-django's is an in-memory SQLite database
-    (which no other process can open); yields what a worker process sets as its NAME."""
-    conn = connections["default"]
-    if conn.vendor != "sqlite" or not conn.is_in_memory_db():
-        yield conn.settings_dict["NAME"]
+    (which no other process can open); yields what a worker process sets as its NAME.
+
+    This thread gets a connection object of its own for the file. The in-memory one is left
+    as it is: pytest-django's live server shares it with its request threads, and a request
+    thread left by an earlier test's browser closes it when its HTTP connection ends. On the
+    in-memory object that close is ignored; on a shared object renamed to the file it closed
+    the connection under this thread's migrate (a segfault in sqlite3)."""
+    memory = connections["default"]
+    if memory.vendor != "sqlite" or not memory.is_in_memory_db():
+        yield memory.settings_dict["NAME"]
         return
-    memory_name = conn.settings_dict["NAME"]
-    memory_connection, conn.connection = conn.connection, None  # keeps the memory one alive
     path = tmp_path / "panel.sqlite3"
-    conn.settings_dict["NAME"] = str(path)
+    on_file = type(memory)({**memory.settings_dict, "NAME": str(path)}, "default")
+    connections["default"] = on_file  # for this thread only (connections are thread-local)
     try:
         with django_db_blocker.unblock():
             call_command("migrate", verbosity=0, interactive=False)
         yield str(path)
     finally:
-        conn.close()
-        conn.settings_dict["NAME"] = memory_name
-        conn.connection = memory_connection
+        on_file.close()
+        connections["default"] = memory
 
 
 @pytest.fixture
