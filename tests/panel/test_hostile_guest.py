@@ -123,6 +123,7 @@ def test_hostile_names_in_a_real_guest_break_no_page(world, provision, drain):
         "kind": ["refresh"],
         "action": ["restart"],
         "decision": ["approve"],
+        "user_id": [world.alice.pk],
     }
     routes = [r for r in all_routes() if r.name != "logout"]
     tenant_routes = [r for r in routes if r.route.startswith(TENANT_PREFIX) or r.name in SIGNED_IN]
