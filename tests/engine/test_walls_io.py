@@ -108,6 +108,14 @@ def test_ceilings_hold_on_the_guests_own_figures_live_and_after_restart(engine, 
     assert limited_write <= limit * RATE_TOLERANCE
     assert limited_read <= limit * RATE_TOLERANCE
 
+    # Buffered writes, each fsync'ed: the fsync writes the pages back in the writer's own
+    # context, so its bios carry its group and meet the ceiling.
+    synced = probe(engine, name, "write", "/root/buffered", str(total), str(MiB), str(total), "0", "s")
+    synced_rate = synced["bytes"] / synced["seconds"]
+    print(f"limited to {limit / MB:.0f} MB/s: buffered writes each fsync'ed {synced_rate / MB:.2f} MB/s")
+    assert synced_rate <= limit * RATE_TOLERANCE
+    print(f"buffered writes, one fsync at the end: {buffered_writeback(engine, name, total)}")
+
     engine.update(name, Limits(io_write_iops=100))
     limited_ops = write_ops(engine, name, 2.0)
     print(f"limited to 100 writes/s: {limited_ops:.1f} writes/s")
@@ -129,6 +137,64 @@ def test_ceilings_hold_on_the_guests_own_figures_live_and_after_restart(engine, 
     engine.update(name, Limits())
     assert io_of(engine.status(name).limits) == (None, None, None, None)
     assert write_rate(engine, name, total) > 3 * limit
+
+
+def buffered_writeback(engine, name: str, total: int) -> str:
+    """Where buffered writes without fsync are charged: the guest's group, or (on v1, which has
+    no cgroup writeback) the root group of the kernel's flusher threads. Only reported: it is
+    what the kernel does, documented in docs/security.md, not something the engine decides."""
+    device = Path(engine._runtime(name).loop_device)
+    number = Path(f"/sys/block/{device.name}/dev").read_text().strip()
+
+    def charged(group: Path) -> int:
+        for line in (group / "blkio.throttle.io_service_bytes").read_text().splitlines():
+            parts = line.split()
+            if parts[:2] == [number, "Write"]:
+                return int(parts[2])
+        return 0
+
+    if engine.cgroups.version != 1:
+        return "(reported on v1 only)"
+    group, root = engine.cgroups.group("blkio", name), engine.cgroups.hierarchy("blkio")
+    before = loop_sectors_written(engine, name) * 512, charged(group), charged(root)
+    figures = probe(engine, name, "write", "/root/unsynced", str(4 * total), str(MiB), str(4 * total), "0", "-")
+    after = loop_sectors_written(engine, name) * 512, charged(group), charged(root)
+    disk, guest, flusher = (a - b for a, b in zip(after, before, strict=True))
+    return (f"{figures['bytes'] / figures['seconds'] / MB:.1f} MB/s; of {disk / MB:.0f} MB reaching the loop device "
+            f"{guest / MB:.0f} MB were charged to the server's group, {flusher / MB:.0f} MB to the root group")
+
+
+# -- from inside: lifting its own ceiling ----------------------------------------------------
+
+
+def test_the_guests_root_cannot_lift_its_own_ceiling(engine, make_server, io_probe):
+    """The guest's root mounts its blkio hierarchy (its cgroup namespace shows its own group as
+    the root, with nothing above it to move to) and tries to clear the ceiling or make a child
+    group of its own."""
+    if engine.cgroups.version != 1:
+        pytest.skip("this attack is written for a v1 host")
+    name = make_server("io-self", "198.19.41.50/18")
+    install_probe(engine, name, io_probe)
+    limit = 5 * MB
+    engine.update(name, Limits(io_write_bps=limit))
+    device = Path(engine._runtime(name).loop_device)
+    number = Path(f"/sys/block/{device.name}/dev").read_text().strip()
+    script = (
+        "mkdir -p /mnt/cg && mount -t cgroup -o blkio cgroup /mnt/cg && echo mounted; "
+        "cat /mnt/cg/blkio.throttle.write_bps_device; "
+        f"echo '{number} 0' > /mnt/cg/blkio.throttle.write_bps_device && echo lifted; "
+        "mkdir /mnt/cg/free && echo made-child; umount /mnt/cg; true"
+    )
+    result = engine.run(name, ["/bin/sh", "-c", script])
+    lines = result.stdout.split("\n")
+    # Positive control: it is the real ceiling the guest looks at, the kernel's own file.
+    assert "mounted" in lines and f"{number} {limit}" in lines, result
+    assert "lifted" not in lines and "made-child" not in lines, result
+    assert result.stderr.count("Permission denied") == 2, result.stderr
+    assert engine.cgroups.limits(name, f"{number}").io_write_bps == limit
+    rate = write_rate(engine, name, 10 * MiB)
+    print(f"\nafter the guest's attempts: {rate / MB:.2f} MB/s against a {limit / MB:.0f} MB/s ceiling")
+    assert rate <= limit * RATE_TOLERANCE
 
 
 # -- the neighbour's fsync latency ----------------------------------------------------------
