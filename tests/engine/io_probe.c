@@ -4,7 +4,9 @@
  *   io-probe write PATH REGION BLOCK TOTAL SECONDS FLAGS [STOPFILE]
  *       write BLOCK bytes at a time over the first REGION bytes of PATH, round and round,
  *       until TOTAL bytes (0: no cap) or SECONDS (0: no cap) are reached, or STOPFILE exists.
- *       FLAGS: "d" O_DIRECT, "s" fsync after every write, "-" neither. Prints: bytes= ops= seconds=
+ *       FLAGS: "d" O_DIRECT, "s" fsync after every write, "y" sync() at the end instead of
+ *       fsync (the kernel's flusher threads then write the pages back), "-" none of these.
+ *       Prints: bytes= ops= seconds=
  *   io-probe read PATH BLOCK TOTAL FLAGS
  *       read TOTAL bytes of PATH, BLOCK at a time ("d": O_DIRECT). Prints: bytes= ops= seconds=
  *   io-probe fsync PATH COUNT GAP_US
@@ -41,6 +43,7 @@ static int do_write(int argc, char **argv) {
     long long region = atoll(argv[3]), block = atoll(argv[4]), total = atoll(argv[5]);
     double seconds = atof(argv[6]);
     int direct = strchr(argv[7], 'd') != NULL, sync_each = strchr(argv[7], 's') != NULL;
+    int global = strchr(argv[7], 'y') != NULL;
     if (region < block || block <= 0) return 64;
     int fd = open(argv[2], O_WRONLY | O_CREAT | (direct ? O_DIRECT : 0), 0600);
     if (fd < 0) {
@@ -66,7 +69,9 @@ static int do_write(int argc, char **argv) {
         ops++;
         elapsed = now() - start;
     }
-    if (!sync_each && fsync(fd) != 0) {
+    if (global) {
+        sync();
+    } else if (!sync_each && fsync(fd) != 0) {
         perror("fsync");
         return 1;
     }

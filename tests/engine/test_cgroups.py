@@ -280,9 +280,33 @@ def throttle(v1: CgroupV1, name: str, what: str) -> str:
     return read(v1.group("blkio", name) / f"blkio.throttle.{what}_device")
 
 
-def test_v1_io_ceilings_go_on_the_device_and_read_back(v1: CgroupV1) -> None:
-    device = block_device_number("/dev/loop0")  # loop0 exists from boot, attached or not
-    assert device == "7:0"
+def host_throttle(v1: CgroupV1, device: str, what: str) -> list[str]:
+    """The root group's lines for DEVICE: the kernel's own writeback for the server."""
+    lines = read(v1.hierarchy("blkio") / f"blkio.throttle.{what}_device").splitlines()
+    return [line for line in lines if line.split()[0] == device]
+
+
+@pytest.fixture
+def own_loop(tmp_path: Path, v1: CgroupV1) -> Iterator[str]:
+    """A loop device of the test's own (attached to a small file), so the root group's ceilings
+    the engine sets for a server's device never touch a device someone else uses."""
+    from vservers.engine import loopdev
+
+    image = tmp_path / "image"
+    image.write_bytes(b"\0" * MiB)
+    path, fd = loopdev.attach(image)
+    device = block_device_number(path)
+    try:
+        yield device
+    finally:
+        v1.release_io(device)
+        os.close(fd)  # autoclear detaches it
+        assert loopdev.wait_released(path, image)
+
+
+def test_v1_io_ceilings_go_on_the_device_and_read_back(v1: CgroupV1, own_loop: str) -> None:
+    device = own_loop
+    assert device.startswith("7:")
     v1.create("disk", IO_LIMITS)
     assert throttle(v1, "disk", "write_bps") == ""  # nothing before the device is known
 
@@ -297,11 +321,18 @@ def test_v1_io_ceilings_go_on_the_device_and_read_back(v1: CgroupV1) -> None:
     expected_weight = None if not weight_files else 100
     assert v1.limits("disk") == dataclasses.replace(IO_LIMITS, io_weight=expected_weight)
     assert v1.limits("disk", device) == v1.limits("disk")
-    assert v1.limits("disk", "7:99").io_write_bps is None  # type: ignore[union-attr]
+    assert v1.limits("disk", "7:9999").io_write_bps is None  # type: ignore[union-attr]
+    # The same ceilings on the root group, for the flusher's writeback of this device's pages.
+    assert host_throttle(v1, device, "write_bps") == [f"{device} {10 * MiB}"]
+    assert host_throttle(v1, device, "read_iops") == [f"{device} 400"]
+
+    v1.release_io(device)
+    assert all(host_throttle(v1, device, what) == [] for what in ("read_bps", "write_bps", "read_iops", "write_iops"))
+    assert throttle(v1, "disk", "write_bps") == f"{device} {10 * MiB}"  # the group's stay until it goes
 
 
-def test_v1_io_ceilings_change_and_clear_live(v1: CgroupV1) -> None:
-    device = block_device_number("/dev/loop0")
+def test_v1_io_ceilings_change_and_clear_live(v1: CgroupV1, own_loop: str) -> None:
+    device = own_loop
     v1.create("disk", Limits())
     v1.limit_io("disk", device, IO_LIMITS)
 
@@ -311,6 +342,8 @@ def test_v1_io_ceilings_change_and_clear_live(v1: CgroupV1) -> None:
     assert (limits.io_read_bps, limits.io_write_bps, limits.io_read_iops, limits.io_write_iops) == (
         None, 5 * MiB, 50, None)
     assert throttle(v1, "disk", "read_bps") == ""  # a cleared ceiling leaves no line
+    assert host_throttle(v1, device, "write_bps") == [f"{device} {5 * MiB}"]
+    assert host_throttle(v1, device, "read_bps") == []
 
     v1.update("disk", Limits(), device)
     assert all(throttle(v1, "disk", what) == "" for what in ("read_bps", "write_bps", "read_iops", "write_iops"))
@@ -324,16 +357,18 @@ def test_v1_processes_join_blkio_too(v1: CgroupV1) -> None:
     assert blkio / "cgroup.procs" in v1.procs_files("web")
 
 
-def test_v1_server_started_without_a_blkio_group_is_entered_and_refuses_io_ceilings(v1: CgroupV1) -> None:
+def test_v1_server_started_without_a_blkio_group_is_entered_and_refuses_io_ceilings(
+    v1: CgroupV1, own_loop: str
+) -> None:
     # What an engine before disk I/O limits left running: the group in every hierarchy but blkio.
     v1.create("old", Limits())
     v1.group("blkio", "old").rmdir()
 
     files = v1.procs_files("old")
     assert len(files) == 4 and all(path.exists() for path in files)
-    v1.update("old", Limits(cpus=0.5), block_device_number("/dev/loop0"))  # no ceiling: fine
+    v1.update("old", Limits(cpus=0.5), own_loop)  # no ceiling: fine
     with pytest.raises(EngineError, match="from its next start"):
-        v1.update("old", Limits(io_write_bps=10 * MiB), block_device_number("/dev/loop0"))
+        v1.update("old", Limits(io_write_bps=10 * MiB), own_loop)
 
 
 def test_block_device_numbers_only_of_block_devices(tmp_path: Path) -> None:

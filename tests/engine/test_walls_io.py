@@ -11,6 +11,7 @@ the same run, next to a positive control (the same writer unlimited) that shows 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -115,6 +116,22 @@ def test_ceilings_hold_on_the_guests_own_figures_live_and_after_restart(engine, 
     print(f"limited to {limit / MB:.0f} MB/s: buffered writes each fsync'ed {synced_rate / MB:.2f} MB/s")
     assert synced_rate <= limit * RATE_TOLERANCE
     print(f"buffered writes, one fsync at the end: {buffered_writeback(engine, name, total)}")
+    # More than its memory, and no fsync: the kernel's flusher threads write it back, and on v1
+    # their bios belong to the root group. Positive control: without the ceiling the engine
+    # puts on the root group for this device, that writeback passes the server's own ceiling.
+    if engine.cgroups.version == 1:
+        engine.update(name, dataclasses.replace(wanted, memory_bytes=32 * MiB))
+        number = Path(f"/sys/block/{Path(engine._runtime(name).loop_device).name}/dev").read_text().strip()
+        engine.cgroups.release_io(number)
+        bypass = flusher_rate(engine, name)
+        engine.update(name, dataclasses.replace(wanted, memory_bytes=32 * MiB))  # puts it back
+        paced = flusher_rate(engine, name)
+        print(f"64 MiB with 32 MiB of memory, no fsync, then sync(): {bypass / MB:.1f} MB/s without the root "
+              f"group's ceiling, {paced / MB:.2f} MB/s with it")
+        assert bypass > 3 * limit, "the flusher's writeback did not pass the server's own ceiling"
+        # Up to two shares: the server's group and the kernel's writeback on its behalf.
+        assert paced <= 2 * limit * RATE_TOLERANCE
+        engine.update(name, wanted)
 
     engine.update(name, Limits(io_write_iops=100))
     limited_ops = write_ops(engine, name, 2.0)
@@ -133,10 +150,33 @@ def test_ceilings_hold_on_the_guests_own_figures_live_and_after_restart(engine, 
     print(f"after restart: write {after_restart / MB:.2f} MB/s")
     assert after_restart <= limit * RATE_TOLERANCE
 
+    # v1: the same ceiling on the root group paces the flusher's writeback of this disk, and
+    # goes when the server stops (the device returns to the host's pool).
+    number = Path(f"/sys/block/{Path(runtime.loop_device).name}/dev").read_text().strip()
+    if engine.cgroups.version == 1:
+        assert host_ceiling(engine, number) == [f"{number} {limit}"]
+
     # Lifted live: back to the free rate's neighbourhood (at least well past the old ceiling).
     engine.update(name, Limits())
     assert io_of(engine.status(name).limits) == (None, None, None, None)
     assert write_rate(engine, name, total) > 3 * limit
+    engine.update(name, wanted)
+    engine.stop(name)
+    if engine.cgroups.version == 1:
+        assert host_ceiling(engine, number) == []
+
+
+def host_ceiling(engine, number: str) -> list[str]:
+    text = (engine.cgroups.hierarchy("blkio") / "blkio.throttle.write_bps_device").read_text()
+    return [line for line in text.splitlines() if line.split()[0] == number]
+
+
+def flusher_rate(engine, name: str) -> float:
+    """Bytes per second of 64 MiB of buffered writes and a sync() at the end, which hands the
+    writeback to the kernel's flusher threads; by the guest's clock."""
+    engine.run(name, ["rm", "-f", "/root/flood"])
+    figures = probe(engine, name, "write", "/root/flood", str(64 * MiB), str(MiB), str(64 * MiB), "0", "y")
+    return figures["bytes"] / figures["seconds"]
 
 
 def buffered_writeback(engine, name: str, total: int) -> str:

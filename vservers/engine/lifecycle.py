@@ -392,6 +392,7 @@ class Engine:
 
         network.detach(host_if)
         if runtime is not None and runtime.loop_device:
+            self._release_io(runtime.loop_device, server_dir / "disk.img")
             if not wait_released(runtime.loop_device, server_dir / "disk.img"):
                 raise EngineError(f"{runtime.loop_device} of {name!r} is still attached")
         (server_dir / "runtime.json").unlink(missing_ok=True)
@@ -439,6 +440,26 @@ class Engine:
                 except EngineError:
                     pass  # the first error is the one to report
             raise Conflict(f"the new limits cannot be applied to running server {name!r}: {exc}") from exc
+
+    def _release_io(self, device: str, image: Path) -> None:
+        """Lift the ceilings start put on DEVICE outside the server's group (cgroups.limit_io),
+        before its last writeback (unmounted with the server's last process) must pass them.
+        Only while the device still serves IMAGE (held open, so it cannot change hands) or
+        serves nothing: another server's start may have taken it since, and set its own."""
+        from . import loopdev
+        from .cgroups import block_device_number
+
+        try:
+            with loopdev.held(device, image):
+                self.cgroups.release_io(block_device_number(device))
+            return
+        except OSError:
+            pass
+        if loopdev.backing_file(device) is None:
+            try:
+                self.cgroups.release_io(block_device_number(device))
+            except EngineError:
+                pass  # the device node is gone: nothing of ours is left on it
 
     def _disk_device(self, name: str) -> str | None:
         """"MAJOR:MINOR" of the running server's loop device, which its I/O limits are on."""

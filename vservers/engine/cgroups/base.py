@@ -161,6 +161,10 @@ class CgroupBackend(ABC):
         """Write LIMITS' I/O ceilings for block device DEVICE ("MAJOR:MINOR"), None clearing one."""
 
     @abstractmethod
+    def _apply_host_io(self, device: str, limits: Limits) -> None:
+        """Ceilings on DEVICE for I/O the kernel does on the server's behalf outside its group."""
+
+    @abstractmethod
     def attach(self, name: str, pid: int) -> None: ...
 
     @abstractmethod
@@ -227,6 +231,7 @@ class CgroupBackend(ABC):
         self._apply(name, limits)
         if device is not None:
             self._apply_io(name, device, limits)
+            self._apply_host_io(device, limits)
 
     def limit_io(self, name: str, device: str, limits: Limits) -> None:
         """Put LIMITS' I/O ceilings on block device DEVICE ("MAJOR:MINOR") for group NAME.
@@ -238,6 +243,12 @@ class CgroupBackend(ABC):
         if not self.exists(name):
             raise EngineError(f"cgroup {self.parent}/{name} does not exist")
         self._apply_io(name, device, limits)
+        self._apply_host_io(device, limits)
+
+    def release_io(self, device: str) -> None:
+        """Lift what limit_io put outside the server's group on DEVICE, once the server is done
+        with it (the device goes back to the host's pool of loop devices)."""
+        self._apply_host_io(check_device(device), Limits())
 
     def kill(self, name: str) -> None:
         """SIGKILL every process; repeat while processes forked before the signal keep appearing."""
