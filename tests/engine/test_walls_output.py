@@ -77,13 +77,17 @@ def _cli_peak_rss(*args: str) -> tuple[int, int, str]:
 def _ours(engine, name: str) -> dict[int, str]:
     """The processes the engine started for server NAME that are still there (helpers and the
     programs they run, zombies included), with their states: those of the server's uids
-    outside its init's tree. (The guest's root in the helper maps to the server's uid base.)"""
+    outside its init's tree, started since its init. (The guest's root in the helper maps to the
+    server's uid base; a zombie left by an earlier server that had the same uid range is older.)"""
     base = engine.spec(name).uid_base
     init = engine.init_pid(name)
+    started = psutil.Process(init).create_time()
     found = {}
     for process in psutil.process_iter():
         try:
             if not base <= process.uids().real < base + 65536 or process.pid == init:
+                continue
+            if process.create_time() < started:
                 continue
             if init not in {parent.pid for parent in process.parents()}:
                 found[process.pid] = process.status()
