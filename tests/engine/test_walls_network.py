@@ -325,6 +325,9 @@ def test_without_network_admin_the_guest_cannot_change_its_network(walls):
     net_admin = 1 << capabilities.CAP_NET_ADMIN
     assert all(not mask & net_admin for mask in capability_bounding(walls, "wn-a"))
     assert all(mask & net_admin for mask in capability_bounding(walls, "wn-n"))
+    # Status says what the running init holds, read from the kernel.
+    assert walls.engine.status("wn-a").limits.network_admin is False
+    assert walls.engine.status("wn-n").limits.network_admin is True
     attempts = {
         "address": ["ip", "addr", "add", "198.19.20.200/32", "dev", "eth0"],
         "route": ["ip", "route", "add", "198.19.99.0/24", "via", GW4],

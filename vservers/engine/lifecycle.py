@@ -512,7 +512,8 @@ class Engine:
         cg = self.cgroups.usage(name)
         usage = dataclasses.replace(cg, disk_used_bytes=disk_used(init_pid) or 0)
         kernel_limits = self.cgroups.limits(name, self._disk_device(name)) or spec.limits
-        limits = dataclasses.replace(kernel_limits, disk_bytes=spec.limits.disk_bytes)
+        limits = dataclasses.replace(kernel_limits, disk_bytes=spec.limits.disk_bytes,
+                                     network_admin=_holds_net_admin(init_pid, spec.limits.network_admin))
         ips = list(spec.addresses)
         if with_addresses:
             from . import network
@@ -572,6 +573,17 @@ class Engine:
         from .services import Services
 
         return Services(self, name)
+
+
+def _holds_net_admin(init_pid: int, configured: bool) -> bool:
+    """Whether the running server's init has CAP_NET_ADMIN in its bounding set: the switch takes
+    effect at start, so a change made since shows only after the next one."""
+    from . import capabilities
+
+    try:
+        return bool(capabilities.bounding_set(init_pid) >> capabilities.CAP_NET_ADMIN & 1)
+    except OSError:  # init ended meanwhile
+        return configured
 
 
 def make_disk_image(path: Path, size_bytes: int, uid_base: int) -> None:
