@@ -61,3 +61,25 @@ def wait_for_http(address: str, timeout: float = 15.0, bridge: str | None = None
         if time.monotonic() > deadline:
             raise AssertionError(f"{address} did not answer HTTP within {timeout}s")
         time.sleep(0.05)
+
+
+def compile_static(source: str, directory: Path) -> Path:
+    """The C file tests/engine/SOURCE compiled into DIRECTORY, linked statically: a busybox
+    guest has no C library to load. Skips the test when gcc is missing."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (build-essential)")
+    out = directory / Path(source).stem
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(Path(__file__).with_name(source))], check=True)
+    return out
+
+
+def install_in_guest(engine, name: str, guest_path: str, program: bytes) -> None:
+    """PROGRAM copied into server NAME as the executable GUEST_PATH (its directory made)."""
+    directory = guest_path.rsplit("/", 1)[0] or "/"
+    script = 'mkdir -p "$1" && cat > "$2" && chmod 755 "$2"'
+    result = engine.run(name, ["/bin/sh", "-c", script, "sh", directory, guest_path], input=program)
+    assert result.returncode == 0, result.stderr

@@ -13,7 +13,6 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import http_get, wait_for_http
+from tests.engine.helpers import compile_static, http_get, install_in_guest, wait_for_http
 from vservers.engine import capabilities, guest, launch, seccomp, templates
 
 A_IP, B_IP = "198.19.20.10", "198.19.20.11"
@@ -63,18 +62,11 @@ def attack_summary(request):
 
 @pytest.fixture(scope="module")
 def probe_binary(tmp_path_factory) -> bytes:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (build-essential)")
-    out = tmp_path_factory.mktemp("probe") / "escape-probe"
-    source = Path(__file__).with_name("escape_probe.c")
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(source)], check=True)
-    return out.read_bytes()
+    return compile_static("escape_probe.c", tmp_path_factory.mktemp("probe")).read_bytes()
 
 
 def install_probe(engine, name: str, binary: bytes) -> None:
-    result = engine.run(name, ["/bin/sh", "-c", f"mkdir -p /usr/local/bin && cat > {PROBE} && chmod 755 {PROBE}"],
-                        input=binary)
-    assert result.returncode == 0, result.stderr
+    install_in_guest(engine, name, PROBE, binary)
 
 
 @pytest.fixture(scope="module")

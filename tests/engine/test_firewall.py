@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import check_routed_to_bridge, http_get, wait_for_http
+from tests.engine.helpers import check_routed_to_bridge, compile_static, http_get, wait_for_http
 from tests.leaks import TEST_ENV
 
 NAMES = ("fw-a", "fw-b", "fw-c")
@@ -198,9 +198,7 @@ class Trio:
 
 @pytest.fixture(scope="module")
 def trio(engine, config, tmp_path_factory):
-    tool = tmp_path_factory.mktemp("frame_tool") / "frame_tool"
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(tool), str(Path(__file__).with_name("frame_tool.c"))],
-                   check=True)
+    tool = compile_static("frame_tool.c", tmp_path_factory.mktemp("frame_tool"))
     from vservers.engine import Limits
 
     for name in NAMES:

@@ -4,12 +4,11 @@ address, accounts and uid range, and neither can see the other or the host."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import http_get, wait_for_http
+from tests.engine.helpers import compile_static, http_get, wait_for_http
 
 A_IP, B_IP = "198.19.1.10", "198.19.1.11"
 IPC_KEY = "0x56530001"
@@ -53,9 +52,7 @@ def test_ps_shows_only_the_servers_own_processes_with_init_as_pid_1(pair):
 
 def test_ipc_objects_made_in_a_are_invisible_in_b_and_on_the_host(pair, tmp_path):
     engine, a, b = pair
-    tool = tmp_path / "ipc_tool"
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(tool), str(Path(__file__).with_name("ipc_tool.c"))],
-                   check=True)
+    tool = compile_static("ipc_tool.c", tmp_path)
     run(engine, a, "/bin/sh", "-c", "cat > /tmp/ipc_tool && chmod 755 /tmp/ipc_tool", input=tool.read_bytes())
     result = run(engine, a, "/tmp/ipc_tool", IPC_KEY)
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import vserver_cli
+from tests.engine.helpers import compile_static, install_in_guest, vserver_cli
 from tests.leaks import TEST_ENV
 from vservers.engine import Limits
 from vservers.engine.errors import InvalidInput
@@ -38,18 +37,11 @@ RATE_TOLERANCE = 1.2
 
 @pytest.fixture(scope="module")
 def io_probe(tmp_path_factory) -> bytes:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (build-essential)")
-    out = tmp_path_factory.mktemp("io-probe") / "io-probe"
-    source = Path(__file__).with_name("io_probe.c")
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(source)], check=True)
-    return out.read_bytes()
+    return compile_static("io_probe.c", tmp_path_factory.mktemp("io-probe")).read_bytes()
 
 
 def install_probe(engine, name: str, binary: bytes) -> None:
-    result = engine.run(name, ["/bin/sh", "-c", f"mkdir -p /usr/local/bin && cat > {PROBE} && chmod 755 {PROBE}"],
-                        input=binary)
-    assert result.returncode == 0, result.stderr
+    install_in_guest(engine, name, PROBE, binary)
 
 
 def probe(engine, name: str, *args: str, timeout: float = 120.0) -> dict[str, float]:

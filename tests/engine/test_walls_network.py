@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import check_routed_to_bridge, http_get, wait_for_http
+from tests.engine.helpers import check_routed_to_bridge, compile_static, http_get, wait_for_http
 from tests.engine.test_firewall import ether, icmp6, udp4
 from tests.leaks import TEST_ENV
 
@@ -97,9 +97,7 @@ class Walls:
 
 @pytest.fixture(scope="module")
 def tool(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("frame_tool") / "frame_tool"
-    sh("gcc", "-static", "-O2", "-o", str(path), str(Path(__file__).with_name("frame_tool.c")))
-    return path
+    return compile_static("frame_tool.c", tmp_path_factory.mktemp("frame_tool"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import wait_for_http
+from tests.engine.helpers import compile_static, install_in_guest, wait_for_http
 from tests.leaks import TEST_ENV
 from vservers.engine import guest, launch, ptys, syscalls
 from vservers.engine.errors import EngineError
@@ -196,17 +195,11 @@ def test_guest_links_at_its_mount_points_never_lead_the_start_to_the_host(engine
 
 @pytest.fixture(scope="module")
 def pty_tool(tmp_path_factory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (build-essential)")
-    out = tmp_path_factory.mktemp("pty") / "pty-tool"
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(Path(__file__).with_name("pty_tool.c"))], check=True)
-    return out
+    return compile_static("pty_tool.c", tmp_path_factory.mktemp("pty"))
 
 
 def _install(engine, name: str, tool: Path) -> None:
-    result = engine.run(name, ["/bin/sh", "-c", f"mkdir -p /usr/local/bin && cat > {PTY_TOOL} && chmod 755 {PTY_TOOL}"],
-                        input=tool.read_bytes())
-    assert result.returncode == 0, result.stderr
+    install_in_guest(engine, name, PTY_TOOL, tool.read_bytes())
 
 
 def _opened(text: str) -> tuple[int, str]:

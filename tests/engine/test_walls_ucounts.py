@@ -17,15 +17,14 @@ import fcntl
 import os
 import pty
 import select
-import shutil
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.engine.helpers import compile_static, install_in_guest
 from tests.leaks import TEST_ENV
 from vservers.engine import syscalls, userns
 
@@ -42,12 +41,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (build-essential)")
-    out = tmp_path_factory.mktemp("ucount") / "ucount-probe"
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(Path(__file__).with_name("ucount_probe.c"))],
-                   check=True)
-    return out
+    return compile_static("ucount_probe.c", tmp_path_factory.mktemp("ucount"))
 
 
 def parse(text: str) -> dict[str, tuple[int, str]]:
@@ -62,9 +56,7 @@ def parse(text: str) -> dict[str, tuple[int, str]]:
 
 
 def install(engine, name: str, probe: Path) -> None:
-    result = engine.run(name, ["/bin/sh", "-c", f"mkdir -p /usr/local/bin && cat > {PROBE} && chmod 755 {PROBE}"],
-                        input=probe.read_bytes())
-    assert result.returncode == 0, result.stderr
+    install_in_guest(engine, name, PROBE, probe.read_bytes())
 
 
 def expect_full_share(found: dict[str, tuple[int, str]], who: str) -> None:
