@@ -10,7 +10,6 @@ constraint on IPAddress.address is the backstop either way.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -38,14 +37,6 @@ def file_database(transactional_db, django_db_blocker, tmp_path):
     if conn.vendor != "sqlite" or not conn.is_in_memory_db():
         yield
         return
-    # pytest-django's live server shares this connection object with its request threads, and
-    # each closes it when its HTTP connection ends: ignored on the in-memory database, real
-    # (under our migrate: a segfault in sqlite3) once NAME is the file. Let the requests an
-    # earlier test's browser left behind end first.
-    deadline = time.monotonic() + 30
-    while any("process_request_thread" in thread.name for thread in threading.enumerate()):
-        assert time.monotonic() < deadline, "the live server is still serving an earlier test's request"
-        time.sleep(0.05)
     memory_name = conn.settings_dict["NAME"]
     # The in-memory database lives as long as a connection to it: keep this one aside.
     memory_connection, conn.connection = conn.connection, None
