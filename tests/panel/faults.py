@@ -75,21 +75,27 @@ def wait_gone(pid: int, timeout: float = 30.0) -> bool:
 
 
 @pytest.fixture
-def file_database(transactional_db, django_db_blocker, tmp_path):
+def file_database(transactional_db, django_db_blocker, tmp_path, monkeypatch):
     """The test's database, on a file when pytest-django's is an in-memory SQLite database
-    (which no other process can open); yields what a worker process sets as its NAME.
+    (which no other process can open, and where a second writer thread gets "database table
+    is locked" at once instead of waiting its turn); yields what a worker process sets as its
+    NAME. On a file the panel's settings apply (WAL, IMMEDIATE transactions, a busy timeout).
 
-    This thread gets a connection object of its own for the file. The in-memory one is left
-    as it is: pytest-django's live server shares it with its request threads, and a request
-    thread left by an earlier test's browser closes it when its HTTP connection ends. On the
-    in-memory object that close is ignored; on a shared object renamed to the file it closed
-    the connection under this thread's migrate (a segfault in sqlite3)."""
+    The in-memory connection object is left as it is: pytest-django's live server shares it
+    with its request threads, and a request thread left by an earlier test's browser or API
+    client closes it when its HTTP connection ends. On the in-memory object that close is
+    ignored; on a shared object renamed to the file it closed the connection under this
+    test's queries (a segfault in sqlite3). So this thread gets a connection object of its
+    own for the file, and threads the test starts open theirs from a settings dict of their
+    own, not the one the shared object holds."""
     memory = connections["default"]
     if memory.vendor != "sqlite" or not memory.is_in_memory_db():
         yield memory.settings_dict["NAME"]
         return
     path = tmp_path / "panel.sqlite3"
-    on_file = type(memory)({**memory.settings_dict, "NAME": str(path)}, "default")
+    file_settings = {**memory.settings_dict, "NAME": str(path)}
+    monkeypatch.setitem(connections.settings, "default", file_settings)
+    on_file = type(memory)(file_settings, "default")
     connections["default"] = on_file  # for this thread only (connections are thread-local)
     try:
         with django_db_blocker.unblock():

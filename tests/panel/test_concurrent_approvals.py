@@ -13,43 +13,17 @@ import threading
 from collections import Counter
 
 import pytest
-from django.core.management import call_command
 from django.db import connection, connections, transaction
 
 from accounts.models import Membership, Tenant
+from tests.panel import faults
 from vservers import actions
 from vservers.models import IPAddress, IPPool, Node, Operation, OperationKind, Plan, State, Template, VirtualServer
 
 REQUESTS = 50
 
 
-@pytest.fixture
-def file_database(transactional_db, django_db_blocker, tmp_path):
-    """Run the test on an SQLite file, as the panel does, when the test database is in memory.
-
-    pytest-django's in-memory SQLite database is one shared cache for all connections, where
-    a second writer gets "database table is locked" at once (SQLITE_LOCKED ignores the busy
-    timeout), so threads would fail instead of queueing. On a file, the panel's settings
-    apply (WAL, IMMEDIATE transactions, a 20 s busy timeout): writers wait their turn, as in
-    production. PostgreSQL and file databases are used as they are.
-    """
-    conn = connections["default"]
-    if conn.vendor != "sqlite" or not conn.is_in_memory_db():
-        yield
-        return
-    memory_name = conn.settings_dict["NAME"]
-    # The in-memory database lives as long as a connection to it: keep this one aside.
-    memory_connection, conn.connection = conn.connection, None
-    # Threads open their connections from this same settings dict, so they see the file too.
-    conn.settings_dict["NAME"] = str(tmp_path / "panel.sqlite3")
-    try:
-        with django_db_blocker.unblock():
-            call_command("migrate", verbosity=0, interactive=False)
-        yield
-    finally:
-        conn.close()
-        conn.settings_dict["NAME"] = memory_name
-        conn.connection = memory_connection
+file_database = faults.file_database
 
 
 @pytest.fixture
