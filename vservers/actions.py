@@ -404,3 +404,9 @@ def create_pool(form, request=None) -> IPPool:
     pool = form.save()
     AuditEntry.record(request, "pool.create", pool, network=pool.network, gateway=pool.gateway, node=pool.node.name)
     return pool
+
+
+def update_node(form, request=None) -> Node:
+    node = form.save()
+    AuditEntry.record(request, "node.update", node, changes=_changes(form))
+    return node

@@ -19,7 +19,8 @@ class TemplateAdmin(admin.ModelAdmin):
 
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ["name", "queue_name", "is_active", "cpus", "memory_mb", "last_seen"]
+    list_display = ["name", "queue_name", "is_active", "cpus", "memory_mb", "disk_mb", "cpu_ratio", "memory_ratio",
+                    "disk_ratio", "last_seen"]
 
 
 class IPAddressInline(admin.TabularInline):

@@ -272,6 +272,22 @@ class PlanForm(forms.ModelForm):
             self.fields[name].validators.append(_engine_rule(engine_validate.io_iops))
 
 
+class NodeForm(forms.ModelForm):
+    """What a node physically has and its overcommit ratios (vservers.capacity)."""
+
+    class Meta:
+        model = Node
+        fields = ["cpus", "memory_mb", "disk_mb", "cpu_ratio", "memory_ratio", "disk_ratio", "is_active"]
+        labels = {"cpus": "CPUs", "memory_mb": "Memory (MB)", "disk_mb": "Disk (MB)", "cpu_ratio": "CPU overcommit",
+                  "memory_ratio": "Memory overcommit", "disk_ratio": "Disk overcommit",
+                  "is_active": "Takes new servers"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in ("cpus", "memory_mb", "disk_mb"):
+            self.fields[name].validators.append(_at_least(1))
+
+
 class TemplateForm(forms.ModelForm):
     class Meta:
         model = Template

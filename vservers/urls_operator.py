@@ -33,6 +33,7 @@ urlpatterns = [
     path("pools/", views.pools, name="op_pools"),
     path("pools/<int:pk>/", views.pool_detail, name="op_pool_detail"),
     path("nodes/", views.nodes, name="op_nodes"),
+    path("nodes/<slug:name>/", views.node_edit, name="op_node_edit"),
     path("operations/", views.operations, name="op_operations"),
     path("audit/", views.audit, name="op_audit"),
 ]

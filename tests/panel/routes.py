@@ -171,7 +171,7 @@ def candidates(route: Route, w) -> dict[str, list]:
         "kind": VERBS,
         "action": VERBS,
         "decision": VERBS,
-        "name": [GUEST_NAME, w.busybox.name],
+        "name": [GUEST_NAME, w.busybox.name, "local"],  # an account or service, a template, a node
         "object_id": [first if first is not None else 1],
         "id": [w.bob.pk],
         "user_id": [w.bob.pk],

@@ -76,6 +76,7 @@ OPERATOR_URL_NAMES = {
     "op_pools",
     "op_pool_detail",
     "op_nodes",
+    "op_node_edit",
     "op_operations",
     "op_audit",
 }

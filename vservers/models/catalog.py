@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -49,8 +51,22 @@ class Template(models.Model):
         return self.display_name or self.name
 
 
+def _ratio(default: str, what: str) -> models.DecimalField:
+    return models.DecimalField(
+        max_digits=5, decimal_places=2, default=Decimal(default),
+        validators=[MinValueValidator(Decimal("0.1")), MaxValueValidator(Decimal("100"))],
+        help_text=f"how far the plans of its servers may add up beyond its {what}, e.g. 2 for twice "
+        "(1: no overcommit); approvals warn beyond it",
+    )
+
+
 class Node(models.Model):
-    """A host with its own worker, reached through its own RQ queue."""
+    """A host with its own worker, reached through its own RQ queue.
+
+    The overcommit ratios are the node's own (as in Proxmox and Virtualizor), not one
+    setting for all: nodes differ in hardware and in what their servers do. CPU time is
+    shared fairly by the cgroups, so CPUs overcommit well (4 by default); memory and disk
+    are hard limits the node must really have (1: none)."""
 
     name = models.SlugField(max_length=40, unique=True)
     queue_name = models.CharField(max_length=60, unique=True, default="default")
@@ -58,6 +74,9 @@ class Node(models.Model):
     cpus = models.PositiveIntegerField(default=2)
     memory_mb = models.PositiveIntegerField(default=4096)
     disk_mb = models.PositiveIntegerField(default=65536)
+    cpu_ratio = _ratio("4.0", "CPUs")
+    memory_ratio = _ratio("1.0", "memory")
+    disk_ratio = _ratio("1.0", "disk")
     last_seen = models.DateTimeField(null=True, blank=True)
 
     class Meta:

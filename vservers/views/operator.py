@@ -17,7 +17,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -30,6 +30,7 @@ from accounts.models import AuditEntry, Membership, Tenant
 
 from .. import access, actions
 from ..actions import ActionRefused
+from ..capacity import Allocation, NodeCapacity, approval_warnings, node_capacities, request_amounts
 from ..models import (
     TERMINAL,
     IPAddress,
@@ -46,6 +47,7 @@ from ..operator_forms import (
     ApproveForm,
     AuditFilterForm,
     MemberAddForm,
+    NodeForm,
     OperationFilterForm,
     PlanForm,
     PoolForm,
@@ -135,54 +137,48 @@ class PoolUsage(_Shows):
 
 @dataclass
 class NodeUsage(_Shows):
-    """A node with what its live servers' plans add up to."""
+    """A node with what its live servers' plans add up to (vservers.capacity), and its pools."""
 
     subject: Node
-    server_count: int
-    cpus_allocated: Decimal
-    memory_allocated: int
-    disk_allocated: int
+    capacity: NodeCapacity
     pool_list: list[PoolUsage] = field(default_factory=list)
 
     @property
+    def server_count(self) -> int:
+        return self.capacity.server_count
+
+    @property
+    def cpus_allocated(self) -> Decimal:
+        return self.capacity.cpus
+
+    @property
+    def memory_allocated(self) -> int:
+        return self.capacity.memory_mb
+
+    @property
+    def disk_allocated(self) -> int:
+        return self.capacity.disk_mb
+
+    @property
+    def resources(self) -> list[Allocation]:
+        return self.capacity.allocations()
+
+    @property
     def cpu_percent(self) -> int:
-        return _percent(self.cpus_allocated, self.subject.cpus)
+        return self.capacity.cpu.percent
 
     @property
     def memory_percent(self) -> int:
-        return _percent(self.memory_allocated, self.subject.memory_mb)
+        return self.capacity.memory.percent
 
     @property
     def disk_percent(self) -> int:
-        return _percent(self.disk_allocated, self.subject.disk_mb)
-
-    @property
-    def cpu_text(self) -> str:
-        return f"{self.cpus_allocated.normalize():f} / {self.subject.cpus}"
-
-    @property
-    def memory_text(self) -> str:
-        return f"{self.memory_allocated} / {self.subject.memory_mb} MB"
-
-    @property
-    def disk_text(self) -> str:
-        return f"{self.disk_allocated} / {self.subject.disk_mb} MB"
+        return self.capacity.disk.percent
 
 
 def nodes_with_usage() -> list[NodeUsage]:
     """Active and inactive nodes with what their live servers' plans add up to (one query)."""
-    live = Q(servers__state__in=LIVE_STATES)
-    annotated = Node.objects.annotate(
-        server_count=Count("servers", filter=live),
-        cpus_allocated=Sum("servers__plan__cpus", filter=live),
-        memory_allocated=Sum("servers__plan__memory_mb", filter=live),
-        disk_allocated=Sum("servers__plan__disk_mb", filter=live),
-    )
-    return [
-        NodeUsage(node, node.server_count, Decimal(node.cpus_allocated or 0), node.memory_allocated or 0,
-                  node.disk_allocated or 0)
-        for node in annotated
-    ]
+    return [NodeUsage(found.node, found) for found in node_capacities()]
 
 
 def _pools_with_usage(pools: QuerySet[IPPool]) -> list[PoolUsage]:
@@ -218,10 +214,29 @@ def approvals(request: HttpRequest) -> HttpResponse:
         .select_related("tenant", "plan", "requested_plan", "node")
         .order_by("updated", "pk")
     )
+    active = node_capacities(Node.objects.filter(is_active=True).order_by("pk"))
     return render(request, "vservers/operator/approvals.html", {
-        "section": "approvals", "requested": requested, "plan_changes": plan_changes,
-        "nodes": Node.objects.filter(is_active=True),
+        "section": "approvals",
+        "requested": [Waiting(server, _warnings(server, active)) for server in requested],
+        "plan_changes": [Waiting(server, _warnings(server, active)) for server in plan_changes],
+        "nodes": [found.node for found in active],
     })
+
+
+@dataclass
+class Waiting(_Shows):
+    """A request or plan change waiting for approval, with what approving it would pass."""
+
+    subject: VirtualServer
+    capacity_warnings: list[str]
+
+
+def _warnings(server: VirtualServer, active: list[NodeCapacity]) -> list[str]:
+    """What approving SERVER's request would pass on each active node the operator may choose
+    (each warning names its node), or its plan change on its own node."""
+    if server.state == State.REQUESTED:
+        return [w for node in active for w in node.warnings(request_amounts(server))]
+    return [w for node in active if node.node.pk == server.node_id for w in node.warnings(request_amounts(server))]
 
 
 @operator_required
@@ -232,13 +247,17 @@ def approve(request: HttpRequest, uuid) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, f"{server}: choose an active node.")
         return _back(request, "op_approvals")
+    node = form.cleaned_data["node"] or Node.objects.filter(is_active=True).order_by("pk").first()
+    warnings = approval_warnings(server, node, "This puts")  # before approving adds the server to the node
     try:
-        actions.approve(server, request.user, node=form.cleaned_data["node"], request=request)
+        actions.approve(server, request.user, node=node, request=request)
     except ActionRefused as exc:
         messages.error(request, f"{server} was not approved: {exc}.")
     else:
         addresses = ", ".join(server.ip_list())
         messages.success(request, f"{server} is approved on {server.node} with {addresses}; provisioning is queued.")
+        for warning in warnings:
+            messages.warning(request, f"{warning}.")
     return _back(request, "op_approvals")
 
 
@@ -270,6 +289,7 @@ def plan_change(request: HttpRequest, uuid, decision: str) -> HttpResponse:
     if server.requested_plan is None:
         messages.info(request, f"{server} has no plan change waiting.")
         return _back(request, "op_approvals")
+    warnings = approval_warnings(server, server.node, "This puts") if decision == "approve" else []
     try:
         plan = actions.decide_plan_change(server, decision == "approve", request.user, request=request)
     except ActionRefused as exc:
@@ -277,6 +297,8 @@ def plan_change(request: HttpRequest, uuid, decision: str) -> HttpResponse:
     else:
         if decision == "approve":
             messages.success(request, f"{server} moves to plan {plan.name}; the change is queued.")
+            for warning in warnings:
+                messages.warning(request, f"{warning}.")
         else:
             messages.success(request, f"The change of {server} to plan {plan.name} is rejected.")
     return _back(request, "op_approvals")
@@ -303,13 +325,16 @@ def server_detail(request: HttpRequest, uuid) -> HttpResponse:
     server = _get_server(request, uuid)
     operations = server.operations.select_related("requested_by")[:PER_PAGE]
     kinds = [kind for kind in DIRECT_KINDS if server.may(kind)]
+    nodes = node_capacities(Node.objects.filter(is_active=True).order_by("pk"))
+    waiting = server.state == State.REQUESTED or (server.requested_plan_id is not None and server.is_live)
     return render(request, "vservers/operator/server_detail.html", {
         "section": "servers",
         "server": server,
         "addresses": server.addresses.select_related("pool"),
         "operations": operations,
         "kinds": kinds,
-        "nodes": Node.objects.filter(is_active=True),
+        "nodes": [found.node for found in nodes],
+        "capacity_warnings": _warnings(server, nodes) if waiting else [],
     })
 
 
@@ -518,6 +543,19 @@ def nodes(request: HttpRequest) -> HttpResponse:
     for node in listed:
         node.pool_list = pools_by_node.get(node.subject.pk, [])
     return render(request, "vservers/operator/nodes.html", {"section": "nodes", "nodes": listed})
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def node_edit(request: HttpRequest, name: str) -> HttpResponse:
+    """A node's physical capacity and overcommit ratios (also in the admin)."""
+    node = get_object_or_404(Node, name=name)
+    form = NodeForm(request.POST or None, instance=node)
+    if request.method == "POST" and form.is_valid():
+        actions.update_node(form, request=request)
+        messages.success(request, f"Node {node.name} is saved.")
+        return redirect("op_nodes")
+    return render(request, "vservers/operator/node_form.html", {"section": "nodes", "node": node, "form": form})
 
 
 # -- logs ----------------------------------------------------------------------------------
