@@ -129,3 +129,14 @@ def test_uid_ranges_never_overlap():
     base = allocate_base(1_000_000, taken)
     assert base == 1_131_072
     assert all(abs(base - other) >= 65536 for other in taken)
+
+
+@pytest.mark.parametrize("value", ["vsbr0", "vs-test.1", "x" * 15])
+def test_good_bridge_names(value):
+    assert validate.bridge_name(value) == value
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "x" * 16, "br 0", "br/0", "br;0", None])
+def test_bad_bridge_names(value):
+    with pytest.raises(InvalidInput, match="invalid bridge name"):
+        validate.bridge_name(value)

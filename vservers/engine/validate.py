@@ -226,7 +226,10 @@ def interface_name(value: object) -> str:
     return value
 
 
-def bridge_name(value: str) -> str:
-    if not _IFNAME.fullmatch(value or ""):
-        raise InvalidInput(f"invalid bridge name {value!r}: at most 15 of A-Z a-z 0-9 _ . -")
-    return value
+def bridge_name(value: object) -> str:
+    """A bridge is an interface: the kernel refuses "." and ".." as its name (they would be
+    directories under /sys/class/net), so the same rule applies."""
+    try:
+        return interface_name(value)
+    except InvalidInput:
+        raise InvalidInput(f"invalid bridge name {value!r}: 1-15 of A-Z a-z 0-9 _ . -, not . or ..") from None
