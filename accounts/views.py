@@ -122,6 +122,12 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     def get_form_kwargs(self):
         return {**super().get_form_kwargs(), "request": self.request}
 
+    def form_valid(self, form):
+        # The new password voids every known device (accounts.devices) but this browser's.
+        response = super().form_valid(form)
+        remember(self.request, response, form.user)
+        return response
+
     def form_invalid(self, form):
         return mark_throttled(form, super().form_invalid(form))
 

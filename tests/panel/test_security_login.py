@@ -340,3 +340,27 @@ def test_the_cookie_counts_only_for_its_own_user_and_only_signed(world):
     forged = Client(REMOTE_ADDR="203.0.113.9")
     forged.cookies[devices.COOKIE] = f"{world.bob.pk}:0123456789abcdef0123456789abcdef"
     assert signs_in(forged, "bob", "bob password 1")[0].status_code == 429
+
+
+def test_a_password_change_voids_the_known_devices_but_the_browser_that_made_it(world):
+    elsewhere = known_browser("alice", "alice password 1", "198.51.100.7")
+    changer = known_browser("alice", "alice password 1", "203.0.113.9")
+    # Positive control: before the change, the other browser gets past a held-up name.
+    fail(PER_USER, username="alice", address="192.0.2.1")
+    assert signs_in(elsewhere, "alice", "alice password 1")[1]
+    elsewhere.post("/accounts/logout/")
+    LoginFailure.objects.all().delete()
+
+    assert signs_in(changer, "alice", "alice password 1")[1]
+    new = "a brand new passphrase"
+    response = changer.post(
+        "/accounts/password/", {"old_password": "alice password 1", "new_password1": new, "new_password2": new}
+    )
+    assert response.status_code == 302
+    changer.post("/accounts/logout/")
+
+    fail(PER_USER, username="alice", address="192.0.2.1")
+    # The other browser is a stranger's now; the one that made the change is still known.
+    response, signed_in = signs_in(elsewhere, "alice", new)
+    assert response.status_code == 429 and not signed_in
+    assert signs_in(changer, "alice", new)[1]
