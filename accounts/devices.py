@@ -8,8 +8,8 @@ hash, signed with SECRET_KEY (django.core.signing, its own salt) and valid for K
 it is HttpOnly, and Secure whenever the session cookie is. It proves nothing but "this browser
 signed in as this user once, with the password they have now": the password is still checked,
 and a failure made with it still counts (for the device). Changing or resetting the password
-voids every known device (a user who fears someone else signed in changes it), except the
-browser that made the change, which is marked again.
+voids every known device (a user who fears someone else signed in changes it); the browser
+that changed it on the password page is marked again.
 """
 
 from __future__ import annotations
