@@ -160,6 +160,7 @@ class OperationSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=OperationStatus.choices)
     subject = serializers.CharField(allow_blank=True, help_text="the account or service it acts on, if any")
     requested_by = serializers.SerializerMethodField()
+    retry_of = serializers.SerializerMethodField(help_text="the failed operation this one retries, if any")
     created = serializers.DateTimeField()
     started = serializers.DateTimeField(allow_null=True)
     finished = serializers.DateTimeField(allow_null=True)
@@ -173,6 +174,10 @@ class OperationSerializer(serializers.Serializer):
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_requested_by(self, operation) -> str | None:
         return operation.requested_by.get_username() if operation.requested_by else None
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_retry_of(self, operation) -> str | None:
+        return str(operation.retry_of.uuid) if operation.retry_of_id else None
 
     def to_representation(self, operation) -> dict:
         data = super().to_representation(operation)

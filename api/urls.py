@@ -40,6 +40,7 @@ urlpatterns = [
     path("v1/rejected/<uuid:uuid>/dismiss/", servers.RejectedDismissView.as_view(), name="api-rejected-dismiss"),
     path("v1/operations/", servers.OperationListView.as_view(), name="api-operations"),
     path("v1/operations/<uuid:uuid>/", servers.OperationDetailView.as_view(), name="api-operation"),
+    path("v1/operations/<uuid:uuid>/retry/", servers.OperationRetryView.as_view(), name="api-operation-retry"),
     # -- operators only
     path("v1/operator/servers/", operator.ServerCreateView.as_view(), name="api-op-server-create"),
     path("v1/operator/servers/<uuid:uuid>/approve/", operator.ApproveView.as_view(), name="api-op-approve"),

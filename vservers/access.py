@@ -101,6 +101,19 @@ def operations_for(user):
     return Operation.objects.restrict(user)
 
 
+def get_operation(user, uuid, *, act: bool = False) -> Operation:
+    """An operation of a server USER sees (operators: any), or 404; with ACT, read-only
+    members get 403 after that check. Tenants see operations of live servers only, as the
+    servers themselves."""
+    operations = operations_for(user).select_related("server__tenant", "server__node", "requested_by")
+    if not is_operator(user):
+        operations = operations.filter(server__in=servers_for(user))
+    operation = get_object_or_404(operations, uuid=uuid)
+    if act:
+        require_act(user)
+    return operation
+
+
 def _engine_name(check, name: str, **kwargs) -> None:
     try:
         check(name, **kwargs)

@@ -5,16 +5,20 @@ the kernel; the node's worker runs the operation (vservers.jobs.run_operation)."
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, Max, Sum
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from accounts.models import AuditEntry, Tenant
 
+from . import access
 from .formatting import number
 from .models import (
     TERMINAL,
@@ -30,6 +34,7 @@ from .models import (
     VirtualServer,
 )
 from .models.operations import QUEUE_DELAYED, SECRET_PARAMS
+from .models.transitions import Retry, retry_policy
 
 PENDING = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 
@@ -87,8 +92,19 @@ def request_operation(server: VirtualServer, kind: str, user, request=None, **pa
 
     The server's row lock makes the two checks and the insert one step (on SQLite the
     IMMEDIATE transaction's write lock does)."""
+    return _request(server, kind, user, request, params)
+
+
+def _request(server: VirtualServer, kind: str, user, request, params: dict,
+             retry_of: Operation | None = None) -> Operation:
+    """request_operation, with PARAMS as a dict, and RETRY_OF: the failed operation this one
+    retries, which must still be the server's latest when the lock is held."""
     with transaction.atomic():
         VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+        if retry_of is not None:
+            latest = Operation.objects.filter(server=server).order_by("-pk").values_list("pk", flat=True).first()
+            if latest != retry_of.pk:
+                raise ActionRefused("only the latest operation of a server can be retried")
         # The state the user saw: what is asked for behind a running operation waits for it,
         # and the worker checks the state it really meets (runs_from) when it gets there.
         if not server.may(kind):
@@ -104,12 +120,104 @@ def request_operation(server: VirtualServer, kind: str, user, request=None, **pa
                     f"{pending} operations of your servers are still waiting to run; "
                     "try again once some of them have finished"
                 )
-        operation = Operation.objects.create(server=server, kind=kind, params=params, requested_by=user)
+        operation = Operation.objects.create(server=server, kind=kind, params=params, requested_by=user,
+                                             retry_of=retry_of)
         enqueue(operation)
         if request is not None:
             safe = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
+            if retry_of is not None:
+                safe["retry_of"] = str(retry_of.uuid)
             AuditEntry.record(request, f"server.{kind}", server, **safe)
     return operation
+
+
+# -- retrying a failed operation ---------------------------------------------------------------
+
+
+def retry_operation(operation: Operation, user, request=None) -> Operation:
+    """Ask again for what the failed OPERATION asked: an operation of the same kind with the
+    same parameters on the same server, linked to it (retry_of), queued and audited as a click
+    of its button would be.
+
+    1. the table's retry policy (models.transitions.Retry): nobody retries what needed a
+       password (it is wiped when the operation ends); only operators retry the kinds that are
+       theirs to ask for (PermissionDenied for anyone else: a 403, like any other refusal of
+       the role);
+    2. only a failed operation, and only the latest of its server: anything later (a start
+       that finished the provisioning, say) speaks for the server now;
+    3. the kind must fit the server's state now (the table's asked_in), as for a click.
+    2. and 3. are checked under the server's row lock (_request)."""
+    policy = retry_policy(operation.kind)
+    what = OperationKind(operation.kind).label.lower()
+    if policy is Retry.NEVER:
+        raise ActionRefused(f"{what} cannot be retried: its password is not kept once it ended; ask for it again")
+    if policy is Retry.OPERATOR and not access.is_operator(user):
+        raise PermissionDenied(f"only an operator can retry {what}")
+    if operation.status != OperationStatus.FAILED:
+        raise ActionRefused("only a failed operation can be retried")
+    server = VirtualServer.objects.select_related("node", "tenant").get(pk=operation.server_id)
+    return _request(server, operation.kind, user, request, dict(operation.params), retry_of=operation)
+
+
+def retryable(operations: Iterable[Operation], user) -> set[int]:
+    """The ids of those OPERATIONS that USER may retry now (retry_operation would queue it),
+    for the pages' Retry buttons: one query for the latest operation of their servers."""
+    failed = [op for op in operations if op.status == OperationStatus.FAILED]
+    if not failed or not access.can_act(user):
+        return set()
+    latest = dict(
+        Operation.objects.filter(server_id__in={op.server_id for op in failed})
+        .values("server_id").annotate(last=Max("pk")).values_list("server_id", "last")
+    )
+    operator = access.is_operator(user)
+    allowed = {Retry.TENANT, Retry.OPERATOR} if operator else {Retry.TENANT}
+    return {
+        op.pk for op in failed
+        if latest.get(op.server_id) == op.pk and retry_policy(op.kind) in allowed and op.server.may(op.kind)
+    }
+
+
+# -- the operator's bulk actions ------------------------------------------------------------------
+
+# The bulk actions on the operator's server list, and the kind each asks for (retry: the kind
+# of the server's failed latest operation).
+BULK_ACTIONS: dict[str, str | None] = {
+    "start": OperationKind.START,
+    "stop": OperationKind.STOP,
+    "restart": OperationKind.RESTART,
+    "retry": None,
+    "delete": OperationKind.DELETE,
+}
+
+
+@dataclass
+class BulkResult:
+    action: str
+    queued: list[Operation] = field(default_factory=list)
+    refused: list[tuple[VirtualServer, str]] = field(default_factory=list)
+
+
+def bulk(servers: Iterable[VirtualServer], action: str, user, request=None) -> BulkResult:
+    """ACTION on each of SERVERS, exactly as a click on each server's own button: each gets its
+    own operation (in its own transaction), its own audit entry, or its own refusal."""
+    if action not in BULK_ACTIONS:
+        raise ActionRefused(f"there is no bulk action {action!r}")
+    result = BulkResult(action)
+    for server in servers:
+        try:
+            kind = BULK_ACTIONS[action]
+            if kind is None:
+                latest = server.operations.order_by("-pk").first()
+                if latest is None or latest.status != OperationStatus.FAILED:
+                    raise ActionRefused("its latest operation did not fail")
+                operation = retry_operation(latest, user, request=request)
+            else:
+                operation = request_operation(server, kind, user, request=request)
+        except (ActionRefused, PermissionDenied) as exc:
+            result.refused.append((server, str(exc)))
+        else:
+            result.queued.append(operation)
+    return result
 
 
 def retry(server: VirtualServer, user, request=None) -> Operation:

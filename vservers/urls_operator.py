@@ -35,5 +35,6 @@ urlpatterns = [
     path("nodes/", views.nodes, name="op_nodes"),
     path("nodes/<slug:name>/", views.node_edit, name="op_node_edit"),
     path("operations/", views.operations, name="op_operations"),
+    path("operations/<uuid:uuid>/retry/", views.operation_retry, name="op_operation_retry"),
     path("audit/", views.audit, name="op_audit"),
 ]

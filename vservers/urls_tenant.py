@@ -20,6 +20,7 @@ urlpatterns = [
     path("<uuid:uuid>/state/", tenant.server_state, name="server_state"),
     path("<uuid:uuid>/operations/", tenant.server_operations, name="server_operations"),
     path("<uuid:uuid>/action/<slug:kind>/", tenant.server_action, name="server_action"),
+    path("<uuid:uuid>/operations/<uuid:operation>/retry/", tenant.operation_retry, name="operation_retry"),
     path("<uuid:uuid>/plan/", tenant.plan_change, name="plan_change"),
     path("<uuid:uuid>/accounts/add/", tenant.account_add, name="account_add"),
     path("<uuid:uuid>/accounts/<guest:name>/delete/", tenant.account_delete, name="account_delete"),

@@ -229,3 +229,17 @@ class OperationDetailView(ApiView):
         operation = get_object_or_404(access.operations_for(request.user).select_related("server", "requested_by"),
                                       uuid=uuid)
         return Response(OperationSerializer(operation, context={"request": request}).data)
+
+
+class OperationRetryView(ApiView):
+    @extend_schema(request=None, responses={202: OperationSerializer, 403: ErrorSerializer, 404: ErrorSerializer,
+                                            409: ErrorSerializer})
+    def post(self, request, uuid):
+        """Retry a failed operation: the same kind with the same parameters on the same server,
+        linked to it (`retry_of`). Only the latest operation of its server, and only where the
+        server's state allows that kind now (409 otherwise). Tenant admins retry provision,
+        start, stop, restart, the service actions, refresh and adding an SSH key; the rest
+        only operators (403); adding an account and setting a password nobody (their password
+        is not kept)."""
+        failed = access.get_operation(request.user, uuid, act=True)
+        return queued(request, actions.retry_operation(failed, request.user, request=request))

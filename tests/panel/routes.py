@@ -167,6 +167,7 @@ def candidates(route: Route, w) -> dict[str, list]:
     first = model._default_manager.order_by("pk").values_list("pk", flat=True).first() if model else None
     return {
         "uuid": [w.running.uuid, w.pending.uuid, w.stopped.uuid, w.operation.uuid, w.globex.uuid, w.small.uuid],
+        "operation": [w.operation.uuid],
         "pk": [w.pool.pk],
         "kind": VERBS,
         "action": VERBS,

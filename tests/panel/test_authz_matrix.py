@@ -78,6 +78,7 @@ OPERATOR_URL_NAMES = {
     "op_nodes",
     "op_node_edit",
     "op_operations",
+    "op_operation_retry",
     "op_audit",
 }
 

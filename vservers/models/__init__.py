@@ -5,7 +5,7 @@ from .guest import GuestAccount, Service
 from .ipam import IPAddress, IPPool, PoolExhausted
 from .operations import FINISHED, Operation, OperationKind, OperationStatus
 from .servers import ON_NODE, TERMINAL, State, VirtualServer
-from .transitions import GUEST_KINDS, IN_PROGRESS, TRANSITIONS, OnFailure, OnInterrupt, Transition
+from .transitions import GUEST_KINDS, IN_PROGRESS, TRANSITIONS, OnFailure, OnInterrupt, Retry, Transition
 
 __all__ = [
     "FINISHED",
@@ -28,6 +28,7 @@ __all__ = [
     "Transition",
     "OnFailure",
     "OnInterrupt",
+    "Retry",
     "GuestAccount",
     "VirtualServer",
 ]

@@ -65,6 +65,8 @@ class Operation(models.Model):
     server = models.ForeignKey("vservers.VirtualServer", on_delete=models.CASCADE, related_name="operations")
     kind = models.CharField(max_length=20, choices=OperationKind.choices)
     params = models.JSONField(default=dict, blank=True)
+    # The failed operation this one retries (actions.retry_operation), if any.
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

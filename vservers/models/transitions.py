@@ -23,6 +23,16 @@ class OnFailure(enum.Enum):
     KEEP = "keep"  # the server stays as it was (operations inside the guest)
 
 
+class Retry(enum.Enum):
+    """Who may retry a failed operation of this kind (actions.retry_operation): a retry asks
+    for the same kind with the same parameters again, so it is offered to whoever may ask for
+    that directly, and to nobody where what the operation needed is gone once it ended."""
+
+    TENANT = "tenant"  # the server's tenant admins and operators
+    OPERATOR = "operator"  # operators only
+    NEVER = "never"  # nobody: its password is wiped from the row when it ends
+
+
 class OnInterrupt(enum.Enum):
     """What the reconciler does with a server left in this operation's in-progress state
     when no operation of it is queued or running any more (its worker died)."""
@@ -43,6 +53,7 @@ class Transition:
     on_failure: OnFailure
     on_interrupt: OnInterrupt | None = None
     interrupted_reason: str = ""
+    retry: Retry = Retry.OPERATOR
 
 
 def _states(*states: str) -> frozenset[str]:
@@ -63,6 +74,29 @@ GUEST_KINDS = frozenset({
 
 _PROVISION_INTERRUPTED = "provisioning was interrupted; start or delete the server"
 
+# Who retries what (Retry). Tenants: what they ask for on their own pages with the same
+# parameters, and nothing that destroys data: provisioning (idempotent; it uses the approved
+# plan and addresses, so it takes nothing the operator did not give), start, stop, restart,
+# the service actions and a refresh. Operators only: deleting a server (never retried on a
+# tenant's behalf), a plan change (an operator's decision) and deleting an account (the
+# tenant asks again, through its confirmation). Nobody: adding an account and setting a
+# password, whose password is gone from the row once the operation ended.
+_TENANT_RETRY_GUEST = frozenset({
+    OperationKind.SERVICE_START,
+    OperationKind.SERVICE_STOP,
+    OperationKind.SERVICE_RESTART,
+    OperationKind.REFRESH,
+    OperationKind.ACCOUNT_KEY,
+})
+_NO_RETRY_GUEST = frozenset({OperationKind.ACCOUNT_ADD, OperationKind.ACCOUNT_PASSWORD})
+
+
+def _guest_retry(kind: str) -> Retry:
+    if kind in _NO_RETRY_GUEST:
+        return Retry.NEVER
+    return Retry.TENANT if kind in _TENANT_RETRY_GUEST else Retry.OPERATOR
+
+
 TRANSITIONS: dict[str, Transition] = {
     t.kind: t
     for t in [
@@ -79,6 +113,7 @@ TRANSITIONS: dict[str, Transition] = {
             on_failure=OnFailure.ERROR,
             on_interrupt=OnInterrupt.UNLESS_RUNNING_ERROR,
             interrupted_reason=_PROVISION_INTERRUPTED,
+            retry=Retry.TENANT,
         ),
         Transition(
             OperationKind.START,
@@ -88,6 +123,7 @@ TRANSITIONS: dict[str, Transition] = {
             target=State.RUNNING,
             on_failure=OnFailure.SETTLE,
             on_interrupt=OnInterrupt.FOLLOW_KERNEL,
+            retry=Retry.TENANT,
         ),
         Transition(
             OperationKind.STOP,
@@ -97,6 +133,7 @@ TRANSITIONS: dict[str, Transition] = {
             target=State.STOPPED,
             on_failure=OnFailure.SETTLE,
             on_interrupt=OnInterrupt.FOLLOW_KERNEL,
+            retry=Retry.TENANT,
         ),
         Transition(
             OperationKind.RESTART,
@@ -106,6 +143,7 @@ TRANSITIONS: dict[str, Transition] = {
             target=State.RUNNING,
             on_failure=OnFailure.SETTLE,
             on_interrupt=OnInterrupt.FOLLOW_KERNEL,
+            retry=Retry.TENANT,
         ),
         Transition(
             OperationKind.DELETE,
@@ -129,7 +167,7 @@ TRANSITIONS: dict[str, Transition] = {
         ),
         *(
             Transition(kind, asked_in=_states(State.RUNNING), runs_from=_states(State.RUNNING), busy=None,
-                       target=None, on_failure=OnFailure.KEEP)
+                       target=None, on_failure=OnFailure.KEEP, retry=_guest_retry(kind))
             for kind in sorted(GUEST_KINDS)
         ),
     ]
@@ -149,6 +187,10 @@ def transition(kind: str) -> Transition:
 
 def may_ask(state: str, kind: str) -> bool:
     return state in transition(kind).asked_in
+
+
+def retry_policy(kind: str) -> Retry:
+    return transition(kind).retry
 
 
 def interrupted(state: str) -> Transition | None:

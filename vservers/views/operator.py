@@ -571,6 +571,21 @@ def operations(request: HttpRequest) -> HttpResponse:
 
 
 @operator_required
+@require_POST
+def operation_retry(request: HttpRequest, uuid) -> HttpResponse:
+    """Retry a failed operation (actions.retry_operation); back to the page it was asked from."""
+    failed = access.get_operation(request.user, uuid, act=True)
+    server = failed.server
+    try:
+        retried = actions.retry_operation(failed, request.user, request=request)
+    except ActionRefused as exc:
+        messages.error(request, f"{server}: {exc}.")
+    else:
+        messages.success(request, f"{retried.get_kind_display()} of {server} is queued again.")
+    return _back(request, "op_server_detail", uuid=server.uuid)
+
+
+@operator_required
 def audit(request: HttpRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     found = form.filter(AuditEntry.objects.select_related("actor", "tenant").order_by("-created", "-pk"))

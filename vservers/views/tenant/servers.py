@@ -8,7 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from ... import actions
+from ... import access, actions
 from ...forms import PlanChangeForm
 from ...models import ON_NODE, OperationKind
 from .access import can_act, get_server_for_user, htmx_fragment
@@ -87,4 +87,22 @@ def plan_change(request: HttpRequest, uuid) -> HttpResponse:
         messages.success(request, f"{server.name}: change to plan {plan.name} requested; an operator will apply it.")
     else:
         messages.success(request, f"{server.name}: plan change request withdrawn.")
+    return redirect("server_detail", uuid=server.uuid)
+
+
+@login_required
+@require_POST
+def operation_retry(request: HttpRequest, uuid, operation) -> HttpResponse:
+    """Retry a failed operation of this server (actions.retry_operation): 404 for an operation
+    of another server or tenant, 403 for read-only members and for kinds only operators retry."""
+    server = get_server_for_user(request, uuid, act=True)
+    failed = access.get_operation(request.user, operation, act=True)
+    if failed.server_id != server.pk:
+        raise Http404("no such operation")
+    try:
+        retried = actions.retry_operation(failed, request.user, request=request)
+    except actions.ActionRefused as exc:
+        messages.error(request, f"{server.name}: {exc}.")
+    else:
+        messages.success(request, f"{server.name}: {retried.get_kind_display().lower()} is queued again.")
     return redirect("server_detail", uuid=server.uuid)
