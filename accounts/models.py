@@ -75,6 +75,10 @@ class AuditEntry(models.Model):
         client (accounts.addresses: REMOTE_ADDR unless a trusted proxy forwarded it)."""
         from .addresses import client_ip
 
+        # request.user comes wrapped in a SimpleLazyObject (sign-out, password change): the
+        # entry names what it wraps, the user's model and name, never "SimpleLazyObject".
+        # A lazy object answers __class__ with the wrapped object's class (type() does not).
+        kind = obj.__class__.__name__ if obj is not None else ""
         if actor is None and request is not None:
             user = getattr(request, "user", None)
             actor = user if user is not None and user.is_authenticated else None
@@ -82,7 +86,7 @@ class AuditEntry(models.Model):
             actor=actor,
             tenant=tenant if tenant is not None else getattr(obj, "tenant", None),
             action=action,
-            object_type=type(obj).__name__ if obj is not None else "",
+            object_type=kind,
             object_id=str(getattr(obj, "uuid", getattr(obj, "pk", "")) or "") if obj is not None else "",
             object_repr=str(obj)[:200] if obj is not None else "",
             remote_addr=client_ip(request) if request is not None else None,

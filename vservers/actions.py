@@ -392,7 +392,11 @@ def decide_plan_change(server: VirtualServer, accept: bool, operator, request=No
             raise ActionRefused("another operator decided it already")
         if accept:
             _check_quota(server.tenant, plan, replacing=server)
-            request_operation(server, OperationKind.CHANGE_PLAN, operator, request=request, plan_id=plan.pk)
+            request_operation(server, OperationKind.CHANGE_PLAN, operator, plan_id=plan.pk)
+            if request is not None:
+                # The entry names the plan as the request's entry did ("plan=medium"), not
+                # the operation's parameter (plan_id=2).
+                AuditEntry.record(request, "server.change_plan", server, plan=plan.name)
         elif request is not None:
             AuditEntry.record(request, "server.plan_change_reject", server, plan=plan.name)
     return plan

@@ -266,7 +266,7 @@ def test_plan_change_approval_queues_change_plan_and_clears_the_request(op_clien
         {"plan_id": world.medium.pk},
         world.operator,
     )
-    assert audit("server.change_plan").details == {"plan_id": world.medium.pk}
+    assert audit("server.change_plan").details == {"plan": "medium"}
 
 
 def test_plan_change_rejection_clears_the_request(op_client, world):

@@ -120,3 +120,5 @@ def test_signing_out_is_audited(world):
     client.post("/accounts/logout/")
     entry = AuditEntry.objects.get(action="auth.logout")
     assert (entry.actor, entry.remote_addr) == (world.bob, ADDRESS)
+    # request.user, a SimpleLazyObject, is named as what it wraps.
+    assert (entry.object_type, entry.object_repr) == ("User", "bob")

@@ -129,6 +129,7 @@ class IPAddress(models.Model):
     class Meta:
         ordering = ["pool", "address"]
         verbose_name = "IP address"
+        verbose_name_plural = "IP addresses"  # Django would add an "s": "IP addresss"
 
     def __str__(self) -> str:
         return self.address

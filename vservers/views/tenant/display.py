@@ -37,7 +37,9 @@ def usage(server: VirtualServer) -> list[Meter]:
     plan = server.plan
     mib = 1024 * 1024
     return [
-        Meter("CPU time", f"{server.cpu_seconds:,.1f} s", f"{number(plan.cpus)} CPU"),
+        # Seconds of CPU used, not a share of the plan's CPUs: "/ 1 CPU" beside them read as a
+        # limit of the same unit. The plan's CPUs are on the page's details.
+        Meter("CPU time used", f"{server.cpu_seconds:,.1f} s"),
         Meter(
             "Memory",
             filesizeformat(server.memory_bytes),
