@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 # The API answers in JSON even where no URL pattern matched (a malformed UUID in the path) or a
 # view crashed; the panel's pages keep Django's own pages.
@@ -9,6 +11,9 @@ handler404 = "api.errors.not_found"
 handler500 = "api.errors.server_error"
 
 urlpatterns = [
+    # Browsers ask for /favicon.ico whatever the page links; the icon is an SVG in static/.
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), http_method_names=["get", "head"]),
+         name="favicon"),
     path("", include("vservers.urls")),
     # API tokens: the user's own page (api.pages), beside the password change.
     path("accounts/tokens/", include("api.urls_pages")),

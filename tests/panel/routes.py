@@ -99,6 +99,8 @@ PUBLIC = {
     "admin:login",
     # The code step of a sign-in: without a password given in this session, a page that says so.
     "login_code",
+    # /favicon.ico: a redirect to the icon in static/.
+    "favicon",
 }
 # Views for any signed-in user, outside the tenant's and the operator's areas.
 SIGNED_IN = {
