@@ -7,3 +7,81 @@ document.addEventListener("submit", function (event) {
     event.preventDefault();
   }
 }, true);
+
+// ---- Accessibility (a11y): errors take focus; tables that scroll are named regions. --------
+(function () {
+  // After a form comes back with errors, the page loads at its top and the error may sit far
+  // below: focus the first error (a form's summary, else its first invalid field), which also
+  // scrolls it into view. Without script the form's action anchor (#accounts...) still scrolls.
+  function focusFirstError() {
+    var first = document.querySelector("main form .error-summary, main form [aria-invalid='true']");
+    if (!first) {
+      return;
+    }
+    var details = first.closest("details");
+    if (details) {
+      details.open = true;
+    }
+    if (!first.matches("input, select, textarea, button")) {
+      first.setAttribute("tabindex", "-1");
+    }
+    first.focus({ preventScroll: true });
+    first.scrollIntoView({ block: "center" });
+  }
+
+  // A table too wide for its box scrolls alone inside its .table-wrap (panel.css); a keyboard
+  // must reach that scroll, and a screen reader must hear what it is: the wrapper becomes a
+  // focusable region named after the table's heading. Tables that fit get no extra tab stop.
+  function label(wrap) {
+    var table = wrap.querySelector("table");
+    var caption = table && table.querySelector("caption");
+    if (caption) {
+      return caption.textContent.trim();
+    }
+    var node = wrap;
+    while (node && node !== document.body) {
+      var previous = node.previousElementSibling;
+      while (previous) {
+        var heading = previous.matches("h1, h2, h3, h4") ? previous : previous.querySelector("h1, h2, h3, h4");
+        if (heading) {
+          return heading.textContent.trim();
+        }
+        previous = previous.previousElementSibling;
+      }
+      node = node.parentElement;
+    }
+    return document.title;
+  }
+
+  function markScrollingTables() {
+    document.querySelectorAll(".table-wrap").forEach(function (wrap) {
+      if (wrap.scrollWidth > wrap.clientWidth + 1) {
+        wrap.setAttribute("role", "region");
+        wrap.setAttribute("tabindex", "0");
+        wrap.setAttribute("aria-label", label(wrap) + " (table, scrolls sideways)");
+      } else if (wrap.getAttribute("role") === "region") {
+        wrap.removeAttribute("role");
+        wrap.removeAttribute("tabindex");
+        wrap.removeAttribute("aria-label");
+      }
+    });
+  }
+
+  var pending = false;
+  function soon() {
+    if (!pending) {
+      pending = true;
+      window.requestAnimationFrame(function () {
+        pending = false;
+        markScrollingTables();
+      });
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    markScrollingTables();
+    focusFirstError();
+  });
+  window.addEventListener("resize", soon);
+  document.addEventListener("htmx:afterSettle", soon);
+})();

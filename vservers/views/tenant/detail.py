@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 
 from ... import actions
 from ...forms import AccountAddForm, AccountKeyForm, AccountPasswordForm, PlanChangeForm
@@ -91,12 +92,15 @@ def render_detail(request: HttpRequest, server: VirtualServer, *, plan_form=None
     return render(request, "vservers/tenant/server_detail.html", context)
 
 
-def queue_operation(request: HttpRequest, server: VirtualServer, kind: str, done: str, **params) -> HttpResponse:
-    """Record and queue one operation, tell the user, and go back to the server's page."""
+def queue_operation(request: HttpRequest, server: VirtualServer, kind: str, done: str, *, anchor: str = "",
+                    **params) -> HttpResponse:
+    """Record and queue one operation, tell the user, and go back to the server's page, at
+    ANCHOR ("accounts", "services"): the section the user acted in, not the page's top."""
     try:
         actions.request_operation(server, kind, request.user, request=request, **params)
     except actions.ActionRefused as exc:
         messages.error(request, f"{server.name}: {exc}.")
     else:
         messages.success(request, f"{server.name}: {done}")
-    return redirect("server_detail", uuid=server.uuid)
+    url = reverse("server_detail", kwargs={"uuid": server.uuid})
+    return redirect(f"{url}#{anchor}" if anchor else url)

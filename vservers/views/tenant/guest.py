@@ -37,7 +37,8 @@ def account_add(request: HttpRequest, uuid) -> HttpResponse:
         params["password"] = data["password"]  # only in the operation's params; finish() wipes it
     if data["ssh_key"]:
         params["ssh_key"] = data["ssh_key"]
-    return queue_operation(request, server, OperationKind.ACCOUNT_ADD, f"adding account {data['user']}.", **params)
+    return queue_operation(request, server, OperationKind.ACCOUNT_ADD, f"adding account {data['user']}.",
+                           anchor="accounts", **params)
 
 
 @login_required
@@ -45,7 +46,8 @@ def account_add(request: HttpRequest, uuid) -> HttpResponse:
 def account_delete(request: HttpRequest, uuid, name: str) -> HttpResponse:
     server = get_server_for_user(request, uuid, act=True)
     name = _get_account_for_user(server, name).name
-    return queue_operation(request, server, OperationKind.ACCOUNT_DELETE, f"deleting account {name}.", account=name)
+    return queue_operation(request, server, OperationKind.ACCOUNT_DELETE, f"deleting account {name}.",
+                           anchor="accounts", account=name)
 
 
 @login_required
@@ -62,6 +64,7 @@ def account_password(request: HttpRequest, uuid, name: str) -> HttpResponse:
         server,
         OperationKind.ACCOUNT_PASSWORD,
         f"setting the password of {name}.",
+        anchor="accounts",
         account=name,
         password=password,
     )
@@ -80,6 +83,7 @@ def account_key(request: HttpRequest, uuid, name: str) -> HttpResponse:
         server,
         OperationKind.ACCOUNT_KEY,
         f"adding an SSH key for {name}.",
+        anchor="accounts",
         account=name,
         ssh_key=form.cleaned_data["ssh_key"],
     )
@@ -93,4 +97,5 @@ def service_action(request: HttpRequest, uuid, name: str, action: str) -> HttpRe
         raise Http404("no such service action")
     name = access.get_service(server, name).name  # as the worker last listed them
     verb = {"start": "starting", "stop": "stopping", "restart": "restarting"}[action]
-    return queue_operation(request, server, SERVICE_ACTIONS[action], f"{verb} service {name}.", service=name)
+    return queue_operation(request, server, SERVICE_ACTIONS[action], f"{verb} service {name}.",
+                           anchor="services", service=name)
