@@ -78,9 +78,12 @@ document.addEventListener("submit", function (event) {
     }
   }
 
-  document.addEventListener("DOMContentLoaded", function () {
-    markScrollingTables();
-    focusFirstError();
+  document.addEventListener("DOMContentLoaded", markScrollingTables);
+  // After load, not at DOMContentLoaded: a URL with an anchor (a form's action ends in
+  // #accounts) makes the browser scroll there once the page has loaded and move the focus to
+  // the page itself (the section is not focusable), which would undo an earlier focus.
+  window.addEventListener("load", function () {
+    window.requestAnimationFrame(focusFirstError);
   });
   window.addEventListener("resize", soon);
   document.addEventListener("htmx:afterSettle", soon);
