@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from panel import env
 
 ENV = os.environ
@@ -41,6 +43,8 @@ INSTALLED_APPS = [
     "accounts",
     "vservers",
     "api",
+    # Mail to operators and tenants' admins through an outbox (notifications/).
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -76,6 +80,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The count on the operator's Approvals link (staff only, one query).
+                "notifications.context_processors.approvals",
             ],
             # How numbers and times are written (cpus, duration, ago), in every template.
             "builtins": ["vservers.templatetags.panel_format"],
@@ -248,16 +254,28 @@ SECURE_REFERRER_POLICY = "same-origin"
 # HTTPS (secure cookies, HSTS, the redirect to https://) is panel.production's: gunicorn and
 # manage.py use that module; the tests use this one directly and speak plain HTTP.
 
-# Mail (password reset). Without DJANGO_EMAIL_HOST the messages go to the log of the web
-# process, where the operator can pick up a reset link on a host without a mail server.
+# Mail: password resets, and the notifications' outbox (notifications/; sent by the worker).
+# Without DJANGO_EMAIL_HOST the messages go to the log of the process that sends them (the web
+# process for resets, the worker for notifications), where the operator can read them on a host
+# without a mail server.
 if "DJANGO_EMAIL_HOST" in ENV:
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_HOST = ENV["DJANGO_EMAIL_HOST"]
     EMAIL_PORT = env.env_int(ENV, "DJANGO_EMAIL_PORT", default=25, low=1, high=65535)
+    EMAIL_HOST_USER = ENV.get("DJANGO_EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = ENV.get("DJANGO_EMAIL_HOST_PASSWORD", "")
+    # STARTTLS on the submission port; implicit TLS (port 465) is DJANGO_EMAIL_USE_SSL.
+    EMAIL_USE_TLS = env.env_bool(ENV, "DJANGO_EMAIL_USE_TLS", default=False)
+    EMAIL_USE_SSL = env.env_bool(ENV, "DJANGO_EMAIL_USE_SSL", default=False)
+    if EMAIL_USE_TLS and EMAIL_USE_SSL:
+        raise ImproperlyConfigured("DJANGO_EMAIL_USE_TLS and DJANGO_EMAIL_USE_SSL exclude each other: set one")
     EMAIL_TIMEOUT = 10
 else:
     EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = ENV.get("DJANGO_DEFAULT_FROM_EMAIL", "panel@localhost")
+# How often the outbox tries to send one mail before it gives up (the error stays on the row,
+# for operators in the admin); the waits between attempts double from a minute.
+PANEL_MAIL_ATTEMPTS = env.env_int(ENV, "PANEL_MAIL_ATTEMPTS", default=5, low=1, high=20)
 
 LOGGING = {
     "version": 1,

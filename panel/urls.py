@@ -17,6 +17,8 @@ urlpatterns = [
     path("", include("vservers.urls")),
     # API tokens: the user's own page (api.pages), beside the password change.
     path("accounts/tokens/", include("api.urls_pages")),
+    # The user's own mail settings (notifications.views), beside the password and tokens.
+    path("accounts/notifications/", include("notifications.urls")),
     path("accounts/", include("accounts.urls")),
     # The REST API (api/; docs/api.md): /api/v1/..., the schema and its docs page.
     path("api/", include("api.urls")),

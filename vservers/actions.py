@@ -17,6 +17,8 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from accounts.models import AuditEntry, Tenant
+from notifications import notify
+from notifications.models import Event
 
 from . import access
 from .formatting import number
@@ -330,6 +332,7 @@ def request_server(tenant: Tenant, user, *, name: str, hostname: str, plan: Plan
             raise NameTaken(f"there is a server named {name!r} already") from None
         if request is not None:
             AuditEntry.record(request, "server.request", server, plan=plan.name, template=template.name)
+        notify(Event.REQUEST, server, user=user)
     return server
 
 
@@ -369,6 +372,7 @@ def request_plan_change(server: VirtualServer, plan: Plan, user, request=None) -
         VirtualServer.objects.filter(pk=server.pk).update(requested_plan=plan, updated=timezone.now())
         if request is not None:
             AuditEntry.record(request, "server.plan_change_requested", server, plan=plan.name)
+        notify(Event.PLAN_CHANGE, server, plan=plan)
     return True
 
 
@@ -426,6 +430,7 @@ def approve(server: VirtualServer, operator, node: Node | None = None, request=N
             enqueue(operation)
             if request is not None:
                 AuditEntry.record(request, "server.approve", server, node=node.name)
+            notify(Event.APPROVED, server)
     except ActionRefused:
         server.refresh_from_db(fields=["state", "state_reason", "node"])  # the rollback undid our change
         raise
@@ -440,10 +445,12 @@ def _allocate_on(node: Node, server: VirtualServer) -> None:
 
 
 def reject(server: VirtualServer, reason: str, request=None) -> None:
-    if not server.reject(reason or "rejected by an operator"):
-        raise ActionRefused("only servers awaiting approval can be rejected")
-    if request is not None:
-        AuditEntry.record(request, "server.reject", server, reason=reason)
+    with transaction.atomic():
+        if not server.reject(reason or "rejected by an operator"):
+            raise ActionRefused("only servers awaiting approval can be rejected")
+        if request is not None:
+            AuditEntry.record(request, "server.reject", server, reason=reason)
+        notify(Event.REJECTED, server, reason=server.state_reason)
 
 
 def pending_operation(server: VirtualServer) -> Operation | None:

@@ -40,6 +40,9 @@ from typing import TYPE_CHECKING
 from django.db import close_old_connections, transaction
 from django.db.models import Q
 
+from notifications import notify
+from notifications.models import Event
+
 from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest, procfs
 from .models import (
     FINISHED,
@@ -436,7 +439,9 @@ def _provision(run: Run) -> None:
     status = run.engine.start(run.name)
     run.watch_init(status)
     run.checkpoint("after-engine")
-    run.server.complete(run.operation.kind)
+    with transaction.atomic():  # the "ready" mail exists exactly when the state says so
+        if run.server.complete(run.operation.kind):
+            notify(Event.READY, run.server)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
     _refresh_best_effort(run)
 

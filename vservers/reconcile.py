@@ -35,6 +35,9 @@ from django.utils import timezone
 from rq.job import JobStatus
 
 from accounts.models import AuditEntry
+from notifications import notify
+from notifications.models import Event
+from notifications.sender import send_due
 
 from .actions import enqueue, request_operation
 from .engine import EngineError, NotFound, Status
@@ -76,9 +79,22 @@ def reconcile_node(node_id: int) -> str:
         if node is None or not node.is_active:
             log.info("node %s is gone or inactive; nothing to reconcile", node_id)
             return "node gone or inactive"
-        return Reconciler(node).run()
+        summary = Reconciler(node).run()
+        return f"{summary}; {send_mail()}"
     finally:
         close_old_connections()
+
+
+def send_mail() -> str:
+    """The mail outbox (notifications.sender), after the node's own work: the periodic job
+    sends it, so mail written by the web process or by this run goes out within a period,
+    and rows a killed worker left claimed go out again."""
+    try:
+        counts = send_due()
+    except Exception:  # noqa: BLE001 - mail must never stop the node's reconcile
+        log.exception("sending the mail outbox failed")
+        return "mail: failed"
+    return "mail: " + ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
 # --- queueing the job (RQ's public API; the worker's watch and `manage.py reconcile`) ------
@@ -237,7 +253,9 @@ class Reconciler:
         elif running and state != State.RUNNING:
             server.move([state], State.RUNNING, "")
         elif not running and state == State.RUNNING:
-            server.move([state], State.STOPPED, "the server's init exited")
+            with transaction.atomic():  # the mail to its admins exists exactly when the state does
+                if server.move([state], State.STOPPED, "the server's init exited"):
+                    notify(Event.STOPPED, server)
         elif not running and left is not None:
             if left.on_interrupt is OnInterrupt.FOLLOW_KERNEL:
                 server.move([state], State.STOPPED, "")

@@ -115,6 +115,7 @@ SIGNED_IN = {
     "two_factor_disable",
     "api_tokens",
     "api_token_revoke",
+    "mail_settings",
     "api-docs",
 }
 

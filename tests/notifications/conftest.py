@@ -1,0 +1,18 @@
+"""The panel's fixtures (tests/panel/conftest.py: offline_world, world, drain, provision, ...)
+for the notifications' tests."""
+
+from __future__ import annotations
+
+from tests.panel.conftest import (  # noqa: F401 - fixtures, used by name
+    drain,
+    engine,
+    http,
+    make_server,
+    offline_plans,
+    offline_pool,
+    offline_world,
+    provision,
+    queued,
+    rq_redis,
+    world,
+)
