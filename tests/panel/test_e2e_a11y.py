@@ -104,7 +104,7 @@ def world(offline_world, django_user_model):
     provisioning, a rejected one; operations of every status; a usage sample; audit entries with
     long details, as the operator's pages show them."""
     from accounts.models import AuditEntry
-    from vservers.models import Operation, OperationKind, OperationStatus, State, VirtualServer
+    from vservers.models import Operation, OperationKind, OperationStatus, Service, State, VirtualServer
     from vservers.models.guest import UnlistedEntries
 
     w = security_world(offline_world, django_user_model)
@@ -137,6 +137,9 @@ def world(offline_world, django_user_model):
     for status in (OperationStatus.QUEUED, OperationStatus.RUNNING, OperationStatus.SUCCEEDED):
         Operation.objects.create(server=w.running, kind=OperationKind.RESTART, requested_by=w.bob, status=status,
                                  params={"n": status})
+    # Services as a phone shows them: a running one (Restart and Stop), a stopped one (Start).
+    Service.objects.filter(pk=w.service.pk).update(state="running", seconds=3 * 3600 + 125)
+    Service.objects.create(server=w.running, name="backup-nightly-with-a-long-name", state="stopped")
     UnlistedEntries.objects.create(server=w.running, kind="services", refused=2, beyond=0, samples=["bad name!"])
     for index in range(3):
         AuditEntry.objects.create(

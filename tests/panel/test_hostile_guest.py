@@ -118,6 +118,7 @@ def test_hostile_names_in_a_real_guest_break_no_page(world, provision, drain):
     # 3. Every page of the tenant and of the operator, and their fragments.
     values = {
         "uuid": [server.uuid, world.acme.uuid, world.small.uuid],
+        "operation": [server.operations.order_by("pk").first().uuid],  # operation_retry's
         "pk": [world.pool.pk],
         "name": ["carol", "httpd", "busybox"],
         "kind": ["refresh"],
