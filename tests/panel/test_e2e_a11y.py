@@ -1,8 +1,9 @@
 """Every page of both personas in a real browser (Debian's chromium, Playwright), at a laptop's
-width (1366 px) and a phone's (390 px): axe-core finds no serious or critical violation, no
-page scrolls sideways, and no table overflows its box (at 1366 px every table fits; on a
-phone a table that does not fit scrolls alone, in a focusable region with a name). Screenshots
-of the main pages are kept under var/test-artifacts/screenshots/ (git-ignored).
+width (1366 px) and a phone's (390 px), and at the laptop's in the dark colour scheme too:
+axe-core finds no serious or critical violation, no page scrolls sideways, and no table
+overflows its box (at 1366 px every table fits; on a phone a table that does not fit scrolls
+alone, in a focusable region with a name). Screenshots of the main pages are kept under
+var/test-artifacts/screenshots/ (git-ignored).
 
 The pages come from the URL resolver (tests/panel/routes.py), so a page added tomorrow is
 checked without anyone touching this file. Database rows only (offline_world, with servers in
@@ -40,6 +41,9 @@ pytestmark = pytest.mark.slow
 AXE = Path(__file__).resolve().parents[1] / "vendor" / "axe.min.js"
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "test-artifacts" / "screenshots"
 WIDTHS = {"laptop": (1366, 768), "phone": (390, 844)}
+# Each width in the light colour scheme, and the laptop's in the dark one too (panel.css swaps
+# its colours for prefers-color-scheme: dark; axe measures the contrast of both).
+PASSES = [("laptop", "light"), ("phone", "light"), ("laptop", "dark")]
 BLOCKING = {"serious", "critical"}
 # Tables whose row buttons must stay on a phone's screen, not only in a sideways scroll.
 FIT_ON_A_PHONE = {"services"}
@@ -241,20 +245,23 @@ def test_every_page_of_both_personas_passes_axe_and_fits_at_both_widths(world, l
             _sign_in(page, base, *credentials)
         pages = _pages(page, base, persona, world)
         checked[persona] = sorted(pages)
-        for width, (x, y) in WIDTHS.items():
+        for width, scheme in PASSES:
+            x, y = WIDTHS[width]
             page.set_viewport_size({"width": x, "height": y})
+            page.emulate_media(color_scheme=scheme)
             shot = set()
             for url, name in pages.items():
                 page.goto(base + url)
-                faults += [f"{persona} {width} {url}: {fault}" for fault in _check(page, url, width)]
+                faults += [f"{persona} {width} {scheme} {url}: {fault}" for fault in _check(page, url, width)]
                 if name in MAIN_PAGES.get(persona, []) and name not in shot:
                     shot.add(name)
-                    page.screenshot(path=SCREENSHOTS / f"{persona}-{name}-{x}.png", full_page=True)
+                    suffix = "" if scheme == "light" else f"-{scheme}"
+                    page.screenshot(path=SCREENSHOTS / f"{persona}-{name}-{x}{suffix}.png", full_page=True)
         context.close()
     with capsys.disabled():
         print(f"\nscreenshots: {SCREENSHOTS}")
         for persona, urls in checked.items():
-            print(f"{persona}: {len(urls)} pages checked at {len(WIDTHS)} widths")
+            print(f"{persona}: {len(urls)} pages checked at {len(WIDTHS)} widths (and dark at 1366 px)")
     assert len(checked["tenant"]) >= 5 and len(checked["operator"]) >= 10, checked
     assert not faults, "\n".join(faults)
 
