@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import uuid
 
 from django import forms
 from django.contrib.auth import get_user_model
@@ -55,6 +56,52 @@ class ServerFilterForm(forms.Form):
         if data.get("node"):
             servers = servers.filter(node=data["node"])
         return servers
+
+
+# The bulk actions of the server list (vservers.actions.BULK_ACTIONS), as the page names them.
+BULK_LABELS = {"start": "Start", "stop": "Stop", "restart": "Restart", "retry": "Retry", "delete": "Delete"}
+
+
+class BulkForm(forms.Form):
+    """A bulk action on the operator's server list: the action, and the servers ticked (their
+    UUIDs, "server") or all that match the filter posted along with it ("all", with
+    ServerFilterForm's fields). "confirmed" says the count was confirmed already (by the page's
+    dialog, or by the confirmation page the panel shows without script)."""
+
+    action = forms.ChoiceField(choices=list(BULK_LABELS.items()))
+    all = forms.BooleanField(required=False)
+    confirmed = forms.BooleanField(required=False)
+
+    def clean(self):
+        data = super().clean()
+        chosen = []
+        for value in self.data.getlist("server") if hasattr(self.data, "getlist") else []:
+            try:
+                chosen.append(uuid.UUID(value))
+            except ValueError:
+                raise ValidationError("A chosen server is not one of the list.") from None
+        data["servers"] = chosen
+        if not chosen and not data.get("all"):
+            raise ValidationError("Choose the servers first: tick them, or all that match the filter.")
+        return data
+
+    @property
+    def label(self) -> str:
+        return BULK_LABELS[self.cleaned_data["action"]]
+
+    def chosen(self, listing, filtered) -> list:
+        """The servers chosen: every one of FILTERED (LISTING narrowed by the filter), or the
+        ticked ones of LISTING."""
+        if self.cleaned_data["all"]:
+            return list(filtered)
+        return list(listing.filter(uuid__in=self.cleaned_data["servers"]))
+
+    def question(self, count: int) -> str:
+        """The one confirmation, naming the count: "Stop 4 servers?"."""
+        servers = "server" if count == 1 else "servers"
+        if self.cleaned_data["action"] == "delete":
+            return f"Delete {count} {servers} and everything in {'it' if count == 1 else 'them'}?"
+        return f"{self.label} {count} {servers}?"
 
 
 class OperationFilterForm(forms.Form):

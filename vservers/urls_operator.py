@@ -12,6 +12,7 @@ urlpatterns = [
     path("", views.dashboard, name="op_dashboard"),
     path("approvals/", views.approvals, name="op_approvals"),
     path("servers/", views.servers, name="op_servers"),
+    path("servers/bulk/", views.servers_bulk, name="op_servers_bulk"),
     path("servers/new/", views.server_create, name="op_server_create"),
     path("servers/<uuid:uuid>/", views.server_detail, name="op_server_detail"),
     path("servers/<uuid:uuid>/approve/", views.approve, name="op_approve"),

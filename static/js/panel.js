@@ -88,3 +88,44 @@ document.addEventListener("submit", function (event) {
   window.addEventListener("resize", soon);
   document.addEventListener("htmx:afterSettle", soon);
 })();
+
+// The operator's bulk form (data-bulk, servers.html): its one question names the action and
+// how many servers it goes to ("Stop 4 servers?"), kept up to date as boxes are ticked, and
+// asked by the data-confirm handler above. Once answered, the panel's own confirmation page
+// (what it shows without script) is skipped: confirmed=yes.
+(function () {
+  function question(form) {
+    var all = form.querySelector("input[name=all]");
+    var count = all && all.checked ? Number(all.getAttribute("data-count"))
+      : form.querySelectorAll("input[name=server]:checked").length;
+    var action = form.querySelector("select[name=action]");
+    var label = action.options[action.selectedIndex].text;
+    var servers = count === 1 ? " server" : " servers";
+    if (count === 0) {
+      form.removeAttribute("data-confirm");  // nothing chosen: the panel says so
+    } else if (action.value === "delete") {
+      form.setAttribute("data-confirm", "Delete " + count + servers + " and everything in " +
+        (count === 1 ? "it" : "them") + "?");
+    } else {
+      form.setAttribute("data-confirm", label + " " + count + servers + "?");
+    }
+  }
+  // Boxes the browser restored (back, reload) count from the start.
+  Array.prototype.forEach.call(document.querySelectorAll("form[data-bulk]"), question);
+  document.addEventListener("change", function (event) {
+    var form = event.target.form;
+    if (form && form.hasAttribute("data-bulk")) {
+      question(form);
+    }
+  });
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute || !form.hasAttribute("data-bulk")) {
+      return;
+    }
+    question(form);
+    if (!event.defaultPrevented && form.hasAttribute("data-confirm")) {
+      form.querySelector("input[name=confirmed]").value = "yes";
+    }
+  });
+})();

@@ -62,6 +62,7 @@ OPERATOR_URL_NAMES = {
     "op_reject",
     "op_plan_change",
     "op_servers",
+    "op_servers_bulk",
     "op_server_detail",
     "op_server_action",
     "op_server_create",

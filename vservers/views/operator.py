@@ -20,7 +20,8 @@ from django.core.paginator import Page, Paginator
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -44,8 +45,10 @@ from ..models import (
     VirtualServer,
 )
 from ..operator_forms import (
+    BULK_LABELS,
     ApproveForm,
     AuditFilterForm,
+    BulkForm,
     MemberAddForm,
     NodeForm,
     OperationFilterForm,
@@ -307,17 +310,61 @@ def plan_change(request: HttpRequest, uuid, decision: str) -> HttpResponse:
 # -- servers -------------------------------------------------------------------------------
 
 
-@operator_required
-def servers(request: HttpRequest) -> HttpResponse:
-    form = ServerFilterForm(request.GET or None)
-    found = form.filter(
+def _server_listing() -> QuerySet[VirtualServer]:
+    return (
         VirtualServer.objects.select_related("tenant", "plan", "template", "node")
         .prefetch_related("addresses")
         .order_by("tenant__name", "name", "pk")
     )
+
+
+def _filter_items(data) -> list[tuple[str, str]]:
+    """The server list's filter as given in DATA (GET or the bulk form's POST), to carry along."""
+    return [(name, data[name]) for name in ServerFilterForm.base_fields if data.get(name)]
+
+
+@operator_required
+def servers(request: HttpRequest) -> HttpResponse:
+    form = ServerFilterForm(request.GET or None)
+    found = form.filter(_server_listing())
     return render(request, "vservers/operator/servers.html", {
-        "section": "servers", "form": form, "page": _page(request, found),
+        "section": "servers", "form": form, "page": _page(request, found), "filters": _filter_items(request.GET),
+        "bulk_actions": BULK_LABELS,
     })
+
+
+@operator_required
+@require_POST
+def servers_bulk(request: HttpRequest) -> HttpResponse:
+    """A bulk action on the server list: each server chosen goes through the same action as a
+    click on its own page (actions.bulk). Without a confirmed count, the answer is a page that
+    asks once, naming it ("Stop 4 servers?"); the page's script asks the same in a dialog and
+    says it did (confirmed), so either way there is exactly one question."""
+    filters = _filter_items(request.POST)
+    back = reverse("op_servers") + (f"?{urlencode(filters)}" if filters else "")
+    form = BulkForm(request.POST)
+    if not form.is_valid():
+        for error in form.non_field_errors() or ["Choose one of the actions."]:
+            messages.error(request, str(error))
+        return redirect(back)
+    listing = _server_listing()
+    chosen = form.chosen(listing, ServerFilterForm(request.POST).filter(listing))
+    if not chosen:
+        messages.info(request, "No server matches any more; nothing was done.")
+        return redirect(back)
+    if not form.cleaned_data["confirmed"]:
+        return render(request, "vservers/operator/servers_bulk_confirm.html", {
+            "section": "servers", "question": form.question(len(chosen)), "servers": chosen, "bulk": form,
+            "filters": filters, "back": back,
+        })
+    result = actions.bulk(chosen, form.cleaned_data["action"], request.user, request=request)
+    if result.queued:
+        count = len(result.queued)
+        messages.success(request, f"{form.label}: {count} server{'s' if count != 1 else ''} queued.")
+    if result.refused:
+        refusals = "; ".join(f"{server} ({reason})" for server, reason in result.refused)
+        messages.warning(request, f"{len(result.refused)} refused: {refusals}.")
+    return redirect(back)
 
 
 @operator_required
