@@ -121,16 +121,30 @@ def _engine_name(check, name: str, **kwargs) -> None:
         raise PermissionDenied(f"the panel cannot manage this: {exc}") from None
 
 
-def get_account(server: VirtualServer, name: str, *, system_ok: bool = False) -> GuestAccount:
+def get_account(server: VirtualServer, name: str, *, system_ok: bool = False, deleting: bool = False) -> GuestAccount:
     """An account of SERVER as the worker last listed it, or 404: users act on the accounts
     they see. System accounts other than root are the template's, not the tenant's (403), and
-    only root takes a password or key (SYSTEM_OK)."""
+    only root takes a password or key (SYSTEM_OK). DELETING: only what the engine would
+    delete (deletable), else 403 instead of an operation that can only fail."""
     account = get_object_or_404(server.guest_accounts, name=name)
     if account.is_system and not (system_ok and account.uid == 0):
         raise PermissionDenied(f"{name} is a system account")
     # The guest's root names accounts as he likes; the engine acts only on names it accepts.
-    _engine_name(validate.user_name, account.name, allow_reserved=True)
+    _engine_name(validate.user_name, account.name, allow_reserved=not deleting)
     return account
+
+
+def deletable(account: GuestAccount) -> bool:
+    """Whether the engine would delete ACCOUNT: not a system account, and not a name it keeps
+    for itself (validate.user_name without allow_reserved: root, daemon, nobody...). The pages
+    offer Delete only for these; the rule is the engine's, not a list of our own."""
+    if account.is_system:
+        return False
+    try:
+        validate.user_name(account.name)
+    except InvalidInput:
+        return False
+    return True
 
 
 def get_service(server: VirtualServer, name: str) -> Service:

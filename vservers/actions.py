@@ -16,7 +16,7 @@ from django.db.models import Count, Max, Sum
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from accounts.models import AuditEntry, Tenant
+from accounts.models import AuditEntry, Membership, Tenant
 from notifications import notify
 from notifications.models import Event
 
@@ -490,6 +490,51 @@ def add_member(form, tenant: Tenant, request=None):
         AuditEntry.record(request, "member.add", membership, tenant=tenant,
                           username=membership.user.username, role=membership.role)
     return membership, generated
+
+
+def _other_admins(membership: Membership) -> int:
+    return Membership.objects.filter(tenant_id=membership.tenant_id, role=Membership.ADMIN).exclude(
+        pk=membership.pk).count()
+
+
+def _last_admin(membership: Membership) -> ActionRefused:
+    return ActionRefused(
+        f"{membership.user} is the last admin of {membership.tenant}; make another member an admin first"
+    )
+
+
+def remove_member(membership: Membership, request=None) -> None:
+    """Take a user out of a tenant. A user belongs to one tenant only, so the account is
+    disabled too and its sessions and API tokens stop working (it keeps its name in the audit log). A tenant keeps at
+    least one admin: under the tenant's lock, so two removals at once cannot both pass."""
+    with transaction.atomic():
+        lock_tenant(membership.tenant)
+        if membership.role == Membership.ADMIN and not _other_admins(membership):
+            raise _last_admin(membership)
+        user, tenant, role = membership.user, membership.tenant, membership.role
+        membership.delete()
+        user.is_active = False
+        user.save(update_fields=["is_active"])  # accounts.signals ends the user's sessions
+        AuditEntry.record(request, "member.remove", user, tenant=tenant, username=user.username, role=role)
+
+
+def set_member_role(membership: Membership, role: str, request=None) -> bool:
+    """Make a member an admin or read-only; the last admin of a tenant stays one. True if
+    the role changed."""
+    if role not in dict(Membership.ROLES):
+        raise ActionRefused(f"there is no role {role!r}")
+    with transaction.atomic():
+        lock_tenant(membership.tenant)
+        membership.refresh_from_db(fields=["role"])
+        if membership.role == role:
+            return False
+        if membership.role == Membership.ADMIN and not _other_admins(membership):
+            raise _last_admin(membership)
+        old, membership.role = membership.role, role
+        membership.save(update_fields=["role"])
+        AuditEntry.record(request, "member.role", membership, tenant=membership.tenant,
+                          username=membership.user.username, role=role, was=old)
+    return True
 
 
 def create_plan(form, request=None) -> Plan:

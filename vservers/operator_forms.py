@@ -225,6 +225,10 @@ class MemberAddForm(forms.Form):
         return membership, generated
 
 
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.ROLES)
+
+
 # -- catalogue -----------------------------------------------------------------------------
 
 

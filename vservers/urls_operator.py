@@ -22,6 +22,8 @@ urlpatterns = [
     path("tenants/", views.tenants, name="op_tenants"),
     path("tenants/<uuid:uuid>/", views.tenant_detail, name="op_tenant_detail"),
     path("tenants/<uuid:uuid>/members/new/", views.member_add, name="op_member_add"),
+    path("tenants/<uuid:uuid>/members/<int:user_id>/remove/", views.member_remove, name="op_member_remove"),
+    path("tenants/<uuid:uuid>/members/<int:user_id>/role/", views.member_role, name="op_member_role"),
     path(
         "tenants/<uuid:uuid>/members/<int:user_id>/two-factor-reset/",
         views.member_two_factor_reset,

@@ -17,6 +17,7 @@ urlpatterns = [
     path("new/", tenant.server_request, name="server_request"),
     path("<uuid:uuid>/", tenant.server_detail, name="server_detail"),
     path("<uuid:uuid>/dismiss/", tenant.dismiss_rejected, name="server_dismiss"),
+    path("<uuid:uuid>/cancel/", tenant.server_cancel, name="server_cancel"),
     path("<uuid:uuid>/state/", tenant.server_state, name="server_state"),
     path("<uuid:uuid>/operations/", tenant.server_operations, name="server_operations"),
     path("<uuid:uuid>/action/<slug:kind>/", tenant.server_action, name="server_action"),

@@ -66,9 +66,9 @@ class AccountView(ApiView):
 
     @extend_schema(request=None, responses={202: OperationSerializer})
     def delete(self, request, uuid, name):
-        """Delete the account (not a system account)."""
+        """Delete the account (not a system account, not a name the engine reserves such as root)."""
         server = access.get_server(request.user, uuid, act=True)
-        name = access.get_account(server, name).name
+        name = access.get_account(server, name, deleting=True).name
         return queued(request, actions.request_operation(server, OperationKind.ACCOUNT_DELETE, request.user,
                                                          request=request, account=name))
 

@@ -70,6 +70,8 @@ OPERATOR_URL_NAMES = {
     "op_tenant_detail",
     "op_member_add",
     "op_member_2fa_reset",
+    "op_member_remove",
+    "op_member_role",
     "op_plans",
     "op_plan_edit",
     "op_templates",

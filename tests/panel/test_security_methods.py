@@ -167,10 +167,10 @@ def posts_back_to_itself(content: bytes, path: str) -> bool:
 # Views that must be found changing something by test 3's POSTs: if the payload stops fitting
 # them, the test would pass for the wrong reason.
 KNOWN_STATE_CHANGING = {
-    "server_request", "server_action", "plan_change", "account_add", "account_delete", "account_password",
-    "account_key", "service_action", "op_approve", "op_reject", "op_plan_change", "op_server_action",
-    "op_server_create", "op_tenants", "op_tenant_detail", "op_member_add", "op_plans", "op_plan_edit",
-    "op_templates", "op_template_toggle", "op_pools", "logout", "password_change", "api_tokens",
+    "server_request", "server_action", "server_cancel", "plan_change", "account_add", "account_delete",
+    "account_password", "account_key", "service_action", "op_approve", "op_reject", "op_plan_change",
+    "op_server_action", "op_server_create", "op_tenants", "op_tenant_detail", "op_member_add", "op_plans",
+    "op_plan_edit", "op_templates", "op_template_toggle", "op_pools", "logout", "password_change", "api_tokens",
 }
 
 

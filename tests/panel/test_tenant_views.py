@@ -102,7 +102,8 @@ def world(offline_world, django_user_model):
         disk_used_bytes=300 * 2**20,
         sampled_at=timezone.now(),
     )
-    guest_account(w.web, "root", 0, "/root", "/bin/sh", is_system=True)
+    # As the engine lists it: root (uid 0) is no system account (engine.accounts.Account.is_system).
+    guest_account(w.web, "root", 0, "/root", "/bin/sh")
     guest_account(w.web, "daemon", 1, "/usr/sbin", "/bin/false", is_system=True)
     guest_account(w.web, "carol", 1000, "/home/carol", "/bin/sh")
     Service.objects.create(server=w.web, name="sshd", state="running", pid=42, seconds=3600)
@@ -432,7 +433,7 @@ def test_detail_shows_state_addresses_plan_usage_accounts_and_services(client, w
         assert f'action="{url(world.web, f"action/{kind}/")}"' in body
     assert f'action="{url(world.web, "action/start/")}"' not in body  # already running
     assert f'action="{url(world.web, "accounts/carol/delete/")}"' in body
-    assert f'action="{url(world.web, "accounts/root/delete/")}"' not in body  # a system account
+    assert f'action="{url(world.web, "accounts/root/delete/")}' not in body  # the engine reserves the name
     # (the forms post to their section's anchor, where the answer lands without script)
     assert f'action="{url(world.web, "accounts/root/password/")}#accounts"' in body  # but root may get a password
     assert f'action="{url(world.web, "accounts/daemon/password/")}' not in body
@@ -591,6 +592,19 @@ def test_deleting_an_account_queues_it(client, world, queued):
     assert queued == [op]
 
 
+def test_no_delete_button_for_names_the_engine_reserves(client, world):
+    """root, and a user account whose name the engine keeps for itself, would only fail
+    ("user name 'root' is reserved"): no Delete button, and a POST is refused at once."""
+    guest_account(world.web, "www-data", 1001, "/home/www-data", "/bin/sh")  # not a system uid
+    body = login(client, world.alice).get(url(world.web)).content.decode()
+    for name in ("root", "www-data"):
+        assert f'action="{url(world.web, f"accounts/{name}/delete/")}' not in body
+        assert client.post(url(world.web, f"accounts/{name}/delete/")).status_code == 403
+    assert f'action="{url(world.web, "accounts/carol/delete/")}' in body  # the control
+    assert f'action="{url(world.web, "accounts/root/password/")}' in body  # root still takes a password
+    assert not Operation.objects.exists()
+
+
 def test_system_accounts_cannot_be_deleted_and_unknown_ones_are_not_found(client, world):
     login(client, world.alice)
     assert client.post(url(world.web, "accounts/root/delete/")).status_code == 403
@@ -747,3 +761,36 @@ def test_read_only_members_cannot_request_servers(client, world):
     response = request_server(client, plan=world.small.pk, template=world.busybox.pk)
     assert response.status_code == 403
     assert not VirtualServer.objects.filter(name="api").exists()
+
+
+# -- cancelling a request -------------------------------------------------------------------
+
+
+def test_a_pending_request_is_cancelled_not_deleted(client, world, queued):
+    asked = make_server(world, world.acme, "asked", state=State.REQUESTED)
+    body = login(client, world.alice).get(url(asked)).content.decode()
+    assert f'action="{url(asked, "cancel/")}"' in body and 'data-confirm="Cancel this request?"' in body
+    assert "Cancel request" in body
+    assert "all its data" not in body and f'action="{url(asked, "action/delete/")}"' not in body
+
+    assert login(client, world.ro).post(url(asked, "cancel/")).status_code == 403  # read-only
+    assert login(client, world.bob).post(url(asked, "cancel/")).status_code == 404  # another tenant
+    asked.refresh_from_db()
+    assert asked.state == State.REQUESTED
+
+    response = login(client, world.alice).post(url(asked, "cancel/"))
+    assert response.status_code == 302 and response["Location"] == "/servers/"
+    asked.refresh_from_db()
+    assert (asked.state, asked.state_reason) == (State.DELETED, "withdrawn by the tenant")
+    entry = AuditEntry.objects.get(action="server.cancel")
+    assert (entry.actor, entry.object_id) == (world.alice, str(asked.uuid))
+    assert not Operation.objects.exists() and not queued  # nothing exists on a node to delete
+
+    # Once decided (or cancelled) it is no request any more: a clear refusal, nothing changes.
+    running = world.web
+    response = client.post(url(running, "cancel/"), follow=True)
+    assert "only a request that waits for approval can be withdrawn" in " ".join(messages_of(response))
+    running.refresh_from_db()
+    assert running.state == State.RUNNING
+    body = client.get(url(running)).content.decode()
+    assert "Cancel request" not in body and f'action="{url(running, "action/delete/")}"' in body

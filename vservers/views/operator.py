@@ -50,6 +50,7 @@ from ..operator_forms import (
     AuditFilterForm,
     BulkForm,
     MemberAddForm,
+    MemberRoleForm,
     NodeForm,
     OperationFilterForm,
     PlanForm,
@@ -459,6 +460,7 @@ def tenant_detail(request: HttpRequest, uuid) -> HttpResponse:
         "section": "tenants",
         "tenant": tenant,
         "form": form,
+        "roles": Membership.ROLES,
         "members": tenant.memberships.select_related("user").order_by("user__username").annotate(
             two_factor=Exists(TOTPDevice.objects.filter(user_id=OuterRef("user_id"), confirmed=True))
         ),
@@ -482,6 +484,46 @@ def member_add(request: HttpRequest, uuid) -> HttpResponse:
             "section": "tenants", "tenant": tenant, "membership": membership, "password": generated,
         })
     return render(request, "vservers/operator/member_form.html", {"section": "tenants", "tenant": tenant, "form": form})
+
+
+def _membership(uuid, user_id: int) -> Membership:
+    return get_object_or_404(Membership.objects.select_related("user", "tenant"), tenant__uuid=uuid, user_id=user_id)
+
+
+@operator_required
+@require_POST
+def member_remove(request: HttpRequest, uuid, user_id: int) -> HttpResponse:
+    """Take a member out of the tenant (actions.remove_member: their account is disabled; the
+    last admin stays)."""
+    membership = _membership(uuid, user_id)
+    try:
+        actions.remove_member(membership, request=request)
+    except ActionRefused as exc:
+        messages.error(request, f"{membership.user} was not removed: {exc}.")
+    else:
+        messages.success(request, f"{membership.user} is removed from {membership.tenant}; their account is disabled.")
+    return redirect("op_tenant_detail", uuid=membership.tenant.uuid)
+
+
+@operator_required
+@require_POST
+def member_role(request: HttpRequest, uuid, user_id: int) -> HttpResponse:
+    """Make a member an admin or read-only (actions.set_member_role: the last admin stays)."""
+    membership = _membership(uuid, user_id)
+    form = MemberRoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"The role of {membership.user} was not changed: choose a role.")
+        return redirect("op_tenant_detail", uuid=membership.tenant.uuid)
+    try:
+        changed = actions.set_member_role(membership, form.cleaned_data["role"], request=request)
+    except ActionRefused as exc:
+        messages.error(request, f"The role of {membership.user} was not changed: {exc}.")
+    else:
+        if changed:
+            messages.success(request, f"{membership.user} is now {membership.get_role_display().lower()}.")
+        else:
+            messages.info(request, f"{membership.user} already has this role.")
+    return redirect("op_tenant_detail", uuid=membership.tenant.uuid)
 
 
 @operator_required

@@ -8,7 +8,15 @@ Views never touch the kernel: they record an Operation (vservers.actions) and re
 
 from .guest import account_add, account_delete, account_key, account_password, service_action
 from .lists import PER_PAGE, dismiss_rejected, server_list, server_list_rows, server_request, server_rows
-from .servers import operation_retry, plan_change, server_action, server_detail, server_operations, server_state
+from .servers import (
+    operation_retry,
+    plan_change,
+    server_action,
+    server_cancel,
+    server_detail,
+    server_operations,
+    server_state,
+)
 
 __all__ = [
     "PER_PAGE",
@@ -20,6 +28,7 @@ __all__ = [
     "operation_retry",
     "plan_change",
     "server_action",
+    "server_cancel",
     "server_detail",
     "server_list",
     "server_list_rows",

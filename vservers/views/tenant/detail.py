@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
-from ... import actions
+from ... import access, actions
 from ...forms import AccountAddForm, AccountKeyForm, AccountPasswordForm, PlanChangeForm
 from ...models import ON_NODE, Operation, OperationKind, OperationStatus, State, VirtualServer
 from .access import can_act
@@ -56,7 +56,7 @@ def guest_context(server: VirtualServer, bound: dict | None = None) -> dict:
             {
                 "account": account,
                 "manageable": manageable,
-                "deletable": not account.is_system,
+                "deletable": access.deletable(account),
                 "password_form": bound.get(("password", account.name))
                 or AccountPasswordForm(prefix=form_prefix("pw", account.name)),
                 "key_form": bound.get(("key", account.name)) or AccountKeyForm(prefix=form_prefix("key", account.name)),

@@ -19,8 +19,9 @@ SERVICE_ACTIONS = {
 }
 
 
-def _get_account_for_user(server: VirtualServer, name: str, *, system_ok: bool = False) -> GuestAccount:
-    return access.get_account(server, name, system_ok=system_ok)
+def _get_account_for_user(server: VirtualServer, name: str, *, system_ok: bool = False,
+                          deleting: bool = False) -> GuestAccount:
+    return access.get_account(server, name, system_ok=system_ok, deleting=deleting)
 
 
 @login_required
@@ -45,7 +46,7 @@ def account_add(request: HttpRequest, uuid) -> HttpResponse:
 @require_POST
 def account_delete(request: HttpRequest, uuid, name: str) -> HttpResponse:
     server = get_server_for_user(request, uuid, act=True)
-    name = _get_account_for_user(server, name).name
+    name = _get_account_for_user(server, name, deleting=True).name
     return queue_operation(request, server, OperationKind.ACCOUNT_DELETE, f"deleting account {name}.",
                            anchor="accounts", account=name)
 

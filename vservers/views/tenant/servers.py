@@ -68,6 +68,21 @@ def server_action(request: HttpRequest, uuid, kind: str) -> HttpResponse:
 
 @login_required
 @require_POST
+def server_cancel(request: HttpRequest, uuid) -> HttpResponse:
+    """Withdraw a request no operator has decided yet (actions.cancel: nothing exists on a
+    node, so nothing is deleted; audited as server.cancel)."""
+    server = get_server_for_user(request, uuid, act=True)
+    try:
+        actions.cancel(server, request=request)
+    except actions.ActionRefused as exc:
+        messages.error(request, f"{server.name}: {exc}.")
+        return redirect("server_detail", uuid=server.uuid)
+    messages.success(request, f"The request for {server.name} is cancelled.")
+    return redirect("server_list")
+
+
+@login_required
+@require_POST
 def plan_change(request: HttpRequest, uuid) -> HttpResponse:
     """Record the plan the tenant wants; an operator applies it (a change_plan operation)."""
     server = get_server_for_user(request, uuid, act=True)
