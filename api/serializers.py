@@ -303,14 +303,23 @@ class PlanChangeResultSerializer(serializers.Serializer):
 # -- inputs -------------------------------------------------------------------------------------
 
 
-class ServerRequestInput(serializers.Serializer):
+class _ServerInput(serializers.Serializer):
     name = serializers.CharField(max_length=32, help_text="lowercase letters, digits and '-', starting with a letter")
     hostname = serializers.CharField(max_length=253)
     plan = serializers.CharField(max_length=60, help_text="a plan's name (GET /api/v1/plans/)")
     template = serializers.CharField(max_length=32, help_text="a template's name (GET /api/v1/templates/)")
 
 
-class ServerCreateInput(ServerRequestInput):
+class ServerRequestInput(_ServerInput):
+    ssh_key = serializers.CharField(required=False, allow_blank=True, max_length=16384, default="",
+                                    help_text="an OpenSSH public key for root, added at provisioning")
+    root_password = serializers.CharField(
+        max_length=128, required=False, allow_blank=True, default="", trim_whitespace=False,
+        help_text="root's password, set at provisioning; kept only as a SHA-512 crypt hash until then",
+    )
+
+
+class ServerCreateInput(_ServerInput):
     tenant = serializers.CharField(max_length=40, help_text="the tenant's slug")
     node = serializers.CharField(max_length=40, required=False, allow_blank=True,
                                  help_text="a node's name; empty: the first active node")

@@ -238,6 +238,7 @@ def cancel(server: VirtualServer, request=None) -> None:
     """Withdraw a request an operator has not decided yet: nothing exists on any node."""
     if not server.move([State.REQUESTED], State.DELETED, "withdrawn by the tenant"):
         raise ActionRefused("only a request that waits for approval can be withdrawn")
+    server.forget_order()
     if request is not None:
         AuditEntry.record(request, "server.cancel", server)
 
@@ -312,8 +313,10 @@ def _check_quota(tenant: Tenant, plan: Plan, replacing: VirtualServer | None = N
 
 
 def request_server(tenant: Tenant, user, *, name: str, hostname: str, plan: Plan, template: Template,
-                   request=None) -> VirtualServer:
+                   request=None, ssh_key: str = "", password_hash: str = "") -> VirtualServer:
     """A tenant asks for a server; it waits in state requested until an operator approves it.
+    SSH_KEY and PASSWORD_HASH (a crypt hash, never the password) are root's, applied by
+    provisioning (jobs.apply_order).
 
     1. lock the tenant's row, so two requests cannot both take the last of the quota;
     2. check the quota (pending requests and plan changes count);
@@ -326,12 +329,13 @@ def request_server(tenant: Tenant, user, *, name: str, hostname: str, plan: Plan
             with transaction.atomic():
                 server = VirtualServer.objects.create(
                     tenant=tenant, name=name, hostname=hostname, plan=plan, template=template,
-                    state=State.REQUESTED, requested_by=user,
+                    state=State.REQUESTED, requested_by=user, root_ssh_key=ssh_key, root_password_hash=password_hash,
                 )
         except IntegrityError:
             raise NameTaken(f"there is a server named {name!r} already") from None
         if request is not None:
-            AuditEntry.record(request, "server.request", server, plan=plan.name, template=template.name)
+            AuditEntry.record(request, "server.request", server, plan=plan.name, template=template.name,
+                              root_ssh_key=bool(ssh_key), root_password=bool(password_hash))
         notify(Event.REQUEST, server, user=user)
     return server
 
@@ -448,6 +452,7 @@ def reject(server: VirtualServer, reason: str, request=None) -> None:
     with transaction.atomic():
         if not server.reject(reason or "rejected by an operator"):
             raise ActionRefused("only servers awaiting approval can be rejected")
+        server.forget_order()
         if request is not None:
             AuditEntry.record(request, "server.reject", server, reason=reason)
         notify(Event.REJECTED, server, reason=server.state_reason)

@@ -50,6 +50,8 @@ class VirtualServerAdmin(admin.ModelAdmin):
     list_select_related = ["tenant", "plan", "template", "node"]
     search_fields = ["name", "hostname", "uuid"]
     readonly_fields = ["uuid", "created", "updated", "sampled_at"]
+    # Root's login given with the request is the tenant's, applied once by provisioning.
+    exclude = ["root_ssh_key", "root_password_hash"]
 
 
 @admin.register(Operation)

@@ -15,6 +15,7 @@ from .engine import validate
 from .engine.errors import InvalidInput
 from .formatting import number
 from .models import TERMINAL, Plan, Template, VirtualServer
+from .passwords import sha512_crypt
 
 
 def engine_check(check: Callable[..., Any], value: Any, **kwargs: Any) -> Any:
@@ -26,6 +27,31 @@ def engine_check(check: Callable[..., Any], value: Any, **kwargs: Any) -> Any:
     except InvalidInput as exc:
         message = str(exc)
         raise forms.ValidationError(message[:1].upper() + message[1:], code="invalid") from None
+
+
+# -- fields shared by the request and the accounts' forms -------------------------------------
+
+PASSWORD_HELP = "8-128 characters; no ':' and no line breaks."
+KEY_HELP = "One OpenSSH public key line, e.g. ssh-ed25519 AAAA… you@laptop."
+
+
+def _password_field(required: bool = True) -> forms.CharField:
+    return forms.CharField(
+        required=required,
+        strip=False,
+        max_length=128,
+        help_text=PASSWORD_HELP,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+
+def _key_field(required: bool = True) -> forms.CharField:
+    return forms.CharField(
+        required=required,
+        label="SSH public key",
+        help_text=KEY_HELP,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "class": "mono"}),
+    )
 
 
 # -- servers --------------------------------------------------------------------------------
@@ -58,9 +84,30 @@ class ServerRequestForm(forms.Form):
         queryset=Template.objects.filter(is_active=True), empty_label="Choose a system…", label="Operating system"
     )
 
+    # Optional: root's login once the server runs, applied by provisioning. The password is
+    # checked like any other, then kept only as a SHA-512 crypt hash (cleaned_data
+    # "root_password_hash"); the plain text is stored nowhere.
+    ssh_key = _key_field(required=False)
+    root_password = _password_field(required=False)
+
     def __init__(self, *args, tenant: Tenant, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.tenant = tenant
+        self.fields["ssh_key"].label = "SSH public key for root (optional)"
+        self.fields["ssh_key"].help_text = KEY_HELP + " Added to root's authorized keys when the server is set up."
+        self.fields["root_password"].label = "Root password (optional)"
+        self.fields["root_password"].help_text = PASSWORD_HELP + " Leave empty to log in with the key only."
+
+    def clean_ssh_key(self) -> str:
+        value = self.cleaned_data["ssh_key"].strip()
+        return engine_check(validate.ssh_public_key, value) if value else ""
+
+    def clean_root_password(self) -> str:
+        value = self.cleaned_data["root_password"]
+        if value:
+            engine_check(validate.password, value)
+            self.cleaned_data["root_password_hash"] = sha512_crypt(value)
+        return ""  # the plain text goes no further than this form
 
     def clean_name(self) -> str:
         name = engine_check(validate.server_name, self.cleaned_data["name"].strip())
@@ -92,29 +139,6 @@ class PlanChangeForm(forms.Form):
 
 
 # -- accounts inside a server ---------------------------------------------------------------
-
-PASSWORD_HELP = "8-128 characters; no ':' and no line breaks."
-KEY_HELP = "One OpenSSH public key line, e.g. ssh-ed25519 AAAA… you@laptop."
-
-
-def _password_field(required: bool = True) -> forms.CharField:
-    return forms.CharField(
-        required=required,
-        strip=False,
-        max_length=128,
-        help_text=PASSWORD_HELP,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
-
-
-def _key_field(required: bool = True) -> forms.CharField:
-    return forms.CharField(
-        required=required,
-        label="SSH public key",
-        help_text=KEY_HELP,
-        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "class": "mono"}),
-    )
-
 
 class AccountAddForm(forms.Form):
     user = forms.CharField(

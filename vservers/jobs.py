@@ -331,6 +331,8 @@ def _public_message(exc: Exception, run: Run) -> str:
     guest, a clash or a missing account or service is about the guest's own state; anything
     else is the operator's (the full message is in the operation's detail)."""
     kind = run.operation.kind
+    if isinstance(exc, OrderNotApplied):
+        return exc.PUBLIC
     if isinstance(exc, Refused) or (isinstance(exc, InvalidInput | Conflict | NotFound) and kind in GUEST_KINDS):
         return str(exc).replace(repr(run.name), repr(run.server.name))
     what = FAILED_SENTENCES.get(kind) or f"{OperationKind(kind).label} did not succeed"
@@ -430,6 +432,36 @@ def _apply_plan(run: Run) -> None:
         run.note(f"Applied the limits of plan {run.server.plan.name}.")
 
 
+class OrderNotApplied(EngineError):
+    """Root's password or SSH key given with the request could not be set in the guest."""
+
+    PUBLIC = ("The server was set up, but root's password or SSH key given with the request could not be "
+              "applied; the operator has been told.")
+
+
+def apply_order(run: Run) -> None:
+    """Root's password (its crypt hash) and SSH key given with the request, set in the running
+    guest with the engine's account functions; each is cleared from the row once applied, so a
+    retry applies only what is left and the hash does not outlive its use. A failure fails the
+    operation with a sentence that says so (OrderNotApplied), never a silent skip."""
+    given = VirtualServer.objects.filter(pk=run.server.pk).values("root_password_hash", "root_ssh_key").first()
+    if not given or not (given["root_password_hash"] or given["root_ssh_key"]):
+        return
+    accounts = run.engine.accounts(run.name)
+    rows = VirtualServer.objects.filter(pk=run.server.pk)
+    try:
+        if given["root_password_hash"]:
+            accounts.set_password_hash("root", given["root_password_hash"])
+            rows.filter(root_password_hash=given["root_password_hash"]).update(root_password_hash="")
+            run.note("Set root's password given with the request.")
+        if given["root_ssh_key"]:
+            accounts.add_ssh_key("root", given["root_ssh_key"])
+            rows.filter(root_ssh_key=given["root_ssh_key"]).update(root_ssh_key="")
+            run.note("Added the SSH key given with the request to root's authorized keys.")
+    except EngineError as exc:
+        raise OrderNotApplied(f"root's password or SSH key given with the request: {exc}") from exc
+
+
 def _provision(run: Run) -> None:
     _begin(run)
     run.checkpoint("before-engine")
@@ -438,6 +470,7 @@ def _provision(run: Run) -> None:
     _apply_plan(run)
     status = run.engine.start(run.name)
     run.watch_init(status)
+    apply_order(run)
     run.checkpoint("after-engine")
     with transaction.atomic():  # the "ready" mail exists exactly when the state says so
         if run.server.complete(run.operation.kind):
@@ -453,6 +486,7 @@ def _start(run: Run) -> None:
     _apply_plan(run)
     status = run.engine.start(run.name)
     run.watch_init(status)
+    apply_order(run)
     run.checkpoint("after-engine")
     run.server.complete(run.operation.kind)
     run.note(f"Started {run.name} (init pid {status.init_pid}).")
@@ -497,6 +531,7 @@ def finish_delete(server: VirtualServer, reason: str = "") -> bool:
     addresses go back to the pool, its guest lists go, and it is deleted."""
     with transaction.atomic():
         server.release_addresses()
+        server.forget_order()
         server.guest_accounts.all().delete()
         server.services.all().delete()
         return server.complete(OperationKind.DELETE, reason)

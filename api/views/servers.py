@@ -85,7 +85,8 @@ class ServerListView(ApiView):
         try:
             server = actions.request_server(
                 member.tenant, request.user, name=data["name"], hostname=data["hostname"], plan=data["plan"],
-                template=data["template"], request=request,
+                template=data["template"], request=request, ssh_key=data["ssh_key"],
+                password_hash=data.get("root_password_hash", ""),
             )
         except actions.NameTaken as exc:
             raise serializers.ValidationError({"name": [str(exc)]}) from None

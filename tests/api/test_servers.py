@@ -4,10 +4,13 @@ vservers.actions, one vservers.access), so these tests look at what the API adds
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from accounts.models import AuditEntry
 from vservers.models import GuestAccount, Operation, OperationKind, Service, State, VirtualServer
+from vservers.passwords import matches
 
 
 @pytest.fixture
@@ -78,6 +81,21 @@ def test_a_tenant_requests_a_server_and_withdraws_it(w):
     assert again.status_code == 400 and "name" in again.json()["fields"]
     assert w.alice_api.post(f"/api/v1/servers/{body['uuid']}/cancel/").status_code == 204
     assert VirtualServer.objects.get(uuid=body["uuid"]).state == State.DELETED
+
+
+def test_a_request_takes_roots_key_and_password_as_the_form_does(w):
+    blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + bytes(range(32))
+    key = f"ssh-ed25519 {base64.b64encode(blob).decode()} alice@laptop"
+    fields = {"name": "shop", "hostname": "shop.acme.test", "plan": "small", "template": "busybox"}
+    bad = w.alice_api.post("/api/v1/servers/", {**fields, "ssh_key": "ssh-ed25519 nope!", "root_password": "short"},
+                           format="json")
+    assert bad.status_code == 400 and set(bad.json()["fields"]) == {"ssh_key", "root_password"}
+    response = w.alice_api.post("/api/v1/servers/", {**fields, "ssh_key": key, "root_password": "long enough 1"},
+                                format="json")
+    assert response.status_code == 201
+    server = VirtualServer.objects.get(uuid=response.json()["uuid"])
+    assert server.root_ssh_key == key and matches("long enough 1", server.root_password_hash)
+    assert "long enough 1" not in response.content.decode()
 
 
 def test_a_request_beyond_the_quota_is_409(w):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.helpers import compile_static, http_get, wait_for_http
+from vservers.engine.errors import InvalidInput
 
 A_IP, B_IP = "198.19.1.10", "198.19.1.11"
 IPC_KEY = "0x56530001"
@@ -130,6 +131,28 @@ def test_an_account_added_in_a_exists_in_a_only(pair):
     finally:
         engine.accounts(a).delete("alice")
     assert "alice" not in [x.name for x in engine.accounts(a).list()]
+
+
+# SHA-512 crypt of "correct horse battery" (made with vservers.passwords.sha512_crypt).
+PASSWORD_HASH = (
+    "$6$2uK6CPDX9nezSz8W$/5VfxHFomMp7H7c90FjZ5iEBxd09jIp4YD1mOffe"
+    "5sUueTog.SHqgiJi9XndpvA5Uth5beQsayDqISyt1j0Mi1"
+)
+
+
+def test_a_password_hash_is_stored_as_given(pair):
+    engine, a, _ = pair
+    accounts = engine.accounts(a)
+    accounts.add("hashed")
+    try:
+        accounts.set_password_hash("hashed", PASSWORD_HASH)
+        shadow = run(engine, a, "grep", "^hashed:", "/etc/shadow").stdout
+        assert shadow.split(":")[1] == PASSWORD_HASH
+        with pytest.raises(InvalidInput, match="SHA-512 crypt"):
+            accounts.set_password_hash("hashed", "correct horse battery")  # a plain password is no hash
+        assert run(engine, a, "grep", "^hashed:", "/etc/shadow").stdout == shadow
+    finally:
+        accounts.delete("hashed")
 
 
 def test_root_in_a_is_an_unprivileged_range_on_the_host(pair, config):

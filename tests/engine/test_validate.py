@@ -140,3 +140,22 @@ def test_good_bridge_names(value):
 def test_bad_bridge_names(value):
     with pytest.raises(InvalidInput, match="invalid bridge name"):
         validate.bridge_name(value)
+
+
+def test_password_hashes_are_sha512_crypt_and_fit_on_one_chpasswd_line():
+    good = "$6$saltsalt$" + "a" * 86
+    assert validate.password_hash(good) == good
+    assert validate.password_hash("$6$rounds=5000$salt$" + "./" * 43) == "$6$rounds=5000$salt$" + "./" * 43
+    for bad in ["", "secret pass", "$1$salt$" + "a" * 22, good + "\nroot:x", good[:-1], good + ":0",
+                "$6$salt:x$" + "a" * 86, "$6$" + "s" * 17 + "$" + "a" * 86, None]:
+        with pytest.raises(InvalidInput, match="SHA-512 crypt"):
+            validate.password_hash(bad)  # type: ignore[arg-type]
+
+
+@given(st.text(max_size=120))
+def test_password_hashes_accepted_fit_on_one_chpasswd_line(value):
+    try:
+        clean = validate.password_hash(value)
+    except InvalidInput:
+        return
+    assert "\n" not in clean and ":" not in clean and "\x00" not in clean

@@ -10,6 +10,8 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.messages import get_messages
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts.models import AuditEntry, Tenant
@@ -157,3 +159,18 @@ def test_tenants_cannot_edit_nodes(client, world):
     assert client.post(url, {"cpu_ratio": "100"}).status_code == 403
     world.node.refresh_from_db()
     assert world.node.cpu_ratio == Decimal("4")
+
+
+def test_the_warnings_cost_no_query_per_row(op_client, world):
+    """The nodes' figures are read once (one aggregate query) however many rows wait."""
+    Node.objects.create(name="second", queue_name="second")
+
+    def queries(n: int) -> int:
+        for i in range(n):
+            server(world, f"ask-{n}-{i}", world.small, state=State.REQUESTED, tenant=world.initech)
+        with CaptureQueriesContext(connection) as captured:
+            assert op_client.get(reverse("op_approvals")).status_code == 200
+        return len(captured)
+
+    few, many = queries(1), queries(30)
+    assert many == few, (few, many)

@@ -3,12 +3,14 @@ real PanelWorker, real servers on the tests' own bridge (vspanel0)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 
-from vservers.actions import approve, request_operation
-from vservers.jobs import LEFT, claim_next, run_operation
+from vservers.actions import approve, request_operation, request_server
+from vservers.forms import ServerRequestForm
+from vservers.jobs import LEFT, OrderNotApplied, claim_next, run_operation
 from vservers.models import (
     GuestAccount,
     IPAddress,
@@ -18,7 +20,9 @@ from vservers.models import (
     Service,
     State,
     Template,
+    VirtualServer,
 )
+from vservers.passwords import matches, sha512_crypt
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -175,6 +179,71 @@ def test_a_failed_provision_says_why_and_the_server_can_still_be_deleted(world, 
     assert_ok(deleted)
     assert server.state == State.DELETED
     assert not IPAddress.objects.exists()
+
+
+def root_key() -> str:
+    blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + bytes(range(32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} alice@laptop"
+
+
+def roots_login(world, server) -> tuple[list[str], str]:
+    """root's authorized keys and its password hash in /etc/shadow, read inside the guest."""
+    name = server.engine_name
+    keys = world.engine.run(name, ["cat", "/root/.ssh/authorized_keys"]).stdout.splitlines()
+    shadow = world.engine.run(name, ["cat", "/etc/shadow"]).stdout
+    return keys, next(line for line in shadow.splitlines() if line.startswith("root:")).split(":")[1]
+
+
+def test_roots_key_and_password_given_with_the_request_are_set_at_provision(world, drain):
+    key = root_key()
+    form = ServerRequestForm({"name": "keyed", "hostname": "keyed.acme.example", "plan": world.small.pk,
+                              "template": world.busybox.pk, "ssh_key": key, "root_password": PASSWORD},
+                             tenant=world.acme)
+    assert form.is_valid(), form.errors
+    data = form.cleaned_data
+    server = request_server(world.acme, world.alice, name=data["name"], hostname=data["hostname"],
+                            plan=data["plan"], template=data["template"], ssh_key=data["ssh_key"],
+                            password_hash=data["root_password_hash"])
+    hashed = server.root_password_hash
+    operation = approve(server, world.operator)
+    drain()
+    operation.refresh_from_db()
+    server.refresh_from_db()
+    assert_ok(operation)
+    assert server.state == State.RUNNING
+    assert "Set root's password given with the request." in operation.output
+    assert "Added the SSH key given with the request to root's authorized keys." in operation.output
+
+    keys, in_shadow = roots_login(world, server)
+    assert keys == [key]
+    assert in_shadow == hashed and matches(PASSWORD, in_shadow)
+    owner = world.engine.run(server.engine_name, ["stat", "-c", "%U %a", "/root/.ssh/authorized_keys"]).stdout
+    assert owner.split() == ["root", "600"]
+    # Applied, they are gone from the row; nothing of the password was ever in an operation.
+    assert (server.root_ssh_key, server.root_password_hash) == ("", "")
+    assert PASSWORD not in str(list(Operation.objects.values()))
+
+
+def test_a_login_that_cannot_be_applied_fails_the_provisioning_clearly(world, make_server, drain):
+    key = root_key()
+    server = make_server("keyed", root_ssh_key=key, root_password_hash="$6$not-a-crypt-hash")
+    operation = approve(server, world.operator)
+    drain()
+    operation.refresh_from_db()
+    server.refresh_from_db()
+    assert operation.status == OperationStatus.FAILED
+    assert operation.error == OrderNotApplied.PUBLIC
+    assert "SHA-512 crypt" in operation.detail
+    assert (server.state, server.state_reason) == (State.ERROR, OrderNotApplied.PUBLIC)
+    assert server.root_ssh_key == key  # nothing applied, nothing forgotten
+
+    # Fixed, a retry applies what is left, the key once.
+    hashed = sha512_crypt(PASSWORD)
+    VirtualServer.objects.filter(pk=server.pk).update(root_password_hash=hashed)
+    assert_ok(run(server, OperationKind.PROVISION, drain))
+    assert server.state == State.RUNNING
+    assert roots_login(world, server) == ([key], hashed)
+    assert (server.root_ssh_key, server.root_password_hash) == ("", "")
 
 
 def leave_marker(job, connection, *args) -> None:

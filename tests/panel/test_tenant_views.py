@@ -26,6 +26,7 @@ from vservers.models import (
     State,
     VirtualServer,
 )
+from vservers.passwords import matches
 
 LOGIN = "/accounts/login/"
 PASSWORD = "s3cret-Passw0rd"
@@ -794,3 +795,52 @@ def test_a_pending_request_is_cancelled_not_deleted(client, world, queued):
     assert running.state == State.RUNNING
     body = client.get(url(running)).content.decode()
     assert "Cancel request" not in body and f'action="{url(running, "action/delete/")}"' in body
+
+
+# -- root's key and password with the request ----------------------------------------------
+
+
+def test_a_request_keeps_roots_key_and_only_a_hash_of_the_password(client, world, queued):
+    key = ssh_key()
+    response = request_server(login(client, world.alice), plan=world.small.pk, template=world.busybox.pk,
+                              ssh_key=f"  {key}\n", root_password=PASSWORD)
+    assert response.status_code == 302
+    server = VirtualServer.objects.get(name="api")
+    assert server.root_ssh_key == key
+    assert server.root_password_hash.startswith("$6$") and len(server.root_password_hash) > 90
+    assert matches(PASSWORD, server.root_password_hash) and not matches(PASSWORD + "x", server.root_password_hash)
+    # The plain password is nowhere: not in any row of the server, the audit or the session.
+    for row in (VirtualServer.objects.filter(pk=server.pk).values().get(),
+                *AuditEntry.objects.values("details")):
+        assert PASSWORD not in str(row)
+    assert AuditEntry.objects.get(action="server.request").details["root_password"] is True
+    # Withdrawn, the request forgets them.
+    client.post(url(server, "cancel/"))
+    server.refresh_from_db()
+    assert (server.root_ssh_key, server.root_password_hash) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"ssh_key": "ssh-ed25519 not-base64!"}, "ssh_key", "not valid base64"),
+        ({"ssh_key": "ssh-dss AAAAB3NzaC1kc3M= me"}, "ssh_key", "key type"),
+        ({"root_password": "short"}, "root_password", "8-128 characters"),
+        ({"root_password": "has:colon here"}, "root_password", "must not contain ':'"),
+    ],
+)
+def test_a_bad_key_or_weak_password_is_a_form_error(client, world, fields, field, message):
+    response = request_server(login(client, world.alice), plan=world.small.pk, template=world.busybox.pk, **fields)
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert list(errors) == [field] and message in errors[field][0]
+    assert not VirtualServer.objects.filter(name="api").exists()
+    assert "short" not in response.content.decode().split('name="root_password"')[1][:200]  # not echoed back
+
+
+def test_a_request_without_key_or_password_stores_none(client, world, queued):
+    request_server(login(client, world.alice), plan=world.small.pk, template=world.busybox.pk)
+    server = VirtualServer.objects.get(name="api")
+    assert (server.root_ssh_key, server.root_password_hash) == ("", "")
+    body = client.get("/servers/new/").content.decode()
+    assert 'name="ssh_key"' in body and 'name="root_password"' in body

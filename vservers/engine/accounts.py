@@ -145,6 +145,14 @@ class Accounts:
         argv = ["chpasswd", "-c", "sha512"] if self._tool() == "busybox" else ["chpasswd"]
         self._run(argv, input=f"{user}:{password}\n", what="chpasswd")
 
+    def set_password_hash(self, user: str, hashed: str) -> None:
+        """Set USER's password from its SHA-512 crypt hash (validate.password_hash), as the
+        panel keeps a password given ahead of time: the plain text never reaches the node."""
+        validate.user_name(user, allow_reserved=True)
+        validate.password_hash(hashed)
+        self._require(user)
+        self._run(["chpasswd", "-e"], input=f"{user}:{hashed}\n", what="chpasswd")
+
     def add_ssh_key(self, user: str, key: str) -> None:
         validate.user_name(user, allow_reserved=True)
         key = validate.ssh_public_key(key)

@@ -27,6 +27,9 @@ _SSH_KEY_TYPES = {
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 }
+# A SHA-512 crypt hash as chpasswd -e and /etc/shadow take it: "$6$", optional rounds, a salt
+# of up to 16 characters and 86 characters of hash, all from crypt's alphabet (no ':' or newline).
+_SHA512_CRYPT = re.compile(r"\$6\$(?:rounds=[0-9]{4,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}")
 RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "nobody", "www-data", "sshd"}
 
 
@@ -72,6 +75,13 @@ def password(value: str) -> str:
         raise InvalidInput("password must be 8-128 characters")
     if any(ch in value for ch in "\n\r\x00:") or not value.isprintable():
         raise InvalidInput("password must not contain ':', newlines or control characters")
+    return value
+
+
+def password_hash(value: str) -> str:
+    """A SHA-512 crypt hash ("$6$salt$hash") to store as an account's password."""
+    if not isinstance(value, str) or not _SHA512_CRYPT.fullmatch(value):
+        raise InvalidInput("password hash must be a SHA-512 crypt hash ($6$salt$hash)")
     return value
 
 

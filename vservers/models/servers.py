@@ -88,6 +88,10 @@ class VirtualServer(models.Model):
         "vservers.Plan", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="a plan change the tenant asked for, waiting for an operator",
     )
+    # Given with the request for root, applied by provisioning and then cleared (jobs.apply_order):
+    # a public key, and the password only as a SHA-512 crypt hash (vservers.passwords).
+    root_ssh_key = models.TextField(blank=True)
+    root_password_hash = models.CharField(max_length=200, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     # The last sample of the worker's periodic job.
@@ -190,6 +194,12 @@ class VirtualServer(models.Model):
     def fail(self, reason: str) -> None:
         """Any non-terminal state can end in error; retry or delete start from there."""
         self.move([s for s in State if s not in TERMINAL], State.ERROR, reason)
+
+    def forget_order(self) -> None:
+        """Drop root's key and password hash given with the request (a request withdrawn,
+        rejected or deleted never gets them applied)."""
+        VirtualServer.objects.filter(pk=self.pk).update(root_ssh_key="", root_password_hash="")
+        self.root_ssh_key = self.root_password_hash = ""
 
     def release_addresses(self) -> None:
         self.addresses.all().delete()

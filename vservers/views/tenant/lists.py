@@ -212,7 +212,8 @@ def server_request(request: HttpRequest) -> HttpResponse:
             try:
                 server = actions.request_server(
                     tenant, request.user, name=data["name"], hostname=data["hostname"], plan=data["plan"],
-                    template=data["template"], request=request,
+                    template=data["template"], request=request, ssh_key=data["ssh_key"],
+                    password_hash=data.get("root_password_hash", ""),
                 )
             except actions.QuotaExceeded as exc:
                 form.add_error("plan", str(exc))
