@@ -119,3 +119,44 @@ def test_it_prefers_the_secret_key_from_the_environment(tmp_path):
     key = "k" * 50
     assert env.secret_key({"DJANGO_SECRET_KEY": key}, tmp_path / "secret_key") == key
     assert not (tmp_path / "secret_key").exists()
+
+
+def email_settings(**overrides: str) -> subprocess.CompletedProcess[str]:
+    """The mail settings (notifications' outbox, password resets) of a fresh interpreter."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    environ.update(DJANGO_SETTINGS_MODULE="panel.settings", **overrides)
+    code = (
+        "from django.conf import settings as s; print(s.EMAIL_BACKEND.rsplit('.', 2)[1], s.EMAIL_HOST, s.EMAIL_PORT,"
+        " s.EMAIL_HOST_USER or '-', s.EMAIL_HOST_PASSWORD or '-', s.EMAIL_USE_TLS, s.EMAIL_USE_SSL,"
+        " s.DEFAULT_FROM_EMAIL, s.PANEL_MAIL_ATTEMPTS)"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environ, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_mail_goes_to_the_console_unless_an_smtp_host_is_set():
+    result = email_settings()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["console", "localhost", "25", "-", "-", "False", "False", "panel@localhost", "5"]
+
+    result = email_settings(
+        DJANGO_EMAIL_HOST="smtp.example.test", DJANGO_EMAIL_PORT="587", DJANGO_EMAIL_HOST_USER="panel",
+        DJANGO_EMAIL_HOST_PASSWORD="secret", DJANGO_EMAIL_USE_TLS="1", DJANGO_DEFAULT_FROM_EMAIL="panel@example.test",
+        PANEL_MAIL_ATTEMPTS="3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "smtp", "smtp.example.test", "587", "panel", "secret", "True", "False", "panel@example.test", "3"
+    ]
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"DJANGO_EMAIL_USE_TLS": "yes"}, "DJANGO_EMAIL_USE_TLS"),
+    ({"DJANGO_EMAIL_USE_TLS": "1", "DJANGO_EMAIL_USE_SSL": "1"}, "DJANGO_EMAIL_USE_SSL"),
+    ({"DJANGO_EMAIL_PORT": "0"}, "DJANGO_EMAIL_PORT"),
+    ({"PANEL_MAIL_ATTEMPTS": "0"}, "PANEL_MAIL_ATTEMPTS"),
+])
+def test_it_rejects_bad_mail_settings(overrides, named):
+    result = email_settings(DJANGO_EMAIL_HOST="smtp.example.test", **overrides)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and named in result.stderr
