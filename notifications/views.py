@@ -28,11 +28,22 @@ def events_for(user) -> list[str]:
     return events
 
 
+# What each checkbox says, after "Send me mail when".
+LABELS = {
+    Event.REQUEST: "a new server request waits for approval",
+    Event.PLAN_CHANGE: "a plan change waits for a decision",
+    Event.APPROVED: "a server request is approved",
+    Event.REJECTED: "a server request is rejected, with the reason",
+    Event.READY: "a server is ready, with its address",
+    Event.STOPPED: "a server stopped unexpectedly",
+}
+
+
 class MailSettingsForm(forms.Form):
     def __init__(self, *args, events: list[str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for event in events:
-            self.fields[event] = forms.BooleanField(label=Event(event).label, required=False)
+            self.fields[event] = forms.BooleanField(label=LABELS[Event(event)], required=False, label_suffix="")
 
 
 @login_required
