@@ -86,3 +86,46 @@ def test_dropped_capabilities_are_gone_after_exec_and_the_rest_stay():
     assert int(status["CapInh"], 16) & mask == 0
     assert int(status["CapAmb"], 16) == 0
     assert status["NoNewPrivs"].strip() == "0"  # setuid programs inside keep working
+
+
+def _limits_table(text: str) -> dict[str, tuple[str, str]]:
+    """/proc/PID/limits as {name: (soft, hard)}."""
+    table = {}
+    for line in text.splitlines()[1:]:
+        name, soft, hard = line[:26].strip(), *line[26:].split()[:2]
+        table[name] = (soft, hard)
+    return table
+
+
+def test_a_program_run_in_a_server_gets_the_inits_rlimits_not_the_callers(engine, make_server):
+    import resource
+
+    name = make_server("rl-web", "198.19.12.10/18")
+    init_limits = _limits_table(Path(f"/proc/{engine.status(name).init_pid}/limits").read_text())
+    kinds = (resource.RLIMIT_NOFILE, resource.RLIMIT_STACK, resource.RLIMIT_CORE)
+    saved = {kind: resource.getrlimit(kind) for kind in kinds}
+    # The caller (a worker) has soft limits of its own: none of them may reach the program.
+    # (Raising a hard limit above the caller's is not tried: this host's bounding set lacks
+    # CAP_SYS_RESOURCE, so even root may not; userns.copy_rlimits then fits under it.)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (777, saved[resource.RLIMIT_NOFILE][1]))
+    resource.setrlimit(resource.RLIMIT_STACK, (4 << 20, saved[resource.RLIMIT_STACK][1]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, saved[resource.RLIMIT_CORE][1]))
+    try:
+        seen = _limits_table(engine.run(name, ["cat", "/proc/self/limits"]).stdout)
+    finally:
+        for kind, value in saved.items():
+            resource.setrlimit(kind, value)
+    # The control: the caller's values differ from the init's.
+    assert init_limits["Max open files"][0] != "777" and init_limits["Max stack size"][0] != str(4 << 20)
+    assert seen == init_limits
+
+
+def test_proc_limits_rows_are_numbered_as_the_kernel_numbers_rlimits():
+    import resource
+
+    from vservers.engine import procfs
+
+    limits = procfs.read_limits(os.getpid())
+    for name in ("RLIMIT_NOFILE", "RLIMIT_STACK", "RLIMIT_MSGQUEUE", "RLIMIT_SIGPENDING", "RLIMIT_NPROC", "RLIMIT_AS"):
+        kind = getattr(resource, name)
+        assert limits[kind] == resource.getrlimit(kind), name

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import capabilities, seccomp, syscalls
+from . import capabilities, procfs, seccomp, syscalls, userns
 from .errors import EngineError
 from .launch import GUEST_PATH
 from .syscalls import CLONE_NEWUSER, PR_SET_DUMPABLE, PR_SET_PDEATHSIG
@@ -148,7 +148,10 @@ def spawn(
         raise EngineError("no command given")
     if deadline is None:
         deadline = time.monotonic() + START_TIMEOUT
-    bounding = capabilities.bounding_set(init_pid)  # the program gets what the init got, no more
+    # The program gets what the init got, no more: its capabilities and its rlimits (not the
+    # worker's, which may allow more: RLIMIT_NOFILE, RLIMIT_MSGQUEUE, RLIMIT_SIGPENDING).
+    bounding = capabilities.bounding_set(init_pid)
+    rlimits = procfs.read_limits(init_pid)
     ns_fds = [os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
     environment = {"PATH": GUEST_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "xterm"),
                    "LANG": "C.UTF-8", "container": "vserver"}
@@ -169,6 +172,7 @@ def spawn(
             _keep_only_fds(stdin, stdout, stderr, keep=keep)
             stdin, stdout, stderr = 0, 1, 2
             syscalls.prctl(PR_SET_DUMPABLE, 0)
+            userns.copy_rlimits(rlimits)  # still host root: may raise a limit the worker lowered
             for ns, fd in zip(NAMESPACES, ns_fds, strict=True):
                 syscalls.setns(fd, CLONE_NEWUSER if ns == "user" else 0)
             os.setresgid(0, 0, 0)

@@ -72,3 +72,24 @@ def boot_id() -> str:
     """This boot of the host (the kernel's random boot id, with its dashes)."""
     with open(BOOT_ID) as fh:
         return fh.read().strip()
+
+
+def parse_limits(text: str) -> dict[int, tuple[int, int]]:
+    """/proc/PID/limits as {RLIMIT_* number: (soft, hard)}, "unlimited" as RLIM_INFINITY.
+
+    The kernel prints one row per rlimit in the order of their numbers (fs/proc/base.c), so
+    the row's position is the number; the names are only for people."""
+    import resource
+
+    limits = {}
+    for number, line in enumerate(text.splitlines()[1:]):
+        soft, hard = line[26:].split()[:2]  # the name column is 26 wide, and names have spaces
+        limits[number] = tuple(resource.RLIM_INFINITY if value == "unlimited" else int(value) for value in (soft, hard))
+    return limits  # type: ignore[return-value]
+
+
+def read_limits(pid: int) -> dict[int, tuple[int, int]]:
+    """Every rlimit of process PID. Read from /proc, not with prlimit(2): that needs
+    CAP_SYS_RESOURCE over a process of another user, which host root may lack."""
+    with open(f"/proc/{pid}/limits") as fh:
+        return parse_limits(fh.read())

@@ -100,6 +100,27 @@ def set_rlimits(limits: GuestLimits = GUEST_LIMITS) -> None:
         _set_rlimit(kind, value)
 
 
+def copy_rlimits(limits: dict[int, tuple[int, int]]) -> None:
+    """Make LIMITS this process's rlimits. Where a hard limit is above ours and we may not
+    raise it (no CAP_SYS_RESOURCE in the host's bounding set), ours stays and the soft limit
+    fits under it: never more than LIMITS, never an error."""
+    for kind, (soft, hard) in limits.items():
+        try:
+            resource.setrlimit(kind, (soft, hard))
+        except (ValueError, PermissionError):
+            hard = _smaller(hard, resource.getrlimit(kind)[1])
+            resource.setrlimit(kind, (_smaller(soft, hard), hard))
+
+
+def _smaller(a: int, b: int) -> int:
+    """The smaller of two rlimit values, where RLIM_INFINITY (-1 in Python) is the largest."""
+    if a == resource.RLIM_INFINITY:
+        return b
+    if b == resource.RLIM_INFINITY:
+        return a
+    return min(a, b)
+
+
 def _set_rlimit(kind: int, value: int) -> None:
     try:
         resource.setrlimit(kind, (value, value))
