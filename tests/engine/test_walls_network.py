@@ -357,6 +357,26 @@ def test_without_network_admin_the_guest_cannot_change_its_network(walls):
     assert http_get(IP4["wn-a"])[0] == 200
 
 
+def test_status_reads_a_bounded_number_of_a_guests_addresses(walls):
+    from vservers.engine import network
+
+    added = 500
+    script = (f"i=0; while [ $i -lt {added} ]; do ip addr add 198.18.$((200 + i / 250)).$((i % 250 + 1))/32 "
+              "dev eth0 || exit 1; i=$((i+1)); done")
+    try:
+        walls.run("wn-n", "/bin/sh", "-c", script)
+        # The control: the kernel holds them all.
+        held = walls.run("wn-n", "ip", "-4", "addr", "show", "dev", "eth0").stdout.count("inet ")
+        assert held == added + 1
+        ips = walls.engine.status("wn-n").ips
+        assert len(ips) == network.STATUS_ADDRESS_LIMIT
+        assert ips[0] == f"{IP4['wn-n']}/18"  # the engine's own comes first
+    finally:
+        walls.engine.restart("wn-n")  # a new namespace, with only the engine's addresses
+        wait_for_http(IP4["wn-n"])
+    assert sorted(walls.engine.status("wn-n").ips) == sorted([f"{IP4['wn-n']}/18", f"{IP6['wn-n']}/64"])
+
+
 def test_permanent_neighbour_entries_need_network_admin_and_what_they_cost(walls):
     refused = walls.run("wn-a", TOOL, "neigh", "eth0", "198.18.128.0", "100").stdout
     assert refused.startswith("added 0 error Operation not permitted"), refused

@@ -144,10 +144,11 @@ class Socket:
         except BlockingIOError:
             return None
 
-    def request(self, kind: int, flags: int, body: bytes) -> list[Message]:
+    def request(self, kind: int, flags: int, body: bytes, limit: int | None = None) -> list[Message]:
         """Send one request with the next sequence number; return every reply message up to
-        the acknowledgement or the end of a dump. A negative acknowledgement raises
-        NetlinkFailure."""
+        the acknowledgement or the end of a dump, or the first LIMIT of them (the rest of the
+        dump is left unread: answers to an old sequence number are skipped by later requests).
+        A negative acknowledgement raises NetlinkFailure."""
         self.sequence += 1
         self.send(message(kind, NLM_F_REQUEST | NLM_F_ACK | flags, self.sequence, body))
         replies: list[Message] = []
@@ -163,6 +164,8 @@ class Socket:
                 if msg.type == NLMSG_DONE:
                     return replies
                 replies.append(msg)  # a dump ends with DONE, a get with the ack
+                if limit is not None and len(replies) >= limit:
+                    return replies
 
     def acks(self, sequences: range) -> dict[int, int]:
         """The errno (0: done) the kernel answered each request numbered in SEQUENCES with,

@@ -580,8 +580,15 @@ def routed_via(address: str) -> str | None:
         return links[0].get("IFLA_IFNAME") if links else None
 
 
+# A guest with network admin may put any number of addresses on its eth0; status lists what
+# the kernel has, but no more than this many (IPv4 first, in the order they were added, so the
+# engine's own come first in each family), so a guest cannot make the worker read without end.
+STATUS_ADDRESS_LIMIT = 64
+
+
 def netns_addresses(netns_pid: int) -> list[str]:
-    """Addresses with prefix on eth0 in the namespace of NETNS_PID, link-local left out.
+    """Addresses with prefix on eth0 in the namespace of NETNS_PID, link-local left out, at
+    most STATUS_ADDRESS_LIMIT of them.
 
     For status: a process that has just exited (or has no eth0) has no addresses.
     """
@@ -592,7 +599,8 @@ def netns_addresses(netns_pid: int) -> list[str]:
                 eth0 = ns.link_index(GUEST_IF)
                 if eth0 is None:
                     return []
-                return [str(a.interface) for a in ns.addresses(eth0) if a.scope != RT_SCOPE_LINK]
+                found = ns.addresses(eth0, limit=STATUS_ADDRESS_LIMIT)
+                return [str(a.interface) for a in found if a.scope != RT_SCOPE_LINK]
     except _ProcessGone:
         return []
 

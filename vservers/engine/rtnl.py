@@ -114,9 +114,10 @@ class Socket(netlink.Socket):
         body += attr(RTA_GATEWAY, gateway.packed) + attr(RTA_OIF, u32(index))
         self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
 
-    def addresses(self, index: int | None = None) -> list[Address]:
+    def addresses(self, index: int | None = None, limit: int | None = None) -> list[Address]:
         """Every address (of interface INDEX if given: then the kernel dumps only that
-        interface's, where a plain dump has every bridge port's IPv6 link-local address)."""
+        interface's, where a plain dump has every bridge port's IPv6 link-local address), or
+        those of the dump's first LIMIT messages."""
         found = []
         if index is not None:
             try:
@@ -124,7 +125,7 @@ class Socket(netlink.Socket):
             except OSError:
                 pass  # an older kernel dumps everything; the loop below still filters
         request = _IFADDR.pack(0, 0, 0, 0, index or 0)
-        for msg in self.request(RTM_GETADDR, NLM_F_DUMP, request):
+        for msg in self.request(RTM_GETADDR, NLM_F_DUMP, request, limit):
             if msg.type != RTM_NEWADDR:
                 continue
             _family, prefixlen, _flags, scope, if_index = _IFADDR.unpack_from(msg.payload)
