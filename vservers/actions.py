@@ -33,6 +33,7 @@ from .models import (
     PoolExhausted,
     State,
     Template,
+    TemplateBuild,
     VirtualServer,
 )
 from .models.operations import QUEUE_DELAYED, SECRET_PARAMS
@@ -43,6 +44,9 @@ PENDING = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "vservers.jobs.run_operation"
+BUILD_FUNCTION = "vservers.jobs.run_template_build"
+# A Debian template's build downloads and unpacks a release: give it an hour.
+BUILD_TIMEOUT = 3600
 
 
 class ActionRefused(Exception):
@@ -558,6 +562,52 @@ def create_template(form, request=None) -> Template:
     template = form.save()
     AuditEntry.record(request, "template.create", template)
     return template
+
+
+def build_template(template: Template, user, request=None) -> list[TemplateBuild | str]:
+    """Build TEMPLATE on every active node (each node's worker builds its own copy, as
+    vserver template build would): a TemplateBuild row per node, queued on commit. A node
+    where a build of it is queued or running already keeps that one (the partial unique
+    constraint is the backstop against two requests at once). Returns per node the build, or
+    why none was queued."""
+    nodes = list(Node.objects.filter(is_active=True).order_by("name"))
+    if not nodes:
+        raise ActionRefused("there is no active node to build it on")
+    outcome: list[TemplateBuild | str] = []
+    for node in nodes:
+        try:
+            with transaction.atomic():
+                build = TemplateBuild.objects.create(template=template, node=node, requested_by=user)
+                _enqueue_build(build)
+                AuditEntry.record(request, "template.build", template, node=node.name)
+        except IntegrityError:
+            outcome.append(f"a build on {node.name} is queued or running already")
+        else:
+            outcome.append(build)
+    return outcome
+
+
+def _enqueue_build(build: TemplateBuild) -> None:
+    """Queue BUILD on its node once the transaction commits (the job carries only its id).
+    With the queue unreachable the build fails at once with a plain sentence: unlike an
+    operation it is not resent later, and a pending row would block the next try."""
+    build_id, queue_name = build.pk, build.node.queue_name
+
+    def push() -> None:
+        from .queues import get_queue
+
+        try:
+            job = get_queue(queue_name).enqueue(BUILD_FUNCTION, build_id, job_id=f"build-{build.uuid}",
+                                                job_timeout=BUILD_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - Redis down: say so on the row
+            log.warning("template build %s not queued: %s", build_id, exc)
+            TemplateBuild.objects.filter(pk=build_id, status=OperationStatus.QUEUED).update(
+                status=OperationStatus.FAILED, finished=timezone.now(),
+                error="the job queue cannot be reached right now; build it again later")
+            return
+        TemplateBuild.objects.filter(pk=build_id).update(job_id=job.id)
+
+    transaction.on_commit(push)
 
 
 def set_template_active(template: Template, active: bool, request=None) -> Template:

@@ -35,19 +35,22 @@ import signal
 import socket
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from django.db import close_old_connections, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from notifications import notify
 from notifications.models import Event
 
-from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest, procfs
+from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest, procfs, templates
 from .models import (
     FINISHED,
     GUEST_KINDS,
     TERMINAL,
+    BuiltTemplate,
     GuestAccount,
     IPPool,
     Operation,
@@ -57,6 +60,8 @@ from .models import (
     PoolExhausted,
     Service,
     State,
+    Template,
+    TemplateBuild,
     VirtualServer,
 )
 from .models.guest import store_listing
@@ -706,3 +711,69 @@ HANDLERS: dict[str, Callable[[Run], None]] = {
     OperationKind.SERVICE_RESTART: _service("restart"),
     OperationKind.REFRESH: _refresh,
 }
+
+
+# --- template builds ----------------------------------------------------------------------
+
+BUILD_FUNCTION = "vservers.jobs.run_template_build"
+
+
+def run_template_build(build_id: int) -> str:
+    """The job of a TemplateBuild (actions.build_template): claim the row, have the engine
+    build a new version of the template (it becomes the current one; servers keep the version
+    they were made from), and record the outcome and what is built now (record_templates)."""
+    close_old_connections()
+    try:
+        build = TemplateBuild.objects.select_related("template", "node").filter(pk=build_id).first()
+        if build is None or not build.claim(runner_id()):
+            return "skipped"
+        try:
+            info = templates.build(get_engine().config, build.template.name)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row, never lost
+            log.warning("build of template %s failed: %s", build.template.name, exc)
+            public = (str(exc) if isinstance(exc, NotFound) else
+                      f"The template {build.template.name} could not be built; see the details.")
+            build.finish(False, error=public, detail=f"{_message(exc)}\n{traceback.format_exc()}")
+            return "failed"
+        record_templates(build.node)
+        build.finish(True, output=f"Built {info.name} version {info.version} "
+                                  f"({info.size_bytes / 2**20:.1f} MB on disk).")
+        return "succeeded"
+    finally:
+        close_old_connections()
+
+
+def record_templates(node) -> int:
+    """Store what the engine of NODE (this worker's) has built of each template the panel
+    knows: its current version, when it was built and its size, or no row when it is not
+    built. Returns how many are built."""
+    config = get_engine().config
+    now = timezone.now()
+    built = 0
+    for template in Template.objects.all():
+        try:
+            info = templates.get(config, template.name)
+        except (NotFound, InvalidInput):
+            BuiltTemplate.objects.filter(template=template, node=node).delete()
+            continue
+        built += 1
+        BuiltTemplate.objects.update_or_create(template=template, node=node, defaults={
+            "version": info.version,
+            "built_at": datetime.fromtimestamp(info.built_at, UTC) if info.built_at else None,
+            "size_bytes": info.size_bytes,
+            "checked": now,
+        })
+    return built
+
+
+def fail_dead_builds(node) -> int:
+    """Fail the builds of NODE that a worker which died left running (a compare-and-swap on
+    status and runner, as Operation.interrupt), so that the template can be built again."""
+    failed = 0
+    for build in TemplateBuild.objects.filter(node=node, status=OperationStatus.RUNNING):
+        if runner_alive(build.runner) is False:
+            failed += TemplateBuild.objects.filter(pk=build.pk, status=OperationStatus.RUNNING,
+                                                   runner=build.runner).update(
+                status=OperationStatus.FAILED, finished=timezone.now(),
+                error="interrupted: the worker stopped while it built this template; build it again")
+    return failed

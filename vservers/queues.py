@@ -17,7 +17,11 @@ from django.conf import settings
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-ALLOWED_FUNCTIONS = frozenset({"vservers.jobs.run_operation", "vservers.reconcile.reconcile_node"})
+ALLOWED_FUNCTIONS = frozenset({
+    "vservers.jobs.run_operation",
+    "vservers.jobs.run_template_build",
+    "vservers.reconcile.reconcile_node",
+})
 
 
 class JobRefused(Exception):

@@ -41,7 +41,15 @@ from notifications.sender import send_due
 
 from .actions import enqueue, request_operation
 from .engine import EngineError, NotFound, Status
-from .jobs import finish_delete, get_engine, runner_alive, store_accounts, store_services
+from .jobs import (
+    fail_dead_builds,
+    finish_delete,
+    get_engine,
+    record_templates,
+    runner_alive,
+    store_accounts,
+    store_services,
+)
 from .models import (
     FINISHED,
     GUEST_KINDS,
@@ -175,6 +183,7 @@ class Reconciler:
 
     def run(self) -> str:
         self.fail_orphans()
+        self.templates()
         self.resend_lost()
         known = set(self.engine.names())
         busy = set(
@@ -202,6 +211,15 @@ class Reconciler:
         summary = ", ".join(f"{v} {k}" for k, v in self.counts.items())
         log.info("reconciled node %s: %s", self.node.name, summary)
         return summary
+
+    def templates(self) -> None:
+        """What this node has built of each template, for the Templates page (the web process
+        never reads the engine's files), and builds whose worker died, failed."""
+        try:
+            fail_dead_builds(self.node)
+            record_templates(self.node)
+        except Exception:  # noqa: BLE001 - the servers below matter more
+            log.exception("node %s: could not record its templates", self.node.name)
 
     def reconcile_server(self, server: VirtualServer, known: set[str], busy: bool) -> None:
         status: Status | None = None

@@ -32,6 +32,7 @@ urlpatterns = [
     path("plans/", views.plans, name="op_plans"),
     path("plans/<uuid:uuid>/", views.plan_edit, name="op_plan_edit"),
     path("templates/", views.templates, name="op_templates"),
+    path("templates/<slug:name>/build/", views.template_build, name="op_template_build"),
     path("templates/<slug:name>/toggle/", views.template_toggle, name="op_template_toggle"),
     path("pools/", views.pools, name="op_pools"),
     path("pools/<int:pk>/", views.pool_detail, name="op_pool_detail"),

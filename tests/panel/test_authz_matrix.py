@@ -76,6 +76,7 @@ OPERATOR_URL_NAMES = {
     "op_plan_edit",
     "op_templates",
     "op_template_toggle",
+    "op_template_build",
     "op_pools",
     "op_pool_detail",
     "op_nodes",

@@ -1,5 +1,6 @@
 """The panel's models, split by topic."""
 
+from .builds import BuiltTemplate, TemplateBuild
 from .catalog import Node, Plan, Template
 from .guest import GuestAccount, Service
 from .ipam import IPAddress, IPPool, PoolExhausted
@@ -8,6 +9,8 @@ from .servers import ON_NODE, TERMINAL, State, VirtualServer
 from .transitions import GUEST_KINDS, IN_PROGRESS, TRANSITIONS, OnFailure, OnInterrupt, Retry, Transition
 
 __all__ = [
+    "BuiltTemplate",
+    "TemplateBuild",
     "FINISHED",
     "GUEST_KINDS",
     "IN_PROGRESS",

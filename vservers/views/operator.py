@@ -17,7 +17,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -34,6 +34,7 @@ from ..actions import ActionRefused
 from ..capacity import Allocation, NodeCapacity, approval_warnings, node_capacities, request_amounts
 from ..models import (
     TERMINAL,
+    BuiltTemplate,
     IPAddress,
     IPPool,
     Node,
@@ -42,6 +43,7 @@ from ..models import (
     Plan,
     State,
     Template,
+    TemplateBuild,
     VirtualServer,
 )
 from ..operator_forms import (
@@ -577,10 +579,40 @@ def templates(request: HttpRequest) -> HttpResponse:
         template = actions.create_template(form, request=request)
         messages.success(request, f"Template {template.name} is added.")
         return redirect("op_templates")
-    listed = Template.objects.annotate(server_count=Count("servers", filter=Q(servers__state__in=LIVE_STATES)))
+    listed = list(
+        Template.objects.annotate(server_count=Count("servers", filter=Q(servers__state__in=LIVE_STATES)))
+        .prefetch_related(Prefetch("built", queryset=BuiltTemplate.objects.select_related("node")))
+    )
+    # The latest build of each template on each node (what the worker recorded on its row).
+    latest = TemplateBuild.objects.values("template_id", "node_id").annotate(last=Max("pk")).values("last")
+    builds: dict[int, list[TemplateBuild]] = {}
+    for build in TemplateBuild.objects.filter(pk__in=latest).select_related("node").order_by("node__name"):
+        builds.setdefault(build.template_id, []).append(build)
+    for template in listed:
+        template.last_builds = builds.get(template.pk, [])  # type: ignore[attr-defined]
     return render(request, "vservers/operator/templates.html", {
         "section": "templates", "templates": listed, "form": form,
     })
+
+
+@operator_required
+@require_POST
+def template_build(request: HttpRequest, name: str) -> HttpResponse:
+    """Build (or rebuild) a template on every active node, as a job of each node's worker
+    (actions.build_template); the Templates page shows how it went."""
+    template = get_object_or_404(Template, name=name)
+    try:
+        outcome = actions.build_template(template, request.user, request=request)
+    except ActionRefused as exc:
+        messages.error(request, f"Template {template.name} is not built: {exc}.")
+        return redirect("op_templates")
+    queued = [o.node.name for o in outcome if isinstance(o, TemplateBuild)]
+    refused = [o for o in outcome if isinstance(o, str)]
+    if queued:
+        messages.success(request, f"A build of {template.name} is queued on {', '.join(queued)}.")
+    if refused:
+        messages.info(request, f"{template.name}: {'; '.join(refused)}.")
+    return redirect("op_templates")
 
 
 @operator_required
