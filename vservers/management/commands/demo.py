@@ -18,6 +18,7 @@ the command twice changes nothing; --if-empty turns that refusal into a note (ex
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 
@@ -86,11 +87,19 @@ class Command(BaseCommand):
     def provision(self, world: dict) -> list[Operation]:
         operator, node = world["operator"], world["node"]
         operations = []
-        for server in world["servers"]:
-            if server.state == State.REQUESTED:
-                operations.append(approve(server, operator, node=node))
-            else:
-                operations.append(request_operation(server, OperationKind.PROVISION, operator))
+        # `make run` fills the demo before it starts Redis, so queueing fails for every server,
+        # and vservers.actions would warn once per operation; handle() says it once instead.
+        actions_log = logging.getLogger("vservers.actions")
+        level = actions_log.level
+        actions_log.setLevel(logging.ERROR)
+        try:
+            for server in world["servers"]:
+                if server.state == State.REQUESTED:
+                    operations.append(approve(server, operator, node=node))
+                else:
+                    operations.append(request_operation(server, OperationKind.PROVISION, operator))
+        finally:
+            actions_log.setLevel(level)
         return operations
 
 
