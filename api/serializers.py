@@ -199,7 +199,7 @@ class ServiceSerializer(serializers.Serializer):
     name = serializers.CharField()
     state = serializers.CharField()
     pid = serializers.IntegerField(allow_null=True)
-    seconds = serializers.IntegerField(allow_null=True)
+    seconds = serializers.IntegerField(source="seconds_now", allow_null=True)  # in its state, now
 
 
 class TenantSerializer(serializers.Serializer):

@@ -45,7 +45,7 @@ from django.utils import timezone
 from notifications import notify
 from notifications.models import Event
 
-from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, guest, procfs, templates
+from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, Usage, guest, procfs, templates
 from .models import (
     FINISHED,
     GUEST_KINDS,
@@ -504,7 +504,26 @@ def _stop(run: Run) -> None:
     run.engine.stop(run.name)
     run.checkpoint("after-engine")
     run.server.complete(run.operation.kind)
+    try:
+        usage = run.engine.status(run.name, with_addresses=False).usage
+    except EngineError:
+        usage = Usage(disk_used_bytes=run.server.disk_used_bytes)
+    guest_stopped(run.server, usage)
     run.note(f"Stopped {run.name}.")
+
+
+def guest_stopped(server: VirtualServer, usage: Usage) -> None:
+    """What the panel keeps of a server that no longer runs: its services are down (their
+    last listing would show them running, with pids, until the server ran again) and its
+    usage is USAGE, the kernel's for a stopped server (no memory, no processes), sampled
+    now (the reconciler's next sample may be a minute away)."""
+    now = timezone.now()
+    with transaction.atomic():
+        server.services.update(state="stopped", pid=None, seconds=0, since=now)
+        VirtualServer.objects.filter(pk=server.pk).update(
+            cpu_seconds=usage.cpu_seconds, memory_bytes=usage.memory_bytes, pids=usage.pids,
+            disk_used_bytes=usage.disk_used_bytes, sampled_at=now,
+        )
 
 
 def _restart(run: Run) -> None:

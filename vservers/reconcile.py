@@ -45,6 +45,7 @@ from .jobs import (
     fail_dead_builds,
     finish_delete,
     get_engine,
+    guest_stopped,
     record_templates,
     runner_alive,
     store_accounts,
@@ -240,6 +241,8 @@ class Reconciler:
         if server.state != before:
             self.counts["corrected"] += 1
             log.info("%s: %s -> %s (%s)", server, before, server.state, server.state_reason)
+            if server.state == State.STOPPED and status is not None:
+                guest_stopped(server, status.usage)  # it stopped by itself: nothing runs in it now
         if server.state == State.STOPPED and server.autostart and status is not None and self.wants_start(server):
             deaths = self.recent_deaths(server)
             if deaths >= CRASH_LIMIT:

@@ -23,6 +23,7 @@ from vservers.models import (
     VirtualServer,
 )
 from vservers.passwords import matches, sha512_crypt
+from vservers.reconcile import reconcile_node
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -71,10 +72,19 @@ def test_stop_start_restart_and_plan_change_follow_the_kernel(world, provision, 
     server = provision("web")
     name = server.engine_name
     first_init = world.engine.status(name).init_pid
+    reconcile_node(world.node.pk)  # a usage sample of the running server
+    server.refresh_from_db()
+    assert server.memory_bytes > 0 and server.pids > 0
+    assert Service.objects.get(server=server, name="httpd").pid is not None
 
     assert_ok(run(server, OperationKind.STOP, drain))
     assert server.state == State.STOPPED
     assert world.engine.status(name).state == "stopped"
+    # What the pages show of it follows at once: nothing runs in a stopped server (the last
+    # listing said httpd was running with its pid, the last sample that memory was in use).
+    server.refresh_from_db()
+    assert (server.memory_bytes, server.pids) == (0, 0) and server.disk_used_bytes > 0
+    assert list(Service.objects.filter(server=server).values_list("state", "pid").distinct()) == [("stopped", None)]
 
     assert_ok(run(server, OperationKind.START, drain))
     assert server.state == State.RUNNING

@@ -46,6 +46,9 @@ def test_a_dead_init_shows_stopped_and_only_autostart_servers_come_back(world, p
     manual.refresh_from_db()
     assert (auto.state, manual.state) == (State.STOPPED, State.STOPPED)
     assert manual.state_reason == "the server's init exited"
+    # Nothing runs in it any more, and its pages say so.
+    assert (manual.memory_bytes, manual.pids) == (0, 0)
+    assert set(manual.services.values_list("state", "pid")) == {("stopped", None)}
     assert starts_of(auto).get().status == OperationStatus.QUEUED
     assert not starts_of(manual).exists()
 

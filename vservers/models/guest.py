@@ -7,9 +7,11 @@ validators accept becomes a row; the rest is counted, and shown to operators esc
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import TypeVar
 
 from django.db import models, transaction
+from django.utils import timezone
 
 from vservers.engine import validate
 from vservers.engine.errors import InvalidInput
@@ -71,7 +73,11 @@ class Service(models.Model):
     name = models.CharField(max_length=64)
     state = models.CharField(max_length=20)
     pid = models.PositiveIntegerField(null=True, blank=True)
-    seconds = models.PositiveIntegerField(null=True, blank=True)
+    seconds = models.PositiveIntegerField(null=True, blank=True)  # in its state, when read
+    # When it entered its state: the read's time less `seconds`. Pages and the API count from
+    # here; `seconds` alone stays what it was at the read ("up for 0 s" minutes after a start,
+    # when the services were last read right after it).
+    since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -88,10 +94,19 @@ class Service(models.Model):
             return False
         return True
 
+    @property
+    def seconds_now(self) -> int | None:
+        """How long it has been in its state, now."""
+        if self.since is None:
+            return self.seconds
+        return max(0, int((timezone.now() - self.since).total_seconds()))
+
     @classmethod
     def from_guest(cls, server, service) -> Service:
+        seconds = _small(service.seconds)
+        since = timezone.now() - timedelta(seconds=seconds) if seconds is not None else None
         return cls(server=server, name=service.name, state=service.state[:20], pid=_small(service.pid),
-                   seconds=_small(service.seconds))
+                   seconds=seconds, since=since)
 
 
 class UnlistedEntries(models.Model):
