@@ -21,10 +21,10 @@ ETAG = "<etag>"
 # (key, label, user, url name, extra request headers)
 PAGES = [
     ("tenant_list", "tenant: server list (own 1/4 of the servers)", "alice", "server_list", {}),
-    ("tenant_rows", "tenant: rows fragment (htmx live poll)", "alice", "server_list_rows", {"HX-Request": "true"}),
+    ("tenant_poll", "tenant: server list, live poll (changed: the page)", "alice", "server_list", {"X-Live": "1"}),
     # The poll again with the ETag of its last answer, nothing changed meanwhile: a 304.
-    ("tenant_rows_304", "tenant: rows fragment, unchanged (If-None-Match → 304)", "alice", "server_list_rows",
-     {"HX-Request": "true", "If-None-Match": ETAG}),
+    ("tenant_poll_304", "tenant: server list, live poll, unchanged (If-None-Match → 304)", "alice", "server_list",
+     {"X-Live": "1", "If-None-Match": ETAG}),
     ("operator_all", "operator: /servers/ (every tenant's servers)", "operator", "server_list", {}),
     ("operator_servers", "operator: server list (50 per page)", "operator", "op_servers", {}),
     ("operator_operations", "operator: operations list (50 per page)", "operator", "op_operations", {}),
@@ -122,7 +122,7 @@ def rows_split(ctx, reps: int) -> dict | None:
     from vservers.views.tenant import server_rows  # the rows, not rendered
     out = {}
     for who, user in (("alice", ctx.alice), ("operator", ctx.operator)):
-        request = RequestFactory().get("/servers/rows/")
+        request = RequestFactory().get("/servers/")
         request.user = user
         build, render = [], []
         for _ in range(reps + 2):  # the first two warm up

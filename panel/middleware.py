@@ -8,9 +8,8 @@ style); a style cannot run code. A view that sets its own policy keeps it.
 
 Cache-Control: a response to a signed-in user that says nothing about caching gets
 "private, no-store", so a shared computer's browser cache or a proxy never keeps a tenant's
-page. A view that sets Cache-Control itself keeps it: the server list's rows
-(vservers.views.tenant.lists.server_list_rows) answer "private, no-cache" with an ETag, so the
-browser may keep the last answer and revalidate it (If-None-Match, 304) on every poll.
+page. A view that sets Cache-Control itself keeps it. Live pages (vservers/views/live.py) keep
+"private, no-store" too: their script keeps the ETag itself and asks with If-None-Match.
 """
 
 from __future__ import annotations

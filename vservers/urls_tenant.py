@@ -13,13 +13,10 @@ register_converter(GuestNameConverter, "guest")
 
 urlpatterns = [
     path("", tenant.server_list, name="server_list"),
-    path("rows/", tenant.server_list_rows, name="server_list_rows"),
     path("new/", tenant.server_request, name="server_request"),
     path("<uuid:uuid>/", tenant.server_detail, name="server_detail"),
     path("<uuid:uuid>/dismiss/", tenant.dismiss_rejected, name="server_dismiss"),
     path("<uuid:uuid>/cancel/", tenant.server_cancel, name="server_cancel"),
-    path("<uuid:uuid>/state/", tenant.server_state, name="server_state"),
-    path("<uuid:uuid>/operations/", tenant.server_operations, name="server_operations"),
     path("<uuid:uuid>/action/<slug:kind>/", tenant.server_action, name="server_action"),
     path("<uuid:uuid>/operations/<uuid:operation>/retry/", tenant.operation_retry, name="operation_retry"),
     path("<uuid:uuid>/plan/", tenant.plan_change, name="plan_change"),

@@ -87,6 +87,147 @@ document.addEventListener("submit", function (event) {
   });
   window.addEventListener("resize", soon);
   document.addEventListener("htmx:afterSettle", soon);
+  // A live page's refresh (below) may bring a wider table.
+  document.addEventListener("live:updated", soon);
+})();
+
+// -- Live pages (vservers/views/live.py) ---------------------------------------------------
+// A live page names its URL and the ETag of what it shows in <body data-live-url ...>. Every
+// few seconds it asks for itself again with If-None-Match: a 304 (nothing moved) costs the
+// server one small query and the page nothing. A new page is parsed, and each region marked
+// data-live (by id) is morphed in place with idiomorph: nodes that stay stay, so the focused
+// button keeps focus, the scroll position does not move, and an opened <details> stays open.
+// A region the user is typing in (a focused field, or a field changed and not yet sent) is
+// left alone until the next change after that. What changed among the elements marked
+// data-announce is said in the page's polite live region (#live-status).
+(function () {
+  var body = document.body;
+  var url = body.getAttribute("data-live-url");
+  if (!url || typeof Idiomorph === "undefined") {
+    return;
+  }
+  var etag = body.getAttribute("data-live-etag");
+  var seconds = Number(body.getAttribute("data-live-seconds")) || 3;
+  var FIELDS = "input, textarea, select";
+
+  function typingIn(region) {
+    var active = document.activeElement;
+    if (active && region.contains(active) && active.matches(FIELDS) &&
+        ["hidden", "submit", "button", "reset"].indexOf(active.type) < 0) {
+      return true;
+    }
+    var fields = region.querySelectorAll(FIELDS);
+    for (var i = 0; i < fields.length; i++) {
+      var field = fields[i];
+      if (field.type === "hidden") {
+        continue;
+      }
+      if (field.type === "checkbox" || field.type === "radio") {
+        if (field.checked !== field.defaultChecked) {
+          return true;
+        }
+      } else if (field.tagName === "SELECT") {
+        for (var j = 0; j < field.options.length; j++) {
+          if (field.options[j].selected !== field.options[j].defaultSelected) {
+            return true;
+          }
+        }
+      } else if (field.value !== field.defaultValue) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  function announcements() {
+    var said = {};
+    document.querySelectorAll("[data-live] [data-announce][id]").forEach(function (element) {
+      said[element.id] = element.getAttribute("data-announce");
+    });
+    return said;
+  }
+
+  function announce(text) {
+    var region = document.getElementById("live-status");
+    if (!region || !text) {
+      return;
+    }
+    // Emptied first, so that the same words said twice are heard twice.
+    region.textContent = "";
+    window.setTimeout(function () { region.textContent = text; }, 50);
+  }
+
+  // The user opens and closes <details>; the server's copy knows nothing of it.
+  function keepOpen(name, element) {
+    return !(name === "open" && element.tagName === "DETAILS");
+  }
+
+  function apply(html, newEtag) {
+    var fresh = new DOMParser().parseFromString(html, "text/html");
+    var before = announcements();
+    var complete = true;
+    document.querySelectorAll("[data-live][id]").forEach(function (region) {
+      var next = fresh.getElementById(region.id);
+      if (!next) {
+        return;
+      }
+      if (typingIn(region)) {
+        complete = false;
+        return;
+      }
+      Idiomorph.morph(region, next, {
+        morphStyle: "outerHTML",
+        ignoreActiveValue: true,
+        restoreFocus: true,
+        callbacks: { beforeAttributeUpdated: keepOpen },
+      });
+    });
+    // A region left alone is brought up to date by the next answer: keep asking with the old ETag.
+    if (complete && newEtag) {
+      etag = newEtag;
+    }
+    var after = announcements();
+    var changes = [];
+    Object.keys(after).forEach(function (id) {
+      if (id in before && before[id] !== after[id]) {
+        changes.push(after[id]);
+      }
+    });
+    announce(changes.join(". "));
+    document.dispatchEvent(new CustomEvent("live:updated", { detail: { complete: complete } }));
+  }
+
+  function poll() {
+    if (document.hidden) {
+      return Promise.resolve();  // a tab in the background asks again once it is shown
+    }
+    var headers = { "X-Live": "1" };
+    if (etag) {
+      headers["If-None-Match"] = etag;
+    }
+    return fetch(url, { headers: headers, cache: "no-store", credentials: "same-origin" }).then(function (response) {
+      if (response.status === 304) {
+        return;
+      }
+      var gone = response.headers.get("X-Live-Gone");
+      if (gone) {
+        window.location.assign(gone);  // the server was deleted: its list
+      } else if (response.redirected) {
+        window.location.assign(response.url);  // signed out: the login page, back here after
+      } else if (response.ok) {
+        var newEtag = response.headers.get("ETag");
+        return response.text().then(function (html) { apply(html, newEtag); });
+      }
+      // Anything else (a restart, a 502 from the proxy): keep the page, ask again later.
+    });
+  }
+
+  function loop() {
+    window.setTimeout(function () {
+      poll().catch(function () {}).then(loop);
+    }, seconds * 1000);
+  }
+  loop();
 })();
 
 // The operator's bulk form (data-bulk, servers.html): its one question names the action and

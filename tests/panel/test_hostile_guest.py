@@ -68,11 +68,11 @@ def _text(content: bytes) -> str:
 
 
 def _pages(client: Client, routes, values: dict) -> dict[str, bytes]:
-    """GET every URL of ROUTES, plainly and as htmx does; the bodies by URL. None may fail."""
+    """GET every URL of ROUTES, plainly and as a live page's poll does; the bodies by URL. None may fail."""
     pages = {}
     for route in routes:
         for url in route.urls(values):
-            for headers in ({}, {"HX-Request": "true", "HX-Current-URL": url}):
+            for headers in ({}, {"X-Live": "1"}):
                 response = client.get(url, headers=headers)
                 assert response.status_code < 500, f"GET {url} {headers}: {response.status_code}"
                 assert b"\xff" not in response.content, url
@@ -139,9 +139,8 @@ def test_hostile_names_in_a_real_guest_break_no_page(world, provision, drain):
 
     # 4. The tenant reads a sentence, and nothing of the names.
     detail = _text(alice.get(reverse("server_detail", args=[server.uuid])).content)
-    operations = reverse("server_operations", args=[server.uuid])
-    fragment = _text(alice.get(operations, headers={"HX-Request": "true"}).content)
-    for page in (detail, fragment):
+    poll = _text(alice.get(reverse("server_detail", args=[server.uuid]), headers={"X-Live": "1"}).content)
+    for page in (detail, poll):
         assert ACCOUNTS_SENTENCE in page and SERVICES_SENTENCE in page and BEYOND_SENTENCE in page
         assert "For operators" not in page
     for content in tenant_pages.values():

@@ -13,6 +13,8 @@ from accounts.models import Membership, Tenant
 from vservers.models import IPAddress, IPPool, Node, Operation, Plan, State, Template, VirtualServer
 
 pytestmark = pytest.mark.django_db
+# What panel.js sends with a live page's poll (vservers/views/live.py).
+POLL = {"X-Live": "1"}
 
 
 @pytest.fixture
@@ -41,7 +43,7 @@ def crowd(django_user_model):
 
 @pytest.mark.parametrize(
     "who, url_name",
-    [("alice", "server_list"), ("alice", "server_list_rows"), ("operator", "op_servers"),
+    [("alice", "server_list"), ("operator", "op_servers"),
      ("operator", "op_operations"), ("operator", "op_dashboard"), ("operator", "op_approvals"),
      ("operator", "op_audit")],
 )
@@ -82,17 +84,17 @@ def test_the_tenant_list_is_paged(client, crowd, django_assert_max_num_queries):
     assert _crowd_names(client.get(reverse("server_list"), {"page": "x"}).content) == seen[:PER_PAGE]
 
 
-def test_the_rows_fragment_polls_the_page_it_shows(client, crowd, django_assert_max_num_queries):
+def test_a_page_of_the_list_polls_itself(client, crowd, django_assert_max_num_queries):
     alice, _operator = crowd
     client.force_login(alice)
     page = client.get(reverse("server_list"), {"page": 3}).content.decode()
-    poll = re.search(r'hx-get="([^"]+)"', page)[1]
-    assert poll == reverse("server_list_rows") + "?page=3"
-    with django_assert_max_num_queries(8):
-        rows = client.get(poll, headers={"HX-Request": "true"})
+    poll = re.search(r'data-live-url="([^"]+)"', page)[1]
+    assert poll == reverse("server_list") + "?page=3"
+    with django_assert_max_num_queries(12):
+        rows = client.get(poll, headers=POLL)
     assert rows.status_code == 200
     assert _crowd_names(rows.content) == _crowd_names(page.encode())
-    assert 'hx-get="/servers/rows/?page=3"' in rows.content.decode()  # it polls the same page again
+    assert 'data-live-url="/servers/?page=3"' in rows.content.decode()  # it polls the same page again
     assert rows.content.count(b"<tr") == 51  # 50 rows and the head
 
 
@@ -110,32 +112,30 @@ def test_operators_get_the_list_paged_too(client, crowd, django_assert_max_num_q
 
 
 def test_an_unchanged_poll_is_a_304_after_one_query_of_its_own(client, crowd, django_assert_max_num_queries):
-    """The browser keeps the rows (private, no-cache) and asks with If-None-Match; while
-    nothing changed, the answer has no body and the view makes one query (the others are the
-    session's and the user's)."""
+    """panel.js asks with If-None-Match; while nothing changed, the answer has no body and
+    the view makes one query (the others are the session's, the user's and her role's)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     alice, _operator = crowd
     client.force_login(alice)
-    url, htmx = reverse("server_list_rows"), {"HX-Request": "true"}
-    first = client.get(url, headers=htmx)
+    url = reverse("server_list")
+    first = client.get(url, headers=POLL)
     etag = first["ETag"]
     assert first.status_code == 200 and etag
-    assert "private" in first["Cache-Control"] and "no-cache" in first["Cache-Control"]
     with CaptureQueriesContext(connection) as captured:
-        again = client.get(url, headers={**htmx, "If-None-Match": etag})
+        again = client.get(url, headers={**POLL, "If-None-Match": etag})
     assert again.status_code == 304 and again.content == b""
     assert again["ETag"] == etag
     ours = [q["sql"] for q in captured.captured_queries if "vservers_virtualserver" in q["sql"]]
     assert len(ours) == 1 and "LIMIT" not in ours[0]  # the aggregate, no rows
     assert len(captured.captured_queries) <= 5
     # Another page has another ETag.
-    assert client.get(url, {"page": 2}, headers={**htmx, "If-None-Match": etag}).status_code == 200
+    assert client.get(url, {"page": 2}, headers={**POLL, "If-None-Match": etag}).status_code == 200
 
 
 def _poll(client, etag):
-    return client.get(reverse("server_list_rows"), headers={"HX-Request": "true", "If-None-Match": etag})
+    return client.get(reverse("server_list"), headers={**POLL, "If-None-Match": etag})
 
 
 def test_a_poll_brings_what_changed(client, crowd):
@@ -145,7 +145,7 @@ def test_a_poll_brings_what_changed(client, crowd):
 
     alice, _operator = crowd
     client.force_login(alice)
-    etag = client.get(reverse("server_list_rows"), headers={"HX-Request": "true"})["ETag"]
+    etag = client.get(reverse("server_list"), headers=POLL)["ETag"]
     server = VirtualServer.objects.get(name="s0")
     pool, plan = IPPool.objects.get(), Plan.objects.get()
     larger = Plan.objects.create(name="larger", cpus="1", memory_mb=128, disk_mb=256, pids=128)
@@ -173,7 +173,7 @@ def test_a_poll_brings_what_changed(client, crowd):
 def test_a_poll_from_another_user_does_not_match(client, crowd, django_user_model):
     alice, _operator = crowd
     client.force_login(alice)
-    etag = client.get(reverse("server_list_rows"), headers={"HX-Request": "true"})["ETag"]
+    etag = client.get(reverse("server_list"), headers=POLL)["ETag"]
     carol = django_user_model.objects.create_user("carol", password="pw-carol-long")
     Membership.objects.create(user=carol, tenant=Tenant.objects.get(slug="t0"), role=Membership.READONLY)
     client.force_login(carol)

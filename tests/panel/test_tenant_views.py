@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 from decimal import Decimal
+from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -127,24 +128,25 @@ def messages_of(response) -> list[str]:
     return [str(m) for m in response.context["messages"]] if response.context else []
 
 
-HTMX = {"HTTP_HX_REQUEST": "true"}
+# What panel.js sends with a live page's poll (vservers/views/live.py).
+POLL = {"X-Live": "1"}
 
 
 # -- anonymous users ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", ["", "state/", "operations/"])
-def test_it_sends_anonymous_users_to_login(client, world, suffix):
-    response = client.get(url(world.web, suffix))
+@pytest.mark.parametrize("headers", [{}, POLL])
+def test_it_sends_anonymous_users_to_login(client, world, headers):
+    response = client.get(url(world.web), headers=headers)
     assert response.status_code == 302
     assert response["Location"].startswith(f"{LOGIN}?next=/servers/")
 
 
-@pytest.mark.parametrize("path", ["/servers/", "/servers/rows/", "/servers/new/"])
+@pytest.mark.parametrize("path", ["/servers/", "/servers/?page=2", "/servers/new/"])
 def test_it_sends_anonymous_users_to_login_from_list_pages(client, world, path):
     response = client.get(path)
     assert response.status_code == 302
-    assert response["Location"] == f"{LOGIN}?next={path}"
+    assert response["Location"] == f"{LOGIN}?next={quote(path, safe='/')}"
 
 
 @pytest.mark.parametrize(
@@ -159,9 +161,11 @@ def test_anonymous_posts_do_nothing(client, world, queued, suffix):
 
 
 def test_a_poll_after_the_session_ended_sends_the_page_to_login(client, world):
-    response = client.get("/servers/rows/", HTTP_HX_CURRENT_URL="http://testserver/servers/", **HTMX)
-    assert response.status_code == 401
-    assert response["HX-Redirect"] == f"{LOGIN}?next=%2Fservers%2F"
+    """A live page polls its own URL: the login redirect brings the user back to it (panel.js
+    follows a redirected poll)."""
+    response = client.get("/servers/", headers={**POLL, "If-None-Match": '"anything"'})
+    assert response.status_code == 302
+    assert response["Location"] == f"{LOGIN}?next=/servers/"
 
 
 # -- the list -------------------------------------------------------------------------------
@@ -177,17 +181,18 @@ def test_list_shows_only_own_servers(client, world):
     assert "db.globex.example" not in body
     assert url(world.db) not in body
     assert world.db.ip_list()[0] not in body
-    assert 'hx-get="/servers/rows/"' in body
-    assert 'hx-trigger="every 5s"' in body
+    # A live page: it polls itself, and its table is a region panel.js morphs in place.
+    assert 'data-live-url="/servers/"' in body and re.search(r'data-live-etag="&quot;\w{32}&quot;"', body)
+    assert '<div id="server-list" data-live>' in body
+    assert "hx-get" not in body and "hx-trigger" not in body
 
 
-def test_rows_fragment_shows_only_own_servers(client, world):
-    response = login(client, world.bob).get("/servers/rows/", **HTMX)
-    assert response.status_code == 200
+def test_a_poll_of_the_list_shows_only_own_servers(client, world):
+    response = login(client, world.bob).get("/servers/", headers=POLL)
+    assert response.status_code == 200 and response["ETag"]
     body = response.content.decode()
     assert url(world.db) in body
     assert url(world.web) not in body
-    assert "<html" not in body  # a fragment, not a page
 
 
 def test_list_shows_state_plan_template_and_usage(client, world):
@@ -239,12 +244,13 @@ def test_tenant_admins_get_no_operator_link(client, world):
 def test_pages_load_htmx_from_our_own_static_files_and_send_the_csrf_header(client, world):
     body = login(client, world.alice).get("/servers/").content.decode()
     assert '<script src="/static/vendor/htmx.min.js" defer></script>' in body
-    assert re.search(r"""<body hx-headers='\{"X-CSRFToken": "\w+"\}'>""", body)
+    assert '<script src="/static/vendor/idiomorph.min.js" defer></script>' in body
+    assert re.search(r"""<body hx-headers='\{"X-CSRFToken": "\w+"\}' data-live-url=""", body)
     # No script or style from elsewhere (attributes only: a random CSRF token may spell "cdn").
     assert not re.search(r"""(src|href)=["'][^"']*(//|unpkg|cdn)""", body, re.IGNORECASE)
 
 
-@pytest.mark.parametrize("path", ["/servers/", "/servers/rows/"])
+@pytest.mark.parametrize("path", ["/servers/", "/"])
 def test_list_queries_do_not_grow_with_the_number_of_servers(client, world, django_assert_max_num_queries, path):
     login(client, world.alice)
     for i in range(5):
@@ -401,9 +407,15 @@ def test_posts_to_another_tenants_server_are_not_found(client, world, queued, su
 
 
 def test_a_poll_for_a_server_that_is_gone_sends_the_page_to_the_list(client, world):
-    response = login(client, world.alice).get(url(world.db, "state/"), **HTMX)
+    login(client, world.alice)
+    page = client.get(url(world.web))
+    VirtualServer.objects.filter(pk=world.web.pk).update(state=State.DELETED)
+    response = client.get(url(world.web), headers={**POLL, "If-None-Match": page["ETag"]})
     assert response.status_code == 404
-    assert response["HX-Redirect"] == "/servers/"
+    assert response["X-Live-Gone"] == "/servers/"
+    # Another tenant's server is just as gone for her.
+    assert client.get(url(world.db), headers=POLL)["X-Live-Gone"] == "/servers/"
+    assert client.get(url(world.db)).status_code == 404  # not a poll: the 404 page
 
 
 def test_a_deleted_server_is_not_found(client, world):
@@ -424,7 +436,9 @@ def test_detail_shows_state_addresses_plan_usage_accounts_and_services(client, w
     body = response.content.decode()
     assert f"{world.web.ip_list()[0]}/18" in body
     assert 'class="badge state-running"' in body
-    assert f'hx-get="{url(world.web, "state/")}"' in body and 'hx-trigger="every 3s"' in body
+    assert f'data-live-url="{url(world.web)}"' in body
+    for region in ("server-state", "server-details", "accounts", "services", "operations"):
+        assert re.search(rf'<section class="card[\w ]*" id="{region}" data-live>', body), region
     assert "12.5 s" in body  # cpu seconds
     assert re.search(r'Processes</span>\s*<span class="meter-value">7 <span class="muted">/ 128</span>', body)
     assert "Measured just now." in body
@@ -446,33 +460,49 @@ def test_detail_shows_state_addresses_plan_usage_accounts_and_services(client, w
     assert f'action="{url(world.web, "services/sshd/start/")}"' not in body
 
 
-def test_state_fragment_shows_a_readable_error(client, world):
+def test_a_poll_brings_a_readable_error(client, world):
+    login(client, world.alice)
+    etag = client.get(url(world.web))["ETag"]
     world.web.fail("provisioning failed: no space left on device")
-    response = login(client, world.alice).get(url(world.web, "state/"), **HTMX)
+    response = client.get(url(world.web), headers={**POLL, "If-None-Match": etag})
     assert response.status_code == 200
     body = response.content.decode()
-    assert "<html" not in body
     assert 'class="badge state-error"' in body
+    assert 'data-announce="web is now error"' in body
     assert "no space left on device" in body
     assert f'action="{url(world.web, "action/start/")}"' in body  # a retry from error
 
 
-def test_operations_fragment_polls_only_while_an_operation_is_pending(client, world):
+def test_a_poll_follows_an_operation_and_the_lists_it_changes(client, world):
+    """Queued, started, finished: each moves the page's ETag, and so does the listing the
+    worker stores after it; between them a poll is a 304."""
     login(client, world.alice)
-    op = Operation.objects.create(server=world.web, kind=OperationKind.START, requested_by=world.alice)
-    body = client.get(url(world.web, "operations/"), **HTMX).content.decode()
-    assert 'hx-trigger="every 3s"' in body
-    assert 'hx-swap-oob="true"' not in body
+    etag = client.get(url(world.web))["ETag"]
 
+    def poll():
+        nonlocal etag
+        response = client.get(url(world.web), headers={**POLL, "If-None-Match": etag})
+        if response.status_code == 200:
+            assert response["ETag"] != etag
+            etag = response["ETag"]
+        return response
+
+    op = Operation.objects.create(server=world.web, kind=OperationKind.START, requested_by=world.alice)
+    assert 'data-announce="Start: queued"' in poll().content.decode()
+    assert poll().status_code == 304
     op.claim()
+    assert 'data-announce="Start: running"' in poll().content.decode()
     op.finish(False, output="step 1\n", error="engine: the template busybox is missing")
-    body = client.get(url(world.web, "operations/"), **HTMX).content.decode()
-    assert "hx-trigger" not in body
-    assert "the template busybox is missing" in body
-    assert "Failed" in body
-    # The answer that ends the polling refreshes accounts and services too.
-    assert body.count('hx-swap-oob="true"') == 2
-    assert "carol" in body and "sshd" in body
+    body = poll().content.decode()
+    assert "the template busybox is missing" in body and 'data-announce="Start: failed"' in body
+    assert poll().status_code == 304
+    Service.objects.filter(server=world.web).delete()
+    Service.objects.create(server=world.web, name="crond", state="running", pid=9, seconds=5)
+    body = poll().content.decode()
+    assert "crond" in body and "sshd" not in body
+    guest_account(world.web, "erin", 1005, "/home/erin", "/bin/sh")
+    assert "/home/erin" in poll().content.decode()
+    assert poll().status_code == 304
 
 
 def test_history_shows_the_last_twenty_operations(client, world):
@@ -844,3 +874,28 @@ def test_a_request_without_key_or_password_stores_none(client, world, queued):
     assert (server.root_ssh_key, server.root_password_hash) == ("", "")
     body = client.get("/servers/new/").content.decode()
     assert 'name="ssh_key"' in body and 'name="root_password"' in body
+
+
+def test_a_service_is_up_for_as_long_as_it_has_run_not_as_long_as_when_it_was_read(client, world):
+    """The worker reads the services right after a start, when httpd has run for 0 s; the
+    page and the API count from the moment it started (Service.since), not from that read."""
+    from datetime import timedelta
+
+    from vservers.engine.services import Service as Read
+
+    Service.objects.filter(server=world.web).delete()
+    read = Service.from_guest(world.web, Read(name="httpd", state="running", pid=6, seconds=0))
+    read.save()
+    assert abs((timezone.now() - read.since).total_seconds()) < 60
+    body = login(client, world.alice).get(url(world.web)).content.decode()
+    assert re.search(r">httpd</td>.*?<td>0 s</td>", body, re.DOTALL)
+    # Five minutes later, with no read in between:
+    Service.objects.filter(pk=read.pk).update(since=read.since - timedelta(minutes=5))
+    body = client.get(url(world.web)).content.decode()
+    assert re.search(r">httpd</td>.*?<td>5 min</td>", body, re.DOTALL)
+    assert Service.objects.get(pk=read.pk).seconds_now >= 300
+    # A stopped service has no uptime.
+    Service.objects.filter(pk=read.pk).update(state="stopped", pid=None)
+    body = client.get(url(world.web)).content.decode()
+    assert re.search(r">httpd</td>\s*<td><span class=\"badge service-stopped\">stopped</span></td>\s*"
+                     r"<td class=\"mono[\w -]*\">—</td>\s*<td>—</td>", body)

@@ -63,6 +63,7 @@ from ..operator_forms import (
     TemplateForm,
     TenantForm,
 )
+from .live import live_page, minute, operation_changes, server_changes
 
 PER_PAGE = 50
 LIVE_STATES = [s for s in State if s not in TERMINAL]
@@ -191,10 +192,35 @@ def _pools_with_usage(pools: QuerySet[IPPool]) -> list[PoolUsage]:
     return [PoolUsage(pool, pool.used) for pool in pools.select_related("node").annotate(used=Count("addresses"))]
 
 
+# -- live pages' fingerprints (views/live.py): what each shows that can move ----------------
+
+
+def _everything(request: HttpRequest) -> tuple:
+    """Every server and operation: the dashboard's counts, nodes and recent operations, and
+    the approvals (whose capacity figures depend on every server)."""
+    return (*VirtualServer.objects.all().fingerprint(), *operation_changes(Operation.objects.all()))
+
+
+def _servers_shown(request: HttpRequest) -> tuple:
+    return ServerFilterForm(request.GET or None).filter(VirtualServer.objects.all()).fingerprint()
+
+
+def _server_shown(request: HttpRequest, uuid) -> tuple:
+    found = server_changes(VirtualServer.objects.filter(uuid=uuid))
+    if found is None:
+        raise Http404("no such server")
+    return (*found, minute())
+
+
+def _operations_shown(request: HttpRequest) -> tuple:
+    return operation_changes(OperationFilterForm(request.GET or None).filter(Operation.objects.all()))
+
+
 # -- dashboard and approvals ---------------------------------------------------------------
 
 
 @operator_required
+@live_page(_everything)
 def dashboard(request: HttpRequest) -> HttpResponse:
     counts = VirtualServer.objects.aggregate(
         awaiting=Count("pk", filter=Q(state=State.REQUESTED)),
@@ -209,6 +235,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 @operator_required
+@live_page(_everything)
 def approvals(request: HttpRequest) -> HttpResponse:
     requested = (
         VirtualServer.objects.filter(state=State.REQUESTED)
@@ -327,6 +354,7 @@ def _filter_items(data) -> list[tuple[str, str]]:
 
 
 @operator_required
+@live_page(_servers_shown)
 def servers(request: HttpRequest) -> HttpResponse:
     form = ServerFilterForm(request.GET or None)
     found = form.filter(_server_listing())
@@ -371,6 +399,7 @@ def servers_bulk(request: HttpRequest) -> HttpResponse:
 
 
 @operator_required
+@live_page(_server_shown)
 def server_detail(request: HttpRequest, uuid) -> HttpResponse:
     server = _get_server(request, uuid)
     operations = server.operations.select_related("requested_by")[:PER_PAGE]
@@ -683,6 +712,7 @@ def node_edit(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @operator_required
+@live_page(_operations_shown)
 def operations(request: HttpRequest) -> HttpResponse:
     form = OperationFilterForm(request.GET or None)
     found = form.filter(Operation.objects.select_related("server__tenant", "requested_by").order_by("-created", "-pk"))

@@ -7,16 +7,8 @@ Views never touch the kernel: they record an Operation (vservers.actions) and re
 """
 
 from .guest import account_add, account_delete, account_key, account_password, service_action
-from .lists import PER_PAGE, dismiss_rejected, server_list, server_list_rows, server_request, server_rows
-from .servers import (
-    operation_retry,
-    plan_change,
-    server_action,
-    server_cancel,
-    server_detail,
-    server_operations,
-    server_state,
-)
+from .lists import PER_PAGE, dismiss_rejected, server_list, server_request, server_rows
+from .servers import operation_retry, plan_change, server_action, server_cancel, server_detail
 
 __all__ = [
     "PER_PAGE",
@@ -31,10 +23,7 @@ __all__ = [
     "server_cancel",
     "server_detail",
     "server_list",
-    "server_list_rows",
-    "server_operations",
     "server_request",
     "server_rows",
-    "server_state",
     "service_action",
 ]

@@ -1,9 +1,8 @@
-"""The server list (paged, polled with ETags) and the request for a new server."""
+"""The server list (paged, a live page) and the request for a new server."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from uuid import UUID
 
 from django.contrib import messages
@@ -13,16 +12,15 @@ from django.core.paginator import Page, Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import filesizeformat
-from django.template.loader import get_template
 from django.urls import reverse
-from django.utils.cache import get_conditional_response, patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
 from ... import access, actions
 from ...formatting import number
 from ...forms import ServerRequestForm
 from ...models import IPAddress, State, VirtualServer
-from .access import htmx_fragment, membership, no_tenant
+from ..live import live_page
+from .access import membership, no_tenant
 from .display import Meter, percent, quota_meters
 
 # The tenant's server list: rows per page, and how often an open page asks for them again.
@@ -64,6 +62,7 @@ def _row(values: dict, url_pattern: str, addresses: list[str], size) -> dict:
             })
     return {
         "url": url_pattern.replace(str(_NO_UUID), str(values["uuid"])),
+        "uuid": values["uuid"],
         "name": values["name"],
         "hostname": values["hostname"],
         "tenant": values["tenant__name"],
@@ -103,40 +102,19 @@ def server_rows(request: HttpRequest) -> list[dict]:
     return server_page(request)[1]
 
 
-@functools.cache
-def _rows_markup_version() -> str:
-    """Part of the rows' ETag: a deployment that changes their markup changes every ETag, so
-    no browser keeps rows of the old markup."""
-    digest = hashlib.sha256()
-    for name in ("vservers/tenant/_server_table.html", "vservers/tenant/_server_rows.html"):
-        # The backend's wrapper holds the engine's Template, which has the source.
-        digest.update(get_template(name).template.source.encode())  # type: ignore[attr-defined]
-    return digest.hexdigest()[:12]
-
-
-def _rows_etag(request: HttpRequest, can_request: bool) -> str:
-    """A validator of the rows fragment, from one aggregate query: whatever a row shows
-    changes a server's `updated` (every state change and plan change bumps it), its usage
-    sample (`sampled_at`) or its addresses, and servers coming and going change the count.
-    The user, their role and the page asked for are part of it too. Not covered: an operator
-    renaming a plan, template or tenant; the next full page load shows that."""
-    totals = _list_servers(request.user).fingerprint()
-    key = "|".join(
-        str(part)
-        for part in (
-            _rows_markup_version(), request.user.pk, request.user.is_staff, can_request, request.GET.get("page", ""),
-            PER_PAGE, *totals,
-        )
-    )
-    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
-
+def _list_fingerprint(request: HttpRequest) -> tuple:
+    """What the list shows that can move (live.live_page), from one aggregate query: every
+    row's state, plan change, usage sample and addresses, servers coming and going (which
+    moves the quota meters too), and the user's role."""
+    member = membership(request.user)
+    return (member.role if member else None, PER_PAGE, *_list_servers(request.user).fingerprint())
 
 
 @login_required
 @require_GET
+@live_page(_list_fingerprint)
 def server_list(request: HttpRequest) -> HttpResponse:
-    """The user's servers, PER_PAGE a page (operators: every tenant's). An open page asks
-    for its rows again every 5 s (server_list_rows)."""
+    """The user's servers, PER_PAGE a page (operators: every tenant's); a live page."""
     member = membership(request.user)
     if member is None and not request.user.is_staff:
         return no_tenant(request)
@@ -157,32 +135,6 @@ def server_list(request: HttpRequest) -> HttpResponse:
         "show_tenant": request.user.is_staff,  # operators see every tenant's servers
     }
     return render(request, "vservers/tenant/server_list.html", context)
-
-
-@htmx_fragment
-@require_GET
-def server_list_rows(request: HttpRequest) -> HttpResponse:
-    """The list's table (one page of it, ?page=N) for the page's poll. Answers carry an ETag
-    and "Cache-Control: private, no-cache": the browser keeps the last answer and asks with
-    If-None-Match, and while nothing has changed the answer is a bodiless 304 after one
-    query, with no rows built or rendered. The browser hands its kept copy to htmx as a
-    200, so the (unchanged) table is swapped in again."""
-    member = membership(request.user)
-    can_request = member is not None and member.can_act
-    etag = _rows_etag(request, can_request)
-    response = get_conditional_response(request, etag=etag)
-    if response is None:
-        page, rows = server_page(request)
-        context = {
-            "page": page,
-            "servers": rows,
-            "show_tenant": request.user.is_staff,  # operators see every tenant's servers
-            "can_request": can_request,
-        }
-        response = render(request, "vservers/tenant/_server_table.html", context)
-    response["ETag"] = etag
-    patch_cache_control(response, private=True, no_cache=True)
-    return response
 
 
 @login_required

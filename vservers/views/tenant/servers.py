@@ -1,53 +1,40 @@
-"""One server: its page, its live fragments, its actions and plan changes."""
+"""One server: its page (a live page), its actions and plan changes."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from ... import access, actions
+from ...access import servers_for
 from ...forms import PlanChangeForm
-from ...models import ON_NODE, OperationKind
-from .access import can_act, get_server_for_user, htmx_fragment
-from .detail import SERVER_ACTIONS, available_actions, guest_context, operation_history, queue_operation, render_detail
-from .display import usage
+from ...models import OperationKind
+from ..live import live_page, minute, server_changes
+from .access import get_server_for_user, membership
+from .detail import SERVER_ACTIONS, queue_operation, render_detail
+
+
+def _detail_fingerprint(request: HttpRequest, uuid) -> tuple:
+    """What the server's page shows that can move (live.server_changes, one query), the
+    user's role, and the minute (the page says how long ago things happened)."""
+    member = membership(request.user)
+    found = server_changes(servers_for(request.user).filter(uuid=uuid))
+    if found is None:
+        raise Http404("no such server")
+    return (member.role if member else None, *found, minute())
 
 
 @login_required
 @require_GET
+@live_page(_detail_fingerprint, gone=lambda request: reverse("server_list"))
 def server_detail(request: HttpRequest, uuid) -> HttpResponse:
+    """The server's page, a live page: its state, details, accounts, services and
+    operations follow the server."""
     return render_detail(request, get_server_for_user(request, uuid))
-
-
-@htmx_fragment
-@require_GET
-def server_state(request: HttpRequest, uuid) -> HttpResponse:
-    server = get_server_for_user(request, uuid)
-    context = {
-        "server": server,
-        "usage_meters": usage(server) if server.sampled_at else [],
-        "available": available_actions(server),
-        "can_act": can_act(request.user),
-        "on_node": server.state in ON_NODE,
-    }
-    return render(request, "vservers/tenant/_state.html", context)
-
-
-@htmx_fragment
-@require_GET
-def server_operations(request: HttpRequest, uuid) -> HttpResponse:
-    """The history; the fragment polls itself only while an operation is queued or running.
-    The answer that finds nothing pending also brings fresh accounts and services (out of
-    band), since the operation that just ended may have changed them."""
-    server = get_server_for_user(request, uuid)
-    operations, pending = operation_history(server)
-    context = {"server": server, "operations": operations, "operations_pending": pending, "can_act": False}
-    if not pending and request.headers.get("HX-Request") == "true":
-        context.update(guest_context(server), oob=True, can_act=can_act(request.user))
-    return render(request, "vservers/tenant/_operations.html", context)
 
 
 @login_required
