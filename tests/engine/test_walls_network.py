@@ -152,6 +152,13 @@ class Lab:
                 self.inside(role, "ip", "link", "set", "lo", "up")
                 self.inside(role, "ip", "addr", "add", f"{LAB4[role]}/24", "dev", "eth0")
                 self.inside(role, "ip", "link", "set", "eth0", "up")
+            # The kernel hands a port's carrier change to linkwatch, which may wait up to a
+            # second: until a port forwards, it learns nothing and the controls would fail.
+            deadline = time.monotonic() + 10
+            while not all(f"{port}" in line and "state forwarding" in line
+                          for port in self.ports.values() for line in [sh("bridge", "link", "show", "dev", port)]):
+                assert time.monotonic() < deadline, sh("bridge", "link", "show")
+                time.sleep(0.05)
         except BaseException:
             self.close()
             raise
