@@ -45,6 +45,8 @@ INSTALLED_APPS = [
     "api",
     # Mail to operators and tenants' admins through an outbox (notifications/).
     "notifications",
+    # A terminal into a server from the browser, through the node's console broker (consoles/).
+    "consoles",
 ]
 
 MIDDLEWARE = [
@@ -132,6 +134,12 @@ RQ = {
 }
 # How often each node's worker compares the database with the kernel (vservers.reconcile).
 PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30, low=5, high=3600)
+# The browser console (consoles/): the node's broker listens on this Unix socket (root, group of
+# the web process's user); a ticket is good for this many seconds, once; a session with no
+# keystroke for PANEL_CONSOLE_IDLE_SECONDS ends.
+PANEL_CONSOLE_SOCKET = Path(ENV.get("PANEL_CONSOLE_SOCKET", str(VAR_DIR / "run" / "console.sock")))
+PANEL_CONSOLE_TICKET_SECONDS = env.env_int(ENV, "PANEL_CONSOLE_TICKET_SECONDS", default=30, low=5, high=300)
+PANEL_CONSOLE_IDLE_SECONDS = env.env_int(ENV, "PANEL_CONSOLE_IDLE_SECONDS", default=900, low=10, high=86400)
 # How many operations a tenant's servers may have queued or running at once: each is a job for
 # a root worker, so a tenant must not be able to flood a node's queue.
 PANEL_MAX_PENDING_PER_TENANT = env.env_int(ENV, "PANEL_MAX_PENDING_PER_TENANT", default=20, low=1, high=10000)
