@@ -14,8 +14,10 @@ import pytest
 from tests import coldpath
 from tests.leaks import TEST_ENV, find_leaks
 
-# Session fixtures of tests/panel and tests/api, registered here once (tests/panel_fixtures.py).
-from tests.panel_fixtures import panel_engine, panel_redis  # noqa: F401
+# The panel's fixtures (a private Redis, the tests' engine installation, a world of rows, a
+# worker that drains the queues, a browser), registered once for every test directory: the
+# session-wide ones in tests/panel_fixtures.py, the others in tests/panel_world.py.
+pytest_plugins = ["tests.panel_fixtures", "tests.panel_world"]
 
 # One test session at a time per host: the sessions share their installations' names
 # (roots, bridges, addresses), so a second one waits here instead of tripping the first.

@@ -1,23 +1,10 @@
-"""Fixtures of the API's tests: the panel's (tests/panel/conftest.py: offline_world, world,
-drain, ...), and tokens made the way the token page makes them (api.actions.create)."""
+"""Fixtures of the API's tests: tokens made the way the token page makes them
+(api.actions.create). The panel's (offline_world, world, drain, ...) come from
+tests/panel_world.py, for every directory."""
 
 from __future__ import annotations
 
 import pytest
-
-from tests.panel.conftest import (  # noqa: F401 - fixtures, used by name
-    drain,
-    engine,
-    http,
-    make_server,
-    offline_plans,
-    offline_pool,
-    offline_world,
-    provision,
-    queued,
-    rq_redis,
-    world,
-)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import os
 
 import pytest
 
-from tests.panel.conftest import browser  # noqa: F401 - a fixture, used by name
 from vservers.models import State, VirtualServer
 
 PASSWORD = "a-long-test-password"
