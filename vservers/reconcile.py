@@ -41,6 +41,7 @@ from notifications.sender import send_due
 
 from .actions import enqueue, request_operation
 from .engine import EngineError, NotFound, Status
+from .engine.templates import remove_abandoned_builds
 from .jobs import (
     fail_dead_builds,
     finish_delete,
@@ -218,6 +219,9 @@ class Reconciler:
         never reads the engine's files), and builds whose worker died, failed."""
         try:
             fail_dead_builds(self.node)
+            for path in remove_abandoned_builds(self.engine.config):
+                log.warning("node %s: removed %s, left by a template build whose process died",
+                            self.node.name, path)
             record_templates(self.node)
         except Exception:  # noqa: BLE001 - the servers below matter more
             log.exception("node %s: could not record its templates", self.node.name)

@@ -43,3 +43,55 @@ def locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# A work directory (a template's staging, busybox's compile tree) is claimed with an flock on
+# the directory itself for as long as its builder lives: the kernel drops the lock when the
+# process dies, however it dies (SIGKILL, OOM), so whoever looks later can tell a build in
+# progress from the remains of a dead one. The age check covers the moment between mkdir and
+# flock, when a new directory is not claimed yet.
+_CLAIMED: dict[str, int] = {}
+ABANDONED_AFTER = 60.0
+
+
+def claim(directory: Path) -> None:
+    """Hold DIRECTORY as in use by this process until release()."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _CLAIMED[str(directory)] = fd
+
+
+def release(directory: Path) -> None:
+    """Let go of DIRECTORY (claimed by this process, under this or its final name)."""
+    fd = _CLAIMED.pop(str(directory), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_abandoned(parent: Path, prefix: str, now: float | None = None) -> list[Path]:
+    """Remove the directories PARENT/PREFIX* that no living process holds (claim()) and that
+    are older than ABANDONED_AFTER seconds; returns them."""
+    import shutil
+    import time
+
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for entry in sorted(parent.glob(prefix + "*")):
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a directory (or a link): not one of ours
+        try:
+            if now - os.fstat(fd).st_mtime < ABANDONED_AFTER:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its builder is alive
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        finally:
+            os.close(fd)
+    return removed

@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import validate
 from ..config import EngineConfig
 from ..errors import NotFound
-from ..state import locked, read_json, write_json
+from ..state import claim, locked, read_json, release, remove_abandoned, write_json
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ def new_version(config: EngineConfig, name: str) -> tuple[str, Path]:
                 break
             except FileExistsError:
                 continue
+    claim(staging)
     (staging / "rootfs").mkdir()
     return version, staging
 
@@ -116,6 +117,7 @@ def publish(config: EngineConfig, staging: Path, info: TemplateInfo) -> Template
     with locked(base / ".lock"):
         final = base / info.version
         os.rename(staging, final)
+        release(staging)
         tmp_link = base / f".current.{os.getpid()}"
         if tmp_link.is_symlink():
             tmp_link.unlink()
@@ -126,6 +128,18 @@ def publish(config: EngineConfig, staging: Path, info: TemplateInfo) -> Template
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+    release(staging)
+
+
+def remove_abandoned_builds(config: EngineConfig) -> list[Path]:
+    """The staging directories of builds whose process died (a worker killed mid-build):
+    removed, so they do not hold disk space for ever. Builds in progress are left alone."""
+    removed: list[Path] = []
+    if config.templates_dir.is_dir():
+        for base in sorted(config.templates_dir.iterdir()):
+            if base.is_dir() and not base.is_symlink():
+                removed += remove_abandoned(base, ".build-")
+    return removed
 
 
 def build(config: EngineConfig, name: str) -> TemplateInfo:

@@ -43,7 +43,7 @@ from pathlib import Path
 from .. import archive
 from ..config import EngineConfig
 from ..errors import EngineError
-from ..state import locked
+from ..state import claim, locked, release, remove_abandoned
 from . import TemplateInfo, discard, new_version, publish
 from .guestfiles import make_dirs, write_file, write_service
 
@@ -279,7 +279,9 @@ def _compile(tarball: Path, cache: Path, key: str) -> Path:
     _check_build_tools()
     settings = _parse_fragment(CONFIG_FRAGMENT)
     log_path = cache / f"build-{key}.log"
+    remove_abandoned(cache, ".build-")  # the trees of compiles whose process was killed
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+    claim(work)
     started = time.monotonic()
     try:
         try:
@@ -327,6 +329,7 @@ def _compile(tarball: Path, cache: Path, key: str) -> Path:
         return target
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        release(work)
 
 
 def ensure_binary(config: EngineConfig) -> Path:
