@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from vservers.models import Operation, OperationKind, State, VirtualServer
+from vservers.models import BuiltTemplate, Operation, OperationKind, State, TemplateBuild, VirtualServer
 
 POLL = {"X-Live": "1"}
 # Queries of a 304, all in: the session, the user, whether the user has a second factor
@@ -60,6 +60,19 @@ def _sample(world):
     VirtualServer.objects.filter(pk=world.web.pk).update(memory_bytes=96 << 20, sampled_at=timezone.now())
 
 
+def _build(world):
+    """A build of the busybox template, queued earlier on the node, finishes."""
+    build = TemplateBuild.objects.create(template=world.busybox, node=world.node, requested_by=world.operator)
+    assert build.claim("test")
+    build.finish(True, output="built version 1")
+
+
+def _built(world):
+    """The node's worker finds a new version built."""
+    BuiltTemplate.objects.create(template=world.busybox, node=world.node, version="20261206-1",
+                                 built_at=timezone.now(), size_bytes=3 << 20, checked=timezone.now())
+
+
 # (who, URL of the page, a change, a sign of it in the new page)
 PAGES = {
     "tenant list": ("alice", lambda w: reverse("server_list"), _stop, r"state-stopped"),
@@ -74,6 +87,10 @@ PAGES = {
     "server": ("operator", lambda w: reverse("op_server_detail", args=[w.web.uuid]), _finish,
                r'data-announce="Restart of web: succeeded"'),
     "operations": ("operator", lambda w: reverse("op_operations"), _finish, r"status-succeeded"),
+    "templates": ("operator", lambda w: reverse("op_templates"), _build,
+                  r'data-announce="Build of busybox on local: succeeded"'),
+    "templates, built": ("operator", lambda w: reverse("op_templates"), _built,
+                         r'version <span class="mono">20261206-1'),
 }
 
 

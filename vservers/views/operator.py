@@ -212,6 +212,19 @@ def _server_shown(request: HttpRequest, uuid) -> tuple:
     return (*found, minute())
 
 
+def _templates_shown(request: HttpRequest) -> tuple:
+    """The Templates page: the builds (queued, started, finished), and from one more query the
+    templates (added, toggled), what the nodes have built (a new version moves built_at) and
+    how many live servers use them. Counts are distinct: the two joins multiply the rows."""
+    catalog = Template.objects.order_by().aggregate(
+        n=Count("pk", distinct=True), last=Max("pk"),
+        active=Count("pk", filter=Q(is_active=True), distinct=True),
+        n_built=Count("built", distinct=True), last_built=Max("built__built_at"),
+        servers=Count("servers", filter=Q(servers__state__in=LIVE_STATES), distinct=True),
+    )
+    return (*operation_changes(TemplateBuild.objects.all()), *catalog.values())
+
+
 def _operations_shown(request: HttpRequest) -> tuple:
     return operation_changes(OperationFilterForm(request.GET or None).filter(Operation.objects.all()))
 
@@ -602,6 +615,7 @@ def plan_edit(request: HttpRequest, uuid) -> HttpResponse:
 
 @operator_required
 @require_http_methods(["GET", "POST"])
+@live_page(_templates_shown)
 def templates(request: HttpRequest) -> HttpResponse:
     form = TemplateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
