@@ -16,10 +16,11 @@ class Event(models.TextChoices):
     REJECTED = "rejected", "A server request rejected"
     READY = "ready", "A server ready"
     STOPPED = "stopped", "A server stopped unexpectedly"
+    ALERT = "alert", "An alert threshold of a server crossed"
 
 
 OPERATOR_EVENTS = (Event.REQUEST, Event.PLAN_CHANGE)
-TENANT_EVENTS = (Event.APPROVED, Event.REJECTED, Event.READY, Event.STOPPED)
+TENANT_EVENTS = (Event.APPROVED, Event.REJECTED, Event.READY, Event.STOPPED, Event.ALERT)
 
 
 class MailStatus(models.TextChoices):

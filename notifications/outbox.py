@@ -122,6 +122,41 @@ def _stopped(server, context: dict) -> tuple[str, str]:
     )
 
 
+def _percent(value: object) -> str:
+    return f"{float(value):.0f} %" if isinstance(value, (int, float)) else "?"
+
+
+def _alert(server, context: dict) -> tuple[str, str]:
+    """An alert episode began (alerts.evaluate): CONTEXT has `alert` (disk, memory or
+    unreachable), `threshold`, `minutes`, `value` and `last_sample`."""
+    name, kind = clean_line(server.name), context.get("alert")
+    threshold, minutes = context.get("threshold"), context.get("minutes")
+    if kind == "disk":
+        subject = f"Alert: the disk of {name} is {_percent(context.get('value'))} full"
+        what = (f"The disk of your server {_who(server)} is {_percent(context.get('value'))} full "
+                f"(of the {server.plan.disk_mb} MB of its plan): at or above your alert threshold of {threshold} %.")
+        again = f"the disk has been below {_percent(context.get('clears_below'))} again"
+    elif kind == "memory":
+        subject = f"Alert: {name} uses {_percent(context.get('value'))} of its memory"
+        what = (f"Your server {_who(server)} has used at least {threshold} % of the {server.plan.memory_mb} MB "
+                f"memory of its plan for {minutes} minutes; now {_percent(context.get('value'))}. "
+                "Memory counts the page cache of the server's own files too.")
+        again = f"its memory use has been below {_percent(context.get('clears_below'))} again"
+    else:
+        last = context.get("last_sample")
+        seen = f"{last:%Y-%m-%d %H:%M} UTC" if last else "never"
+        subject = f"Alert: {name} is unreachable"
+        what = (f"Your server {_who(server)} should be running, but for {minutes} minutes it has not been: "
+                f"its init is not running, or its node has sent no usage sample of it (last sample: {seen}).")
+        again = "it has been seen running again"
+    return subject, (
+        f"{what}\n"
+        f"This is one mail for this episode: you get the next one only after {again} and the alert fires anew.\n"
+        "Change or switch off this alert on the server's page in the panel, or turn alert mail off in your "
+        "mail settings."
+    )
+
+
 MESSAGES: dict[str, Callable[[object, dict], tuple[str, str]]] = {
     Event.REQUEST: _request,
     Event.PLAN_CHANGE: _plan_change,
@@ -129,6 +164,7 @@ MESSAGES: dict[str, Callable[[object, dict], tuple[str, str]]] = {
     Event.REJECTED: _rejected,
     Event.READY: _ready,
     Event.STOPPED: _stopped,
+    Event.ALERT: _alert,
 }
 
 
@@ -136,7 +172,7 @@ def notify(event: str, server, **context) -> int:
     """Write EVENT's mail about SERVER into the outbox, one row per recipient; returns how
     many. Call it inside the transaction that makes the event happen: the rows commit or roll
     back with it. CONTEXT: `user` (who asked) for REQUEST, `plan` (the new one) for
-    PLAN_CHANGE, `reason` for REJECTED."""
+    PLAN_CHANGE, `reason` for REJECTED, the alert's figures for ALERT (_alert)."""
     if event == Event.STOPPED and OutboxMail.objects.filter(
         event=event, server=server, created__gte=timezone.now() - STOPPED_QUIET
     ).exists():

@@ -36,6 +36,7 @@ LABELS = {
     Event.REJECTED: "a server request is rejected, with the reason",
     Event.READY: "a server is ready, with its address",
     Event.STOPPED: "a server stopped unexpectedly",
+    Event.ALERT: "a server crosses an alert threshold set on its page (once per episode)",
 }
 
 

@@ -44,12 +44,13 @@ def test_a_tenant_admin_chooses_among_the_tenant_kinds_and_opting_out_stops_the_
 
     page = client.get(URL)
     assert page.status_code == 200
-    assert checkboxes(page) == {"approved": True, "rejected": True, "ready": True, "stopped": True}
+    assert checkboxes(page) == {"approved": True, "rejected": True, "ready": True, "stopped": True, "alert": True}
 
-    response = client.post(URL, {"approved": "on", "ready": "on"})  # rejected and stopped off
+    response = client.post(URL, {"approved": "on", "ready": "on", "alert": "on"})  # rejected and stopped off
     assert response.status_code == 302 and response["Location"] == URL
     assert set(OptOut.objects.filter(user=w.alice).values_list("event", flat=True)) == {"rejected", "stopped"}
-    assert checkboxes(client.get(URL)) == {"approved": True, "rejected": False, "ready": True, "stopped": False}
+    assert checkboxes(client.get(URL)) == {"approved": True, "rejected": False, "ready": True, "stopped": False,
+                                           "alert": True}
 
     request = actions.request_server(w.acme, w.alice, name="web", hostname="web.example.test", plan=w.small,
                                      template=w.busybox)
@@ -58,7 +59,7 @@ def test_a_tenant_admin_chooses_among_the_tenant_kinds_and_opting_out_stops_the_
 
     assert not OutboxMail.objects.filter(event=Event.REJECTED).exists()
 
-    client.post(URL, {"approved": "on", "ready": "on", "rejected": "on", "stopped": "on"})
+    client.post(URL, {"approved": "on", "ready": "on", "rejected": "on", "stopped": "on", "alert": "on"})
     assert not OptOut.objects.filter(user=w.alice).exists()
 
 
