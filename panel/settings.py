@@ -47,6 +47,8 @@ INSTALLED_APPS = [
     "notifications",
     # A terminal into a server from the browser, through the node's console broker (consoles/).
     "consoles",
+    # Per-server alert thresholds, one mail per episode through the outbox (alerts/).
+    "alerts",
 ]
 
 MIDDLEWARE = [

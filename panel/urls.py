@@ -15,6 +15,8 @@ urlpatterns = [
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), http_method_names=["get", "head"]),
          name="favicon"),
     path("", include("vservers.urls")),
+    # A server's Alerts form, tenant's and operator's (alerts/), beside the server pages.
+    path("", include("alerts.urls")),
     # API tokens: the user's own page (api.pages), beside the password change.
     path("accounts/tokens/", include("api.urls_pages")),
     # The user's own mail settings (notifications.views), beside the password and tokens.
