@@ -52,7 +52,12 @@ def rules(server, **kinds) -> None:
     """rules(server, disk=90, memory=(95, 5), unreachable=5): switch those on."""
     wanted = {}
     for kind, value in kinds.items():
-        threshold, minutes = (value, None) if kind == Kind.DISK else (None, value) if kind == Kind.UNREACHABLE else value
+        if kind == Kind.DISK:
+            threshold, minutes = value, None
+        elif kind == Kind.UNREACHABLE:
+            threshold, minutes = None, value
+        else:
+            threshold, minutes = value
         wanted[kind] = {"enabled": True, "threshold": threshold, "minutes": minutes}
     save_rules(server, wanted)
 
