@@ -248,7 +248,7 @@ def cmd_enter(args) -> int:
 
     engine = _engine()
     name = validate.server_name(args.name)
-    return interactive(engine.init_pid(name), ["/bin/sh", "-l"], engine.cgroup_procs(name))
+    return interactive(engine.init_pid(name), engine.cgroup_procs(name), account=args.user)
 
 
 def _read_password(prompt: str) -> str:
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     exe.set_defaults(func=cmd_exec)
     enter = verbs.add_parser("enter", help="interactive shell inside a server")
     enter.add_argument("name")
+    enter.add_argument("--user", default="root", help="the guest account to log in as (default root)")
     enter.set_defaults(func=cmd_enter)
 
     account = verbs.add_parser("account", help="accounts inside a server")

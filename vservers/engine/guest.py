@@ -37,6 +37,17 @@ NAMESPACES = ("user", "mnt", "uts", "ipc", "net", "cgroup", "pid")
 
 
 @dataclass(frozen=True)
+class Identity:
+    """Whom a program runs as in the guest: ids as the guest's own files give them (its user
+    namespace maps them), and the directory it starts in ("/" if it cannot enter it)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+@dataclass(frozen=True)
 class Completed:
     returncode: int
     stdout: str
@@ -130,6 +141,8 @@ def spawn(
     env: dict[str, str] | None = None,
     pty_socket: int | None = None,
     deadline: float | None = None,
+    pid_namespace: bool = False,
+    identity: Identity | None = None,
 ) -> Helper:
     """Start ARGV inside the VPS whose init is INIT_PID; returns its host-side Helper, whose
     wait() gives the program's exit status.
@@ -141,6 +154,14 @@ def spawn(
     guest, whose root may SIGSTOP it there; if it has not exec'd by DEADLINE (a
     time.monotonic() value; default START_TIMEOUT from now), it and the helper are killed
     and reaped, and EngineError says so.
+
+    With PID_NAMESPACE, the program is PID 1 of a PID namespace of its own inside the guest's,
+    so that when it ends (or is killed) the kernel kills everything it started, including what
+    ignores SIGHUP or left its session with setsid (a console's `nohup cmd &`). A process of
+    ours in the guest's namespace is its parent (a PID namespace applies to the children of
+    whoever made it); it ends the program when the engine cancels or dies, and exits once the
+    namespace is empty, so that the helper's exit means the whole session is gone.
+    With IDENTITY, the program runs as that account of the guest instead of its root.
     """
     import time
 
@@ -185,12 +206,15 @@ def spawn(
                 # unless it is killed. A helper that died before this line closed go_w.
                 syscalls.prctl(PR_SET_PDEATHSIG, 9)
                 # Visible in the guest from here on: hold no handle of the host's (namespace
-                # and cgroup files) even for the moment until exec.
-                for fd in (go_w, cancel_r, *ns_fds, *procs_fds):
+                # and cgroup files) even for the moment until exec. The cancel pipe is only a
+                # pipe: a session's parent in the guest keeps it to learn of the engine's end.
+                for fd in (go_w, *([] if pid_namespace else [cancel_r]), *ns_fds, *procs_fds):
                     os.close(fd)
                 if os.read(go_r, 1) != b"g":  # wait until we are in the server's cgroups
                     os._exit(127)  # the helper is gone
-                _exec_child(argv, environment, error_w, pty_socket, bounding)
+                os.close(go_r)
+                _exec_child(argv, environment, error_w, pty_socket, bounding,
+                            session=cancel_r if pid_namespace else None, identity=identity)
             os.close(go_r)
             program = os.pidfd_open(child)  # our own unreaped child: it cannot be another's pid
             for fd in procs_fds:
@@ -204,7 +228,9 @@ def spawn(
             error_w = -1
             # The program's end, or the engine giving up (its end of the cancel pipe closed).
             ready = _readable([program, cancel_r], None)
-            if program not in ready:
+            # A session's parent in the guest ends it itself and exits once its namespace is
+            # empty (it saw the cancel too); it is killed only if it does not.
+            if program not in ready and not (pid_namespace and _readable([program], SESSION_GRACE)):
                 os.kill(child, 9)
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
@@ -288,17 +314,31 @@ def _open_fds() -> list[int]:
     return [int(name) for name in os.listdir("/proc/self/fd")]
 
 
-def _exec_child(argv, environment, error_w: int, pty_socket: int | None, bounding: int) -> None:
-    """In the guest (its namespaces, root and cgroups): set up stdio and exec."""
+def _exec_child(argv, environment, error_w: int, pty_socket: int | None, bounding: int,
+                session: int | None = None, identity: Identity | None = None) -> None:
+    """In the guest (its namespaces, root and cgroups): set up stdio and exec. With SESSION
+    (the read end of the engine's cancel pipe), in a PID namespace of its own (_nest)."""
     try:
+        if session is not None:
+            _nest(session, error_w, pty_socket)
         if pty_socket is not None:
-            _take_guest_terminal(pty_socket)
+            _take_guest_terminal(pty_socket, None if identity is None else identity.uid)
         os.closerange(3, error_w)
         os.closerange(error_w + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir("/")
-        # The same confinement as the guest's init (see launch.py), last before exec.
+        # The same confinement as the guest's init (see launch.py), last before exec. The
+        # filter goes on while we are still root: without no_new_privs (see seccomp.py)
+        # installing it needs CAP_SYS_ADMIN, which an account's uid does not have.
         capabilities.drop(bounding)
         seccomp.install()
+        if identity is not None:
+            os.setgroups(list(identity.groups))
+            os.setresgid(identity.gid, identity.gid, identity.gid)
+            os.setresuid(identity.uid, identity.uid, identity.uid)  # clears every capability
+            try:
+                os.chdir(identity.home)  # as the account: a home it may not enter leaves it at /
+            except OSError:
+                pass
         os.execvpe(argv[0], list(argv), environment)
     except BaseException as exc:  # noqa: BLE001
         try:
@@ -308,11 +348,66 @@ def _exec_child(argv, environment, error_w: int, pty_socket: int | None, boundin
         os._exit(127)
 
 
+# How long a session's parent in the guest may take to empty its PID namespace and exit, once
+# the engine has cancelled, before the helper kills it (its program then dies of PDEATHSIG).
+SESSION_GRACE = 2.0
+
+
+def _close_all_but(keep: Sequence[int]) -> None:
+    """Close every fd above 2 but KEEP, without listing /proc/self/fd: inside the guest, /proc
+    is the guest's to mount over."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _nest(cancel_r: int, error_w: int, pty_socket: int | None) -> None:
+    """Make a PID namespace inside the guest's and fork its PID 1, which returns from here to
+    exec the program. This process stays as its parent, holding no fd but two pipes, until the
+    program ends (the kernel then kills the rest of the namespace before the program can be
+    reaped) or CANCEL_R reaches its end (the engine cancelled or died: it kills the program,
+    with the same effect), and exits with the program's status.
+
+    The program dies with this process (PDEATHSIG), so killing it, as the helper does when it
+    is not gone in time and as the guest's root may, ends the session too."""
+    syscalls.unshare(syscalls.CLONE_NEWPID)  # needs CAP_SYS_ADMIN in the guest's namespace: before any drop
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        syscalls.prctl(PR_SET_PDEATHSIG, 9)
+        os.close(alive_w)
+        os.close(cancel_r)
+        if _readable([alive_r], 0):  # our parent died before PDEATHSIG was armed
+            os._exit(127)
+        os.close(alive_r)
+        return
+    code = 127
+    try:
+        os.close(alive_r)
+        # The program holds its own copies until exec; with ours closed, the engine learns of
+        # its exec (or its error) from the program alone.
+        os.close(error_w)
+        if pty_socket is not None:
+            os.close(pty_socket)
+        program = os.pidfd_open(pid)
+        _close_all_but([cancel_r, alive_w, program])
+        if program not in _readable([program, cancel_r], None):
+            os.kill(pid, 9)
+        _, status = os.waitpid(pid, 0)  # returns once the namespace is empty
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+    finally:
+        os._exit(code)
+
+
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
 
 
-def _take_guest_terminal(pty_socket: int) -> None:
+def _take_guest_terminal(pty_socket: int, owner: int | None = None) -> None:
     """Open a pseudo-terminal on the guest's own devpts (already our /dev: we are inside its
     mount namespace, so no path can lead to a host file), make it our controlling terminal
     and stdio, and hand the master end to the engine."""
@@ -328,6 +423,8 @@ def _take_guest_terminal(pty_socket: int) -> None:
         socket.send_fds(sock, [b"pty"], [master])
     os.close(master)
     os.close(pty_socket)
+    if owner is not None:  # the account's terminal, as login gives it (mesg, write, su)
+        os.fchown(slave, owner, -1)
     os.setsid()
     for target in (0, 1, 2):
         os.dup2(slave, target, inheritable=True)

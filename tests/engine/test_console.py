@@ -1,0 +1,197 @@
+"""The engine's terminal sessions (vservers.engine.console.open_terminal), the way the console
+broker uses them: a login shell on the guest's own devpts, as root or as a guest account, and
+nothing of the session left once it ends, even when the process that opened it is killed."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vservers.engine import console
+from vservers.engine.errors import EngineError
+
+IP = "198.19.5.31/18"
+
+
+def session_processes(engine, name: str) -> dict[int, str]:
+    """The processes in the server's cgroup (pid -> command line), but its init's and the
+    services the template starts (busybox init, syslogd, httpd...): what a session leaves."""
+    procs = engine.cgroup_procs(name)
+    pids = {int(line) for line in Path(procs[0]).read_text().split()}
+    found = {}
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        found[pid] = cmdline
+    return found
+
+
+def sleepers(engine, name: str) -> list[int]:
+    return [pid for pid, cmd in session_processes(engine, name).items() if cmd.startswith("sleep 1000")]
+
+
+def read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
+    """What the terminal shows until MARKER (fails after TIMEOUT: only a hang runs into it)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} on the terminal; it showed {data[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the session is over
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def wait_until(predicate, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def test_a_session_is_a_login_shell_on_the_guests_terminal_and_leaves_nothing(engine, make_server):
+    name = make_server("con1", IP)
+    before = session_processes(engine, name)
+    terminal = console.open_terminal(engine.init_pid(name), engine.cgroup_procs(name), cols=120, rows=40)
+    try:
+        os.write(terminal.master, b"hostname; tty; stty size; echo $HOME:$USER:$$; id -u\n")
+        shown = read_until(terminal.master, b"\n0\r\n")
+        assert b"/dev/pts/" in shown
+        assert b"40 120" in shown
+        # The shell is PID 1 of a namespace of its own: `echo $$` says 1.
+        assert b"/root:root:1\r\n" in shown
+        hostname = engine.spec(name).hostname
+        assert hostname.encode() in shown
+        terminal.resize(100, 30)
+        os.write(terminal.master, b"stty size\n")
+        assert b"30 100" in read_until(terminal.master, b"30 100")
+        # What ignores SIGHUP, and what leaves the terminal's session.
+        os.write(terminal.master, b"nohup sleep 1000 >/dev/null 2>&1 &\n"
+                                  b"setsid sleep 1000 </dev/null >/dev/null 2>&1 &\n")
+        wait_until(lambda: len(sleepers(engine, name)) == 2, "both sleeps to run in the server")
+    finally:
+        terminal.close()
+    # close() returns once the session's namespace is empty.
+    assert sleepers(engine, name) == []
+    assert set(session_processes(engine, name)) <= set(before)
+    terminal.close()  # idempotent
+
+
+def test_nothing_of_a_session_outlives_a_killed_owner(engine, make_server):
+    """The process that opened the session is killed with SIGKILL (as the broker may be): the
+    nohup'd and setsid'd processes started in the console go with it."""
+    name = make_server("con2", IP)
+    init_pid, procs = engine.init_pid(name), engine.cgroup_procs(name)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the owner: opens the session, starts the sleeps, says so and waits
+        try:
+            os.close(ready_r)
+            terminal = console.open_terminal(init_pid, procs)
+            os.write(terminal.master, b"nohup sleep 1000 >/dev/null 2>&1 &\n"
+                                      b"setsid sleep 1000 </dev/null >/dev/null 2>&1 &\necho start''ed\n")
+            read_until(terminal.master, b"started")
+            os.write(ready_w, b"1")
+            time.sleep(1000)
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        wait_until(lambda: len(sleepers(engine, name)) == 2, "both sleeps to run in the server")
+    finally:
+        os.close(ready_r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    wait_until(lambda: sleepers(engine, name) == [], "the session's processes to be gone")
+
+
+def test_without_its_own_pid_namespace_a_setsid_process_survives(engine, make_server):
+    """The positive control of the test above: a shell on a terminal without the PID namespace
+    of its own (guest.spawn as before), killed, leaves its setsid'd child running."""
+    import socket
+
+    from vservers.engine import guest
+
+    name = make_server("con3", IP)
+    ours, theirs = socket.socketpair()
+    null = os.open("/dev/null", os.O_RDWR)
+    helper = guest.spawn(engine.init_pid(name), ["/bin/sh", "-l"], engine.cgroup_procs(name), null, null, null,
+                         pty_socket=theirs.fileno())
+    theirs.close()
+    os.close(null)
+    _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+    ours.close()
+    master = fds[0]
+    try:
+        os.write(master, b"setsid sleep 1000 </dev/null >/dev/null 2>&1 &\n")
+        wait_until(lambda: len(sleepers(engine, name)) == 1, "the sleep to run in the server")
+    finally:
+        helper.kill()
+        os.close(master)
+    try:
+        time.sleep(0.5)
+        assert len(sleepers(engine, name)) == 1, "the control: a setsid'd process outlives a plain session"
+    finally:
+        for pid in sleepers(engine, name):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_guest_account_gets_its_ids_home_and_shell(engine, make_server):
+    name = make_server("con4", IP)
+    account = engine.accounts(name).add("carol")
+    engine.run(name, ["addgroup", "staff2"], timeout=30)
+    engine.run(name, ["addgroup", "carol", "staff2"], timeout=30)
+    group = next(line for line in engine.run(name, ["cat", "/etc/group"]).stdout.splitlines()
+                 if line.startswith("staff2:"))
+    staff_gid = int(group.split(":")[2])
+    with console.open_terminal(engine.init_pid(name), engine.cgroup_procs(name), account="carol") as terminal:
+        os.write(terminal.master, b"echo ids-$(id -u)-$(id -g)-$(id -G | tr ' ' ,)-$HOME-$(pwd)-end; "
+                                  b"echo owner-$(stat -c %u $(tty))-end\n")
+        expected = f"ids-{account.uid}-{account.gid}-{account.gid},{staff_gid}-{account.home}-{account.home}-end"
+        shown = read_until(terminal.master, f"owner-{account.uid}-end\r\n".encode())
+        assert expected.encode() in shown
+        # Not root: the capabilities went with the uid.
+        os.write(terminal.master, b"grep CapEff /proc/self/status\n")
+        assert b"0000000000000000" in read_until(terminal.master, b"0000000000000000")
+
+
+@pytest.mark.parametrize("account", ["nosuch", "bad:name", "", " root", "x" * 40])
+def test_an_unknown_or_odd_account_is_a_clear_error(engine, make_server, account):
+    name = make_server("con5", IP)
+    with pytest.raises(EngineError, match="account"):
+        console.open_terminal(engine.init_pid(name), engine.cgroup_procs(name), account=account)
+    assert sleepers(engine, name) == []
+
+
+def test_odd_sizes_are_refused(engine, make_server):
+    name = make_server("con6", IP)
+    for cols, rows in ((0, 24), (80, 0), (5000, 24), (80, -1)):
+        with pytest.raises(EngineError, match="terminal"):
+            console.open_terminal(engine.init_pid(name), engine.cgroup_procs(name), cols=cols, rows=rows)
+
+
+def test_parse_groups_skips_odd_lines():
+    text = "root:x:0:\nstaff:x:50:carol,dave\nodd:x:²:carol\nshort:x:7\nwheel:x:10:dave,carol\n"
+    assert console.parse_groups(text, "carol", 1000) == (1000, 50, 10)
+    assert console.parse_groups("", "carol", 1000) == (1000,)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
