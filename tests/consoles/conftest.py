@@ -22,14 +22,9 @@ from pathlib import Path
 import pytest
 
 from consoles import protocol
-from tests.panel.conftest import (  # noqa: F401 - fixtures, used by name
-    drain,
-    engine,
-    make_server,
-    provision,
-    rq_redis,
-    world,
-)
+
+# The panel's fixtures (world, provision, drain...) come from tests/panel_world.py; these two put
+# the world on a database other processes can open.
 from tests.panel.faults import REPO, fault_world, file_database, wait_until  # noqa: F401
 
 # A bound for what takes a second or two: only a hang runs into it.
