@@ -406,3 +406,26 @@ class PoolInput(serializers.Serializer):
     node = serializers.CharField(max_length=40, help_text="the node's name")
     network = serializers.CharField(max_length=50, help_text="e.g. 198.18.0.0/16")
     gateway = serializers.CharField(max_length=45, help_text="the node's bridge address in this network")
+
+
+class TemplateBuildSerializer(serializers.Serializer):
+    """One build of a template on a node (operators only): output and error as the Templates
+    page shows them, and the operator's detail."""
+
+    uuid = serializers.UUIDField()
+    template = serializers.CharField(source="template.name")
+    node = serializers.CharField(source="node.name")
+    status = serializers.CharField()
+    created = serializers.DateTimeField()
+    started = serializers.DateTimeField(allow_null=True)
+    finished = serializers.DateTimeField(allow_null=True)
+    output = serializers.CharField(allow_blank=True)
+    error = serializers.CharField(allow_blank=True)
+    detail = serializers.CharField(allow_blank=True)
+
+
+class TemplateBuildOutcome(serializers.Serializer):
+    """What asking for a build did: a build queued per node, or why a node got none."""
+
+    queued = TemplateBuildSerializer(many=True)
+    refused = serializers.ListField(child=serializers.CharField())

@@ -57,6 +57,8 @@ urlpatterns = [
     path("v1/operator/templates/", operator.OperatorTemplateListView.as_view(), name="api-op-templates"),
     path("v1/operator/templates/<slug:name>/", operator.OperatorTemplateDetailView.as_view(),
          name="api-op-template"),
+    path("v1/operator/templates/<slug:name>/builds/", operator.TemplateBuildListView.as_view(),
+         name="api-op-template-builds"),
     path("v1/operator/pools/", operator.PoolListView.as_view(), name="api-op-pools"),
     path("v1/operator/pools/<int:pk>/", operator.PoolDetailView.as_view(), name="api-op-pool"),
     path("v1/operator/pools/<int:pk>/addresses/", operator.PoolAddressesView.as_view(), name="api-op-pool-addresses"),

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from accounts.models import AuditEntry, Tenant
 from vservers import access, actions
-from vservers.models import TERMINAL, IPAddress, IPPool, Node, Plan, State, Template, VirtualServer
+from vservers.models import TERMINAL, IPAddress, IPPool, Node, Plan, State, Template, TemplateBuild, VirtualServer
 from vservers.operator_forms import (
     ApproveForm,
     AuditFilterForm,
@@ -43,6 +43,8 @@ from ..serializers import (
     RejectInput,
     ServerCreateInput,
     ServerSerializer,
+    TemplateBuildOutcome,
+    TemplateBuildSerializer,
     TemplateChangeInput,
     TemplateInput,
     TemplateSerializer,
@@ -239,6 +241,29 @@ class OperatorTemplateDetailView(OperatorView):
         template = get_object_or_404(Template, name=name)
         active = _input(TemplateChangeInput, request)["is_active"]
         return Response(TemplateSerializer(actions.set_template_active(template, active, request=request)).data)
+
+
+class TemplateBuildListView(OperatorView):
+    @extend_schema(parameters=[PageQuery], responses={200: TemplateBuildSerializer(many=True)})
+    def get(self, request, name):
+        """The template's builds on every node, newest first."""
+        self.filters(PageQuery)
+        template = get_object_or_404(Template, name=name)
+        return self.paged(template.builds.select_related("template", "node").order_by("-created", "-pk"),
+                          TemplateBuildSerializer)
+
+    @extend_schema(request=None, responses={202: TemplateBuildOutcome})
+    def post(self, request, name):
+        """Build a new version on every active node (each node's worker builds its own copy);
+        a node with a build of it queued or running keeps that one. 409 when no node got one."""
+        template = get_object_or_404(Template, name=name)
+        outcome = actions.build_template(template, request.user, request=request)
+        queued = [o for o in outcome if isinstance(o, TemplateBuild)]
+        refused = [o for o in outcome if isinstance(o, str)]
+        if not queued:
+            raise actions.ActionRefused("; ".join(refused))
+        return Response(TemplateBuildOutcome({"queued": queued, "refused": refused}).data,
+                        status=status.HTTP_202_ACCEPTED)
 
 
 # -- address pools and nodes -----------------------------------------------------------------

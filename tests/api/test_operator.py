@@ -128,3 +128,22 @@ def test_nothing_here_for_tenants(w):
         response = w.alice_api.post(url, {"name": "x", "slug": "x"}, format="json")
         assert response.status_code == 403 and response.json()["detail"] == "operators only"
     assert before == (Tenant.objects.count(), Plan.objects.count())
+
+
+def test_a_template_is_built_on_every_active_node_and_its_builds_listed(w):
+    url = "/api/v1/operator/templates/busybox/builds/"
+    assert w.op.get(url).json()["results"] == []
+    first = w.op.post(url, format="json")
+    assert first.status_code == 202, first.content
+    [build] = first.json()["queued"]
+    assert (build["template"], build["node"], build["status"]) == ("busybox", "local", "queued")
+    assert first.json()["refused"] == []
+    assert AuditEntry.objects.filter(action="template.build", object_repr__contains="busybox").count() == 1
+
+    again = w.op.post(url, format="json")  # one build per template and node at a time
+    assert again.status_code == 409
+    assert again.json()["detail"] == "a build on local is queued or running already"
+    listed = w.op.get(url).json()["results"]
+    assert [b["uuid"] for b in listed] == [build["uuid"]]
+    assert w.op.post("/api/v1/operator/templates/nosuch/builds/", format="json").status_code == 404
+    assert w.alice_api.get(url).status_code == 403
