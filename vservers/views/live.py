@@ -36,7 +36,7 @@ from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.cache import get_conditional_response
 
-from ..models import GuestAccount, IPAddress, Operation, Service, VirtualServer
+from ..models import GuestAccount, IPAddress, Operation, Service, TemplateBuild, VirtualServer
 from ..models.guest import UnlistedEntries
 
 # How often an open page asks for itself again (panel.js reads it from <body>).
@@ -162,9 +162,10 @@ def server_changes(servers: QuerySet[VirtualServer]) -> tuple | None:
     return tuple(found) if found is not None else None
 
 
-def operation_changes(operations: QuerySet[Operation]) -> tuple:
-    """What changes whenever a list of OPERATIONS does, from one aggregate query: one is
-    queued (the count and the highest id), started or finished."""
+def operation_changes(operations: QuerySet[Operation] | QuerySet[TemplateBuild]) -> tuple:
+    """What changes whenever a list of OPERATIONS (or of template builds, which move the same
+    way) does, from one aggregate query: one is queued (the count and the highest id),
+    started or finished."""
     totals = operations.order_by().aggregate(
         n_operations=Count("pk"), last_operation=Max("pk"), last_started=Max("started"),
         last_finished=Max("finished"), n_finished=Count("finished"),
