@@ -136,6 +136,8 @@ RQ = {
 }
 # How often each node's worker compares the database with the kernel (vservers.reconcile).
 PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30, low=5, high=3600)
+# How often each node's worker samples its servers' usage (vservers.usage.sampler).
+PANEL_SAMPLE_SECONDS = env.env_int(ENV, "PANEL_SAMPLE_SECONDS", default=30, low=10, high=60)
 # The browser console (consoles/): the node's broker listens on this Unix socket (root, group of
 # the web process's user); a ticket is good for this many seconds, once; a session with no
 # keystroke for PANEL_CONSOLE_IDLE_SECONDS ends.

@@ -7,6 +7,7 @@ from .ipam import IPAddress, IPPool, PoolExhausted
 from .operations import FINISHED, Operation, OperationKind, OperationStatus
 from .servers import ON_NODE, TERMINAL, State, VirtualServer
 from .transitions import GUEST_KINDS, IN_PROGRESS, TRANSITIONS, OnFailure, OnInterrupt, Retry, Transition
+from .usage import UsageDaily, UsageFiveMin, UsageRaw
 
 __all__ = [
     "BuiltTemplate",
@@ -33,5 +34,8 @@ __all__ = [
     "OnInterrupt",
     "Retry",
     "GuestAccount",
+    "UsageDaily",
+    "UsageFiveMin",
+    "UsageRaw",
     "VirtualServer",
 ]
