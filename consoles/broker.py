@@ -76,6 +76,7 @@ WEB_CLOSED = "The console was closed."
 BAD_FRAME = "The console received a message it does not understand and closed."
 SERVICE_STOPPED = "The console service stopped."
 WEB_STALLED = "The browser stopped reading the console's output."
+BROKER_FAILED = "The console closed after an error on the node."
 
 
 def idle_reason(seconds: int) -> str:
@@ -423,6 +424,7 @@ class Connection:
         return engine, server, init_pid, pidfd
 
     def _session(self, hello: Hello, rest: bytes) -> None:
+        from django.db import connection
         from django.utils import timezone
 
         from accounts.models import AuditEntry
@@ -449,9 +451,12 @@ class Connection:
                 return
             AuditEntry.record(None, "console.opened", server, actor=session.user, account=session.account,
                               session=str(session.uuid))
-            reason = SERVICE_STOPPED
+            reason = BROKER_FAILED
             try:
                 _answer(self.conn, {"ok": True})
+                # No database connection held for hours by an idle console (PostgreSQL counts
+                # them); the end is recorded on a new one.
+                connection.close()
                 reason = Pump(self, terminal, pidfd, rest).run()
             finally:
                 terminal.close()

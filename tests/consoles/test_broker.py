@@ -4,6 +4,7 @@ process, against real busybox servers, spoken to over its socket as the web side
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,19 @@ def test_a_directory_others_could_write_is_refused(tmp_path, mode):
         check_directory(directory, None)
     os.chmod(directory, 0o1000 | mode)  # /tmp-like: others cannot remove or rename root's socket
     check_directory(directory, None)
+
+
+def test_stopping_the_broker_ends_its_consoles_with_a_reason(fault_world, provision, console_broker, open_console):
+    server = provision("web")
+    before = set(server_processes(fault_world.engine, server))
+    ticket = issue_ticket(fault_world.alice, server)
+    client, answer = open_console(ticket, fault_world.alice.pk)
+    assert answer == {"ok": True}
+    client.type("setsid sleep 1000 </dev/null >/dev/null 2>&1 &\n")
+    wait_until(lambda: sleepers(fault_world.engine, server), "the sleep to run in the server")
+    os.kill(console_broker.pid, signal.SIGTERM)
+    assert client.wait_exit() == messages.SERVICE_STOPPED
+    assert console_broker.proc.wait(timeout=PATIENCE) == 0
+    assert ended(ticket).end_reason == messages.SERVICE_STOPPED
+    assert not console_broker.socket.exists()
+    assert set(server_processes(fault_world.engine, server)) <= before
