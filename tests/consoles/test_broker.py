@@ -316,3 +316,32 @@ def test_stopping_the_broker_ends_its_consoles_with_a_reason(fault_world, provis
     assert ended(ticket).end_reason == messages.SERVICE_STOPPED
     assert not console_broker.socket.exists()
     assert set(server_processes(fault_world.engine, server)) <= before
+
+
+def test_racing_hellos_with_one_ticket_open_one_console(fault_world, provision, console_broker):
+    """The redemption is one UPDATE: of several connections presenting the same ticket at
+    once, exactly one gets a console."""
+    import threading
+
+    server = provision("web")
+    ticket = issue_ticket(fault_world.alice, server)
+    clients = [ConsoleClient(console_broker.socket) for _ in range(4)]
+    answers: list[dict] = []
+    go = threading.Barrier(len(clients))
+
+    def hello(client: ConsoleClient) -> None:
+        go.wait()
+        answers.append(client.hello(ticket, fault_world.alice.pk))
+
+    threads = [threading.Thread(target=hello, args=(client,)) for client in clients]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(PATIENCE)
+        assert sorted(answers, key=str) == [{"ok": False, "error": messages.EXPIRED}] * 3 + [{"ok": True}]
+    finally:
+        for client in clients:
+            client.close()
+    assert ended(ticket).end_reason == messages.WEB_CLOSED
+    assert len(audit("console.opened")) == 1 and len(audit("console.refused")) == 3
