@@ -2,14 +2,18 @@
 
 `evaluate(node, now)` runs at the end of each sampler pass of NODE (the receiver of
 vservers.usage.signals.node_sampled), and takes NOW as an argument so that tests drive time
-without sleeping. It reads the latest sample each server keeps in its own fields
+without sleeping. It judges NODE's rules, and the unreachable rules of the servers of any
+active node that has gone silent (not seen by its worker for STALE_PERIODS periods): a node
+whose worker is down evaluates nothing itself, so the others notice for it. (With one node,
+nobody does: see docs/usage.md, "Alerts".) It reads the latest sample each server keeps in its own fields
 (VirtualServer.memory_bytes, disk_used_bytes, sampled_at), not the history: what "for N
 minutes" needs is kept on the rule (AlertRule.pending_since), so a pass costs the same few
 queries whatever the number of servers, rules or samples:
 
  1. one UPDATE ends the open episodes of rules switched off or of servers deleted;
- 2. one SELECT reads the node's enabled rules with their servers, plans, open episode and the
-    server's last start/stop operation (correlated subqueries);
+ 2. one SELECT reads the node's enabled rules (and silent nodes' unreachable rules) with their
+    servers, plans, open episode and the server's last start/stop operation (correlated
+    subqueries);
  3. only rules whose verdict changed are written: a pending start, an episode begun (with its
     mail, in one transaction), an episode ended.
 
@@ -36,7 +40,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import Exists, OuterRef, Q, Subquery
 
 from notifications import notify
 from notifications.models import Event
@@ -126,12 +130,22 @@ def due(rule: AlertRule, verdict: Verdict) -> bool:
     return verdict.at - rule.pending_since >= timedelta(minutes=rule.minutes or 0)
 
 
-def rules(node) -> list[AlertRule]:
-    """NODE's enabled rules of live servers, with what judging them needs, in one query."""
+def silent_after() -> timedelta:
+    """A node not seen by its own worker for this long is silent (its worker, or the node, is
+    down): the passes of the other nodes judge its servers' unreachable rules."""
+    period = max(sample_seconds(), int(getattr(settings, "PANEL_RECONCILE_SECONDS", 30)))
+    return timedelta(seconds=STALE_PERIODS * period)
+
+
+def rules(node, now: datetime) -> list[AlertRule]:
+    """NODE's enabled rules of live servers, and the unreachable rules of silent nodes'
+    servers, with what judging them needs, in one query."""
+    silent = Q(server__node__last_seen__lt=now - silent_after()) | Q(server__node__last_seen__isnull=True)
+    mine = Q(server__node=node) | (Q(kind=Kind.UNREACHABLE, server__node__is_active=True) & silent)
     episode = AlertEpisode.objects.filter(rule=OuterRef("pk"), ended__isnull=True)
     last = Operation.objects.filter(server_id=OuterRef("server_id"), kind__in=LIFECYCLE).order_by("-pk")
     return list(
-        AlertRule.objects.filter(enabled=True, server__node=node)
+        AlertRule.objects.filter(mine, enabled=True)
         .exclude(server__state__in=GONE)
         .select_related("server__plan", "server__tenant")
         .annotate(
@@ -179,7 +193,7 @@ def evaluate(node, now: datetime) -> dict[str, int]:
     counts["ended"] += AlertEpisode.objects.filter(ended__isnull=True, rule__server__node=node).exclude(
         rule__enabled=True, rule__server__state__in=[s for s in State if s not in GONE]
     ).update(ended=now)
-    for rule in rules(node):
+    for rule in rules(node, now):
         counts["rules"] += 1
         verdict = judge(rule, now)
         if verdict is None:

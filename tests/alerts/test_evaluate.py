@@ -226,18 +226,29 @@ def test_admins_who_opted_out_get_no_alert_mail_and_the_episode_still_counts(w):
     assert episode.mails == 0 and episode.ended is None
 
 
-def test_only_the_sampled_nodes_rules_are_judged(w):
+def test_a_pass_judges_its_own_nodes_rules_and_the_unreachable_ones_of_silent_nodes(w):
     from vservers.models import Node
 
-    elsewhere = Node.objects.create(name="other", queue_name="node-other")
-    server = running(w, "far")
-    VirtualServer.objects.filter(pk=server.pk).update(node=elsewhere)
-    rules(server, disk=10)
-    sample(server, T0, disk_mb=900)
-    evaluate(w.node, T0)
-    assert mails() == []
-    evaluate(elsewhere, T0)
-    assert len(mails()) == 1
+    w.node.last_seen = T0
+    w.node.save()
+    alive = Node.objects.create(name="alive", queue_name="node-alive", last_seen=T0)
+    silent = Node.objects.create(name="silent", queue_name="node-silent", last_seen=T0 - timedelta(minutes=10))
+    servers = {}
+    for node in (alive, silent):
+        server = servers[node.name] = running(w, f"on-{node.name}")
+        VirtualServer.objects.filter(pk=server.pk).update(node=node)
+        rules(server, disk=10, unreachable=1)
+        sample(server, T0 - timedelta(minutes=10), disk_mb=900)
+
+    for minute in range(0, 3):
+        evaluate(w.node, T0 + timedelta(minutes=minute))
+    # The alive node judges its own (it has not yet); the silent node's server is unreachable,
+    # its disk is judged by its own node only.
+    assert [m[1] for m in mails()] == ["Alert: on-silent is unreachable"]
+    assert "last sample: 2026-12-06 11:50 UTC" in OutboxMail.objects.get().body
+    evaluate(alive, T0)
+    assert sorted(m[1] for m in mails()) == [
+        "Alert: on-silent is unreachable", "Alert: the disk of on-alive is 88 % full"]
 
 
 def test_a_pass_costs_the_same_queries_for_30_servers_as_for_3(w):
