@@ -125,11 +125,12 @@ def parse_hello(data: bytes) -> Hello:
 def check_directory(directory: Path, group: str | None) -> None:
     """Refuse a directory in which someone but root (or the web process's user, named like its
     group) could replace the socket: owned by another user, or writable by others (without
-    the sticky bit) or by a group other than root's or GROUP."""
+    the sticky bit) or by a group other than root's or GROUP. The owner of the broker's own
+    code counts as root: who may change the code that root runs gains nothing from a socket."""
     info = directory.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise OSError(f"{directory} is not a directory")
-    owners = {0}
+    owners = {0, Path(__file__).stat().st_uid}
     groups = {0}
     if group is not None:
         groups.add(grp.getgrnam(group).gr_gid)

@@ -345,3 +345,15 @@ def test_racing_hellos_with_one_ticket_open_one_console(fault_world, provision, 
             client.close()
     assert ended(ticket).end_reason == messages.WEB_CLOSED
     assert len(audit("console.opened")) == 1 and len(audit("console.refused")) == 3
+
+
+def test_a_directory_of_another_user_is_refused(tmp_path):
+    from consoles.broker import check_directory
+
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o755)
+    os.chown(directory, 12345, 0)
+    with pytest.raises(OSError, match="belongs to uid 12345"):
+        check_directory(directory, None)
+    os.chown(directory, 0, 0)
+    check_directory(directory, None)
