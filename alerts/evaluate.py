@@ -3,13 +3,16 @@
 `evaluate(node, now)` runs at the end of each sampler pass of NODE (the receiver of
 vservers.usage.signals.node_sampled), and takes NOW as an argument so that tests drive time
 without sleeping. It judges NODE's rules, and the unreachable rules of the servers of any
-active node that has gone silent (not seen by its worker for STALE_PERIODS periods): a node
-whose worker is down evaluates nothing itself, so the others notice for it. (With one node,
-nobody does: see docs/usage.md, "Alerts".) It reads the latest sample each server keeps in its own fields
-(VirtualServer.memory_bytes, disk_used_bytes, sampled_at), not the history: what "for N
-minutes" needs is kept on the rule (AlertRule.pending_since), so a pass costs the same few
-queries whatever the number of servers, rules or samples:
+other active node that has gone silent (silent_nodes: not seen for STALE_PERIODS periods and
+no worker on its queue): a node whose worker is down evaluates nothing itself, so the others
+notice for it. (With one node, nobody does: see docs/usage.md, "Alerts".) It reads the
+latest sample each server keeps in its own fields (VirtualServer.memory_bytes,
+disk_used_bytes, sampled_at), not the history: what "for N minutes" needs is kept on the
+rule (AlertRule.pending_since), so a pass costs the same few queries whatever the number of
+servers, rules or samples:
 
+ 0. one SELECT of the other nodes not seen lately (almost always none; for each, Redis is
+    asked whether a worker serves its queue);
  1. one UPDATE ends the open episodes of rules switched off or of servers deleted;
  2. one SELECT reads the node's enabled rules (and silent nodes' unreachable rules) with their
     servers, plans, open episode and the server's last start/stop operation (correlated
@@ -44,7 +47,7 @@ from django.db.models import Exists, OuterRef, Q, Subquery
 
 from notifications import notify
 from notifications.models import Event
-from vservers.models import Operation, OperationKind, OperationStatus, State, VirtualServer
+from vservers.models import Node, Operation, OperationKind, OperationStatus, State, VirtualServer
 
 from .models import AlertEpisode, AlertRule, Kind
 
@@ -130,18 +133,40 @@ def due(rule: AlertRule, verdict: Verdict) -> bool:
     return verdict.at - rule.pending_since >= timedelta(minutes=rule.minutes or 0)
 
 
-def silent_after() -> timedelta:
-    """A node not seen by its own worker for this long is silent (its worker, or the node, is
-    down): the passes of the other nodes judge its servers' unreachable rules."""
+def silent_nodes(node, now: datetime) -> list[int]:
+    """The other active nodes that are silent: not seen by their reconcile for STALE_PERIODS
+    periods *and* with no worker registered on their queue in Redis. The date alone is not
+    enough: a node's worker runs one job at a time, and while a long one runs (a template
+    build, up to its timeout) neither its reconcile nor its sampler does; RQ keeps a worker
+    registered with a heartbeat through its job, and drops one that died within its TTL. Redis
+    out of reach: nobody is called silent (no guess)."""
+    from redis.exceptions import RedisError
+    from rq import Queue, Worker
+
+    from vservers.queues import get_queue
+
     period = max(sample_seconds(), int(getattr(settings, "PANEL_RECONCILE_SECONDS", 30)))
-    return timedelta(seconds=STALE_PERIODS * period)
+    cutoff = now - timedelta(seconds=STALE_PERIODS * period)
+    candidates = list(
+        Node.objects.filter(is_active=True).exclude(pk=node.pk)
+        .filter(Q(last_seen__lt=cutoff) | Q(last_seen__isnull=True)).values_list("pk", "queue_name")
+    )
+    if not candidates:
+        return []
+    try:
+        # Every node's queue lives in the one Redis of the panel (DESIGN.md, several hosts).
+        mine = node.queue_name if node.queue_name in settings.RQ_QUEUES else "default"
+        connection = get_queue(mine).connection
+        return [pk for pk, name in candidates if not Worker.all(queue=Queue(name, connection=connection))]
+    except RedisError:
+        log.warning("Redis is out of reach: no other node is judged silent in this pass")
+        return []
 
 
-def rules(node, now: datetime) -> list[AlertRule]:
-    """NODE's enabled rules of live servers, and the unreachable rules of silent nodes'
-    servers, with what judging them needs, in one query."""
-    silent = Q(server__node__last_seen__lt=now - silent_after()) | Q(server__node__last_seen__isnull=True)
-    mine = Q(server__node=node) | (Q(kind=Kind.UNREACHABLE, server__node__is_active=True) & silent)
+def rules(node, silent: list[int]) -> list[AlertRule]:
+    """NODE's enabled rules of live servers, and the unreachable rules of the servers of the
+    SILENT nodes, with what judging them needs, in one query."""
+    mine = Q(server__node=node) | Q(kind=Kind.UNREACHABLE, server__node__in=silent)
     episode = AlertEpisode.objects.filter(rule=OuterRef("pk"), ended__isnull=True)
     last = Operation.objects.filter(server_id=OuterRef("server_id"), kind__in=LIFECYCLE).order_by("-pk")
     return list(
@@ -193,7 +218,7 @@ def evaluate(node, now: datetime) -> dict[str, int]:
     counts["ended"] += AlertEpisode.objects.filter(ended__isnull=True, rule__server__node=node).exclude(
         rule__enabled=True, rule__server__state__in=[s for s in State if s not in GONE]
     ).update(ended=now)
-    for rule in rules(node, now):
+    for rule in rules(node, silent_nodes(node, now)):
         counts["rules"] += 1
         verdict = judge(rule, now)
         if verdict is None:

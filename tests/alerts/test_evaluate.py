@@ -1,7 +1,8 @@
 """alerts.evaluate on synthetic samples, time driven by `now`: an episode starts when its
 condition holds (for its duration), mails once, and ends only below the threshold by the
 hysteresis; unreachable is "expected to run but not seen running"; the tenant's stop, a
-deletion and an opt-out write no mail; a pass costs the same queries for 3 servers as for 30."""
+deletion and an opt-out write no mail; a pass costs the same queries for 3 servers as for
+30; a silent node's servers are judged by the other nodes' passes."""
 
 from __future__ import annotations
 
@@ -226,29 +227,44 @@ def test_admins_who_opted_out_get_no_alert_mail_and_the_episode_still_counts(w):
     assert episode.mails == 0 and episode.ended is None
 
 
-def test_a_pass_judges_its_own_nodes_rules_and_the_unreachable_ones_of_silent_nodes(w):
+def test_a_pass_judges_its_own_nodes_rules_and_the_unreachable_ones_of_silent_nodes(w, rq_redis):
+    """Three other nodes, none seen for 10 minutes: "silent" has no worker, "busy" has one
+    registered in Redis (a long job keeps its reconcile and sampler from running), "alive"
+    was seen just now."""
+    from rq import Queue, SimpleWorker
+
     from vservers.models import Node
 
     w.node.last_seen = T0
     w.node.save()
+    ago = T0 - timedelta(minutes=10)
     alive = Node.objects.create(name="alive", queue_name="node-alive", last_seen=T0)
-    silent = Node.objects.create(name="silent", queue_name="node-silent", last_seen=T0 - timedelta(minutes=10))
+    silent = Node.objects.create(name="silent", queue_name="node-silent", last_seen=ago)
+    busy = Node.objects.create(name="busy", queue_name="node-busy", last_seen=ago)
+    worker = SimpleWorker([Queue("node-busy", connection=rq_redis)], connection=rq_redis)
+    worker.register_birth()
     servers = {}
-    for node in (alive, silent):
+    for node in (alive, silent, busy):
         server = servers[node.name] = running(w, f"on-{node.name}")
         VirtualServer.objects.filter(pk=server.pk).update(node=node)
         rules(server, disk=10, unreachable=1)
-        sample(server, T0 - timedelta(minutes=10), disk_mb=900)
+        sample(server, ago, disk_mb=900)
 
     for minute in range(0, 3):
         evaluate(w.node, T0 + timedelta(minutes=minute))
-    # The alive node judges its own (it has not yet); the silent node's server is unreachable,
-    # its disk is judged by its own node only.
+    # The silent node's server is unreachable; the busy node's is not judged by others, nor
+    # is anybody's disk.
     assert [m[1] for m in mails()] == ["Alert: on-silent is unreachable"]
     assert "last sample: 2026-12-06 11:50 UTC" in OutboxMail.objects.get().body
     evaluate(alive, T0)
     assert sorted(m[1] for m in mails()) == [
         "Alert: on-silent is unreachable", "Alert: the disk of on-alive is 88 % full"]
+
+    # The busy node's worker gone too: now it is silent.
+    worker.register_death()
+    for minute in range(3, 5):
+        evaluate(w.node, T0 + timedelta(minutes=minute))
+    assert "Alert: on-busy is unreachable" in [m[1] for m in mails()]
 
 
 def test_a_pass_costs_the_same_queries_for_30_servers_as_for_3(w):
@@ -263,4 +279,4 @@ def test_a_pass_costs_the_same_queries_for_30_servers_as_for_3(w):
     few = queries([running(w, f"a{i}") for i in range(3)])  # 9 rules, none firing
     many = queries([running(w, f"b{i}") for i in range(27)])
     assert AlertRule.objects.count() == 90
-    assert few == many == 2
+    assert few == many == 3  # the other nodes not seen lately (none), the episodes ended, the rules
