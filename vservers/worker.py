@@ -28,7 +28,9 @@ The watch thread never touches the database. Every second it
    crash inside the guest, the OOM killer, a kill from the host), so the watch has the node
    reconciled now: the server shows stopped and autostart brings it back within seconds, and
    the crash-loop bound sees ten deaths in a minute;
- - queues the node's periodic reconcile job every PANEL_RECONCILE_SECONDS, from start-up on;
+ - queues the node's periodic reconcile job every PANEL_RECONCILE_SECONDS, from start-up on,
+   its usage sampling job every PANEL_SAMPLE_SECONDS, and the usage history's prune job
+   every few minutes (vservers.usage);
  - asks Redis who it is (its run id); when Redis is back from an outage or was restarted, it
    queues the reconcile at once (its resend_lost hands over the outbox: operations asked for
    while Redis was down) and has the main thread start a new PanelWorker, which registers
@@ -238,6 +240,9 @@ class Watch(threading.Thread):
         # Not the worker's pause of up to a minute: a Redis that hangs holds up only a tick.
         self.connection.connection_pool.connection_kwargs.update(socket_timeout=5, socket_connect_timeout=5)
         self.due = 0.0  # the periodic run (time.monotonic): at start-up
+        self.sample_period = float(settings.PANEL_SAMPLE_SECONDS)
+        self.sample_due = 0.0  # the next sampling and pruning (time.monotonic)
+        self.prune_due = 0.0
         self.wanted = False  # a run now: a guest died, or Redis is back
         self.lost_at: float | None = None  # when Redis was found unreachable
         self.run_id = ""  # Redis's: a new one means it restarted, maybe between two looks
@@ -343,3 +348,18 @@ class Watch(threading.Thread):
             self.due = now + self.period
             for pk, name in self.nodes:
                 reconcile.queue_run(self.queues[name], pk, unless_ended_within=self.period / 2)
+        self.usage_jobs(now)
+
+    def usage_jobs(self, now: float) -> None:
+        """The usage sampler of each node, and the history's pruning (one job for all nodes,
+        on the first node's queue)."""
+        from .usage import jobs as usage_jobs
+        from .usage import sampler
+
+        if now >= self.sample_due:
+            self.sample_due = now + self.sample_period
+            for pk, name in self.nodes:
+                sampler.queue_run(self.queues[name], pk, unless_ended_within=self.sample_period / 2)
+        if now >= self.prune_due and self.nodes:
+            self.prune_due = now + usage_jobs.PRUNE_SECONDS
+            usage_jobs.queue_prune(self.queues[self.nodes[0][1]])

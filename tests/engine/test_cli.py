@@ -71,7 +71,8 @@ def test_a_server_through_its_whole_life(engine):
         assert {key: limits[key] for key in ("cpus", "memory_bytes", "pids", "disk_bytes")} == {
             "cpus": 0.5, "memory_bytes": 64 * 2**20, "pids": 100, "disk_bytes": 128 * 2**20}
         assert [limits[f"io_{key}"] for key in ("read_bps", "write_bps", "read_iops", "write_iops")] == [None] * 4
-        assert set(status["usage"]) == {"cpu_seconds", "memory_bytes", "pids", "disk_used_bytes"}
+        assert set(status["usage"]) == {"cpu_seconds", "memory_bytes", "pids", "disk_used_bytes", "net_in_bytes",
+                                        "net_out_bytes", "net_in_packets", "net_out_packets", "started"}
         assert status["usage"]["pids"] >= 3 and status["usage"]["memory_bytes"] > 0
         listed = json.loads(vserver_cli("list", "--json", check=True).stdout)
         assert [s["name"] for s in listed if s["name"] == "cli1"] == ["cli1"]

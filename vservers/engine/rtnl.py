@@ -6,9 +6,10 @@ message objects: about 1.5 ms per request on this machine, and wiring one VPS ta
 fifteen requests, which was a third of the whole start. These messages are packed with
 `struct` in a few microseconds and answered by the kernel in a few more.
 
-Only what start, stop and status need is here: create a veth pair with its peer born in
-the VPS's namespace, lock its bridge port to the VPS's MAC, set links up, add addresses and
-default routes, look up a link and list addresses. Every request asks for an acknowledgement; a negative one raises
+Only what start, stop, status and the usage sampler need is here: create a veth pair with
+its peer born in the VPS's namespace, lock its bridge port to the VPS's MAC, set links up, add
+addresses and default routes, look up a link, list addresses, and the traffic counters of
+every port of a bridge in one dump. Every request asks for an acknowledgement; a negative one raises
 NetlinkFailure with the kernel's errno. The framing (header, attributes, socket,
 acknowledgements) is netlink.py's; here are only the route family's constants and bodies.
 """
@@ -28,6 +29,7 @@ RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 
 RTM_NEWNEIGH = 28
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 12, 18, 28
 IFLA_BRPORT_LEARNING = 8
+IFLA_STATS64 = 23
 NDA_LLADDR = 2
 NUD_NOARP = 0x40  # what `bridge fdb add ... static` asks for (NUD_PERMANENT would mean "local")
 NTF_MASTER, NTF_STICKY = 0x04, 0x40
@@ -43,6 +45,8 @@ _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, cha
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+# The head of struct rtnl_link_stats64 (all __u64): rx_packets, tx_packets, rx_bytes, tx_bytes.
+_STATS64_HEAD = struct.Struct("=QQQQ")
 
 
 class Socket(netlink.Socket):
@@ -62,6 +66,37 @@ class Socket(netlink.Socket):
                 return None
             raise
         return _IFINFO.unpack_from(replies[0].payload)[2] if replies else None
+
+    def link_stats(self, name: str) -> LinkStats | None:
+        """Link NAME's traffic counters, None if there is no such link."""
+        try:
+            replies = self.request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, strz(name)))
+        except NetlinkFailure as exc:
+            if exc.errno == 19:  # ENODEV
+                return None
+            raise
+        stats = dict(attrs(replies[0].payload[_IFINFO.size :])).get(IFLA_STATS64) if replies else None
+        return None if stats is None else _link_stats(stats)
+
+    def port_stats(self, master: int) -> dict[str, LinkStats]:
+        """The traffic counters of every link whose master is MASTER (a bridge's ports), by
+        name, from one RTM_GETLINK dump that the kernel filters by master (strict checking,
+        Linux 4.20): one request for all of a node's servers, not a file read per counter."""
+        try:
+            self.sock.setsockopt(netlink.SOL_NETLINK, netlink.NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            pass  # an older kernel dumps every link; the loop below still filters
+        found = {}
+        body = _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_MASTER, u32(master))
+        for msg in self.request(RTM_GETLINK, NLM_F_DUMP, body):
+            if msg.type != RTM_NEWLINK:
+                continue
+            values = dict(attrs(msg.payload[_IFINFO.size :]))
+            name, stats, owner = values.get(IFLA_IFNAME), values.get(IFLA_STATS64), values.get(IFLA_MASTER)
+            if name is None or stats is None or owner is None or struct.unpack("=I", owner)[0] != master:
+                continue
+            found[name.rstrip(b"\0").decode()] = _link_stats(stats)
+        return found
 
     def set_up(self, index: int) -> None:
         self.request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, IFF_UP, IFF_UP))
@@ -145,3 +180,18 @@ class Address:
     index: int
     interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     scope: int
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """A link's counters as the kernel keeps them for it (rx: what it received)."""
+
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+
+
+def _link_stats(stats64: bytes) -> LinkStats:
+    rx_packets, tx_packets, rx_bytes, tx_bytes = _STATS64_HEAD.unpack_from(stats64)
+    return LinkStats(rx_bytes, tx_bytes, rx_packets, tx_packets)

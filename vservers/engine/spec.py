@@ -60,10 +60,22 @@ class Limits:
 
 @dataclass(frozen=True)
 class Usage:
+    """What a server uses now. The network counters are those of the host end of its veth,
+    seen from the server: "in" is what the host end transmitted (it reached the server),
+    "out" what the host end received. Counters start again from zero when the server starts
+    (a new cgroup and veth); `started` (its init's start time, /proc/PID/stat field 22) tells
+    one run from the next. Engine.status leaves the network fields 0; Engine.sample fills
+    them."""
+
     cpu_seconds: float = 0.0
     memory_bytes: int = 0
     pids: int = 0
     disk_used_bytes: int = 0
+    net_in_bytes: int = 0
+    net_out_bytes: int = 0
+    net_in_packets: int = 0
+    net_out_packets: int = 0
+    started: int = 0
 
 
 @dataclass(frozen=True)
