@@ -40,6 +40,11 @@ def reaped(pid: int) -> bool:
     return False
 
 
+def reconciles(queue) -> list[str]:
+    """The reconcile jobs queued (the watch also queues the usage sampler and pruning)."""
+    return [job_id for job_id in queue.get_job_ids() if job_id.startswith("reconcile-")]
+
+
 def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -63,7 +68,7 @@ def test_an_exited_init_is_reaped_and_reconciles_the_node_once_others_are_left_a
     queue = get_queue("default")
     job_id = f"reconcile-{NODE}"
     # At start-up: the periodic run, at once.
-    wait_for(lambda: queue.get_job_ids() == [job_id], "the start-up reconcile job")
+    wait_for(lambda: reconciles(queue) == [job_id], "the start-up reconcile job")
     queue.fetch_job(job_id).delete()  # as if a worker had run it (a run ends the same way)
 
     init, init_end = child()
@@ -73,10 +78,10 @@ def test_an_exited_init_is_reaped_and_reconciles_the_node_once_others_are_left_a
         os.close(init_end)
         os.close(other_end)
         wait_for(lambda: reaped(init), "the watch to reap the init")
-        wait_for(lambda: queue.get_job_ids() == [job_id], "the reconcile job")
+        wait_for(lambda: reconciles(queue) == [job_id], "the reconcile job")
         # Once: the death is handed to the one job, and the periodic run is an hour away.
         time.sleep(2.5)
-        assert queue.get_job_ids() == [job_id]
+        assert reconciles(queue) == [job_id]
         # A child nobody registered is not the watch's: its exit status is still there.
         wait_for(lambda: exited_unreaped(other), "the other child to exit")
         assert not reaped(other)
@@ -87,7 +92,7 @@ def test_an_exited_init_is_reaped_and_reconciles_the_node_once_others_are_left_a
 
 def test_an_init_the_process_ends_itself_is_forgotten_first(watch):
     queue = get_queue("default")
-    wait_for(lambda: queue.get_job_ids() == [f"reconcile-{NODE}"], "the start-up reconcile job")
+    wait_for(lambda: reconciles(queue) == [f"reconcile-{NODE}"], "the start-up reconcile job")
     queue.fetch_job(f"reconcile-{NODE}").delete()
 
     init, init_end = child()
@@ -97,5 +102,13 @@ def test_an_init_the_process_ends_itself_is_forgotten_first(watch):
     wait_for(lambda: exited_unreaped(init), "the init to exit")
     time.sleep(2.5)
     assert not reaped(init)
-    assert queue.get_job_ids() == []
+    assert reconciles(queue) == []
     os.waitpid(init, 0)
+
+
+def test_the_usage_sampler_and_pruning_are_queued_from_start_up_once_per_period(watch):
+    queue = get_queue("default")
+    wanted = {f"sample-{NODE}", "usage-prune"}
+    wait_for(lambda: wanted <= set(queue.get_job_ids()), "the sampler and prune jobs")
+    time.sleep(2.5)  # ticks meanwhile: still queued, so not queued again
+    assert sorted(queue.get_job_ids()) == sorted([*wanted, f"reconcile-{NODE}"])
