@@ -5,7 +5,8 @@ node's worker process itself (vservers.worker.Watch), and at once when a guest's
 started dies or when Redis is back from an outage. No process or job per server: density is
 the product. For every live server of the node it
 
- 1. asks the engine what the kernel says (running or not) and stores the usage sample;
+ 1. asks the engine what the kernel says (running or not; the usage is the sampler's job,
+    vservers.usage.sampler, which stores the latest sample on the server too);
  2. unless an operation of the server is queued or running, corrects the state: a server
     whose init died shows "stopped", one the node does not have shows "error", work that a
     crashed worker left half-done ends in the state the kernel shows;
@@ -229,15 +230,8 @@ class Reconciler:
     def reconcile_server(self, server: VirtualServer, known: set[str], busy: bool) -> None:
         status: Status | None = None
         if server.engine_name in known:
-            status = self.engine.status(server.engine_name, with_addresses=False)
-            usage = status.usage
-            VirtualServer.objects.filter(pk=server.pk).update(
-                cpu_seconds=usage.cpu_seconds,
-                memory_bytes=usage.memory_bytes,
-                pids=usage.pids,
-                disk_used_bytes=usage.disk_used_bytes,
-                sampled_at=timezone.now(),
-            )
+            # Usage is the sampler's (vservers.usage.sampler): one reader of it per period.
+            status = self.engine.status(server.engine_name, with_addresses=False, with_usage=False)
         if busy:
             return  # the operation moves the state; its worker reads the kernel itself
         before = server.state

@@ -23,7 +23,7 @@ from vservers.models import (
     VirtualServer,
 )
 from vservers.passwords import matches, sha512_crypt
-from vservers.reconcile import reconcile_node
+from vservers.usage.sampler import sample
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,7 +72,7 @@ def test_stop_start_restart_and_plan_change_follow_the_kernel(world, provision, 
     server = provision("web")
     name = server.engine_name
     first_init = world.engine.status(name).init_pid
-    reconcile_node(world.node.pk)  # a usage sample of the running server
+    sample(world.node)  # a usage sample of the running server
     server.refresh_from_db()
     assert server.memory_bytes > 0 and server.pids > 0
     assert Service.objects.get(server=server, name="httpd").pid is not None

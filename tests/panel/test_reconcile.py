@@ -62,10 +62,13 @@ def test_a_dead_init_shows_stopped_and_only_autostart_servers_come_back(world, p
     assert manual.state == State.STOPPED
 
 
-def test_it_samples_usage_and_marks_the_node_seen(world, provision):
+def test_it_marks_the_node_seen_and_the_sampler_stores_the_latest_usage(world, provision):
+    from vservers.usage.sampler import sample
+
     server = provision("web")
 
     reconcile_node(world.node.pk)
+    sample(world.node)
 
     server.refresh_from_db()
     assert server.sampled_at is not None

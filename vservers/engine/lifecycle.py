@@ -496,21 +496,16 @@ class Engine:
         if used is not None:
             write_json(self._dir(name) / "usage.json", {"disk_used_bytes": used})
 
-    def status(self, name: str, *, with_addresses: bool = True) -> Status:
+    def status(self, name: str, *, with_addresses: bool = True, with_usage: bool = True) -> Status:
+        """What the kernel says of server NAME. Without WITH_USAGE a running server's usage is
+        left at zero (the reconciler's periodic look: the usage sampler reads it)."""
         spec = self.spec(name)
         init_pid = self._running_init(name)
         if init_pid is None:
             remembered = read_json(self._dir(name) / "usage.json") or {}
             usage = Usage(disk_used_bytes=int(remembered.get("disk_used_bytes", 0)))
             return self._status(spec, "stopped", None, list(spec.addresses), spec.limits, usage)
-        from . import rtnl
-
-        runtime = self._runtime(name)
-        cg = self.cgroups.usage(name)
-        with rtnl.Socket() as sock:
-            stats = sock.link_stats(runtime.host_veth) if runtime else None
-        usage = _with_network(dataclasses.replace(cg, disk_used_bytes=disk_used(init_pid) or 0), stats,
-                              runtime.init_start_time if runtime else 0)
+        usage = self._usage(name, init_pid) if with_usage else Usage()
         kernel_limits = self.cgroups.limits(name, self._disk_device(name)) or spec.limits
         limits = dataclasses.replace(kernel_limits, disk_bytes=spec.limits.disk_bytes,
                                      network_admin=_holds_net_admin(init_pid, spec.limits.network_admin))
@@ -520,6 +515,16 @@ class Engine:
 
             ips = network.netns_addresses(init_pid)
         return self._status(spec, "running", init_pid, ips, limits, usage)
+
+    def _usage(self, name: str, init_pid: int) -> Usage:
+        from . import rtnl
+
+        runtime = self._runtime(name)
+        cg = self.cgroups.usage(name)
+        with rtnl.Socket() as sock:
+            stats = sock.link_stats(runtime.host_veth) if runtime else None
+        return _with_network(dataclasses.replace(cg, disk_used_bytes=disk_used(init_pid) or 0), stats,
+                             runtime.init_start_time if runtime else 0)
 
     def _status(self, spec, state, init_pid, ips, limits, usage) -> Status:
         # Said only when true, so the status of nearly every server stays as it was.
