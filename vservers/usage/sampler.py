@@ -78,8 +78,10 @@ def sample(node: Node, now: float | None = None) -> str:
     seen = store.latest(node.pk, bucket)
     node_key = ("n", node.pk)
     before = seen.previous(node_key, bucket)
-    if before is not None and before.t >= t:
-        return "sampled already this second"
+    # A pass in the same second as the last one (or before it: a clock set back) adds nothing
+    # to the history, where it would be a duplicate or out of order; the servers' latest
+    # figures and the signal still follow it.
+    in_order = before is None or before.t < t
     points = {}
     for name, usage in usages.items():
         key = ("s", by_name[name].pk)
@@ -91,8 +93,10 @@ def sample(node: Node, now: float | None = None) -> str:
         points[key] = archive.with_rates(point, seen.previous(key, bucket))
     points[node_key] = archive.total(t, points.values())
     closed = [row for (_key, start), row in seen.rows.items() if start < bucket and not row.rolled]
-    store.append(node.pk, points, seen)
-    rolled = store.roll_raw(closed)
+    rolled = 0
+    if in_order:
+        store.append(node.pk, points, seen)
+        rolled = store.roll_raw(closed)
     at = datetime.fromtimestamp(t, UTC)
     latest = []
     for name, usage in usages.items():
