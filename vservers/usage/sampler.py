@@ -104,7 +104,9 @@ def sample(node: Node, now: float | None = None) -> str:
         server.cpu_seconds, server.memory_bytes, server.pids = usage.cpu_seconds, usage.memory_bytes, usage.pids
         server.disk_used_bytes, server.sampled_at = usage.disk_used_bytes, at
         latest.append(server)
-    VirtualServer.objects.bulk_update(
+    # Not over what a stop recorded meanwhile (jobs.guest_stopped: no memory, no processes) if
+    # another worker process of the node ran it while this pass read the kernel.
+    VirtualServer.objects.filter(state__in=[State.RUNNING, State.STARTING, State.STOPPING]).bulk_update(
         latest, ["cpu_seconds", "memory_bytes", "pids", "disk_used_bytes", "sampled_at"], batch_size=store.BATCH)
     for receiver, result in node_sampled.send_robust(sender=Node, node=node, at=at):
         if isinstance(result, Exception):
