@@ -21,8 +21,9 @@ servers, rules or samples:
     mail, in one transaction), an episode ended.
 
 The conditions (docs/usage.md, "Alerts", says the same to users):
- - disk: the last sample's disk used is at or above THRESHOLD % of the plan's disk;
- - memory: every sample for MINUTES minutes is at or above THRESHOLD % of the plan's memory
+ - disk (judged while the server runs): the last sample's disk used is at or above
+   THRESHOLD % of the plan's disk;
+ - memory (likewise): every sample for MINUTES minutes is at or above THRESHOLD % of the plan's memory
    (a sample older than STALE_PERIODS sampling periods is a gap, and a gap starts the count
    again);
  - unreachable: the server is expected to run, and for MINUTES minutes of passes it was not
@@ -104,11 +105,14 @@ def judge(rule: AlertRule, now: datetime) -> Verdict | None:
     server: VirtualServer = rule.server
     sampled = server.sampled_at
     fresh = sampled is not None and now - sampled <= stale_after()
+    if rule.kind in (Kind.DISK, Kind.MEMORY) and server.state != State.RUNNING:
+        # No sample of a server that does not run (a stop records zeros): nothing changes while
+        # it is stopped; a disk episode stays open, a memory count starts again.
+        return None if rule.kind == Kind.DISK else Verdict(False, False)
     if rule.kind == Kind.DISK:
         value = percent(server.disk_used_bytes, server.plan.disk_mb) if sampled is not None else None
         if value is None:
             return None
-        # Disk use stays what it was while a server is stopped: the last sample still counts.
         return Verdict(value >= (rule.threshold or 0), value < rule.clears_below(), sampled, sampled, value)
     if rule.kind == Kind.MEMORY:
         value = percent(server.memory_bytes, server.plan.memory_mb) if fresh else None

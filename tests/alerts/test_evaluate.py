@@ -280,3 +280,17 @@ def test_a_pass_costs_the_same_queries_for_30_servers_as_for_3(w):
     many = queries([running(w, f"b{i}") for i in range(27)])
     assert AlertRule.objects.count() == 90
     assert few == many == 3  # the other nodes not seen lately (none), the episodes ended, the rules
+
+
+def test_a_stop_recording_zeros_neither_ends_a_disk_episode_nor_mails_again_at_the_next_start(w):
+    rules(w.web, disk=90)
+    sample(w.web, T0, disk_mb=1000)
+    evaluate(w.node, T0)
+    w.web.move([State.RUNNING], State.STOPPED)
+    sample(w.web, T0 + timedelta(minutes=1), disk_mb=0, memory_mb=0)  # what a stop leaves
+    evaluate(w.node, T0 + timedelta(minutes=1))
+    w.web.move([State.STOPPED], State.RUNNING)
+    sample(w.web, T0 + timedelta(minutes=2), disk_mb=1000)
+    evaluate(w.node, T0 + timedelta(minutes=2))
+    assert len(mails()) == 1
+    assert episodes(w.web) == [(T0, None)]
