@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.urls import path
 
 from vservers.views import operator as views
+from vservers.views import usage
 
 urlpatterns = [
     path("", views.dashboard, name="op_dashboard"),
@@ -38,6 +39,8 @@ urlpatterns = [
     path("pools/<int:pk>/", views.pool_detail, name="op_pool_detail"),
     path("nodes/", views.nodes, name="op_nodes"),
     path("nodes/<slug:name>/", views.node_edit, name="op_node_edit"),
+    path("nodes/<slug:name>/usage/", usage.node_detail, name="op_node_usage"),
+    path("nodes/<slug:name>/usage.json", usage.node_usage, name="op_node_usage_json"),
     path("operations/", views.operations, name="op_operations"),
     path("operations/<uuid:uuid>/retry/", views.operation_retry, name="op_operation_retry"),
     path("audit/", views.audit, name="op_audit"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.urls import path, register_converter
 
 from vservers.converters import GuestNameConverter
-from vservers.views import tenant
+from vservers.views import tenant, usage
 
 # Account and service names come from inside the guest (see GuestNameConverter).
 register_converter(GuestNameConverter, "guest")
@@ -15,6 +15,7 @@ urlpatterns = [
     path("", tenant.server_list, name="server_list"),
     path("new/", tenant.server_request, name="server_request"),
     path("<uuid:uuid>/", tenant.server_detail, name="server_detail"),
+    path("<uuid:uuid>/usage.json", usage.server_usage, name="server_usage"),
     path("<uuid:uuid>/dismiss/", tenant.dismiss_rejected, name="server_dismiss"),
     path("<uuid:uuid>/cancel/", tenant.server_cancel, name="server_cancel"),
     path("<uuid:uuid>/action/<slug:kind>/", tenant.server_action, name="server_action"),

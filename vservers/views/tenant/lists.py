@@ -19,6 +19,7 @@ from ... import access, actions
 from ...formatting import number
 from ...forms import ServerRequestForm
 from ...models import IPAddress, State, VirtualServer
+from .. import usage
 from ..live import live_page
 from .access import membership, no_tenant
 from .display import Meter, percent, quota_meters
@@ -81,8 +82,8 @@ def _row(values: dict, url_pattern: str, addresses: list[str], size) -> dict:
 
 def server_page(request: HttpRequest) -> tuple[Page, list[dict]]:
     """The page of the list that REQUEST asks for (?page=N; out of range: the nearest) and
-    its rows. Three queries whatever the number of servers: the count, the page's rows with
-    their plan, template and tenant, and the page's addresses."""
+    its rows. Four queries whatever the number of servers: the count, the page's rows with
+    their plan, template and tenant, the page's addresses, and their CPU history."""
     servers = _list_servers(request.user).values(*ROW_FIELDS)
     page = Paginator(servers, PER_PAGE).get_page(request.GET.get("page"))
     found = list(page.object_list)
@@ -94,7 +95,12 @@ def server_page(request: HttpRequest) -> tuple[Page, list[dict]]:
             addresses.setdefault(server_id, []).append(address)
     url_pattern = reverse("server_detail", args=[_NO_UUID])
     size = functools.cache(filesizeformat)
-    return page, [_row(values, url_pattern, addresses.get(values["pk"], []), size) for values in found]
+    rows = [_row(values, url_pattern, addresses.get(values["pk"], []), size) for values in found]
+    # The CPU sparklines of the whole page from one query of the usage history.
+    lines = usage.sparklines_for([(values["pk"], float(values["plan__cpus"])) for values in found])
+    for values, row in zip(found, rows, strict=True):
+        row["cpu_line"] = lines.get(values["pk"])
+    return page, rows
 
 
 def server_rows(request: HttpRequest) -> list[dict]:
