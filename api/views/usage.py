@@ -22,7 +22,7 @@ class UsageQuery(serializers.Serializer):
     )
 
 
-class UsageSerializer(serializers.Serializer):
+class UsageSeriesSerializer(serializers.Serializer):
     window = serializers.ChoiceField(choices=list(queries.WINDOWS))
     step = serializers.IntegerField(help_text="seconds between two points")
     t = serializers.ListField(child=serializers.IntegerField(), help_text="each point's time, epoch seconds (UTC)")
@@ -41,7 +41,7 @@ class UsageSerializer(serializers.Serializer):
 
 
 class ServerUsageView(ApiView):
-    @extend_schema(parameters=[UsageQuery], responses={200: UsageSerializer})
+    @extend_schema(parameters=[UsageQuery], responses={200: UsageSeriesSerializer})
     def get(self, request, uuid):
         """The server's usage over the window: averages (and peaks where the resolution keeps
         them) per point, with the plan's limits."""
