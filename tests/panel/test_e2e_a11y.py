@@ -50,7 +50,8 @@ FIT_ON_A_PHONE = {"services"}
 # The main pages, screenshotted at both widths (name -> route name).
 MAIN_PAGES = {
     "tenant": ["server_list", "server_detail", "server_request"],
-    "operator": ["op_dashboard", "op_approvals", "op_servers", "op_server_detail", "op_tenant_detail", "op_audit"],
+    "operator": ["op_dashboard", "op_approvals", "op_servers", "op_server_detail", "op_tenant_detail", "op_audit",
+                 "op_node_usage"],
 }
 
 # What a page is made of, measured in the page: sideways scroll of the document, and every

@@ -10,7 +10,7 @@ from django.urls import reverse
 from accounts.models import Membership
 from vservers.models import State, VirtualServer
 from vservers.usage import queries
-from vservers.views.usage import SPARK_HEIGHT, SPARK_WIDTH, sparkline
+from vservers.views.sparklines import SPARK_HEIGHT, SPARK_WIDTH, sparkline
 
 MIB = 1024 * 1024
 

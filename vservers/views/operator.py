@@ -63,6 +63,7 @@ from ..operator_forms import (
     TemplateForm,
     TenantForm,
 )
+from . import sparklines
 from .live import live_page, minute, operation_changes, server_changes
 
 PER_PAGE = 50
@@ -371,8 +372,14 @@ def _filter_items(data) -> list[tuple[str, str]]:
 def servers(request: HttpRequest) -> HttpResponse:
     form = ServerFilterForm(request.GET or None)
     found = form.filter(_server_listing())
+    page = _page(request, found)
+    page.object_list = list(page.object_list)
+    # Each row's CPU sparkline, from one query for the page.
+    lines = sparklines.sparklines_for([(server.pk, float(server.plan.cpus)) for server in page.object_list])
+    for server in page.object_list:
+        server.cpu_line = lines.get(server.pk)
     return render(request, "vservers/operator/servers.html", {
-        "section": "servers", "form": form, "page": _page(request, found), "filters": _filter_items(request.GET),
+        "section": "servers", "form": form, "page": page, "filters": _filter_items(request.GET),
         "bulk_actions": BULK_LABELS,
     })
 

@@ -1,6 +1,6 @@
 """Usage over time on the pages: the JSON the server's and the node's plots draw
-(static/js/plots.js with uPlot), the operator's node page, and the CPU sparklines of the
-server lists.
+(static/js/plots.js with uPlot) and the operator's node page (the lists' sparklines:
+vservers.views.sparklines).
 
 The figures come from vservers.usage.queries (the sampler's rollups); this module only
 checks who may see them, picks the window, and adds the limits the plots draw as lines: the
@@ -13,8 +13,6 @@ operator's (operator_required, 403 for anyone else).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -92,65 +90,6 @@ def node_detail(request: HttpRequest, name: str) -> HttpResponse:
     """A node's totals over time: what all its servers used together, against its capacity."""
     node = get_object_or_404(Node, name=name)
     return render(request, "vservers/operator/node_detail.html", {"section": "nodes", "node": node})
-
-
-# -- sparklines ------------------------------------------------------------------------------
-
-# The drawing's own units (the SVG scales to its CSS box): wide and flat like a line of text.
-SPARK_WIDTH = 100
-SPARK_HEIGHT = 24
-
-
-@dataclass(frozen=True)
-class Sparkline:
-    """A server's CPU over the last 24 h as SVG polylines, one per run of samples: a stopped
-    period breaks the line (no point is made up for it). LABEL says it in words."""
-
-    lines: list[str]  # each a polyline's "points" attribute
-    label: str
-
-
-def _cores(value: float) -> str:
-    return f"{value:.2f}".rstrip("0").rstrip(".") or "0"
-
-
-def sparkline(values: list[float | None], limit: float) -> Sparkline | None:
-    """VALUES (CPU in cores, None for no sample) drawn against LIMIT (the plan's cores): the
-    line's top is the limit, or the highest value when it went above it. None without any
-    sample at all (the list then shows nothing rather than an empty box)."""
-    known = [v for v in values if v is not None]
-    if not known:
-        return None
-    top = max(limit, *known) or 1.0
-    last = len(values) - 1 or 1
-    lines: list[str] = []
-    run: list[str] = []
-    for index, value in enumerate(values):
-        if value is None:
-            if run:
-                lines.append(" ".join(run))
-            run = []
-            continue
-        x = SPARK_WIDTH * index / last
-        y = SPARK_HEIGHT - SPARK_HEIGHT * value / top
-        run.append(f"{x:.1f},{y:.1f}")
-    if run:
-        lines.append(" ".join(run))
-    # A lone sample between gaps is a point: a polyline of one point draws nothing.
-    lines = [line if " " in line else f"{line} {line}" for line in lines]
-    latest = next((v for v in reversed(values) if v is not None), 0.0)
-    label = (f"CPU over the last 24 hours: now {_cores(latest)}, peak {_cores(max(known))} "
-             f"of {_cores(limit)} cores")
-    return Sparkline(lines, label)
-
-
-def sparklines_for(rows: list[tuple[int, float]]) -> dict[int, Sparkline | None]:
-    """Sparklines for ROWS, (server id, the plan's cores) each, from ONE query of the history
-    (queries.sparklines), whatever the number of rows."""
-    if not rows:
-        return {}
-    found = queries.sparklines([server_id for server_id, _ in rows])
-    return {server_id: sparkline(found.get(server_id) or [], limit) for server_id, limit in rows}
 
 
 # -- the plots' markup -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ... import access, actions
 from ...formatting import number
 from ...forms import ServerRequestForm
 from ...models import IPAddress, State, VirtualServer
-from .. import usage
+from .. import sparklines
 from ..live import live_page
 from .access import membership, no_tenant
 from .display import Meter, percent, quota_meters
@@ -97,7 +97,7 @@ def server_page(request: HttpRequest) -> tuple[Page, list[dict]]:
     size = functools.cache(filesizeformat)
     rows = [_row(values, url_pattern, addresses.get(values["pk"], []), size) for values in found]
     # The CPU sparklines of the whole page from one query of the usage history.
-    lines = usage.sparklines_for([(values["pk"], float(values["plan__cpus"])) for values in found])
+    lines = sparklines.sparklines_for([(values["pk"], float(values["plan__cpus"])) for values in found])
     for values, row in zip(found, rows, strict=True):
         row["cpu_line"] = lines.get(values["pk"])
     return page, rows
