@@ -142,11 +142,18 @@
         parts.push(s.label + ": latest " + format(latest) + ", highest " + format(highest));
       }
     });
-    var limit = plot.limit && data.limits ? data.limits[plot.limit] : null;
-    if (limit !== null && limit !== undefined) {
+    var limit = limitOf(plot, data);
+    if (limit !== null) {
       parts.push(limitLabel.toLowerCase() + " " + format(limit));
     }
     return parts.join("; ") + ".";
+  }
+
+  // The limit this figure draws, or null: the plan has one for each of its figures but the
+  // network's; a node has a capacity for CPU, memory and disk only.
+  function limitOf(plot, data) {
+    var limit = plot.limit && data.limits ? data.limits[plot.limit] : null;
+    return limit === undefined ? null : limit;
   }
 
   function options(figure, plot, data, limitLabel, width) {
@@ -160,7 +167,7 @@
         points: { show: false },
       });
     });
-    if (plot.limit) {
+    if (limitOf(plot, data) !== null) {
       series.push({
         label: limitLabel, stroke: colors.danger, width: 1.5, dash: [6, 4], spanGaps: false,
         value: function (u, v) { return v === null ? "–" : UNITS[plot.unit](v); }, points: { show: false },
@@ -197,9 +204,9 @@
     plot.series.forEach(function (s) {
       columns.push(data.metrics[s.key] || data.t.map(function () { return null; }));
     });
-    if (plot.limit) {
-      var limit = data.limits ? data.limits[plot.limit] : null;
-      columns.push(data.t.map(function () { return limit === undefined ? null : limit; }));
+    var limit = limitOf(plot, data);
+    if (limit !== null) {
+      columns.push(data.t.map(function () { return limit; }));
     }
     return columns;
   }
