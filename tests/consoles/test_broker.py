@@ -182,21 +182,34 @@ def test_an_idle_console_ends(fault_world, provision, start_broker):
     assert ended(ticket).end_reason == "Idle for 2 seconds without a keystroke."
 
 
-def test_killing_the_broker_leaves_nothing_of_its_consoles_in_the_server(fault_world, provision, console_broker,
-                                                                        open_console):
+def test_killing_the_broker_hangs_its_consoles_up(fault_world, provision, console_broker, open_console):
+    """SIGKILL of the broker: its consoles are hung up as ssh's would be. The shell, its
+    helper and a plain background job go; what the user detached on purpose (nohup,
+    setsid: a daemon a service script starts) stays, as the guest's own program."""
     server = provision("web")
     before = set(server_processes(fault_world.engine, server))
     ticket = issue_ticket(fault_world.alice, server)
     client, answer = open_console(ticket, fault_world.alice.pk)
     assert answer == {"ok": True}
-    client.type("nohup sleep 1000 >/dev/null 2>&1 &\nsetsid sleep 1000 </dev/null >/dev/null 2>&1 &\n")
-    wait_until(lambda: len(sleepers(fault_world.engine, server)) == 2, "both sleeps to run in the server")
+    client.type("sleep 1000 </dev/null >/dev/null 2>&1 &\n"
+                "nohup sleep 1001 </dev/null >/dev/null 2>&1 &\nsetsid sleep 1002 </dev/null >/dev/null 2>&1 &\n")
+
+    def sleeps() -> list[str]:
+        return sorted(cmd for cmd in server_processes(fault_world.engine, server).values() if cmd.startswith("sleep"))
+
+    wait_until(lambda: len(sleeps()) == 3, "the three sleeps to run in the server")
     during = set(server_processes(fault_world.engine, server))
-    assert len(during - before) >= 4  # the session's parent, its shell, the two sleeps
+    assert len(during - before) == 4  # the shell and the three sleeps
     console_broker.kill()
-    wait_until(lambda: set(server_processes(fault_world.engine, server)) <= before,
-               lambda: f"the session's processes to go: {server_processes(fault_world.engine, server)}")
-    assert sleepers(fault_world.engine, server) == []
+    try:
+        wait_until(lambda: sleeps() == ["sleep 1001", "sleep 1002"], lambda: f"only the detached sleeps to "
+                   f"stay: {server_processes(fault_world.engine, server)}")
+        wait_until(lambda: len(set(server_processes(fault_world.engine, server)) - before) == 2,
+                   lambda: f"the session's other processes to go: {server_processes(fault_world.engine, server)}")
+    finally:
+        for pid, cmd in server_processes(fault_world.engine, server).items():
+            if cmd.startswith("sleep"):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_fifty_consoles_leak_no_fd_thread_or_process_in_the_broker(fault_world, provision, console_broker):
@@ -308,7 +321,7 @@ def test_stopping_the_broker_ends_its_consoles_with_a_reason(fault_world, provis
     ticket = issue_ticket(fault_world.alice, server)
     client, answer = open_console(ticket, fault_world.alice.pk)
     assert answer == {"ok": True}
-    client.type("setsid sleep 1000 </dev/null >/dev/null 2>&1 &\n")
+    client.type("sleep 1000 </dev/null >/dev/null 2>&1 &\n")  # a plain job: hung up with its console
     wait_until(lambda: sleepers(fault_world.engine, server), "the sleep to run in the server")
     os.kill(console_broker.pid, signal.SIGTERM)
     assert client.wait_exit() == messages.SERVICE_STOPPED

@@ -1,6 +1,7 @@
 """The engine's terminal sessions (vservers.engine.console.open_terminal), the way the console
-broker uses them: a login shell on the guest's own devpts, as root or as a guest account, and
-nothing of the session left once it ends, even when the process that opened it is killed."""
+broker uses them: a login shell on the guest's own devpts, as root or as a guest account, in
+the server's own process view, hung up like an ssh session once it ends, even when the
+process that opened it is killed: the shell and its jobs go, what the user detached stays."""
 
 from __future__ import annotations
 
@@ -34,8 +35,28 @@ def session_processes(engine, name: str) -> dict[int, str]:
     return found
 
 
-def sleepers(engine, name: str) -> list[int]:
-    return [pid for pid, cmd in session_processes(engine, name).items() if cmd.startswith("sleep 1000")]
+def sleepers(engine, name: str) -> dict[str, list[int]]:
+    """The test's sleeps in the server by what they were started with: "sleep 1001" a plain
+    background job, "sleep 1002" nohup'd, "sleep 1003" setsid'd."""
+    found: dict[str, list[int]] = {}
+    for pid, cmd in session_processes(engine, name).items():
+        if cmd.startswith("sleep 100"):
+            found.setdefault(cmd, []).append(pid)
+    return found
+
+
+# A plain background job (hung up with the session), and two the user detached on purpose.
+JOBS = (b"sleep 1001 </dev/null >/dev/null 2>&1 &\n"
+        b"nohup sleep 1002 </dev/null >/dev/null 2>&1 &\n"
+        b"setsid sleep 1003 </dev/null >/dev/null 2>&1 &\n")
+DETACHED = ["sleep 1002", "sleep 1003"]
+
+
+def end_detached(engine, name: str) -> None:
+    for pids in sleepers(engine, name).values():
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not sleepers(engine, name), "the detached sleeps to go")
 
 
 def read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
@@ -65,38 +86,46 @@ def wait_until(predicate, what: str, timeout: float = 30.0):
     return value
 
 
-def test_a_session_is_a_login_shell_on_the_guests_terminal_and_leaves_nothing(engine, make_server):
+def test_a_session_is_a_login_shell_on_the_guests_terminal_and_hangs_up_like_ssh(engine, make_server):
     name = make_server("con1", IP)
     before = session_processes(engine, name)
+    httpd = [pid for pid, cmd in before.items() if "httpd" in cmd]
     terminal = console.open_terminal(engine.init_pid(name), engine.cgroup_procs(name), cols=120, rows=40)
     try:
-        os.write(terminal.master, b"hostname; tty; stty size; echo $HOME:$USER:$$; id -u\n")
+        os.write(terminal.master, b"hostname; tty; stty size; echo $HOME:$USER; id -u\n")
         shown = read_until(terminal.master, b"\n0\r\n")
         assert b"/dev/pts/" in shown
         assert b"40 120" in shown
-        # The shell is PID 1 of a namespace of its own: `echo $$` says 1.
-        assert b"/root:root:1\r\n" in shown
-        hostname = engine.spec(name).hostname
-        assert hostname.encode() in shown
+        assert b"/root:root\r\n" in shown
+        assert engine.spec(name).hostname.encode() in shown
         terminal.resize(100, 30)
         os.write(terminal.master, b"stty size\n")
         assert b"30 100" in read_until(terminal.master, b"30 100")
-        # What ignores SIGHUP, and what leaves the terminal's session.
-        os.write(terminal.master, b"nohup sleep 1000 >/dev/null 2>&1 &\n"
-                                  b"setsid sleep 1000 </dev/null >/dev/null 2>&1 &\n")
-        wait_until(lambda: len(sleepers(engine, name)) == 2, "both sleeps to run in the server")
+        # The console sees and reaches the server's own processes: a tenant repairs with kill.
+        os.write(terminal.master, b"kill -0 1 && pidof httpd && echo reach''ed\n")
+        assert b"reached" in read_until(terminal.master, b"reached")
+        os.write(terminal.master, JOBS)
+        wait_until(lambda: len(sleepers(engine, name)) == 3, "the three sleeps to run in the server")
     finally:
         terminal.close()
-    # close() returns once the session's namespace is empty.
-    assert sleepers(engine, name) == []
-    assert set(session_processes(engine, name)) <= set(before)
+    try:
+        # close() returns once the shell has gone and its session was hung up: the plain job
+        # with it, what the user detached (nohup, setsid) still running, as after ssh.
+        wait_until(lambda: sorted(sleepers(engine, name)) == DETACHED, lambda: f"only the detached sleeps "
+                   f"to stay: {sleepers(engine, name)}", timeout=10)
+        left = set(session_processes(engine, name)) - set(before)
+        assert left == {pid for pids in sleepers(engine, name).values() for pid in pids}
+        assert all(pid in session_processes(engine, name) for pid in httpd)
+    finally:
+        end_detached(engine, name)
     terminal.close()  # idempotent
 
 
-def test_nothing_of_a_session_outlives_a_killed_owner(engine, make_server):
+def test_a_killed_owner_hangs_its_session_up(engine, make_server):
     """The process that opened the session is killed with SIGKILL (as the broker may be): the
-    nohup'd and setsid'd processes started in the console go with it."""
+    helper sees its cancel pipe end and hangs the session up all the same."""
     name = make_server("con2", IP)
+    before = session_processes(engine, name)
     init_pid, procs = engine.init_pid(name), engine.cgroup_procs(name)
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -104,8 +133,7 @@ def test_nothing_of_a_session_outlives_a_killed_owner(engine, make_server):
         try:
             os.close(ready_r)
             terminal = console.open_terminal(init_pid, procs)
-            os.write(terminal.master, b"nohup sleep 1000 >/dev/null 2>&1 &\n"
-                                      b"setsid sleep 1000 </dev/null >/dev/null 2>&1 &\necho start''ed\n")
+            os.write(terminal.master, JOBS + b"echo start''ed\n")
             read_until(terminal.master, b"started")
             os.write(ready_w, b"1")
             time.sleep(1000)
@@ -114,17 +142,25 @@ def test_nothing_of_a_session_outlives_a_killed_owner(engine, make_server):
     os.close(ready_w)
     try:
         assert os.read(ready_r, 1) == b"1"
-        wait_until(lambda: len(sleepers(engine, name)) == 2, "both sleeps to run in the server")
+        wait_until(lambda: len(sleepers(engine, name)) == 3, "the three sleeps to run in the server")
     finally:
         os.close(ready_r)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    wait_until(lambda: sleepers(engine, name) == [], "the session's processes to be gone")
+    try:
+        wait_until(lambda: sorted(sleepers(engine, name)) == DETACHED, lambda: f"only the detached sleeps "
+                   f"to stay: {sleepers(engine, name)}")
+        # Neither the shell nor the session's parent is left.
+        wait_until(lambda: set(session_processes(engine, name)) - set(before) == {
+            pid for pids in sleepers(engine, name).values() for pid in pids}, "nothing else to stay")
+    finally:
+        end_detached(engine, name)
 
 
-def test_without_its_own_pid_namespace_a_setsid_process_survives(engine, make_server):
-    """The positive control of the test above: a shell on a terminal without the PID namespace
-    of its own (guest.spawn as before), killed, leaves its setsid'd child running."""
+def test_without_the_hangup_a_background_job_outlives_its_shell(engine, make_server):
+    """The positive control of the two tests above: a shell on a terminal without the login
+    session's hangup (guest.spawn without login_session), killed, leaves its plain
+    background job running: the hangup is what ends it."""
     import socket
 
     from vservers.engine import guest
@@ -140,17 +176,16 @@ def test_without_its_own_pid_namespace_a_setsid_process_survives(engine, make_se
     ours.close()
     master = fds[0]
     try:
-        os.write(master, b"setsid sleep 1000 </dev/null >/dev/null 2>&1 &\n")
-        wait_until(lambda: len(sleepers(engine, name)) == 1, "the sleep to run in the server")
+        os.write(master, b"sleep 1001 </dev/null >/dev/null 2>&1 &\n")
+        wait_until(lambda: sleepers(engine, name).get("sleep 1001"), "the sleep to run in the server")
     finally:
         helper.kill()
         os.close(master)
     try:
         time.sleep(0.5)
-        assert len(sleepers(engine, name)) == 1, "the control: a setsid'd process outlives a plain session"
+        assert sleepers(engine, name).get("sleep 1001"), "the control: a background job outlives a plain session"
     finally:
-        for pid in sleepers(engine, name):
-            os.kill(pid, signal.SIGKILL)
+        end_detached(engine, name)
 
 
 def test_a_guest_account_gets_its_ids_home_and_shell(engine, make_server):
@@ -177,7 +212,7 @@ def test_an_unknown_or_odd_account_is_a_clear_error(engine, make_server, account
     name = make_server("con5", IP)
     with pytest.raises(EngineError, match="account"):
         console.open_terminal(engine.init_pid(name), engine.cgroup_procs(name), account=account)
-    assert sleepers(engine, name) == []
+    assert not sleepers(engine, name)
 
 
 def test_odd_sizes_are_refused(engine, make_server):

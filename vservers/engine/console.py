@@ -117,8 +117,8 @@ class Terminal:
     """A login shell in a server on a terminal of the guest's own devpts (open_terminal).
 
     MASTER is the terminal's master end: what the shell shows is read from it, keystrokes are
-    written to it. The shell is PID 1 of a PID namespace of its own, so nothing it starts
-    outlives it; close() ends it and waits until all of it is gone."""
+    written to it. close() hangs the session up (guest.spawn's login_session) and returns once
+    the shell is gone and its session was sent SIGHUP."""
 
     def __init__(self, master: int, helper: guest.Helper, account: str) -> None:
         self.master = master
@@ -223,9 +223,11 @@ def open_terminal(init_pid: int, cgroup_procs: Sequence[Path], *, account: str =
                   rows: int = 24, term: str = "xterm-256color",
                   start_timeout: float = guest.START_TIMEOUT) -> Terminal:
     """Start ACCOUNT's login shell in the server whose init is INIT_PID, on a terminal of the
-    guest's own devpts of COLS x ROWS, in a PID namespace of its own (guest.spawn): when the
-    shell ends, when close() is called, or when this process dies (even of SIGKILL: the
-    helper sees its cancel pipe end), every process started in the session is killed.
+    guest's own devpts of COLS x ROWS, as a login session (guest.spawn): when the shell ends,
+    when close() is called, or when this process dies (even of SIGKILL: the helper sees its
+    cancel pipe end), the session is hung up as ssh's would be: its processes get SIGHUP,
+    the shell is killed if it lingers, and what the user detached (nohup, setsid, daemons)
+    keeps running as the guest's own.
 
     The shell runs with the account's uid, gid and groups, HOME and shell from the guest's
     files, and the confinement of the guest's init (bounding set, seccomp filter)."""
@@ -239,7 +241,7 @@ def open_terminal(init_pid: int, cgroup_procs: Sequence[Path], *, account: str =
     try:
         helper = guest.spawn(init_pid, [shell, "-l"], cgroup_procs, null, null, null, env=env,
                              pty_socket=theirs.fileno(), deadline=time.monotonic() + start_timeout,
-                             pid_namespace=True, identity=identity)
+                             login_session=True, identity=identity)
     finally:
         theirs.close()
         os.close(null)

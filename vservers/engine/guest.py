@@ -141,7 +141,7 @@ def spawn(
     env: dict[str, str] | None = None,
     pty_socket: int | None = None,
     deadline: float | None = None,
-    pid_namespace: bool = False,
+    login_session: bool = False,
     identity: Identity | None = None,
 ) -> Helper:
     """Start ARGV inside the VPS whose init is INIT_PID; returns its host-side Helper, whose
@@ -155,12 +155,13 @@ def spawn(
     time.monotonic() value; default START_TIMEOUT from now), it and the helper are killed
     and reaped, and EngineError says so.
 
-    With PID_NAMESPACE, the program is PID 1 of a PID namespace of its own inside the guest's,
-    so that when it ends (or is killed) the kernel kills everything it started, including what
-    ignores SIGHUP or left its session with setsid (a console's `nohup cmd &`). A process of
-    ours in the guest's namespace is its parent (a PID namespace applies to the children of
-    whoever made it); it ends the program when the engine cancels or dies, and exits once the
-    namespace is empty, so that the helper's exit means the whole session is gone.
+    With LOGIN_SESSION (a console's shell, with PTY_SOCKET), the program leads a session of
+    its own, and its end is a terminal's hangup, as for a login over ssh: when it exits, when
+    the engine cancels, or when the engine dies (even of SIGKILL: the helper sees the cancel
+    pipe end), every process still in that session gets SIGHUP and SIGCONT; the shell itself,
+    if it does not exit within SESSION_GRACE, is killed. What the user detached on purpose
+    (`nohup`, `setsid`, a daemon that a service script starts) keeps running, as it would
+    after ssh: it is the guest's program now, under its limits, not the console's.
     With IDENTITY, the program runs as that account of the guest instead of its root.
     """
     import time
@@ -187,8 +188,11 @@ def spawn(
             os.close(error_r)
             os.close(cancel_w)
             procs_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroup_procs]
+            # The host's /proc, opened before we enter the guest's mounts (where /proc is the
+            # guest's to mount over): the session's processes are found here at its end.
+            host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if login_session else -1
             go_r, go_w = os.pipe2(os.O_CLOEXEC)
-            keep = [error_w, cancel_r, go_r, go_w, *ns_fds, *procs_fds]
+            keep = [error_w, cancel_r, go_r, go_w, *ns_fds, *procs_fds, *([host_proc] if login_session else [])]
             keep += [pty_socket] if pty_socket is not None else []
             _keep_only_fds(stdin, stdout, stderr, keep=keep)
             stdin, stdout, stderr = 0, 1, 2
@@ -208,13 +212,12 @@ def spawn(
                 # Visible in the guest from here on: hold no handle of the host's (namespace
                 # and cgroup files) even for the moment until exec. The cancel pipe is only a
                 # pipe: a session's parent in the guest keeps it to learn of the engine's end.
-                for fd in (go_w, *([] if pid_namespace else [cancel_r]), *ns_fds, *procs_fds):
+                for fd in (go_w, cancel_r, *ns_fds, *procs_fds, *([host_proc] if login_session else [])):
                     os.close(fd)
                 if os.read(go_r, 1) != b"g":  # wait until we are in the server's cgroups
                     os._exit(127)  # the helper is gone
                 os.close(go_r)
-                _exec_child(argv, environment, error_w, pty_socket, bounding,
-                            session=cancel_r if pid_namespace else None, identity=identity)
+                _exec_child(argv, environment, error_w, pty_socket, bounding, identity=identity)
             os.close(go_r)
             program = os.pidfd_open(child)  # our own unreaped child: it cannot be another's pid
             for fd in procs_fds:
@@ -228,10 +231,16 @@ def spawn(
             error_w = -1
             # The program's end, or the engine giving up (its end of the cancel pipe closed).
             ready = _readable([program, cancel_r], None)
-            # A session's parent in the guest ends it itself and exits once its namespace is
-            # empty (it saw the cancel too); it is killed only if it does not.
-            if program not in ready and not (pid_namespace and _readable([program], SESSION_GRACE)):
+            if login_session and program not in ready:
+                _hang_up(host_proc, child)  # the shell first: it may save its history
+                ready = _readable([program], SESSION_GRACE)
+            if program not in ready:
                 os.kill(child, 9)
+                _readable([program], None)
+            if login_session:
+                # The shell is a zombie now, not yet reaped: its pid, the session's id, cannot
+                # have been given to another process.
+                _hang_up(host_proc, child)
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
@@ -315,12 +324,9 @@ def _open_fds() -> list[int]:
 
 
 def _exec_child(argv, environment, error_w: int, pty_socket: int | None, bounding: int,
-                session: int | None = None, identity: Identity | None = None) -> None:
-    """In the guest (its namespaces, root and cgroups): set up stdio and exec. With SESSION
-    (the read end of the engine's cancel pipe), in a PID namespace of its own (_nest)."""
+                identity: Identity | None = None) -> None:
+    """In the guest (its namespaces, root and cgroups): set up stdio and exec."""
     try:
-        if session is not None:
-            _nest(session, error_w, pty_socket)
         if pty_socket is not None:
             _take_guest_terminal(pty_socket, None if identity is None else identity.uid)
         os.closerange(3, error_w)
@@ -348,59 +354,44 @@ def _exec_child(argv, environment, error_w: int, pty_socket: int | None, boundin
         os._exit(127)
 
 
-# How long a session's parent in the guest may take to empty its PID namespace and exit, once
-# the engine has cancelled, before the helper kills it (its program then dies of PDEATHSIG).
-SESSION_GRACE = 2.0
+# How long a console's shell may take to exit after its hangup before it is killed.
+SESSION_GRACE = 1.0
 
 
-def _close_all_but(keep: Sequence[int]) -> None:
-    """Close every fd above 2 but KEEP, without listing /proc/self/fd: inside the guest, /proc
-    is the guest's to mount over."""
-    low = 3
-    for fd in sorted(set(keep)):
-        if fd >= low:
-            os.closerange(low, fd)
-            low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+def _hang_up(host_proc: int, session: int) -> None:
+    """What a terminal's hangup does to a login session: SIGHUP, then SIGCONT (a stopped job
+    must see it), to every process of SESSION, found in the host's /proc (HOST_PROC, a
+    directory fd: pids as the host numbers them). A few passes, for children forked meanwhile;
+    a process the guest's root moved out of the session meanwhile is the guest's business."""
+    import signal
 
-
-def _nest(cancel_r: int, error_w: int, pty_socket: int | None) -> None:
-    """Make a PID namespace inside the guest's and fork its PID 1, which returns from here to
-    exec the program. This process stays as its parent, holding no fd but two pipes, until the
-    program ends (the kernel then kills the rest of the namespace before the program can be
-    reaped) or CANCEL_R reaches its end (the engine cancelled or died: it kills the program,
-    with the same effect), and exits with the program's status.
-
-    The program dies with this process (PDEATHSIG), so killing it, as the helper does when it
-    is not gone in time and as the guest's root may, ends the session too."""
-    syscalls.unshare(syscalls.CLONE_NEWPID)  # needs CAP_SYS_ADMIN in the guest's namespace: before any drop
-    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        syscalls.prctl(PR_SET_PDEATHSIG, 9)
-        os.close(alive_w)
-        os.close(cancel_r)
-        if _readable([alive_r], 0):  # our parent died before PDEATHSIG was armed
-            os._exit(127)
-        os.close(alive_r)
-        return
-    code = 127
-    try:
-        os.close(alive_r)
-        # The program holds its own copies until exec; with ours closed, the engine learns of
-        # its exec (or its error) from the program alone.
-        os.close(error_w)
-        if pty_socket is not None:
-            os.close(pty_socket)
-        program = os.pidfd_open(pid)
-        _close_all_but([cancel_r, alive_w, program])
-        if program not in _readable([program, cancel_r], None):
-            os.kill(pid, 9)
-        _, status = os.waitpid(pid, 0)  # returns once the namespace is empty
-        code = os.waitstatus_to_exitcode(status)
-        code = 128 - code if code < 0 else code
-    finally:
-        os._exit(code)
+    signalled: set[int] = set()
+    for _ in range(3):
+        found = set()
+        for name in os.listdir(host_proc):
+            if not name.isdigit() or int(name) in signalled:
+                continue
+            try:
+                fd = os.open(f"{name}/stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=host_proc)
+            except OSError:
+                continue  # gone
+            try:
+                stat = procfs.parse_stat(os.read(fd, 4096))
+            except (OSError, ValueError, IndexError):
+                continue
+            finally:
+                os.close(fd)
+            if stat.session == session and stat.alive:
+                found.add(stat.pid)
+        if not found:
+            return
+        for pid in found:
+            for sig in (signal.SIGHUP, signal.SIGCONT):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        signalled |= found
 
 
 TIOCGPTPEER = 0x5441
