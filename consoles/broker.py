@@ -448,7 +448,11 @@ class Connection:
                                                  account=session.account, cols=hello.cols, rows=hello.rows)
             except (EngineError, OSError) as exc:
                 log.warning("console of %s as %s: %s", server, session.account, exc)
-                self._refuse(session, Refused(f"{FAILED} ({exc})"[:200], f"could not open a terminal: {exc}"))
+                # An EngineError of the terminal speaks of the guest (its account, its shell),
+                # which helps the user repair it; an OSError may name host paths: operators
+                # read it in the audit and the log.
+                said = f"{FAILED} ({exc})"[:200] if isinstance(exc, EngineError) else FAILED
+                self._refuse(session, Refused(said, f"could not open a terminal: {exc}"))
                 return
             AuditEntry.record(None, "console.opened", server, actor=session.user, account=session.account,
                               session=str(session.uuid))
