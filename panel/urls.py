@@ -17,6 +17,8 @@ urlpatterns = [
     path("", include("vservers.urls")),
     # A server's Alerts form, tenant's and operator's (alerts/), beside the server pages.
     path("", include("alerts.urls")),
+    # The browser console's pages and tickets (consoles/); its WebSocket is in panel/asgi.py.
+    path("", include("consoles.urls")),
     # API tokens: the user's own page (api.pages), beside the password change.
     path("accounts/tokens/", include("api.urls_pages")),
     # The user's own mail settings (notifications.views), beside the password and tokens.

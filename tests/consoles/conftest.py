@@ -27,6 +27,9 @@ from consoles import protocol
 # the world on a database other processes can open.
 from tests.panel.faults import REPO, fault_world, file_database, wait_until  # noqa: F401
 
+# The web process as production runs it (gunicorn + uvicorn as vpanel), for the web side's tests.
+from tests.consoles.web import file_database_dir, web  # noqa: F401, E402 - fixtures, used by name
+
 # A bound for what takes a second or two: only a hang runs into it.
 PATIENCE = 60.0
 

@@ -75,7 +75,7 @@ def wait_gone(pid: int, timeout: float = 30.0) -> bool:
 
 
 @pytest.fixture
-def file_database(transactional_db, django_db_blocker, tmp_path, monkeypatch):
+def file_database(transactional_db, django_db_blocker, tmp_path, monkeypatch, request):
     """The test's database, on a file when pytest-django's is an in-memory SQLite database
     (which no other process can open, and where a second writer thread gets "database table
     is locked" at once instead of waiting its turn); yields what a worker process sets as its
@@ -87,12 +87,19 @@ def file_database(transactional_db, django_db_blocker, tmp_path, monkeypatch):
     ignored; on a shared object renamed to the file it closed the connection under this
     test's queries (a segfault in sqlite3). So this thread gets a connection object of its
     own for the file, and threads the test starts open theirs from a settings dict of their
-    own, not the one the shared object holds."""
+    own, not the one the shared object holds.
+
+    The file goes into tmp_path, or into the directory of a fixture `file_database_dir` where
+    one is defined (tests/consoles: a directory the unprivileged web process may enter)."""
     memory = connections["default"]
     if memory.vendor != "sqlite" or not memory.is_in_memory_db():
         yield memory.settings_dict["NAME"]
         return
-    path = tmp_path / "panel.sqlite3"
+    try:
+        directory = request.getfixturevalue("file_database_dir")
+    except pytest.FixtureLookupError:
+        directory = tmp_path
+    path = directory / "panel.sqlite3"
     file_settings = {**memory.settings_dict, "NAME": str(path)}
     monkeypatch.setitem(connections.settings, "default", file_settings)
     on_file = type(memory)(file_settings, "default")

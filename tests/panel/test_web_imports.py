@@ -27,6 +27,7 @@ django.setup()
 from django.urls import get_resolver
 get_resolver().url_patterns  # every view module of every URL conf
 import panel.wsgi
+import panel.asgi  # the console's WebSocket side: Channels and consoles.consumers
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -41,3 +42,4 @@ def test_the_web_process_imports_no_engine_module_that_touches_the_kernel():
     assert engine == PLAIN_ENGINE_MODULES
     assert not loaded & WORKER_SIDE
     assert "vservers.views.tenant" in loaded  # the probe really loaded the views
+    assert "consoles.consumers" in loaded  # and the console's consumer
