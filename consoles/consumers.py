@@ -134,6 +134,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
     relay: asyncio.Task | None = None
     hello_timer: asyncio.Task | None = None
     closing = False
+    hello_received = False
 
     async def connect(self) -> None:
         # AllowedHostsOriginValidator (panel/asgi.py) already refused foreign origins.
@@ -149,17 +150,20 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
 
     async def _hello_deadline(self) -> None:
         await asyncio.sleep(HELLO_SECONDS)
-        if self.writer is None:
+        if not self.hello_received:
             await self.end(TOO_SLOW, BAD)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
             return
         try:
-            if self.writer is None:
-                if self.record is not None or text_data is None:
+            if not self.hello_received:
+                self.hello_received = True
+                if text_data is None:
                     raise Closed(BAD_MESSAGE, BAD)
                 await self.start(text_data)
+            elif self.writer is None:  # a message before the broker answered: not the protocol
+                raise Closed(BAD_MESSAGE, BAD)
             elif bytes_data is not None:
                 await self.keys(bytes_data)
             else:
@@ -242,8 +246,10 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                     elif kind == protocol.EXIT:
                         sentence, code, exited = _exit_reason(payload), 1000, True
                         break
-        except (OSError, protocol.ProtocolError) as exc:
-            log.warning("console %s: the broker's stream broke: %s", self.record and self.record.uuid, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker's stream broke, or the browser went away meanwhile
+            log.warning("console %s: relay ended: %r", self.record and self.record.uuid, exc)
         await self.end(sentence, code)
 
     async def end(self, sentence: str, code: int) -> None:

@@ -88,8 +88,11 @@ def test_anonymous_users_foreign_origins_and_unverified_sessions_get_no_socket(w
     # A user with two-factor sign-in whose session did not give the code: nothing, as on a page.
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
-    TOTPDevice.objects.create(user=w.alice, name="authenticator", confirmed=True)
+    device = TOTPDevice.objects.create(user=w.alice, name="authenticator", confirmed=True)
     assert status_of_refusal(web, w.web, session_cookie(w.alice)) == 403
+    # ... and the control: a session that gave the code (django-otp's mark in it) connects.
+    with open_socket(web, w.web, session_cookie(w.alice, device)):
+        pass
     assert "Traceback" not in web.log_tail(200)
 
 

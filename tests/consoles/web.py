@@ -139,11 +139,16 @@ def web(file_database, file_database_dir):
     process.stop()
 
 
-def session_cookie(user) -> str:
-    """A signed-in session of USER (as the login page makes it, without a second factor),
-    as the value of the session cookie."""
+def session_cookie(user, device=None) -> str:
+    """A signed-in session of USER, as the value of the session cookie: without a second
+    factor, or verified with DEVICE (what django_otp.login records in the session)."""
     from django.test import Client
+    from django_otp import DEVICE_ID_SESSION_KEY
 
     client = Client()
     client.force_login(user)
+    if device is not None:
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+        session.save()
     return client.cookies[settings.SESSION_COOKIE_NAME].value
