@@ -22,6 +22,7 @@ from websockets.sync.client import connect
 from accounts.models import Membership
 from consoles import consumers
 from consoles.models import ConsoleSession, ticket_hash
+from tests.panel.faults import wait_until
 from vservers.models import State, VirtualServer
 
 from .web import session_cookie
@@ -107,8 +108,10 @@ def test_a_ticket_is_honoured_only_for_its_user_and_server_unspent_and_in_time(w
     own = ticket(w.alice, w.web)
     assert attempt(own) == (consumers.NO_BROKER, consumers.UNAVAILABLE)
     # ... and that attempt spent it: the web side ends a session the broker never recorded.
-    row = ConsoleSession.objects.get(ticket_hash=ticket_hash(own))
-    assert row.ended is not None and row.end_reason == consumers.NO_BROKER
+    # (after it told the browser: so wait for the row)
+    row = wait_until(lambda: ConsoleSession.objects.filter(ticket_hash=ticket_hash(own), ended__isnull=False).first(),
+                     "the session's end to be recorded", timeout=30)
+    assert row.end_reason == consumers.NO_BROKER
     assert attempt(own) == (consumers.BAD_TICKET, consumers.POLICY)
 
     # Another user's ticket (an operator's, for the same server).
