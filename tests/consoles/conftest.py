@@ -23,12 +23,12 @@ import pytest
 
 from consoles import protocol
 
+# The web process as production runs it (gunicorn + uvicorn as vpanel), for the web side's tests.
+from tests.consoles.web import file_database_dir, web  # noqa: F401, E402 - fixtures, used by name
+
 # The panel's fixtures (world, provision, drain...) come from tests/panel_world.py; these two put
 # the world on a database other processes can open.
 from tests.panel.faults import REPO, fault_world, file_database, wait_until  # noqa: F401
-
-# The web process as production runs it (gunicorn + uvicorn as vpanel), for the web side's tests.
-from tests.consoles.web import file_database_dir, web  # noqa: F401, E402 - fixtures, used by name
 
 # A bound for what takes a second or two: only a hang runs into it.
 PATIENCE = 60.0
@@ -233,3 +233,16 @@ def open_console(console_broker):
     yield connect
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def web_broker(fault_world, panel_redis, file_database_dir):  # noqa: F811 - the fixtures imported above
+    """A console broker that the web process (tests/consoles/web.py, as vpanel) reaches: its
+    socket where `web` looks for it, in the test's directory, group vpanel."""
+    from tests.consoles.web import WEB_USER, web_console_socket
+
+    directory = web_console_socket(file_database_dir).parent.parent
+    directory.mkdir()
+    broker = BrokerProcess(fault_world.database, panel_redis, directory, extra=("--group", WEB_USER))
+    yield broker
+    broker.stop()

@@ -51,7 +51,7 @@ class WebProcess:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(directory),  # gunicorn's control socket goes to ~/.gunicorn
             "PYTHONPATH": str(REPO),
-            "DJANGO_SETTINGS_MODULE": "tests.panel.fault_settings",
+            "DJANGO_SETTINGS_MODULE": "tests.consoles.web_settings",
             "PANEL_TEST_DATABASE": database,
             # The test's own key: its sessions' hashes must be the web process's.
             "DJANGO_SECRET_KEY": settings.SECRET_KEY,
