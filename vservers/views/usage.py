@@ -96,7 +96,7 @@ def node_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 # The figures of a usage section, in order; static/js/plots.js knows what each draws.
 PLOTS = (
-    ("cpu", "CPU"),
+    ("cpu", "CPU use"),
     ("memory", "Memory"),
     ("disk", "Disk"),
     ("pids", "Processes"),
