@@ -10,12 +10,12 @@ rendered as usual with its new ETag, and the script morphs only the page's regio
 `data-live` into place (keeping focus, scroll and what the user is typing), then reads the
 changes marked `data-announce` aloud in the page's one polite live region.
 
-Why a conditional poll and not server-sent events or a websocket: the panel runs in
-gunicorn's sync workers, where every open stream would hold a whole worker for as long as
-the page stays open; a poll is one short request, passes every proxy, needs no connection
-kept anywhere, and while nothing moves costs a 304 after its one fingerprint query (plus
-the session's and the user's). A few seconds of delay is what a person watching a server
-start can live with.
+Why a conditional poll and not server-sent events or a websocket (the console has one): the
+pages' views are synchronous Django views, and pushing changes would take a channel layer
+that every writer (the worker, the sampler) publishes to and a stream held open per page;
+a poll is one short request, passes every proxy, needs no connection kept anywhere, and
+while nothing moves costs a 304 after its one fingerprint query (plus the session's and the
+user's). A few seconds of delay is what a person watching a server start can live with.
 
 Not covered by a fingerprint (the next full load shows it): an operator renaming a plan,
 a template, a node or a tenant.
