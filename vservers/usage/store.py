@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 
@@ -106,29 +107,40 @@ def append(node_id: int, points: dict[Key, Point], seen: Latest) -> None:
         UsageRaw.objects.bulk_create(new, batch_size=BATCH)
 
 
+def _write_slots(model, rows, period_of, width: int, slot_of, point_of) -> tuple[list, list]:
+    """Write each of ROWS' rollup (POINT_OF(row)) into slot SLOT_OF(row, period) of its
+    series' row of MODEL for PERIOD_OF(row.start), WIDTH slots wide, locked for the update and
+    made when missing; the caller is in a transaction. Returns (changed rows, new rows), each
+    with rolled=False: its content has yet to reach the next archive."""
+    targets = _series_rows(model, (key_of(r) for r in rows), (period_of(r.start) for r in rows), lock=True)
+    changed: dict[int, Any] = {}
+    new: list = []
+    for row in rows:
+        key, period = key_of(row), period_of(row.start)
+        target = targets.get((key, period))
+        if target is None:
+            target = targets[key, period] = model(node_id=row.node_id, server_id=row.server_id, start=period,
+                                                  data=bytes(archive.empty_row(width)))
+            new.append(target)
+        elif target.pk is not None:
+            changed[target.pk] = target
+        data = bytearray(target.data)
+        archive.set_slot(data, slot_of(row, period), point_of(row))
+        target.data, target.rolled = bytes(data), False
+    return list(changed.values()), new
+
+
 def roll_raw(rows: Sequence[UsageRaw]) -> int:
     """Roll the closed raw ROWS up into their days' 5-minute rows and mark them rolled.
     Returns how many."""
     if not rows:
         return 0
     with transaction.atomic():
-        days = _series_rows(UsageFiveMin, (key_of(r) for r in rows), (archive.day_of(r.start) for r in rows), lock=True)
-        changed: dict[int, UsageFiveMin] = {}
-        new: list[UsageFiveMin] = []
-        for raw in rows:
-            key, day = key_of(raw), archive.day_of(raw.start)
-            target = days.get((key, day))
-            if target is None:
-                target = days[key, day] = UsageFiveMin(node_id=raw.node_id, server_id=raw.server_id, start=day,
-                                                       data=bytes(archive.empty_row(BUCKETS_PER_DAY)))
-                new.append(target)
-            elif target.pk is not None:
-                changed[target.pk] = target
-            data = bytearray(target.data)
-            points = archive.unpack_points(bytes(raw.data), raw.start)
-            archive.set_slot(data, (raw.start - day) // BUCKET, archive.rollup_points(points))
-            target.data, target.rolled = bytes(data), False
-        UsageFiveMin.objects.bulk_update(list(changed.values()), ["data", "rolled"], batch_size=BATCH)
+        changed, new = _write_slots(
+            UsageFiveMin, rows, archive.day_of, BUCKETS_PER_DAY,
+            slot_of=lambda raw, day: (raw.start - day) // BUCKET,
+            point_of=lambda raw: archive.rollup_points(archive.unpack_points(bytes(raw.data), raw.start)))
+        UsageFiveMin.objects.bulk_update(changed, ["data", "rolled"], batch_size=BATCH)
         UsageFiveMin.objects.bulk_create(new, batch_size=BATCH)
         UsageRaw.objects.filter(pk__in=[r.pk for r in rows]).update(rolled=True)
     return len(rows)
@@ -139,24 +151,11 @@ def roll_days(rows: Sequence[UsageFiveMin]) -> int:
     if not rows:
         return 0
     with transaction.atomic():
-        months = _series_rows(UsageDaily, (key_of(r) for r in rows), (archive.month_of(r.start) for r in rows),
-                              lock=True)
-        changed: dict[int, UsageDaily] = {}
-        new: list[UsageDaily] = []
-        for five in rows:
-            key, month = key_of(five), archive.month_of(five.start)
-            target = months.get((key, month))
-            if target is None:
-                target = months[key, month] = UsageDaily(node_id=five.node_id, server_id=five.server_id, start=month,
-                                                         data=bytes(archive.empty_row(DAYS_PER_MONTH_ROW)))
-                new.append(target)
-            elif target.pk is not None:
-                changed[target.pk] = target
-            data = bytearray(target.data)
-            day = archive.rollup_slots(archive.columns(bytes(five.data)), range(BUCKETS_PER_DAY))
-            archive.set_slot(data, (five.start - month) // DAY, day)
-            target.data, target.rolled = bytes(data), False
-        UsageDaily.objects.bulk_update(list(changed.values()), ["data"], batch_size=BATCH)
+        changed, new = _write_slots(
+            UsageDaily, rows, archive.month_of, DAYS_PER_MONTH_ROW,
+            slot_of=lambda five, month: (five.start - month) // DAY,
+            point_of=lambda five: archive.rollup_slots(archive.columns(bytes(five.data)), range(BUCKETS_PER_DAY)))
+        UsageDaily.objects.bulk_update(changed, ["data"], batch_size=BATCH)
         UsageDaily.objects.bulk_create(new, batch_size=BATCH)
         # Only rows no raw rollup wrote to meanwhile (that one set rolled=False again).
         for five in rows:
