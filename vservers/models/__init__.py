@@ -4,12 +4,18 @@ from .builds import BuiltTemplate, TemplateBuild
 from .catalog import Node, Plan, Template
 from .guest import GuestAccount, Service
 from .ipam import IPAddress, IPPool, PoolExhausted
+from .keep import Backup, BackupFrequency, BackupKind, BackupSchedule, Snapshot
 from .operations import FINISHED, Operation, OperationKind, OperationStatus
 from .servers import ON_NODE, TERMINAL, State, VirtualServer
 from .transitions import GUEST_KINDS, IN_PROGRESS, TRANSITIONS, OnFailure, OnInterrupt, Retry, Transition
 from .usage import UsageDaily, UsageFiveMin, UsageRaw
 
 __all__ = [
+    "Backup",
+    "BackupFrequency",
+    "BackupKind",
+    "BackupSchedule",
+    "Snapshot",
     "BuiltTemplate",
     "TemplateBuild",
     "FINISHED",

@@ -26,6 +26,12 @@ class Plan(models.Model):
         default=False,
         help_text="root inside may change its own addresses, routes and firewall (CAP_NET_ADMIN); "
         "off keeps the network as the panel set it. Applies at the next start.")
+    snapshots_max = models.PositiveIntegerField(
+        default=3, validators=[MaxValueValidator(50)],
+        help_text="snapshots a server keeps at most (0: none); their space counts against the tenant's disk")
+    backups_kept = models.PositiveIntegerField(
+        default=7, validators=[MaxValueValidator(365)],
+        help_text="scheduled backups kept per server; older ones are pruned (0: no scheduled backups)")
     is_active = models.BooleanField(default=True)
     description = models.CharField(max_length=200, blank=True)
 

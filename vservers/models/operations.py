@@ -25,6 +25,17 @@ class OperationKind(models.TextChoices):
     SERVICE_STOP = "service_stop", "Stop service"
     SERVICE_RESTART = "service_restart", "Restart service"
     REFRESH = "refresh", "Refresh"
+    # Keep and restore (issue 15): vservers.models.keep holds what they make.
+    SNAPSHOT_CREATE = "snapshot_create", "Take snapshot"
+    SNAPSHOT_RESTORE = "snapshot_restore", "Restore snapshot"
+    SNAPSHOT_DELETE = "snapshot_delete", "Delete snapshot"
+    BACKUP_CREATE = "backup_create", "Back up"
+    BACKUP_RESTORE = "backup_restore", "Restore backup"
+    BACKUP_DELETE = "backup_delete", "Delete backup"
+    REINSTALL = "reinstall", "Reinstall"
+    RESCUE_ENTER = "rescue_enter", "Start in rescue"
+    RESCUE_LEAVE = "rescue_leave", "Leave rescue"
+    ROOT_PASSWORD = "root_password", "Reset root password"
 
 
 class OperationStatus(models.TextChoices):

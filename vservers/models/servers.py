@@ -24,6 +24,11 @@ class State(models.TextChoices):
     STARTING = "starting", "Starting"
     RUNNING = "running", "Running"
     STOPPING = "stopping", "Stopping"
+    # Keep and restore (issue 15): a snapshot or backup being put back, a reinstall, and a
+    # server running from the rescue system with its own files at /mnt.
+    RESTORING = "restoring", "Restoring"
+    REINSTALLING = "reinstalling", "Reinstalling"
+    RESCUE = "rescue", "In rescue"
     DELETING = "deleting", "Deleting"
     DELETED = "deleted", "Deleted"
     ERROR = "error", "Error"
@@ -31,7 +36,10 @@ class State(models.TextChoices):
 
 TERMINAL = {State.REJECTED, State.DELETED}
 # States from which the kernel has (or may have) a server to act on.
-ON_NODE = {State.STOPPED, State.RUNNING, State.STARTING, State.STOPPING, State.ERROR}
+ON_NODE = {
+    State.STOPPED, State.RUNNING, State.STARTING, State.STOPPING, State.ERROR,
+    State.RESTORING, State.REINSTALLING, State.RESCUE,
+}
 
 
 class ServerQuerySet(models.QuerySet):
