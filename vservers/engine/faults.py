@@ -1,0 +1,24 @@
+"""Named points inside long engine operations where a test process stops itself, to be killed.
+
+VSERVER_TEST_FAULT="snapshot:frozen" makes the process that reaches `checkpoint("snapshot",
+"frozen")` stop itself with SIGSTOP; the test waits for the stop (the process's state is T in
+/proc) and kills it with SIGKILL, so the middle of an operation is hit exactly, without timing.
+The variable is read once at import: production never sets it, and then a checkpoint is one
+comparison. The panel's worker has its own points between engine calls (vservers.jobs.Run).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+ENV = "VSERVER_TEST_FAULT"
+_WANTED = os.environ.get(ENV, "")
+
+
+def checkpoint(operation: str, phase: str) -> None:
+    """Stop this process here if the test asked for OPERATION:PHASE."""
+    if _WANTED and _WANTED == f"{operation}:{phase}":
+        print(f"vserver: test fault {_WANTED}: stopping (pid {os.getpid()})", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
