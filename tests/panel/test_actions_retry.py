@@ -123,7 +123,9 @@ def test_the_table_says_who_retries_each_kind():
     # Never a delete of a server, nor an operator's decision, for tenants.
     assert OperationKind.DELETE not in tenant and OperationKind.CHANGE_PLAN not in tenant
     assert OperationKind.ACCOUNT_DELETE not in tenant
+    # Nor wiping a server's files again on a tenant's behalf: they ask again, typing its name.
+    assert OperationKind.REINSTALL not in tenant
     # The kinds that take a secret cannot be retried by anybody: it is wiped when they end.
-    secret_kinds = {OperationKind.ACCOUNT_ADD, OperationKind.ACCOUNT_PASSWORD}
+    secret_kinds = {OperationKind.ACCOUNT_ADD, OperationKind.ACCOUNT_PASSWORD, OperationKind.ROOT_PASSWORD}
     assert SECRET_PARAMS == {"password"}
     assert {kind for kind, t in TRANSITIONS.items() if t.retry is Retry.NEVER} == secret_kinds
