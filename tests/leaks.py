@@ -68,6 +68,7 @@ def _leaks_of(env: dict[str, str]) -> list[str]:
         group = controller / config.cgroup_parent
         if group.is_dir():
             leaks.append(f"cgroup {group}")
+    leaks += [f"frozen cgroup {group}" for group in frozen_cgroups(env)]
     base = config.uid_base
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -82,6 +83,23 @@ def _leaks_of(env: dict[str, str]) -> list[str]:
         if stat is not None and base <= uid < base + UID_SPAN and stat.state != "Z":
             leaks.append(f"process {proc.name} (uid {uid}) {_cmdline(proc)}")
     return leaks
+
+
+def frozen_cgroups(env: dict[str, str]) -> list[Path]:
+    """The installation's server groups that are frozen (v1 freezer.state, v2 cgroup.freeze):
+    a snapshot must never leave one so, even when killed mid-copy."""
+    from vservers.engine.config import EngineConfig
+
+    config = EngineConfig.from_env(env)
+    root = Path(config.cgroup_root)
+    frozen = []
+    for state in sorted((root / "freezer" / config.cgroup_parent).glob("*/freezer.state")):
+        if state.read_text().strip() != "THAWED":
+            frozen.append(state.parent)
+    for control in sorted((root / config.cgroup_parent).glob("*/cgroup.freeze")):
+        if control.read_text().strip() != "0":
+            frozen.append(control.parent)
+    return frozen
 
 
 def _cmdline(proc: Path) -> str:

@@ -16,12 +16,12 @@ import pytest
 
 from vservers.engine.cgroups import CgroupV1, CgroupV2, block_device_number, detect, missing_controllers
 from vservers.engine.config import EngineConfig
-from vservers.engine.errors import EngineError, InvalidInput
+from vservers.engine.errors import Conflict, EngineError, InvalidInput
 from vservers.engine.spec import Limits, Usage
 
 MiB = 1024 * 1024
 SYS_CGROUP = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
 
 
 def config_with(cgroup_root: Path) -> EngineConfig:
@@ -114,7 +114,7 @@ def test_v1_create_applies_and_reads_back_limits(v1: CgroupV1) -> None:
     if memsw.exists():
         assert int(read(memsw)) == 64 * MiB
     paths = v1.paths("web")
-    assert len(paths) == len({p.resolve() for p in paths}) == 5
+    assert len(paths) == len({p.resolve() for p in paths}) == 6
     assert all(p.is_dir() for p in paths)
     assert v1.exists("web") and v1.names() == ["web"]
 
@@ -365,7 +365,7 @@ def test_v1_server_started_without_a_blkio_group_is_entered_and_refuses_io_ceili
     v1.group("blkio", "old").rmdir()
 
     files = v1.procs_files("old")
-    assert len(files) == 4 and all(path.exists() for path in files)
+    assert len(files) == 5 and all(path.exists() for path in files)
     v1.update("old", Limits(cpus=0.5), own_loop)  # no ceiling: fine
     with pytest.raises(EngineError, match="from its next start"):
         v1.update("old", Limits(io_write_bps=10 * MiB), own_loop)
@@ -408,6 +408,7 @@ def test_v1_comounted_cpu_cpuacct_is_one_hierarchy(tmp_path: Path) -> None:
         real / "memory" / "vs",
         real / "pids" / "vs",
         real / "blkio" / "vs",
+        real / "freezer" / "vs",
     ]
     assert backend.paths("a") == [p / "a" for p in backend.parent_paths()]
 
@@ -444,6 +445,70 @@ def test_limits_must_be_positive(tmp_path: Path) -> None:
             backend.create("a", limits)
     assert not (tmp_path / "vs").exists()
 
+
+def _counter(path: Path) -> int:
+    text = path.read_text() if path.exists() else ""
+    return int(text) if text.isdigit() else 0
+
+
+def _advances(path: Path, timeout: float = 10.0) -> bool:
+    """Whether the counter in PATH moves on within TIMEOUT (polls, returns at the first step)."""
+    first = _counter(path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _counter(path) > first:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_v1_freezer_stops_every_process_until_thawed(
+    v1: CgroupV1, spawn: Callable[[list[str]], Gated], tmp_path: Path
+) -> None:
+    counter = tmp_path / "counter"
+    # Counts as fast as it can, each value written whole (rename), so a read never sees half.
+    loop = (
+        "import os, sys\n"
+        "p = sys.argv[1]; i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    open(p + '.t', 'w').write(str(i)); os.replace(p + '.t', p)\n"
+    )
+    v1.create("frost", Limits())
+    assert (SYS_CGROUP / "freezer" / v1.parent / "frost").is_dir()
+    assert not v1.frozen("frost")
+    child = spawn([sys.executable, "-c", loop, str(counter)])
+    v1.attach("frost", child.pid)
+    child.release()
+    # Positive control: unfrozen, the counter runs.
+    wait_for(lambda: _counter(counter) > 0)
+    assert _advances(counter)
+
+    v1.freeze("frost")
+    assert v1.frozen("frost")
+    assert (SYS_CGROUP / "freezer" / v1.parent / "frost" / "freezer.state").read_text().strip() == "FROZEN"
+    held = _counter(counter)
+    assert not _advances(counter, timeout=0.5)
+    assert _counter(counter) == held
+
+    v1.thaw("frost")
+    assert not v1.frozen("frost")
+    assert _advances(counter)
+
+    # A frozen group is still destroyed: its processes are thawed to die.
+    v1.freeze("frost")
+    v1.destroy("frost")
+    assert child.proc.wait(timeout=5) == -9
+    assert not (SYS_CGROUP / "freezer" / v1.parent / "frost").exists()
+
+
+def test_v1_freeze_of_a_group_without_freezer_is_refused(v1: CgroupV1) -> None:
+    v1.create("old", Limits())
+    v1.group("freezer", "old").rmdir()  # as made by an engine before servers had a freezer group
+    with pytest.raises(Conflict, match="no freezer"):
+        v1.freeze("old")
+    v1.thaw("old")  # nothing to thaw: no error
+    assert not v1.frozen("old")
 
 # --- v2, against a fake cgroupfs ------------------------------------------------------------
 
@@ -716,6 +781,43 @@ def test_v2_destroy_times_out_on_a_group_that_stays_busy(fake_root: Path) -> Non
     assert group.is_dir()
 
 
+def test_v2_freeze_waits_for_the_kernels_frozen_event(fake_root: Path) -> None:
+    fake_group(fake_root / "vs")
+    group = fake_group(fake_root / "vs" / "web")
+    (group / "cgroup.freeze").write_text("0\n")
+    backend = FakeV2(fake_root, "vs")
+    backend.create("web", Limits())
+    (group / "cgroup.events").write_text("populated 1\nfrozen 1\n")  # what the kernel says once done
+
+    backend.freeze("web")
+    assert (group / "cgroup.freeze").read_text() == "1"
+    assert backend.frozen("web")
+    backend.thaw("web")
+    assert (group / "cgroup.freeze").read_text() == "0"
+    assert not backend.frozen("web")
+
+
+def test_v2_freeze_that_never_completes_is_thawed_and_fails(fake_root: Path) -> None:
+    fake_group(fake_root / "vs")
+    group = fake_group(fake_root / "vs" / "web")
+    (group / "cgroup.freeze").write_text("0\n")
+    backend = FakeV2(fake_root, "vs")
+    backend.create("web", Limits())
+    # cgroup.events keeps "frozen 0": a task that cannot stop (uninterruptible sleep)
+    with pytest.raises(EngineError, match="did not all freeze"):
+        backend.freeze("web", timeout=0.05)
+    assert (group / "cgroup.freeze").read_text() == "0"
+
+
+def test_v2_group_without_cgroup_freeze_cannot_be_frozen(fake_root: Path) -> None:
+    fake_group(fake_root / "vs")
+    fake_group(fake_root / "vs" / "web")
+    backend = FakeV2(fake_root, "vs")
+    backend.create("web", Limits())
+    with pytest.raises(Conflict, match="no freezer"):
+        backend.freeze("web")
+    assert not backend.frozen("web")
+
 # --- detection ------------------------------------------------------------------------------
 
 
@@ -751,8 +853,8 @@ def test_detect_refuses_partial_v1(tmp_path: Path) -> None:
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     config = config_with(tmp_path)
-    assert missing_controllers(config) == ["cpuacct", "pids", "blkio"]
-    with pytest.raises(EngineError, match="cgroup v1 .* lacks controllers cpuacct, pids, blkio"):
+    assert missing_controllers(config) == ["cpuacct", "pids", "blkio", "freezer"]
+    with pytest.raises(EngineError, match="cgroup v1 .* lacks controllers cpuacct, pids, blkio, freezer"):
         detect(config)
 
 

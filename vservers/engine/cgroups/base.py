@@ -11,7 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from ..errors import EngineError, InvalidInput
+from ..errors import Conflict, EngineError, InvalidInput
 from ..spec import Limits, Usage
 
 CPU_PERIOD_US = 100_000
@@ -23,6 +23,9 @@ DEFAULT_WEIGHT = 100
 MIN_IO_WEIGHT = 1
 MAX_IO_WEIGHT = 10_000
 MAX_BFQ_WEIGHT = 1_000
+# How long a freeze may take to stop every process of a group before it is given up (and the
+# group thawed): a task stuck in uninterruptible sleep never reaches a point where it freezes.
+FREEZE_TIMEOUT = 5.0
 _DEVICE = re.compile(r"(\d{1,10}):(\d{1,10})")
 
 # No dots, so a group can never be mistaken for an interface file such as "cpu.max".
@@ -179,7 +182,42 @@ class CgroupBackend(ABC):
         """What the kernel holds for group NAME; the I/O ceilings are those on DEVICE
         ("MAJOR:MINOR"), or with none given on the one device the group has any for."""
 
+    @abstractmethod
+    def _request_freeze(self, name: str, frozen: bool) -> bool:
+        """Ask the kernel to freeze (FROZEN true) or thaw group NAME; False when the group has
+        no freezer (it does not exist, or was made before the engine put servers in one)."""
+
+    @abstractmethod
+    def frozen(self, name: str) -> bool:
+        """Whether group NAME is frozen, or asked to be and not yet done."""
+
+    @abstractmethod
+    def _all_frozen(self, name: str) -> bool:
+        """Whether every process of group NAME is frozen now."""
+
     # --- shared ------------------------------------------------------------------------------
+
+    def freeze(self, name: str, timeout: float = FREEZE_TIMEOUT) -> None:
+        """Stop every process of group NAME where it stands, until thaw(). Waits until the
+        kernel says all are frozen; after TIMEOUT seconds thaws the group and fails."""
+        check_name(name)
+        if not self._request_freeze(name, True):
+            raise Conflict(f"cgroup {self.parent}/{name} has no freezer: restart the server once to get one")
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while not self._all_frozen(name):
+            if time.monotonic() >= deadline:
+                self.thaw(name)
+                raise EngineError(f"the processes of {name!r} did not all freeze within {timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            # v1 retries the tasks that were not frozen yet only when asked again.
+            self._request_freeze(name, True)
+
+    def thaw(self, name: str) -> None:
+        """Let group NAME's processes run again; nothing to do if it is not frozen or gone."""
+        check_name(name)
+        self._request_freeze(name, False)
 
     def paths(self, name: str) -> list[Path]:
         check_name(name)
@@ -268,6 +306,8 @@ class CgroupBackend(ABC):
         check_name(name)
         deadline = time.monotonic() + timeout
         if self.exists(name):
+            # A frozen v1 task does not even die of SIGKILL until it is thawed.
+            self.thaw(name)
             self._empty(name, deadline)
             for path in self.paths(name):
                 self._remove(path, deadline, f"cgroup {self.parent}/{name}")

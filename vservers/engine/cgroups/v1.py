@@ -21,7 +21,8 @@ from .base import (
     write_value,
 )
 
-CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
+# freezer: a snapshot stops every process of a running server while its disk is copied.
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
 # A file every mounted hierarchy of that controller has at its root (pids has none of its own).
 _MARKERS = {
     "cpu": "cpu.cfs_quota_us",
@@ -29,6 +30,7 @@ _MARKERS = {
     "memory": "memory.limit_in_bytes",
     "pids": "cgroup.procs",
     "blkio": "blkio.throttle.write_bps_device",
+    "freezer": "cgroup.procs",  # freezer.state exists only below the root
 }
 # blk-throttle's per-device ceilings: "MAJ:MIN VALUE" lines; writing VALUE 0 removes one.
 _THROTTLE = {
@@ -159,6 +161,27 @@ class CgroupV1(CgroupBackend):
         if not blkio.is_dir() and any(path.parent.is_dir() for path in files if path.parent != blkio):
             files.remove(blkio / "cgroup.procs")
         return files
+
+    def _freezer_state(self, name: str) -> Path:
+        return self.group("freezer", name) / "freezer.state"
+
+    def _request_freeze(self, name: str, frozen: bool) -> bool:
+        state = self._freezer_state(name)
+        if not state.exists():
+            return False
+        write_value(state, "FROZEN" if frozen else "THAWED")
+        return True
+
+    def frozen(self, name: str) -> bool:
+        state = self._freezer_state(name)
+        try:
+            return state.read_text().strip() != "THAWED"
+        except FileNotFoundError:
+            return False
+
+    def _all_frozen(self, name: str) -> bool:
+        # FREEZING while some task has not reached a point where it can stop.
+        return read_text(self._freezer_state(name)).strip() == "FROZEN"
 
     def attach(self, name: str, pid: int) -> None:
         if not self.exists(name):

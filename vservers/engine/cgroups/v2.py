@@ -103,6 +103,27 @@ class CgroupV2(CgroupBackend):
         # group that dirtied the pages, so io.max already paces it (and the root has no io.max).
         return
 
+    def _request_freeze(self, name: str, frozen: bool) -> bool:
+        control = self.group(name) / "cgroup.freeze"
+        if not control.exists():
+            return False
+        write_value(control, 1 if frozen else 0)
+        return True
+
+    def frozen(self, name: str) -> bool:
+        try:
+            return (self.group(name) / "cgroup.freeze").read_text().strip() == "1"
+        except FileNotFoundError:
+            return False
+
+    def _all_frozen(self, name: str) -> bool:
+        # cgroup.freeze is what was asked; cgroup.events says "frozen 1" once it holds.
+        for line in read_text(self.group(name) / "cgroup.events").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "frozen":
+                return value.strip() == "1"
+        raise EngineError(f"no frozen key in {self.group(name) / 'cgroup.events'}")
+
     def attach(self, name: str, pid: int) -> None:
         if not self.exists(name):
             raise EngineError(f"cgroup {self.parent}/{name} does not exist")
