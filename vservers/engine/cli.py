@@ -312,6 +312,45 @@ def cmd_service(args) -> int:
     return 0
 
 
+def cmd_snapshot(args) -> int:
+    name = validate.server_name(args.name)
+    if args.action != "list" and args.snap is not None:
+        validate.snapshot_name(args.snap)
+    engine = _engine()
+    if args.action == "create":
+        info = engine.snapshot_create(name, args.snap)
+        if args.json:
+            _print_json(info.to_json())
+        else:
+            frozen = "not running" if info.freeze_seconds is None else f"frozen {info.freeze_seconds * 1000:.0f} ms"
+            print(f"{name}: snapshot {info.name} taken ({_mb(info.size_bytes)} on disk, "
+                  f"copy {info.copy_seconds * 1000:.0f} ms, {frozen})")
+        return 0
+    if args.action == "list":
+        infos = engine.snapshot_list(name)
+        if args.json:
+            _print_json([info.to_json() for info in infos])
+        else:
+            import time
+
+            print(f"{'SNAPSHOT':<34} {'CREATED (UTC)':<20} {'SIZE':>8} {'FROZEN':>8}  TEMPLATE")
+            for info in infos:
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created))
+                frozen = "-" if info.freeze_seconds is None else f"{info.freeze_seconds * 1000:.0f}ms"
+                print(f"{info.name:<34} {created:<20} {_mb(info.size_bytes):>8} {frozen:>8}  "
+                      f"{info.template}:{info.template_version}")
+        return 0
+    if args.snap is None:
+        raise InvalidInput(f"snapshot {args.action} needs a SNAP")
+    if args.action == "restore":
+        status = engine.snapshot_restore(name, args.snap)
+        print(f"{name}: snapshot {args.snap} restored, {status.state}")
+    else:
+        engine.snapshot_delete(name, args.snap)
+        print(f"{name}: snapshot {args.snap} deleted")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -415,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("service", nargs="?")
     service.add_argument("--json", action="store_true")
     service.set_defaults(func=cmd_service)
+
+    snapshot = verbs.add_parser("snapshot", help="take, list, restore and delete a server's snapshots")
+    snapshot.add_argument("action", choices=["create", "list", "restore", "delete"])
+    snapshot.add_argument("name")
+    snapshot.add_argument("snap", nargs="?", metavar="SNAP", help="the snapshot's name (create: optional)")
+    snapshot.add_argument("--json", action="store_true")
+    snapshot.set_defaults(func=cmd_snapshot)
     return parser
 
 

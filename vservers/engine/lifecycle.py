@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import templates, userns, validate
 from .config import EngineConfig
@@ -28,6 +29,9 @@ from .launch import Launched, LaunchPlan, launch, reap, wait_exit
 from .procfs import boot_id, start_time
 from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
 from .state import locked, read_json, write_json
+
+if TYPE_CHECKING:
+    from .snapshots import SnapshotInfo
 
 # A namespace's init gets from outside only the signals it catches or blocks; others are
 # dropped. A halt signal sent in the first moment after init's exec, before the guest's init
@@ -227,6 +231,8 @@ class Engine:
     def start(self, name: str) -> Status:
         with self._lock(name):
             spec = self.spec(name)
+            if self._recover_snapshot(name):  # a restore finished now may change the template
+                spec = self.spec(name)
             if self._running_init(name) is None:
                 self._clean_leftovers(name)
                 self._start_locked(spec)
@@ -336,6 +342,7 @@ class Engine:
         return self.status(name)
 
     def _stop_locked(self, name: str, timeout: float) -> None:
+        self._recover_snapshot(name)  # a frozen server would not even die of SIGKILL (v1)
         init_pid = self._running_init(name)
         if init_pid is not None:
             self._ask_to_halt(name, init_pid)
@@ -390,6 +397,60 @@ class Engine:
             if not wait_released(runtime.loop_device, server_dir / "disk.img"):
                 raise EngineError(f"{runtime.loop_device} of {name!r} is still attached")
         (server_dir / "runtime.json").unlink(missing_ok=True)
+
+    # -- snapshots (vservers/engine/snapshots.py) ------------------------------------------
+
+    def _recover_snapshot(self, name: str) -> bool:
+        """Thaw what a killed snapshot left frozen, or finish a killed restore (one stat when
+        there is nothing to do)."""
+        from . import snapshots
+
+        return snapshots.recover(self, name)
+
+    def snapshot_create(self, name: str, snap: str | None = None) -> SnapshotInfo:
+        """Take snapshot SNAP of server NAME, running or not (a running one is frozen for the
+        copy); SNAP None names it from the UTC time, e.g. "s20261206-153012"."""
+        from . import snapshots
+
+        with self._lock(name):
+            self.spec(name)
+            snapshots.recover(self, name)
+            snapshots.sweep(self, name)
+            return snapshots.create(self, name, snap)
+
+    def snapshot_list(self, name: str) -> builtins.list[SnapshotInfo]:
+        """Server NAME's snapshots, oldest first."""
+        from . import snapshots
+
+        return snapshots.listing(self, name)
+
+    def snapshot_restore(self, name: str, snap: str) -> Status:
+        """Stop server NAME, put snapshot SNAP back as its disk (the snapshot stays) and start it."""
+        from . import snapshots
+
+        with self._lock(name):
+            self.spec(name)
+            snapshots.recover(self, name)
+            snapshots.sweep(self, name)
+            snapshots.restore(self, name, snap)
+            self._start_locked(self.spec(name))
+        return self.status(name, with_addresses=False)
+
+    def snapshot_delete(self, name: str, snap: str) -> None:
+        """Delete snapshot SNAP of server NAME; deleting a missing one succeeds."""
+        from . import snapshots
+
+        with self._lock(name):
+            self.spec(name)
+            snapshots.recover(self, name)
+            snapshots.sweep(self, name)
+            snapshots.delete(self, name, snap)
+
+    def snapshot_image(self, name: str, snap: str) -> Path:
+        """The image of snapshot SNAP, for reading only (NotFound if there is none)."""
+        from . import snapshots
+
+        return snapshots.image(self, name, snap)
 
     # -- limits ----------------------------------------------------------------------------
 

@@ -42,6 +42,16 @@ def server_name(value: str) -> str:
     return value
 
 
+def snapshot_name(value: str) -> str:
+    """A snapshot's name: the rules of a server name (it becomes a directory name)."""
+    if not isinstance(value, str) or not _SERVER_NAME.fullmatch(value):
+        raise InvalidInput(
+            f"invalid snapshot name {value!r}: use 1-32 lowercase letters, digits and '-', "
+            "starting with a letter"
+        )
+    return value
+
+
 def template_name(value: str) -> str:
     if not isinstance(value, str) or not _TEMPLATE_NAME.fullmatch(value):
         raise InvalidInput(f"invalid template name {value!r}")
