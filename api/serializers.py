@@ -222,6 +222,7 @@ class QuotaUsageSerializer(serializers.Serializer):
 
 
 class MemberSerializer(serializers.Serializer):
+    user_id = serializers.IntegerField(source="user.pk", help_text="names the member in .../members/{user_id}/")
     username = serializers.CharField(source="user.username")
     email = serializers.CharField(source="user.email", allow_blank=True)
     role = serializers.ChoiceField(choices=Membership.ROLES)
@@ -378,6 +379,20 @@ class MemberAddInput(serializers.Serializer):
     role = serializers.ChoiceField(choices=Membership.ROLES, default=Membership.ADMIN)
     password = serializers.CharField(max_length=128, required=False, allow_blank=True, default="",
                                      trim_whitespace=False, help_text="empty: one is generated and shown once")
+
+
+class MemberRoleInput(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Membership.ROLES)
+
+
+class NodeInput(serializers.Serializer):
+    cpus = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    memory_mb = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    disk_mb = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    cpu_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="CPU overcommit allowed")
+    memory_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="memory overcommit allowed")
+    disk_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="disk overcommit allowed")
+    is_active = serializers.BooleanField(help_text="takes new servers")
 
 
 class PlanInput(serializers.Serializer):

@@ -53,6 +53,8 @@ urlpatterns = [
     path("v1/operator/tenants/", operator.TenantListView.as_view(), name="api-op-tenants"),
     path("v1/operator/tenants/<uuid:uuid>/", operator.TenantDetailView.as_view(), name="api-op-tenant"),
     path("v1/operator/tenants/<uuid:uuid>/members/", operator.MemberListView.as_view(), name="api-op-members"),
+    path("v1/operator/tenants/<uuid:uuid>/members/<int:user_id>/", operator.MemberDetailView.as_view(),
+         name="api-op-member"),
     path("v1/operator/plans/", operator.OperatorPlanListView.as_view(), name="api-op-plans"),
     path("v1/operator/plans/<uuid:uuid>/", operator.OperatorPlanDetailView.as_view(), name="api-op-plan"),
     path("v1/operator/templates/", operator.OperatorTemplateListView.as_view(), name="api-op-templates"),
@@ -64,6 +66,7 @@ urlpatterns = [
     path("v1/operator/pools/<int:pk>/", operator.PoolDetailView.as_view(), name="api-op-pool"),
     path("v1/operator/pools/<int:pk>/addresses/", operator.PoolAddressesView.as_view(), name="api-op-pool-addresses"),
     path("v1/operator/nodes/", operator.NodeListView.as_view(), name="api-op-nodes"),
+    path("v1/operator/nodes/<slug:name>/", operator.NodeDetailView.as_view(), name="api-op-node"),
     path("v1/operator/audit/", operator.AuditListView.as_view(), name="api-op-audit"),
 ]
 

@@ -12,13 +12,15 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from accounts.models import AuditEntry, Tenant
+from accounts.models import AuditEntry, Membership, Tenant
 from vservers import access, actions
 from vservers.models import TERMINAL, IPAddress, IPPool, Node, Plan, State, Template, TemplateBuild, VirtualServer
 from vservers.operator_forms import (
     ApproveForm,
     AuditFilterForm,
     MemberAddForm,
+    MemberRoleForm,
+    NodeForm,
     PlanForm,
     PoolForm,
     RejectForm,
@@ -32,8 +34,10 @@ from ..serializers import (
     ApproveInput,
     AuditEntrySerializer,
     MemberAddInput,
+    MemberRoleInput,
     MemberSerializer,
     NewMemberSerializer,
+    NodeInput,
     NodeSerializer,
     OperationSerializer,
     PlanInput,
@@ -187,6 +191,35 @@ class MemberListView(OperatorView):
         return response
 
 
+class MemberDetailView(OperatorView):
+    """One member of a tenant, named by their user id (the list's user_id), as on the tenant's
+    page: change the role, or take them out (vservers.actions: the last admin stays)."""
+
+    @staticmethod
+    def _membership(uuid, user_id: int) -> Membership:
+        return get_object_or_404(Membership.objects.select_related("user", "tenant"), tenant__uuid=uuid,
+                                 user_id=user_id)
+
+    @extend_schema(responses={200: MemberSerializer})
+    def get(self, request, uuid, user_id):
+        return Response(MemberSerializer(self._membership(uuid, user_id)).data)
+
+    @extend_schema(request=MemberRoleInput, responses={200: MemberSerializer})
+    def patch(self, request, uuid, user_id):
+        """Make the member an admin or read-only (409 for the tenant's last admin)."""
+        membership = self._membership(uuid, user_id)
+        form = _form(MemberRoleForm(data=_input(MemberRoleInput, request)))
+        actions.set_member_role(membership, form.cleaned_data["role"], request=request)
+        return Response(MemberSerializer(self._membership(uuid, user_id)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, uuid, user_id):
+        """Take the member out of the tenant: their account is disabled, their sessions and
+        tokens stop working (409 for the tenant's last admin)."""
+        actions.remove_member(self._membership(uuid, user_id), request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 # -- plans and templates ---------------------------------------------------------------------
 
 
@@ -302,19 +335,38 @@ class PoolAddressesView(OperatorView):
         return self.paged(found, AddressSerializer)
 
 
+def _nodes():
+    """Nodes with what their live servers' plans add up to."""
+    live = Q(servers__state__in=LIVE_STATES)
+    return Node.objects.annotate(
+        server_count=Count("servers", filter=live),
+        cpus_allocated=Coalesce(Sum("servers__plan__cpus", filter=live), Value(0), output_field=DecimalField()),
+        memory_allocated=Coalesce(Sum("servers__plan__memory_mb", filter=live), Value(0)),
+        disk_allocated=Coalesce(Sum("servers__plan__disk_mb", filter=live), Value(0)),
+    ).order_by("name", "pk")
+
+
 class NodeListView(OperatorView):
     @extend_schema(parameters=[PageQuery], responses={200: NodeSerializer(many=True)})
     def get(self, request):
         """Nodes with what their live servers' plans add up to."""
         self.filters(PageQuery)
-        live = Q(servers__state__in=LIVE_STATES)
-        nodes = Node.objects.annotate(
-            server_count=Count("servers", filter=live),
-            cpus_allocated=Coalesce(Sum("servers__plan__cpus", filter=live), Value(0), output_field=DecimalField()),
-            memory_allocated=Coalesce(Sum("servers__plan__memory_mb", filter=live), Value(0)),
-            disk_allocated=Coalesce(Sum("servers__plan__disk_mb", filter=live), Value(0)),
-        ).order_by("name", "pk")
-        return self.paged(nodes, NodeSerializer)
+        return self.paged(_nodes(), NodeSerializer)
+
+
+class NodeDetailView(OperatorView):
+    @extend_schema(responses={200: NodeSerializer})
+    def get(self, request, name):
+        return Response(NodeSerializer(get_object_or_404(_nodes(), name=name)).data)
+
+    @extend_schema(request=NodeInput(partial=True), responses={200: NodeSerializer})
+    def patch(self, request, name):
+        """What the node physically has, its overcommit ratios, and whether it takes new
+        servers (as the node's page; checked by the same form)."""
+        node = get_object_or_404(Node, name=name)
+        data = _with_current(NodeForm, node, _input(NodeInput, request, partial=True))
+        actions.update_node(_form(NodeForm(data=data, instance=node)), request=request)
+        return Response(NodeSerializer(get_object_or_404(_nodes(), name=name)).data)
 
 
 # -- the audit log ---------------------------------------------------------------------------

@@ -81,7 +81,62 @@ def test_tenants_and_members(w):
     peter = Membership.objects.get(user__username="peter")
     assert (peter.tenant.slug, peter.role, peter.user.check_password(password)) == ("initech", "readonly", True)
     assert w.op.get(f"/api/v1/operator/tenants/{uuid}/members/").json()["results"] == [
-        {"username": "peter", "email": "", "role": "readonly"}]
+        {"user_id": peter.user.pk, "username": "peter", "email": "", "role": "readonly"}]
+
+
+def test_members_change_role_and_leave_as_on_the_tenants_page(w, api):
+    """What the operator's tenant page does to a member (issue 12, point 1): the same actions,
+    the same refusal for the last admin, the same audit entries."""
+    from django.contrib.auth import get_user_model
+
+    carol = get_user_model().objects.create_user("carol", "carol@acme.test", "carol password 1")
+    Membership.objects.create(user=carol, tenant=w.acme, role=Membership.READONLY)
+    carol_api = api(carol, scope="read")
+    assert carol_api.get("/api/v1/me/").status_code == 200
+    base = f"/api/v1/operator/tenants/{w.acme.uuid}/members"
+
+    assert w.op.get(f"{base}/{carol.pk}/").json()["role"] == "readonly"
+    assert w.op.get(f"/api/v1/operator/tenants/{w.globex.uuid}/members/{carol.pk}/").status_code == 404
+    bad = w.op.patch(f"{base}/{carol.pk}/", {"role": "owner"}, format="json")
+    assert bad.status_code == 400 and "role" in bad.json()["fields"]
+    promoted = w.op.patch(f"{base}/{carol.pk}/", {"role": "admin"}, format="json")
+    assert promoted.status_code == 200 and promoted.json() == {
+        "user_id": carol.pk, "username": "carol", "email": "carol@acme.test", "role": "admin"}
+    assert AuditEntry.objects.get(action="member.role").details["was"] == "readonly"
+
+    # Alice may go now that carol is an admin too; carol, the last one, may not.
+    assert w.op.delete(f"{base}/{w.alice.pk}/").status_code == 204
+    w.alice.refresh_from_db()
+    assert w.alice.is_active is False and not Membership.objects.filter(user=w.alice).exists()
+    assert w.alice_api.get("/api/v1/me/").status_code == 401  # her token stopped with her account
+    last = w.op.delete(f"{base}/{carol.pk}/")
+    assert last.status_code == 409 and "last admin" in last.json()["detail"]
+    demoted = w.op.patch(f"{base}/{carol.pk}/", {"role": "readonly"}, format="json")
+    assert demoted.status_code == 409 and "last admin" in demoted.json()["detail"]
+    assert Membership.objects.get(user=carol).role == Membership.ADMIN
+    assert AuditEntry.objects.filter(action="member.remove").count() == 1
+    assert AuditEntry.objects.filter(action="api.write", actor=w.operator).count() == 5
+    # Tenants, even the tenant's own admin, reach none of it.
+    for method in ("get", "patch", "delete"):
+        assert getattr(api(carol), method)(f"{base}/{carol.pk}/", {"role": "readonly"},
+                                           format="json").status_code == 403
+
+
+def test_a_node_is_edited_as_on_its_page(w):
+    node = w.op.get("/api/v1/operator/nodes/local/").json()
+    assert (node["name"], node["cpu_ratio"]) == ("local", "4.00")
+    assert w.op.get("/api/v1/operator/nodes/nowhere/").status_code == 404
+    bad = w.op.patch("/api/v1/operator/nodes/local/", {"memory_ratio": "0.01"}, format="json")
+    assert bad.status_code == 400 and "memory_ratio" in bad.json()["fields"]
+    changed = w.op.patch("/api/v1/operator/nodes/local/", {"cpus": 16, "cpu_ratio": "2.5", "is_active": False},
+                         format="json")
+    assert changed.status_code == 200
+    assert (changed.json()["cpus"], changed.json()["cpu_ratio"], changed.json()["is_active"],
+            changed.json()["memory_mb"]) == (16, "2.50", False, node["memory_mb"])
+    w.node.refresh_from_db()
+    assert (w.node.cpus, str(w.node.cpu_ratio), w.node.is_active) == (16, "2.50", False)
+    assert AuditEntry.objects.get(action="node.update").details["changes"].keys() == {"cpus", "cpu_ratio", "is_active"}
+    assert w.alice_api.patch("/api/v1/operator/nodes/local/", {"cpus": 1}, format="json").status_code == 403
 
 
 def test_plans_templates_and_pools_are_checked_by_the_operators_forms(w):

@@ -7,7 +7,7 @@ schema (errors included: {"detail", "code", "fields"}).
 
 Half of the generated requests keep schemathesis' own path values (random UUIDs and names:
 404s), the other half are pointed at real objects of the world (the tenant's running server,
-its account and service, an operation, a tenant, a plan, a template, a pool), so the views'
+its account and service, an operation, a tenant, a plan, a template, a pool, a node, a member), so the views'
 real answers are checked too, writes included (the operations they queue are recorded, not
 run: `queued`). Examples per operation are few (MAX_EXAMPLES) to keep the run short; no
 shrinking.
@@ -73,8 +73,9 @@ def real_values(w) -> dict[str, list]:
     """Real path values, for the half of the cases pointed at the world's objects."""
     return {
         "uuid": [w.server.uuid, w.operation.uuid, w.acme.uuid, w.small.uuid],
-        "name": ["www", "httpd", "busybox"],
+        "name": ["www", "httpd", "busybox", w.node.name],
         "pk": [w.pool.pk],
+        "user_id": [w.alice.pk],  # acme's only admin: her role and removal are refused (409)
     }
 
 
