@@ -414,6 +414,29 @@ def test_permanent_neighbour_entries_need_network_admin_and_what_they_cost(walls
         wait_for_http(IP4["wn-n"])
 
 
+def test_a_nested_namespace_gives_no_network_admin_back(walls):
+    """A user namespace the guest makes starts with a full bounding set, so root has
+    CAP_NET_ADMIN again over a network namespace made under it: permanent neighbour entries and
+    next hops past the guard, in the host-wide tables. Without network admin the guest makes no
+    network namespace (userns.limits_for); nested user namespaces alone still work."""
+    nested = f"ip link add va type veth && ip link set va up && {TOOL} neigh va 198.18.128.0 2000"
+    # The positive control: wn-n (network admin) may, as every guest could before.
+    stats_before = neighbour_stats()
+    done = walls.run("wn-n", "unshare", "-r", "-n", "sh", "-c",
+                     f"{nested} && grep CapBnd /proc/self/status && ip neigh show | grep -c PERMANENT").stdout
+    assert done.startswith("added 2000 error none"), done
+    assert "CapBnd:\t000001ffffffffff" in done and done.rstrip().endswith("2000"), done
+    print(f"\nnested namespace with network admin: {done.splitlines()[0]}; host-wide entries seen before "
+          f"{stats_before['entries']}")
+
+    refused = walls.run("wn-a", "unshare", "-r", "-n", "sh", "-c", nested, check=False)
+    assert refused.returncode != 0 and "No space left on device" in refused.stdout + refused.stderr, refused
+    assert walls.run("wn-a", "unshare", "-r", "id", "-u").stdout.strip() == "0"
+    own = walls.run("wn-a", "unshare", "-r", TOOL, "neigh", "eth0", "198.18.128.0", "10").stdout
+    assert own.startswith("added 0 error Operation not permitted"), own  # its own namespace stays closed
+    assert http_get(IP4["wn-a"])[0] == 200
+
+
 # --- finding 6: the shared neighbour table ------------------------------------------------------
 
 

@@ -149,7 +149,7 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
         # The setup child joins its cgroups and loop-mounts the disk meanwhile; it waits for
         # "j" and the user namespace before it mounts the template and makes the namespaces.
         with to_setup:
-            userns_fd = userns.create(plan.uid_base)
+            userns_fd = userns.create(plan.uid_base, userns.limits_for(plan.network_admin))
             try:
                 socket.send_fds(to_setup, [b"j"], [userns_fd])
             finally:

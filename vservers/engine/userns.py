@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .errors import EngineError
 from .spec import ID_RANGE_SIZE
@@ -50,6 +50,8 @@ class GuestLimits:
 
     # Made by the guest, besides the VPS's own one of each kind (the engine's).
     namespaces: int = 64
+    # Network namespaces among those (limits_for(): none without "network admin inside").
+    net_namespaces: int = 64
     inotify_instances: int = 128  # the kernel's default per user
     inotify_watches: int = 8192  # the kernel's minimum default per user; each pins an inode
     fanotify_groups: int = 16
@@ -66,6 +68,7 @@ class GuestLimits:
     def ucount_sysctls(self) -> dict[str, int]:
         """The values of /proc/sys/user/* for the VPS's namespaces."""
         values = {f"max_{kind}_namespaces": self.namespaces + 1 for kind in NAMESPACE_KINDS}
+        values["max_net_namespaces"] = min(self.namespaces, self.net_namespaces) + 1
         values.update(max_inotify_instances=self.inotify_instances, max_inotify_watches=self.inotify_watches,
                       max_fanotify_groups=self.fanotify_groups, max_fanotify_marks=self.fanotify_marks)
         return values
@@ -75,6 +78,15 @@ class GuestLimits:
 
 
 GUEST_LIMITS = GuestLimits()
+
+
+def limits_for(network_admin: bool) -> GuestLimits:
+    """The VPS's totals. Without "network admin inside" the guest makes no network namespace
+    of its own: a user namespace it makes starts with every capability, CAP_NET_ADMIN included,
+    over the network namespaces made in it, so one would give back what dropping CAP_NET_ADMIN
+    from its bounding set keeps out (permanent neighbour entries without bound, a neighbour
+    table filled past the next-hop guard; measured in tests/engine/test_walls_network.py)."""
+    return GUEST_LIMITS if network_admin else replace(GUEST_LIMITS, net_namespaces=0)
 
 
 def allocate_base(first_base: int, taken: Iterable[int]) -> int:
