@@ -16,12 +16,15 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := constraints.txt
 
 # What running needs: the venv, gcc/make/libc.a for the busybox compile, the engine's tools
-# (mkfs.ext4, losetup, ip, nft), Redis for the queue, debootstrap for the Debian template.
+# (mkfs.ext4, losetup, ip, nft), Redis for the queue, debootstrap for the Debian template, and
+# for backups tar, zstd, and rsync over ssh to a second destination.
 RUN_PACKAGES := python3-venv python3-dev build-essential e2fsprogs util-linux iproute2 procps \
-	redis-server debootstrap ca-certificates nftables
-# What only the tests add: the browser the page tests drive, ping for network checks, and curl
-# for the calls of docs/api.md (tests/api/test_docs.py).
-TEST_PACKAGES := chromium iputils-ping curl
+	redis-server debootstrap ca-certificates nftables tar zstd rsync openssh-client
+# What only the tests add: the browser the page tests drive, ping for network checks, curl
+# for the calls of docs/api.md (tests/api/test_docs.py), and sshd for a private one that
+# backups are pushed to (tests/engine/test_backups.py; the test runs its own on a loopback
+# port with its own config and keys, never the system's).
+TEST_PACKAGES := chromium iputils-ping curl openssh-server
 APT_PACKAGES := $(RUN_PACKAGES)
 
 .PHONY: help install install-test apt-packages run test bench clean as-root lock

@@ -461,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument("snap", nargs="?", metavar="SNAP", help="the snapshot's name (create: optional)")
     snapshot.add_argument("--json", action="store_true")
     snapshot.set_defaults(func=cmd_snapshot)
+
+    from .cli_backup import add_verbs as add_backup_verbs
+
+    add_backup_verbs(verbs, _Parser)
     return parser
 
 

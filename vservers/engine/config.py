@@ -31,6 +31,12 @@ class EngineConfig:
     # Ports of the host the VPSs may reach at the gateway addresses, as (protocol, port):
     # VSERVER_HOST_ALLOW="tcp/53,udp/53". Default none (see firewall.py).
     host_allow: tuple[tuple[str, int], ...] = ()
+    # VSERVER_BACKUP_DIR: where backup archives go (any mounted filesystem, NFS included);
+    # None means <root>/backups.
+    backup_dir_setting: Path | None = None
+    # VSERVER_BACKUP_SSH_OPTIONS: options for ssh when a backup is pushed to USER@HOST:/PATH,
+    # e.g. "-i /root/.ssh/backup -p 2222" (words without spaces or quotes).
+    backup_ssh_options: tuple[str, ...] = ()
 
     @property
     def install_id(self) -> str:
@@ -59,6 +65,10 @@ class EngineConfig:
     def server_dir(self, name: str) -> Path:
         return self.servers_dir / name
 
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup_dir_setting or self.root / "backups"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> EngineConfig:
         env = dict(os.environ if env is None else env)
@@ -80,5 +90,12 @@ class EngineConfig:
         from .firewall import parse_host_allow
 
         host_allow = parse_host_allow(env.get("VSERVER_HOST_ALLOW", ""))
+        backup_text = env.get("VSERVER_BACKUP_DIR", "")
+        backup_dir = Path(backup_text) if backup_text else None
+        if backup_dir is not None and not backup_dir.is_absolute():
+            raise InvalidInput(f"VSERVER_BACKUP_DIR must be an absolute path, not {backup_text!r}")
+        from .validate import ssh_options
+
+        ssh = ssh_options(env.get("VSERVER_BACKUP_SSH_OPTIONS", "").split())
         return cls(root=root, bridge=bridge, gateway4=gateway4, gateway6=gateway6, uid_base=uid_base,
-                   host_allow=host_allow)
+                   host_allow=host_allow, backup_dir_setting=backup_dir, backup_ssh_options=ssh)

@@ -642,6 +642,44 @@ class Engine:
             except NotFound:
                 pass  # deleted by another process while we listed
 
+    # -- backups (backups.py) ---------------------------------------------------------------
+
+    def backup_path(self, archive: str) -> Path:
+        """The archive's path: a validated name, inside the backup directory."""
+        from . import backups
+
+        return backups.path_of(self.config.backup_dir, archive)
+
+    def backup_create(self, name: str, progress=None):
+        from . import backups
+
+        return backups.backup_server(self, name, progress)
+
+    def backup_list(self, server: str | None = None):
+        from . import backups
+
+        return backups.list_backups(self.config.backup_dir, None if server is None else validate.server_name(server))
+
+    def backup_verify(self, archive: str):
+        from . import backups
+
+        return backups.verify(self.config.backup_dir, archive)[0]
+
+    def backup_restore(self, archive: str, name: str, progress=None) -> Status:
+        from . import backups
+
+        return backups.restore_server(self, archive, name, progress)
+
+    def backup_delete(self, archive: str) -> None:
+        from . import backups
+
+        backups.delete(self.config.backup_dir, archive)
+
+    def backup_push(self, archive: str, destination: str) -> None:
+        from . import backups
+
+        backups.push(self.backup_path(archive), destination, self.config.backup_ssh_options)
+
     # -- inside the server -----------------------------------------------------------------
 
     def init_pid(self, name: str) -> int:

@@ -253,3 +253,12 @@ def bridge_name(value: object) -> str:
         return interface_name(value)
     except InvalidInput:
         raise InvalidInput(f"invalid bridge name {value!r}: 1-15 of A-Z a-z 0-9 _ . -, not . or ..") from None
+
+
+def ssh_options(words: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Options for ssh (VSERVER_BACKUP_SSH_OPTIONS) as plain words: rsync splits its -e
+    command on spaces itself, with no shell and no quoting."""
+    for word in words:
+        if not isinstance(word, str) or not re.fullmatch(r"[A-Za-z0-9_./=:@,+-]+", word):
+            raise InvalidInput(f"ssh option {word!r} has characters that rsync's -e cannot carry")
+    return tuple(words)
