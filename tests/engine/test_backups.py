@@ -492,9 +492,7 @@ def test_the_cli_creates_lists_verifies_pushes_restores_and_deletes(bengine, mak
     backup_dir = bengine.config.backup_dir
     name = make_server("bk-cli", "198.19.21.17/18")
     bengine.run(name, ["/bin/sh", "-c", "echo via-cli > /root/note"])
-    assert _run_cli(backup_dir, "backup", "create", name).returncode == 4  # running: Conflict
-    bengine.stop(name)
-    created = _run_cli(backup_dir, "backup", "create", name)
+    created = _run_cli(backup_dir, "backup", "create", name)  # running: through a snapshot
     assert created.returncode == 0, created.stderr
     listed = json.loads(_run_cli(backup_dir, "backup", "list", name, "--json").stdout)
     assert [row["name"] for row in listed] == [created.stdout.split()[0]]
@@ -520,7 +518,6 @@ def test_the_cli_creates_lists_verifies_pushes_restores_and_deletes(bengine, mak
 
     bad = _run_cli(backup_dir, "backup", "push", archive, "root@127.0.0.1:/tmp/x;reboot")
     assert bad.returncode == 2 and "invalid backup destination" in bad.stderr
-    bengine.start(name)
     bengine.run(name, ["/bin/sh", "-c", "echo changed > /root/note"])
     restored = _run_cli(backup_dir, "backup", "restore", archive, name)
     assert restored.returncode == 0, restored.stderr
@@ -529,3 +526,40 @@ def test_the_cli_creates_lists_verifies_pushes_restores_and_deletes(bengine, mak
     assert json.loads(_run_cli(backup_dir, "backup", "list", "--json").stdout) == []
     refused = _run_cli(backup_dir, "backup", "verify", "../../etc/passwd")
     assert refused.returncode == 2 and "invalid backup name" in refused.stderr
+
+
+# -- a running server, through a temporary snapshot ---------------------------------------------------
+
+
+def test_a_running_server_is_backed_up_through_a_snapshot_and_keeps_running(bengine, make_server):
+    name = make_server("bk-live", "198.19.21.18/18")
+    bengine.run(name, ["/bin/sh", "-c", "echo live > /root/note && rm /etc/shells"])
+    init = bengine.status(name).init_pid
+    info = bengine.backup_create(name)
+    status = bengine.status(name)
+    assert status.state == "running" and status.init_pid == init
+    assert bengine.snapshot_list(name) == []  # the temporary snapshot is gone
+    wait_for_http("198.19.21.18")  # and it still serves
+    other = make_server("bk-live2", "198.19.21.19/18", start=False)
+    bengine.backup_restore(info.name, other)
+    assert bengine.run(other, ["cat", "/root/note"]).stdout == "live\n"
+    assert bengine.run(other, ["cat", "/etc/shells"]).returncode != 0
+
+
+def test_a_running_servers_backup_killed_with_sigkill_leaves_it_running_and_thawed(bengine, make_server):
+    name = make_server("bk-kill3", "198.19.21.20/18")
+    bengine.run(name, ["/bin/sh", "-c", "head -c 4000000 /dev/urandom > /root/big && echo fine > /root/note"])
+    _kill_at("backup:writing", bengine.config.backup_dir, "backup", "create", name)
+    from vservers.engine import loopdev
+
+    snapshots = bengine.config.server_dir(name) / "snapshots"
+    _until(lambda: not loopdev.devices_for(snapshots), "the snapshot's loop device to be released")
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(snapshots) in line]
+    assert bengine.status(name).state == "running"
+    assert bengine.run(name, ["cat", "/root/note"]).stdout == "fine\n"  # not frozen: it answers
+    assert not bengine.cgroups.frozen(name)
+    assert [s.name for s in bengine.snapshot_list(name)][0].startswith("backup-")  # what the kill left
+    assert bengine.backup_list() == []
+    info = bengine.backup_create(name)  # removes the dead backup's snapshot and partial file
+    assert bengine.snapshot_list(name) == [] and bengine.backup_list() == [info]
+    assert sorted(p.name for p in bengine.config.backup_dir.iterdir()) == sorted([info.name, info.name[:-8] + ".json"])

@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import faults, loopdev, syscalls, userns, validate
 from .errors import EngineError, InvalidInput, NotFound
 from .spec import ID_RANGE_SIZE, ServerSpec
-from .state import read_json, write_json
+from .state import locked, read_json, write_json
 
 FORMAT = 1
 SUFFIX = ".tar.zst"
@@ -65,6 +65,7 @@ TAR_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 Progress = Callable[[int, int], None]
 RESTORE_IMAGE = "disk.img.restore"  # the new image while it is filled; only a whole one is renamed
+TEMP_SNAPSHOT = "backup-"  # the snapshot a running server is read through: backup-20261206-153012
 
 if TYPE_CHECKING:
     from .lifecycle import Engine
@@ -577,16 +578,32 @@ def restore_into(path: Path, info: BackupInfo, listing: Listing, image: Path, mo
 
 
 def backup_server(engine: Engine, name: str, progress: Progress | None = None) -> BackupInfo:
-    """Back up server NAME (stopped: its image is read under its lock)."""
-    from .errors import Conflict
+    """Back up server NAME.
 
-    with engine._lock(name):
-        spec = engine.spec(name)
-        if engine._running_init(name) is not None:
-            raise Conflict(f"server {name!r} is running: stop it to back it up")
-        engine._clean_leftovers(name)  # a crashed run's loop device must not hold the image
-        server_dir = engine._dir(name)
-        return create(engine.config.backup_dir, spec, server_dir / "disk.img", server_dir / "disk", progress)
+    Stopped, its image is read under its lock. Running, it is read through a temporary
+    snapshot (Engine.snapshot_create: the server is frozen only while its image is copied),
+    archived without holding the server's lock, and deleted after. One backup of a server at
+    a time (a lock of its own), and a temporary snapshot a killed backup left is deleted by
+    the next one."""
+    backup_dir = engine.config.backup_dir
+    with locked(engine.config.root / "locks" / f"{validate.server_name(name)}.backup.lock"):
+        for snap in engine.snapshot_list(name):
+            if snap.name.startswith(TEMP_SNAPSHOT):
+                engine.snapshot_delete(name, snap.name)
+        with engine._lock(name):
+            spec = engine.spec(name)
+            engine._recover_snapshot(name)  # a killed snapshot restore is finished before reading
+            if engine._running_init(name) is None:
+                engine._clean_leftovers(name)  # a crashed run's loop device must not hold the image
+                server_dir = engine._dir(name)
+                return create(backup_dir, spec, server_dir / "disk.img", server_dir / "disk", progress)
+        snap = engine.snapshot_create(name, time.strftime(f"{TEMP_SNAPSHOT}%Y%m%d-%H%M%S", time.gmtime()))
+        try:
+            image = engine.snapshot_image(name, snap.name)
+            return create(backup_dir, spec, image, engine._dir(name) / "disk", progress)
+        finally:
+            with contextlib.suppress(EngineError):
+                engine.snapshot_delete(name, snap.name)
 
 
 def restore_server(engine: Engine, archive: str, name: str, progress: Progress | None = None):
