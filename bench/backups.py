@@ -1,6 +1,7 @@
 """Backup throughput: `Engine.backup_create` (tar | count | zstd | sha256 > file, the manifest,
 fsync) against a plain `tar | zstd` of the same files in the same run, and the time to verify
-and restore, for a busybox server and an Apache (Debian) server holding the same kind of data.
+and restore, and a backup of the running server (through a temporary snapshot), for a busybox
+server and an Apache (Debian) server holding the same kind of data.
 
     .venv/bin/python bench/backups.py [--runs 3] [--data-mb 48]
 
@@ -119,7 +120,7 @@ def plain_tar_zstd(engine, name: str, out: Path, durable: bool) -> float:
 
 def measure(engine, name: str, runs: int) -> dict:
     rows: dict[str, list[float]] = {"engine_s": [], "plain_s": [], "plain_fsync_s": [], "verify_s": [],
-                                    "restore_s": []}
+                                    "restore_s": [], "running_s": []}
     info = None
     for _ in range(runs):
         plain = BACKUP_DIR / "plain.tar.zst"
@@ -137,8 +138,12 @@ def measure(engine, name: str, runs: int) -> dict:
         t0 = time.monotonic()
         engine.backup_restore(info.name, name)  # verify, unpack into a new image, swap, start
         rows["restore_s"].append(time.monotonic() - t0)
-        engine.stop(name)
         engine.backup_delete(info.name)
+        t0 = time.monotonic()
+        running = engine.backup_create(name)  # the server runs: through a temporary snapshot
+        rows["running_s"].append(time.monotonic() - t0)
+        engine.backup_delete(running.name)
+        engine.stop(name)
     assert info is not None
     stream = info.manifest["bytes"]
     med = {key: statistics.median(values) for key, values in rows.items()}
@@ -155,6 +160,7 @@ def measure(engine, name: str, runs: int) -> dict:
         "engine_vs_plain_fsync": round(med["plain_fsync_s"] / med["engine_s"], 3),
         "verify_mb_s": round(stream / MB / med["verify_s"], 1),
         "restore_s": round(med["restore_s"], 3),
+        "running_mb_s": round(stream / MB / med["running_s"], 1),
         "runs": {key: [round(v, 3) for v in values] for key, values in rows.items()},
     }
 
@@ -194,12 +200,12 @@ def main() -> None:
     (common.RESULTS_DIR / "backups.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'server':<12} {'files':>6} {'stream MB':>9} {'archive MB':>10} {'engine MB/s':>11} "
           f"{'plain MB/s':>10} {'+fsync MB/s':>11} {'ratio':>6} {'ratio fs':>8} {'verify MB/s':>11} "
-          f"{'restore s':>9}")
+          f"{'restore s':>9} {'running MB/s':>12}")
     for row in results["servers"]:
         print(f"{row['server']:<12} {row['files']:>6} {row['tar_stream_mb']:>9} {row['archive_mb']:>10} "
               f"{row['engine_mb_s']:>11} {row['plain_mb_s']:>10} {row['plain_fsync_mb_s']:>11} "
               f"{row['engine_vs_plain']:>6} {row['engine_vs_plain_fsync']:>8} {row['verify_mb_s']:>11} "
-              f"{row['restore_s']:>9}")
+              f"{row['restore_s']:>9} {row['running_mb_s']:>12}")
 
 
 if __name__ == "__main__":

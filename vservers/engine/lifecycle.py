@@ -31,6 +31,7 @@ from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
 from .state import locked, read_json, write_json
 
 if TYPE_CHECKING:
+    from .backups import BackupInfo, Progress
     from .snapshots import SnapshotInfo
 
 # A namespace's init gets from outside only the signals it catches or blocks; others are
@@ -650,32 +651,41 @@ class Engine:
 
         return backups.path_of(self.config.backup_dir, archive)
 
-    def backup_create(self, name: str, progress=None):
+    def backup_create(self, name: str, progress: Progress | None = None) -> BackupInfo:
+        """Archive server NAME's own files into the backup directory (running: through a
+        temporary snapshot); PROGRESS gets (bytes done, bytes total) a few times a second."""
         from . import backups
 
         return backups.backup_server(self, name, progress)
 
-    def backup_list(self, server: str | None = None):
+    def backup_list(self, server: str | None = None) -> builtins.list[BackupInfo]:
+        """Complete backups (of SERVER), newest first."""
         from . import backups
 
         return backups.list_backups(self.config.backup_dir, None if server is None else validate.server_name(server))
 
-    def backup_verify(self, archive: str):
+    def backup_verify(self, archive: str) -> BackupInfo:
+        """Check ARCHIVE in full (checksum, every member); InvalidInput saying what is wrong."""
         from . import backups
 
         return backups.verify(self.config.backup_dir, archive)[0]
 
-    def backup_restore(self, archive: str, name: str, progress=None) -> Status:
+    def backup_restore(self, archive: str, name: str, progress: Progress | None = None) -> Status:
+        """Verify ARCHIVE, unpack it into a new image for the existing server NAME (owners
+        moved to NAME's uid range), stop NAME, swap the images, start it. A bad archive
+        leaves NAME untouched."""
         from . import backups
 
         return backups.restore_server(self, archive, name, progress)
 
     def backup_delete(self, archive: str) -> None:
+        """Remove a backup; a missing one is no error."""
         from . import backups
 
         backups.delete(self.config.backup_dir, archive)
 
     def backup_push(self, archive: str, destination: str) -> None:
+        """Copy ARCHIVE and its manifest to USER@HOST:/PATH (rsync over SSH) or a local /PATH."""
         from . import backups
 
         backups.push(self.backup_path(archive), destination, self.config.backup_ssh_options)
