@@ -563,3 +563,45 @@ def test_a_running_servers_backup_killed_with_sigkill_leaves_it_running_and_thaw
     info = bengine.backup_create(name)  # removes the dead backup's snapshot and partial file
     assert bengine.snapshot_list(name) == [] and bengine.backup_list() == [info]
     assert sorted(p.name for p in bengine.config.backup_dir.iterdir()) == sorted([info.name, info.name[:-8] + ".json"])
+
+
+# -- the last wall: tar unpacks in a namespace where only the new image is writable -------------------
+
+
+def test_the_read_only_namespace_stops_a_write_outside_even_with_every_other_check_off(engine, tmp_path):
+    """An archive member with an absolute path, unpacked by tar with its own defence switched
+    off (-P) and without the engine's member checks: outside the engine's namespace it writes
+    where it names (the control); in the namespace restore_into uses, every mount but the new
+    image is read-only, and the write fails."""
+    from vservers.engine import backups, loopdev
+    from vservers.engine.lifecycle import make_disk_image
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(*_file(str(victim / "evil"), 0, b"written outside\n"))
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(raw.getvalue())
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    subprocess.run(["tar", "-x", "-P", "-f", str(archive)], cwd=scratch, check=True, capture_output=True)
+    assert (victim / "evil").read_bytes() == b"written outside\n"  # the attack works without the wall
+    (victim / "evil").unlink()
+
+    image, mnt = tmp_path / "disk.img", tmp_path / "mnt"
+    mnt.mkdir()
+    make_disk_image(image, 32 * 2**20, engine.config.uid_base)
+    errors = os.memfd_create("errors")
+    with open(archive, "rb") as src:
+        pid = backups._spawn_mounted(image, mnt, ["tar", "-x", "-P", "-f", "-"], writable=True,
+                                     stdin=src.fileno(), stdout=None, stderr=errors)
+        _, status = os.waitpid(pid, 0)
+    os.lseek(errors, 0, os.SEEK_SET)
+    said = os.read(errors, 65536).decode()
+    os.close(errors)
+    assert os.waitstatus_to_exitcode(status) != 0
+    assert "Read-only file system" in said
+    assert not (victim / "evil").exists()
+    _until(lambda: not loopdev.devices_for(tmp_path), "the image's loop device to be released")
