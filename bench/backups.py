@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -165,19 +164,21 @@ def measure(engine, name: str, runs: int) -> dict:
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data-mb", type=int, default=48, help="the data set each server gets, in MB")
     args = parser.parse_args()
     env = common.engine_env(ENV)
     from bench.template_store import ensure_debian_in_store, link_debian
-    from vservers.engine import Engine, EngineConfig, network, templates
+    from vservers.engine import Engine, EngineConfig, templates
 
     config = EngineConfig.from_env(env)
     engine = Engine(dataclasses.replace(config, backup_dir_setting=BACKUP_DIR))
-    results = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "data_mb": args.data_mb,
-               "runs": args.runs, "zstd_level": "-3 -T0", "servers": []}
+    common.install_signal_handlers()
+    common.clean_earlier_run(engine, log)
+    results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": common.host_info(),
+                     "data_mb": args.data_mb, "runs": args.runs, "zstd_level": "-3 -T0", "servers": []}
     names = {"bk-busybox": "busybox", "bk-apache": "debian"}
     try:
         templates.build(config, "busybox")
@@ -189,13 +190,7 @@ def main() -> None:
             prepare(engine, name, template, index, args.data_mb)
             results["servers"].append({"template": template, **measure(engine, name, args.runs)})
     finally:
-        for name in names:
-            try:
-                engine.delete(name)
-            except Exception as exc:  # noqa: BLE001 - report and go on cleaning
-                log(f"could not delete {name}: {exc}")
-        network.remove_bridge(config.bridge)
-        shutil.rmtree(ENV["VSERVER_ROOT"], ignore_errors=True)
+        results["leftovers"] = common.cleanup_installation(engine, log)
     common.RESULTS_DIR.mkdir(exist_ok=True)
     (common.RESULTS_DIR / "backups.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'server':<12} {'files':>6} {'stream MB':>9} {'archive MB':>10} {'engine MB/s':>11} "
@@ -206,7 +201,11 @@ def main() -> None:
               f"{row['engine_mb_s']:>11} {row['plain_mb_s']:>10} {row['plain_fsync_mb_s']:>11} "
               f"{row['engine_vs_plain']:>6} {row['engine_vs_plain_fsync']:>8} {row['verify_mb_s']:>11} "
               f"{row['restore_s']:>9} {row['running_mb_s']:>12}")
+    if results["leftovers"]:
+        log(f"left behind: {results['leftovers']}")
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
