@@ -66,6 +66,33 @@ PREPARE = (
 )
 
 
+# Sets an extended attribute on a file of the upper layer of a stopped server's image, from a
+# mount namespace of its own (the image mounted read-write, unmounted when the process ends).
+SETXATTR_SCRIPT = r"""
+import os, subprocess, sys, tempfile
+image, path, name, value = sys.argv[1:5]
+mnt = tempfile.mkdtemp()
+subprocess.run(["mount", "-o", "loop", image, mnt], check=True)
+os.setxattr(os.path.join(mnt, "upper", path), name, bytes.fromhex(value), follow_symlinks=False)
+subprocess.run(["umount", mnt], check=True)
+os.rmdir(mnt)
+"""
+CAP_NET_RAW = 13
+
+
+def file_caps_v3(permitted: int, rootid: int) -> bytes:
+    """security.capability as the kernel stores it for a user namespace's root (revision 3,
+    effective): magic, permitted and inheritable of both words, the namespace root's host uid."""
+    import struct
+
+    return struct.pack("<IIIIII", 0x03000000 | 0x1, permitted, 0, 0, 0, rootid)
+
+
+def set_upper_xattr(image: Path, path: str, name: str, value: bytes) -> None:
+    subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", SETXATTR_SCRIPT,
+                    str(image), path, name, value.hex()], check=True, capture_output=True)
+
+
 def upper_tree(image: Path) -> dict:
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", TREE_SCRIPT,
                           str(image)], capture_output=True, text=True, check=True).stdout
@@ -87,9 +114,18 @@ def comparable(tree: dict) -> dict:
 
 
 def shifted(tree: dict, delta: int) -> dict:
-    """TREE with its owners moved by DELTA; whiteouts stay host root's."""
-    return {path: {**entry, "uid": entry["uid"] and entry["uid"] + delta, "gid": entry["gid"] and entry["gid"] + delta}
-            for path, entry in tree.items()}
+    """TREE with its owners, and the namespace root of its file capabilities, moved by DELTA;
+    whiteouts stay host root's."""
+    moved = {}
+    for path, entry in tree.items():
+        xattrs = dict(entry["xattrs"])
+        caps = bytes.fromhex(xattrs.get("security.capability", ""))
+        if len(caps) == 24:  # revision 3: the last word is the root's host uid
+            xattrs["security.capability"] = (caps[:20] + (int.from_bytes(caps[20:], "little") + delta)
+                                             .to_bytes(4, "little")).hex()
+        moved[path] = {**entry, "uid": entry["uid"] and entry["uid"] + delta,
+                       "gid": entry["gid"] and entry["gid"] + delta, "xattrs": xattrs}
+    return moved
 
 
 @pytest.fixture
@@ -153,7 +189,11 @@ def test_a_round_trip_brings_back_every_file_whiteout_and_opaque_dir_byte_for_by
 
 def test_a_restore_into_a_server_of_another_uid_range_shifts_the_owners(bengine, make_server):
     name = _prepared_server(bengine, make_server, "bk-src", "198.19.21.11/18")
+    base = bengine.spec(name).uid_base
+    # What `setcap cap_net_raw+ep` by the guest's root leaves on disk (busybox has no setcap).
+    set_upper_xattr(_image(bengine, name), "root/data/a", "security.capability", file_caps_v3(1 << CAP_NET_RAW, base))
     before = upper_tree(_image(bengine, name))
+    assert before["root/data/a"]["xattrs"]["security.capability"] == file_caps_v3(1 << CAP_NET_RAW, base).hex()
     info = bengine.backup_create(name)
     other = make_server("bk-dst", "198.19.21.12/18", start=False)
     delta = bengine.spec(other).uid_base - bengine.spec(name).uid_base
@@ -167,7 +207,9 @@ def test_a_restore_into_a_server_of_another_uid_range_shifts_the_owners(bengine,
     assert owners["/root/data/suid"][2:4] == ["0", "33"]
     assert owners["/root/data/suid"][0] == "-rwsr-x---"  # a chown after the fact would have cleared it
     bengine.stop(other)
-    assert comparable(upper_tree(_image(bengine, other))) == comparable(shifted(before, delta))
+    after = upper_tree(_image(bengine, other))
+    assert comparable(after) == comparable(shifted(before, delta))
+    assert after["root/data/a"]["xattrs"]["security.capability"] == file_caps_v3(1 << CAP_NET_RAW, base + delta).hex()
 
 
 # -- damaged and hostile archives ---------------------------------------------------------------

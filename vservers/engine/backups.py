@@ -20,8 +20,8 @@ the archive, no device but a whiteout, owners inside the server's uid range). Th
 it into a fresh image, in a private mount namespace where every other mount is read-only, so
 whatever a member tries it can only write into that new filesystem. The new image is mounted
 *idmapped* for tar: owners from the manifest's uid range land on disk in the target's, and the
-kernel shifts file capabilities and ACLs with them (no chown walk after the fact, which would
-clear set-uid bits and capabilities). Only a complete, checked image replaces the old one,
+kernel moves the namespace root of file capabilities with them (no chown walk after the fact,
+which would clear set-uid bits and capabilities). Only a complete, checked image replaces the old one,
 by rename.
 
 Python's tarfile (3.11.2 here) has no extraction filters and is never used to unpack.
