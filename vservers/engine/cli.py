@@ -197,6 +197,27 @@ def cmd_delete(args) -> int:
     return _report(_engine().delete_many(names), "deleted")
 
 
+def cmd_reinstall(args) -> int:
+    name = validate.server_name(args.name)
+    if not args.yes:
+        raise InvalidInput(f"reinstall wipes every file of {name!r}; add --yes to go ahead")
+    status = _engine().reinstall(name, args.template)
+    print(f"reinstalled {name} from {status.template}")
+    return 0
+
+
+def cmd_rescue(args) -> int:
+    name = validate.server_name(args.name)
+    engine = _engine()
+    if args.leave:
+        engine.rescue_leave(name)
+        print(f"{name} left rescue and runs its own system")
+    else:
+        engine.rescue_start(name)
+        print(f"{name} runs the rescue system; its own files are at /mnt")
+    return 0
+
+
 def cmd_status(args) -> int:
     status = _engine().status(validate.server_name(args.name))
     if args.json:
@@ -204,7 +225,8 @@ def cmd_status(args) -> int:
         return 0
     u, lim = status.usage, status.limits
     print(f"name:     {status.name}")
-    print(f"state:    {status.state}" + (f" (init pid {status.init_pid})" if status.init_pid else ""))
+    print(f"state:    {status.state}" + (f" (init pid {status.init_pid})" if status.init_pid else "")
+          + (", rescue system (own files at /mnt)" if status.rescue else ""))
     print(f"hostname: {status.hostname}")
     print(f"template: {status.template}")
     print(f"ips:      {', '.join(status.ips) or '-'}")
@@ -225,7 +247,8 @@ def cmd_list(args) -> int:
         return 0
     print(f"{'NAME':<20} {'STATE':<8} {'PID':>7} {'MEMORY':>8} {'PIDS':>5} {'DISK':>8}  IPS")
     for s in statuses:
-        print(f"{s.name:<20} {s.state:<8} {s.init_pid or '-':>7} {_mb(s.usage.memory_bytes):>8} "
+        state = "rescue" if s.rescue else s.state
+        print(f"{s.name:<20} {state:<8} {s.init_pid or '-':>7} {_mb(s.usage.memory_bytes):>8} "
               f"{s.usage.pids:>5} {_mb(s.usage.disk_used_bytes):>8}  {', '.join(s.ips)}")
     return 0
 
@@ -281,6 +304,10 @@ def cmd_account(args) -> int:
     elif args.action == "delete":
         accounts.delete(args.user)
         print(f"deleted {args.user}")
+    elif args.action == "passwd" and args.user == "root":
+        # Also in rescue mode, where it is the password of the system at /mnt.
+        _engine().set_root_password(validate.server_name(args.name), _read_password("New password: "))
+        print("password of root changed")
     elif args.action == "passwd":
         accounts.set_password(args.user, _read_password("New password: "))
         print(f"password of {args.user} changed")
@@ -410,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
         if verb in ("stop", "restart"):
             sub.add_argument("--timeout", type=float, default=10.0)
         sub.set_defaults(func=func)
+
+    reinstall = verbs.add_parser("reinstall", help="rebuild a server from a template, wiping its files")
+    reinstall.add_argument("name")
+    reinstall.add_argument("--template", help="the template to use (default: the server's own), its current version")
+    reinstall.add_argument("--yes", action="store_true", help="confirm: every file of the server is lost")
+    reinstall.set_defaults(func=cmd_reinstall)
+    rescue = verbs.add_parser("rescue", help="start a server from the rescue system, its own files at /mnt")
+    rescue.add_argument("name")
+    rescue.add_argument("--leave", action="store_true", help="leave rescue: start its own system again")
+    rescue.set_defaults(func=cmd_rescue)
 
     update = verbs.add_parser("update", help="change a server's limits (running: at once); disks only grow")
     update.add_argument("name")

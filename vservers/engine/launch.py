@@ -34,6 +34,7 @@ from pathlib import Path
 
 from . import capabilities, loopdev, ptys, seccomp, syscalls, userns
 from .errors import EngineError
+from .rescue import RescueLayers
 from .syscalls import (
     AT_EMPTY_PATH,
     AT_RECURSIVE,
@@ -115,6 +116,13 @@ class LaunchPlan:
     init_argv: tuple[str, ...]
     join_cgroups: Callable[[], None]  # moves the calling (single-threaded) process in
     network_admin: bool = False  # root inside keeps CAP_NET_ADMIN (see capabilities.py)
+    # Rescue mode (rescue.py): the root is the rescue system, the overlay above at /mnt.
+    rescue: RescueLayers | None = None
+
+    @property
+    def root_dir(self) -> Path:
+        """What the guest's init pivots into."""
+        return self.rescue.root_dir if self.rescue is not None else self.rootfs_dir
 
 
 @dataclass(frozen=True)
@@ -246,6 +254,8 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
         0,
         f"lowerdir={plan.lower_dir},upperdir={plan.disk_dir}/upper,workdir={plan.disk_dir}/work",
     )
+    if plan.rescue is not None:
+        plan.rescue.mount(plan.uid_base, userns_fd)
     # The VPS's share of pending signals and message queue bytes per process, as hard limits
     # set while we are still host root: init and all it starts inherit them and cannot raise
     # them (the VPS's total is capped by its user namespaces, see userns.py).
@@ -280,12 +290,21 @@ def _mount_disk(plan: LaunchPlan) -> str:
 def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:
     """PID 1 of the new namespace, still running our code until it execs the guest's init."""
     syscalls.prctl(PR_SET_DUMPABLE, 0)
-    root = plan.rootfs_dir
+    root = plan.root_dir
     # Mounts made by host root arrive locked in the guest's mount namespace, and pivot_root
     # refuses a locked new root; a bind of the overlay onto itself made here is not locked.
     syscalls.mount(str(root), root, None, MS_BIND)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        if plan.rescue is not None:
+            # The server's own overlay, read-write at /mnt of the rescue system. A bind made
+            # here, not by host root: the rescue root's self-bind above would not carry a
+            # locked mount below it along.
+            mnt = _open_in_guest(root_fd, "mnt", os.O_DIRECTORY)
+            try:
+                _bind_host(str(plan.rootfs_dir), mnt, "/mnt")
+            finally:
+                os.close(mnt)
         mount_guest_filesystems(root_fd)
         os.fchdir(root_fd)
     finally:

@@ -241,11 +241,20 @@ class Engine:
                 return self.status(name, with_addresses=False)
         return self.status(name)
 
-    def _start_locked(self, spec: ServerSpec) -> None:
+    def _start_locked(self, spec: ServerSpec, rescue: bool = False) -> None:
+        """Start SPEC's server; with RESCUE from the rescue system, its own files at /mnt."""
         from . import network  # pyroute2 is slow to import; only verbs that need it pay
 
-        info = templates.get(self.config, spec.template, spec.template_version)
         server_dir = self._dir(spec.name)
+        layers = None
+        if rescue:
+            from .rescue import RESCUE_TEMPLATE, RescueLayers
+
+            info = templates.get(self.config, RESCUE_TEMPLATE)
+            layers = RescueLayers.under(server_dir, templates.rootfs_path(self.config, info.name, info.version))
+            layers.make_mount_points()
+        else:
+            info = templates.get(self.config, spec.template, spec.template_version)
         if (server_dir / DISK_GROW_PENDING).exists():  # an update that grew the disk crashed
             self._grow_disk(spec.name, spec.limits.disk_bytes, running=False)
         self.cgroups.create(spec.name, spec.limits)
@@ -275,6 +284,7 @@ class Engine:
                 loop_device=launched.loop_device,
                 host_veth=host_if,
                 boot_id=boot_id(),
+                rescue_version=info.version if rescue else "",
             )
             # Not fsync'ed: after a host crash no init of it runs, whatever the file says.
             write_json(server_dir / "runtime.json", runtime.to_json(), durable=False)
@@ -294,6 +304,7 @@ class Engine:
             init_argv=info.init,
             join_cgroups=lambda: self.cgroups.join_self(spec.name),
             network_admin=spec.limits.network_admin,
+            rescue=layers,
         )
         try:
             launch(plan, wire, record)
@@ -350,12 +361,21 @@ class Engine:
             self._await_halt(name, init_pid, timeout)
         self._clean_leftovers(name)
 
+    def _halt_signal(self, name: str) -> int:
+        """What asks the running init to shut down: its template's (the rescue system's in
+        rescue mode)."""
+        runtime = self._runtime(name)
+        if runtime is not None and runtime.rescue_version:
+            from .rescue import RESCUE_TEMPLATE
+
+            return templates.get(self.config, RESCUE_TEMPLATE, runtime.rescue_version).halt_signal
+        spec = self.spec(name)
+        return templates.get(self.config, spec.template, spec.template_version).halt_signal
+
     def _ask_to_halt(self, name: str, init_pid: int) -> None:
         self._remember_disk_usage(name, init_pid)
-        spec = self.spec(name)
-        info = templates.get(self.config, spec.template, spec.template_version)
         try:
-            os.kill(init_pid, info.halt_signal)
+            os.kill(init_pid, self._halt_signal(name))
         except ProcessLookupError:
             pass
 
@@ -364,9 +384,8 @@ class Engine:
         if wait_exit(init_pid, min(timeout, HALT_RESEND_AFTER)):
             return
         if timeout > HALT_RESEND_AFTER:
-            spec = self.spec(name)
             try:
-                os.kill(init_pid, templates.get(self.config, spec.template, spec.template_version).halt_signal)
+                os.kill(init_pid, self._halt_signal(name))
             except ProcessLookupError:
                 return
             if wait_exit(init_pid, timeout - HALT_RESEND_AFTER):
@@ -576,7 +595,11 @@ class Engine:
             from . import network
 
             ips = network.netns_addresses(init_pid)
-        return self._status(spec, "running", init_pid, ips, limits, usage)
+        status = self._status(spec, "running", init_pid, ips, limits, usage)
+        runtime = self._runtime(name)
+        if runtime is not None and runtime.rescue_version:
+            status = dataclasses.replace(status, rescue=True)
+        return status
 
     def _usage(self, name: str, init_pid: int) -> Usage:
         from . import rtnl
@@ -689,6 +712,61 @@ class Engine:
         from . import backups
 
         backups.push(self.backup_path(archive), destination, self.config.backup_ssh_options)
+
+    # -- reinstall, rescue, root's password (reinstall.py, rescue.py) -----------------------
+
+    def reinstall(self, name: str, template: str | None = None) -> Status:
+        """Rebuild server NAME from TEMPLATE's current version (None: its own template's):
+        stop it, give it a fresh empty disk of the same size, start it. Its name, hostname,
+        addresses, limits, uid range and autostart stay; its files are gone."""
+        from .reinstall import reinstall
+
+        return reinstall(self, name, template)
+
+    def rescue_start(self, name: str) -> Status:
+        """Stop NAME if it runs, and start it from the rescue system with its own files at
+        /mnt (see rescue.py). Already in rescue: nothing to do."""
+        with self._lock(name):
+            spec = self.spec(name)
+            runtime = self._runtime(name)
+            if runtime is not None and _alive(runtime) and runtime.rescue_version:
+                return self.status(name)
+            self._stop_locked(name, STOP_TIMEOUT)
+            from . import faults
+
+            faults.checkpoint("rescue", "stopped")
+            self._start_locked(spec, rescue=True)
+        return self.status(name)
+
+    def rescue_leave(self, name: str) -> Status:
+        """Stop NAME's rescue system and start it normally. Running normally already:
+        nothing to do."""
+        with self._lock(name):
+            spec = self.spec(name)
+            runtime = self._runtime(name)
+            if runtime is not None and _alive(runtime) and not runtime.rescue_version:
+                return self.status(name)
+            self._stop_locked(name, STOP_TIMEOUT)
+            self._start_locked(spec)
+        return self.status(name)
+
+    def set_root_password(self, name: str, password: str) -> None:
+        """Set root's password of the running server NAME: with the guest's own chpasswd
+        when it runs normally; in rescue mode, that of its own system at /mnt (rescue.py)."""
+        from . import validate as check
+
+        check.password(password)
+        with self._lock(name):
+            self.init_pid(name)  # Conflict if it is not running
+            runtime = self._runtime(name)
+            in_rescue = runtime is not None and bool(runtime.rescue_version)
+        if not in_rescue:
+            self.accounts(name).set_password("root", password)
+            return
+        from .. import passwords
+        from .rescue import set_root_password_hash
+
+        set_root_password_hash(self, name, passwords.sha512_crypt(password))
 
     # -- inside the server -----------------------------------------------------------------
 

@@ -116,6 +116,9 @@ class RuntimeState:
     loop_device: str
     host_veth: str
     boot_id: str = ""  # the host's boot: after a reboot a new process may match pid and start time
+    # Set when it runs the rescue system (rescue.py): the rescue template's version, whose init
+    # runs and is asked to halt.
+    rescue_version: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +141,9 @@ class Status:
     usage: Usage
     autostart: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Running the rescue system with its own files at /mnt (state stays "running": the
+    # kernel's word; this says which system runs).
+    rescue: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
