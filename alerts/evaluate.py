@@ -60,8 +60,10 @@ STALE_PERIODS = 3
 # Operations that say whether the server should run: the last of them decides.
 LIFECYCLE = [OperationKind.PROVISION, OperationKind.START, OperationKind.RESTART, OperationKind.STOP]
 # States in which a server is not expected to answer whatever its operations say: not built
-# yet, or on its way out.
-NOT_ON_NODE = [State.REQUESTED, State.APPROVED, State.REJECTED, State.PROVISIONING, State.DELETING, State.DELETED]
+# yet, on its way out, or running the rescue system on purpose (its own services do not run).
+# Restoring and reinstalling are an operation's: `busy` leaves them to its outcome.
+NOT_ON_NODE = [State.REQUESTED, State.APPROVED, State.REJECTED, State.PROVISIONING, State.DELETING, State.DELETED,
+               State.RESCUE]
 GONE = [State.DELETING, State.DELETED, State.REJECTED]
 
 

@@ -9,7 +9,7 @@ from django.urls import path
 
 import vservers.urls_tenant  # noqa: F401 - registers the <guest:...> converter used below
 
-from .views import catalog, guest, operator, servers, usage
+from .views import catalog, guest, operator, rescue, servers, usage
 from .views.docs import SchemaView, docs
 from .views.servers import action_view
 
@@ -28,6 +28,10 @@ urlpatterns = [
     path(f"{SERVER}cancel/", servers.ServerCancelView.as_view(), name="api-server-cancel"),
     path(f"{SERVER}plan-change/", servers.PlanChangeView.as_view(), name="api-server-plan-change"),
     path(f"{SERVER}operations/", servers.ServerOperationsView.as_view(), name="api-server-operations"),
+    path(f"{SERVER}reinstall/", rescue.ReinstallView.as_view(), name="api-server-reinstall"),
+    path(f"{SERVER}rescue/", rescue.RescueView.as_view(), name="api-server-rescue"),
+    path(f"{SERVER}rescue/leave/", rescue.RescueLeaveView.as_view(), name="api-server-rescue-leave"),
+    path(f"{SERVER}root-password/", rescue.RootPasswordView.as_view(), name="api-server-root-password"),
     path(f"{SERVER}usage/", usage.ServerUsageView.as_view(), name="api-server-usage"),
     path(f"{SERVER}accounts/", guest.AccountListView.as_view(), name="api-accounts"),
     path(f"{SERVER}accounts/<guest:name>/", guest.AccountView.as_view(), name="api-account"),

@@ -89,7 +89,10 @@ _engine: Engine | None = None
 init_watch: Watch | None = None
 # Operations that end the server's init themselves (the engine stops and reaps it): the watch
 # forgets it first, so that this end does not count as a crash of the guest.
-ENDS_INIT = frozenset({OperationKind.STOP, OperationKind.RESTART, OperationKind.DELETE})
+ENDS_INIT = frozenset({
+    OperationKind.STOP, OperationKind.RESTART, OperationKind.DELETE,
+    OperationKind.REINSTALL, OperationKind.RESCUE_ENTER, OperationKind.RESCUE_LEAVE,
+})
 
 
 def get_engine() -> Engine:
@@ -357,7 +360,7 @@ def settle(server: VirtualServer, engine: Engine, reason: str = "") -> str:
     """Set SERVER's state from the kernel: running or stopped, or error if the node does
     not have it (or cannot say)."""
     try:
-        kernel = engine.status(server.engine_name, with_addresses=False).state
+        status = engine.status(server.engine_name, with_addresses=False)
     except NotFound:
         target = State.ERROR
         reason = reason or "the server does not exist on its node"
@@ -365,7 +368,8 @@ def settle(server: VirtualServer, engine: Engine, reason: str = "") -> str:
         target = State.ERROR
         reason = reason or f"cannot read the server's state: {exc}"
     else:
-        target = State.RUNNING if kernel == "running" else State.STOPPED
+        running = State.RESCUE if status.rescue else State.RUNNING  # the rescue system runs
+        target = running if status.state == "running" else State.STOPPED
     server.move([s for s in State if s not in TERMINAL and s != State.REQUESTED], target, reason)
     return target
 
@@ -730,6 +734,15 @@ HANDLERS: dict[str, Callable[[Run], None]] = {
     OperationKind.SERVICE_RESTART: _service("restart"),
     OperationKind.REFRESH: _refresh,
 }
+
+# Keep and restore (issue 15): each part's handlers live in a module of its own.
+from . import jobs_rescue  # noqa: E402 - it imports from this module inside its handlers only
+
+HANDLERS[OperationKind.REINSTALL] = jobs_rescue.reinstall
+HANDLERS[OperationKind.RESCUE_ENTER] = jobs_rescue.rescue_enter
+HANDLERS[OperationKind.RESCUE_LEAVE] = jobs_rescue.rescue_leave
+HANDLERS[OperationKind.ROOT_PASSWORD] = jobs_rescue.root_password
+FAILED_SENTENCES.update(jobs_rescue.FAILED_SENTENCES)
 
 
 # --- template builds ----------------------------------------------------------------------

@@ -267,11 +267,13 @@ class Reconciler:
                 server.move([state], State.ERROR, f"the server does not exist on node {self.node.name}")
             return
         running = status.state == "running"
+        # The kernel says running either way; the engine says which system runs.
+        live = State.RESCUE if status.rescue else State.RUNNING
         if left is not None and left.on_interrupt is OnInterrupt.FINISH_DELETE:
             server.move([state], State.ERROR, left.interrupted_reason)
-        elif running and state != State.RUNNING:
-            server.move([state], State.RUNNING, "")
-        elif not running and state == State.RUNNING:
+        elif running and state != live:
+            server.move([state], live, "")
+        elif not running and state in (State.RUNNING, State.RESCUE):
             with transaction.atomic():  # the mail to its admins exists exactly when the state does
                 if server.move([state], State.STOPPED, "the server's init exited"):
                     notify(Event.STOPPED, server)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.urls import path, register_converter
 
 from vservers.converters import GuestNameConverter
-from vservers.views import tenant, usage
+from vservers.views import rescue, tenant, usage
 
 # Account and service names come from inside the guest (see GuestNameConverter).
 register_converter(GuestNameConverter, "guest")
@@ -26,4 +26,8 @@ urlpatterns = [
     path("<uuid:uuid>/accounts/<guest:name>/password/", tenant.account_password, name="account_password"),
     path("<uuid:uuid>/accounts/<guest:name>/key/", tenant.account_key, name="account_key"),
     path("<uuid:uuid>/services/<guest:name>/<slug:action>/", tenant.service_action, name="service_action"),
+    path("<uuid:uuid>/reinstall/", rescue.reinstall, name="server_reinstall"),
+    path("<uuid:uuid>/rescue/", rescue.rescue_enter, name="server_rescue"),
+    path("<uuid:uuid>/rescue/leave/", rescue.rescue_leave, name="server_rescue_leave"),
+    path("<uuid:uuid>/root-password/", rescue.root_password, name="server_root_password"),
 ]

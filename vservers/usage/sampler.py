@@ -106,7 +106,7 @@ def sample(node: Node, now: float | None = None) -> str:
         latest.append(server)
     # Not over what a stop recorded meanwhile (jobs.guest_stopped: no memory, no processes) if
     # another worker process of the node ran it while this pass read the kernel.
-    VirtualServer.objects.filter(state__in=[State.RUNNING, State.STARTING, State.STOPPING]).bulk_update(
+    VirtualServer.objects.filter(state__in=[State.RUNNING, State.RESCUE, State.STARTING, State.STOPPING]).bulk_update(
         latest, ["cpu_seconds", "memory_bytes", "pids", "disk_used_bytes", "sampled_at"], batch_size=store.BATCH)
     for receiver, result in node_sampled.send_robust(sender=Node, node=node, at=at):
         if isinstance(result, Exception):
