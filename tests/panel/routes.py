@@ -155,10 +155,16 @@ def security_world(offline_world, django_user_model):
         node=w.node, state=State.STOPPED,
     )
     w.pool.allocate(stopped)
+    # Running the rescue system (issue 15): only such a server may leave rescue.
+    rescued = VirtualServer.objects.create(
+        tenant=w.globex, name="globex-fix", hostname="fix.globex.test", plan=w.small, template=w.busybox,
+        node=w.node, state=State.RESCUE,
+    )
+    w.pool.allocate(rescued)
     root = django_user_model.objects.create_superuser("root", "root@example.test", "root pw 1")
     return SimpleNamespace(
         **vars(w), running=running, address=address, operation=operation, account=account, service=service,
-        pending=pending, stopped=stopped, root=root,
+        pending=pending, stopped=stopped, rescued=rescued, root=root,
     )
 
 
@@ -169,7 +175,8 @@ def candidates(route: Route, w) -> dict[str, list]:
     model = route.admin_model
     first = model._default_manager.order_by("pk").values_list("pk", flat=True).first() if model else None
     return {
-        "uuid": [w.running.uuid, w.pending.uuid, w.stopped.uuid, w.operation.uuid, w.globex.uuid, w.small.uuid],
+        "uuid": [w.running.uuid, w.pending.uuid, w.stopped.uuid, w.operation.uuid, w.globex.uuid, w.small.uuid,
+                 *([w.rescued.uuid] if hasattr(w, "rescued") else [])],
         "operation": [w.operation.uuid],
         "pk": [w.pool.pk],
         "kind": VERBS,
@@ -240,7 +247,13 @@ def payload(w) -> dict:
 
 
 # Where one field name means different things: a ModelChoiceField by primary key.
-OVERRIDES = {"op_server_create": {"node": "NODE_PK"}, "op_pools": {"node": "NODE_PK"}}
+OVERRIDES = {
+    "op_server_create": {"node": "NODE_PK"}, "op_pools": {"node": "NODE_PK"},
+    # Reinstall: a template by name, and the running server's name typed to confirm.
+    "server_reinstall": {"template": "busybox", "confirm": "globex-web", "snapshot_first": "on"},
+    "api-server-reinstall": {"template": "busybox", "confirm": "globex-web"},
+    "server_root_password": {"password2": "guest password 1"},
+}
 
 
 def data_for(route, w) -> dict:
