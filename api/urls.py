@@ -9,7 +9,7 @@ from django.urls import path
 
 import vservers.urls_tenant  # noqa: F401 - registers the <guest:...> converter used below
 
-from .views import catalog, guest, operator, rescue, servers, usage
+from .views import catalog, guest, operator, rescue, servers, snapshots, usage
 from .views.docs import SchemaView, docs
 from .views.servers import action_view
 
@@ -41,6 +41,10 @@ urlpatterns = [
     path(f"{SERVER}services/", guest.ServiceListView.as_view(), name="api-services"),
     *(path(f"{SERVER}services/<guest:name>/{name}/", guest.service_view(name), name=f"api-service-{name}")
       for name in ("start", "stop", "restart")),
+    path(f"{SERVER}snapshots/", snapshots.SnapshotListView.as_view(), name="api-snapshots"),
+    path(f"{SERVER}snapshots/<slug:name>/", snapshots.SnapshotView.as_view(), name="api-snapshot"),
+    path(f"{SERVER}snapshots/<slug:name>/restore/", snapshots.SnapshotRestoreView.as_view(),
+         name="api-snapshot-restore"),
     path("v1/rejected/", servers.RejectedListView.as_view(), name="api-rejected"),
     path("v1/rejected/<uuid:uuid>/dismiss/", servers.RejectedDismissView.as_view(), name="api-rejected-dismiss"),
     path("v1/operations/", servers.OperationListView.as_view(), name="api-operations"),

@@ -296,8 +296,11 @@ def quota_problems(tenant: Tenant, plan: Plan, replacing: VirtualServer | None =
         problems.append(
             f"memory would add up to {used['memory_mb'] + plan.memory_mb} MB of at most {tenant.max_memory_mb} MB"
         )
-    if used["disk_mb"] + plan.disk_mb > tenant.max_disk_mb:
-        problems.append(f"disk would add up to {used['disk_mb'] + plan.disk_mb} MB of at most {tenant.max_disk_mb} MB")
+    from .snapshot_actions import snapshot_mb  # snapshots take the tenant's disk too
+
+    disk = used["disk_mb"] + snapshot_mb(tenant) + plan.disk_mb
+    if disk > tenant.max_disk_mb:
+        problems.append(f"disk would add up to {disk} MB of at most {tenant.max_disk_mb} MB")
     return problems
 
 

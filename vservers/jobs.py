@@ -45,6 +45,7 @@ from django.utils import timezone
 from notifications import notify
 from notifications.models import Event
 
+from . import jobs_snapshots
 from .engine import Conflict, Engine, EngineError, InvalidInput, Limits, NotFound, Usage, guest, procfs, templates
 from .models import (
     FINISHED,
@@ -330,6 +331,7 @@ FAILED_SENTENCES: dict[str, str] = {
     OperationKind.RESTART: "The server could not be restarted",
     OperationKind.DELETE: "The server could not be deleted",
     OperationKind.CHANGE_PLAN: "The new plan could not be applied",
+    **jobs_snapshots.FAILED_SENTENCES,
 }
 OPERATOR_TOLD = "the operator has been told."
 
@@ -733,6 +735,9 @@ HANDLERS: dict[str, Callable[[Run], None]] = {
     OperationKind.SERVICE_STOP: _service("stop"),
     OperationKind.SERVICE_RESTART: _service("restart"),
     OperationKind.REFRESH: _refresh,
+    OperationKind.SNAPSHOT_CREATE: jobs_snapshots.create,
+    OperationKind.SNAPSHOT_RESTORE: jobs_snapshots.restore,
+    OperationKind.SNAPSHOT_DELETE: jobs_snapshots.delete,
 }
 
 # Keep and restore (issue 15): each part's handlers live in a module of its own.

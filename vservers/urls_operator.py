@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.urls import path
 
 from vservers.views import operator as views
-from vservers.views import usage
+from vservers.views import snapshots, usage
 
 urlpatterns = [
     path("", views.dashboard, name="op_dashboard"),
@@ -20,6 +20,11 @@ urlpatterns = [
     path("servers/<uuid:uuid>/reject/", views.reject, name="op_reject"),
     path("servers/<uuid:uuid>/plan-change/<str:decision>/", views.plan_change, name="op_plan_change"),
     path("servers/<uuid:uuid>/action/<str:kind>/", views.server_action, name="op_server_action"),
+    path("servers/<uuid:uuid>/snapshots/take/", snapshots.op_snapshot_take, name="op_snapshot_take"),
+    path("servers/<uuid:uuid>/snapshots/<slug:name>/restore/", snapshots.op_snapshot_restore,
+         name="op_snapshot_restore"),
+    path("servers/<uuid:uuid>/snapshots/<slug:name>/delete/", snapshots.op_snapshot_delete,
+         name="op_snapshot_delete"),
     path("tenants/", views.tenants, name="op_tenants"),
     path("tenants/<uuid:uuid>/", views.tenant_detail, name="op_tenant_detail"),
     path("tenants/<uuid:uuid>/members/new/", views.member_add, name="op_member_add"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.urls import path, register_converter
 
 from vservers.converters import GuestNameConverter
-from vservers.views import rescue, tenant, usage
+from vservers.views import rescue, snapshots, tenant, usage
 
 # Account and service names come from inside the guest (see GuestNameConverter).
 register_converter(GuestNameConverter, "guest")
@@ -30,4 +30,7 @@ urlpatterns = [
     path("<uuid:uuid>/rescue/", rescue.rescue_enter, name="server_rescue"),
     path("<uuid:uuid>/rescue/leave/", rescue.rescue_leave, name="server_rescue_leave"),
     path("<uuid:uuid>/root-password/", rescue.root_password, name="server_root_password"),
+    path("<uuid:uuid>/snapshots/take/", snapshots.snapshot_take, name="snapshot_take"),
+    path("<uuid:uuid>/snapshots/<slug:name>/restore/", snapshots.snapshot_restore, name="snapshot_restore"),
+    path("<uuid:uuid>/snapshots/<slug:name>/delete/", snapshots.snapshot_delete, name="snapshot_delete"),
 ]

@@ -133,7 +133,7 @@ def security_world(offline_world, django_user_model):
     a server awaiting approval; a stopped server; a superuser "root" for the admin."""
     from types import SimpleNamespace
 
-    from vservers.models import GuestAccount, Operation, OperationKind, Service, State, VirtualServer
+    from vservers.models import GuestAccount, Operation, OperationKind, Service, Snapshot, State, VirtualServer
 
     w = offline_world
     running = VirtualServer.objects.create(
@@ -146,6 +146,7 @@ def security_world(offline_world, django_user_model):
     account.shell = "/bin/sh"  # an attribute: ruff's S604 reads a shell= keyword as subprocess's
     account.save()
     service = Service.objects.create(server=running, name=GUEST_NAME, state="run", pid=42)
+    Snapshot.objects.create(server=running, name=GUEST_NAME, size_bytes=2**20)  # a snapshot's <slug:name> too
     pending = VirtualServer.objects.create(
         tenant=w.globex, name="globex-new", hostname="new.globex.test", plan=w.small, template=w.busybox,
         state=State.REQUESTED,

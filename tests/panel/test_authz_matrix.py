@@ -43,6 +43,7 @@ from vservers.models import (
     Operation,
     OperationKind,
     Service,
+    Snapshot,
     State,
     VirtualServer,
 )
@@ -154,6 +155,7 @@ def world(offline_world):
             server=made, name=GUEST_NAME, uid=1000, home="/home/www", shell="/bin/sh"
         )
         service = Service.objects.create(server=made, name=GUEST_NAME, state="run", pid=42)
+        Snapshot.objects.create(server=made, name=GUEST_NAME, size_bytes=2**20)  # <slug:name> of a snapshot too
         return SimpleNamespace(server=made, address=address, operation=operation, account=account, service=service)
 
     server(w.acme, "acme-web")  # alice has a server of her own: her pages are not empty

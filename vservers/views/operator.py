@@ -29,7 +29,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from accounts import two_factor
 from accounts.models import AuditEntry, Membership, Tenant
 
-from .. import access, actions
+from .. import access, actions, snapshot_actions
 from ..actions import ActionRefused
 from ..capacity import Allocation, NodeCapacity, approval_warnings, node_capacities, request_amounts
 from ..models import (
@@ -507,6 +507,7 @@ def tenant_detail(request: HttpRequest, uuid) -> HttpResponse:
         return redirect("op_tenant_detail", uuid=tenant.uuid)
     servers = tenant.servers.select_related("plan", "node").prefetch_related("addresses").order_by("name", "pk")
     used = actions.tenant_usage(tenant)
+    snaps = snapshot_actions.snapshot_mb(tenant)
     return render(request, "vservers/operator/tenant_detail.html", {
         "section": "tenants",
         "tenant": tenant,
@@ -517,7 +518,7 @@ def tenant_detail(request: HttpRequest, uuid) -> HttpResponse:
         ),
         "servers": servers,
         "usage": {"servers": used["servers"], "cpus": used["cpus"], "memory": used["memory_mb"],
-                  "disk": used["disk_mb"]},
+                  "disk": used["disk_mb"] + snaps, "snapshots": snaps},
     })
 
 

@@ -59,6 +59,10 @@ def usage(server: VirtualServer) -> list[Meter]:
 def quota_meters(tenant: Tenant) -> list[Meter]:
     """What the tenant's live servers take of its quotas (one query)."""
     used = actions.tenant_usage(tenant)
+    from ...snapshot_actions import snapshot_mb
+
+    snaps = snapshot_mb(tenant)
+    disk = used["disk_mb"] + snaps
     return [
         Meter("Servers", str(used["servers"]), str(tenant.max_servers), percent(used["servers"], tenant.max_servers)),
         Meter("CPUs", number(used["cpus"]), number(tenant.max_cpus), percent(used["cpus"], tenant.max_cpus)),
@@ -68,7 +72,11 @@ def quota_meters(tenant: Tenant) -> list[Meter]:
             f"{tenant.max_memory_mb} MB",
             percent(used["memory_mb"], tenant.max_memory_mb),
         ),
+        # The plans' disks and the snapshots' space on the nodes: both count against the quota.
         Meter(
-            "Disk", f"{used['disk_mb']} MB", f"{tenant.max_disk_mb} MB", percent(used["disk_mb"], tenant.max_disk_mb)
+            "Disk",
+            f"{disk} MB" + (f" ({snaps} MB snapshots)" if snaps else ""),
+            f"{tenant.max_disk_mb} MB",
+            percent(disk, tenant.max_disk_mb),
         ),
     ]
