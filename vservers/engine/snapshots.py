@@ -34,7 +34,6 @@ mount freeze and thaw the filesystem the guest uses.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -42,7 +41,6 @@ import select
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,22 +203,35 @@ def _check_space(base: Path, source: Path, name: str) -> None:
 
 def _copy_frozen(engine: Engine, name: str, device: str, source: Path, target: Path) -> tuple[float, float]:
     """Copy SOURCE, the image of running server NAME on loop DEVICE, to TARGET with its
-    processes and filesystem frozen; returns (seconds frozen, seconds copying)."""
+    processes and filesystem frozen; returns (seconds frozen, seconds copying).
+
+    The freeze helper mounts the filesystem before anything is frozen, and a first freeze
+    and thaw of the filesystem alone, with the server's processes running, writes out what
+    is dirty and checkpoints the journal (about 40 ms here, with the loop device's flush to
+    the host's disk): the freeze with every process stopped then has next to nothing left
+    to write, so the server stands still only for the cgroup freeze, the copy and the thaws."""
     busy = engine._dir(name) / BUSY
     write_json(busy, {"freeze": target.parent.name})
-    started = time.monotonic()
     try:
-        engine.cgroups.freeze(name)
         # Held open: the device cannot be freed and handed to another image meanwhile.
-        with loopdev.held(device, source), frozen_filesystem(device, engine._dir(name) / "disk"):
-            faults.checkpoint("snapshot", "frozen")
-            copy_seconds = _copy(source, target, COPY_LIMIT, name)
+        with loopdev.held(device, source), FilesystemFreezer(device, engine._dir(name) / "disk") as fs:
+            fs.freeze()
+            fs.thaw()
+            started = time.monotonic()
+            try:
+                engine.cgroups.freeze(name)
+                fs.freeze()
+                faults.checkpoint("snapshot", "frozen")
+                copy_seconds = _copy(source, target, COPY_LIMIT, name)
+            finally:
+                try:
+                    fs.thaw()
+                finally:
+                    engine.cgroups.thaw(name)
+                    frozen = time.monotonic() - started
     except OSError as exc:
         raise EngineError(f"cannot freeze the disk of {name!r}: {exc.strerror or exc}") from exc
-    finally:
-        engine.cgroups.thaw(name)
-        frozen = time.monotonic() - started
-        busy.unlink(missing_ok=True)  # not reached if the thaw failed: the next operation retries it
+    busy.unlink(missing_ok=True)  # not reached if a thaw failed: the next operation retries it
     return frozen, copy_seconds
 
 
@@ -248,40 +259,63 @@ def _copy(source: Path, target: Path, limit: float | None, name: str) -> float:
 # -- the filesystem freeze ----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def frozen_filesystem(device: str, mount_dir: Path) -> Iterator[None]:
-    """Hold the ext4 on loop DEVICE frozen (FIFREEZE) for the body, through a child that
-    mounts it on MOUNT_DIR in a private mount namespace. The child thaws when told to, or
-    when this process dies (its pipe from us reaches end of file)."""
-    pid, status, command = _spawn_fs_helper(device, mount_dir, freeze=True)
-    try:
-        answer = _read_status(status, FS_FREEZE_TIMEOUT)
-        if answer != "F":
-            raise EngineError(f"cannot freeze the filesystem on {device}: {answer[1:] or 'helper failed'}")
-        yield
-    finally:
-        os.close(command)  # end of file: the child thaws and exits
-        answer = _read_status(status, FS_FREEZE_TIMEOUT)
-        os.close(status)
-        _reap(pid)
-    if answer != "T":
-        raise EngineError(f"cannot thaw the filesystem on {device}: {answer[1:] or 'helper failed'}")
+class FilesystemFreezer:
+    """FIFREEZE of the ext4 on loop DEVICE, through a child that mounts it on MOUNT_DIR in a
+    private mount namespace when the context is entered (before anything is frozen), freezes
+    it on freeze() and thaws it on thaw(), when the context ends, or when this process dies
+    (its pipe from us reaches end of file, whatever killed us)."""
+
+    def __init__(self, device: str, mount_dir: Path) -> None:
+        self.device, self.mount_dir = device, mount_dir
+        self.pid = self.status = self.command = -1
+        self.frozen = False
+
+    def __enter__(self) -> FilesystemFreezer:
+        self.pid, self.status, self.command = _spawn_fs_helper(self.device, self.mount_dir)
+        self._expect("R", "mount", FS_FREEZE_TIMEOUT)
+        return self
+
+    def freeze(self) -> None:
+        os.write(self.command, b"f")
+        self.frozen = True
+        self._expect("F", "freeze", FS_FREEZE_TIMEOUT)
+
+    def thaw(self) -> None:
+        if not self.frozen:
+            return
+        os.write(self.command, b"t")
+        self._expect("T", "thaw", FS_FREEZE_TIMEOUT)
+        self.frozen = False
+
+    def __exit__(self, *exc_info) -> None:
+        frozen, self.frozen = self.frozen, False
+        os.close(self.command)  # end of file: the child thaws (whatever it holds) and exits
+        try:
+            got = _read_status(self.status, FS_FREEZE_TIMEOUT)
+            # A helper that never froze (it failed, and said why) has nothing to thaw.
+            if got != "T" and frozen:
+                raise EngineError(f"cannot thaw the filesystem on {self.device}: {got[1:] or 'the helper failed'}")
+        finally:
+            os.close(self.status)
+            _reap(self.pid)
+
+    def _expect(self, answer: str, what: str, timeout: float) -> None:
+        got = _read_status(self.status, timeout)
+        if got != answer:
+            raise EngineError(f"cannot {what} the filesystem on {self.device}: {got[1:] or 'the helper failed'}")
 
 
 def thaw_filesystem(device: str, mount_dir: Path) -> None:
     """Thaw the ext4 on loop DEVICE if it is frozen (one left so by a helper killed too)."""
-    pid, status, command = _spawn_fs_helper(device, mount_dir, freeze=False)
-    os.close(command)
-    answer = _read_status(status, FS_FREEZE_TIMEOUT)
-    os.close(status)
-    _reap(pid)
-    if answer != "T":
-        raise EngineError(f"cannot thaw the filesystem on {device}: {answer[1:] or 'helper failed'}")
+    with FilesystemFreezer(device, mount_dir):
+        pass  # the helper's FITHAW on leaving is the whole point; EINVAL (not frozen) is fine
 
 
-def _spawn_fs_helper(device: str, mount_dir: Path, freeze: bool) -> tuple[int, int, int]:
+def _spawn_fs_helper(device: str, mount_dir: Path) -> tuple[int, int, int]:
     """Fork the helper; returns (its pid, our end of its status pipe, our end of its command
-    pipe). It answers "F" once frozen, "T" once thawed, "E<reason>" on failure."""
+    pipe). It answers "R" once mounted, "F" once frozen (after we send "f"), "T" once thawed
+    (after "t", and once more when our end of the command pipe closes, before it exits),
+    "E<reason>" on failure."""
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     command_r, command_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -294,17 +328,21 @@ def _spawn_fs_helper(device: str, mount_dir: Path, freeze: bool) -> tuple[int, i
             syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
             syscalls.mount(device, mount_dir, "ext4", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             fd = os.open(mount_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            if freeze:
-                fcntl.ioctl(fd, FIFREEZE, 0)
-                os.write(status_w, b"F")
-                os.read(command_r, 1)  # blocks until the engine is done, or gone
-            try:
-                fcntl.ioctl(fd, FITHAW, 0)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: it was not frozen
-                    raise
-            os.write(status_w, b"T")
-            os._exit(0)
+            os.write(status_w, b"R")
+            while True:
+                command = os.read(command_r, 1)  # b"": end of file, the engine is done or gone
+                if command == b"f":
+                    fcntl.ioctl(fd, FIFREEZE, 0)
+                    os.write(status_w, b"F")
+                    continue
+                try:
+                    fcntl.ioctl(fd, FITHAW, 0)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:  # EINVAL: it was not frozen
+                        raise
+                os.write(status_w, b"T")
+                if not command:
+                    os._exit(0)
         except BaseException as exc:  # noqa: BLE001 - everything must reach the engine
             try:
                 os.write(status_w, f"E{exc}".encode()[:500])
