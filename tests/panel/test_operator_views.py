@@ -516,7 +516,7 @@ def test_tenant_detail_lists_members_and_usage(op_client, world):
     make_server(world, name="web", state=State.RUNNING, plan=world.medium)
     response = op_client.get(reverse("op_tenant_detail", args=[world.acme.uuid]))
     assert [m.user.username for m in response.context["members"]] == ["alice"]
-    assert response.context["usage"] == {"servers": 1, "cpus": 1, "memory": 512, "disk": 4096}
+    assert response.context["usage"] == {"servers": 1, "cpus": 1, "memory": 512, "disk": 4096, "snapshots": 0}
     assert b"bob" not in response.content
 
 
