@@ -212,6 +212,7 @@ def _copy_frozen(engine: Engine, name: str, device: str, source: Path, target: P
     to write, so the server stands still only for the cgroup freeze, the copy and the thaws."""
     busy = engine._dir(name) / BUSY
     write_json(busy, {"freeze": target.parent.name})
+    thawed = False
     try:
         # Held open: the device cannot be freed and handed to another image meanwhile.
         with loopdev.held(device, source), FilesystemFreezer(device, engine._dir(name) / "disk") as fs:
@@ -229,9 +230,12 @@ def _copy_frozen(engine: Engine, name: str, device: str, source: Path, target: P
                 finally:
                     engine.cgroups.thaw(name)
                     frozen = time.monotonic() - started
+                    thawed = True
     except OSError as exc:
         raise EngineError(f"cannot freeze the disk of {name!r}: {exc.strerror or exc}") from exc
-    busy.unlink(missing_ok=True)  # not reached if a thaw failed: the next operation retries it
+    finally:
+        if thawed:  # else the note stays, and the next operation thaws what is left
+            busy.unlink(missing_ok=True)
     return frozen, copy_seconds
 
 
