@@ -71,7 +71,8 @@ def test_a_worker_killed_while_the_server_is_frozen(fault_world, provision, work
 def test_a_worker_killed_after_the_swap_and_the_next_start_finishes_the_restore(fault_world, provision, workers,
                                                                                  drain):
     world, engine = fault_world, fault_world.engine
-    server = provision("web")
+    # Not autostart: the reconciler would queue that start itself (and win the race to it).
+    server = provision("web", autostart=False)
     name = server.engine_name
     assert engine.run(name, ["sh", "-c", "echo at-snapshot > /root/mark"]).returncode == 0
     snapshot_actions.take(server, world.alice, name="base")
