@@ -53,12 +53,14 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def _snapshot_param(run: Run) -> str:
+def _snapshot_param(run: Run, required: bool = True) -> str | None:
     from .engine import validate
     from .engine.errors import InvalidInput
     from .jobs import Refused
 
-    name = run.param("snapshot")
+    name = run.param("snapshot") if required else run.optional("snapshot")
+    if name is None:
+        return None
     try:
         return validate.snapshot_name(name)
     except InvalidInput as exc:
@@ -66,9 +68,11 @@ def _snapshot_param(run: Run) -> str:
 
 
 def create(run: Run) -> None:
+    """Params: "snapshot", its name (without one, as a reinstall's "snapshot first" asks,
+    the engine names it from the time), and an optional "label"."""
     from .jobs import _begin
 
-    snap = _snapshot_param(run)
+    snap = _snapshot_param(run, required=False)
     _begin(run)
     run.checkpoint("before-engine")
     info = run.engine.snapshot_create(run.name, snap)
@@ -94,7 +98,7 @@ def create(run: Run) -> None:
 def restore(run: Run) -> None:
     from . import jobs
 
-    snap = _snapshot_param(run)
+    snap = str(_snapshot_param(run))
     if not Snapshot.objects.filter(server=run.server, name=snap).exists():
         raise jobs.Refused(f"the server has no snapshot {snap}")
     jobs._begin(run)
@@ -112,7 +116,7 @@ def restore(run: Run) -> None:
 def delete(run: Run) -> None:
     from .jobs import _begin
 
-    snap = _snapshot_param(run)
+    snap = str(_snapshot_param(run))
     _begin(run)
     run.checkpoint("before-engine")
     run.engine.snapshot_delete(run.name, snap)  # a snapshot the node no longer has is deleted too

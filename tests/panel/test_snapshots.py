@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from accounts.models import AuditEntry
 from tests.panel_world import wait_for_http
+from vservers.actions import request_operation
 from vservers.jobs_snapshots import store_snapshots
 from vservers.models import Operation, OperationKind, OperationStatus, Snapshot, State
 
@@ -58,8 +59,16 @@ def test_take_change_restore_and_delete_through_the_worker(world, provision, dra
     actions = sorted(AuditEntry.objects.filter(action__startswith="server.snapshot").values_list("action", flat=True))
     assert actions == ["server.snapshot_create", "server.snapshot_delete", "server.snapshot_restore"]
 
-    # One taken on the node by another operation (a reinstall's "snapshot first") shows up.
+    # One taken on the node by another operation shows up.
     engine.snapshot_create(name, "by-engine")
     assert [s.name for s in store_snapshots(server, engine)] == ["by-engine"]
     engine.snapshot_delete(name, "by-engine")
     assert store_snapshots(server, engine) == []
+
+    # A snapshot asked for without a name (a reinstall's "snapshot first" asks so) is named by
+    # the engine from the time.
+    request_operation(server, OperationKind.SNAPSHOT_CREATE, world.alice)
+    drain()
+    last(OperationKind.SNAPSHOT_CREATE)
+    (row,) = Snapshot.objects.filter(server=server)
+    assert row.name.startswith("s20") and [s.name for s in engine.snapshot_list(name)] == [row.name]
