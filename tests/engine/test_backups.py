@@ -647,3 +647,18 @@ def test_the_read_only_namespace_stops_a_write_outside_even_with_every_other_che
     assert "Read-only file system" in said
     assert not (victim / "evil").exists()
     _until(lambda: not loopdev.devices_for(tmp_path), "the image's loop device to be released")
+
+
+def test_a_backup_larger_than_the_target_disk_is_refused_and_the_target_untouched(bengine, make_server):
+    from vservers.engine import InvalidInput
+
+    name = make_server("bk-big", "198.19.21.21/18")
+    bengine.run(name, ["/bin/sh", "-c", "head -c 20000000 /dev/urandom > /root/big"])
+    bengine.stop(name)
+    info = bengine.backup_create(name)
+    small = make_server("bk-small", "198.19.21.22/18", start=False, disk_bytes=16 * 2**20)
+    before = _fingerprint(_image(bengine, small))
+    with pytest.raises(InvalidInput, match="holds 19 MiB, more than the 16 MiB disk of 'bk-small'"):
+        bengine.backup_restore(info.name, small)
+    assert _fingerprint(_image(bengine, small)) == before
+    assert not (bengine.config.server_dir(small) / "disk.img.restore").exists()
