@@ -9,7 +9,7 @@ from django.urls import path
 
 import vservers.urls_tenant  # noqa: F401 - registers the <guest:...> converter used below
 
-from .views import catalog, guest, operator, rescue, servers, snapshots, usage
+from .views import backups, catalog, guest, operator, rescue, servers, snapshots, usage
 from .views.docs import SchemaView, docs
 from .views.servers import action_view
 
@@ -45,6 +45,14 @@ urlpatterns = [
     path(f"{SERVER}snapshots/<slug:name>/", snapshots.SnapshotView.as_view(), name="api-snapshot"),
     path(f"{SERVER}snapshots/<slug:name>/restore/", snapshots.SnapshotRestoreView.as_view(),
          name="api-snapshot-restore"),
+    # Backups (api/views/backups.py).
+    path(f"{SERVER}backups/", backups.ServerBackupsView.as_view(), name="api-server-backups"),
+    path(f"{SERVER}backup-schedule/", backups.ScheduleView.as_view(), name="api-server-backup-schedule"),
+    path("v1/backups/", backups.BackupListView.as_view(), name="api-backups"),
+    path("v1/backups/<uuid:uuid>/", backups.BackupDetailView.as_view(), name="api-backup"),
+    *(path(f"v1/backups/<uuid:uuid>/{name}/", view.as_view(), name=f"api-backup-{name}")
+      for name, view in (("restore", backups.BackupRestoreView), ("new-server", backups.BackupNewServerView),
+                         ("delete", backups.BackupDeleteView), ("download", backups.BackupDownloadView))),
     path("v1/rejected/", servers.RejectedListView.as_view(), name="api-rejected"),
     path("v1/rejected/<uuid:uuid>/dismiss/", servers.RejectedDismissView.as_view(), name="api-rejected-dismiss"),
     path("v1/operations/", servers.OperationListView.as_view(), name="api-operations"),

@@ -315,6 +315,12 @@ class Connection:
     def run(self) -> None:
         try:
             line, rest = _read_hello(self.conn)
+            value = protocol.parse_line(line)
+            if value.get("kind") == "download":  # a backup's download (vservers.backups.downloads)
+                from vservers.backups import downloads
+
+                downloads.serve(self.conn, value, self.broker.queues)
+                return
             hello = parse_hello(line)
         except (protocol.ProtocolError, OSError) as exc:  # TimeoutError is an OSError
             log.info("console hello refused: %s", exc)

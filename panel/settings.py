@@ -144,6 +144,10 @@ PANEL_SAMPLE_SECONDS = env.env_int(ENV, "PANEL_SAMPLE_SECONDS", default=30, low=
 PANEL_CONSOLE_SOCKET = Path(ENV.get("PANEL_CONSOLE_SOCKET", str(VAR_DIR / "run" / "console.sock")))
 PANEL_CONSOLE_TICKET_SECONDS = env.env_int(ENV, "PANEL_CONSOLE_TICKET_SECONDS", default=30, low=5, high=300)
 PANEL_CONSOLE_IDLE_SECONDS = env.env_int(ENV, "PANEL_CONSOLE_IDLE_SECONDS", default=900, low=10, high=86400)
+# Backups (vservers.backups): the second destination every new backup is copied to, with rsync
+# over SSH ("user@host:/path"; empty: none); how long a download link is good for (once).
+PANEL_BACKUP_REMOTE = ENV.get("PANEL_BACKUP_REMOTE", "")
+PANEL_BACKUP_TICKET_SECONDS = env.env_int(ENV, "PANEL_BACKUP_TICKET_SECONDS", default=30, low=5, high=300)
 # How many operations a tenant's servers may have queued or running at once: each is a job for
 # a root worker, so a tenant must not be able to flood a node's queue.
 PANEL_MAX_PENDING_PER_TENANT = env.env_int(ENV, "PANEL_MAX_PENDING_PER_TENANT", default=20, low=1, high=10000)

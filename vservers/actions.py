@@ -426,7 +426,9 @@ def approve(server: VirtualServer, operator, node: Node | None = None, request=N
     3. allocate the lowest free address of a pool on that node (pool lock + unique constraint);
     4. create the provision operation; it is queued when the transaction commits.
     """
-    node = node or Node.objects.filter(is_active=True).order_by("pk").first()
+    from .backups import actions as backup_actions
+
+    node = node or backup_actions.approval_node(server) or Node.objects.filter(is_active=True).order_by("pk").first()
     if node is None:
         raise ActionRefused("there is no active node to run the server on")
     try:
@@ -437,7 +439,8 @@ def approve(server: VirtualServer, operator, node: Node | None = None, request=N
             if not server.approve(node):
                 raise ActionRefused("only servers awaiting approval can be approved")
             _allocate_on(node, server)
-            operation = Operation.objects.create(server=server, kind=OperationKind.PROVISION, requested_by=operator)
+            kind, params = backup_actions.first_operation(server, node)  # provisioning, or a backup's restore
+            operation = Operation.objects.create(server=server, kind=kind, params=params, requested_by=operator)
             enqueue(operation)
             if request is not None:
                 AuditEntry.record(request, "server.approve", server, node=node.name)

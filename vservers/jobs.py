@@ -739,6 +739,12 @@ HANDLERS: dict[str, Callable[[Run], None]] = {
     OperationKind.SNAPSHOT_RESTORE: jobs_snapshots.restore,
     OperationKind.SNAPSHOT_DELETE: jobs_snapshots.delete,
 }
+# Issue 15's handlers live in modules of their own, which use this one's helpers: imported
+# here, once everything they use is defined.
+from .backups import jobs as backup_jobs  # noqa: E402
+
+HANDLERS.update(backup_jobs.HANDLERS)
+FAILED_SENTENCES.update(backup_jobs.FAILED_SENTENCES)
 
 # Keep and restore (issue 15): each part's handlers live in a module of its own.
 from . import jobs_rescue  # noqa: E402 - it imports from this module inside its handlers only

@@ -18,6 +18,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 ALLOWED_FUNCTIONS = frozenset({
+    "vservers.backups.schedule.run_pass",
     "vservers.jobs.run_operation",
     "vservers.jobs.run_template_build",
     "vservers.reconcile.reconcile_node",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.urls import path, register_converter
 
+from vservers.backups import views as backups
 from vservers.converters import GuestNameConverter
 from vservers.views import rescue, snapshots, tenant, usage
 
@@ -15,6 +16,14 @@ urlpatterns = [
     path("", tenant.server_list, name="server_list"),
     path("new/", tenant.server_request, name="server_request"),
     path("<uuid:uuid>/", tenant.server_detail, name="server_detail"),
+    # Backups (vservers.backups.views): a server's, and the tenant's, deleted servers' too.
+    path("<uuid:uuid>/backups/create/", backups.backup_create, name="backup_create"),
+    path("<uuid:uuid>/backups/schedule/", backups.schedule, name="backup_schedule"),
+    path("backups/", backups.backup_list, name="backup_list"),
+    path("backups/<uuid:backup>/restore/", backups.restore, name="backup_restore"),
+    path("backups/<uuid:backup>/new-server/", backups.new_server, name="backup_new_server"),
+    path("backups/<uuid:backup>/delete/", backups.delete, name="backup_delete"),
+    path("backups/<uuid:backup>/download/", backups.download, name="backup_download"),
     path("<uuid:uuid>/usage.json", usage.server_usage, name="server_usage"),
     path("<uuid:uuid>/dismiss/", tenant.dismiss_rejected, name="server_dismiss"),
     path("<uuid:uuid>/cancel/", tenant.server_cancel, name="server_cancel"),

@@ -243,6 +243,7 @@ class Watch(threading.Thread):
         self.sample_period = float(settings.PANEL_SAMPLE_SECONDS)
         self.sample_due = 0.0  # the next sampling and pruning (time.monotonic)
         self.prune_due = 0.0
+        self.backup_due = 0.0  # the next pass over the backup schedules (time.monotonic)
         self.wanted = False  # a run now: a guest died, or Redis is back
         self.lost_at: float | None = None  # when Redis was found unreachable
         self.run_id = ""  # Redis's: a new one means it restarted, maybe between two looks
@@ -349,6 +350,7 @@ class Watch(threading.Thread):
             for pk, name in self.nodes:
                 reconcile.queue_run(self.queues[name], pk, unless_ended_within=self.period / 2)
         self.usage_jobs(now)
+        self.backup_jobs(now)
 
     def usage_jobs(self, now: float) -> None:
         """The usage sampler of each node, and the history's pruning (one job for all nodes,
@@ -363,3 +365,12 @@ class Watch(threading.Thread):
         if now >= self.prune_due and self.nodes:
             self.prune_due = now + usage_jobs.PRUNE_SECONDS
             usage_jobs.queue_prune(self.queues[self.nodes[0][1]])
+
+    def backup_jobs(self, now: float) -> None:
+        """Each node's pass over its backup schedules (vservers.backups.schedule), every minute."""
+        from .backups import schedule
+
+        if now >= self.backup_due:
+            self.backup_due = now + schedule.PASS_SECONDS
+            for pk, name in self.nodes:
+                schedule.queue_pass(self.queues[name], pk)

@@ -163,9 +163,13 @@ def security_world(offline_world, django_user_model):
     )
     w.pool.allocate(rescued)
     root = django_user_model.objects.create_superuser("root", "root@example.test", "root pw 1")
+    from vservers.models import Backup
+
+    backup = Backup.objects.create(tenant=w.globex, server=running, server_name=running.name, node=w.node,
+                                   name="vs-0123456789ab-20261206T000000Z.tar.zst", manifest={"template": "busybox"})
     return SimpleNamespace(
         **vars(w), running=running, address=address, operation=operation, account=account, service=service,
-        pending=pending, stopped=stopped, rescued=rescued, root=root,
+        pending=pending, stopped=stopped, rescued=rescued, root=root, backup=backup,
     )
 
 
@@ -179,6 +183,7 @@ def candidates(route: Route, w) -> dict[str, list]:
         "uuid": [w.running.uuid, w.pending.uuid, w.stopped.uuid, w.operation.uuid, w.globex.uuid, w.small.uuid,
                  *([w.rescued.uuid] if hasattr(w, "rescued") else [])],
         "operation": [w.operation.uuid],
+        "backup": [w.backup.uuid],
         "pk": [w.pool.pk],
         "kind": VERBS,
         "action": VERBS,

@@ -39,6 +39,7 @@ from accounts.models import Membership
 from tests.panel.routes import ADMIN_PREFIX, API_OPERATOR_PREFIX, API_PREFIX, PUBLIC, SIGNED_IN, all_routes
 from tests.panel.routes import candidates as placeholder_values
 from vservers.models import (
+    Backup,
     GuestAccount,
     Operation,
     OperationKind,
@@ -160,6 +161,8 @@ def world(offline_world):
 
     server(w.acme, "acme-web")  # alice has a server of her own: her pages are not empty
     theirs = server(w.globex, SECRET_NAME)
+    theirs.backup = Backup.objects.create(tenant=w.globex, server=theirs.server, server_name=SECRET_NAME,
+                                          node=w.node, name="vs-0123456789ab-20261206T000000Z.tar.zst")
     return SimpleNamespace(alice=w.alice, bob=w.bob, operator=w.operator, globex=theirs)
 
 
@@ -168,7 +171,7 @@ def candidates(route: Route, param: str, world) -> list:
     converter = route.converters[param]
     theirs = world.globex
     if isinstance(converter, UUIDConverter):
-        return [theirs.server.uuid, theirs.operation.uuid]
+        return [theirs.server.uuid, theirs.operation.uuid, theirs.backup.uuid]
     if isinstance(converter, IntConverter):
         return [theirs.address.pk, theirs.account.pk, theirs.service.pk, theirs.operation.pk]
     if param in ("kind", "action", "decision", "verb"):

@@ -122,8 +122,11 @@ class Engine:
         limits: Limits | None = None,
         hostname: str | None = None,
         autostart: bool = False,
+        template_version: str | None = None,
     ) -> ServerSpec:
-        """Create a stopped server: its config and its own disk image (a sparse ext4 file).
+        """Create a stopped server: its config and its own disk image (a sparse ext4 file),
+        from the template's current version or TEMPLATE_VERSION (a restored backup's files
+        belong over the version they were taken on).
 
         1. validate everything before touching the disk;
         2. under the installation's allocation lock: check the addresses are free and pick a
@@ -135,7 +138,7 @@ class Engine:
         limits = limits or Limits()
         hostname = validate.hostname(hostname or name)
         interfaces = self._check_addresses(addresses)
-        info = templates.get(self.config, template)
+        info = templates.get(self.config, template, template_version)
         with self._lock(name), self._alloc_lock():
             existing = read_json(self._dir(name) / "config.json")
             if existing is not None:

@@ -100,3 +100,34 @@ class BackupSchedule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.server} {self.frequency} at {self.time:%H:%M} UTC"
+
+
+class BackupRestoreRequest(models.Model):
+    """A requested server that is to be made from a backup: approval queues a backup_restore
+    for it instead of a provisioning (vservers.backups.actions.first_operation)."""
+
+    server = models.OneToOneField("vservers.VirtualServer", on_delete=models.CASCADE, related_name="restore_request")
+    backup = models.ForeignKey(Backup, on_delete=models.CASCADE, related_name="restore_requests")
+
+    def __str__(self) -> str:
+        return f"{self.server} from {self.backup}"
+
+
+class BackupDownload(models.Model):
+    """A download of a backup: its single-use ticket (kept as its SHA-256, as a console's),
+    which the node's broker redeems before it hands the web process the open archive, and the
+    record of who downloaded what, when."""
+
+    backup = models.ForeignKey(Backup, null=True, on_delete=models.SET_NULL, related_name="downloads")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    ticket_hash = models.CharField(max_length=64, unique=True)
+    issued = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField()
+    # Set by the broker when it redeems the ticket: a ticket with one is spent.
+    redeemed = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-issued"]
+
+    def __str__(self) -> str:
+        return f"download of {self.backup} by {self.user}"

@@ -217,8 +217,10 @@ TRANSITIONS: dict[str, Transition] = {
         ),
         Transition(
             OperationKind.BACKUP_DELETE,
-            asked_in=_states(State.RUNNING, State.STOPPED, State.ERROR),
-            runs_from=_states(State.RUNNING, State.STOPPED, State.ERROR),
+            # A backup outlives its server: one of a deleted server is deleted through it too
+            # (the operation needs a server and a node; the server's state does not move).
+            asked_in=_states(State.RUNNING, State.STOPPED, State.ERROR, State.DELETED),
+            runs_from=_states(State.RUNNING, State.STOPPED, State.ERROR, State.DELETED),
             busy=None,
             target=None,
             on_failure=OnFailure.KEEP,
