@@ -8,6 +8,7 @@ call of vservers.backups.actions (operations: 202 with the operation)."""
 from __future__ import annotations
 
 import os
+from datetime import time
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -50,12 +51,23 @@ class BackupSerializer(serializers.Serializer):
         return str(backup.manifest.get("template_version", ""))
 
 
+class TimeOfDay(serializers.RegexField):
+    """A time of day as "HH:MM" both ways (OpenAPI's "time" format wants a UTC offset too,
+    which a schedule in UTC does not need)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", **kwargs)
+
+    def to_representation(self, value) -> str:
+        return value.strftime("%H:%M") if hasattr(value, "strftime") else str(value)
+
+
 class ScheduleSerializer(serializers.Serializer):
     enabled = serializers.BooleanField()
     frequency = serializers.ChoiceField(choices=BackupFrequency.choices)
     weekday = serializers.IntegerField(min_value=0, max_value=6, required=False, default=0,
                                        help_text="weekly only: 0 Monday .. 6 Sunday")
-    time = serializers.TimeField(format="%H:%M", help_text="the time of day, in UTC")
+    time = TimeOfDay(help_text="the time of day, HH:MM, in UTC")
     next_due = serializers.DateTimeField(read_only=True, allow_null=True)
     backups_kept = serializers.SerializerMethodField(help_text="scheduled backups the server's plan keeps")
 
@@ -129,11 +141,16 @@ class BackupNewServerView(ApiView):
 
 
 class BackupDeleteView(ApiView):
-    @extend_schema(request=None, responses={202: OperationSerializer})
+    @extend_schema(request=None, responses={202: OperationSerializer, 204: None})
     def post(self, request, uuid):
-        """Delete the backup (its archive on the node, then its row)."""
+        """Delete the backup (its archive on the node, then its row): 202 with the operation
+        of its server; 204 for a backup whose server is deleted (its node deletes it within a
+        minute; it is no longer listed)."""
         backup = actions.get_backup(request.user, uuid, act=True)
-        return queued(request, actions.delete(backup, request.user, request=request))
+        operation = actions.delete(backup, request.user, request=request)
+        if operation is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return queued(request, operation)
 
 
 class BackupDownloadView(ApiView):
@@ -165,7 +182,7 @@ class ScheduleView(ApiView):
         """The server's backup schedule (times in UTC)."""
         server = access.get_server(request.user, uuid)
         schedule = BackupSchedule.objects.filter(server=server).first() or BackupSchedule(
-            server=server, enabled=False, time="03:00")
+            server=server, enabled=False, time=time(3, 0))
         return Response(ScheduleSerializer(schedule).data)
 
     @extend_schema(request=ScheduleSerializer, responses={200: ScheduleSerializer})
@@ -175,7 +192,6 @@ class ScheduleView(ApiView):
         given = ScheduleSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         data = dict(given.validated_data)
-        data["time"] = data["time"].strftime("%H:%M")
         cleaned = run_form(ScheduleForm(data=data, server=server))
         schedule = actions.save_schedule(server, cleaned, request=request)
         return Response(ScheduleSerializer(schedule).data)

@@ -23,7 +23,7 @@ def w(offline_world, api, django_user_model):
                                        name=f"vs-{name[0]}123456789ab-20261206T030000Z.tar.zst",
                                        size_bytes=2**20, sha256="a" * 64,
                                        manifest={"template": "busybox", "template_version": "v", "bytes": 2**20})
-        setattr(w, name.split("-")[0], server)
+        setattr(w, name.split("-")[0] + "_web", server)
         setattr(w, name.split("-")[0] + "_backup", backup)
     w.carol = django_user_model.objects.create_user("carol", "carol@acme.test", "carol password 1")
     Membership.objects.create(user=w.carol, tenant=w.acme, role=Membership.READONLY)
@@ -41,10 +41,10 @@ def writes(backup, server) -> list[tuple[str, str, dict]]:
 
 
 def test_another_tenants_backups_are_404_and_never_listed(w):
-    for method, url, data in writes(w.globex_backup, w.globex):
+    for method, url, data in writes(w.globex_backup, w.globex_web):
         assert getattr(w.alice_api, method)(url, data, format="json").status_code == 404, url
-    for url in (f"/api/v1/backups/{w.globex_backup.uuid}/", f"/api/v1/servers/{w.globex.uuid}/backups/",
-                f"/api/v1/servers/{w.globex.uuid}/backup-schedule/"):
+    for url in (f"/api/v1/backups/{w.globex_backup.uuid}/", f"/api/v1/servers/{w.globex_web.uuid}/backups/",
+                f"/api/v1/servers/{w.globex_web.uuid}/backup-schedule/"):
         assert w.alice_api.get(url).status_code == 404, url
     listed = w.alice_api.get("/api/v1/backups/").json()["results"]
     assert [b["uuid"] for b in listed] == [str(w.acme_backup.uuid)]
@@ -58,28 +58,28 @@ def test_another_tenants_backups_are_404_and_never_listed(w):
 @pytest.mark.parametrize("who", ["carol_api", "alice_read_api"])
 def test_read_only_members_and_tokens_write_nothing(w, who):
     client = getattr(w, who)
-    assert client.get(f"/api/v1/servers/{w.acme.uuid}/backups/").status_code == 200
-    for method, url, data in writes(w.acme_backup, w.acme):
+    assert client.get(f"/api/v1/servers/{w.acme_web.uuid}/backups/").status_code == 200
+    for method, url, data in writes(w.acme_backup, w.acme_web):
         assert getattr(client, method)(url, data, format="json").status_code == 403, url
     assert not w.queued and not BackupSchedule.objects.exists() and not BackupRestoreRequest.objects.exists()
 
 
 def test_a_tenant_backs_up_restores_schedules_and_deletes(w):
-    made = w.alice_api.post(f"/api/v1/servers/{w.acme.uuid}/backups/")
+    made = w.alice_api.post(f"/api/v1/servers/{w.acme_web.uuid}/backups/")
     assert made.status_code == 202 and made.json()["kind"] == OperationKind.BACKUP_CREATE
     restore = w.alice_api.post(f"/api/v1/backups/{w.acme_backup.uuid}/restore/")
     assert restore.status_code == 202 and restore.json()["kind"] == OperationKind.BACKUP_RESTORE
-    schedule = w.alice_api.put(f"/api/v1/servers/{w.acme.uuid}/backup-schedule/",
+    schedule = w.alice_api.put(f"/api/v1/servers/{w.acme_web.uuid}/backup-schedule/",
                                {"enabled": True, "frequency": "weekly", "weekday": 6, "time": "04:45"}, format="json")
     assert schedule.status_code == 200, schedule.json()
     assert schedule.json()["time"] == "04:45" and schedule.json()["backups_kept"] == w.small.backups_kept
-    assert BackupSchedule.objects.get(server=w.acme).next_due.weekday() == 6
+    assert BackupSchedule.objects.get(server=w.acme_web).next_due.weekday() == 6
     deleted = w.alice_api.post(f"/api/v1/backups/{w.acme_backup.uuid}/delete/")
     assert deleted.status_code == 202
     assert [op.kind for op in w.queued] == [OperationKind.BACKUP_CREATE, OperationKind.BACKUP_RESTORE,
                                             OperationKind.BACKUP_DELETE]
     detail = w.alice_api.get(f"/api/v1/backups/{w.acme_backup.uuid}/").json()
-    assert (detail["server"], detail["template"], detail["size_bytes"]) == (str(w.acme.uuid), "busybox", 2**20)
+    assert (detail["server"], detail["template"], detail["size_bytes"]) == (str(w.acme_web.uuid), "busybox", 2**20)
 
 
 def test_a_new_server_from_a_backup_is_requested_and_a_busy_server_is_409(w):
@@ -88,6 +88,6 @@ def test_a_new_server_from_a_backup_is_requested_and_a_busy_server_is_409(w):
     assert asked.status_code == 201, asked.json()
     server = VirtualServer.objects.get(uuid=asked.json()["uuid"])
     assert server.state == State.REQUESTED and server.restore_request.backup == w.acme_backup
-    VirtualServer.objects.filter(pk=w.acme.pk).update(state=State.RESTORING)
+    VirtualServer.objects.filter(pk=w.acme_web.pk).update(state=State.RESTORING)
     busy = w.alice_api.post(f"/api/v1/backups/{w.acme_backup.uuid}/restore/")
     assert busy.status_code == 409, busy.json()

@@ -286,6 +286,7 @@ def security_candidates(route, world) -> dict:
         running=world.globex.server, pending=world.globex.server, stopped=world.globex.server,
         operation=world.globex.operation, globex=world.globex.server.tenant, small=world.globex.server.plan,
         pool=world.globex.address.pool, busybox=world.globex.server.template, bob=world.bob,
+        backup=world.globex.backup,
     ))
     return values
 

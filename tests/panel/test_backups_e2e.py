@@ -7,6 +7,7 @@ test_backups_faults.py."""
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 
 from django.test import Client
 
@@ -80,6 +81,13 @@ def test_a_backup_restored_into_a_new_server_answers_with_the_same_page_at_its_n
     listing = alice.get("/servers/backups/")
     assert b"(deleted)" in listing.content  # the backup still names the server it was taken of
 
+    # Deleting the backup of the deleted server: its node's next schedule pass deletes it.
+    alice.post(f"/servers/backups/{backup.uuid}/delete/")
+    assert backup.name in {info.name for info in engine.backup_list()}
+    assert schedule_pass(world.node, datetime.now(UTC)).endswith(", 1 deleted")
+    assert backup.name not in {info.name for info in engine.backup_list()}
+    assert not Backup.objects.filter(pk=backup.pk).exists()
+
 
 def test_a_backup_restored_into_its_own_server_brings_back_a_changed_page(world, provision, drain, engine):
     server = provision("web")
@@ -107,7 +115,7 @@ def test_a_backup_restored_into_its_own_server_brings_back_a_changed_page(world,
 
 
 def test_scheduled_backups_are_queued_when_due_and_pruned_beyond_the_plan(world, provision, drain, engine):
-    from datetime import UTC, datetime, time, timedelta
+    from datetime import time, timedelta
 
     world.small.backups_kept = 2
     world.small.save()

@@ -24,7 +24,7 @@ def w(offline_world, django_user_model):
         backup = Backup.objects.create(tenant=tenant, server=server, server_name=name, node=w.node,
                                        name=NAME.replace("0123", "acme" if tenant == w.acme else "0bex"),
                                        size_bytes=3 * 2**20, manifest={"template": "busybox", "bytes": 10 * 2**20})
-        setattr(w, name.split("-")[0], server)
+        setattr(w, name.split("-")[0] + "_web", server)
         setattr(w, name.split("-")[0] + "_backup", backup)
     w.carol = django_user_model.objects.create_user("carol", "carol@acme.test", "carol password 1")
     Membership.objects.create(user=w.carol, tenant=w.acme, role=Membership.READONLY)
@@ -44,7 +44,7 @@ def server_urls(server) -> list[tuple[str, str]]:
 
 def test_another_tenants_backups_are_not_found_anywhere(client, w):
     client.force_login(w.alice)
-    for method, url in backup_urls(w.globex_backup) + server_urls(w.globex):
+    for method, url in backup_urls(w.globex_backup) + server_urls(w.globex_web):
         assert getattr(client, method)(url).status_code == 404, (method, url)
     listing = client.get("/servers/backups/")
     assert listing.status_code == 200
@@ -59,10 +59,10 @@ def test_another_tenants_backups_are_not_found_anywhere(client, w):
 def test_a_read_only_member_looks_but_may_not_act(client, w):
     client.force_login(w.carol)
     assert client.get("/servers/backups/").status_code == 200
-    page = client.get(f"/servers/{w.acme.uuid}/")
+    page = client.get(f"/servers/{w.acme_web.uuid}/")
     assert page.status_code == 200 and b'id="backups"' in page.content
     assert b"Back up now" not in page.content and b"Download" not in page.content
-    for method, url in backup_urls(w.acme_backup) + server_urls(w.acme):
+    for method, url in backup_urls(w.acme_backup) + server_urls(w.acme_web):
         if method == "post" or url.endswith("new-server/"):
             assert getattr(client, method)(url).status_code == 403, (method, url)
     assert not w.queued and not BackupSchedule.objects.exists()
@@ -71,9 +71,9 @@ def test_a_read_only_member_looks_but_may_not_act(client, w):
 
 def test_the_card_backs_up_now_restores_and_deletes_through_operations(client, w):
     client.force_login(w.alice)
-    page = client.get(f"/servers/{w.acme.uuid}/")
+    page = client.get(f"/servers/{w.acme_web.uuid}/")
     assert b"Back up now" in page.content and w.acme_backup.name.encode() in page.content
-    client.post(f"/servers/{w.acme.uuid}/backups/create/")
+    client.post(f"/servers/{w.acme_web.uuid}/backups/create/")
     confirm = client.get(f"/servers/backups/{w.acme_backup.uuid}/restore/")
     assert b"all its files are replaced" in confirm.content
     client.post(f"/servers/backups/{w.acme_backup.uuid}/restore/")
@@ -83,16 +83,17 @@ def test_the_card_backs_up_now_restores_and_deletes_through_operations(client, w
         (OperationKind.BACKUP_RESTORE, {"backup": str(w.acme_backup.uuid)}),
         (OperationKind.BACKUP_DELETE, {"backup": str(w.acme_backup.uuid)}),
     ]
-    actions = list(AuditEntry.objects.filter(actor=w.alice).values_list("action", flat=True).order_by("pk"))
+    entries = AuditEntry.objects.filter(actor=w.alice, action__startswith="server.").order_by("pk")
+    actions = list(entries.values_list("action", flat=True))
     assert actions == ["server.backup_create", "server.backup_restore", "server.backup_delete"]
 
 
 def test_an_operator_acts_on_any_tenants_backups_from_his_server_page(client, w):
     client.force_login(w.operator)
-    page = client.get(f"/operator/servers/{w.globex.uuid}/")
+    page = client.get(f"/operator/servers/{w.globex_web.uuid}/")
     assert page.status_code == 200 and w.globex_backup.name.encode() in page.content
-    answer = client.post(f"/servers/{w.globex.uuid}/backups/create/", {"area": "operator"})
-    assert answer["Location"] == f"/operator/servers/{w.globex.uuid}/#backups"
+    answer = client.post(f"/servers/{w.globex_web.uuid}/backups/create/", {"area": "operator"})
+    assert answer["Location"] == f"/operator/servers/{w.globex_web.uuid}/#backups"
     client.post(f"/servers/backups/{w.globex_backup.uuid}/delete/", {"area": "operator"})
     assert [op.kind for op in w.queued] == [OperationKind.BACKUP_CREATE, OperationKind.BACKUP_DELETE]
     listing = client.get("/servers/backups/")
@@ -101,16 +102,16 @@ def test_an_operator_acts_on_any_tenants_backups_from_his_server_page(client, w)
 
 def test_the_schedule_form_says_utc_and_saves(client, w):
     client.force_login(w.alice)
-    page = client.get(f"/servers/{w.acme.uuid}/")
+    page = client.get(f"/servers/{w.acme_web.uuid}/")
     assert b"Time of day (UTC)" in page.content
-    client.post(f"/servers/{w.acme.uuid}/backups/schedule/",
+    client.post(f"/servers/{w.acme_web.uuid}/backups/schedule/",
                 {"enabled": "on", "frequency": "weekly", "weekday": "4", "time": "02:30"})
-    schedule = BackupSchedule.objects.get(server=w.acme)
+    schedule = BackupSchedule.objects.get(server=w.acme_web)
     assert (schedule.enabled, schedule.frequency, schedule.weekday, f"{schedule.time:%H:%M}") == (
         True, "weekly", 4, "02:30")
     assert schedule.next_due.weekday() == 4
     assert AuditEntry.objects.filter(action="server.backup_schedule", actor=w.alice).count() == 1
-    page = client.get(f"/servers/{w.acme.uuid}/")
+    page = client.get(f"/servers/{w.acme_web.uuid}/")
     assert b"weekly on Friday at 02:30 UTC" in page.content
 
 
@@ -118,15 +119,15 @@ def test_a_plan_that_keeps_no_backups_refuses_a_schedule(client, w):
     w.small.backups_kept = 0
     w.small.save()
     client.force_login(w.alice)
-    answer = client.post(f"/servers/{w.acme.uuid}/backups/schedule/",
+    answer = client.post(f"/servers/{w.acme_web.uuid}/backups/schedule/",
                          {"enabled": "on", "frequency": "daily", "weekday": "0", "time": "02:30"}, follow=True)
     assert b"keeps no scheduled backups" in answer.content
     assert not BackupSchedule.objects.exists()
 
 
 def test_a_backup_of_a_deleted_server_goes_into_a_new_one_approved_on_its_node(client, w):
-    VirtualServer.objects.filter(pk=w.acme.pk).update(state=State.DELETED)
-    w.acme.addresses.all().delete()
+    VirtualServer.objects.filter(pk=w.acme_web.pk).update(state=State.DELETED)
+    w.acme_web.addresses.all().delete()
     client.force_login(w.alice)
     listing = client.get("/servers/backups/")
     assert b"(deleted)" in listing.content and b"New server from it" in listing.content
@@ -161,7 +162,7 @@ def test_progress_is_written_to_the_running_operation_about_once_a_second(w):
     from vservers.jobs import Run
     from vservers.models import Operation, OperationStatus
 
-    operation = Operation.objects.create(server=w.acme, kind=OperationKind.BACKUP_CREATE,
+    operation = Operation.objects.create(server=w.acme_web, kind=OperationKind.BACKUP_CREATE,
                                          status=OperationStatus.RUNNING)
     writer = ProgressWriter(Run(operation, engine=None), "Backing up")  # the writer never calls the engine
     total = 300 * 2**20
@@ -172,3 +173,16 @@ def test_progress_is_written_to_the_running_operation_about_once_a_second(w):
     # The first call writes, then at most one a second, and the last one: a thousand calls in
     # well under a few seconds make a handful of writes, not a thousand.
     assert 2 <= writer.writes <= 5
+
+
+def test_a_backup_of_a_deleted_server_is_marked_for_its_node_to_delete(client, w):
+    VirtualServer.objects.filter(pk=w.acme_web.pk).update(state=State.DELETED)
+    client.force_login(w.alice)
+    answer = client.post(f"/servers/backups/{w.acme_backup.uuid}/delete/")
+    assert answer["Location"] == "/servers/backups/"
+    assert not w.queued  # nothing runs on a deleted server (the transitions table)
+    w.acme_backup.refresh_from_db()
+    assert w.acme_backup.delete_requested is not None
+    assert w.acme_backup.name.encode() not in client.get("/servers/backups/").content
+    assert client.get(f"/servers/backups/{w.acme_backup.uuid}/restore/").status_code == 404
+    assert AuditEntry.objects.filter(action="backup.delete", actor=w.alice).count() == 1

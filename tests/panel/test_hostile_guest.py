@@ -120,6 +120,7 @@ def test_hostile_names_in_a_real_guest_break_no_page(world, provision, drain):
     values = {
         "uuid": [server.uuid, world.acme.uuid, world.small.uuid],
         "operation": [server.operations.order_by("pk").first().uuid],  # operation_retry's
+        "backup": [server.uuid],  # no backup of it: the backups' pages answer 404
         "pk": [world.pool.pk],
         "name": ["carol", "httpd", "busybox"],
         "kind": ["refresh"],

@@ -22,7 +22,7 @@ from .schedule import next_due
 
 def backups_for(user) -> QuerySet[Backup]:
     """The backups USER may see: operators all, a tenant's members their tenant's."""
-    backups = Backup.objects.select_related("server", "node", "tenant")
+    backups = Backup.objects.select_related("server", "node", "tenant").filter(delete_requested__isnull=True)
     if access.is_operator(user):
         return backups
     member = access.membership(user)
@@ -43,7 +43,7 @@ def get_backup(user, uuid, *, act: bool = False) -> Backup:
 
 
 def server_backups(server: VirtualServer) -> QuerySet[Backup]:
-    return Backup.objects.filter(server=server).select_related("node")
+    return Backup.objects.filter(server=server, delete_requested__isnull=True).select_related("node")
 
 
 def backup_now(server: VirtualServer, user, request=None) -> Operation:
@@ -59,14 +59,22 @@ def restore(backup: Backup, user, request=None) -> Operation:
                                      backup=str(backup.uuid))
 
 
-def delete(backup: Backup, user, request=None) -> Operation:
-    """Delete BACKUP's archive on its node, then its row (through its server, even a deleted
-    one: the operation needs a server and its node)."""
+def delete(backup: Backup, user, request=None) -> Operation | None:
+    """Delete BACKUP's archive on its node, then its row: an operation of its server while
+    that lives; for a backup whose server is gone (nothing runs on a deleted server, see the
+    transitions table) a mark that the node's next schedule pass acts on, within a minute.
+    Returns the operation, or None for a mark."""
     server = backup.server
-    if server is None or server.node_id != backup.node_id:
-        raise actions.ActionRefused("this backup can only be deleted by an operator on its node")
-    return actions.request_operation(server, OperationKind.BACKUP_DELETE, user, request=request,
-                                     backup=str(backup.uuid))
+    if server is not None and server.is_live and server.node_id == backup.node_id:
+        return actions.request_operation(server, OperationKind.BACKUP_DELETE, user, request=request,
+                                         backup=str(backup.uuid))
+    from django.utils import timezone
+
+    with transaction.atomic():
+        Backup.objects.filter(pk=backup.pk, delete_requested__isnull=True).update(delete_requested=timezone.now())
+        if request is not None:
+            AuditEntry.record(request, "backup.delete", backup, server=backup.server_name, name=backup.name)
+    return None
 
 
 def save_schedule(server: VirtualServer, data: dict, request=None) -> BackupSchedule:

@@ -17,7 +17,8 @@ from django.db import close_old_connections, transaction
 from rq.job import JobStatus
 
 from .. import actions
-from ..models import BackupFrequency, BackupSchedule, Node, OperationKind, OperationStatus, State
+from ..engine import EngineError
+from ..models import Backup, BackupFrequency, BackupSchedule, Node, OperationKind, OperationStatus, State
 from ..models.operations import Operation
 from ..reconcile import will_run
 
@@ -85,7 +86,25 @@ def schedule_pass(node: Node, now: datetime) -> str:
                 skipped += 1
             else:
                 queued += 1
-    return f"{queued} backups queued, {skipped} skipped"
+    deleted = delete_requested(node)
+    return f"{queued} backups queued, {skipped} skipped" + (f", {deleted} deleted" if deleted else "")
+
+
+def delete_requested(node: Node) -> int:
+    """Delete the archives of NODE's backups whose deletion was asked for after their server
+    was gone (vservers.backups.actions.delete), then their rows: archive first, so a crash in
+    between leaves a row that the next pass deletes again (a missing archive is no error)."""
+    from .. import jobs
+
+    marked = list(Backup.objects.filter(node=node, delete_requested__isnull=False))
+    for backup in marked:
+        try:
+            jobs.get_engine().backup_delete(backup.name)
+        except EngineError as exc:
+            log.warning("backup %s not deleted: %s", backup.name, exc)
+            continue
+        backup.delete()
+    return len(marked)
 
 
 def queue_pass(queue, node_id: int) -> str:

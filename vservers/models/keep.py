@@ -70,6 +70,9 @@ class Backup(models.Model):
     manifest = models.JSONField(default=dict, blank=True)
     # Copied to the second destination (settings: PANEL_BACKUP_REMOTE) and when.
     remote_copied = models.DateTimeField(null=True, blank=True)
+    # Asked to be deleted when its server was gone (no operation can run on a deleted server):
+    # the node's next schedule pass deletes the archive, then the row (vservers.backups.schedule).
+    delete_requested = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]

@@ -217,10 +217,8 @@ TRANSITIONS: dict[str, Transition] = {
         ),
         Transition(
             OperationKind.BACKUP_DELETE,
-            # A backup outlives its server: one of a deleted server is deleted through it too
-            # (the operation needs a server and a node; the server's state does not move).
-            asked_in=_states(State.RUNNING, State.STOPPED, State.ERROR, State.DELETED),
-            runs_from=_states(State.RUNNING, State.STOPPED, State.ERROR, State.DELETED),
+            asked_in=_states(State.RUNNING, State.STOPPED, State.ERROR),
+            runs_from=_states(State.RUNNING, State.STOPPED, State.ERROR),
             busy=None,
             target=None,
             on_failure=OnFailure.KEEP,
