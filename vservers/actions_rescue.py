@@ -7,23 +7,24 @@ from __future__ import annotations
 from django.db import transaction
 
 from .actions import ActionRefused, request_operation
-from .forms_rescue import snapshots_allowed
 from .models import Operation, OperationKind, Template, VirtualServer
 
 
 def reinstall(server: VirtualServer, user, template: Template, *, snapshot_first: bool = False,
               request=None) -> Operation:
     """Queue a reinstall of SERVER from TEMPLATE (its newest build). With SNAPSHOT_FIRST a
-    snapshot is queued before it, in the same transaction; the reinstall runs only if that
-    snapshot succeeded (jobs_rescue: it names the snapshot's operation in "after")."""
+    snapshot is asked for before it in the same transaction, as the snapshot card asks
+    (snapshot_actions.take: the plan's snapshot count and the tenant's disk quota hold); the
+    reinstall runs only if that snapshot succeeded (jobs_rescue: it names the snapshot's
+    operation in "after")."""
+    from .snapshot_actions import take
+
     if not template.is_active:
         raise ActionRefused(f"the system {template} is not offered any more")
     with transaction.atomic():
         params = {"template": template.name}
         if snapshot_first:
-            if not snapshots_allowed(server):
-                raise ActionRefused("the server's plan keeps no snapshots")
-            snapshot = request_operation(server, OperationKind.SNAPSHOT_CREATE, user, request=request)
+            snapshot = take(server, user, request=request, label=f"before the reinstall from {template}")
             params["after"] = str(snapshot.uuid)
         return request_operation(server, OperationKind.REINSTALL, user, request=request, **params)
 

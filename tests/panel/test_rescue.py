@@ -183,17 +183,23 @@ def test_reinstall_and_rescue_through_the_worker(world, provision, drain, http):
     name, address = server.engine_name, server.ip_list()[0]
     assert world.engine.run(name, ["/bin/sh", "-c", "echo mine > /root/mine"]).returncode == 0
 
-    # Reinstall: the file is gone, the address answers again.
-    _run(world, drain, server, lambda: actions_rescue.reinstall(server, world.alice, world.busybox))
+    # Reinstall, with a snapshot first: the file is gone, the address answers again, and the
+    # snapshot taken before holds the file.
+    _run(world, drain, server, lambda: actions_rescue.reinstall(server, world.alice, world.busybox,
+                                                                snapshot_first=True))
+    snapshot_op = Operation.objects.get(server=server, kind=OperationKind.SNAPSHOT_CREATE)
+    assert snapshot_op.status == OperationStatus.SUCCEEDED, snapshot_op.error
     assert server.state == State.RUNNING and server.ip_list() == [address]
     assert world.engine.run(name, ["test", "-e", "/root/mine"]).returncode != 0
     http.wait(address)
+    (snap,) = world.engine.snapshot_list(name)
+    assert snap.name == snapshot_op.params["snapshot"]
 
     # A snapshot first that does not succeed (none can be taken of a server in error): nothing
     # is reinstalled.
     assert world.engine.run(name, ["/bin/sh", "-c", "echo again > /root/mine"]).returncode == 0
     snapshot = Operation.objects.create(server=server, kind=OperationKind.SNAPSHOT_CREATE,
-                                        status=OperationStatus.FAILED)
+                                        status=OperationStatus.FAILED, params={"snapshot": "never"})
     refused = actions_rescue.reinstall(server, world.alice, world.busybox)
     Operation.objects.filter(pk=refused.pk).update(params={"template": "busybox", "after": str(snapshot.uuid)})
     drain()
