@@ -7,7 +7,6 @@ call of vservers.backups.actions (operations: 202 with the operation)."""
 
 from __future__ import annotations
 
-import os
 from datetime import time
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -167,13 +166,7 @@ class BackupDownloadView(ApiView):
             fd, size = downloads.fetch(ticket, request.user.pk or 0)
         except downloads.DownloadRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        from django.http import FileResponse
-
-        response = FileResponse(os.fdopen(fd, "rb"), as_attachment=True, filename=downloads.file_name(backup),
-                                content_type="application/zstd")
-        response.block_size = 256 * 1024
-        response["Content-Length"] = str(size)
-        return response
+        return downloads.response(request, fd, size, downloads.file_name(backup))
 
 
 class ScheduleView(ApiView):

@@ -13,12 +13,13 @@ console (consoles/), it goes through the node's broker (consoles.broker, root, a
     (engine.backup_path: a validated name inside the backup directory; O_NOFOLLOW) and answers
     {"ok": true, "size": int} with the open file attached (SCM_RIGHTS), or {"ok": false,
     "error": "a plain sentence"};
- 4. the web process streams from that descriptor (FileResponse: a block at a time, never the
-    whole archive in memory) with its Content-Length and a safe file name.
+ 4. the web process streams from that descriptor (`response`: a block at a time, never the
+    whole archive in memory, also under ASGI) with its Content-Length and a safe file name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -29,7 +30,9 @@ import socket
 from datetime import timedelta
 
 from django.conf import settings
+from django.http import StreamingHttpResponse
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 
 from consoles import protocol
 
@@ -99,6 +102,41 @@ def fetch(ticket: str, user_id: int, socket_path=None) -> tuple[int, int]:
         os.close(fd)
     error = answer.get("error")
     raise DownloadRefused(error if isinstance(error, str) and error else UNAVAILABLE)
+
+
+# Bytes read from the archive and sent at a time.
+BLOCK = 256 * 1024
+
+
+def response(request, fd: int, size: int, filename: str) -> StreamingHttpResponse:
+    """The archive on FD, streamed a block at a time. Under ASGI (production: gunicorn with
+    uvicorn's workers) through an asynchronous iterator whose reads run in a thread: Django
+    serves a synchronous iterator there, FileResponse's included, by reading it whole into a
+    list first (measured: a 46 MiB archive grew the web worker's peak memory by 47 MiB).
+    Under WSGI (panel.wsgi, the test client) a plain generator streams."""
+    from django.core.handlers.asgi import ASGIRequest
+
+    archive = os.fdopen(fd, "rb", buffering=0)
+    asgi = isinstance(getattr(request, "_request", request), ASGIRequest)
+    answer = StreamingHttpResponse(_async_blocks(archive) if asgi else _blocks(archive),
+                                   content_type="application/zstd")
+    answer["Content-Length"] = str(size)
+    answer["Content-Disposition"] = content_disposition_header(True, filename)
+    return answer
+
+
+def _blocks(archive):
+    with archive:
+        while block := archive.read(BLOCK):
+            yield block
+
+
+async def _async_blocks(archive):
+    try:
+        while block := await asyncio.to_thread(archive.read, BLOCK):
+            yield block
+    finally:
+        archive.close()
 
 
 # --- the broker's side (root) ---------------------------------------------------------------

@@ -8,11 +8,9 @@ operations by actions.request_operation, the rest here)."""
 
 from __future__ import annotations
 
-import os
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -24,10 +22,6 @@ from .. import actions as server_actions
 from ..models import OperationKind
 from . import actions, downloads
 from .forms import RestoreNewForm, ScheduleForm
-
-# Bytes FileResponse reads and sends at a time (its default, 4 KiB, costs a syscall pair per
-# 4 KiB of a multi-gigabyte archive).
-DOWNLOAD_BLOCK = 256 * 1024
 
 
 def _back(request: HttpRequest, server) -> HttpResponse:
@@ -163,8 +157,4 @@ def download(request: HttpRequest, backup) -> HttpResponseBase:
     except downloads.DownloadRefused as exc:
         messages.error(request, f"The backup of {found.server_name}: {exc}")
         return redirect("backup_list")
-    response = FileResponse(os.fdopen(fd, "rb"), as_attachment=True, filename=downloads.file_name(found),
-                            content_type="application/zstd")
-    response.block_size = DOWNLOAD_BLOCK
-    response["Content-Length"] = str(size)
-    return response
+    return downloads.response(request, fd, size, downloads.file_name(found))
