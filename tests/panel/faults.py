@@ -174,8 +174,11 @@ class WorkerProcess:
             stat = procfs.read_stat(int(entry.name))
             if stat is None or stat.ppid != self.pid:
                 continue
-            if os.path.realpath(entry / "exe") == me:
-                found.append(int(entry.name))
+            try:
+                if os.path.realpath(entry / "exe", strict=True) == me:
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # it exited meanwhile (a helper such as tar or zstd of the engine)
         return found
 
     def kill(self) -> list[int]:
