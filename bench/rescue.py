@@ -100,7 +100,10 @@ def main() -> int:
         done, http = summary([ms(v) for v in figures[key]]), summary([ms(v) for v in figures[f"{key}_http"]])
         rows.append([label, f"{done['median']:.1f}", f"{http['median']:.1f}", f"{http['max']:.1f}"])
     memory = {mode: summary([v / 2**20 for v in figures[f"memory_{mode}"]])["median"] for mode in ("normal", "rescue")}
-    markdown = (md_table(["operation", "returned (ms, median)", "HTTP answers (ms, median)", "HTTP (ms, max)"], rows)
+    markdown = ("## Reinstall and rescue (bench/rescue.py)\n\n"
+                f"Medians of {args.rounds} rounds on one busybox server (256 MiB disk): until the engine call returned "
+                "(init runs) and until HTTP answered.\n\n"
+                + md_table(["operation", "returned (ms, median)", "HTTP answers (ms, median)", "HTTP (ms, max)"], rows)
                 + f"\n\ncgroup memory once HTTP answered (median): normal {memory['normal']:.2f} MiB, "
                   f"rescue {memory['rescue']:.2f} MiB\n")
     path = write_results("rescue", {"rounds": args.rounds, "figures": figures, "memory_mib": memory}, markdown)
