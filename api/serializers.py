@@ -98,6 +98,11 @@ class ServerActionsSerializer(serializers.Serializer):
     retry = serializers.BooleanField()
     cancel = serializers.BooleanField()
     change_plan = serializers.BooleanField()
+    # Reinstall, rescue and root's password (api/views/rescue.py).
+    reinstall = serializers.BooleanField()
+    rescue = serializers.BooleanField()
+    rescue_leave = serializers.BooleanField()
+    root_password = serializers.BooleanField()
 
 
 class ServerSerializer(serializers.Serializer):
@@ -135,6 +140,9 @@ class ServerSerializer(serializers.Serializer):
         found["retry"] = server.state == State.ERROR and found["retry"]
         found["cancel"] = server.state == State.REQUESTED
         found["change_plan"] = server.may(OperationKind.CHANGE_PLAN)
+        found.update({name: server.may(kind) for name, kind in (
+            ("reinstall", OperationKind.REINSTALL), ("rescue", OperationKind.RESCUE_ENTER),
+            ("rescue_leave", OperationKind.RESCUE_LEAVE), ("root_password", OperationKind.ROOT_PASSWORD))})
         return found
 
     @extend_schema_field(UsageSerializer(allow_null=True))

@@ -152,6 +152,9 @@ def test_the_api_queues_each_and_checks_like_the_forms(offline_world):
     server = _server(w, w.acme)
     api = _api(w.alice)
     base = f"/api/v1/servers/{server.uuid}/"
+    actions = api.get(base).json()["actions"]
+    assert (actions["reinstall"], actions["rescue"], actions["rescue_leave"], actions["root_password"]) == (
+        True, True, False, True)
     wrong = api.post(base + "reinstall/", {"confirm": "nope"}, format="json")
     assert wrong.status_code == 400 and "confirm" in wrong.json()["fields"]
     done = api.post(base + "reinstall/", {"confirm": "web"}, format="json")
