@@ -62,7 +62,7 @@ def _snapshot_param(run: Run, required: bool = True) -> str | None:
     if name is None:
         return None
     try:
-        return validate.snapshot_name(name)
+        return validate.user_snapshot_name(name)
     except InvalidInput as exc:
         raise Refused(str(exc)) from None
 

@@ -68,7 +68,7 @@ def take(server: VirtualServer, user, request=None, label: str = "", name: str =
     label = " ".join(label.split())[:100]
     if name:
         try:
-            validate.snapshot_name(name)
+            validate.user_snapshot_name(name)
         except InvalidInput as exc:
             raise ActionRefused(str(exc)) from None
     with transaction.atomic():
@@ -105,7 +105,7 @@ def get_snapshot(server: VirtualServer, name: str) -> Snapshot:
     from django.http import Http404
 
     try:
-        validate.snapshot_name(name)
+        validate.user_snapshot_name(name)
     except InvalidInput:
         raise Http404("no such snapshot") from None
     snapshot = server.snapshots.filter(name=name).first()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.helpers import http_get, wait_for_http
+from vservers.engine.errors import InvalidInput
 
 # Walks the upper layer of a server's image from a mount namespace of its own (util-linux
 # mounts the image read-only on an autoclear loop device; both end with the process) and
@@ -588,6 +589,24 @@ def test_a_running_server_is_backed_up_through_a_snapshot_and_keeps_running(beng
     assert bengine.run(other, ["cat", "/etc/shells"]).returncode != 0
 
 
+def test_a_users_snapshot_survives_backups_and_nobody_else_takes_a_backups_name(bengine, make_server):
+    """A backup deletes every snapshot named like its own as a killed backup's leftover: a
+    user may not take one so named (the engine and the CLI refuse), and a user's snapshot
+    is kept through a running server's backup."""
+    name = make_server("bk-names", "198.19.21.21/18")
+    for refused in (lambda: bengine.snapshot_create(name, "backup-mine"),
+                    lambda: bengine.snapshot_delete(name, "backup-mine"),
+                    lambda: bengine.snapshot_restore(name, "backup-mine")):
+        with pytest.raises(InvalidInput, match="kept for the snapshots backups take"):
+            refused()
+    cli = _run_cli(bengine.config.backup_dir, "snapshot", "create", name, "backup-mine")
+    assert cli.returncode != 0 and "kept for the snapshots backups take" in cli.stderr
+    bengine.snapshot_create(name, "before")
+    bengine.backup_create(name)
+    bengine.backup_create(name)  # the second one sweeps leftovers: "before" is not one
+    assert [s.name for s in bengine.snapshot_list(name)] == ["before"]
+
+
 def test_a_running_servers_backup_killed_with_sigkill_leaves_it_running_and_thawed(bengine, make_server):
     name = make_server("bk-kill3", "198.19.21.20/18")
     bengine.run(name, ["/bin/sh", "-c", "head -c 4000000 /dev/urandom > /root/big && echo fine > /root/note"])
@@ -600,7 +619,11 @@ def test_a_running_servers_backup_killed_with_sigkill_leaves_it_running_and_thaw
     assert bengine.status(name).state == "running"
     assert bengine.run(name, ["cat", "/root/note"]).stdout == "fine\n"  # not frozen: it answers
     assert not bengine.cgroups.frozen(name)
-    assert [s.name for s in bengine.snapshot_list(name)][0].startswith("backup-")  # what the kill left
+    from vservers.engine import snapshots as snapshots_module
+
+    left = [s.name for s in snapshots_module.listing(bengine, name)]
+    assert len(left) == 1 and left[0].startswith("backup-")  # what the kill left...
+    assert bengine.snapshot_list(name) == []  # ...which users are not shown
     assert bengine.backup_list() == []
     info = bengine.backup_create(name)  # removes the dead backup's snapshot and partial file
     assert bengine.snapshot_list(name) == [] and bengine.backup_list() == [info]

@@ -65,7 +65,8 @@ TAR_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 Progress = Callable[[int, int], None]
 RESTORE_IMAGE = "disk.img.restore"  # the new image while it is filled; only a whole one is renamed
-TEMP_SNAPSHOT = "backup-"  # the snapshot a running server is read through: backup-20261206-153012
+# The snapshot a running server is read through: backup-20261206-153012 (no user may take one).
+TEMP_SNAPSHOT = validate.BACKUP_SNAPSHOT_PREFIX
 
 if TYPE_CHECKING:
     from .lifecycle import Engine
@@ -587,9 +588,11 @@ def backup_server(engine: Engine, name: str, progress: Progress | None = None) -
     the next one."""
     backup_dir = engine.config.backup_dir
     with locked(engine.config.root / "locks" / f"{validate.server_name(name)}.backup.lock"):
-        for snap in engine.snapshot_list(name):
+        from . import snapshots
+
+        for snap in snapshots.listing(engine, name):
             if snap.name.startswith(TEMP_SNAPSHOT):
-                engine.snapshot_delete(name, snap.name)
+                engine._drop_snapshot(name, snap.name)
         with engine._lock(name):
             spec = engine.spec(name)
             engine._recover_snapshot(name)  # a killed snapshot restore is finished before reading
@@ -597,13 +600,13 @@ def backup_server(engine: Engine, name: str, progress: Progress | None = None) -
                 engine._clean_leftovers(name)  # a crashed run's loop device must not hold the image
                 server_dir = engine._dir(name)
                 return create(backup_dir, spec, server_dir / "disk.img", server_dir / "disk", progress)
-        snap = engine.snapshot_create(name, time.strftime(f"{TEMP_SNAPSHOT}%Y%m%d-%H%M%S", time.gmtime()))
+        snap = engine._take_snapshot(name, time.strftime(f"{TEMP_SNAPSHOT}%Y%m%d-%H%M%S", time.gmtime()))
         try:
             image = engine.snapshot_image(name, snap.name)
             return create(backup_dir, spec, image, engine._dir(name) / "disk", progress)
         finally:
             with contextlib.suppress(EngineError):
-                engine.snapshot_delete(name, snap.name)
+                engine._drop_snapshot(name, snap.name)
 
 
 def restore_server(engine: Engine, archive: str, name: str, progress: Progress | None = None):

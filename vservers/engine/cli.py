@@ -342,7 +342,7 @@ def cmd_service(args) -> int:
 def cmd_snapshot(args) -> int:
     name = validate.server_name(args.name)
     if args.action != "list" and args.snap is not None:
-        validate.snapshot_name(args.snap)
+        validate.user_snapshot_name(args.snap)
     engine = _engine()
     if args.action == "create":
         info = engine.snapshot_create(name, args.snap)

@@ -433,6 +433,12 @@ class Engine:
     def snapshot_create(self, name: str, snap: str | None = None) -> SnapshotInfo:
         """Take snapshot SNAP of server NAME, running or not (a running one is frozen for the
         copy); SNAP None names it from the UTC time, e.g. "s20261206-153012"."""
+        if snap is not None:
+            validate.user_snapshot_name(snap)
+        return self._take_snapshot(name, snap)
+
+    def _take_snapshot(self, name: str, snap: str | None) -> SnapshotInfo:
+        """snapshot_create for any valid name, a backup's own included."""
         from . import snapshots
 
         with self._lock(name):
@@ -442,15 +448,17 @@ class Engine:
             return snapshots.create(self, name, snap)
 
     def snapshot_list(self, name: str) -> builtins.list[SnapshotInfo]:
-        """Server NAME's snapshots, oldest first."""
+        """Server NAME's snapshots, oldest first (not the one a running backup reads through)."""
         from . import snapshots
 
-        return snapshots.listing(self, name)
+        return [info for info in snapshots.listing(self, name)
+                if not info.name.startswith(validate.BACKUP_SNAPSHOT_PREFIX)]
 
     def snapshot_restore(self, name: str, snap: str) -> Status:
         """Stop server NAME, put snapshot SNAP back as its disk (the snapshot stays) and start it."""
         from . import snapshots
 
+        validate.user_snapshot_name(snap)
         with self._lock(name):
             self.spec(name)
             snapshots.recover(self, name)
@@ -461,6 +469,10 @@ class Engine:
 
     def snapshot_delete(self, name: str, snap: str) -> None:
         """Delete snapshot SNAP of server NAME; deleting a missing one succeeds."""
+        self._drop_snapshot(name, validate.user_snapshot_name(snap))
+
+    def _drop_snapshot(self, name: str, snap: str) -> None:
+        """snapshot_delete for any valid name, a backup's own included."""
         from . import snapshots
 
         with self._lock(name):

@@ -42,12 +42,29 @@ def server_name(value: str) -> str:
     return value
 
 
+# The snapshot a backup of a running server reads through is named with this prefix, and a
+# backup deletes every snapshot so named as a leftover of a killed one: nobody else may take
+# one (user_snapshot_name), and listings for users leave them out.
+BACKUP_SNAPSHOT_PREFIX = "backup-"
+
+
 def snapshot_name(value: str) -> str:
     """A snapshot's name: the rules of a server name (it becomes a directory name)."""
     if not isinstance(value, str) or not _SERVER_NAME.fullmatch(value):
         raise InvalidInput(
             f"invalid snapshot name {value!r}: use 1-32 lowercase letters, digits and '-', "
             "starting with a letter"
+        )
+    return value
+
+
+def user_snapshot_name(value: str) -> str:
+    """A snapshot name a user (the CLI, the panel) may give: not one a backup keeps for itself."""
+    snapshot_name(value)
+    if value.startswith(BACKUP_SNAPSHOT_PREFIX):
+        raise InvalidInput(
+            f"invalid snapshot name {value!r}: names starting with {BACKUP_SNAPSHOT_PREFIX!r} are "
+            "kept for the snapshots backups take"
         )
     return value
 
