@@ -52,6 +52,11 @@ def snapshots_allowed(server: VirtualServer) -> bool:
 
 
 class RootPasswordForm(forms.Form):
+    """Root's new password. On the pages its fields carry PAGE_PREFIX: the server page has the
+    accounts card's add form, whose fields are named plainly."""
+
+    PAGE_PREFIX = "rootpw"
+
     password = _password_field()
     password2 = _password_field()
 

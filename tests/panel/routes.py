@@ -258,7 +258,7 @@ OVERRIDES = {
     # Reinstall: a template by name, and the running server's name typed to confirm.
     "server_reinstall": {"template": "busybox", "confirm": "globex-web", "snapshot_first": "on"},
     "api-server-reinstall": {"template": "busybox", "confirm": "globex-web"},
-    "server_root_password": {"password2": "guest password 1"},
+    "server_root_password": {"rootpw-password": "guest password 1", "rootpw-password2": "guest password 1"},
 }
 
 

@@ -112,10 +112,10 @@ def test_root_password_twice_and_kept_out_of_the_audit_log(offline_world):
     server = _server(w, w.acme)
     client = _client(w.alice)
     url = f"/servers/{server.uuid}/root-password/"
-    client.post(url, {"password": PASSWORD, "password2": PASSWORD + "x"})
-    client.post(url, {"password": "short", "password2": "short"})
+    client.post(url, {"rootpw-password": PASSWORD, "rootpw-password2": PASSWORD + "x"})
+    client.post(url, {"rootpw-password": "short", "rootpw-password2": "short"})
     assert _kinds(server) == []
-    client.post(url, {"password": PASSWORD, "password2": PASSWORD})
+    client.post(url, {"rootpw-password": PASSWORD, "rootpw-password2": PASSWORD})
     operation = Operation.objects.get(server=server)
     assert operation.kind == OperationKind.ROOT_PASSWORD and operation.params == {"password": PASSWORD}
     entry = AuditEntry.objects.get(action="server.root_password")
@@ -126,7 +126,7 @@ def test_root_password_twice_and_kept_out_of_the_audit_log(offline_world):
 def test_another_tenant_gets_404_and_a_read_only_member_403(offline_world, ro, path):
     w = offline_world
     server = _server(w, w.acme, state=State.RESCUE if path == "rescue/leave/" else State.RUNNING)
-    data = {"template": "busybox", "confirm": "web", "password": PASSWORD, "password2": PASSWORD}
+    data = {"template": "busybox", "confirm": "web", "rootpw-password": PASSWORD, "rootpw-password2": PASSWORD}
     assert _client(w.bob).post(f"/servers/{server.uuid}/{path}", data).status_code == 404
     assert _client(ro).post(f"/servers/{server.uuid}/{path}", data).status_code == 403
     api_data = {"confirm": "web", "password": PASSWORD}

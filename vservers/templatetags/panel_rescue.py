@@ -26,5 +26,5 @@ def rescue_card(server, can_act: bool) -> dict:
         "in_rescue": server.state == State.RESCUE,
         "may": may,
         "reinstall_form": ReinstallForm(server=server, auto_id="id_reinstall_%s") if may["reinstall"] else None,
-        "password_form": RootPasswordForm(auto_id="id_rootpw_%s") if may["password"] else None,
+        "password_form": RootPasswordForm(prefix=RootPasswordForm.PAGE_PREFIX) if may["password"] else None,
     }

@@ -82,7 +82,7 @@ def rescue_leave(request: HttpRequest, uuid) -> HttpResponse:
 @require_POST
 def root_password(request: HttpRequest, uuid) -> HttpResponse:
     server = _server(request, uuid)
-    form = RootPasswordForm(request.POST)
+    form = RootPasswordForm(request.POST, prefix=RootPasswordForm.PAGE_PREFIX)
     if not form.is_valid():
         return _refused(request, server, form)
     return _queue(request, server, lambda: actions_rescue.root_password(
