@@ -72,9 +72,9 @@ def test_the_tenant_list_is_paged(client, crowd, django_assert_max_num_queries):
     client.force_login(alice)
     seen = []
     for number in range(1, 6):
-        # 13: the page's rows take four queries (views.tenant.lists.server_page), the CPU
-        # sparklines' one among them.
-        with django_assert_max_num_queries(13):
+        # 14: the page's rows take four queries (views.tenant.lists.server_page), the CPU
+        # sparklines' one among them; the quota meter one more for the snapshots' space.
+        with django_assert_max_num_queries(14):
             response = client.get(reverse("server_list"), {"page": number})
         names = _crowd_names(response.content)
         assert len(names) == PER_PAGE and all(n % 4 == 0 for n in names)
@@ -92,7 +92,7 @@ def test_a_page_of_the_list_polls_itself(client, crowd, django_assert_max_num_qu
     page = client.get(reverse("server_list"), {"page": 3}).content.decode()
     poll = re.search(r'data-live-url="([^"]+)"', page)[1]
     assert poll == reverse("server_list") + "?page=3"
-    with django_assert_max_num_queries(13):
+    with django_assert_max_num_queries(14):
         rows = client.get(poll, headers=POLL)
     assert rows.status_code == 200
     assert _crowd_names(rows.content) == _crowd_names(page.encode())

@@ -20,8 +20,10 @@ class ScheduleForm(forms.Form):
         label="Time of day (UTC)", initial="03:00", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
         help_text="In UTC, the panel's clock; a backup takes a few minutes from then.")
 
-    def __init__(self, *args, server: VirtualServer, **kwargs) -> None:
-        schedule = BackupSchedule.objects.filter(server=server).first()
+    def __init__(self, *args, server: VirtualServer, schedule: BackupSchedule | None = None,
+                 schedule_read: bool = False, **kwargs) -> None:
+        if not schedule_read:  # the card passes the schedule it read already
+            schedule = BackupSchedule.objects.filter(server=server).first()
         if schedule is not None and "initial" not in kwargs:
             kwargs["initial"] = {"enabled": schedule.enabled, "frequency": schedule.frequency,
                                  "weekday": schedule.weekday, "time": schedule.time}

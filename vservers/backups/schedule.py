@@ -20,7 +20,6 @@ from .. import actions
 from ..engine import EngineError
 from ..models import Backup, BackupFrequency, BackupSchedule, Node, OperationKind, OperationStatus, State
 from ..models.operations import Operation
-from ..reconcile import will_run
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +109,8 @@ def delete_requested(node: Node) -> int:
 def queue_pass(queue, node_id: int) -> str:
     """Queue NODE_ID's pass under its fixed id, unless it is queued or running, or ended less
     than half a period ago (as the usage sampler's: passes never overlap or pile up)."""
+    from ..reconcile import will_run  # the worker's side: the web process imports this module too
+
     job = queue.fetch_job(job_id(node_id))
     if job is not None and will_run(job):
         return "waiting" if job.get_status(refresh=False) == JobStatus.QUEUED else "running"

@@ -30,7 +30,7 @@ def backups_card(context, server, can_act: bool, operator: bool = False) -> dict
         "backups": list(server_backups(server)[:50]),
         "schedule": schedule,
         "weekday_name": calendar.day_name[schedule.weekday] if schedule else "",
-        "schedule_form": ScheduleForm(server=server, auto_id="id_backup_%s"),
+        "schedule_form": ScheduleForm(server=server, schedule=schedule, schedule_read=True, auto_id="id_backup_%s"),
         "running": running,
         "may_back_up": server.may(OperationKind.BACKUP_CREATE),
     }
