@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import faults, loopdev, syscalls, userns, validate
 from .errors import EngineError, InvalidInput, NotFound
 from .spec import ID_RANGE_SIZE, ServerSpec
-from .state import locked, read_json, write_json
+from .state import fsync_path, locked, read_json, write_json
 
 FORMAT = 1
 SUFFIX = ".tar.zst"
@@ -161,7 +161,7 @@ def delete(backup_dir: Path, archive: str) -> None:
     path = path_of(backup_dir, archive)
     sidecar(path).unlink(missing_ok=True)
     path.unlink(missing_ok=True)
-    _sync_dir(backup_dir)
+    fsync_path(backup_dir)
 
 
 def remove_abandoned(backup_dir: Path) -> list[Path]:
@@ -226,7 +226,7 @@ def create(backup_dir: Path, spec: ServerSpec, image: Path, mount_dir: Path,
         digest, size, counted, files = _write_archive(fd, image, mount_dir, total, progress)
         os.fsync(fd)
         os.replace(partial, final)
-        _sync_dir(backup_dir)
+        fsync_path(backup_dir)
         manifest = {
             "format": FORMAT,
             "server": spec.name,
@@ -241,7 +241,7 @@ def create(backup_dir: Path, spec: ServerSpec, image: Path, mount_dir: Path,
             "created": created.isoformat(),
         }
         write_json(sidecar(final), {"format": FORMAT, "sha256": digest, "size_bytes": size, "manifest": manifest})
-        _sync_dir(backup_dir)
+        fsync_path(backup_dir)
         done = True
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -638,11 +638,11 @@ def restore_server(engine: Engine, archive: str, name: str, progress: Progress |
         try:
             make_disk_image(new_image, spec.limits.disk_bytes, spec.uid_base)
             restore_into(path, info, listing, new_image, server_dir / "disk", spec.uid_base, progress)
-            _fsync_file(new_image)
+            fsync_path(new_image)
             engine._stop_locked(name, STOP_TIMEOUT)
             faults.checkpoint("backup-restore", "extracted")
             os.replace(new_image, server_dir / "disk.img")
-            _sync_dir(server_dir)
+            fsync_path(server_dir)
         finally:
             new_image.unlink(missing_ok=True)
         (server_dir / "usage.json").unlink(missing_ok=True)  # the old files' figure
@@ -864,19 +864,3 @@ def _sha256(path: Path) -> str:
 
 def _allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,7 +21,7 @@ import os
 
 from . import faults, templates
 from .spec import Status
-from .state import write_json
+from .state import fsync_path, write_json
 
 FRESH_IMAGE = "disk.img.reinstall"
 
@@ -42,13 +42,13 @@ def reinstall(engine, name: str, template: str | None = None) -> Status:
         size = max(spec.limits.disk_bytes, image.stat().st_size if image.exists() else 0)
         try:
             make_disk_image(fresh, size, spec.uid_base)
-            _fsync(fresh)
+            fsync_path(fresh)
         except BaseException:
             fresh.unlink(missing_ok=True)
             raise
         faults.checkpoint("reinstall", "made")
         os.replace(fresh, image)
-        _fsync(server_dir)
+        fsync_path(server_dir)
         faults.checkpoint("reinstall", "swapped")
         (server_dir / DISK_GROW_PENDING).unlink(missing_ok=True)  # the new image has its size
         (server_dir / "usage.json").unlink(missing_ok=True)  # the old disk's usage
@@ -56,11 +56,3 @@ def reinstall(engine, name: str, template: str | None = None) -> Status:
         write_json(server_dir / "config.json", new_spec.to_json())
         engine._start_locked(new_spec)
     return engine.status(name)
-
-
-def _fsync(path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import faults, loopdev, syscalls, templates, validate
 from .errors import Conflict, EngineError, NotFound
-from .state import read_json, write_json
+from .state import fsync_path, read_json, write_json
 from .syscalls import CLONE_NEWNS, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def create(engine: Engine, name: str, snap: str | None) -> SnapshotInfo:
                 raise EngineError(f"the loop device of running server {name!r} is not recorded")
             freeze_seconds, copy_seconds = _copy_frozen(engine, name, runtime.loop_device, source, tmp / IMAGE)
         # After the thaw: making the copy durable is no reason to keep the server still.
-        _fsync_file(tmp / IMAGE)
+        fsync_path(tmp / IMAGE)
         write_json(tmp / META, {
             "created": time.time(),
             "template": spec.template,
@@ -183,7 +183,7 @@ def create(engine: Engine, name: str, snap: str | None) -> SnapshotInfo:
         })
         faults.checkpoint("snapshot", "copied")
         os.rename(tmp, final)
-        _fsync_dir(base)
+        fsync_path(base)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -415,10 +415,10 @@ def _finish_restore(engine: Engine, name: str, snap: str) -> None:
     tmp = server_dir / RESTORE_TMP
     tmp.unlink(missing_ok=True)
     _copy(path / IMAGE, tmp, None, name)
-    _fsync_file(tmp)
+    fsync_path(tmp)
     faults.checkpoint("snapshot-restore", "copied")
     os.replace(tmp, server_dir / IMAGE)
-    _fsync_dir(server_dir)
+    fsync_path(server_dir)
     faults.checkpoint("snapshot-restore", "swapped")
     spec = engine.spec(name)
     data = spec.to_json()
@@ -490,22 +490,6 @@ def sweep(engine: Engine, name: str) -> None:
 
 
 # -- small things -------------------------------------------------------------------------------
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _mib(size: int) -> str:

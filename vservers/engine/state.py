@@ -25,6 +25,15 @@ def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
     os.replace(tmp, path)
 
 
+def fsync_path(path: Path) -> None:
+    """Wait until PATH (a file, or a directory: its entries, e.g. after a rename) is on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         with open(path) as fh:
