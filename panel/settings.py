@@ -136,6 +136,11 @@ RQ = {
 }
 # How often each node's worker compares the database with the kernel (vservers.reconcile).
 PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30, low=5, high=3600)
+# How often each node's worker writes its heartbeat (Node.last_seen), from a thread of its own
+# (a long job must not make a node look gone), and after how long without one a node is
+# "unreachable" and its servers' state "unknown".
+PANEL_HEARTBEAT_SECONDS = env.env_int(ENV, "PANEL_HEARTBEAT_SECONDS", default=5, low=1, high=300)
+PANEL_NODE_TIMEOUT_SECONDS = env.env_int(ENV, "PANEL_NODE_TIMEOUT_SECONDS", default=30, low=2, high=3600)
 # How often each node's worker samples its servers' usage (vservers.usage.sampler).
 PANEL_SAMPLE_SECONDS = env.env_int(ENV, "PANEL_SAMPLE_SECONDS", default=30, low=10, high=60)
 # The browser console (consoles/): the node's broker listens on this Unix socket (root, group of

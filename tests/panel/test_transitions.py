@@ -74,6 +74,6 @@ def test_the_worker_starts_and_ends_each_operation_as_the_table_says(make, kind,
         assert server.state == state  # refused: nothing moved
         return
     assert server.state == (row.busy or state)
-    assert server.complete(kind)
+    assert server.complete(kind, back_to=state)
     server.refresh_from_db()
     assert server.state == (row.target or state)

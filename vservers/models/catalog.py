@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 
 class Plan(models.Model):
@@ -83,10 +85,41 @@ class Node(models.Model):
     cpu_ratio = _ratio("4.0", "CPUs")
     memory_ratio = _ratio("1.0", "memory")
     disk_ratio = _ratio("1.0", "disk")
-    last_seen = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)  # the worker's last heartbeat
+    # No new servers are placed here; the ones it has stay (evacuate moves them off).
+    draining = models.BooleanField(default=False)
+    # Joining (manage.py node join URL TOKEN): the hash of the one-time token the operator was
+    # shown, until when it may be used, and when the node used it.
+    join_token_hash = models.CharField(max_length=128, blank=True)
+    join_token_expires = models.DateTimeField(null=True, blank=True)
+    joined_at = models.DateTimeField(null=True, blank=True)
+    # Where the other nodes ship a migrating server: this node's sshd ("host" or "host:port"),
+    # its host key (their known_hosts line), the state root its incoming/ lies under, and the
+    # public key this node itself ships with (the others authorize it, limited to their
+    # incoming/ directory).
+    ssh_address = models.CharField(max_length=200, blank=True)
+    ssh_host_key = models.TextField(blank=True)
+    ssh_public_key = models.TextField(blank=True)
+    vserver_root = models.CharField(max_length=200, default="/var/lib/vservers")
+    # The node's own database role, when the database is PostgreSQL (empty: none made).
+    db_role = models.CharField(max_length=63, blank=True)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_online(self) -> bool:
+        """Whether its worker's heartbeat is recent (PANEL_NODE_TIMEOUT_SECONDS). A node that
+        is not is "unreachable", and what it holds is unknown, never "stopped"."""
+        if self.last_seen is None:
+            return False
+        age = (timezone.now() - self.last_seen).total_seconds()
+        return age <= settings.PANEL_NODE_TIMEOUT_SECONDS
+
+    @property
+    def accepts_servers(self) -> bool:
+        """Whether placement may put a new server here (online is checked apart)."""
+        return self.is_active and not self.draining

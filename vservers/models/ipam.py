@@ -27,6 +27,9 @@ class IPPool(models.Model):
     node = models.ForeignKey("vservers.Node", on_delete=models.PROTECT, related_name="pools")
     network = models.CharField(max_length=50, validators=[validate_network], help_text="e.g. 198.18.0.0/16")
     gateway = models.GenericIPAddressField(help_text="the node's bridge address in this network")
+    # Other nodes on the same layer-2 network: they may take addresses from this pool too, and a
+    # server migrating between two of them keeps its addresses.
+    shared_with = models.ManyToManyField("vservers.Node", blank=True, related_name="shared_pools")
 
     class Meta:
         ordering = ["name"]

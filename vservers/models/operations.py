@@ -36,6 +36,8 @@ class OperationKind(models.TextChoices):
     RESCUE_ENTER = "rescue_enter", "Start in rescue"
     RESCUE_LEAVE = "rescue_leave", "Leave rescue"
     ROOT_PASSWORD = "root_password", "Reset root password"
+    # Issue 16: a cold move to another node (vservers.models.moves.Migration holds its phases).
+    MIGRATE = "migrate", "Move to another node"
 
 
 class OperationStatus(models.TextChoices):

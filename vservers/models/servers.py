@@ -29,6 +29,8 @@ class State(models.TextChoices):
     RESTORING = "restoring", "Restoring"
     REINSTALLING = "reinstalling", "Reinstalling"
     RESCUE = "rescue", "In rescue"
+    # Issue 16: being moved to another node (cold: stopped, shipped, started there).
+    MIGRATING = "migrating", "Moving to another node"
     DELETING = "deleting", "Deleting"
     DELETED = "deleted", "Deleted"
     ERROR = "error", "Error"
@@ -38,7 +40,7 @@ TERMINAL = {State.REJECTED, State.DELETED}
 # States from which the kernel has (or may have) a server to act on.
 ON_NODE = {
     State.STOPPED, State.RUNNING, State.STARTING, State.STOPPING, State.ERROR,
-    State.RESTORING, State.REINSTALLING, State.RESCUE,
+    State.RESTORING, State.REINSTALLING, State.RESCUE, State.MIGRATING,
 }
 
 
@@ -170,14 +172,17 @@ class VirtualServer(models.Model):
             return self.state in t.runs_from
         return self.move(t.runs_from, t.busy)
 
-    def complete(self, kind: str, reason: str = "") -> bool:
-        """The operation of KIND did its work: from its in-progress state into its target."""
+    def complete(self, kind: str, reason: str = "", back_to: str | None = None) -> bool:
+        """The operation of KIND did its work: from its in-progress state into its target, or
+        BACK_TO for a kind whose table row has none (a migration ends running or stopped, as
+        the server was before)."""
         from .transitions import transition
 
         t = transition(kind)
-        if t.busy is None or t.target is None:
+        target = t.target or back_to
+        if t.busy is None or target is None:
             return True
-        return self.move([t.busy], t.target, reason)
+        return self.move([t.busy], target, reason)
 
     def approve(self, node) -> bool:
         if not self.move([State.REQUESTED], State.APPROVED):

@@ -263,6 +263,19 @@ TRANSITIONS: dict[str, Transition] = {
             on_failure=OnFailure.KEEP,
             retry=Retry.NEVER,
         ),
+        # Issue 16: a cold move to another node, asked by an operator (or evacuate). The job
+        # ends it running or stopped, as it was before; a failure or a dead worker leaves it
+        # whole on the source, as the kernel there says.
+        Transition(
+            OperationKind.MIGRATE,
+            asked_in=_states(State.RUNNING, State.STOPPED),
+            runs_from=_states(State.RUNNING, State.STOPPED, State.MIGRATING),
+            busy=State.MIGRATING,
+            target=None,
+            on_failure=OnFailure.SETTLE,
+            on_interrupt=OnInterrupt.FOLLOW_KERNEL,
+            retry=Retry.OPERATOR,
+        ),
         *(
             Transition(kind, asked_in=_states(State.RUNNING), runs_from=_states(State.RUNNING), busy=None,
                        target=None, on_failure=OnFailure.KEEP, retry=_guest_retry(kind))
