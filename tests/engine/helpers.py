@@ -3,11 +3,13 @@ address to our own bridge, and drive the CLI like an operator."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.leaks import TEST_ENV
@@ -83,3 +85,51 @@ def install_in_guest(engine, name: str, guest_path: str, program: bytes) -> None
     script = 'mkdir -p "$1" && cat > "$2" && chmod 755 "$2"'
     result = engine.run(name, ["/bin/sh", "-c", script, "sh", directory, guest_path], input=program)
     assert result.returncode == 0, result.stderr
+
+
+@contextlib.contextmanager
+def private_sshd(directory: Path, authorized_keys: str) -> Iterator[dict[str, object]]:
+    """An sshd of the test's own on a loopback port: its own config and host key in
+    DIRECTORY, root by key only, AUTHORIZED_KEYS as its authorized_keys file (read again at
+    every connection: a test may rewrite it). The system's sshd is never used or changed;
+    /run/sshd (privilege separation's empty directory) is made if missing and removed again.
+    Yields port, host_key (the public line), authorized_keys (the file's path) and pid."""
+    import shutil
+    import socket
+    import time
+
+    sshd = "/usr/sbin/sshd"
+    assert os.path.exists(sshd), "openssh-server is not installed (make install-test)"
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "host")], check=True)
+    keys_file = directory / "authorized_keys"
+    keys_file.write_text(authorized_keys)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (directory / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\nPidFile none\n"
+        f"AuthorizedKeysFile {keys_file}\nPermitRootLogin prohibit-password\nAllowUsers root\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+    )
+    made_run_dir = not os.path.isdir("/run/sshd")
+    if made_run_dir:
+        os.mkdir("/run/sshd", 0o755)
+    with open(directory / "sshd.log", "w") as log:  # a file, not a pipe nobody reads
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(directory / "sshd_config")], stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the test's sshd did not start"
+                time.sleep(0.02)
+        host_key = " ".join((directory / "host.pub").read_text().split()[:2])
+        yield {"port": port, "host_key": host_key, "authorized_keys": keys_file, "pid": proc.pid}
+    finally:
+        proc.terminate()
+        proc.wait()
+        if made_run_dir:
+            shutil.rmtree("/run/sshd", ignore_errors=True)

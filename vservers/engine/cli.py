@@ -502,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_backup import add_verbs as add_backup_verbs
 
     add_backup_verbs(verbs, _Parser)
+    from .cli_migrate import add_verbs as add_migrate_verbs
+
+    add_migrate_verbs(verbs, _Parser)
     return parser
 
 

@@ -32,6 +32,7 @@ from .state import locked, read_json, write_json
 
 if TYPE_CHECKING:
     from .backups import BackupInfo, Progress
+    from .migrate import MigrationTarget, ShipResult
     from .snapshots import SnapshotInfo
 
 # A namespace's init gets from outside only the signals it catches or blocks; others are
@@ -227,6 +228,8 @@ class Engine:
 
                 firewall.release(self.config.bridge, self.host_veth(name), created["addresses"])
             shutil.rmtree(server_dir, ignore_errors=True)
+            # An unfinished receive's plan (migrate.py) would otherwise outlive its server.
+            (self.config.root / "receiving" / f"{name}.json").unlink(missing_ok=True)
             if server_dir.exists():
                 raise EngineError(f"could not remove {server_dir}")
 
@@ -727,6 +730,36 @@ class Engine:
         from . import backups
 
         backups.push(self.backup_path(archive), destination, self.config.backup_ssh_options)
+
+    # -- migration between nodes (migrate.py) ---------------------------------------------
+
+    def migrate_send(self, name: str, target: MigrationTarget, *, ship_template: bool = False,
+                     progress: Progress | None = None) -> ShipResult:
+        """Ship stopped server NAME (image and config; with SHIP_TEMPLATE its template version)
+        into TARGET's incoming/NAME/ with rsync over SSH; PROGRESS gets (bytes done, total)
+        about once a second. The source is left as it was, whatever happens."""
+        from . import migrate
+
+        return migrate.send(self, name, target, ship_template=ship_template, progress=progress)
+
+    def migrate_receive(self, name: str, *, addresses: builtins.list[str] | None = None) -> ServerSpec:
+        """Adopt incoming/NAME/ as stopped server NAME (with ADDRESSES instead of its own);
+        a re-run after a crash finishes the same receive."""
+        from . import migrate
+
+        return migrate.receive(self, name, addresses)
+
+    def migrate_discard(self, name: str) -> None:
+        """Remove incoming/NAME/ and an unfinished receive of NAME. Idempotent."""
+        from . import migrate
+
+        migrate.discard(self, name)
+
+    def incoming(self) -> builtins.list[str]:
+        """Names with something under incoming/ or a receive not finished."""
+        from . import migrate
+
+        return migrate.incoming_names(self.config)
 
     # -- reinstall, rescue, root's password (reinstall.py, rescue.py) -----------------------
 
