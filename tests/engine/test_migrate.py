@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -212,3 +213,262 @@ def _cli(env: dict[str, str], *args: str, extra: dict[str, str] | None = None, *
     return subprocess.run([sys.executable, "-m", "vservers.engine.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **env, **(extra or {})}, cwd=Path(__file__).resolve().parents[2],
                           **popen)
+
+
+# -- what the source's key can do on the target ---------------------------------------------------
+
+
+def _ssh(sshd, tmp_path: Path, *command: str) -> subprocess.CompletedProcess:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd['port']} {sshd['host_key']}\n")
+    target = sshd["target"]
+    return subprocess.run(
+        ["ssh", "-F", "/dev/null", "-i", str(target.identity_file), "-p", str(sshd["port"]), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}", "root@127.0.0.1", *command],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+
+
+def _rsync(sshd, tmp_path: Path, *paths: str) -> subprocess.CompletedProcess:
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd['port']} {sshd['host_key']}\n")
+    target = sshd["target"]
+    ssh = (f"ssh -F /dev/null -i {target.identity_file} -p {sshd['port']} -o BatchMode=yes "
+           f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known}")
+    return subprocess.run(["rsync", "-a", "-e", ssh, *paths], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_the_sources_key_can_only_write_into_incoming(engine, target, sshd, tmp_path):
+    incoming = target.config.root / "incoming"
+    payload = tmp_path / "payload"
+    payload.write_text("data\n")
+    outside = tmp_path / "outside"
+    remote = "root@127.0.0.1:"
+
+    # Positive control: the same key without the forced command runs a shell, reads the target's
+    # files and writes anywhere.
+    sshd["authorized_keys"].write_text(sshd["public"] + "\n")
+    assert _ssh(sshd, tmp_path, "id", "-u").stdout == "0\n"
+    assert _rsync(sshd, tmp_path, f"{remote}/etc/hostname", str(tmp_path / "read")).returncode == 0
+    assert (tmp_path / "read").read_text() == Path("/etc/hostname").read_text()
+    assert _rsync(sshd, tmp_path, str(payload), f"{remote}{outside}/").returncode == 0
+    assert (outside / "payload").read_text() == "data\n"
+    shutil.rmtree(outside)
+    (tmp_path / "read").unlink()
+
+    # As a node's authorized_keys has it: rsync into incoming/ and nothing else.
+    from vservers.engine import migrate
+
+    sshd["authorized_keys"].write_text(migrate.authorized_keys_line(sshd["public"], target.config) + "\n")
+    shell = _ssh(sshd, tmp_path, "touch", str(tmp_path / "pwned"))
+    assert shell.returncode != 0 and not (tmp_path / "pwned").exists()
+    assert _ssh(sshd, tmp_path, "id", "-u").stdout == ""
+    assert _rsync(sshd, tmp_path, str(payload), f"{remote}box/").returncode == 0
+    assert (incoming / "box" / "payload").read_text() == "data\n"
+    read = _rsync(sshd, tmp_path, f"{remote}box/payload", str(tmp_path / "read"))
+    assert read.returncode != 0 and "reading from write-only server is not allowed" in read.stderr
+    assert not (tmp_path / "read").exists()
+    for where in (f"{outside}/", "../outside/", "box/../../outside/"):
+        assert _rsync(sshd, tmp_path, str(payload), remote + where).returncode != 0 or not outside.exists()
+    assert not outside.exists() and not (target.config.root / "outside").exists()
+    # rsync's own way out (a symbolic link it was sent, then a write through it) is closed too.
+    link_dir = tmp_path / "linkdir"
+    link_dir.mkdir()
+    (link_dir / "escape").symlink_to(outside)
+    _rsync(sshd, tmp_path, f"{link_dir}/", f"{remote}box/")
+    _rsync(sshd, tmp_path, str(payload), f"{remote}box/escape/")
+    assert not outside.exists()
+    shutil.rmtree(incoming / "box")
+
+
+def test_a_wrong_host_key_or_no_sshd_is_refused_in_one_sentence(engine, target, sshd, make_server, tmp_path):
+    import dataclasses
+
+    from vservers.engine import EngineError
+
+    name = make_server("mig-key", "198.19.31.12/18", start=False)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other_key = (tmp_path / "other.pub").read_text()
+    with pytest.raises(EngineError) as wrong:
+        engine.migrate_send(name, dataclasses.replace(sshd["target"], known_host_key=other_key))
+    assert "host key" in str(wrong.value) and "\n" not in str(wrong.value)
+    assert not (target.config.root / "incoming" / name).exists()
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with pytest.raises(EngineError, match="refused the connection"):
+        engine.migrate_send(name, dataclasses.replace(sshd["target"], port=closed))
+    engine.start(name)  # the source is as it was
+    assert engine.status(name).state == "running"
+    with pytest.raises(Exception, match="is running: stop it before it is migrated"):
+        engine.migrate_send(name, sshd["target"])
+
+
+# -- kill -9 in the middle ----------------------------------------------------------------------
+
+
+def _run_until_stopped(env: dict[str, str], fault: str, *args: str) -> None:
+    """Run `vserver ARGS` (in a session of its own) until it stops itself at FAULT, then
+    SIGKILL it and every process it started (rsync, ssh)."""
+    import signal
+
+    from tests.engine.test_backups import _stopped, _until
+
+    proc = subprocess.Popen([sys.executable, "-m", "vservers.engine.cli", *args], text=True,
+                            env={**os.environ, **env, "VSERVER_TEST_FAULT": fault}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    try:
+        _until(lambda: _stopped(proc.pid) or proc.poll() is not None, f"vserver to reach {fault}")
+        assert proc.poll() is None, f"vserver ended before {fault}: {proc.stderr.read() if proc.stderr else ''}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def _sessions_ended(sshd) -> None:
+    """Wait until the target's sshd has no connection left (the killed sender's rsync on the
+    target sees its input end and exits)."""
+    from tests.engine.test_backups import _until
+
+    children = Path(f"/proc/{sshd['pid']}/task/{sshd['pid']}/children")
+    _until(lambda: children.read_text().strip() == "", "the target's rsync to end")
+
+
+def test_a_send_killed_mid_copy_leaves_the_source_startable_and_discard_removes_the_partial_copy(
+        engine, target, sshd, make_server):
+    from tests.engine.helpers import wait_for_http
+    from tests.leaks import TEST_ENV
+
+    # A large sparse image: rsync reads (and sends) its holes too, so the copy is under way
+    # when the sender stops itself at its first progress report.
+    name = make_server("mig-kill", "198.19.31.13/18", start=False, disk_bytes=4 * 2**30)
+    _run_until_stopped(TEST_ENV, "migrate-send:copying-image", "migrate", "send", name, "--to",
+                       f"root@127.0.0.1:{sshd['port']}:{target.config.root}", "--host-key", sshd["host_key"],
+                       "--template")
+    _sessions_ended(sshd)
+    incoming = target.config.root / "incoming" / name
+    assert incoming.is_dir() and not (incoming / "disk.img").exists() and not (incoming / "config.json").exists()
+    assert target.incoming() == [name]
+    with pytest.raises(InvalidInput, match="has no disk.img|has no config.json"):
+        target.migrate_receive(name, addresses=[TARGET_IP])
+    assert target.names() == []
+    target.migrate_discard(name)
+    target.migrate_discard(name)  # idempotent
+    assert not incoming.exists() and target.incoming() == []
+
+    engine.start(name)
+    wait_for_http("198.19.31.13")
+
+
+@pytest.mark.parametrize("phase", ["planned", "moved", "installed"])
+def test_a_receive_killed_at_any_phase_is_finished_by_the_next_and_delete_leaves_nothing(
+        engine, target, sshd, make_server, phase):
+    from tests.engine.helpers import wait_for_http
+    from tests.leaks import SECOND_ENV
+
+    name = make_server("mig-recv", "198.19.31.14/18", start=False)
+    engine.migrate_send(name, sshd["target"], ship_template=True)
+    _run_until_stopped(SECOND_ENV, f"migrate-receive:{phase}", "migrate", "receive", name, "--ip", TARGET_IP)
+    # Never a half server that list shows: only a whole config.json makes one.
+    listed = [status.name for status in target.list()]
+    assert listed == ([name] if phase == "installed" else [])
+    assert target.incoming() == [name]
+    spec = target.migrate_receive(name)
+    assert spec.addresses == (TARGET_IP,)  # the plan's, as the killed receive made it
+    assert target.incoming() == [] and not (target.config.root / "receiving" / f"{name}.json").exists()
+    assert target.migrate_receive(name) == spec  # again: nothing to do
+    target.start(name)
+    wait_for_http(TARGET_IP.split("/")[0], bridge=target.config.bridge)
+    target.delete(name)
+    assert not target.config.server_dir(name).exists()
+
+
+def test_a_half_received_server_is_removed_by_delete_or_discard(engine, target, sshd, make_server):
+    from tests.leaks import SECOND_ENV
+
+    name = make_server("mig-half", "198.19.31.15/18", start=False)
+    for remove in ("delete", "discard"):
+        engine.migrate_send(name, sshd["target"], ship_template=True)
+        _run_until_stopped(SECOND_ENV, "migrate-receive:moved", "migrate", "receive", name, "--ip", TARGET_IP)
+        assert target.config.server_dir(name).is_dir()
+        if remove == "delete":
+            target.delete(name)
+            target.migrate_discard(name)
+        else:
+            target.migrate_discard(name)
+        assert not target.config.server_dir(name).exists()
+        assert target.incoming() == [] and target.names() == []
+
+
+# -- what a hostile source may ship -------------------------------------------------------------
+
+
+def _tamper_config(incoming: Path, **changes) -> None:
+    import json
+
+    data = json.loads((incoming / "config.json").read_text())
+    data.update(changes)
+    (incoming / "config.json").write_text(json.dumps(data))
+
+
+def _symlinked_image(incoming: Path) -> None:
+    (incoming / "disk.img").unlink()
+    (incoming / "disk.img").symlink_to("/etc/passwd")
+
+
+def _device_in_template(incoming: Path) -> None:
+    os.mknod(incoming / "template" / "rootfs" / "sda", 0o666 | 0o060000, os.makedev(8, 0))
+
+
+def _foreign_base(incoming: Path) -> None:
+    import json
+
+    data = json.loads((incoming / "config.json").read_text())
+    _tamper_config(incoming, uid_base=data["uid_base"] + 3 * 65536 + 100)
+
+
+def _corrupt_image(incoming: Path) -> None:
+    with open(incoming / "disk.img", "r+b") as fh:
+        fh.seek(1024)  # the ext4 superblock
+        fh.write(b"\xff" * 1024)
+
+
+HOSTILE = {
+    "another name": (lambda p: _tamper_config(p, name="other"), "names server 'other'"),
+    "a bad name": (lambda p: _tamper_config(p, name="../x"), "names server '../x'"),
+    "an address outside the network": (lambda p: _tamper_config(p, addresses=["10.1.2.3/8"]),
+                                       "not in the bridge network"),
+    "a hostile address": (lambda p: _tamper_config(p, addresses=["198.19.64.255/18;reboot"]), "invalid address"),
+    "a template path": (lambda p: _tamper_config(p, template="../x"), "invalid template name"),
+    "a template version path": (lambda p: _tamper_config(p, template_version="../../etc"),
+                                "invalid template version"),
+    "an unknown field": (lambda p: _tamper_config(p, evil=1), "unknown fields: evil"),
+    "limits out of bounds": (lambda p: _tamper_config(p, limits={"disk_bytes": 2**60}), "out of range"),
+    "a uid base out of bounds": (lambda p: _tamper_config(p, uid_base=0), "outside 65536"),
+    "a uid base its files are not in": (_foreign_base, "an owner outside its range"),
+    "an image that is a symlink": (_symlinked_image, "is not a regular file"),
+    "a damaged filesystem": (_corrupt_image, "is not a clean ext4 filesystem"),
+    "a device file in the template": (_device_in_template, "holds a device file (rootfs/sda)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_shipment_is_refused_in_one_sentence_and_nothing_is_installed(
+        engine, target, sshd, make_server, case):
+    tamper, words = HOSTILE[case]
+    name = make_server("mig-bad", "198.19.31.16/18")  # started once: its disk has files of its own
+    engine.stop(name)
+    engine.migrate_send(name, sshd["target"], ship_template=True)
+    incoming = target.config.root / "incoming" / name
+    tamper(incoming)
+    with pytest.raises(InvalidInput) as refused:
+        target.migrate_receive(name, addresses=[TARGET_IP] if "address" not in case else None)
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+    assert target.names() == [] and not target.config.server_dir(name).exists()
+    assert not (target.config.root / "receiving" / f"{name}.json").exists()
+    assert not (target.config.templates_dir / "busybox").exists()  # nor the template shipped with it
+    target.migrate_discard(name)
+    assert target.incoming() == []

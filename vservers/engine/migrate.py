@@ -369,11 +369,12 @@ def discard(engine: Engine, name: str) -> None:
     config = engine.config
     with engine._lock(name):
         shutil.rmtree(incoming_dir(config) / validate.server_name(name), ignore_errors=True)
-        plan = _plan_path(config, name)
         server_dir = engine._dir(name)
-        if plan.exists() and not (server_dir / CONFIG).exists():
+        # Under NAME's lock a directory without config.json is no create or receive in
+        # progress but what a killed one left.
+        if not (server_dir / CONFIG).exists():
             shutil.rmtree(server_dir, ignore_errors=True)
-        plan.unlink(missing_ok=True)
+        _plan_path(config, name).unlink(missing_ok=True)
         if (incoming_dir(config) / name).exists():
             raise EngineError(f"could not remove {incoming_dir(config) / name}")
 
@@ -387,11 +388,15 @@ def receive(engine: Engine, name: str, addresses: list[str] | None = None) -> Se
        addresses (ADDRESSES, else the config's) must lie in the bridge network and be free;
        the uid range is kept when it lies on this installation's grid and is free, else a free
        one is taken;
-    2. the plan (the final spec) is written to <root>/receiving/NAME.json, where sources
+    2. for a new uid range the image is copied file by file into a fresh one through an
+       idmapped mount (owners shifted by the kernel, set-uid bits and file capabilities
+       intact; an owner outside the claimed range fails the copy: refused, nothing left);
+       then a shipped template is installed;
+    3. the plan (the final spec) is written to <root>/receiving/NAME.json, where sources
        cannot write: from here a re-run finishes the same plan;
-    3. the image moves into servers/NAME/ (renamed; or, for a new uid range, copied file by
-       file through an idmapped mount, owners shifted by the kernel with set-uid bits and
-       file capabilities intact), config.json is written last, incoming/NAME/ is removed."""
+    4. the image is renamed into servers/NAME/, config.json is written last (only then does
+       list show the server), incoming/NAME/ and the plan are removed.
+    Both locks are held throughout: the addresses and uid range chosen stay free."""
     validate.server_name(name)
     config = engine.config
     plan_path = _plan_path(config, name)
@@ -404,8 +409,19 @@ def receive(engine: Engine, name: str, addresses: list[str] | None = None) -> Se
                 if not source.exists():
                     return engine.spec(name)  # received before; nothing new arrived
                 raise Conflict(f"a server named {name!r} already exists on this node")
-            spec, from_base = _plan(engine, name, source, addresses)
+            spec, from_base, template = _plan(engine, name, source, addresses)
             shutil.rmtree(server_dir, ignore_errors=True)  # a create or receive that died half-way
+            _make_server_dir(config, server_dir)
+            if from_base != spec.uid_base:
+                # Before the plan: owners outside the range the config claims make the copy
+                # fail, and that refusal must leave nothing behind.
+                try:
+                    _shift_image(source / IMAGE, server_dir / SHIFTING, source, spec, from_base)
+                except BaseException:
+                    shutil.rmtree(server_dir, ignore_errors=True)
+                    raise
+            if template is not None:  # only once everything else is known to be right
+                _install_template(engine, template, spec)
             plan = {"spec": spec.to_json(), "from_base": from_base}
             write_json(plan_path, plan)
             fsync_path(plan_path.parent)
@@ -419,14 +435,14 @@ def receive(engine: Engine, name: str, addresses: list[str] | None = None) -> Se
         image = server_dir / IMAGE
         if not image.exists():
             shipped = source / IMAGE
-            if not shipped.is_file():
+            _make_server_dir(config, server_dir)
+            if from_base != spec.uid_base and (server_dir / SHIFTING).is_file():
+                os.rename(server_dir / SHIFTING, image)  # filled and synced before the plan was written
+            elif not shipped.is_file():
                 plan_path.unlink(missing_ok=True)
+                shutil.rmtree(server_dir, ignore_errors=True)
                 raise NotFound(f"nothing shipped for {name!r} to receive (incoming/{name}/{IMAGE} is missing)")
-            for sub in ("disk", "lower", "rootfs"):
-                (server_dir / sub).mkdir(parents=True, exist_ok=True)
-            for path in (config.root, config.servers_dir, server_dir):
-                os.chmod(path, 0o711)  # as create does: the guest's init must reach its rootfs
-            if from_base == spec.uid_base:
+            elif from_base == spec.uid_base:
                 os.rename(shipped, image)
             else:
                 _shift_image(shipped, server_dir / SHIFTING, source, spec, from_base)
@@ -441,9 +457,11 @@ def receive(engine: Engine, name: str, addresses: list[str] | None = None) -> Se
     return spec
 
 
-def _plan(engine: Engine, name: str, source: Path, addresses: list[str] | None) -> tuple[ServerSpec, int]:
-    """The spec NAME will have here and the uid base its image's owners have now; refuses
-    anything malformed, foreign or taken in one sentence, before anything is installed."""
+def _plan(engine: Engine, name: str, source: Path,
+          addresses: list[str] | None) -> tuple[ServerSpec, int, Path | None]:
+    """The spec NAME will have here, the uid base its image's owners have now, and the shipped
+    template to install (None: it is here); refuses anything malformed, foreign or taken in
+    one sentence, before anything is installed."""
     config = engine.config
     try:
         st = os.lstat(source)
@@ -462,7 +480,7 @@ def _plan(engine: Engine, name: str, source: Path, addresses: list[str] | None) 
     if st.st_size != shipped.limits.disk_bytes:
         raise InvalidInput(f"the shipment's {IMAGE} of {name!r} has {st.st_size} bytes, its config says "
                            f"{shipped.limits.disk_bytes}")
-    _install_template(engine, name, source, shipped)
+    template = _check_template(engine, name, source, shipped)
     _check_filesystem(image, name)
     wanted = engine._check_addresses(list(shipped.addresses) if addresses is None else addresses)
     others = [other for other in engine.specs() if other.name != name]
@@ -471,7 +489,14 @@ def _plan(engine: Engine, name: str, source: Path, addresses: list[str] | None) 
     base = shipped.uid_base
     keep = base >= config.uid_base and (base - config.uid_base) % ID_RANGE_SIZE == 0 and base not in taken
     uid_base = base if keep else userns.allocate_base(config.uid_base, taken)
-    return dataclasses.replace(shipped, addresses=tuple(wanted), uid_base=uid_base), base
+    return dataclasses.replace(shipped, addresses=tuple(wanted), uid_base=uid_base), base, template
+
+
+def _make_server_dir(config: EngineConfig, server_dir: Path) -> None:
+    for sub in ("disk", "lower", "rootfs"):
+        (server_dir / sub).mkdir(parents=True, exist_ok=True)
+    for path in (config.root, config.servers_dir, server_dir):
+        os.chmod(path, 0o711)  # as create does: the guest's init must reach its rootfs
 
 
 def _untrusted_config(path: Path, name: str) -> ServerSpec:
@@ -522,15 +547,14 @@ def _untrusted_config(path: Path, name: str) -> ServerSpec:
     )
 
 
-def _install_template(engine: Engine, name: str, source: Path, spec: ServerSpec) -> None:
-    """Make sure SPEC's template version is here: it is, or it was shipped beside the server
-    (checked like any untrusted tree, then renamed into the store)."""
+def _check_template(engine: Engine, name: str, source: Path, spec: ServerSpec) -> Path | None:
+    """None if SPEC's template version is here; else the shipped copy beside the server,
+    checked like any untrusted tree (InvalidInput if it is missing or wrong)."""
     from . import templates
 
-    config = engine.config
     with contextlib.suppress(NotFound):
-        templates.get(config, spec.template, spec.template_version)
-        return
+        templates.get(engine.config, spec.template, spec.template_version)
+        return None
     shipped = source / TEMPLATE
     if not shipped.is_dir() or shipped.is_symlink():
         raise InvalidInput(f"template {spec.template!r} version {spec.template_version!r} is not on this node "
@@ -555,11 +579,22 @@ def _install_template(engine: Engine, name: str, source: Path, spec: ServerSpec)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             raise InvalidInput(f"the shipped template of {name!r} holds a device file "
                                f"({entry.relative_to(shipped)})")
-    base = templates.template_dir(config, spec.template)
+    return shipped
+
+
+def _install_template(engine: Engine, shipped: Path, spec: ServerSpec) -> None:
+    """Rename the checked template version SHIPPED into the store (and make it the current
+    one if the template had none here)."""
+    from . import templates
+
+    base = templates.template_dir(engine.config, spec.template)
     base.mkdir(parents=True, exist_ok=True)
     with locked(base / ".lock"):
         final = base / spec.template_version
         if not final.exists():
+            # Root's only: a set-uid file another node shipped must not be in the reach of
+            # this host's other users (guests see the rootfs through their own mount).
+            os.chmod(shipped, 0o700)
             os.rename(shipped, final)
             fsync_path(base)
         if not (base / "current").is_symlink():
