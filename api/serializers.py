@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 from accounts.models import Membership, Tenant
 from vservers.models import ON_NODE, OperationKind, OperationStatus, State
+from vservers.nodes import status as node_status
 
 from .models import ApiToken
 
@@ -110,7 +111,8 @@ class ServerSerializer(serializers.Serializer):
     name = serializers.CharField()
     hostname = serializers.CharField()
     tenant = serializers.CharField(source="tenant.slug")
-    state = serializers.ChoiceField(choices=State.choices)
+    state = serializers.SerializerMethodField(
+        help_text='"unknown" while its node is unreachable (no heartbeat): what it last was is not known to hold')
     state_reason = serializers.CharField(allow_blank=True)
     plan = PlanBriefSerializer()
     requested_plan = PlanBriefSerializer(allow_null=True, help_text="a plan change waiting for an operator")
@@ -123,6 +125,10 @@ class ServerSerializer(serializers.Serializer):
     usage = serializers.SerializerMethodField()
     created = serializers.DateTimeField()
     updated = serializers.DateTimeField()
+
+    @extend_schema_field(serializers.ChoiceField(choices=node_status.SHOWN_STATE_CHOICES))
+    def get_state(self, server) -> str:
+        return node_status.shown_state(server.state, node_status.server_online(server))
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_node(self, server) -> str | None:
@@ -269,11 +275,18 @@ class NodeSerializer(serializers.Serializer):
     cpu_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="CPU overcommit allowed")
     memory_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="memory overcommit allowed")
     disk_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="disk overcommit allowed")
-    last_seen = serializers.DateTimeField(allow_null=True)
+    last_seen = serializers.DateTimeField(allow_null=True, help_text="its worker's last heartbeat")
+    status = serializers.SerializerMethodField(
+        help_text='"unreachable": no heartbeat within PANEL_NODE_TIMEOUT_SECONDS; its servers\' state is "unknown"')
     servers = serializers.IntegerField(source="server_count")
     cpus_allocated = serializers.DecimalField(max_digits=8, decimal_places=2)
     memory_allocated_mb = serializers.IntegerField(source="memory_allocated")
     disk_allocated_mb = serializers.IntegerField(source="disk_allocated")
+
+
+    @extend_schema_field(serializers.ChoiceField(choices=[("online", "online"), ("unreachable", "unreachable")]))
+    def get_status(self, node) -> str:
+        return "online" if node.is_online else "unreachable"
 
 
 class PoolSerializer(serializers.Serializer):

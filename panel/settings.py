@@ -13,6 +13,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from panel import env
+from vservers.nodes.queues import node_queues
 
 ENV = os.environ
 
@@ -121,11 +122,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis for the job queues. Default: the private redis-server that scripts/run-panel starts.
 REDIS_URL = env.check_redis_url(ENV.get("REDIS_URL", f"unix://{VAR_DIR}/run/redis.sock?db=0"))
-RQ_QUEUES = {
-    # One queue per node later ("node-<name>"); for now one host, one queue.
-    # JSON, not RQ's default pickle: whoever can write to Redis must not run code as root.
-    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600, "SERIALIZER": "rq.serializers.JSONSerializer"},
-}
+# One queue per node: "default" (the one-host install's node) and "node-<name>" of every node
+# made in the panel, all on this Redis (vservers.nodes.queues). JSON, not RQ's default pickle:
+# whoever can write to Redis must not run code as root.
+RQ_QUEUES = node_queues(REDIS_URL, timeout=3600)
 RQ = {
     # Push jobs when asked: vservers.actions.enqueue already waits for the commit itself (a
     # second, nested deferral would lose the job's id inside test transactions).

@@ -48,6 +48,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(line)
 
 
+@pytest.fixture(autouse=True)
+def nodes_stay_online(settings):
+    """The worlds' nodes are seen once when made (tests/panel_world.py) and have no worker
+    whose heartbeat keeps them online (drain runs jobs in the test's process): a long test
+    must not see them turn "unreachable" and their servers "unknown" halfway. The tests of
+    the heartbeat (tests/panel/test_nodes_heartbeat.py) set a short timeout themselves."""
+    settings.PANEL_NODE_TIMEOUT_SECONDS = 24 * 3600
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks_after_session():
     yield

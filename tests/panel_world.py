@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.utils import timezone
 
 from tests.leaks import PANEL_ENV
 from tests.panel_fixtures import remove_all as _remove_all
@@ -39,10 +40,10 @@ def rq_redis(settings, panel_redis):
     connection."""
     import django_rq
 
+    from vservers.nodes.queues import node_queues
+
     settings.REDIS_URL = panel_redis
-    settings.RQ_QUEUES = {
-        "default": {"URL": panel_redis, "DEFAULT_TIMEOUT": 600, "SERIALIZER": "rq.serializers.JSONSerializer"},
-    }
+    settings.RQ_QUEUES = node_queues(panel_redis, timeout=600)
     connection = django_rq.get_connection("default")
     connection.flushdb()
     yield connection
@@ -96,7 +97,7 @@ def world(transactional_db, django_user_model, rq_redis, engine):
 
     w = SimpleNamespace()
     w.engine = engine
-    w.node = Node.objects.create(name="local", queue_name="default")
+    w.node = Node.objects.create(name="local", queue_name="default", last_seen=timezone.now())
     w.pool = IPPool.objects.create(name="test", node=w.node, network=POOL_NETWORK, gateway=POOL_GATEWAY)
     w.small = Plan.objects.create(name="small", cpus="0.5", memory_mb=64, disk_mb=256, pids=128)
     w.medium = Plan.objects.create(name="medium", cpus="1", memory_mb=256, disk_mb=512, pids=512)
@@ -236,7 +237,7 @@ def offline_world(db, django_user_model, settings, queued, offline_pool, offline
 
     settings.PASSWORD_HASHERS = FAST_HASHER
     w = SimpleNamespace(queued=queued)
-    w.node = Node.objects.create(name="local", queue_name="default")
+    w.node = Node.objects.create(name="local", queue_name="default", last_seen=timezone.now())
     w.pool = IPPool.objects.create(node=w.node, **offline_pool)
     for name, fields in offline_plans.items():
         setattr(w, name, Plan.objects.create(name=name, **fields))

@@ -11,7 +11,8 @@ inits it starts are handed to. The process (NodeWorker.run)
  2. recovers (vservers.reconcile.recover): fails the operations that a dead worker left
     "running" and settles their servers from the kernel, with the database and the engine
     only, so this works while Redis is still down;
- 3. starts its one thread, the Watch (below);
+ 3. starts its two threads: the heartbeat (vservers.nodes.heartbeat: Node.last_seen every
+    PANEL_HEARTBEAT_SECONDS, with its own database connection) and the Watch (below);
  4. runs PanelWorkers (a SimpleWorker of PanelJobs, read as JSON) one after the other: a new
     one once Redis answers again when the last one's work() returned or raised (RQ gives up
     when Redis fails anywhere but in its wait for the next job), and when the watch saw
@@ -56,6 +57,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from . import jobs, reconcile
+from .nodes.heartbeat import Heartbeat
 from .queues import PanelJob, new_queue
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,9 @@ class NodeWorker:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.handle_signals()
         self.recover()
+        # Its own thread and database connection: a long job must not make the node look gone.
+        heartbeat = Heartbeat(self.queue_names)
+        heartbeat.start()
         watch = Watch(self.queue_names, self.renew)
         jobs.init_watch = watch
         watch.start()
@@ -135,6 +140,7 @@ class NodeWorker:
                     self.stopping = True
         finally:
             watch.stop()
+            heartbeat.stop()
             jobs.init_watch = None
             close_old_connections()
 

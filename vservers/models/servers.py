@@ -61,14 +61,18 @@ class ServerQuerySet(models.QuerySet):
         """What changes whenever anything a listing of these servers shows changes, from one
         aggregate query: every state and plan change bumps a server's `updated`, every usage
         sample its `sampled_at`, addresses come and go with their ids, servers with the count.
-        Not covered: an operator renaming a plan, template or tenant. For ETags (the server
-        list's polled rows, the API's server list and details)."""
+        Not covered: an operator renaming a plan, template or tenant. A node going silent or
+        coming back changes how many of them show "unknown" (vservers.nodes.status). For ETags
+        (the server list's polled rows, the API's server list and details)."""
+        from ..nodes.status import unknown_servers
+
         totals = self.order_by().aggregate(
             n_servers=models.Count("pk", distinct=True),
             last_updated=models.Max("updated"),
             last_sampled=models.Max("sampled_at"),
             n_addresses=models.Count("addresses__pk"),
             last_address=models.Max("addresses__pk"),
+            n_unknown=models.Count("pk", filter=unknown_servers(), distinct=True),
         )
         return tuple(totals.values())
 

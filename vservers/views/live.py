@@ -32,12 +32,13 @@ from functools import wraps
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
+from django.db.models import BooleanField, Count, ExpressionWrapper, Max, OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.cache import get_conditional_response
 
 from ..models import GuestAccount, IPAddress, Operation, Service, TemplateBuild, VirtualServer
 from ..models.guest import UnlistedEntries
+from ..nodes.status import unknown_servers
 
 # How often an open page asks for itself again (panel.js reads it from <body>).
 POLL_SECONDS = 3
@@ -152,10 +153,12 @@ def server_changes(servers: QuerySet[VirtualServer]) -> tuple | None:
             last_account=_per_server(GuestAccount, Max("pk")),
             last_service=_per_server(Service, Max("pk")),
             last_unlisted=_per_server(UnlistedEntries, Max("pk")),
+            # Its node going silent or coming back (the state shows "unknown" or not).
+            unknown=ExpressionWrapper(unknown_servers(), output_field=BooleanField()),
         )
         .values_list(
             "pk", "updated", "sampled_at", "n_addresses", "last_address", "n_operations", "last_operation",
-            "last_started", "last_finished", "last_account", "last_service", "last_unlisted",
+            "last_started", "last_finished", "last_account", "last_service", "last_unlisted", "unknown",
         )
         .first()
     )

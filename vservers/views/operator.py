@@ -46,6 +46,7 @@ from ..models import (
     TemplateBuild,
     VirtualServer,
 )
+from ..nodes import status as node_status
 from ..operator_forms import (
     BULK_LABELS,
     ApproveForm,
@@ -198,8 +199,10 @@ def _pools_with_usage(pools: QuerySet[IPPool]) -> list[PoolUsage]:
 
 def _everything(request: HttpRequest) -> tuple:
     """Every server and operation: the dashboard's counts, nodes and recent operations, and
-    the approvals (whose capacity figures depend on every server)."""
-    return (*VirtualServer.objects.all().fingerprint(), *operation_changes(Operation.objects.all()))
+    the approvals (whose capacity figures depend on every server); which nodes are unreachable
+    now (a heartbeat stops: no row changes, the clock does)."""
+    silent = tuple(Node.objects.filter(node_status.silent()).order_by("pk").values_list("pk", flat=True))
+    return (*VirtualServer.objects.all().fingerprint(), *operation_changes(Operation.objects.all()), silent)
 
 
 def _servers_shown(request: HttpRequest) -> tuple:
@@ -238,8 +241,10 @@ def _operations_shown(request: HttpRequest) -> tuple:
 def dashboard(request: HttpRequest) -> HttpResponse:
     counts = VirtualServer.objects.aggregate(
         awaiting=Count("pk", filter=Q(state=State.REQUESTED)),
-        running=Count("pk", filter=Q(state=State.RUNNING)),
+        # Running as far as anyone knows: on a node that is online (vservers.nodes.status).
+        running=Count("pk", filter=Q(state=State.RUNNING, node__last_seen__gte=node_status.cutoff())),
         errors=Count("pk", filter=Q(state=State.ERROR)),
+        unknown=Count("pk", filter=node_status.unknown_servers()),
         plan_changes=Count("pk", filter=Q(requested_plan__isnull=False, state__in=LIVE_STATES)),
     )
     recent = Operation.objects.select_related("server__tenant", "requested_by")[:10]
@@ -699,7 +704,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if not found:
         raise Http404("no such pool")
     pool = found[0]
-    allocations = IPAddress.objects.filter(pool=pool.subject).select_related("server__tenant").order_by(
+    allocations = IPAddress.objects.filter(pool=pool.subject).select_related("server__tenant", "server__node").order_by(
         "allocated", "pk")
     return render(request, "vservers/operator/pool_detail.html", {
         "section": "pools", "pool": pool, "page": _page(request, allocations),

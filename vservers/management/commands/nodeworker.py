@@ -2,6 +2,9 @@
 
     manage.py nodeworker [QUEUE...]    the queues of the nodes it serves (default: default)
 
+A node made in the panel has the queue "node-<its name>" (vservers.nodes.queues); a name that
+is no node's queue is refused, as are names RQ_QUEUES does not know.
+
 SIGTERM or SIGINT stop it after the job at hand (a second one: at once).
 """
 
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+
+from vservers.nodes.queues import is_node_queue
 
 
 class Command(BaseCommand):
@@ -18,9 +23,18 @@ class Command(BaseCommand):
         parser.add_argument("queues", nargs="*", default=["default"], help="queue names (RQ_QUEUES)")
 
     def handle(self, *args, queues: list[str], **options) -> None:
+        from vservers.models import Node
         from vservers.worker import NodeWorker
 
         unknown = [name for name in queues if name not in settings.RQ_QUEUES]
         if unknown:
             raise CommandError(f"no such queue in RQ_QUEUES: {', '.join(unknown)}")
+        # "default" stands without a node (the one-host install's worker may start before
+        # its node "local" is made); a node's queue must be one.
+        wanted = [name for name in queues if is_node_queue(name)]
+        known = set(Node.objects.filter(queue_name__in=wanted).values_list("queue_name", flat=True))
+        missing = [name for name in wanted if name not in known]
+        if missing:
+            raise CommandError(f"no node has the queue {', '.join(missing)}: join the node first "
+                               "(manage.py node join URL TOKEN)")
         NodeWorker(queues).run()

@@ -19,6 +19,7 @@ from ... import access, actions
 from ...formatting import number
 from ...forms import ServerRequestForm
 from ...models import IPAddress, State, VirtualServer
+from ...nodes import status
 from .. import sparklines
 from ..live import live_page
 from .access import membership, no_tenant
@@ -30,9 +31,8 @@ PER_PAGE = 50
 ROW_FIELDS = (
     "pk", "uuid", "name", "hostname", "state", "state_reason", "requested_plan_id", "tenant__name",
     "plan__name", "plan__cpus", "plan__memory_mb", "plan__disk_mb", "template__name", "template__display_name",
-    "memory_bytes", "disk_used_bytes", "sampled_at",
+    "memory_bytes", "disk_used_bytes", "sampled_at", "node__last_seen",
 )
-STATE_LABELS = dict(State.choices)
 _NO_UUID = UUID(int=0)
 
 
@@ -46,6 +46,7 @@ def _row(values: dict, url_pattern: str, addresses: list[str], size) -> dict:
     """One row of the list as plain values for _server_rows.html (no queries); SIZE formats
     a number of bytes (filesizeformat, remembered for the page: most limits repeat)."""
     mib = 1024 * 1024
+    online = status.is_online(values["node__last_seen"])  # no node: nothing on one to be unknown
     meters = []
     if values["sampled_at"]:
         memory_limit, disk_limit = values["plan__memory_mb"] * mib, values["plan__disk_mb"] * mib
@@ -67,8 +68,9 @@ def _row(values: dict, url_pattern: str, addresses: list[str], size) -> dict:
         "name": values["name"],
         "hostname": values["hostname"],
         "tenant": values["tenant__name"],
-        "state": values["state"],
-        "state_label": STATE_LABELS.get(values["state"], values["state"]),
+        # "unknown" while its node is unreachable (vservers.nodes.status).
+        "state": status.shown_state(values["state"], online),
+        "state_label": status.shown_label(values["state"], online),
         "error": values["state_reason"] if values["state"] == State.ERROR else "",
         "plan_change": values["requested_plan_id"] is not None,
         "addresses": addresses,
