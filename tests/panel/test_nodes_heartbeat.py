@@ -7,9 +7,7 @@ the API, while the database keeps the server's state; SIGCONT, and it comes back
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import time
 from datetime import timedelta
 
 import pytest

@@ -121,7 +121,7 @@ def test_dashboard_counts_servers_and_adds_up_plans_per_node(op_client, world):
     make_server(world, name="d", state=State.ERROR)
     make_server(world, name="e", state=State.DELETED, plan=world.medium)  # no longer counts
     response = op_client.get(reverse("op_dashboard"))
-    assert response.context["counts"] == {"awaiting": 1, "running": 1, "errors": 1, "plan_changes": 0}
+    assert response.context["counts"] == {"awaiting": 1, "running": 1, "errors": 1, "plan_changes": 0, "unknown": 0}
     (node,) = response.context["nodes"]
     assert (node.server_count, node.cpus_allocated, node.memory_allocated, node.disk_allocated) == (3, 2, 1024, 6144)
     assert node.memory_percent == 25  # of 4096 MB

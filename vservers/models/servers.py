@@ -57,15 +57,17 @@ class ServerQuerySet(models.QuerySet):
     def visible(self) -> ServerQuerySet:
         return self.exclude(state__in=TERMINAL)
 
-    def fingerprint(self) -> tuple:
+    def fingerprint(self, nodes: bool = False) -> tuple:
         """What changes whenever anything a listing of these servers shows changes, from one
         aggregate query: every state and plan change bumps a server's `updated`, every usage
         sample its `sampled_at`, addresses come and go with their ids, servers with the count.
         Not covered: an operator renaming a plan, template or tenant. A node going silent or
-        coming back changes how many of them show "unknown" (vservers.nodes.status). For ETags
+        coming back changes how many of them show "unknown" (vservers.nodes.status); with NODES,
+        any node's (the dashboard's nodes table), from a subquery of the same query. For ETags
         (the server list's polled rows, the API's server list and details)."""
-        from ..nodes.status import unknown_servers
+        from ..nodes.status import silent_nodes, unknown_servers
 
+        extra = {"silent_nodes": models.Max(silent_nodes())} if nodes else {}
         totals = self.order_by().aggregate(
             n_servers=models.Count("pk", distinct=True),
             last_updated=models.Max("updated"),
@@ -73,6 +75,7 @@ class ServerQuerySet(models.QuerySet):
             n_addresses=models.Count("addresses__pk"),
             last_address=models.Max("addresses__pk"),
             n_unknown=models.Count("pk", filter=unknown_servers(), distinct=True),
+            **extra,
         )
         return tuple(totals.values())
 

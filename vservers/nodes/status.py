@@ -13,7 +13,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import CharField, Count, Q, Subquery, Sum, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from ..models import ON_NODE, State
@@ -38,6 +39,18 @@ def silent(prefix: str = "") -> Q:
 def unknown_servers() -> Q:
     """Servers whose state is unknown now: on a node, and that node silent."""
     return Q(state__in=list(ON_NODE), node__isnull=False) & silent("node__")
+
+
+def silent_nodes() -> Subquery:
+    """Which nodes are silent, as one scalar subquery: their count and their ids, as text
+    (for fingerprints: a node going silent or coming back changes it)."""
+    from ..models import Node
+
+    rows = (Node.objects.filter(silent()).order_by().annotate(one=Value(1)).values("one")
+            .annotate(n=Count("pk"), ids=Sum("pk")).annotate(key=Concat(Cast("n", CharField()), Value(":"),
+                                                                            Cast("ids", CharField())))
+            .values("key"))
+    return Subquery(rows[:1], output_field=CharField())
 
 
 def is_online(last_seen: datetime | None) -> bool:

@@ -201,8 +201,7 @@ def _everything(request: HttpRequest) -> tuple:
     """Every server and operation: the dashboard's counts, nodes and recent operations, and
     the approvals (whose capacity figures depend on every server); which nodes are unreachable
     now (a heartbeat stops: no row changes, the clock does)."""
-    silent = tuple(Node.objects.filter(node_status.silent()).order_by("pk").values_list("pk", flat=True))
-    return (*VirtualServer.objects.all().fingerprint(), *operation_changes(Operation.objects.all()), silent)
+    return (*VirtualServer.objects.all().fingerprint(nodes=True), *operation_changes(Operation.objects.all()))
 
 
 def _servers_shown(request: HttpRequest) -> tuple:
