@@ -187,6 +187,7 @@ class Reconciler:
     def run(self) -> str:
         self.fail_orphans()
         self.templates()
+        self.keys()
         self.resend_lost()
         known = set(self.engine.names())
         busy = set(
@@ -214,6 +215,15 @@ class Reconciler:
         summary = ", ".join(f"{v} {k}" for k, v in self.counts.items())
         log.info("reconciled node %s: %s", self.node.name, summary)
         return summary
+
+    def keys(self) -> None:
+        """The other nodes' migration keys in this node's authorized_keys (vservers.nodes.keys)."""
+        from .nodes import keys
+
+        try:
+            keys.sync(self.engine.config, [self.node.pk])
+        except Exception:  # noqa: BLE001 - the servers below matter more
+            log.exception("node %s: could not write its authorized_keys", self.node.name)
 
     def templates(self) -> None:
         """What this node has built of each template, for the Templates page (the web process

@@ -214,9 +214,16 @@ class NodeWorker:
             close_old_connections()
 
     def recover(self) -> None:
-        """After a crash: no operation of our nodes stays "running" for a dead worker."""
+        """After a crash: no operation of our nodes stays "running" for a dead worker. And
+        the other nodes' migration keys into authorized_keys (vservers.nodes.keys)."""
         from .models import Node
+        from .nodes import keys
 
+        try:
+            mine = list(Node.objects.filter(is_active=True, queue_name__in=self.queue_names))
+            keys.sync(reconcile.get_engine().config, [node.pk for node in mine])
+        except Exception:  # noqa: BLE001 - every reconcile run does the same later
+            log.exception("could not write authorized_keys")
         try:
             for node in Node.objects.filter(is_active=True, queue_name__in=self.queue_names):
                 failed = reconcile.recover(node)
