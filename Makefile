@@ -23,8 +23,9 @@ RUN_PACKAGES := python3-venv python3-dev build-essential e2fsprogs util-linux ip
 # What only the tests add: the browser the page tests drive, ping for network checks, curl
 # for the calls of docs/api.md (tests/api/test_docs.py), and sshd for a private one that
 # backups are pushed to (tests/engine/test_backups.py; the test runs its own on a loopback
-# port with its own config and keys, never the system's).
-TEST_PACKAGES := chromium iputils-ping curl openssh-server
+# port with its own config and keys, never the system's), and PostgreSQL's server for the
+# second pass (scripts/with-postgres runs a private cluster for it, never the system's).
+TEST_PACKAGES := chromium iputils-ping curl openssh-server postgresql
 APT_PACKAGES := $(RUN_PACKAGES)
 
 .PHONY: help install install-test apt-packages run test bench clean as-root lock
@@ -45,6 +46,14 @@ as-root:
 install: apt-packages $(VENV)/.installed-run
 
 install-test:
+	@# Debian's postgresql would make and start a cluster "main" on port 5432 when it arrives;
+	@# the tests run their own (scripts/with-postgres), so postgresql-common is told not to make
+	@# it before the package comes (dpkg keeps this file: --force-confold in apt-packages).
+	@if ! dpkg-query -W -f='$${Status}' postgresql-common 2>/dev/null | grep -q "install ok installed"; then \
+		mkdir -p /etc/postgresql-common; \
+		[ -e /etc/postgresql-common/createcluster.conf ] \
+			|| echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf; \
+	fi
 	$(MAKE) --no-print-directory apt-packages APT_PACKAGES="$(RUN_PACKAGES) $(TEST_PACKAGES)"
 	$(MAKE) --no-print-directory $(VENV)/.installed-dev
 
@@ -77,7 +86,7 @@ $(VENV)/.installed-run: pyproject.toml $(CONSTRAINTS) | $(PY)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) $(VENV)/.installed-run
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,postgres]'
 	touch $@
 
 # Writes constraints.txt from a new venv with every extra; commit the result.
@@ -98,10 +107,14 @@ run: as-root install
 	$(PY) manage.py demo --if-empty --provision
 	exec scripts/run-panel
 
+# Two passes: everything but the multi-node tests on SQLite (the default database), then the
+# tests of concurrency and allocation and the multi-node ones on a private PostgreSQL cluster
+# made for the run and removed after it (scripts/with-postgres).
 test: as-root install install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not cluster" $(PYTEST_ARGS)
+	scripts/with-postgres $(VENV)/bin/pytest -m "both_databases or cluster" $(PYTEST_ARGS)
 
 # Benchmarks (bench/README.md): our engine beside LXC, VPS beside host, the panel. The quick
 # run takes under 10 minutes; FULL=1 is the large run. Not part of the tests: benchmarks time

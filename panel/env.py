@@ -104,17 +104,60 @@ def secret_key(env: Mapping[str, str], path: Path) -> str:
     return value
 
 
+def sqlite_database(path: str | Path) -> dict:
+    """Django's DATABASES entry for the SQLite file at PATH, as the panel runs it."""
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        "OPTIONS": {
+            # The web server and the worker write concurrently: WAL lets readers go on
+            # while one writes, and IMMEDIATE takes the write lock when a transaction
+            # begins, so two writers queue up (timeout) instead of failing with
+            # "database is locked" when one tries to upgrade a read lock.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        },
+        # Keep the connection between requests and the worker's jobs: opening it and
+        # running the PRAGMAs again each time costs several milliseconds per job.
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+def _parse_sqlite_url(url: str) -> dict:
+    """sqlite:///relative/path (to the current directory) or sqlite:////absolute/path, as
+    dj-database-url reads them. An in-memory database (sqlite://, sqlite://:memory:) is
+    refused: the web server and the worker are separate processes and would not share it."""
+    parts = urlsplit(url)
+    if parts.netloc or parts.query or parts.fragment:
+        raise ImproperlyConfigured(
+            "DATABASE_URL for SQLite names a file, without host or options: "
+            f"sqlite:///relative/path or sqlite:////absolute/path, not {url!r}"
+        )
+    path = unquote(parts.path.removeprefix("/"))
+    if not path or path.endswith("/") or path == ":memory:":
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must name a SQLite file: sqlite:///relative/path or sqlite:////absolute/path, not {url!r}"
+        )
+    return sqlite_database(path)
+
+
 def parse_database_url(url: str) -> dict:
-    """Django's DATABASES entry for postgres://user:pass@host:port/dbname[?option=value...].
+    """Django's DATABASES entry for postgres://user:pass@host:port/dbname[?option=value...]
+    or a SQLite file (sqlite:///relative/path, sqlite:////absolute/path).
 
     User and password may be percent-encoded. A host that starts with %2F is a Unix socket
     directory (postgres://user@%2Frun%2Fpostgresql/db). Query parameters become libpq options
     (sslmode=require, connect_timeout=5).
     """
     parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return _parse_sqlite_url(url)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ImproperlyConfigured(
-            f"DATABASE_URL must start with postgres:// or postgresql://, not {parts.scheme or url!r}://"
+            "DATABASE_URL must start with postgres://, postgresql:// or sqlite:///, "
+            f"not {parts.scheme or url!r}://"
         )
     name = unquote(parts.path.removeprefix("/"))
     if not name or "/" in name:

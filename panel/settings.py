@@ -94,29 +94,11 @@ TEMPLATES = [
     },
 ]
 
-# Database: SQLite under var/ unless DATABASE_URL names a PostgreSQL database.
+# Database: SQLite under var/ unless DATABASE_URL names another (PostgreSQL, or a SQLite file).
 if "DATABASE_URL" in ENV:
     DATABASES = {"default": env.parse_database_url(ENV["DATABASE_URL"])}
 else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "db.sqlite3",
-            "OPTIONS": {
-                # The web server and the worker write concurrently: WAL lets readers go on
-                # while one writes, and IMMEDIATE takes the write lock when a transaction
-                # begins, so two writers queue up (timeout) instead of failing with
-                # "database is locked" when one tries to upgrade a read lock.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
-            # Keep the connection between requests and the worker's jobs: opening it and
-            # running the PRAGMAs again each time costs several milliseconds per job.
-            "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
-        }
-    }
+    DATABASES = {"default": env.sqlite_database(VAR_DIR / "db.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

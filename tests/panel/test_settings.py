@@ -87,12 +87,41 @@ def test_it_parses_a_postgres_url_with_a_socket_directory():
 
 
 @pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("sqlite:///var/panel.sqlite3", "var/panel.sqlite3"),  # relative to the current directory
+        ("sqlite:////srv/panel/db.sqlite3", "/srv/panel/db.sqlite3"),
+        ("sqlite:////srv/my%20panel/db.sqlite3", "/srv/my panel/db.sqlite3"),
+    ],
+)
+def test_it_parses_sqlite_urls_as_dj_database_url_does(url, name):
+    db = env.parse_database_url(url)
+    assert db["ENGINE"] == "django.db.backends.sqlite3"
+    assert db["NAME"] == name
+    # the same WAL and locking options as the default database under var/
+    assert db["OPTIONS"] == env.sqlite_database("x")["OPTIONS"]
+
+
+def test_the_settings_take_a_sqlite_url(tmp_path):
+    path = tmp_path / "panel.sqlite3"
+    result = load_settings(DATABASE_URL=f"sqlite:///{path}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1] == "django.db.backends.sqlite3"
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "postgres://panel@db.example:5432/",  # no database name
         "postgres://panel@db.example:5432/a/b",  # a path, not a name
         "postgres://panel@db.example:99999/vpanel",  # port out of range
-        "sqlite:///var/db.sqlite3",
+        "sqlite://",  # in memory: the web server and the worker would not share it
+        "sqlite://:memory:",
+        "sqlite:///:memory:",
+        "sqlite://db.example/panel.sqlite3",  # a host
+        "sqlite:///var/?timeout=5",  # a directory, and options
+        "sqlite:///var/panel.sqlite3?timeout=5",
+        "sqlite:///",
     ],
 )
 def test_it_rejects_bad_database_urls(url):
