@@ -29,6 +29,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -81,10 +82,16 @@ def release_dead_claims(now=None) -> int:
 
 def claim(pk: int, token: str, now) -> bool:
     """Pending -> sending for TOKEN; True only for the one sender whose UPDATE changed the
-    row (SQLite's write lock, PostgreSQL's row lock and its re-check of the WHERE)."""
-    return OutboxMail.objects.filter(pk=pk, status=MailStatus.PENDING, next_attempt__lte=now).update(
-        status=MailStatus.SENDING, claimed_by=token, claimed_at=now, attempts=F("attempts") + 1
-    ) == 1
+    row (SQLite's write lock, PostgreSQL's row lock and its re-check of the WHERE). Every
+    node's worker sends the outbox: on PostgreSQL a row another sender is claiming right now
+    is skipped (SKIP LOCKED) rather than waited for, since that sender takes it."""
+    pending = OutboxMail.objects.filter(pk=pk, status=MailStatus.PENDING, next_attempt__lte=now)
+    with transaction.atomic():
+        if pending.select_for_update(skip_locked=True).values_list("pk", flat=True).first() is None:
+            return False
+        return pending.update(
+            status=MailStatus.SENDING, claimed_by=token, claimed_at=now, attempts=F("attempts") + 1
+        ) == 1
 
 
 def send_due(limit: int = BATCH) -> dict[str, int]:

@@ -43,6 +43,15 @@ def pytest_configure(config):
         os.environ.setdefault(key, value)
 
 
+def pytest_report_header(config):
+    """Which database the session runs on: make test runs the suite on SQLite, then the tests
+    marked both_databases or cluster again on PostgreSQL (scripts/with-postgres)."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    return f"database: {database['ENGINE'].rsplit('.', 1)[-1]} {database.get('HOST') or ''}".rstrip()
+
+
 def pytest_terminal_summary(terminalreporter):
     for line in coldpath.summary():
         terminalreporter.write_line(line)

@@ -271,6 +271,9 @@ def claim_next(server_id: int) -> Operation | None:
     if not mine.filter(status=OperationStatus.QUEUED).exists():
         return None
     with transaction.atomic():
+        # Waited for, not skipped (SKIP LOCKED): the server's row lock is also the one every
+        # state change takes (actions, the reconciler failing an orphan), and a claim that
+        # skipped one of those would leave its queued operation to the next reconcile.
         VirtualServer.objects.select_for_update().filter(pk=server_id).first()
         if mine.filter(status=OperationStatus.RUNNING).exists():
             return None

@@ -21,6 +21,7 @@ def w(offline_world, api):
     return w
 
 
+@pytest.mark.both_databases
 def test_approve_gives_a_node_and_an_address_and_queues_provisioning(w):
     response = w.op.post(f"/api/v1/operator/servers/{w.request.uuid}/approve/", {"node": "local"}, format="json")
     assert response.status_code == 202 and response.json()["kind"] == "provision"

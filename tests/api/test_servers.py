@@ -98,6 +98,7 @@ def test_a_request_takes_roots_key_and_password_as_the_form_does(w):
     assert "long enough 1" not in response.content.decode()
 
 
+@pytest.mark.both_databases
 def test_a_request_beyond_the_quota_is_409(w):
     w.acme.max_servers = 1
     w.acme.save()

@@ -17,6 +17,7 @@ from django.db import connection, connections
 
 from notifications import sender
 from notifications.models import Event, MailStatus, OutboxMail
+from tests.locks import needs_row_locks, row_locked_elsewhere
 from tests.notifications import backends
 from tests.panel import faults
 
@@ -149,6 +150,7 @@ def send_from_threads(count: int) -> list[dict]:
     return results
 
 
+@pytest.mark.both_databases
 def test_two_concurrent_senders_never_send_a_row_twice(file_database, mailoutbox, monkeypatch):
     outbox_rows(20)
 
@@ -168,6 +170,7 @@ def test_two_concurrent_senders_never_send_a_row_twice(file_database, mailoutbox
     assert len(mailoutbox) > 20
 
 
+@pytest.mark.both_databases
 def test_a_sender_killed_midway_loses_nothing_and_the_next_sends_the_rest_once(file_database, mailoutbox, tmp_path):
     outbox_rows(5)
     log = tmp_path / "delivered"
@@ -197,3 +200,17 @@ def test_a_sender_killed_midway_loses_nothing_and_the_next_sends_the_rest_once(f
     assert sorted(delivered + again) == sorted(f"user{i}@example.test" for i in range(5))  # each once
     assert statuses() == {MailStatus.SENT: 5}
     assert OutboxMail.objects.get(to="user2@example.test").attempts == 2
+
+
+@pytest.mark.both_databases
+def test_a_row_another_sender_is_claiming_is_skipped_not_waited_for(mailoutbox):
+    needs_row_locks()
+    held, free = outbox_rows(2)
+    with row_locked_elsewhere(OutboxMail, held):
+        # Waiting for the lock would end with both rows sent by this sender.
+        assert sender.send_due()["sent"] == 1
+        assert OutboxMail.objects.get(pk=held).status == MailStatus.PENDING
+    assert OutboxMail.objects.get(pk=free).status == MailStatus.SENT
+    assert sender.send_due()["sent"] == 1  # the skipped one, once the other let go of it
+    assert statuses() == {MailStatus.SENT: 2}
+    assert sorted(to for m in mailoutbox for to in m.to) == ["user0@example.test", "user1@example.test"]

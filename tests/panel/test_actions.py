@@ -22,6 +22,9 @@ from vservers.models import (
     VirtualServer,
 )
 
+# Run on SQLite and again on PostgreSQL (make test, scripts/with-postgres).
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def one_cpu(db):

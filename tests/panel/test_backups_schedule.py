@@ -9,6 +9,7 @@ from datetime import UTC, datetime, time
 
 import pytest
 
+from tests.locks import needs_row_locks, row_locked_elsewhere
 from vservers.backups import actions as backup_actions
 from vservers.backups.schedule import next_due, schedule_pass
 from vservers.models import BackupSchedule, Operation, OperationKind, OperationStatus, State, VirtualServer
@@ -62,6 +63,18 @@ def test_the_pass_queues_a_scheduled_backup_when_due_and_moves_on(offline_world,
 
     # The same minute again (a second worker, a pass run twice): nothing more.
     schedule_pass(offline_world.node, at("2026-12-06T03:00:40"))
+    assert len(offline_world.queued) == 1
+
+
+@pytest.mark.both_databases
+def test_a_schedule_another_pass_holds_is_skipped_not_waited_for(transactional_db, offline_world, server):
+    needs_row_locks()
+    schedule = _schedule(server, "2026-12-06T03:00:00")
+    with row_locked_elsewhere(BackupSchedule, schedule.pk):
+        # Waiting for the lock would queue the backup here.
+        assert schedule_pass(offline_world.node, at("2026-12-06T03:00:30")) == "0 backups queued, 0 skipped"
+    assert not offline_world.queued
+    assert schedule_pass(offline_world.node, at("2026-12-06T03:00:40")) == "1 backups queued, 0 skipped"
     assert len(offline_world.queued) == 1
 
 

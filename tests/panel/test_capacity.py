@@ -18,6 +18,9 @@ from accounts.models import AuditEntry, Tenant
 from vservers.capacity import node_capacities
 from vservers.models import Node, Plan, State, VirtualServer
 
+# Run on SQLite and again on PostgreSQL (make test, scripts/with-postgres).
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def world(offline_world):

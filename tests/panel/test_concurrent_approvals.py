@@ -20,6 +20,9 @@ from tests.panel import faults
 from vservers import actions
 from vservers.models import IPAddress, IPPool, Node, Operation, OperationKind, Plan, State, Template, VirtualServer
 
+# Run on SQLite and again on PostgreSQL (make test, scripts/with-postgres).
+pytestmark = pytest.mark.both_databases
+
 REQUESTS = 50
 
 

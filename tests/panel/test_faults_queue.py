@@ -27,7 +27,7 @@ from vservers.models import GuestAccount, Operation, OperationKind, OperationSta
 from vservers.models.operations import FINISHED, QUEUE_DELAYED
 from vservers.queues import get_queue
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.both_databases]
 
 # The shared fixtures (tests/panel/faults.py).
 file_database = faults.file_database

@@ -157,6 +157,7 @@ def test_stopping_a_service_closes_its_port_until_it_starts_again(world, provisi
     http.wait(address)
 
 
+@pytest.mark.both_databases
 def test_delete_releases_the_address_and_removes_the_server(world, provision, drain):
     server = provision("web")
 
@@ -293,6 +294,7 @@ def test_the_worker_refuses_jobs_outside_its_allow_list(world, drain, tmp_path):
     assert "JobRefused" not in failing.latest_result().exc_string  # run_operation itself failed
 
 
+@pytest.mark.both_databases
 def test_an_operation_whose_server_is_busy_is_left_to_the_worker_running_it(world, make_server):
     server = make_server("web", state=State.STOPPED, node=world.node)
     first = Operation.objects.create(server=server, kind=OperationKind.START)
@@ -313,6 +315,7 @@ def test_an_operation_whose_server_is_busy_is_left_to_the_worker_running_it(worl
     assert claim_next(server.pk) is None  # it runs: nothing more for anyone
 
 
+@pytest.mark.both_databases
 def test_a_job_runs_its_servers_queued_operations_in_order_from_the_oldest(world, make_server):
     server = make_server("web", state=State.STOPPED, node=world.node)
     older, newer = (Operation.objects.create(server=server, kind=OperationKind.ACCOUNT_ADD,
@@ -329,6 +332,7 @@ def test_a_job_runs_its_servers_queued_operations_in_order_from_the_oldest(world
     assert older.finished <= newer.started
 
 
+@pytest.mark.both_databases
 def test_missing_and_finished_operations_are_skipped(world, make_server):
     server = make_server("web", state=State.RUNNING, node=world.node)
     done = Operation.objects.create(server=server, kind=OperationKind.STOP, status=OperationStatus.SUCCEEDED)

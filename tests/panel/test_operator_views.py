@@ -142,6 +142,7 @@ def test_approvals_page_lists_requests_and_plan_changes(op_client, world):
     assert b"settled" not in response.content
 
 
+@pytest.mark.both_databases
 def test_approve_allocates_an_address_and_queues_a_provision_operation(op_client, world):
     server = make_server(world)
     response = op_client.post(reverse("op_approve", args=[server.uuid]))
@@ -183,6 +184,7 @@ def test_approve_goes_back_to_the_page_it_came_from_but_not_elsewhere(op_client,
     assert response["Location"] == reverse("op_approvals")
 
 
+@pytest.mark.both_databases
 def test_approving_twice_is_refused_with_a_message(op_client, world):
     server = make_server(world)
     op_client.post(reverse("op_approve", args=[server.uuid]))
@@ -193,6 +195,7 @@ def test_approving_twice_is_refused_with_a_message(op_client, world):
     assert IPAddress.objects.filter(server=server).count() == 1
 
 
+@pytest.mark.both_databases
 def test_approve_refuses_when_the_pool_is_exhausted_and_changes_nothing(op_client, world):
     world.pool.network, world.pool.gateway = "198.19.131.0/30", "198.19.131.1"  # one address to give
     world.pool.save()
@@ -679,6 +682,7 @@ def test_pool_size_by_arithmetic_equals_counting(network, gateway):
     assert pool.size == sum(1 for _ in pool.iter_hosts())
 
 
+@pytest.mark.both_databases
 def test_pool_detail_lists_allocations(op_client, world):
     server = make_server(world, state=State.RUNNING)
     world.pool.allocate(server)

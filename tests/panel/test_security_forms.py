@@ -242,6 +242,7 @@ def pools(draw) -> tuple[str, str]:
     return str(network), str(gateway)
 
 
+@pytest.mark.both_databases
 @DB
 @given(pool=pools())
 @example(pool=("198.19.200.0/31", "198.19.200.0"))

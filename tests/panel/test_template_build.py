@@ -63,6 +63,7 @@ def test_a_template_the_engine_does_not_know_fails_with_its_reason(world, drain)
     assert isinstance(actions.build_template(unknown, world.operator)[0], TemplateBuild)
 
 
+@pytest.mark.both_databases
 def test_one_pending_build_per_template_and_node_is_the_databases_rule_too(offline_world):
     w = offline_world
     TemplateBuild.objects.create(template=w.busybox, node=w.node)

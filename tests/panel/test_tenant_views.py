@@ -301,6 +301,7 @@ def test_requesting_creates_a_server_awaiting_approval(client, world, queued):
     assert b"Waiting for an operator" in detail.content
 
 
+@pytest.mark.both_databases
 def test_request_respects_the_server_count_quota(client, world):
     Tenant.objects.filter(pk=world.acme.pk).update(max_servers=1)
     response = request_server(login(client, world.alice), plan=world.small.pk, template=world.busybox.pk)
@@ -309,6 +310,7 @@ def test_request_respects_the_server_count_quota(client, world):
     assert not VirtualServer.objects.filter(name="api").exists()
 
 
+@pytest.mark.both_databases
 def test_request_respects_the_memory_quota_summed_over_live_servers(client, world):
     Tenant.objects.filter(pk=world.acme.pk).update(max_memory_mb=2048)  # web takes 512 already
     login(client, world.alice)
@@ -736,6 +738,7 @@ def test_a_plan_change_is_recorded_for_an_operator(client, world, queued):
     assert world.web.requested_plan is None
 
 
+@pytest.mark.both_databases
 def test_a_plan_change_must_fit_the_quota(client, world):
     Tenant.objects.filter(pk=world.acme.pk).update(max_memory_mb=1024)
     response = login(client, world.alice).post(url(world.web, "plan/"), {"plan": world.large.pk})
@@ -797,6 +800,7 @@ def test_read_only_members_cannot_request_servers(client, world):
 # -- cancelling a request -------------------------------------------------------------------
 
 
+@pytest.mark.both_databases
 def test_a_pending_request_is_cancelled_not_deleted(client, world, queued):
     asked = make_server(world, world.acme, "asked", state=State.REQUESTED)
     body = login(client, world.alice).get(url(asked)).content.decode()

@@ -14,6 +14,9 @@ from vservers.models import UsageDaily, UsageFiveMin, UsageRaw, VirtualServer
 from vservers.usage import archive, queries, store, synthetic
 from vservers.usage.archive import BUCKET, DAY, Point, f32
 
+# Run on SQLite and again on PostgreSQL (make test, scripts/with-postgres).
+pytestmark = pytest.mark.both_databases
+
 # 2026-11-30 23:50 UTC: the last buckets of a day and of a month are near.
 T0 = int(datetime(2026, 11, 30, 23, 50, tzinfo=UTC).timestamp())
 

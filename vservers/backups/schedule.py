@@ -69,6 +69,10 @@ def schedule_pass(node: Node, now: datetime) -> str:
     for schedule in due:
         server = schedule.server
         with transaction.atomic():
+            # A schedule another pass holds (or a tenant saving it) is skipped on PostgreSQL
+            # instead of waited for: that pass queues it, a saved one is due anew next pass.
+            if BackupSchedule.objects.select_for_update(skip_locked=True).filter(pk=schedule.pk).first() is None:
+                continue
             moved = BackupSchedule.objects.filter(pk=schedule.pk, next_due=schedule.next_due).update(
                 last_queued=now, next_due=next_due(schedule, now))
             if not moved:
