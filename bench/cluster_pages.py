@@ -276,8 +276,7 @@ def plot(result: dict) -> str:
         p95 = [runs[database]["pages"][key]["ms"]["p95"] for key, *_ in PAGES]
         ys = [i + offset for i in range(len(PAGES))]
         ax.barh(ys, medians, height=height, color=colour, label=f"{database} median")
-        ax.errorbar(p95, ys, fmt="|", color="black", markersize=8, label=f"{database} p95" if database == "sqlite"
-                    else None)
+        ax.errorbar(p95, ys, fmt="|", color="black", markersize=8, label="p95" if database == "sqlite" else None)
     ax.axvline(PAGE_TARGET_MS, color="red", linestyle="--", label=f"goal {PAGE_TARGET_MS:.0f} ms")
     ax.set_yticks(range(len(PAGES)), labels)
     ax.invert_yaxis()
