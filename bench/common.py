@@ -54,6 +54,15 @@ PANEL_ENV = {
     "VSERVER_GATEWAY": "198.19.216.1/21",
     "VSERVER_UID_BASE": "1900000000",
 }
+# bench/panel.py --two-nodes: the second node's installation (its own root, bridge, range and
+# uids, as two nodes on one machine have them).
+PANEL2_ENV = {
+    **BENCH_ENV,
+    "VSERVER_ROOT": "/var/lib/vservers-bench-panel2",
+    "VSERVER_BRIDGE": "vsbenchpn1",
+    "VSERVER_GATEWAY": "198.18.240.1/21",
+    "VSERVER_UID_BASE": "1100000000",
+}
 # LXC's containers (bench/lxc.py): not an engine installation, a bridge and lxcpath of their own.
 LXC_BRIDGE = "vsbenchlxc0"
 LXC_GATEWAY = "198.19.192.1/20"

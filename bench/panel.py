@@ -162,10 +162,11 @@ def stop_extra_workers(ctx) -> None:
 # --- operations through the queue ---------------------------------------------------------
 
 
-def run_cycles(ctx, label: str, k: int, concurrency: int) -> dict:
+def run_cycles(ctx, label: str, k: int, concurrency: int, nodes: list | None = None) -> dict:
     """K cycles (request + approval → provision, stop, delete), at most CONCURRENCY at once;
     each next step is asked as soon as the bench sees the previous one finished (it looks at
-    the rows every POLL seconds, POLL_MANY with several in flight)."""
+    the rows every POLL seconds, POLL_MANY with several in flight). Cycle i is approved on
+    NODES[i % len(NODES)] (default: ctx.node)."""
     from vservers.actions import ActionRefused
     from vservers.models import FINISHED, Operation
 
@@ -176,7 +177,7 @@ def run_cycles(ctx, label: str, k: int, concurrency: int) -> dict:
 
     def ask(cycle: SimpleNamespace) -> None:
         try:
-            op = submit(ctx, cycle.server, STEPS[cycle.step])
+            op = submit(ctx, cycle.server, STEPS[cycle.step], node=cycle.node)
         except ActionRefused as exc:
             cycle.errors.append(f"{STEPS[cycle.step]} refused: {exc}")
             cycle.end = time.monotonic() - t0
@@ -187,7 +188,8 @@ def run_cycles(ctx, label: str, k: int, concurrency: int) -> dict:
     while todo or active:
         while todo and len(active) < concurrency:
             i = todo.pop(0)
-            cycle = SimpleNamespace(index=i, step=0, begin=time.monotonic() - t0, end=None, errors=[])
+            cycle = SimpleNamespace(index=i, step=0, begin=time.monotonic() - t0, end=None, errors=[],
+                                    node=nodes[i % len(nodes)] if nodes else None)
             cycle.server = new_server(ctx, f"{label}{i}")
             ask(cycle)
         rows = list(Operation.objects.filter(pk__in=list(active), status__in=list(FINISHED)).values(*OP_FIELDS))
@@ -418,6 +420,91 @@ def run(ctx, mode: dict) -> None:
     result["worker_profile"] = profile_worker(ctx, mode["profile_cycles"])
 
 
+def run_two_nodes(ctx, mode: dict) -> None:
+    """Lifecycle cycles through the panel with one node (its worker on "default") against two
+    (node "b" with an installation of its own, common.PANEL2_ENV, and its own worker process on
+    its queue "node-b"), in the same run: MODE's in-flight cycles, split over the nodes in turn."""
+    import ipaddress
+
+    from vservers.engine import templates
+
+    result = ctx.result
+    for engine in (ctx.engine, ctx.engine_b):
+        templates.build(engine.config, TEMPLATE)
+        engine.config.servers_dir.mkdir(parents=True, exist_ok=True)
+    start_redis(ctx)
+    # One tenant has every cycle in flight at once: its cap on waiting operations (20 by
+    # default) would refuse steps of the full run's 100.
+    os.environ["PANEL_MAX_PENDING_PER_TENANT"] = "1000"
+    setup_django(ctx)
+    make_world(ctx)
+    from django.utils import timezone
+
+    from vservers.models import IPAddress, IPPool, Node
+
+    network = ipaddress.ip_network(common.PANEL2_ENV["VSERVER_GATEWAY"], strict=False)
+    gateway = ipaddress.ip_interface(common.PANEL2_ENV["VSERVER_GATEWAY"]).ip
+    ctx.node_b = Node.objects.create(name="b", queue_name="node-b", cpus=os.cpu_count() or 2, last_seen=timezone.now(),
+                                     vserver_root=common.PANEL2_ENV["VSERVER_ROOT"])
+    pool = IPPool.objects.create(name="bench-b", node=ctx.node_b, network=str(network), gateway=str(gateway))
+    # As on node a: guests from the second /24 up.
+    IPAddress.objects.bulk_create(IPAddress(pool=pool, address=str(network.network_address + i)) for i in range(2, 256))
+    from django.db import connection
+
+    result["database"] = connection.vendor
+    log(f"database: {connection.vendor}")
+    start_worker(ctx)
+    run_cycles(ctx, "warma", 1, 1)
+    k = mode["inflight"]
+    log(f"one node, one worker: {k} cycles in flight")
+    one = run_cycles(ctx, "one", k, k)
+    log(f"  {one['cycles_per_s']} cycles/s")
+    env_b = {**ctx.child_env, **common.PANEL2_ENV}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-child", str(ctx.tmp / "worker-b-timings.jsonl"),
+           "nodeworker", "node-b"]
+    ctx.worker_b_log = ctx.tmp / "worker-b.log"
+    ctx.worker_b_proc = subprocess.Popen(cmd, cwd=REPO, env=env_b, stdout=open(ctx.worker_b_log, "wb"),  # noqa: SIM115
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_workers(ctx, 2, [ctx.worker_proc, ctx.worker_b_proc])
+    except RuntimeError:
+        raise RuntimeError("node b's worker did not start:\n" + tail(ctx.worker_b_log)) from None
+    run_cycles(ctx, "warmb", 1, 1, nodes=[ctx.node_b])
+    log(f"two nodes, a worker each: {k} cycles in flight")
+    two = run_cycles(ctx, "two", k, k, nodes=[ctx.node, ctx.node_b])
+    log(f"  {two['cycles_per_s']} cycles/s")
+    from vservers.models import Operation
+
+    # Where the operations of the two-node phase ran: each node's worker runs its node's only.
+    two["operations_by_node"] = {node.name: Operation.objects.filter(server__node=node,
+                                                                     server__name__startswith="two").count()
+                                 for node in (ctx.node, ctx.node_b)}
+    log(f"  operations by node: {two['operations_by_node']}")
+    for phase in (one, two):
+        phase.pop("operations", None)
+        phase.pop("cycle_samples", None)
+    result["queue"] = {"one_node": one, "two_nodes": two,
+                       "speedup": round(two["cycles_per_s"] / one["cycles_per_s"], 2)
+                       if one["cycles_per_s"] and two["cycles_per_s"] else None}
+
+
+def two_nodes_markdown(result: dict) -> str:
+    q = result["queue"]
+    rows = [[label, q[key]["cycles"], f"{q[key]['wall_s']:.1f}", f"{q[key]['cycles_per_s']:.2f}",
+             f"{q[key]['ops_per_s']:.2f}", f"{q[key]['cycle_s']['median']:.2f}", f"{q[key]['cycle_s']['p95']:.2f}"]
+            for key, label in (("one_node", "1 node, 1 worker"), ("two_nodes", "2 nodes, a worker each"))]
+    return "\n".join([
+        "## Panel: lifecycle cycles with two node workers against one (panel.py --two-nodes)",
+        "",
+        f"Database: {result['database']}; {result['host']['cpus']} CPUs (both nodes and their workers on this one "
+        f"machine, each node with its own root, bridge, address range, uid range, queue and worker). A cycle: "
+        f"request, approval (provision: create + start), stop, delete; all cycles in flight at once, cycle i on "
+        f"node i mod 2. Speed-up: {q['speedup']}x.",
+        "",
+        common.md_table(["", "cycles", "wall s", "cycles/s", "operations/s", "cycle median s", "cycle p95 s"], rows),
+    ])
+
+
 def reconcile_runs() -> dict:
     """The worker's periodic reconcile jobs that ran beside ours (the node's one job id; RQ
     keeps the results of its last ten runs): how many, and how long each took."""
@@ -448,7 +535,10 @@ def cleanup(ctx) -> list[str]:
     common_stop(ctx, "web_proc", "gunicorn", 15)
     stop_extra_workers(ctx)
     common_stop(ctx, "worker_proc", "worker", 60)
+    common_stop(ctx, "worker_b_proc", "node b's worker", 60)
     problems += common.cleanup_installation(ctx.engine, log)
+    if getattr(ctx, "engine_b", None) is not None:
+        problems += common.cleanup_installation(ctx.engine_b, log)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup_installation restored the defaults
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -461,7 +551,7 @@ def cleanup(ctx) -> list[str]:
     # Each child had a session of its own: whatever is still in one (a gunicorn worker whose
     # parent had to be killed) is ours to end. The guests' inits were in the
     # worker's session too; the engine has stopped them above.
-    for attr in ("worker_proc", "web_proc", "redis_proc"):
+    for attr in ("worker_proc", "worker_b_proc", "web_proc", "redis_proc"):
         proc = getattr(ctx, attr, None)
         if proc is None:
             continue
@@ -479,7 +569,7 @@ def cleanup(ctx) -> list[str]:
         shutil.rmtree(ctx.tmp, ignore_errors=True)
         if ctx.tmp.exists():
             problems.append(f"directory {ctx.tmp}")
-    for attr in ("worker_proc", "web_proc", "redis_proc"):
+    for attr in ("worker_proc", "worker_b_proc", "web_proc", "redis_proc"):
         proc = getattr(ctx, attr, None)
         if proc is not None and proc.poll() is None:
             problems.append(f"{attr[:-5]} pid {proc.pid} still running")
@@ -497,8 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--smoke", action="store_true", help="every step once or twice (about a minute)")
     group.add_argument("--quick", action="store_true", help="the default: 20 cycles, 20 requests per page")
     group.add_argument("--full", action="store_true", help="100 cycles, 50 requests per page, also 3,000 servers")
-    parser.add_argument("--name", default="panel", help="results file name (default: panel)")
+    parser.add_argument("--name", help="results file name (default: panel, panel-nodes with --two-nodes)")
+    parser.add_argument("--two-nodes", action="store_true",
+                        help="only cycles in flight with one node against two, each with its own installation and "
+                             "worker (run it under scripts/with-postgres for PostgreSQL)")
     args = parser.parse_args(argv)
+    args.name = args.name or ("panel-nodes" if args.two_nodes else "panel")
     mode_name = "smoke" if args.smoke else "full" if args.full else "quick"
     mode = MODES[mode_name]
     if os.geteuid() != 0:
@@ -533,14 +627,23 @@ def main(argv: list[str] | None = None) -> int:
     result["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     # What the run measured beyond HEAD: others change the tree while it runs.
     result["host"]["uncommitted"] = common.uncommitted(["vservers", "accounts", "panel", "templates"])
-    ctx = SimpleNamespace(engine=engine, result=result, tmp=None, notes=[], redis_url=None)
+    ctx = SimpleNamespace(engine=engine, result=result, tmp=None, notes=[], redis_url=None, engine_b=None)
+    if args.two_nodes:
+        ctx.engine_b = Engine(EngineConfig.from_env(dict(common.PANEL2_ENV)))
+        result["installation_b"] = {k: common.PANEL2_ENV[k] for k in
+                                    ("VSERVER_ROOT", "VSERVER_BRIDGE", "VSERVER_GATEWAY", "VSERVER_UID_BASE")}
     common.install_signal_handlers()
     ok = False
     started = time.monotonic()
     try:
         common.clean_earlier_run(engine, log)
+        if ctx.engine_b is not None:
+            common.clean_earlier_run(ctx.engine_b, log)
         ctx.tmp = Path(tempfile.mkdtemp(prefix="vservers-bench-panel-"))
-        run(ctx, mode)
+        if args.two_nodes:
+            run_two_nodes(ctx, mode)
+        else:
+            run(ctx, mode)
         ok = True
     except Exception as exc:  # noqa: BLE001 - report, clean up, exit 1
         log(f"FAILED: {type(exc).__name__}: {exc}")
@@ -558,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result["run_s"] = round(time.monotonic() - started, 1)
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.two_nodes:
+        md = two_nodes_markdown(result)
+        report.show(result, md)
+        path = common.write_results(args.name, result, md)
+        log(f"wrote {path} in {result['run_s']:.0f} s")
+        return 0 if not result["leftovers"] else 2
     result["findings"] = findings(result)
     result["plots"] = plots(result)
     strip_samples(result)

@@ -61,11 +61,14 @@ def setup_django(ctx) -> None:
     """Our own settings module (the panel's, with the database in our temporary directory:
     panel/settings.py reads no variable for the SQLite path), then migrate."""
     db = ctx.tmp / "db.sqlite3"
+    # On PostgreSQL (DATABASE_URL from scripts/with-postgres: a database made for the run) the
+    # settings' database is used as it is.
+    on_postgres = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
     (ctx.tmp / "benchpanel_settings.py").write_text(
         "from panel.settings import *  # noqa: F401,F403\n"
         "from panel.settings import ALLOWED_HOSTS, DATABASES\n\n"
-        f"DATABASES['default']['NAME'] = {str(db)!r}\n"
-        "ALLOWED_HOSTS = [*ALLOWED_HOSTS, 'testserver']\n"
+        + ("" if on_postgres else f"DATABASES['default']['NAME'] = {str(db)!r}\n")
+        + "ALLOWED_HOSTS = [*ALLOWED_HOSTS, 'testserver']\n"
     )
     ctx.child_env = {
         **os.environ,
@@ -107,7 +110,9 @@ def make_world(ctx) -> None:
     IPAddress.objects.bulk_create(IPAddress(pool=ctx.pool, address=str(ip)) for ip in reserved)
     ctx.plan = Plan.objects.create(name="small", cpus=Decimal("0.5"), memory_mb=64, disk_mb=256, pids=128)
     ctx.template = Template.objects.create(name=TEMPLATE, display_name="BusyBox")
-    ctx.tenant = Tenant.objects.create(name="Bench", slug="bench", max_servers=100_000)
+    # Quotas with room for every cycle in flight: what is measured is the queue, not a refusal.
+    ctx.tenant = Tenant.objects.create(name="Bench", slug="bench", max_servers=100_000, max_cpus=9999,
+                                       max_memory_mb=100_000_000, max_disk_mb=100_000_000)
     ctx.admin = User.objects.create_user("bench-admin", "admin@bench.example")
     Membership.objects.create(user=ctx.admin, tenant=ctx.tenant, role=Membership.ADMIN)
     factory = RequestFactory()
@@ -180,13 +185,13 @@ def new_server(ctx, name: str):
     return server
 
 
-def submit(ctx, server, kind: str):
-    """Step KIND of a cycle, as the views do it: the operator's approval (which queues the
-    provisioning: create + start), then the tenant's stop and delete."""
+def submit(ctx, server, kind: str, node=None):
+    """Step KIND of a cycle, as the views do it: the operator's approval on NODE (ctx.node by
+    default; it queues the provisioning: create + start), then the tenant's stop and delete."""
     from vservers import actions
 
     if kind == "provision":
-        return actions.approve(server, ctx.operator, node=ctx.node, request=ctx.operator_request)
+        return actions.approve(server, ctx.operator, node=node or ctx.node, request=ctx.operator_request)
     server.refresh_from_db(fields=["state", "state_reason", "node"])
     return actions.request_operation(server, kind, ctx.admin, request=ctx.admin_request)
 
