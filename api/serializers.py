@@ -344,7 +344,8 @@ class ServerRequestInput(_ServerInput):
 class ServerCreateInput(_ServerInput):
     tenant = serializers.CharField(max_length=40, help_text="the tenant's slug")
     node = serializers.CharField(max_length=40, required=False, allow_blank=True,
-                                 help_text="a node's name; empty: the first active node")
+                                 help_text="a node's name (pinned: the placement rules are not applied); "
+                                 "empty: placement chooses the node")
     autostart = serializers.BooleanField(default=True)
 
 
@@ -368,7 +369,22 @@ class AccountKeyInput(serializers.Serializer):
 
 class ApproveInput(serializers.Serializer):
     node = serializers.CharField(max_length=40, required=False, allow_blank=True,
-                                 help_text="a node's name; empty: the first active node")
+                                 help_text="a node's name (pinned: the placement rules are not applied); "
+                                 "empty: placement chooses the node")
+
+
+class ApprovalSerializer(OperationSerializer):
+    """The provisioning operation an approval queued, with where it was placed and why."""
+
+    node = serializers.CharField(help_text="the node the server was placed on")
+    placement = serializers.CharField(help_text="why this node: the one pinned, or what placement found")
+    warnings = serializers.ListField(child=serializers.CharField(),
+                                     help_text="the ratio limits a pinned node passes with this server")
+
+    def to_representation(self, approval) -> dict:  # an actions.Approval
+        data = OperationSerializer(approval.operation, context=self.context).data
+        return {**data, "node": approval.placement.node.name, "placement": approval.placement.reason,
+                "warnings": approval.warnings}
 
 
 class RejectInput(serializers.Serializer):

@@ -102,6 +102,11 @@ def world(transactional_db, django_user_model, rq_redis, engine):
     w.small = Plan.objects.create(name="small", cpus="0.5", memory_mb=64, disk_mb=256, pids=128)
     w.medium = Plan.objects.create(name="medium", cpus="1", memory_mb=256, disk_mb=512, pids=512)
     w.busybox = Template.objects.create(name="busybox", display_name="BusyBox")
+    # What the node's worker records at its first reconcile: the session's busybox build, which
+    # placement needs before it puts a server on the node.
+    from vservers.jobs import record_templates
+
+    record_templates(w.node)
     w.operator = django_user_model.objects.create_user("operator", is_staff=True)
     for slug, admin in (("acme", "alice"), ("globex", "bob")):
         tenant = Tenant.objects.create(name=slug.title(), slug=slug)
@@ -227,13 +232,16 @@ def offline_world(db, django_user_model, settings, queued, offline_pool, offline
     """A world of database rows only (no Redis, no engine; queueing goes to `queued`), unlike
     `world` above: node "local" (queue "default") with pool "test" 198.19.128.0/24, gateway
     198.19.128.1 (see offline_pool), plans small and medium (see offline_plans), the busybox
-    template, tenants Acme (admin alice) and Globex (admin bob), and operator, a staff user.
+    template (recorded as built on the node), tenants Acme (admin alice) and Globex (admin bob),
+    and operator, a staff user.
 
     Passwords, hashed with the fast MD5 hasher: "alice password 1", "bob password 1" and
     "operator pw 1". Attributes: node, pool, one per plan, busybox, acme, globex, alice, bob,
     operator and queued."""
+    from django.utils import timezone
+
     from accounts.models import Membership, Tenant
-    from vservers.models import IPPool, Node, Plan, Template
+    from vservers.models import BuiltTemplate, IPPool, Node, Plan, Template
 
     settings.PASSWORD_HASHERS = FAST_HASHER
     w = SimpleNamespace(queued=queued)
@@ -242,6 +250,9 @@ def offline_world(db, django_user_model, settings, queued, offline_pool, offline
     for name, fields in offline_plans.items():
         setattr(w, name, Plan.objects.create(name=name, **fields))
     w.busybox = Template.objects.create(name="busybox", display_name="BusyBox")
+    # Built on the node, as its worker would record it: placement puts servers only there.
+    BuiltTemplate.objects.create(template=w.busybox, node=w.node, version="20261206-000000-000000",
+                                 checked=timezone.now())
     w.acme = Tenant.objects.create(name="Acme", slug="acme")
     w.globex = Tenant.objects.create(name="Globex", slug="globex")
     w.alice = django_user_model.objects.create_user("alice", "alice@acme.test", "alice password 1")

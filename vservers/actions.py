@@ -21,6 +21,7 @@ from notifications import notify
 from notifications.models import Event
 
 from . import access
+from .capacity import approval_warnings
 from .formatting import number
 from .models import (
     TERMINAL,
@@ -38,6 +39,7 @@ from .models import (
 )
 from .models.operations import QUEUE_DELAYED, SECRET_PARAMS
 from .models.transitions import Retry, retry_policy
+from .placement import NoPlacement, Placement, choose_node
 
 PENDING = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 
@@ -419,18 +421,54 @@ def decide_plan_change(server: VirtualServer, accept: bool, operator, request=No
 
 def approve(server: VirtualServer, operator, node: Node | None = None, request=None,
             check_quota: bool = True) -> Operation:
-    """Approve a requested server: pick a node, give it an address, queue provisioning.
+    """Approve a requested server (approve_placed's operation): on NODE if the operator pinned
+    one, else on the node placement chooses."""
+    return approve_placed(server, operator, node=node, request=request, check_quota=check_quota).operation
 
+
+@dataclass(frozen=True)
+class Approval:
+    """An approval's operation, the node it chose and why, and the ratio warnings of a pinned
+    node (the operator decided past them)."""
+
+    operation: Operation
+    placement: Placement
+    warnings: list[str]
+
+    @property
+    def message(self) -> str:
+        """ "Placed on node b: the most free capacity ..." for the page and the API."""
+        return f"Placed on {self.placement.reason}"
+
+
+def approve_placed(server: VirtualServer, operator, node: Node | None = None, request=None,
+                   check_quota: bool = True) -> Approval:
+    """Approve a requested server: place it on a node, give it an address, queue provisioning.
+
+    0. the node: NODE if the operator pinned one (the placement rules are not applied; the
+       ratio warnings are returned), the backup's node for a server made from a backup, else
+       placement.choose_node (NoPlacement is refused with its sentence);
     1. under the tenant's lock, check its quota again (it may have changed since the request);
     2. compare-and-swap requested -> approved (a second approval of the same server loses);
-    3. allocate the lowest free address of a pool on that node (pool lock + unique constraint);
+    3. allocate the lowest free address of a pool on that node or shared with it (pool lock +
+       unique constraint);
     4. create the provision operation; it is queued when the transaction commits.
     """
     from .backups import actions as backup_actions
 
-    node = node or backup_actions.approval_node(server) or Node.objects.filter(is_active=True).order_by("pk").first()
-    if node is None:
-        raise ActionRefused("there is no active node to run the server on")
+    if server.state != State.REQUESTED:
+        raise ActionRefused("only servers awaiting approval can be approved")
+    if node is not None:
+        placement = Placement(node, f"node {node.name}: pinned by the operator")
+    elif (kept := backup_actions.approval_node(server)) is not None:
+        placement = Placement(kept, f"node {kept.name}: it keeps the backup the server is restored from")
+    else:
+        try:
+            placement = choose_node(server)
+        except NoPlacement as exc:
+            raise ActionRefused(str(exc)) from None
+    node = placement.node
+    warnings = approval_warnings(server, node, "This puts")  # before approving adds the server to the node
     try:
         with transaction.atomic():
             if check_quota:
@@ -443,12 +481,12 @@ def approve(server: VirtualServer, operator, node: Node | None = None, request=N
             operation = Operation.objects.create(server=server, kind=kind, params=params, requested_by=operator)
             enqueue(operation)
             if request is not None:
-                AuditEntry.record(request, "server.approve", server, node=node.name)
+                AuditEntry.record(request, "server.approve", server, node=node.name, placement=placement.reason)
             notify(Event.APPROVED, server)
     except ActionRefused:
         server.refresh_from_db(fields=["state", "state_reason", "node"])  # the rollback undid our change
         raise
-    return operation
+    return Approval(operation, placement, warnings)
 
 
 def _allocate_on(node: Node, server: VirtualServer) -> None:

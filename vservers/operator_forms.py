@@ -137,7 +137,7 @@ class AuditFilterForm(forms.Form):
 
 class ApproveForm(forms.Form):
     node = forms.ModelChoiceField(Node.objects.filter(is_active=True), required=False,
-                                  empty_label="first active node", to_field_name="name")
+                                  empty_label="chosen by placement", to_field_name="name")
 
 
 class RejectForm(forms.Form):
@@ -152,7 +152,7 @@ class ServerCreateForm(forms.ModelForm):
     """A server an operator sets up for a tenant; it is approved as soon as it is saved."""
 
     node = forms.ModelChoiceField(Node.objects.filter(is_active=True), required=False,
-                                  empty_label="first active node")
+                                  empty_label="chosen by placement")
 
     class Meta:
         model = VirtualServer

@@ -31,6 +31,7 @@ from vservers.operator_forms import (
 
 from ..serializers import (
     AddressSerializer,
+    ApprovalSerializer,
     ApproveInput,
     AuditEntrySerializer,
     MemberAddInput,
@@ -101,12 +102,16 @@ class ServerCreateView(OperatorView):
 
 
 class ApproveView(OperatorView):
-    @extend_schema(request=ApproveInput, responses={202: OperationSerializer})
+    @extend_schema(request=ApproveInput, responses={202: ApprovalSerializer})
     def post(self, request, uuid):
-        """Approve a requested server: a node and an address are given, provisioning queued."""
+        """Approve a requested server: placed on a node (or the one pinned), given an address,
+        provisioning queued. The answer says which node and why."""
         server = access.operator_server(request.user, uuid)
         node = run_form(ApproveForm(data=_input(ApproveInput, request)))["node"]
-        return queued(request, actions.approve(server, request.user, node=node, request=request))
+        approval = actions.approve_placed(server, request.user, node=node, request=request)
+        data = ApprovalSerializer(approval, context={"request": request}).data
+        return Response(data, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": f"/api/v1/operations/{approval.operation.uuid}/"})
 
 
 class RejectView(OperatorView):

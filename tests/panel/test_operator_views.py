@@ -156,13 +156,16 @@ def test_approve_allocates_an_address_and_queues_a_provision_operation(op_client
     (operation,) = world.queued
     assert (operation.server, operation.kind, operation.requested_by) == (server, "provision", world.operator)
     entry = audit("server.approve")
-    assert (entry.actor, entry.tenant, entry.object_id, entry.details) == (
+    assert (entry.actor, entry.tenant, entry.object_id, entry.details["node"]) == (
         world.operator,
         world.acme,
         str(server.uuid),
-        {"node": "local"},
+        "local",
     )
+    # The entry and the message say why this node (the only one, not reporting in here).
+    assert entry.details["placement"].startswith("node local: the only node that qualifies")
     assert "198.19.128.2" in messages_of(response)[0]
+    assert "Placed on node local: the only node that qualifies" in messages_of(response)[0]
 
 
 def test_approve_places_the_server_on_the_chosen_node(op_client, world):
@@ -202,7 +205,7 @@ def test_approve_refuses_when_the_pool_is_exhausted_and_changes_nothing(op_clien
     first, second = make_server(world, name="first"), make_server(world, name="second")
     op_client.post(reverse("op_approve", args=[first.uuid]))
     response = op_client.post(reverse("op_approve", args=[second.uuid]))
-    assert "no free address left in pool test" in messages_of(response)[-1]
+    assert "no node can take second (local: no free address in pool test)" in messages_of(response)[-1]
     second.refresh_from_db()
     assert (second.state, second.node, second.ip_list()) == (State.REQUESTED, None, [])
     assert not second.operations.exists()
@@ -423,7 +426,7 @@ def test_server_creation_that_cannot_be_approved_leaves_nothing(op_client, world
         },
     )
     assert response.status_code == 200
-    assert "node local has no address pool" in str(response.context["form"].non_field_errors())
+    assert "no node can take api (local: no address pool)" in str(response.context["form"].non_field_errors())
     assert not VirtualServer.objects.exists()
     assert not AuditEntry.objects.filter(action__startswith="server.").exists()
 

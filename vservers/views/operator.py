@@ -298,16 +298,15 @@ def approve(request: HttpRequest, uuid) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, f"{server}: choose an active node.")
         return _back(request, "op_approvals")
-    node = form.cleaned_data["node"] or Node.objects.filter(is_active=True).order_by("pk").first()
-    warnings = approval_warnings(server, node, "This puts")  # before approving adds the server to the node
     try:
-        actions.approve(server, request.user, node=node, request=request)
+        approval = actions.approve_placed(server, request.user, node=form.cleaned_data["node"], request=request)
     except ActionRefused as exc:
         messages.error(request, f"{server} was not approved: {exc}.")
     else:
         addresses = ", ".join(server.ip_list())
-        messages.success(request, f"{server} is approved on {server.node} with {addresses}; provisioning is queued.")
-        for warning in warnings:
+        messages.success(request, f"{server} is approved on {server.node} with {addresses}; provisioning is queued. "
+                                  f"{approval.message}.")
+        for warning in approval.warnings:
             messages.warning(request, f"{warning}.")
     return _back(request, "op_approvals")
 
