@@ -278,6 +278,7 @@ class NodeSerializer(serializers.Serializer):
     last_seen = serializers.DateTimeField(allow_null=True, help_text="its worker's last heartbeat")
     status = serializers.SerializerMethodField(
         help_text='"unreachable": no heartbeat within PANEL_NODE_TIMEOUT_SECONDS; its servers\' state is "unknown"')
+    draining = serializers.BooleanField(help_text="placement puts no new server here")
     servers = serializers.IntegerField(source="server_count")
     cpus_allocated = serializers.DecimalField(max_digits=8, decimal_places=2)
     memory_allocated_mb = serializers.IntegerField(source="memory_allocated")
@@ -297,6 +298,12 @@ class PoolSerializer(serializers.Serializer):
     gateway = serializers.CharField()
     size = serializers.IntegerField(help_text="how many addresses it hands out")
     used = serializers.IntegerField()
+    shared_with = serializers.SerializerMethodField(
+        help_text="other nodes on the same layer-2 network that may allocate from it too")
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_shared_with(self, pool) -> list[str]:
+        return [node.name for node in pool.shared_with.all()]  # prefetched
 
 
 class AddressSerializer(serializers.Serializer):
@@ -430,6 +437,7 @@ class NodeInput(serializers.Serializer):
     memory_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="memory overcommit allowed")
     disk_ratio = serializers.DecimalField(max_digits=5, decimal_places=2, help_text="disk overcommit allowed")
     is_active = serializers.BooleanField(help_text="takes new servers")
+    draining = serializers.BooleanField(help_text="placement puts no new server here; its servers stay")
 
 
 class PlanInput(serializers.Serializer):
@@ -458,6 +466,9 @@ class PoolInput(serializers.Serializer):
     node = serializers.CharField(max_length=40, help_text="the node's name")
     network = serializers.CharField(max_length=50, help_text="e.g. 198.18.0.0/16")
     gateway = serializers.CharField(max_length=45, help_text="the node's bridge address in this network")
+    shared_with = serializers.ListField(
+        child=serializers.CharField(max_length=40), required=False, default=list,
+        help_text="names of other nodes on the same layer-2 network that may allocate from it too")
 
 
 class TemplateBuildSerializer(serializers.Serializer):

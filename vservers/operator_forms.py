@@ -328,10 +328,12 @@ class NodeForm(forms.ModelForm):
 
     class Meta:
         model = Node
-        fields = ["cpus", "memory_mb", "disk_mb", "cpu_ratio", "memory_ratio", "disk_ratio", "is_active"]
+        fields = ["cpus", "memory_mb", "disk_mb", "cpu_ratio", "memory_ratio", "disk_ratio", "is_active",
+                  "draining"]
         labels = {"cpus": "CPUs", "memory_mb": "Memory (MB)", "disk_mb": "Disk (MB)", "cpu_ratio": "CPU overcommit",
                   "memory_ratio": "Memory overcommit", "disk_ratio": "Disk overcommit",
-                  "is_active": "Takes new servers"}
+                  "is_active": "Takes new servers", "draining": "Draining"}
+        help_texts = {"draining": "placement puts no new server here; the servers it has stay (evacuate moves them)"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -363,10 +365,17 @@ def _last_host(network):
 class PoolForm(forms.ModelForm):
     class Meta:
         model = IPPool
-        fields = ["name", "node", "network", "gateway"]
+        fields = ["name", "node", "network", "gateway", "shared_with"]
+        widgets = {"shared_with": forms.CheckboxSelectMultiple}
+        labels = {"shared_with": "Shared with"}
+        help_texts = {"shared_with": "other nodes on the same layer-2 network: they may give its addresses to "
+                                     "their servers too, and a server moving between them keeps its addresses"}
 
     def clean(self):
         data = super().clean()
+        node, shared = data.get("node"), data.get("shared_with")
+        if node is not None and shared is not None and node in shared:
+            self.add_error("shared_with", f"node {node.name} is the pool's own node; share it with other nodes")
         network = data.get("network")
         if network and not self.has_error("network"):
             try:

@@ -17,9 +17,9 @@ unique constraint), so a node that lost its last address meanwhile refuses there
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 from django.db.models import Count
 
@@ -77,7 +77,8 @@ def _free_share(allocation: Allocation) -> Decimal:
 
 
 def _percent(share: Decimal) -> int:
-    return int((share * 100).to_integral_value())
+    """Rounded down: a node with anything allocated is never shown 100 % free."""
+    return int((share * 100).to_integral_value(rounding=ROUND_FLOOR))
 
 
 def choose_node(server, *, exclude: Iterable[Node] = (), for_migration: bool = False) -> Placement:
@@ -142,14 +143,14 @@ def choose_node(server, *, exclude: Iterable[Node] = (), for_migration: bool = F
     return Placement(best.node, reason)
 
 
-def _usable(node: Node, pools: list[IPPool]) -> list[IPPool]:
+def _usable(node: Node, pools: Sequence[IPPool]) -> list[IPPool]:
     """The pools NODE may allocate from: its own first, then those shared with it."""
     own = [p for p in pools if p.node_id == node.pk]
     shared = [p for p in pools if p.node_id != node.pk and any(n.pk == node.pk for n in p.shared_with.all())]
     return own + shared
 
 
-def _address(node: Node, pools: list[IPPool], own_pools: set[int]) -> str | None:
+def _address(node: Node, pools: Sequence[IPPool], own_pools: set[int]) -> str | None:
     """How the server gets an address on NODE, or None when it cannot."""
     usable = _usable(node, pools)
     if own_pools and own_pools <= {p.pk for p in usable}:

@@ -308,7 +308,8 @@ class TemplateBuildListView(OperatorView):
 
 
 def _pools():
-    return IPPool.objects.select_related("node").annotate(used=Count("addresses")).order_by("name", "pk")
+    return IPPool.objects.select_related("node").prefetch_related("shared_with").annotate(
+        used=Count("addresses")).order_by("name", "pk")
 
 
 class PoolListView(OperatorView):
@@ -319,7 +320,7 @@ class PoolListView(OperatorView):
 
     @extend_schema(request=PoolInput, responses={201: PoolSerializer})
     def post(self, request):
-        form = by_name(PoolForm(data=_input(PoolInput, request)), node="name")
+        form = by_name(PoolForm(data=_input(PoolInput, request)), node="name", shared_with="name")
         pool = actions.create_pool(_form(form), request=request)
         return Response(PoolSerializer(_pools().get(pk=pool.pk)).data, status=status.HTTP_201_CREATED)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from typing import Self
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
@@ -87,10 +88,18 @@ class IPPool(models.Model):
         return None
 
     @classmethod
+    def usable_on(cls, node) -> list[Self]:
+        """The pools NODE may allocate from: its own first, then those shared with it (each
+        in the order they were made)."""
+        own = list(cls.objects.filter(node=node).order_by("pk"))
+        shared = list(cls.objects.filter(shared_with=node).exclude(node=node).order_by("pk"))
+        return own + shared
+
+    @classmethod
     def allocate_on(cls, node, server) -> IPAddress:
-        """The lowest free address of the first pool of NODE that has one (PoolExhausted
-        says why there is none)."""
-        pools = list(cls.objects.filter(node=node).order_by("pk")) if node is not None else []
+        """The lowest free address of the first pool NODE may use that has one: its own pools
+        first, then those shared with it (PoolExhausted says why there is none)."""
+        pools = cls.usable_on(node) if node is not None else []
         if not pools:
             raise PoolExhausted(f"node {node} has no address pool")
         for pool in pools:

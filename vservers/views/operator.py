@@ -191,7 +191,8 @@ def nodes_with_usage() -> list[NodeUsage]:
 
 
 def _pools_with_usage(pools: QuerySet[IPPool]) -> list[PoolUsage]:
-    return [PoolUsage(pool, pool.used) for pool in pools.select_related("node").annotate(used=Count("addresses"))]
+    return [PoolUsage(pool, pool.used)
+            for pool in pools.select_related("node").prefetch_related("shared_with").annotate(used=Count("addresses"))]
 
 
 # -- live pages' fingerprints (views/live.py): what each shows that can move ----------------
