@@ -146,8 +146,9 @@ def provision(world, make_server, drain):
 
     def run(*names: str, **fields):
         servers = [make_server(name, **fields) for name in names or ("web",)]
-        # The servers these tests need, whatever the tenant's quota (quotas: test_actions).
-        operations = [approve(server, world.operator, check_quota=False) for server in servers]
+        # The servers these tests need, whatever the tenant's quota (quotas: test_actions) and
+        # the node's ratios (pinned on it: placement is test_placement's).
+        operations = [approve(server, world.operator, node=world.node, check_quota=False) for server in servers]
         drain()
         for server, operation in zip(servers, operations, strict=True):
             operation.refresh_from_db()

@@ -458,6 +458,7 @@ def approve_placed(server: VirtualServer, operator, node: Node | None = None, re
 
     if server.state != State.REQUESTED:
         raise ActionRefused("only servers awaiting approval can be approved")
+    placed = False  # by placement's rules (not pinned by the operator or by a backup)
     if node is not None:
         placement = Placement(node, f"node {node.name}: pinned by the operator")
     elif (kept := backup_actions.approval_node(server)) is not None:
@@ -467,6 +468,7 @@ def approve_placed(server: VirtualServer, operator, node: Node | None = None, re
             placement = choose_node(server)
         except NoPlacement as exc:
             raise ActionRefused(str(exc)) from None
+        placed = True
     node = placement.node
     warnings = approval_warnings(server, node, "This puts")  # before approving adds the server to the node
     try:
@@ -474,6 +476,13 @@ def approve_placed(server: VirtualServer, operator, node: Node | None = None, re
             if check_quota:
                 lock_tenant(server.tenant)
                 _check_quota(server.tenant, server.plan, replacing=server)
+            if placed:
+                # Placement looked without a lock: another approval may have filled the node
+                # since. Its row lock makes approvals onto one node take turns here.
+                Node.objects.select_for_update().filter(pk=node.pk).first()
+                if approval_warnings(server, node):
+                    raise ActionRefused(f"node {node.name} has no room left within its ratios since placement "
+                                        "chose it; approve again to place the server anew")
             if not server.approve(node):
                 raise ActionRefused("only servers awaiting approval can be approved")
             _allocate_on(node, server)

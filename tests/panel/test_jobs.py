@@ -172,7 +172,7 @@ def test_delete_releases_the_address_and_removes_the_server(world, provision, dr
 
 def test_a_failed_provision_says_why_and_the_server_can_still_be_deleted(world, make_server, drain):
     server = make_server("broken", template=Template.objects.create(name="nosuch", display_name="No such"))
-    operation = approve(server, world.operator)
+    operation = approve(server, world.operator, node=world.node)  # pinned: placement would refuse it
     drain()
 
     operation.refresh_from_db()

@@ -255,30 +255,43 @@ def test_approval_through_the_api_names_the_node_and_why(w):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_placed_approvals_race_for_the_last_address(file_database, django_user_model, monkeypatch):
-    """Two approvals without a pinned node, released together, against the only node's last
-    address: placement picks that node for both, the pool lock lets one allocate, and the
-    other is refused whole (still requested, no address, no operation)."""
+@pytest.mark.parametrize(("last", "refusal"), [
+    ("address", "no free address left in pool tiny"),
+    ("memory", "node only has no room left within its ratios since placement chose it"),
+])
+def test_two_placed_approvals_race_for_the_last_room(file_database, django_user_model, monkeypatch, last, refusal):
+    """Two approvals without a pinned node against the only node's last address (or the last
+    of its memory): both placements choose it before either approval writes (a barrier holds
+    each after choosing), then the pool lock (or the node's row lock and a second look at its
+    ratios) lets one through and refuses the other whole: still requested, no address, no
+    operation."""
     from accounts.models import Tenant
 
     queued: list[int] = []
     monkeypatch.setattr(actions, "enqueue", lambda op: transaction.on_commit(lambda: queued.append(op.pk)))
+    chose = threading.Barrier(2)
+
+    def choose_then_wait(server):
+        placed = choose_node(server)
+        chose.wait(timeout=30)
+        return placed
+
+    monkeypatch.setattr(actions, "choose_node", choose_then_wait)
     template = Template.objects.create(name="busybox", display_name="BusyBox")
-    only = node("only", third=145, built=template, pool=False)
-    IPPool.objects.create(name="tiny", node=only, network="198.19.145.0/30", gateway="198.19.145.1")
+    only = node("only", third=145, built=template, pool=last != "address",
+                **({"memory_mb": 256} if last == "memory" else {}))
+    if last == "address":
+        IPPool.objects.create(name="tiny", node=only, network="198.19.145.0/30", gateway="198.19.145.1")
     plan = Plan.objects.create(name="small", cpus="0.5", memory_mb=256, disk_mb=1024)
     tenant = Tenant.objects.create(name="Acme", slug="acme")
     operator = django_user_model.objects.create_user("op", "op@example.com", "pw", is_staff=True)
     servers = [VirtualServer.objects.create(tenant=tenant, name=f"web{i}", hostname=f"web{i}.test", plan=plan,
                                             template=template) for i in range(2)]
-    barrier = threading.Barrier(2)
     results: dict[int, str] = {}
 
     def approve(server_id: int) -> None:
         try:
-            server = VirtualServer.objects.get(pk=server_id)
-            barrier.wait(timeout=30)
-            actions.approve(server, operator, check_quota=False)
+            actions.approve(VirtualServer.objects.get(pk=server_id), operator, check_quota=False)
             results[server_id] = "ok"
         except actions.ActionRefused as exc:
             results[server_id] = f"refused: {exc}"
@@ -294,12 +307,65 @@ def test_two_placed_approvals_race_for_the_last_address(file_database, django_us
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
     connection.close()
-    assert sorted(results.values())[0] == "ok", results
-    (refusal,) = [r for r in results.values() if r != "ok"]
-    assert "no free address" in refusal, refusal
+    outcomes = sorted(results.values())
+    assert outcomes[0] == "ok" and outcomes[1].startswith(f"refused: {refusal}"), results
     assert IPAddress.objects.count() == 1
     (approved,) = VirtualServer.objects.filter(state=State.APPROVED)
-    assert approved.node == only and approved.ip_list() == ["198.19.145.2"]
+    assert approved.node == only and len(approved.ip_list()) == 1
     (refused,) = VirtualServer.objects.filter(state=State.REQUESTED)
-    assert refused.node_id is None and not refused.operations.exists()
+    assert refused.node_id is None and not refused.addresses.exists() and not refused.operations.exists()
     assert list(Operation.objects.values_list("pk", flat=True)) == queued
+
+def _token_client(user) -> APIClient:
+    from api import actions as token_actions
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_actions.create(user, name='t', scope='write', days=1)[1]}")
+    return client
+
+
+def test_an_operator_drains_a_node_on_its_page_and_through_the_api(w, client):
+    a = node("a", third=140, built=w.busybox)
+    client.force_login(w.operator)
+    fields = {"cpus": 64, "memory_mb": 1 << 20, "disk_mb": 1 << 24, "cpu_ratio": "4", "memory_ratio": "1",
+              "disk_ratio": "1", "is_active": "on"}
+    assert 'name="draining"' in client.get(reverse("op_node_edit", args=["a"])).content.decode()
+    client.post(reverse("op_node_edit", args=["a"]), {**fields, "draining": "on"})
+    a.refresh_from_db()
+    assert a.draining and not a.accepts_servers
+    assert '<span class="badge">draining</span>' in client.get(reverse("op_nodes")).content.decode()
+    with pytest.raises(NoPlacement, match=r"a: draining"):
+        choose_node(w.web)
+    # The API shows it and turns it off; the rest of the node stays as it was.
+    op = _token_client(w.operator)
+    assert op.get("/api/v1/operator/nodes/a/").json()["draining"] is True
+    patched = op.patch("/api/v1/operator/nodes/a/", {"draining": False}, format="json")
+    assert patched.status_code == 200 and patched.json()["draining"] is False
+    a.refresh_from_db()
+    assert not a.draining and a.cpus == 64
+    assert choose_node(w.web).node == a
+
+
+def test_a_pool_is_shared_with_other_nodes_on_its_form_and_through_the_api(w, client):
+    a = node("a", third=140, built=w.busybox)
+    b = node("b", third=141, built=w.busybox)
+    client.force_login(w.operator)
+    page = client.post(reverse("op_pools"), {"name": "ab", "node": a.pk, "network": "198.19.146.0/24",
+                                             "gateway": "198.19.146.1", "shared_with": [a.pk]})
+    assert "node a is the pool&#x27;s own node; share it with other nodes" in page.content.decode()
+    client.post(reverse("op_pools"), {"name": "ab", "node": a.pk, "network": "198.19.146.0/24",
+                                      "gateway": "198.19.146.1", "shared_with": [b.pk]})
+    assert list(IPPool.objects.get(name="ab").shared_with.all()) == [b]
+    assert "shared with b" in client.get(reverse("op_pools")).content.decode()
+    op = _token_client(w.operator)
+    made = op.post("/api/v1/operator/pools/", {"name": "ba", "node": "b", "network": "198.19.147.0/24",
+                                               "gateway": "198.19.147.1", "shared_with": ["a"]}, format="json")
+    assert made.status_code == 201 and made.json()["shared_with"] == ["a"], made.json()
+    refused = op.post("/api/v1/operator/pools/", {"name": "bb", "node": "b", "network": "198.19.148.0/24",
+                                                  "gateway": "198.19.148.1", "shared_with": ["b"]}, format="json")
+    assert refused.status_code == 400 and "shared_with" in refused.json()["fields"]
+    overlapping = op.post("/api/v1/operator/pools/", {"name": "bc", "node": "b", "network": "198.19.147.0/25",
+                                                      "gateway": "198.19.147.1"}, format="json")
+    assert overlapping.status_code == 400 and "network" in overlapping.json()["fields"]
+    listed = {pool["name"]: pool["shared_with"] for pool in op.get("/api/v1/operator/pools/").json()["results"]}
+    assert listed == {"a-net": [], "ab": ["b"], "b-net": [], "ba": ["a"], "test": []}
