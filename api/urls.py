@@ -9,6 +9,7 @@ from django.urls import path
 
 import vservers.urls_tenant  # noqa: F401 - registers the <guest:...> converter used below
 
+from . import migration
 from .views import backups, catalog, guest, operator, rescue, servers, snapshots, usage
 from .views.docs import SchemaView, docs
 from .views.servers import action_view
@@ -62,6 +63,7 @@ urlpatterns = [
     path("v1/operator/servers/", operator.ServerCreateView.as_view(), name="api-op-server-create"),
     path("v1/operator/servers/<uuid:uuid>/approve/", operator.ApproveView.as_view(), name="api-op-approve"),
     path("v1/operator/servers/<uuid:uuid>/reject/", operator.RejectView.as_view(), name="api-op-reject"),
+    path("v1/operator/servers/<uuid:uuid>/migrate/", migration.MigrateView.as_view(), name="api-op-migrate"),
     path("v1/operator/servers/<uuid:uuid>/plan-change/approve/", operator.PlanChangeApproveView.as_view(),
          name="api-op-plan-change-approve"),
     path("v1/operator/servers/<uuid:uuid>/plan-change/reject/", operator.PlanChangeRejectView.as_view(),
@@ -83,6 +85,7 @@ urlpatterns = [
     path("v1/operator/pools/<int:pk>/addresses/", operator.PoolAddressesView.as_view(), name="api-op-pool-addresses"),
     path("v1/operator/nodes/", operator.NodeListView.as_view(), name="api-op-nodes"),
     path("v1/operator/nodes/<slug:name>/", operator.NodeDetailView.as_view(), name="api-op-node"),
+    path("v1/operator/nodes/<slug:name>/evacuate/", migration.EvacuateView.as_view(), name="api-op-node-evacuate"),
     path("v1/operator/audit/", operator.AuditListView.as_view(), name="api-op-audit"),
 ]
 

@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 JOB_FUNCTION = "vservers.jobs.run_operation"
 # What a job answers when another operation of its server is running: that worker runs it.
 LEFT = "left to the worker running its server"
+# What a job answers when its handler passed the operation on to another node's worker.
+HANDED_OVER = "handed over to another node's worker"
 # Test-only fault injection: "KIND:PHASE" makes the worker stop itself (SIGSTOP) when an
 # operation of KIND reaches PHASE (see Run.checkpoint), so that a test can SIGKILL it exactly
 # there (tests/panel/test_faults.py). Read once at start-up; never set it in production.
@@ -178,6 +180,9 @@ class Run:
         self.engine = engine
         self.name = self.server.engine_name
         self.lines: list[str] = []
+        # Set by a handler that passed the operation on to another node's worker (a migration
+        # goes on on the target): the operation stays running, the other worker ends it.
+        self.handed_over = False
         password = operation.params.get("password")
         self.secrets = [password] if isinstance(password, str) and password else []
 
@@ -313,6 +318,8 @@ def run_claimed(operation: Operation) -> str:
             False, output=run.scrub("\n".join(run.lines)), error=run.scrub(public), detail=run.scrub(detail)
         )
         return "failed"
+    if run.handed_over:
+        return HANDED_OVER
     operation.finish(True, output=run.scrub("\n".join(run.lines) or "done"))
     return "succeeded"
 
@@ -757,6 +764,12 @@ HANDLERS[OperationKind.RESCUE_ENTER] = jobs_rescue.rescue_enter
 HANDLERS[OperationKind.RESCUE_LEAVE] = jobs_rescue.rescue_leave
 HANDLERS[OperationKind.ROOT_PASSWORD] = jobs_rescue.root_password
 FAILED_SENTENCES.update(jobs_rescue.FAILED_SENTENCES)
+
+# Moving a server between nodes (issue 16): the source's half; the target's runs as a job of its own.
+from .migration import jobs as migration_jobs  # noqa: E402
+
+HANDLERS[OperationKind.MIGRATE] = migration_jobs.migrate
+FAILED_SENTENCES.update(migration_jobs.FAILED_SENTENCES)
 
 
 # --- template builds ----------------------------------------------------------------------

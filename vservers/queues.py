@@ -21,6 +21,8 @@ ALLOWED_FUNCTIONS = frozenset({
     "vservers.backups.schedule.run_pass",
     "vservers.jobs.run_operation",
     "vservers.jobs.run_template_build",
+    "vservers.migration.jobs.cleanup",
+    "vservers.migration.jobs.receive",
     "vservers.reconcile.reconcile_node",
     "vservers.usage.jobs.prune",
     "vservers.usage.sampler.sample_node",

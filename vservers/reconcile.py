@@ -53,6 +53,7 @@ from .jobs import (
     store_accounts,
     store_services,
 )
+from .migration import recovery as migration_recovery
 from .models import (
     FINISHED,
     GUEST_KINDS,
@@ -165,7 +166,7 @@ def recover(node: Node) -> int:
     worker left running and settle their servers from the kernel. Returns how many."""
     reconciler = Reconciler(node)
     reconciler.fail_orphans(redis=False)
-    return reconciler.counts["orphans"]
+    return reconciler.counts["orphans"] + migration_recovery.recover(node, reconciler.engine)
 
 
 class Reconciler:
@@ -186,6 +187,10 @@ class Reconciler:
 
     def run(self) -> str:
         self.fail_orphans()
+        try:
+            self.counts["migrations"] = migration_recovery.recover(self.node, self.engine, self.queue)
+        except Exception:  # noqa: BLE001 - the servers below matter more; the next run tries again
+            log.exception("node %s: could not settle its migrations", self.node.name)
         self.templates()
         self.keys()
         self.resend_lost()
@@ -362,7 +367,10 @@ class Reconciler:
         """Operations marked running whose worker died: failed with a clear message, and their
         server put in the state the kernel shows, in one transaction under the server's row
         lock (the claim of its next operation waits for it)."""
-        running = self.operations().filter(status=OperationStatus.RUNNING).select_related("server__node")
+        # A move's operation runs on two nodes in turn: its migration's phase says whose worker
+        # runs it, and vservers.migration.recovery settles it.
+        running = (self.operations().filter(status=OperationStatus.RUNNING).exclude(kind=OperationKind.MIGRATE)
+                   .select_related("server__node"))
         for operation in running:
             if not self.is_orphan(operation, redis):
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.urls import path
 
+from vservers.migration import views as migration
 from vservers.views import operator as views
 from vservers.views import snapshots, usage
 
@@ -20,6 +21,7 @@ urlpatterns = [
     path("servers/<uuid:uuid>/reject/", views.reject, name="op_reject"),
     path("servers/<uuid:uuid>/plan-change/<str:decision>/", views.plan_change, name="op_plan_change"),
     path("servers/<uuid:uuid>/action/<str:kind>/", views.server_action, name="op_server_action"),
+    path("servers/<uuid:uuid>/migrate/", migration.server_migrate, name="op_server_migrate"),
     path("servers/<uuid:uuid>/snapshots/take/", snapshots.op_snapshot_take, name="op_snapshot_take"),
     path("servers/<uuid:uuid>/snapshots/<slug:name>/restore/", snapshots.op_snapshot_restore,
          name="op_snapshot_restore"),
@@ -44,6 +46,7 @@ urlpatterns = [
     path("pools/<int:pk>/", views.pool_detail, name="op_pool_detail"),
     path("nodes/", views.nodes, name="op_nodes"),
     path("nodes/<slug:name>/", views.node_edit, name="op_node_edit"),
+    path("nodes/<slug:name>/evacuate/", migration.node_evacuate, name="op_node_evacuate"),
     path("nodes/<slug:name>/usage/", usage.node_detail, name="op_node_usage"),
     path("nodes/<slug:name>/usage.json", usage.node_usage, name="op_node_usage_json"),
     path("operations/", views.operations, name="op_operations"),

@@ -163,6 +163,14 @@ def security_world(offline_world, django_user_model):
     )
     w.pool.allocate(rescued)
     root = django_user_model.objects.create_superuser("root", "root@example.test", "root pw 1")
+    # Issue 16: both nodes report in, so a server of "local" may move to "other" (own pool).
+    from django.utils import timezone
+
+    from vservers.models import IPPool, Node
+
+    Node.objects.filter(pk=w.node.pk).update(last_seen=timezone.now())
+    other = Node.objects.create(name="other", queue_name="node-other", last_seen=timezone.now())
+    IPPool.objects.create(name="other-net", node=other, network="198.19.129.0/24", gateway="198.19.129.1")
     from vservers.models import Backup
 
     backup = Backup.objects.create(tenant=w.globex, server=running, server_name=running.name, node=w.node,
@@ -258,6 +266,8 @@ OVERRIDES = {
     # Reinstall: a template by name, and the running server's name typed to confirm.
     "server_reinstall": {"template": "busybox", "confirm": "globex-web", "snapshot_first": "on"},
     "api-server-reinstall": {"template": "busybox", "confirm": "globex-web"},
+    # Moving a server (issue 16): to the world's second node, by name.
+    "op_server_migrate": {"target": "other"}, "api-op-migrate": {"target": "other"},
     "server_root_password": {"rootpw-password": "guest password 1", "rootpw-password2": "guest password 1"},
 }
 
