@@ -36,13 +36,27 @@ PANEL_ENV = {
     "VSERVER_GATEWAY6": "fd00:1b::1/64",
     "VSERVER_UID_BASE": "600000000",
 }
+# The two nodes of the cluster tests (tests/cluster_world.py, issue 16): each its own root,
+# bridge, subnet and uid range (the ranges differ, so a moved server's owners are shifted).
+CLUSTER_ENVS = {
+    name: {
+        **TEST_ENV,
+        "VSERVER_ROOT": f"/var/lib/vservers-cluster-{name}",
+        "VSERVER_BRIDGE": f"vsclu{name}0",
+        "VSERVER_GATEWAY": f"198.19.{240 + i}.1/24",
+        "VSERVER_GATEWAY6": f"fd00:1c:{i}::1/64",
+        "VSERVER_UID_BASE": str(1_500_000_000 + i * 100_000_000),
+    }
+    for i, name in enumerate(("a", "b"))
+}
 # The uids the leak check looks at per installation: room for 1,024 servers, and no overlap
 # with the next installation's or the benchmarks' ranges (700,000,000 and up).
 UID_SPAN = 1024 * 65536
 
 
 def find_leaks() -> list[str]:
-    return _leaks_of(TEST_ENV) + _leaks_of(SECOND_ENV) + _leaks_of(PANEL_ENV)
+    cluster = [leak for env in CLUSTER_ENVS.values() for leak in _leaks_of(env)]
+    return _leaks_of(TEST_ENV) + _leaks_of(SECOND_ENV) + _leaks_of(PANEL_ENV) + cluster
 
 
 def _leaks_of(env: dict[str, str]) -> list[str]:

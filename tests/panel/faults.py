@@ -127,11 +127,11 @@ class WorkerProcess:
     """One `manage.py nodeworker` of the panel, as the node runs it."""
 
     def __init__(self, database: str, redis_url: str, log: Path, fault: str = "", queues=("default",),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, settings: str = "tests.panel.fault_settings") -> None:
         env = {
             **os.environ,
             **(env or {}),
-            "DJANGO_SETTINGS_MODULE": "tests.panel.fault_settings",
+            "DJANGO_SETTINGS_MODULE": settings,
             "PANEL_TEST_DATABASE": database,
             "REDIS_URL": redis_url,
             "PYTHONPATH": str(REPO),

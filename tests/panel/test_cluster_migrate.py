@@ -1,0 +1,82 @@
+"""Moving a server between two nodes on this machine (issue 16), through the panel and two real
+node workers (tests/cluster_world.py): the operator asks, the source's worker stops and ships,
+the target's worker adopts and starts, and the source's copy goes.
+
+ - a running busybox server with a file of its own moves: it answers HTTP at its new address
+   on the target (route checked first), its file is there, the source has nothing left, and
+   the operation says what happened;
+ - a failure on the target (its pool has no free address) leaves the server running on the
+   source, and nothing on the target.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import cluster_world
+from tests.engine.helpers import http_get, wait_for_http
+from tests.panel import faults
+from tests.panel.faults import wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
+
+# The shared fixtures (tests/cluster_world.py, tests/panel/faults.py).
+file_database = faults.file_database
+cluster_nodes = cluster_world.cluster_nodes
+cluster = cluster_world.cluster
+
+
+def running_server(w, name="web", node=None):
+    """A server approved on NODE (default a) and provisioned by its worker; refreshed."""
+    from vservers.actions import approve
+    from vservers.models import OperationStatus, State, VirtualServer
+
+    node = node or w.node_a
+    server = VirtualServer.objects.create(tenant=w.acme, name=name, hostname=f"{name}.acme.example",
+                                          plan=w.small, template=w.busybox)
+    operation = cluster_world.wait_finished(approve(server, w.operator, node=node, check_quota=False))
+    assert operation.status == OperationStatus.SUCCEEDED, operation.error + operation.detail
+    server.refresh_from_db()
+    assert server.state == State.RUNNING
+    return server
+
+
+def page(node, address: str, path: str = "/") -> str:
+    """The body of GET PATH at ADDRESS once it answers 200 (a fresh server's httpd needs a
+    moment), only after `ip route get` names NODE's bridge."""
+    wait_for_http(address, timeout=30, bridge=node.bridge)
+    status, body = http_get(address, path=path, timeout=5, bridge=node.bridge)
+    assert status == 200, body
+    return body
+
+
+def test_a_running_server_moves_with_its_files_and_answers_at_its_new_address(cluster):
+    from vservers.migration.actions import request_migration
+    from vservers.models import Migration, MigrationPhase, OperationStatus, State
+
+    cluster.start("a")
+    cluster.start("b")
+    server = running_server(cluster)
+    old = server.ip_list()
+    name = server.engine_name
+    cluster.a.engine.run(name, ["/bin/sh", "-c", "echo moved-with-me > /var/www/mine.txt"])
+    assert page(cluster.a, old[0], "/mine.txt").strip() == "moved-with-me"
+
+    cluster_world.keep_online(cluster.node_a, cluster.node_b)
+    operation = request_migration(server, cluster.operator, target=cluster.node_b)
+    cluster_world.wait_finished(operation, what="the move")
+    assert operation.status == OperationStatus.SUCCEEDED, f"{operation.error}\n{operation.detail}"
+
+    server.refresh_from_db()
+    migration = Migration.objects.get(operation=operation)
+    new = server.ip_list()
+    assert (server.node, server.state, migration.phase) == (cluster.node_b, State.RUNNING, MigrationPhase.DONE)
+    assert migration.readdress and migration.old_addresses == old and migration.new_addresses == new
+    assert new[0].startswith("198.19.241.")  # node b's pool; the old address went back to a's
+    assert migration.bytes_total > 0
+    assert "Moved from node a to node b" in operation.output and new[0] in operation.output
+    assert cluster.b.has(server) == "running"
+    assert page(cluster.b, new[0], "/mine.txt").strip() == "moved-with-me"
+    # The source's stopped copy goes with the cleanup job; nothing of it stays on node a.
+    wait_until(lambda: cluster.a.has(server) == "missing", "the source's copy to be removed")
+    assert cluster.a.leaks() == [] and cluster.b.incoming() == []
