@@ -4,7 +4,7 @@ ends up on exactly one node, startable (here: running again, as it was), and not
 left on the other: no server directory, nothing under incoming/, no loop device or mount.
 
 The middle is hit exactly, without timing: the worker stops itself at a named point (the
-engine's "migrate-send:shipped-disk.img", between the image and the config; the panel's
+engine's "migrate-send:shipped-image", between the image and the config; the panel's
 "migrate:received" and "migrate:started" on the target) and the test kills it there.
 """
 
@@ -70,7 +70,7 @@ def assert_back_on_a(w, server, operation, old: list[str]) -> None:
 
 
 def test_the_source_killed_mid_ship_leaves_the_server_on_the_source(cluster):
-    first = cluster.start("a", engine_fault="migrate-send:shipped-disk.img")
+    first = cluster.start("a", engine_fault="migrate-send:shipped-image")
     cluster.start("b")
     server = running_server(cluster)
     old = server.ip_list()

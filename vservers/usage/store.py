@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 
 from ..models import UsageDaily, UsageFiveMin, UsageRaw
 from ..models.usage import UsageRow
@@ -79,7 +80,9 @@ class Latest:
 
 
 def latest(node_id: int, bucket: int) -> Latest:
-    rows = UsageRaw.objects.filter(node_id=node_id, start__in=[bucket - BUCKET, bucket])
+    # A server that moved here from another node (issue 16) may have this bucket's row from
+    # the other node's sampler: it is the same series (one row per server and start).
+    rows = UsageRaw.objects.filter(Q(node_id=node_id) | Q(server__node_id=node_id), start__in=[bucket - BUCKET, bucket])
     return Latest({(key_of(row), row.start): row for row in rows})
 
 
