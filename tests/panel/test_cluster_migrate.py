@@ -80,3 +80,60 @@ def test_a_running_server_moves_with_its_files_and_answers_at_its_new_address(cl
     # The source's stopped copy goes with the cleanup job; nothing of it stays on node a.
     wait_until(lambda: cluster.a.has(server) == "missing", "the source's copy to be removed")
     assert cluster.a.leaks() == [] and cluster.b.incoming() == []
+
+
+@pytest.fixture(scope="session")
+def debian_on_a(cluster_nodes):
+    """Debian bookworm with Apache, built on node a only (debootstrap, about a minute): a move
+    to b ships the template version along."""
+    import shutil
+
+    from vservers.engine import templates
+
+    assert shutil.which("debootstrap", path="/usr/sbin:/usr/bin"), "debootstrap is not installed (make install)"
+    return templates.build(cluster_nodes["a"].config, "debian")
+
+
+@pytest.mark.slow
+def test_an_apache_server_moves_with_its_template_and_keeps_its_files(cluster, debian_on_a):
+    from django.utils import timezone
+
+    from vservers.actions import approve
+    from vservers.engine import NotFound, templates
+    from vservers.migration.actions import request_migration
+    from vservers.models import BuiltTemplate, Migration, OperationStatus, State, Template, VirtualServer
+
+    debian = Template.objects.create(name="debian", display_name="Debian")
+    BuiltTemplate.objects.create(template=debian, node=cluster.node_a, version=debian_on_a.version,
+                                 checked=timezone.now())
+    with pytest.raises(NotFound):  # node b does not have it
+        templates.get(cluster.b.config, "debian")
+    cluster.start("a")
+    cluster.start("b")
+    server = VirtualServer.objects.create(tenant=cluster.acme, name="shop", hostname="shop.acme.example",
+                                          plan=cluster.medium, template=debian)
+    provisioned = cluster_world.wait_finished(approve(server, cluster.operator, node=cluster.node_a,
+                                                      check_quota=False))
+    assert provisioned.status == OperationStatus.SUCCEEDED, provisioned.error + provisioned.detail
+    server.refresh_from_db()
+    old = server.ip_list()[0]
+    page(cluster.a, old)  # Apache answers on node a
+    mine = "/var/www/html/order.txt"
+    script = f"echo order-4711 > {mine} && chown www-data {mine}"
+    result = cluster.a.engine.run(server.engine_name, ["/bin/sh", "-c", script])
+    assert result.returncode == 0, result
+    assert page(cluster.a, old, "/order.txt").strip() == "order-4711"
+
+    cluster_world.keep_online(cluster.node_a, cluster.node_b)
+    operation = cluster_world.wait_finished(request_migration(server, cluster.operator, target=cluster.node_b),
+                                            timeout=600, what="the move of the Apache server")
+    assert operation.status == OperationStatus.SUCCEEDED, f"{operation.error}\n{operation.detail}"
+    server.refresh_from_db()
+    new = server.ip_list()[0]
+    assert (server.node, server.state) == (cluster.node_b, State.RUNNING)
+    assert Migration.objects.get(operation=operation).bytes_total > debian_on_a.size_bytes // 2  # the template went too
+    assert templates.get(cluster.b.config, "debian").version == debian_on_a.version
+    assert page(cluster.b, new, "/order.txt").strip() == "order-4711"
+    owner = cluster.b.engine.run(server.engine_name, ["stat", "-c", "%U", mine])
+    assert owner.stdout.strip() == "www-data"  # its owner, shifted into node b's uid range and back
+    wait_until(lambda: cluster.a.has(server) == "missing", "the source's copy to be removed")
