@@ -137,3 +137,43 @@ def test_an_apache_server_moves_with_its_template_and_keeps_its_files(cluster, d
     owner = cluster.b.engine.run(server.engine_name, ["stat", "-c", "%U", mine])
     assert owner.stdout.strip() == "www-data"  # its owner, shifted into node b's uid range and back
     wait_until(lambda: cluster.a.has(server) == "missing", "the source's copy to be removed")
+
+
+def test_evacuate_drains_a_node_and_moves_every_server_off_it(cluster):
+    """Through the operator's API: node a is marked draining and both its servers (one running,
+    one stopped) move to b, placement choosing; they come back as they were. A tenant's admin
+    is refused at the same URL (403, as at every operator endpoint of the API)."""
+    from django.test import Client
+
+    from vservers.actions import request_operation
+    from vservers.models import FINISHED, Operation, OperationKind, OperationStatus, State
+
+    cluster.start("a")
+    cluster.start("b")
+    web = running_server(cluster, "web")
+    db = running_server(cluster, "db")
+    stopped = cluster_world.wait_finished(request_operation(db, OperationKind.STOP, cluster.operator))
+    assert stopped.status == OperationStatus.SUCCEEDED
+
+    cluster_world.keep_online(cluster.node_a, cluster.node_b)
+    tenant = Client()
+    tenant.force_login(cluster.alice)
+    assert tenant.post("/api/v1/operator/nodes/a/evacuate/").status_code == 403  # as every operator endpoint
+    operator = Client()
+    operator.force_login(cluster.operator)
+    answer = operator.post("/api/v1/operator/nodes/a/evacuate/")
+    assert answer.status_code == 202, answer.content
+    assert answer.json()["refused"] == [] and len(answer.json()["queued"]) == 2
+    cluster.node_a.refresh_from_db()
+    assert cluster.node_a.draining
+
+    moves = list(Operation.objects.filter(kind=OperationKind.MIGRATE))
+    wait_until(lambda: all(m.refresh_from_db() or m.status in FINISHED for m in moves), "both moves to end",
+               timeout=300)
+    assert [m.status for m in moves] == [OperationStatus.SUCCEEDED] * 2, [m.detail for m in moves]
+    for server, state in ((web, State.RUNNING), (db, State.STOPPED)):
+        server.refresh_from_db()
+        assert (server.node, server.state) == (cluster.node_b, state)
+        assert cluster.b.has(server) == state
+    page(cluster.b, web.ip_list()[0])
+    wait_until(lambda: cluster.a.engine.names() == [], "node a to hold no server")
