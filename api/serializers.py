@@ -471,6 +471,12 @@ class PoolInput(serializers.Serializer):
         help_text="names of other nodes on the same layer-2 network that may allocate from it too")
 
 
+class PoolShareInput(serializers.Serializer):
+    shared_with = serializers.ListField(
+        child=serializers.CharField(max_length=40),
+        help_text="names of the other nodes that may allocate from it (all of them: the list replaces the old)")
+
+
 class TemplateBuildSerializer(serializers.Serializer):
     """One build of a template on a node (operators only): output and error as the Templates
     page shows them, and the operator's detail."""

@@ -678,6 +678,14 @@ def create_pool(form, request=None) -> IPPool:
     return pool
 
 
+def share_pool(form, request=None) -> IPPool:
+    """Save a PoolShareForm: the nodes the pool is shared with, audited by name."""
+    pool = form.save()
+    AuditEntry.record(request, "pool.share", pool,
+                      shared_with=sorted(node.name for node in pool.shared_with.all()))
+    return pool
+
+
 def update_node(form, request=None) -> Node:
     node = form.save()
     AuditEntry.record(request, "node.update", node, changes=_changes(form))

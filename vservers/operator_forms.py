@@ -362,6 +362,31 @@ def _last_host(network):
     return network.broadcast_address
 
 
+class PoolShareForm(forms.ModelForm):
+    """The other nodes a pool is shared with (PoolForm's field, after the pool is made). A node
+    whose servers hold addresses of the pool keeps it: taking it away would leave them with
+    addresses their node may no longer give."""
+
+    class Meta:
+        model = IPPool
+        fields = ["shared_with"]
+        widgets = {"shared_with": forms.CheckboxSelectMultiple}
+        labels = {"shared_with": "Shared with"}
+
+    def clean_shared_with(self):
+        shared = self.cleaned_data["shared_with"]
+        pool = self.instance
+        if pool.node_id in {node.pk for node in shared}:
+            raise forms.ValidationError(f"node {pool.node.name} is the pool's own node; share it with other nodes")
+        dropped = pool.shared_with.exclude(pk__in=[node.pk for node in shared])
+        holding = sorted(pool.addresses.filter(server__node__in=dropped).values_list("server__node__name", flat=True)
+                         .distinct())
+        if holding:
+            raise forms.ValidationError(f"servers on {', '.join(holding)} hold addresses of this pool; "
+                                        "the pool stays shared with " + ("it" if len(holding) == 1 else "them"))
+        return shared
+
+
 class PoolForm(forms.ModelForm):
     class Meta:
         model = IPPool

@@ -23,6 +23,7 @@ from vservers.operator_forms import (
     NodeForm,
     PlanForm,
     PoolForm,
+    PoolShareForm,
     RejectForm,
     ServerCreateForm,
     TemplateForm,
@@ -45,6 +46,7 @@ from ..serializers import (
     PlanSerializer,
     PoolInput,
     PoolSerializer,
+    PoolShareInput,
     RejectInput,
     ServerCreateInput,
     ServerSerializer,
@@ -328,6 +330,14 @@ class PoolListView(OperatorView):
 class PoolDetailView(OperatorView):
     @extend_schema(responses={200: PoolSerializer})
     def get(self, request, pk):
+        return Response(PoolSerializer(get_object_or_404(_pools(), pk=pk)).data)
+
+    @extend_schema(request=PoolShareInput, responses={200: PoolSerializer})
+    def patch(self, request, pk):
+        """The other nodes the pool is shared with (as the pool's page; the same form)."""
+        pool = get_object_or_404(IPPool, pk=pk)
+        form = by_name(PoolShareForm(data=_input(PoolShareInput, request), instance=pool), shared_with="name")
+        actions.share_pool(_form(form), request=request)
         return Response(PoolSerializer(get_object_or_404(_pools(), pk=pk)).data)
 
 

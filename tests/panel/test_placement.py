@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.models import AuditEntry
 from tests.panel import faults
 from vservers import actions
 from vservers.models import (
@@ -181,7 +182,7 @@ def test_a_node_that_has_not_reported_in_is_the_last_resort(w):
 
 
 def test_no_placement_names_what_failed_on_each_node(w):
-    a = node("a", third=140, built=w.busybox, draining=True)
+    node("a", third=140, built=w.busybox, draining=True)
     b = node("b", third=141, built=w.busybox, pool=False)
     IPPool.objects.create(name="b-tiny", node=b, network="198.19.143.0/30", gateway="198.19.143.1")
     live_on(w, b, "holder")
@@ -197,7 +198,6 @@ def test_no_placement_names_what_failed_on_each_node(w):
         actions.approve(w.web, w.operator)
     w.web.refresh_from_db()
     assert (w.web.state, w.web.node, w.web.ip_list()) == (State.REQUESTED, None, [])
-    assert a.pk  # (a is named in the sentence above)
 
 
 def test_a_pinned_node_skips_the_rules_but_its_ratio_warnings_are_shown(w):
@@ -369,3 +369,30 @@ def test_a_pool_is_shared_with_other_nodes_on_its_form_and_through_the_api(w, cl
     assert overlapping.status_code == 400 and "network" in overlapping.json()["fields"]
     listed = {pool["name"]: pool["shared_with"] for pool in op.get("/api/v1/operator/pools/").json()["results"]}
     assert listed == {"a-net": [], "ab": ["b"], "b-net": [], "ba": ["a"], "test": []}
+
+
+def test_an_existing_pool_is_shared_and_unshared_on_its_page_and_through_the_api(w, client):
+    a = node("a", third=140, built=w.busybox)
+    b = node("b", third=141, built=w.busybox, pool=False)
+    c = node("c", third=142, built=w.busybox)
+    a_net = IPPool.objects.get(name="a-net")
+    client.force_login(w.operator)
+    url = reverse("op_pool_detail", args=[a_net.pk])
+    page = client.get(url).content.decode()
+    assert 'name="shared_with"' in page and f'value="{a.pk}"' not in page  # not offered its own node
+    client.post(url, {"shared_with": [b.pk]})
+    assert list(a_net.shared_with.all()) == [b]
+    assert AuditEntry.objects.get(action="pool.share").details == {"shared_with": ["b"]}
+    assert choose_node(w.web, exclude=[a, c]).reason.endswith("a free address in pool a-net")  # b's only pool
+    # A server of b takes an address of a-net: b cannot be taken off the pool while it holds it.
+    actions.approve(w.web, w.operator, node=b)
+    op = _token_client(w.operator)
+    refused = op.patch(f"/api/v1/operator/pools/{a_net.pk}/", {"shared_with": ["c"]}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["fields"]["shared_with"] == ["servers on b hold addresses of this pool; the pool stays "
+                                                       "shared with it"]
+    added = op.patch(f"/api/v1/operator/pools/{a_net.pk}/", {"shared_with": ["b", "c"]}, format="json")
+    assert added.status_code == 200 and added.json()["shared_with"] == ["b", "c"]
+    own = op.patch(f"/api/v1/operator/pools/{a_net.pk}/", {"shared_with": ["a"]}, format="json")
+    assert own.status_code == 400 and "own node" in own.json()["fields"]["shared_with"][0]
+    assert sorted(n.name for n in IPPool.objects.get(pk=a_net.pk).shared_with.all()) == ["b", "c"]

@@ -58,6 +58,7 @@ from ..operator_forms import (
     OperationFilterForm,
     PlanForm,
     PoolForm,
+    PoolShareForm,
     RejectForm,
     ServerCreateForm,
     ServerFilterForm,
@@ -698,15 +699,22 @@ def pools(request: HttpRequest) -> HttpResponse:
 
 
 @operator_required
+@require_http_methods(["GET", "POST"])
 def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     found = _pools_with_usage(IPPool.objects.filter(pk=pk))
     if not found:
         raise Http404("no such pool")
     pool = found[0]
+    share = PoolShareForm(request.POST or None, instance=pool.subject)
+    share.fields["shared_with"].queryset = Node.objects.exclude(pk=pool.subject.node_id)  # type: ignore[attr-defined]
+    if request.method == "POST" and share.is_valid():
+        actions.share_pool(share, request=request)
+        messages.success(request, f"Pool {pool.subject.name} is saved.")
+        return redirect("op_pool_detail", pk=pk)
     allocations = IPAddress.objects.filter(pool=pool.subject).select_related("server__tenant", "server__node").order_by(
         "allocated", "pk")
     return render(request, "vservers/operator/pool_detail.html", {
-        "section": "pools", "pool": pool, "page": _page(request, allocations),
+        "section": "pools", "pool": pool, "page": _page(request, allocations), "form": share,
     })
 
 
