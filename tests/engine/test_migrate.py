@@ -343,14 +343,16 @@ def test_a_send_killed_mid_copy_leaves_the_source_startable_and_discard_removes_
     from tests.leaks import TEST_ENV
 
     # A large sparse image: rsync reads (and sends) its holes too, so the copy is under way
-    # when the sender stops itself at its first progress report.
+    # when the sender stops itself.
     name = make_server("mig-kill", "198.19.31.13/18", start=False, disk_bytes=4 * 2**30)
     _run_until_stopped(TEST_ENV, "migrate-send:copying-image", "migrate", "send", name, "--to",
                        f"root@127.0.0.1:{sshd['port']}:{target.config.root}", "--host-key", sshd["host_key"],
                        "--template")
     _sessions_ended(sshd)
     incoming = target.config.root / "incoming" / name
-    assert incoming.is_dir() and not (incoming / "disk.img").exists() and not (incoming / "config.json").exists()
+    # Cut mid-copy (the sender stops itself once 16 MiB are sent): the image never got its
+    # name (rsync writes into a temporary file); config.json, sent first, may be there.
+    assert incoming.is_dir() and not (incoming / "disk.img").exists()
     assert target.incoming() == [name]
     with pytest.raises(InvalidInput, match="has no disk.img|has no config.json"):
         target.migrate_receive(name, addresses=[TARGET_IP])

@@ -130,6 +130,7 @@ RECEIVING = "receiving"  # <root>/receiving/<name>.json: a receive's plan, out o
 CONNECT_TIMEOUT = 10  # seconds for ssh to reach the target
 IO_TIMEOUT = 60  # seconds rsync waits on a silent connection before it gives up
 PROGRESS_EVERY = 1.0  # seconds between progress calls
+COPYING_AT = 16 * 2**20  # bytes sent when the fault checkpoint "migrate-send:copying-<part>" is passed
 MAX_CONFIG_BYTES = 65536
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
@@ -303,7 +304,7 @@ def _rsync(target: MigrationTarget, known_hosts: Path, label: str, sources: list
                     match = _PROGRESS.match(line)
                     if match:
                         sent = int(match[1].replace(b",", b""))
-                        if sent and not copying:
+                        if sent >= COPYING_AT and not copying:
                             copying = True
                             faults.checkpoint("migrate-send", f"copying-{label}")
                         progress(sent)
