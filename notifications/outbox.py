@@ -47,7 +47,9 @@ def recipients(event: str, server) -> QuerySet:
         users = users.filter(membership__tenant_id=server.tenant_id, membership__role=Membership.ADMIN)
     else:
         raise ValueError(f"unknown event {event!r}")
-    return users.exclude(mail_opt_outs__event=event).order_by("pk")
+    # Never the password hash: a node's worker writes notifications, and its database role
+    # may not read that column (vservers.nodes.credentials).
+    return users.exclude(mail_opt_outs__event=event).order_by("pk").defer("password")
 
 
 def _addresses(server) -> str:

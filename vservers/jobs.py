@@ -279,7 +279,9 @@ def claim_next(server_id: int) -> Operation | None:
         # Waited for, not skipped (SKIP LOCKED): the server's row lock is also the one every
         # state change takes (actions, the reconciler failing an orphan), and a claim that
         # skipped one of those would leave its queued operation to the next reconcile.
-        VirtualServer.objects.select_for_update().filter(pk=server_id).first()
+        # of=self: the default ordering joins the tenant, whose row must not be locked too (nor
+        # may a node's database role, which only reads tenants: vservers.nodes.credentials).
+        VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server_id).first()
         if mine.filter(status=OperationStatus.RUNNING).exists():
             return None
         operation = (

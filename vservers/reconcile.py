@@ -381,7 +381,7 @@ class Reconciler:
                 log.exception("cannot read the state of %s; its orphaned operation waits", server.engine_name)
                 continue
             with transaction.atomic():
-                VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+                VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server.pk).first()
                 if not operation.interrupt():
                     continue
                 server.refresh_from_db(fields=["state", "state_reason"])
