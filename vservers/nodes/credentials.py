@@ -58,7 +58,7 @@ def grant(node: Node) -> str:
     _make_role(role, password)
     node.db_role = role
     db = settings.DATABASES["default"]
-    host = settings.PANEL_NODE_DATABASE_HOST or db.get("HOST") or "localhost"
+    host = getattr(settings, "PANEL_NODE_DATABASE_HOST", "") or db.get("HOST") or "localhost"
     port = db.get("PORT") or 5432
     if host.startswith("/"):
         netloc = f"{quote(role)}:{quote(password)}@{quote(host, safe='')}"
