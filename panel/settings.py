@@ -168,7 +168,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
-    "ENUM_NAME_OVERRIDES": {},
+    # Two choice sets share the field name "status" (an operation's, a node's): named here,
+    # or drf-spectacular names one by a hash (and `check --deploy` warns).
+    "ENUM_NAME_OVERRIDES": {
+        "OperationStatusEnum": "vservers.models.operations.OperationStatus",
+        "NodeStatusEnum": [("online", "online"), ("unreachable", "unreachable")],
+    },
 }
 # API tokens (api.models.ApiToken): requests per token within "window" seconds (429 with
 # Retry-After beyond), the longest lifetime a token may be given, and whether operators'
