@@ -28,7 +28,7 @@ RUN_PACKAGES := python3-venv python3-dev build-essential e2fsprogs util-linux ip
 TEST_PACKAGES := chromium iputils-ping curl openssh-server postgresql
 APT_PACKAGES := $(RUN_PACKAGES)
 
-.PHONY: help install install-test apt-packages run test bench clean as-root lock
+.PHONY: help install install-test apt-packages run test bench clean as-root lock node
 
 help:
 	@echo "make run     install what is missing, prepare the database, start the panel (Ctrl-C stops it)"
@@ -36,6 +36,7 @@ help:
 	@echo "make install Debian packages, .venv and the project's Python packages (what running needs)"
 	@echo "make bench   engine latency and density benchmarks (FULL=1 for the large run)"
 	@echo "make clean   empty var/ (database, secret key, static files, redis data)"
+	@echo "make node URL=https://panel.example/ TOKEN=...  join this host to the panel as a compute node (docs/cluster.md)"
 
 as-root:
 	@if [ "$$(id -u)" != 0 ]; then \
@@ -106,6 +107,15 @@ run: as-root install
 	@# generated password is printed once. The servers are really provisioned by the worker.
 	$(PY) manage.py demo --if-empty --provision
 	exec scripts/run-panel
+
+# A compute node (docs/cluster.md): the node's packages and venv, then the join with the
+# operator's one-time token; NODE_ARGS passes more (--env-file, --no-start, --broker, ...).
+node: as-root install
+	@if [ -z "$(URL)" ] || [ -z "$(TOKEN)" ]; then \
+		echo "usage: make node URL=https://panel.example/ TOKEN=<the join token the operator was shown>" >&2; \
+		exit 2; \
+	fi
+	$(PY) manage.py node join "$(URL)" "$(TOKEN)" $(NODE_ARGS)
 
 # Two passes: everything but the multi-node tests on SQLite (the default database), then the
 # tests of concurrency and allocation and the multi-node ones on a private PostgreSQL cluster

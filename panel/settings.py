@@ -123,6 +123,12 @@ PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30
 # "unreachable" and its servers' state "unknown".
 PANEL_HEARTBEAT_SECONDS = env.env_int(ENV, "PANEL_HEARTBEAT_SECONDS", default=5, low=1, high=300)
 PANEL_NODE_TIMEOUT_SECONDS = env.env_int(ENV, "PANEL_NODE_TIMEOUT_SECONDS", default=30, low=2, high=3600)
+# Joining a node (vservers.nodes.join): how long the operator's one-time token is good for; what
+# a joined node is told to connect to: the database host as the nodes reach it (empty: the
+# panel's own DATABASES HOST) and the Redis URL (empty: REDIS_URL).
+PANEL_JOIN_TOKEN_SECONDS = env.env_int(ENV, "PANEL_JOIN_TOKEN_SECONDS", default=3600, low=60, high=7 * 86400)
+PANEL_NODE_DATABASE_HOST = ENV.get("PANEL_NODE_DATABASE_HOST", "")
+PANEL_NODE_REDIS_URL = ENV.get("PANEL_NODE_REDIS_URL", "")
 # How often each node's worker samples its servers' usage (vservers.usage.sampler).
 PANEL_SAMPLE_SECONDS = env.env_int(ENV, "PANEL_SAMPLE_SECONDS", default=30, low=10, high=60)
 # The browser console (consoles/): the node's broker listens on this Unix socket (root, group of

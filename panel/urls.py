@@ -5,6 +5,8 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from api.nodes_join import node_join
+
 # The API answers in JSON even where no URL pattern matched (a malformed UUID in the path) or a
 # view crashed; the panel's pages keep Django's own pages.
 handler404 = "api.errors.not_found"
@@ -26,6 +28,8 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     # The REST API (api/; docs/api.md): /api/v1/..., the schema and its docs page.
     path("api/", include("api.urls")),
+    # A new node's one-time token (api/nodes_join.py, `manage.py node join`): no user, no session.
+    path("nodes/join/", node_join, name="node_join"),
     # The RQ dashboard of django-rq hangs itself into the admin (/admin/django_rq/).
     path("admin/", admin.site.urls),
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.urls import path
 
 from vservers.migration import views as migration
+from vservers.nodes import views as node_views
 from vservers.views import operator as views
 from vservers.views import snapshots, usage
 
@@ -45,8 +46,10 @@ urlpatterns = [
     path("pools/", views.pools, name="op_pools"),
     path("pools/<int:pk>/", views.pool_detail, name="op_pool_detail"),
     path("nodes/", views.nodes, name="op_nodes"),
+    path("nodes/add/", node_views.node_add, name="op_node_add"),
     path("nodes/<slug:name>/", views.node_edit, name="op_node_edit"),
     path("nodes/<slug:name>/evacuate/", migration.node_evacuate, name="op_node_evacuate"),
+    path("nodes/<slug:name>/join-token/", node_views.node_token, name="op_node_token"),
     path("nodes/<slug:name>/usage/", usage.node_detail, name="op_node_usage"),
     path("nodes/<slug:name>/usage.json", usage.node_usage, name="op_node_usage_json"),
     path("operations/", views.operations, name="op_operations"),

@@ -101,6 +101,8 @@ PUBLIC = {
     "login_code",
     # /favicon.ico: a redirect to the icon in static/.
     "favicon",
+    # A joining node's one-time token is its only credential (api/nodes_join.py, throttled).
+    "node_join",
 }
 # Views for any signed-in user, outside the tenant's and the operator's areas.
 SIGNED_IN = {

@@ -83,6 +83,8 @@ OPERATOR_URL_NAMES = {
     "op_pool_detail",
     "op_nodes",
     "op_node_edit",
+    "op_node_add",
+    "op_node_token",
     "op_operations",
     "op_operation_retry",
     "op_audit",
