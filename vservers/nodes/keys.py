@@ -53,7 +53,14 @@ def write(config: EngineConfig, text: str) -> bool:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+    write_private(path, text)
+    return True
+
+
+def write_private(path: Path, text: str) -> None:
+    """TEXT into PATH, readable by its owner only (0600), atomically: written beside it,
+    fsync'ed and renamed over it (the keys file, the node's env file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
@@ -61,7 +68,6 @@ def write(config: EngineConfig, text: str) -> bool:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    return True
 
 
 def sync(config: EngineConfig, own_node_ids: Iterable[int]) -> bool:

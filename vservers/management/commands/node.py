@@ -80,15 +80,10 @@ def write_env_file(path: Path, settings: dict[str, str]) -> None:
     except FileNotFoundError:
         pass
     text = "\n".join([*kept, *(f"{key}={value}" for key, value in settings.items())]) + "\n"
+    from vservers.nodes import keys
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    keys.write_private(path, text)
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
