@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine import helpers
 from tests.engine.helpers import http_get, wait_for_http
 from vservers.engine.errors import InvalidInput
 
@@ -487,48 +488,14 @@ def _run_cli(backup_dir: Path, *args: str, extra: dict | None = None) -> subproc
 
 @pytest.fixture
 def private_sshd(tmp_path):
-    """An sshd of the test's own on a loopback port: its own config, host key and client key,
-    root by key only into this test's directories. The system's sshd is never used or
-    changed; /run/sshd (privilege separation's empty directory) is made if missing and removed
-    again."""
-    import socket
-    import time
-
-    sshd = "/usr/sbin/sshd"
-    assert os.path.exists(sshd), "openssh-server is not installed (make install-test)"
+    """helpers.private_sshd with a client key of the test's own: the ssh options a push uses."""
     keys = tmp_path / "ssh"
     keys.mkdir()
-    for key in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)
-    shutil.copyfile(keys / "client.pub", keys / "authorized_keys")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (keys / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nPidFile none\n"
-        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPermitRootLogin prohibit-password\nAllowUsers root\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-    )
-    made_run_dir = not os.path.isdir("/run/sshd")
-    if made_run_dir:
-        os.mkdir("/run/sshd", 0o755)
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(keys / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the test's sshd did not start"
-                time.sleep(0.02)
-        options = f"-i {keys / 'client'} -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "client")], check=True)
+    with helpers.private_sshd(keys / "sshd", (keys / "client.pub").read_text()) as sshd:
+        options = (f"-i {keys / 'client'} -p {sshd['port']} -o StrictHostKeyChecking=no "
+                   "-o UserKnownHostsFile=/dev/null")
         yield {"VSERVER_BACKUP_SSH_OPTIONS": options}
-    finally:
-        proc.terminate()
-        proc.wait()
-        if made_run_dir:
-            os.rmdir("/run/sshd")
 
 
 def test_the_cli_creates_lists_verifies_pushes_restores_and_deletes(bengine, make_server, tmp_path, private_sshd):
