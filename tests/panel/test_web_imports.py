@@ -39,7 +39,9 @@ def test_the_web_process_imports_no_engine_module_that_touches_the_kernel():
     assert result.returncode == 0, result.stderr
     loaded = set(json.loads(result.stdout.splitlines()[-1]))
     engine = {name for name in loaded if name == "vservers.engine" or name.startswith("vservers.engine.")}
-    assert engine == PLAIN_ENGINE_MODULES
+    # At most these (vservers.engine's names load on first use since issue 17), and the validators
+    # the forms use for certain.
+    assert engine <= PLAIN_ENGINE_MODULES and "vservers.engine.validate" in engine
     assert not loaded & WORKER_SIDE
     assert "vservers.views.tenant" in loaded  # the probe really loaded the views
     assert "consoles.consumers" in loaded  # and the console's consumer

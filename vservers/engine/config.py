@@ -6,7 +6,6 @@ host-wide name (cgroup parent, veth prefix) is derived from the state root.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -41,6 +40,8 @@ class EngineConfig:
     @property
     def install_id(self) -> str:
         """Short stable id of this installation, used in host-wide names."""
+        import hashlib  # its OpenSSL set-up costs ~2 ms; `vserver list` of stopped servers skips it
+
         return hashlib.sha256(str(self.root).encode()).hexdigest()[:6]
 
     @property
@@ -87,9 +88,12 @@ class EngineConfig:
             raise InvalidInput("VSERVER_UID_BASE must be an integer") from None
         if not 65536 <= uid_base < 2**31:
             raise InvalidInput("VSERVER_UID_BASE must be between 65536 and 2^31")
-        from .firewall import parse_host_allow
+        allow_text = env.get("VSERVER_HOST_ALLOW", "")
+        host_allow: tuple[tuple[str, int], ...] = ()
+        if allow_text.strip():  # firewall costs ~6 ms to import; only a setting needs its parser
+            from .firewall import parse_host_allow
 
-        host_allow = parse_host_allow(env.get("VSERVER_HOST_ALLOW", ""))
+            host_allow = parse_host_allow(allow_text)
         backup_text = env.get("VSERVER_BACKUP_DIR", "")
         backup_dir = Path(backup_text) if backup_text else None
         if backup_dir is not None and not backup_dir.is_absolute():

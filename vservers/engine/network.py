@@ -13,7 +13,9 @@ namespace it was created in, so the rest runs in the caller's thread. This avoid
 named namespaces under /var/run/netns and the helper process pyroute2 forks for every
 ``IPRoute(netns=...)``.
 
-Importing this module imports pyroute2 (~0.3 s): import it only when a verb needs it.
+pyroute2 takes ~160 ms to import (python -X importtime, 2026-12-06), longer than a whole start:
+the requests of every start, stop and status go through rtnl, and pyroute2 is imported by the
+functions of the rare ones (setting a bridge up, deleting a veth, route look-ups) when they run.
 """
 
 from __future__ import annotations
@@ -23,18 +25,19 @@ import hashlib
 import ipaddress
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+from typing import TYPE_CHECKING
 
 from . import firewall, ptys, rtnl
 from .errors import Conflict, EngineError, InvalidInput
 from .syscalls import CLONE_NEWNET, setns
 from .validate import interface_name as validate_ifname  # the name callers and tests use
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -113,10 +116,15 @@ def _netlink_errors(what: str) -> Iterator[None]:
     """Turn netlink and system errors into an EngineError that says what was being done."""
     try:
         yield
-    except NetlinkError as exc:
-        raise EngineError(f"{what}: {os.strerror(exc.code)}") from exc
     except OSError as exc:
         raise EngineError(f"{what}: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        # pyroute2's NetlinkError (not an OSError), looked up only once pyroute2 is imported:
+        # before that none can be raised, and importing it here would cost its ~160 ms.
+        pyroute2 = sys.modules.get("pyroute2.netlink.exceptions")
+        if pyroute2 is not None and isinstance(exc, pyroute2.NetlinkError):
+            raise EngineError(f"{what}: {os.strerror(exc.code)}") from exc
+        raise
 
 
 class _ProcessGone(EngineError):
@@ -178,6 +186,8 @@ def _netns_socket(
 
 @contextmanager
 def _host() -> Iterator[IPRoute]:
+    from pyroute2 import IPRoute
+
     with IPRoute() as ipr:
         yield ipr
 
@@ -185,6 +195,8 @@ def _host() -> Iterator[IPRoute]:
 @contextmanager
 def _netns(nsfd: int, what: str) -> Iterator[IPRoute]:
     """IPRoute working inside the network namespace NSFD."""
+    from pyroute2 import IPRoute
+
     with _netlink_errors(f"enter the network namespace of {what}"):
         sock = _netns_socket(nsfd)
     # We own the socket and close it ourselves: while open it pins the namespace.
@@ -197,6 +209,8 @@ def _netns(nsfd: int, what: str) -> Iterator[IPRoute]:
 
 def _get_link(ipr: IPRoute, name: str):
     """The RTM_NEWLINK message for NAME, or None if there is no such interface."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         return ipr.link("get", ifname=name)[0]
     except NetlinkError as exc:
@@ -235,6 +249,9 @@ def _addresses(ipr: IPRoute, index: int) -> list[tuple[str, int, int]]:
 
 def _add_address(ipr: IPRoute, index: int, iface: IPInterface, ifname: str) -> None:
     """Add IFACE to interface INDEX unless it is already there (IPv6 without DAD)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
     ip = iface.ip.compressed
     for address, prefixlen, _scope in _addresses(ipr, index):
         if address == ip:
@@ -277,6 +294,8 @@ def ensure_bridge(
     if _bridge_ready(bridge, [gw for gw in (gw4, gw6) if gw is not None]) and _neighbour_limit_ok():
         return
     raise_neighbour_limits()
+    from pyroute2.netlink.exceptions import NetlinkError  # here: a ready bridge needs no pyroute2
+
     stp_off = {"kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0, "br_group_fwd_mask": GROUP_FWD_MASK}
     with _host() as ipr, _netlink_errors(f"set up bridge {bridge}"):
         link = _get_link(ipr, bridge)
@@ -365,6 +384,8 @@ def raise_neighbour_limits() -> dict[str, int]:
 
 def remove_bridge(bridge: str) -> None:
     """Delete BRIDGE if it exists; refuse (Conflict) while it still has ports."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     validate_ifname(bridge)
     with _host() as ipr, _netlink_errors(f"remove bridge {bridge}"):
         link = _get_link(ipr, bridge)
@@ -525,6 +546,8 @@ def _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6) -> None:
 
 def _delete_veth(ipr: IPRoute, host_if: str) -> bool:
     """Delete veth HOST_IF if present; Conflict if that name is something else."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     link = _get_link(ipr, host_if)
     if link is None:
         return False
@@ -562,6 +585,8 @@ def routed_via(address: str) -> str | None:
     Check this names the project's bridge before sending anything to a VPS address: the
     default route leaves the machine.
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         addr = ipaddress.ip_address(address)
     except ValueError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from collections.abc import Mapping
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the process already has libc loaded
@@ -71,7 +70,7 @@ _NR = {
     "fsmount": 432,
     "openat2": 437,
     "mount_setattr": 442,
-    "pivot_root": {"x86_64": 155, "aarch64": 41}.get(platform.machine()),
+    "pivot_root": {"x86_64": 155, "aarch64": 41}.get(os.uname().machine),
 }
 
 

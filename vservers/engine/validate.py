@@ -3,7 +3,6 @@ raises InvalidInput with a one-line reason; nothing unvalidated reaches a progra
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import re
 
@@ -128,6 +127,8 @@ def ssh_public_key(value: str) -> str:
     parts = value.split(None, 2)
     if len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
         raise InvalidInput("SSH key must start with a key type such as ssh-ed25519")
+    import base64  # with struct and binascii: only SSH keys need it, not every CLI start
+
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except ValueError:

@@ -13,7 +13,6 @@ created from, so a rebuild never changes the files of an existing server.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import time
@@ -91,6 +90,8 @@ def new_version(config: EngineConfig, name: str) -> tuple[str, Path]:
     base = template_dir(config, name)
     base.mkdir(parents=True, exist_ok=True)
     while True:
+        import secrets  # random, hmac, hashlib: only a build needs them, not every CLI start
+
         # Sortable by time, unique by the random tail even for builds within one second.
         version = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
         staging = base / f".build-{version}"
