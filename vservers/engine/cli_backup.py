@@ -4,10 +4,10 @@ apart from cli.py so that each part of the engine adds its verbs in one line the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from . import validate
+# validate and json are imported by the verbs that use them: building the parser (every
+# `vserver` run, --help too) stays lean.
 
 
 def _engine():
@@ -32,6 +32,8 @@ def _when(epoch: float) -> str:
 
 
 def cmd_create(args) -> int:
+    from . import validate
+
     info = _engine().backup_create(validate.server_name(args.name), progress=_progress)
     if sys.stderr.isatty():
         print(file=sys.stderr)
@@ -43,6 +45,8 @@ def cmd_create(args) -> int:
 def cmd_list(args) -> int:
     infos = _engine().backup_list(args.name)
     if args.json:
+        import json
+
         json.dump([i.to_json() for i in infos], sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
         return 0
@@ -59,6 +63,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    from . import validate
+
     status = _engine().backup_restore(args.archive, validate.server_name(args.name), progress=_progress)
     if sys.stderr.isatty():
         print(file=sys.stderr)

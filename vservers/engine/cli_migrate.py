@@ -4,15 +4,13 @@ apart from cli.py, as the backup verbs are)."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from pathlib import Path
 
-from . import validate
 from .errors import InvalidInput
 
-_TO = re.compile(r"(?P<user>[a-z_][a-z0-9_-]{0,31})@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
-                 r"(?::(?P<port>\d{1,5}))?:(?P<root>/[A-Za-z0-9._/-]*)")
+# Compiled by parse_target, not at import: building the parser (every `vserver` run) stays lean.
+_TO = (r"(?P<user>[a-z_][a-z0-9_-]{0,31})@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
+       r"(?::(?P<port>\d{1,5}))?:(?P<root>/[A-Za-z0-9._/-]*)")
 
 
 def _engine():
@@ -28,9 +26,12 @@ def _progress(done: int, total: int) -> None:
 
 def parse_target(text: str, host_key: str, identity: str | None, config):
     """USER@HOST[:PORT]:ROOT (an IPv6 address in brackets) as a checked MigrationTarget."""
+    import re
+    from pathlib import Path
+
     from . import migrate
 
-    match = _TO.fullmatch(text or "")
+    match = re.fullmatch(_TO, text or "")
     if match is None:
         raise InvalidInput(f"invalid target {text!r}: use USER@HOST[:PORT]:ROOT, e.g. root@node-b:/var/lib/vservers")
     key = Path(identity) if identity else config.root / migrate.KEY_DIR / migrate.KEY_NAME
@@ -41,6 +42,8 @@ def parse_target(text: str, host_key: str, identity: str | None, config):
 
 
 def cmd_send(args) -> int:
+    from . import validate
+
     engine = _engine()
     target = parse_target(args.to, args.host_key, args.identity, engine.config)
     result = engine.migrate_send(validate.server_name(args.name), target, ship_template=args.template,
@@ -52,12 +55,16 @@ def cmd_send(args) -> int:
 
 
 def cmd_receive(args) -> int:
+    from . import validate
+
     spec = _engine().migrate_receive(validate.server_name(args.name), addresses=args.ip or None)
     print(f"{spec.name}: received ({', '.join(spec.addresses)}, uid base {spec.uid_base}), stopped")
     return 0
 
 
 def cmd_discard(args) -> int:
+    from . import validate
+
     _engine().migrate_discard(validate.server_name(args.name))
     return 0
 

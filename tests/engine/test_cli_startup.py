@@ -1,0 +1,85 @@
+"""The `vserver` CLI starts lean (issue 17, point 2): what a run imports, counted, never timed.
+
+Each command runs in a fresh interpreter with `-X importtime`, which names every module the
+run imports; the tests hold those names to what the verb needs. Budgets are module counts
+measured on this machine (Debian 12, Python 3.11.2, the venv's editable install) plus a small
+margin: a change that pulls a heavy module (pyroute2 ~160 ms, ctypes set-up, dataclass-heavy
+engine modules) into these paths fails here, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.engine.helpers import wait_for_http
+from tests.leaks import TEST_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+VSERVER = Path(sys.executable).parent / "vserver"  # the console script, as an operator runs it
+
+# Measured 2026-12-06: --help 83 modules (117 before the lazy imports), list on an empty
+# installation 111 (156 before). Margin: 10.
+HELP_BUDGET = 93
+EMPTY_LIST_BUDGET = 121
+# Kernel-side modules (ctypes structures, seccomp, namespaces, nftables, netlink) and libraries
+# that no read-only verb needs.
+HEAVY = ("pyroute2", "django", "ctypes", "vservers.engine.launch", "vservers.engine.seccomp",
+         "vservers.engine.syscalls", "vservers.engine.userns", "vservers.engine.loopdev",
+         "vservers.engine.firewall", "vservers.engine.network", "vservers.engine.capabilities")
+# What building the parser may load of the engine: the CLI's own modules and its errors.
+HELP_ENGINE = {"vservers.engine", "vservers.engine.cli", "vservers.engine.errors", "vservers.engine.cli_backup",
+               "vservers.engine.cli_migrate"}
+_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)")
+
+
+def imported(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `vserver ARGS` in a fresh interpreter under -X importtime: its result (stderr without
+    the import lines) and the names of the modules it imported."""
+    result = subprocess.run([sys.executable, "-X", "importtime", str(VSERVER), *args], capture_output=True,
+                            text=True, env={**os.environ, **(env or TEST_ENV)}, cwd=REPO, timeout=60)
+    names = {m[1] for m in map(_LINE.match, result.stderr.splitlines()) if m}
+    result.stderr = "\n".join(line for line in result.stderr.splitlines() if not _LINE.match(line))
+    return result, names
+
+
+def heavy(names: set[str]) -> set[str]:
+    return {n for n in names if any(n == h or n.startswith(h + ".") for h in HEAVY)}
+
+
+def test_help_and_list_of_an_empty_installation_import_only_what_they_need(tmp_path):
+    env = {**TEST_ENV, "VSERVER_ROOT": str(tmp_path / "root")}
+    help_run, help_names = imported("--help", env=env)
+    assert help_run.returncode == 0, help_run.stderr
+    assert "snapshot" in help_run.stdout and "migrate" in help_run.stdout  # every verb is still listed
+    assert {n for n in help_names if n.startswith("vservers.engine")} <= HELP_ENGINE
+    assert not heavy(help_names)
+    assert len(help_names) <= HELP_BUDGET, sorted(help_names)
+
+    list_run, list_names = imported("list", env=env)
+    assert list_run.returncode == 0, list_run.stderr
+    assert list_run.stdout.startswith("NAME ")
+    assert not heavy(list_names)
+    assert len(list_names) <= EMPTY_LIST_BUDGET, sorted(list_names)
+    # A verb's parser still checks its arguments when only that verb's parser is built.
+    bad, _ = imported("list", "--bogus", env=env)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+
+
+def test_a_running_server_is_listed_started_and_stopped_without_pyroute2(make_server):
+    # Before issue 17 every start, stop and status imported pyroute2 (~160 ms of a 420 ms
+    # start+stop pair); the requests they make go through rtnl, so none may import it now.
+    make_server("lean1", "198.19.5.50/18")
+    for args in (("status", "lean1"), ("list",), ("stop", "lean1"), ("start", "lean1")):
+        result, names = imported(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert not {n for n in names if n == "pyroute2" or n.startswith("pyroute2.")}, args
+        assert "vservers.engine.launch" in names or args[0] != "start"  # the probe saw the real start
+    status, names = imported("status", "lean1")
+    assert "state:    running" in status.stdout and "198.19.5.50/18" in status.stdout
+    # Reading a running server's state loads neither the launch machinery nor seccomp.
+    assert not names & {"vservers.engine.launch", "vservers.engine.seccomp", "vservers.engine.userns"}
+    wait_for_http("198.19.5.50")  # and the start through the CLI really serves
