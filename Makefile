@@ -142,6 +142,7 @@ bench: as-root install
 	$(MAKE) --no-print-directory apt-packages APT_PACKAGES="$(BENCH_PACKAGES)"
 	$(PY) bench/engine.py $(if $(FULL),--full,--quick)
 	$(PY) bench/lxc.py $(if $(FULL),--full,--quick)
+	$(PY) bench/cli.py $(if $(FULL),--full,--quick)
 	$(PY) bench/overhead.py $(if $(FULL),--full,--quick)
 	$(PY) bench/panel.py $(if $(FULL),--full,--quick)
 	$(PY) bench/targets.py

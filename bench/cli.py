@@ -1,0 +1,328 @@
+"""`vserver` as whole processes (issue 17): `--help`, `list`, and `vserver start X && vserver stop X`
+beside `lxc-start -n Y && lxc-stop -k -n Y`, each a fresh process as an operator types it.
+
+Run as root from the repository root::
+
+    .venv/bin/python bench/cli.py --quick                    # 30 runs of each (make bench)
+    .venv/bin/python bench/cli.py --quick --baseline db92365 # and the CLI of that commit, interleaved
+    .venv/bin/python bench/cli.py --smoke                    # 3 runs, writes no results
+
+Interleaved A/B: every round runs each variant once, in an order that alternates between rounds,
+so the host's load (other jobs on its two cores) falls on all of them alike; the tables give
+medians. `--baseline REV` exports `vservers/` of REV (git archive) and runs the same console
+script with it first on PYTHONPATH, so both CLIs use one venv and one installation. The
+importtime rows are the minimum over a few runs of `python -X importtime` (per module,
+cumulative), for the report's before/after.
+
+Its own installation (root, bridge vsbenchcli0, 198.18.248.0/22) with a few stopped busybox
+servers; LXC's busybox container comes from bench/lxc.py's Lab on LXC's own bridge (the
+benchmarks' LXC bridge, vsbenchlxc0: each on a Linux bridge of its own, alike). Everything is
+removed at the end, also on SIGINT/SIGTERM. Python writes its bytecode caches in the warm-up
+round (PYTHONDONTWRITEBYTECODE is dropped from the children's environment): an installed CLI
+runs from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common, report  # noqa: E402
+from bench.common import BENCH_ENV, HOST_ENV, log, md_table, ms, summary  # noqa: E402
+
+CLI_ENV = {
+    **BENCH_ENV,
+    "VSERVER_ROOT": "/var/lib/vservers-bench-cli",
+    "VSERVER_BRIDGE": "vsbenchcli0",
+    "VSERVER_GATEWAY": "198.18.248.1/22",
+    "VSERVER_UID_BASE": "2000000000",
+}
+NETWORK = ipaddress.ip_network("198.18.248.0/22")
+SUBJECT = "bcli-x"  # started and stopped; the others stay stopped
+STOPPED = 4
+VSERVER = Path(sys.executable).parent / "vserver"
+MODES = {"smoke": 3, "quick": 30, "full": 60}
+IMPORTTIME_RUNS = 5
+_IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+def child_env(baseline: Path | None = None) -> dict[str, str]:
+    """The CLI's environment: the host's plain one (Debian's default locale), the installation,
+    bytecode caches allowed; with BASELINE its vservers/ first on the path."""
+    env = {**HOST_ENV, "LANG": "C.UTF-8", **CLI_ENV}
+    if baseline is not None:
+        env["PYTHONPATH"] = str(baseline)
+    return env
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    """Seconds ARGV took as a whole process; RuntimeError if it failed."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    took = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr.strip()}")
+    return took
+
+
+def importtime(args: list[str], env: dict[str, str], runs: int = IMPORTTIME_RUNS) -> dict:
+    """Modules imported by `vserver ARGS` and the top ones by cumulative time (minimum of RUNS)."""
+    best: dict[str, int] = {}
+    top_level: set[str] = set()
+    for _ in range(runs):
+        err = subprocess.run([sys.executable, "-X", "importtime", str(VSERVER), *args], env=env,
+                             capture_output=True, text=True).stderr
+        for match in map(_IMPORT_LINE.match, err.splitlines()):
+            if match:
+                name, cumulative = match[4], int(match[2])
+                best[name] = min(best.get(name, cumulative), cumulative)
+                if len(match[3]) == 1:
+                    top_level.add(name)
+    top = sorted(((best[n], n) for n in top_level), reverse=True)[:12]
+    return {"modules": len(best), "top_level_total_ms": round(sum(best[n] for n in top_level) / 1000, 1),
+            "top": [{"module": n, "cumulative_ms": round(us / 1000, 2)} for us, n in top],
+            "pyroute2": any(n == "pyroute2" or n.startswith("pyroute2.") for n in best)}
+
+
+def export_baseline(rev: str, into: Path) -> Path:
+    """vservers/ of commit REV under INTO (git archive | tar, argument lists only)."""
+    archive = subprocess.run(["git", "-C", str(common.REPO), "archive", rev, "vservers"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+class Lxc:
+    """One busybox container of bench/lxc.py's making, started and killed by whole lxc-* processes."""
+
+    NAME = "vsbl-cli"
+
+    def __init__(self) -> None:
+        from bench import lxc
+
+        self.lxc = lxc
+        self.pivot_ours = False
+
+    def set_up(self) -> None:
+        from vservers.engine import network
+
+        lxc = self.lxc
+        crashed = lxc.LXC_PATH.exists() or lxc.bridge_ports() is not None or bool(lxc.lxc_cgroups(ours=True))
+        self.pivot_ours = not lxc.pivot_dirs() or (crashed and not lxc.lxc_cgroups(ours=False))
+        if crashed:
+            left = lxc.cleanup(self.pivot_ours)
+            if left:
+                raise RuntimeError(f"could not clean an earlier LXC run: {left}")
+            common.install_signal_handlers()
+        network.ensure_bridge(lxc.LXC_BRIDGE, lxc.GATEWAY)
+        lab = lxc.Lab()
+        lab.create_base()
+        lab.create(self.NAME, 7, "dir")
+
+    def argv(self, verb: str) -> list[str]:
+        extra = ["-k"] if verb == "stop" else []
+        return [f"lxc-{verb}", "-P", str(self.lxc.LXC_PATH), "-n", self.NAME, *extra]
+
+    def clean(self) -> list[str]:
+        return self.lxc.cleanup(self.pivot_ours)
+
+
+def rounds(runs: int, variants: dict[str, dict[str, list[str]]], envs: dict[str, dict[str, str]],
+           lxc: Lxc | None) -> dict[str, dict[str, list[float]]]:
+    """RUNS rounds (after one warm-up round that is thrown away) of: --help and list of each CLI
+    variant, then start+stop pairs of each and of LXC, the order alternating per round."""
+    times: dict[str, dict[str, list[float]]] = {}
+
+    def record(what: str, variant: str, seconds: float, keep: bool) -> None:
+        if keep:
+            times.setdefault(what, {}).setdefault(variant, []).append(seconds)
+
+    for i in range(runs + 1):
+        keep = i > 0
+        order = list(variants) if i % 2 else list(reversed(variants))
+        for what in ("help", "list"):
+            for name in order:
+                record(what, name, timed(variants[name][what], envs[name]), keep)
+        pairs = [*order, "lxc"] if lxc is not None else order
+        if i % 2:
+            pairs.reverse()
+        for name in pairs:
+            if name == "lxc":
+                assert lxc is not None
+                start, stop = timed(lxc.argv("start"), HOST_ENV), timed(lxc.argv("stop"), HOST_ENV)
+            else:
+                start = timed(variants[name]["start"], envs[name])
+                stop = timed(variants[name]["stop"], envs[name])
+            record("start", name, start, keep)
+            record("stop", name, stop, keep)
+            record("start+stop", name, start + stop, keep)
+        # `vserver list` with the subject running, each CLI (the start and stop around it untimed)
+        timed(variants[order[0]]["start"], envs[order[0]])
+        for name in order:
+            record("list (1 running)", name, timed(variants[name]["list"], envs[name]), keep)
+        timed(variants[order[0]]["stop"], envs[order[0]])
+        if i % 10 == 0:
+            log(f"round {i} of {runs} done")
+    return times
+
+
+def markdown(result: dict, plot_name: str | None) -> str:
+    figures = result["medians_ms"]
+    names = [n for n in ("now", "baseline", "lxc") if any(n in v for v in figures.values())]
+    header = ["whole process (median ms)", *[result["labels"][n] for n in names]]
+    rows = []
+    for what, label in (("help", "`vserver --help`"), ("list", f"`vserver list` ({STOPPED + 1} stopped)"),
+                        ("list (1 running)", f"`vserver list` ({STOPPED} stopped, 1 running)"),
+                        ("start", "start"), ("stop", "stop"), ("start+stop", "start && stop")):
+        row = figures.get(what, {})
+        rows.append([label, *[report.f1(row.get(n)) for n in names]])
+    lines = [
+        "## The CLI as whole processes (bench/cli.py)",
+        "",
+        f"Medians of {result['runs']} interleaved rounds, each command a fresh process (`{VSERVER.name}` console "
+        f"script of the venv, LANG=C.UTF-8, bytecode cached). LXC: `lxc-start -n Y` / `lxc-stop -k -n Y` on a "
+        "busybox container (bench/lxc.py's), ours `vserver start X` / `vserver stop X` (clean halt) on a busybox "
+        "server. Floor: the venv's `python -c pass` "
+        f"{report.f1(result['floor_ms']['venv python -c pass'])} ms, Debian's `/usr/bin/python3 -c pass` "
+        f"{report.f1(result['floor_ms']['system python -c pass'])} ms.",
+        "",
+        md_table(header, rows),
+        "",
+    ]
+    ratios = result.get("ratios", {})
+    if ratios:
+        lines += ["Ratios (medians): " + "; ".join(f"{k} {v:.2f}×" for k, v in ratios.items()), ""]
+    lines += ["`python -X importtime` (minimum of a few runs; modules imported, and the top-level "
+              "imports by cumulative ms):", ""]
+    for key, it in result["importtime"].items():
+        tops = ", ".join(f"{t['module']} {t['cumulative_ms']:.1f}" for t in it["top"][:6])
+        lines.append(f"- {key}: {it['modules']} modules, {it['top_level_total_ms']} ms"
+                     f"{', pyroute2 imported' if it['pyroute2'] else ''}: {tops}")
+    if plot_name:
+        lines += ["", f"![CLI whole-process medians]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict) -> str:
+    plt = report.pyplot()
+    figures = result["medians_ms"]
+    whats = [w for w in ("help", "list", "list (1 running)", "start+stop") if w in figures]
+    names = [n for n in ("now", "baseline", "lxc") if any(n in figures[w] for w in whats)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [i + k * width for i in range(len(whats))]
+        ax.bar(xs, [figures[w].get(name, 0) for w in whats], width, label=result["labels"][name])
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(whats))], whats)
+    ax.set_ylabel("ms (median, whole process)")
+    ax.set_title("vserver CLI as whole processes")
+    ax.legend()
+    fig.tight_layout()
+    name = "cli.png"
+    report.save(fig, common.RESULTS_DIR / name)
+    return name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    for flag in MODES:
+        mode.add_argument(f"--{flag}", action="store_const", dest="mode", const=flag, help=f"{MODES[flag]} rounds")
+    parser.add_argument("--baseline", metavar="REV", help="also the CLI of commit REV, interleaved")
+    parser.add_argument("--no-lxc", action="store_true", help="leave LXC out")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None)
+    args = parser.parse_args(argv)
+    args.mode = args.mode or "quick"
+    runs = MODES[args.mode]
+    write = args.write if args.write is not None else args.mode != "smoke"
+    if os.geteuid() != 0:
+        parser.error("must run as root")
+    use_lxc = not args.no_lxc and shutil.which("lxc-start") is not None
+
+    common.engine_env(CLI_ENV)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    from vservers.engine import Engine, templates
+    from vservers.engine.config import EngineConfig
+
+    engine = Engine(EngineConfig.from_env(CLI_ENV))
+    common.install_signal_handlers()
+    common.clean_earlier_run(engine, log)
+    lxc = Lxc() if use_lxc else None
+    result: dict = {"host": common.host_info(), "mode": args.mode, "runs": runs,
+                    "uncommitted": common.uncommitted(["vservers", "bench/cli.py"]),
+                    "labels": {"now": "now", "baseline": f"before ({args.baseline})", "lxc": "LXC"}}
+    tmp = Path(tempfile.mkdtemp(prefix="vservers-bench-cli-"))
+    ok = False
+    try:
+        envs = {"now": child_env()}
+        if args.baseline:
+            envs["baseline"] = child_env(export_baseline(args.baseline, tmp))
+        cli = [str(VSERVER)]
+        variants = {name: {"help": [*cli, "--help"], "list": [*cli, "list"], "start": [*cli, "start", SUBJECT],
+                           "stop": [*cli, "stop", SUBJECT]} for name in envs}
+        templates.build(engine.config, "busybox")
+        for k in range(STOPPED):
+            engine.create(f"bcli-{k}", "busybox", [common.address(k, NETWORK)])
+        engine.create(SUBJECT, "busybox", [common.address(STOPPED, NETWORK)])
+        engine.start(SUBJECT)
+        common.check_route(common.address(STOPPED, NETWORK).split("/")[0], NETWORK, CLI_ENV["VSERVER_BRIDGE"])
+        engine.stop(SUBJECT)
+        if lxc is not None:
+            lxc.set_up()
+        floor_env = {**HOST_ENV, "LANG": "C.UTF-8"}
+        result["floor_ms"] = {
+            "venv python -c pass": summary([ms(timed([sys.executable, "-c", "pass"], floor_env))
+                                            for _ in range(max(runs, 10))])["median"],
+            "system python -c pass": summary([ms(timed(["/usr/bin/python3", "-c", "pass"], floor_env))
+                                              for _ in range(max(runs, 10))])["median"],
+        }
+        times = rounds(runs, variants, envs, lxc)
+        result["times_ms"] = {w: {n: [ms(v) for v in vs] for n, vs in per.items()} for w, per in times.items()}
+        result["summary_ms"] = {w: {n: summary(vs) for n, vs in per.items()} for w, per in result["times_ms"].items()}
+        result["medians_ms"] = {w: {n: s["median"] for n, s in per.items()} for w, per in result["summary_ms"].items()}
+        med = result["medians_ms"]
+        ratios = {}
+        if "lxc" in med["start+stop"]:
+            ratios["start && stop, now ÷ LXC"] = med["start+stop"]["now"] / med["start+stop"]["lxc"]
+        if "baseline" in med["help"]:
+            for what in ("help", "list", "start+stop"):
+                ratios[f"{what}, now ÷ before"] = med[what]["now"] / med[what]["baseline"]
+        result["ratios"] = ratios
+        result["importtime"] = {}
+        for name, env in envs.items():
+            for what in ("--help", "list"):
+                where = f" ({STOPPED + 1} stopped)" if what == "list" else ""
+                result["importtime"][f"{result['labels'][name]} `vserver {what}`{where}"] = importtime([what], env)
+        ok = True
+    finally:
+        log("cleaning up")
+        left = common.cleanup_installation(engine, log)
+        if lxc is not None:
+            left += lxc.clean()
+        shutil.rmtree(tmp, ignore_errors=True)
+        result["leftovers"] = left
+        if left:
+            log("LEFT BEHIND: " + "; ".join(left))
+    if not ok:
+        return 1
+    plot_name = plot(result) if write else None
+    text = markdown(result, plot_name)
+    report.show(result if args.mode == "smoke" else {k: v for k, v in result.items() if k != "times_ms"}, text)
+    if write:
+        log(f"results in {common.write_results('cli', result, text)}")
+    return 2 if result["leftovers"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
