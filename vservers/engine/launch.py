@@ -34,6 +34,7 @@ from pathlib import Path
 
 from . import capabilities, loopdev, ptys, seccomp, syscalls, userns
 from .errors import EngineError
+from .procfs import wait_exit
 from .rescue import RescueLayers
 from .syscalls import (
     AT_EMPTY_PATH,
@@ -486,32 +487,6 @@ def _bind_read_only(root_fd: int, relative: str, recursive: bool = False, read_o
         _attach(clone, target, f"/{relative}")
     finally:
         os.close(target)
-
-
-def wait_exit(pid: int, timeout: float) -> bool:
-    """Wait until PID has exited (any process, not only our children); True if it did."""
-    import select
-
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout)
-        exited = bool(readable)
-    finally:
-        os.close(pidfd)
-    if exited:
-        reap(pid)
-    return exited
-
-
-def reap(pid: int) -> None:
-    """Collect PID's exit status if it is our child (we may be its subreaper)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def kill_and_wait(pid: int, timeout: float = 10.0) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import templates, validate
 from .config import EngineConfig
 from .errors import Conflict, EngineError, InvalidInput, NotFound
-from .procfs import boot_id, start_time
+from .procfs import boot_id, reap, start_time, wait_exit
 from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
 from .state import locked, read_json, write_json
 
@@ -391,8 +391,6 @@ class Engine:
 
     def _await_halt(self, name: str, init_pid: int, timeout: float) -> None:
         """Wait for init to finish its shutdown; after TIMEOUT kill everything left."""
-        from .launch import wait_exit  # launch's set-up is for starting; list and status skip it
-
         if wait_exit(init_pid, min(timeout, HALT_RESEND_AFTER)):
             return
         if timeout > HALT_RESEND_AFTER:
@@ -413,7 +411,6 @@ class Engine:
 
     def _clean_leftovers(self, name: str) -> None:
         """Remove what a stopped (or crashed, or half-started) server may still hold."""
-        from .launch import reap
         from .loopdev import wait_released
 
         runtime = self._runtime(name)
@@ -422,9 +419,11 @@ class Engine:
             reap(runtime.init_pid)
         self.cgroups.destroy(name)
         host_if = runtime.host_veth if runtime else self.host_veth(name)
-        from . import network
+        if os.path.lexists(f"/sys/class/net/{validate.interface_name(host_if)}"):
+            # Usually gone with the namespace: a stop then skips importing network (~15 ms).
+            from . import network
 
-        network.detach(host_if)
+            network.detach(host_if)
         if runtime is not None and runtime.loop_device:
             self._release_io(runtime.loop_device, server_dir / "disk.img")
             if not wait_released(runtime.loop_device, server_dir / "disk.img"):

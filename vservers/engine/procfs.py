@@ -7,6 +7,7 @@ Nothing is read at import (the web process imports the engine without touching t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -93,3 +94,30 @@ def read_limits(pid: int) -> dict[int, tuple[int, int]]:
     CAP_SYS_RESOURCE over a process of another user, which host root may lack."""
     with open(f"/proc/{pid}/limits") as fh:
         return parse_limits(fh.read())
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until PID has exited (any process, not only our children); True if it did. Here,
+    not in launch.py, so that a stop does not import what starting needs (ctypes, seccomp)."""
+    import select
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout)
+        exited = bool(readable)
+    finally:
+        os.close(pidfd)
+    if exited:
+        reap(pid)
+    return exited
+
+
+def reap(pid: int) -> None:
+    """Collect PID's exit status if it is our child (we may be its subreaper)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
