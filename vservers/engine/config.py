@@ -36,6 +36,9 @@ class EngineConfig:
     # VSERVER_BACKUP_SSH_OPTIONS: options for ssh when a backup is pushed to USER@HOST:/PATH,
     # e.g. "-i /root/.ssh/backup -p 2222" (words without spaces or quotes).
     backup_ssh_options: tuple[str, ...] = ()
+    # VSERVER_LOOP_DIRECT_IO=0 attaches servers' disks buffered; by default with direct I/O
+    # where the image's filesystem takes it (see loopdev.py, bench/loopdio.py for the figures).
+    loop_direct_io: bool = True
 
     @property
     def install_id(self) -> str:
@@ -101,5 +104,9 @@ class EngineConfig:
         from .validate import ssh_options
 
         ssh = ssh_options(env.get("VSERVER_BACKUP_SSH_OPTIONS", "").split())
+        direct_io = env.get("VSERVER_LOOP_DIRECT_IO", "1").strip().lower()
+        if direct_io not in ("0", "1", "yes", "no", "on", "off", "true", "false"):
+            raise InvalidInput(f"VSERVER_LOOP_DIRECT_IO must be 1 or 0, not {direct_io!r}")
         return cls(root=root, bridge=bridge, gateway4=gateway4, gateway6=gateway6, uid_base=uid_base,
-                   host_allow=host_allow, backup_dir_setting=backup_dir, backup_ssh_options=ssh)
+                   host_allow=host_allow, backup_dir_setting=backup_dir, backup_ssh_options=ssh,
+                   loop_direct_io=direct_io in ("1", "yes", "on", "true"))

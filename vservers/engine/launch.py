@@ -117,6 +117,7 @@ class LaunchPlan:
     init_argv: tuple[str, ...]
     join_cgroups: Callable[[], None]  # moves the calling (single-threaded) process in
     network_admin: bool = False  # root inside keeps CAP_NET_ADMIN (see capabilities.py)
+    direct_io: bool = False  # attach the disk with direct I/O where the kernel can (loopdev.py)
     # Rescue mode (rescue.py): the root is the rescue system, the overlay above at /mnt.
     rescue: RescueLayers | None = None
 
@@ -130,6 +131,7 @@ class LaunchPlan:
 class Launched:
     init_pid: int
     loop_device: str
+    buffered_reason: str = ""  # why the disk is buffered although direct I/O was asked for
 
 
 def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callable[[Launched], None]) -> Launched:
@@ -169,7 +171,8 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
             setup_pid = 0
             if "pid" not in messages:
                 raise EngineError(messages.get("error", "setup of the guest failed without a message"))
-            launched = Launched(init_pid=int(messages["pid"]), loop_device=messages.get("loop", ""))
+            launched = Launched(init_pid=int(messages["pid"]), loop_device=messages.get("loop", ""),
+                                buffered_reason=messages.get("buffered", ""))
             try:
                 wire_network(launched.init_pid)
                 record(launched)
@@ -240,8 +243,10 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
     plan.join_cgroups()
     syscalls.unshare(CLONE_NEWNS)
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    loop_device = _mount_disk(plan)
+    loop_device, buffered_reason = _mount_disk(plan)
     os.write(report_w, f"loop {loop_device}\n".encode())
+    if buffered_reason:
+        os.write(report_w, f"buffered {' '.join(buffered_reason.split())}\n".encode())
     message, fds, _flags, _address = socket.recv_fds(engine, 1, 1)
     engine.close()
     if message != b"j" or len(fds) != 1:
@@ -274,18 +279,20 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
     os.write(report_w, f"pid {init_pid}\n".encode())
 
 
-def _mount_disk(plan: LaunchPlan) -> str:
-    device, device_fd = loopdev.attach(plan.image)
+def _mount_disk(plan: LaunchPlan) -> tuple[str, str]:
+    """Loop-mount the disk; returns its device and why it is buffered against the plan, if so."""
+    attached = loopdev.attach_image(plan.image, direct_io=plan.direct_io)
+    device = attached.device
     try:
         syscalls.mount(device, plan.disk_dir, "ext4", MS_NODEV)
     finally:
-        os.close(device_fd)  # from here the mount alone keeps the device; autoclear frees it
+        os.close(attached.fd)  # from here the mount alone keeps the device; autoclear frees it
     for sub in ("upper", "work"):
         path = plan.disk_dir / sub
         if not path.is_dir():
             path.mkdir(mode=0o755)
             os.chown(path, plan.uid_base, plan.uid_base)
-    return device
+    return device, attached.buffered_reason
 
 
 def _init_child(plan: LaunchPlan, go_r: int, report_w: int) -> None:

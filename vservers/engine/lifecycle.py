@@ -315,12 +315,18 @@ class Engine:
             join_cgroups=lambda: self.cgroups.join_self(spec.name),
             network_admin=spec.limits.network_admin,
             rescue=layers,
+            direct_io=self.config.loop_direct_io,
         )
         try:
-            launch(plan, wire, record)
+            launched = launch(plan, wire, record)
         except BaseException:
             self._clean_leftovers(spec.name)
             raise
+        if launched.buffered_reason:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: disk attached buffered, not with direct I/O: %s", spec.name, launched.buffered_reason)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> Status:
         """Ask the guest's init to shut down; kill what remains after TIMEOUT seconds."""
