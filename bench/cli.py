@@ -52,7 +52,7 @@ SUBJECT = "bcli-x"  # started and stopped; the others stay stopped
 STOPPED = 4
 VSERVER = Path(sys.executable).parent / "vserver"
 MODES = {"smoke": 3, "quick": 30, "full": 60}
-IMPORTTIME_RUNS = 5
+IMPORTTIME_RUNS = 15
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
