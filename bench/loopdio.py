@@ -243,7 +243,9 @@ def measure_http(engines, servers: list[Server], profile: dict, page: bytes, pha
             # What reached the disk under the load (the access log's writeback), per request
             # of the measured runs (the warm-up's few requests count in the I/O too).
             side = result[s.side]
-            requests = sum(sample.get("requests", 0) for sample in side.pop("samples"))
+            samples = side.pop("samples")
+            side["rps_rounds"] = [sample["rps"] for sample in samples]  # in round order
+            requests = sum(sample.get("requests", 0) for sample in samples)
             after = loop_io(engines, s)
             side["loop_io"] = {key: after[key] - io_before[s.side][key] for key in after}
             side["loop_write_bytes_per_request"] = round(side["loop_io"]["write_bytes"] / max(1, requests), 2)
@@ -258,6 +260,23 @@ def summarise(rounds: dict) -> dict:
         out.setdefault(template, {})[side] = {key: round(statistics.median(r[key] for r in rows), 3)
                                               for key in rows[0]}
     return out
+
+
+def round_ratio(http: dict) -> float:
+    """Median over the rounds of dio's requests/s ÷ buffered's in the same round."""
+    return statistics.median(d / b for d, b in zip(http["dio"]["rps_rounds"], http["buffered"]["rps_rounds"],
+                                                      strict=True))
+
+
+def http_effect(result: dict, template: str) -> float | None:
+    """Direct I/O's effect on requests/s with the servers' own difference taken out: the first
+    phase's ratio is effect × s (s: how much faster the server that started with dio is
+    anyway), the swapped phase's effect ÷ s, so their geometric mean is the effect alone."""
+    try:
+        first, swapped = result["http"][template], result["http_swapped"][template]
+        return (round_ratio(first) * round_ratio(swapped)) ** 0.5
+    except (KeyError, ValueError):
+        return None
 
 
 def markdown(result: dict) -> str:
@@ -281,6 +300,10 @@ def markdown(result: dict) -> str:
             if template in result.get(key, {}):
                 dio, buf = (result[key][template][side]["rps"]["median"] for side in SIDES)
                 rows.append([template, label, report.fmt(dio), report.fmt(buf), f"{dio / buf:.3f}"])
+        effect = http_effect(result, template)
+        if effect is not None:
+            rows.append([template, "HTTP: direct I/O's own effect, √(round ratio × swapped round ratio)", "", "",
+                         f"{effect:.3f}"])
         if template in result.get("http", {}):
             dio, buf = (result["http"][template][side]["loop_write_bytes_per_request"] for side in SIDES)
             rows.append([template, "bytes written to the loop device per HTTP request", report.fmt(dio, 2),
@@ -299,8 +322,9 @@ def markdown(result: dict) -> str:
         "Buffered, the loop device keeps a second copy of what the guest reads, as pages of the "
         "image file, and (cgroup v1) charges it to no server: the server's own cgroup grows the "
         "same either way. HTTP serves from the guest's cache and writes at most an access-log "
-        "line's bytes per request to the disk: a ratio that changes sides between the first "
-        "HTTP row and the swapped one is the machine's noise, not direct I/O.",
+        "line's bytes per request to the disk. The two HTTP rows each mix direct I/O's effect "
+        "with the two servers' own difference (which the swap turns round); the third row takes "
+        "that out (the geometric mean of the two phases' median per-round ratios).",
         "",
         "![loop dio](loopdio.png)",
     ])

@@ -3,10 +3,13 @@ itself as soon as the last mount of it goes away (no loop device can outlive its
 
 A server's disk is attached with direct I/O where the image's filesystem allows it: the loop
 device then reads and writes the image with O_DIRECT, so a block of the guest's files sits in
-the page cache once (the guest's ext4) and not a second time as a page of the image file. The
-kernel refuses LOOP_CONFIGURE with EINVAL, or drops the flag, where it cannot do it (ramfs, a
-backing device whose logical block is larger than the image's ext4 block); the disk is then
-attached buffered and the reason returned, as systemd's loop-util and losetup do.
+the page cache once (the guest's ext4) and not a second time as a page of the image file.
+Where it cannot work the disk is attached buffered and the reason returned (as systemd's
+loop-util falls back): a filesystem that refuses O_DIRECT opens (ramfs: EINVAL; tmpfs takes
+them on 6.18), a backing disk whose logical block is larger than the image's ext4 block, and
+whatever the kernel decides itself: on 6.18 it keeps quiet and drops the flag (sysfs dio 0),
+so that answer is read back after every attach; a LOOP_CONFIGURE refused with EINVAL is
+retried buffered too.
 """
 
 from __future__ import annotations
