@@ -178,6 +178,7 @@ def cluster(file_database, rq_redis, panel_redis, cluster_nodes, settings, djang
     from accounts.models import Membership, Tenant
     from vservers.engine import templates
     from vservers.models import BuiltTemplate, IPPool, Node, Plan, Template
+    from vservers.nodes import redis_acl
 
     settings.RQ_QUEUES = {
         **settings.RQ_QUEUES,
@@ -199,6 +200,8 @@ def cluster(file_database, rq_redis, panel_redis, cluster_nodes, settings, djang
         info = templates.get(node.config, "busybox")
         BuiltTemplate.objects.create(template=w.busybox, node=row, version=info.version,
                                      size_bytes=info.size_bytes, checked=timezone.now())
+    # Each node's worker under its own Redis user, made as the join makes it.
+    redis_urls = {name: redis_acl.grant(getattr(w, f"node_{name}"), rq_redis) for name in cluster_nodes}
     w.small = Plan.objects.create(name="small", cpus="0.5", memory_mb=64, disk_mb=256, pids=128)
     w.medium = Plan.objects.create(name="medium", cpus="1", memory_mb=256, disk_mb=512, pids=512)
     w.acme = Tenant.objects.create(name="Acme", slug="acme")
@@ -212,7 +215,7 @@ def cluster(file_database, rq_redis, panel_redis, cluster_nodes, settings, djang
         node = cluster_nodes[name]
         log = tmp_path / f"worker-{name}-{len(w.workers) + 1}.log"
         env = {**node.env, "VSERVER_TEST_FAULT": engine_fault} if engine_fault else node.env
-        worker = WorkerProcess(file_database, panel_redis, log, fault=fault, queues=(node.queue,),
+        worker = WorkerProcess(file_database, redis_urls[name], log, fault=fault, queues=(node.queue,),
                                env=env, settings=SETTINGS)
         w.workers.append(worker)
         return worker

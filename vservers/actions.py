@@ -78,17 +78,25 @@ def enqueue(operation: Operation) -> None:
     the same operation twice is harmless: only one worker can claim the row."""
     queue_name = operation.server.node.queue_name if operation.server.node else "default"
     op_id = operation.pk
+    # As the queue's caller names it: on a node's queue Redis keeps it with the node's prefix
+    # (vservers.queues.PanelQueue), which queue.fetch_job adds again.
+    job_id = f"op-{operation.uuid}"
 
     def push() -> None:
-        from .queues import get_queue
+        from .queues import get_queue, may_push, wake
 
+        if not may_push(queue_name):
+            # A node's worker asking for work on another node (a start after a failed move):
+            # that node's worker queues it (vservers.migration.recovery.send_due).
+            wake(queue_name)
+            return
         try:
-            job = get_queue(queue_name).enqueue(JOB_FUNCTION, op_id, job_id=f"op-{operation.uuid}")
+            get_queue(queue_name).enqueue(JOB_FUNCTION, op_id, job_id=job_id)
         except Exception as exc:  # noqa: BLE001 - Redis down: the row stays queued, the worker re-sends it
             log.warning("operation %s stays in the outbox: the job queue is unreachable (%s)", op_id, exc)
             Operation.objects.filter(pk=op_id, status=OperationStatus.QUEUED).update(error=QUEUE_DELAYED)
             return
-        Operation.objects.filter(pk=op_id).update(job_id=job.id)
+        Operation.objects.filter(pk=op_id).update(job_id=job_id)
 
     transaction.on_commit(push)
 
@@ -645,20 +653,20 @@ def _enqueue_build(build: TemplateBuild) -> None:
     With the queue unreachable the build fails at once with a plain sentence: unlike an
     operation it is not resent later, and a pending row would block the next try."""
     build_id, queue_name = build.pk, build.node.queue_name
+    job_id = f"build-{build.uuid}"  # as enqueue's: the queue adds the node's prefix in Redis
 
     def push() -> None:
         from .queues import get_queue
 
         try:
-            job = get_queue(queue_name).enqueue(BUILD_FUNCTION, build_id, job_id=f"build-{build.uuid}",
-                                                job_timeout=BUILD_TIMEOUT)
+            get_queue(queue_name).enqueue(BUILD_FUNCTION, build_id, job_id=job_id, job_timeout=BUILD_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - Redis down: say so on the row
             log.warning("template build %s not queued: %s", build_id, exc)
             TemplateBuild.objects.filter(pk=build_id, status=OperationStatus.QUEUED).update(
                 status=OperationStatus.FAILED, finished=timezone.now(),
                 error="the job queue cannot be reached right now; build it again later")
             return
-        TemplateBuild.objects.filter(pk=build_id).update(job_id=job.id)
+        TemplateBuild.objects.filter(pk=build_id).update(job_id=job_id)
 
     transaction.on_commit(push)
 

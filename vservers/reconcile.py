@@ -68,6 +68,7 @@ from .models import (
 )
 from .models.operations import DELAYED_PREFIX
 from .models.transitions import OnInterrupt, interrupted
+from .nodes.queues import SEPARATOR, is_node_queue
 from .queues import get_queue
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ def worker_gone(job) -> bool:
     never ends by itself (RQ's own clean-up fails it only once its heartbeat expires, up to
     the job's timeout later)."""
     name = job.worker_name or ""
+    node_queue, mark, rest = name.partition(SEPARATOR + WORKER_NAME_PREFIX)
+    if mark and is_node_queue(node_queue):
+        name = WORKER_NAME_PREFIX + rest  # "node-b_panel:...": vservers.queues.worker_prefix
     return name.startswith(WORKER_NAME_PREFIX) and runner_alive(name[len(WORKER_NAME_PREFIX):]) is False
 
 

@@ -58,7 +58,7 @@ from rq.worker import SimpleWorker
 
 from . import jobs, reconcile
 from .nodes.heartbeat import Heartbeat
-from .queues import PanelJob, new_queue
+from .queues import PanelJob, new_queue, worker_prefix
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,16 @@ RENEW_SIGNAL = signal.SIGUSR1
 class PanelWorker(SimpleWorker):
     """RQ's SimpleWorker with the panel's settings: PanelJob (the allow-list), JSON whatever
     serializer it is given, and a name that says which process it is ("panel:" + the runner
-    id, so a job it left "started" can be told dead: reconcile.worker_gone)."""
+    id, so a job it left "started" can be told dead: reconcile.worker_gone), after its node's
+    queue and "_" on a node's queue ("node-b_panel:...": its Redis user's keys)."""
 
     # RQ's own setting: the longest pause between its attempts to reach Redis while it waits
     # for a job (RQ's 60 s would leave the operations asked for meanwhile waiting that long).
     max_connection_wait_time = MAX_REDIS_WAIT
 
     def __init__(self, queues, **kwargs) -> None:
-        kwargs.setdefault("name", reconcile.WORKER_NAME_PREFIX + jobs.runner_id())
+        names = [queue.name for queue in queues]
+        kwargs.setdefault("name", worker_prefix(names) + reconcile.WORKER_NAME_PREFIX + jobs.runner_id())
         super().__init__(queues, **{**kwargs, "job_class": PanelJob, "serializer": JSONSerializer})
         self.stopping = False
 

@@ -10,7 +10,8 @@
     new addresses from its pools when the server cannot keep its own, has the engine adopt
     the server and starts it if it ran; then ONE transaction moves the server (server.node),
     releases the old addresses, ends the migration and the operation. That commit is the point
-    of no return; the source's stopped copy is removed by `cleanup` on the source's queue.
+    of no return; the source's stopped copy is removed by `cleanup` on the source's queue (queued by the
+    source itself once woken: push).
  3. Any failure before that commit leaves the server on the source: the target removes its
     copy (stop, delete, discard incoming/), new address rows are released, the migration and
     the operation fail, and a start is queued on the source if the server ran.
@@ -72,13 +73,23 @@ def cleanup_job_id(migration_id: int, node_id: int) -> str:
     return f"migrate-cleanup-{migration_id}-{node_id}"
 
 
+# How long a cleanup job's record is kept: while the migration is recent (recovery.send_due
+# looks at those that ended within CLEANUP_WINDOW), its record says it was queued already.
+CLEANUP_RESULT_TTL = 3 * 3600
+
+
 def push(node: Node, function: str, *args, job_id: str) -> bool:
     """Queue FUNCTION(*ARGS) on NODE's queue; False if Redis cannot be reached now (each
-    node's reconcile sends it again: recovery.py)."""
-    from ..queues import get_queue
+    node's reconcile sends it again: recovery.py). A node's worker never writes another
+    node's queue: the rows committed before say what that node is to do, and a wake-up has
+    it queue the job on its own queue now (recovery.send_due, from its heartbeat thread)."""
+    from ..queues import get_queue, may_push, wake
 
+    if not may_push(node.queue_name):
+        return wake(node.queue_name)
     try:
-        get_queue(node.queue_name).enqueue(function, *args, job_id=job_id, failure_ttl=86400)
+        get_queue(node.queue_name).enqueue(function, *args, job_id=job_id, failure_ttl=86400,
+                                           result_ttl=CLEANUP_RESULT_TTL)
     except Exception as exc:  # noqa: BLE001 - the rows say what is due; the reconcile resends it
         log.warning("could not queue %s on node %s (%s); its reconcile does it", function, node.name, exc)
         return False

@@ -15,6 +15,11 @@ server that the database places elsewhere, only where a migration row explains i
    from this node or a failed one to it says so: removed (never a server the database does
    not explain).
 
+send_due (a node's heartbeat thread, woken by another node or every beat) queues on this
+node's own queue what the database asks of it: the receive of a move shipped to it, the
+cleanup of a move that ended, and the operations asked for its servers by another node's
+worker (no node's worker writes another's queue: vservers.queues.may_push).
+
 Runner ids are compared on the node that ran them (vservers.jobs.runner_alive): each node
 judges only its own dead workers.
 """
@@ -22,6 +27,7 @@ judges only its own dead workers.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import Q
@@ -39,7 +45,7 @@ from ..models import (
     State,
     VirtualServer,
 )
-from ..models.operations import INTERRUPTED
+from ..models.operations import DELAYED_PREFIX, INTERRUPTED
 from . import jobs
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,58 @@ def fail_shipping(migration: Migration, engine) -> int:
         jobs.start_again(server)
     jobs.resend_queued(server)
     return 1
+
+
+# The moves whose cleanup send_due queues: those that ended this recently (older leftovers
+# are the reconcile's: remove_leftovers).
+CLEANUP_WINDOW = timedelta(hours=1)
+
+
+def send_due(node: Node, queue) -> int:
+    """What the database asks of NODE, queued on its own QUEUE (see the module's docstring);
+    how many jobs. Safe to repeat: each job is queued once while its record lasts, and a
+    second delivery finds its row claimed."""
+    return resend_receives(node, queue) + send_cleanups(node, queue) + send_operations(node)
+
+
+def send_cleanups(node: Node, queue) -> int:
+    """The cleanup jobs of NODE for the moves that ended within CLEANUP_WINDOW: done from it
+    (its stopped copy), failed to it (what arrived); each once (its job's record outlives
+    the window)."""
+    from ..queues import job_key
+
+    since = timezone.now() - CLEANUP_WINDOW
+    ended = list(Migration.objects.filter(
+        Q(source=node, phase=MigrationPhase.DONE) | Q(target=node, phase=MigrationPhase.FAILED),
+        finished__gte=since).values_list("pk", flat=True))
+    if not ended:
+        return 0
+    ids = [jobs.cleanup_job_id(pk, node.pk) for pk in ended]
+    with queue.connection.pipeline(transaction=False) as pipe:  # one round trip for them all
+        for job_id in ids:
+            pipe.exists(queue.job_class.key_for(job_key(queue.name, job_id)))
+        queued = pipe.execute()
+    sent = 0
+    for migration_id, job_id, known in zip(ended, ids, queued, strict=True):
+        if not known and jobs.push(node, jobs.CLEANUP_FUNCTION, migration_id, node.pk, job_id=job_id):
+            sent += 1
+    return sent
+
+
+def send_operations(node: Node) -> int:
+    """Operations queued for NODE's servers by another node's worker (a start after a failed
+    move), which could only wake this node: queued here. Not those of a server with an
+    operation running (its worker takes them when done), nor those with a job already."""
+    from ..actions import enqueue
+    from ..models import Operation
+
+    busy = Operation.objects.filter(server__node=node, status=OperationStatus.RUNNING).values("server_id")
+    sent = 0  # (those Redis was down for are the reconcile's: resend_lost)
+    for operation in (Operation.objects.filter(server__node=node, status=OperationStatus.QUEUED, job_id="")
+                      .exclude(server_id__in=busy).exclude(error__startswith=DELAYED_PREFIX).select_related("server__node").order_by("pk")):
+        enqueue(operation)  # outside a transaction: pushed right away, job_id recorded
+        sent += 1
+    return sent
 
 
 def resend_receives(node: Node, queue) -> int:

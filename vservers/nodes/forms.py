@@ -23,6 +23,9 @@ class NodeAddForm(forms.ModelForm):
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"]
+        if "_" in name:
+            # "_" ends the prefix of the node's job ids in Redis (vservers.nodes.queues.SEPARATOR).
+            raise ValidationError("Letters, digits and hyphens only (no underscore).")
         if name == "add":
             raise ValidationError("This name is taken by the page that adds nodes.")
         if Node.objects.filter(queue_name="node-" + name).exists():

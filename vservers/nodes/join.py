@@ -9,14 +9,17 @@ node's credentials.
    the token with what the host has (CPUs, memory, disk, its sshd's host key, its migration
    key) to api/nodes_join.py, which calls accept(): the token is the only credential.
 3. accept() checks the token under a row lock, records what the node sent, makes the node's
-   database credentials (a PostgreSQL role of its own, vservers.nodes.credentials) and
-   answers with the node's name, queue, REDIS_URL and DATABASE_URL. The hash stays, marked
-   used (no expiry, joined_at set), so a second use is told "used", not "unknown".
+   database credentials (a PostgreSQL role of its own, vservers.nodes.credentials) and its
+   Redis user (vservers.nodes.redis_acl: its own queue only), and answers with the node's
+   name, queue, REDIS_URL and DATABASE_URL; joining again renews both passwords. The hash
+   stays, marked used (no expiry, joined_at set), so a second use is told "used", not
+   "unknown".
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,12 +27,15 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from ..engine import validate
 from ..engine.errors import InvalidInput
 from ..models import Node
-from . import credentials
+from . import credentials, redis_acl
 from .queues import queue_for
+
+log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
 # Bounds on what a joining node may report (a typo or a lie must not make capacity absurd).
@@ -134,6 +140,12 @@ def accept(offer: Offer) -> Joined:
         node.join_token_expires = None  # used: the hash stays, to say so to a second use
         node.joined_at = now
         database_url = credentials.grant(node)
+        try:
+            redis_url = redis_acl.grant(node)
+        except (RedisError, ValueError) as exc:
+            log.error("node %s: could not make its Redis user: %s", node.name, exc)
+            raise JoinRefused(f"The panel could not make the node's Redis user ({exc}). The panel's Redis must "
+                              "be Redis 7 and REDIS_URL's user allowed ACL SETUSER; see docs/cluster.md.") from None
         node.save()
     return Joined(name=node.name, queue=node.queue_name, vserver_root=node.vserver_root,
-                  redis_url=settings.PANEL_NODE_REDIS_URL or settings.REDIS_URL, database_url=database_url)
+                  redis_url=redis_url, database_url=database_url)

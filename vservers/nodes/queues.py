@@ -26,6 +26,18 @@ def is_node_queue(name: object) -> bool:
     return isinstance(name, str) and QUEUE_NAME.fullmatch(name) is not None
 
 
+# What the ids of a node's jobs and the names of its workers begin with: its queue's name and
+# this (RQ allows only letters, digits, "-" and "_" in a job id). A node's name has no "_"
+# (the Add node form, vservers.nodes.redis_acl), so "node-a_" begins no key of another node,
+# and "rq:job:node-a_*" is node a's jobs and nothing else.
+SEPARATOR = "_"
+
+
+def key_prefix(queue_name: str) -> str:
+    """The prefix of the job ids and worker names of a node's queue (see SEPARATOR)."""
+    return queue_name + SEPARATOR
+
+
 class NodeQueues(dict):
     """RQ_QUEUES: the fixed queues, and every "node-<name>" with the configuration NODE."""
 

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from vservers.nodes.queues import is_node_queue
+from vservers.queues import serve_only
 
 
 class Command(BaseCommand):
@@ -37,4 +38,7 @@ class Command(BaseCommand):
         if missing:
             raise CommandError(f"no node has the queue {', '.join(missing)}: join the node first "
                                "(manage.py node join URL TOKEN)")
+        if wanted and len(wanted) == len(queues):
+            # A node's worker: its Redis user may write its own queues only (vservers.queues).
+            serve_only(queues)
         NodeWorker(queues).run()
