@@ -2,14 +2,18 @@
 worker under node a's ACL user runs a job from node a's queue, and the same credential is
 refused (NOPERM) node b's queue, node b's job keys and worker channel, KEYS, FLUSHALL, CONFIG
 and ACL, which the panel's own credential may all use (the positive control). It may PUBLISH
-to node b's wake-up channel, not SUBSCRIBE to it. Joining again renews the password."""
+to node b's wake-up channel, not SUBSCRIBE to it. Joining again renews the password. A
+wake-up has a node's heartbeat queue what the database asks of it on its own queue."""
 
 from __future__ import annotations
 
 import pytest
 import redis
+from django.utils import timezone
 from redis.exceptions import AuthenticationError, NoPermissionError
 
+from tests.panel import faults
+from tests.panel.faults import wait_until
 from vservers.migration.jobs import CLEANUP_FUNCTION
 from vservers.models import Node
 from vservers.nodes import redis_acl
@@ -100,3 +104,38 @@ def test_a_node_credential_reaches_its_own_queue_only(nodes, rq_redis):
         redis.Redis.from_url(url).ping()
     renewed.close()
     stolen.close()
+
+
+file_database = faults.file_database
+fault_world = faults.fault_world
+
+
+def test_a_wake_up_has_the_node_queue_on_its_own_queue_what_another_node_asked_of_it(fault_world, settings,
+                                                                                   rq_redis):
+    """The hand-over without writing another node's queue: an operation recorded for node a's
+    server with no job (as another node's worker leaves it), a wake-up on a's channel, and a's
+    heartbeat thread, under a's own Redis user, queues its job on a's queue. Its next beat is
+    ten minutes away: only the wake-up can do it in time."""
+    from vservers.models import Operation, OperationKind, State, VirtualServer
+    from vservers.nodes.heartbeat import Heartbeat
+    from vservers.nodes.queues import node_queues
+    from vservers.queues import wake
+
+    world = fault_world
+    node = Node.objects.create(name="a", queue_name="node-a", last_seen=timezone.now())
+    server = VirtualServer.objects.create(tenant=world.acme, name="web", hostname="web.acme.example",
+                                          plan=world.small, template=world.busybox, node=node, state=State.STOPPED)
+    settings.RQ_QUEUES = node_queues(redis_acl.grant(node, rq_redis))  # this process as node a
+    beat = Heartbeat(["node-a"], period=600, listen=True)
+    beat.start()
+    try:
+        wait_until(lambda: beat.beats and beat.listener is not None, "the first beat and the subscription")
+        operation = Operation.objects.create(server=server, kind=OperationKind.START)
+        assert wake("node-a")
+        wait_until(lambda: Operation.objects.get(pk=operation.pk).job_id, "the operation's job")
+        assert get_queue("node-a").get_job_ids() == [f"node-a_op-{operation.uuid}"]
+        assert (beat.wakes, beat.sent) == (1, 1)
+    finally:
+        beat.stop()
+        rq_redis.execute_command("ACL", "DELUSER", redis_acl.user_name(node))
+    assert not beat.is_alive()
