@@ -178,14 +178,14 @@ def cluster(file_database, rq_redis, panel_redis, cluster_nodes, settings, djang
     from accounts.models import Membership, Tenant
     from vservers.engine import templates
     from vservers.models import BuiltTemplate, IPPool, Node, Plan, Template
-    from vservers.nodes import redis_acl
+    from vservers.nodes import credentials, redis_acl
 
     settings.RQ_QUEUES = {
         **settings.RQ_QUEUES,
         **{node.queue: {"URL": panel_redis, "DEFAULT_TIMEOUT": 3600, "SERIALIZER": "rq.serializers.JSONSerializer"}
            for node in cluster_nodes.values()},
     }
-    w = SimpleNamespace(database=file_database, workers=[], **cluster_nodes)
+    w = SimpleNamespace(database=file_database, workers=[], database_urls={}, **cluster_nodes)
     w.busybox = Template.objects.create(name="busybox", display_name="BusyBox")
     for name, node in cluster_nodes.items():
         row = Node.objects.create(
@@ -193,7 +193,11 @@ def cluster(file_database, rq_redis, panel_redis, cluster_nodes, settings, djang
             ssh_address=f"127.0.0.1:{node.port}", ssh_host_key=node.host_key, ssh_public_key=node.public_key,
             vserver_root=str(node.config.root),
         )
+        # The node's own database role, as a joined node has (vservers.nodes.credentials): its
+        # worker runs under it, so the row-level policies are what the real jobs meet.
         setattr(w, f"node_{name}", row)
+        w.database_urls[name] = credentials.grant(row)
+        row.save()
         network, gateway = NETWORKS[name]
         setattr(w, f"pool_{name}", IPPool.objects.create(name=f"{name}-net", node=row, network=network,
                                                           gateway=gateway))
@@ -214,7 +218,9 @@ def cluster(file_database, rq_redis, panel_redis, cluster_nodes, settings, djang
         TEST_FAULT), ENGINE_FAULT at one of the engine's (vservers.engine.faults)."""
         node = cluster_nodes[name]
         log = tmp_path / f"worker-{name}-{len(w.workers) + 1}.log"
-        env = {**node.env, "VSERVER_TEST_FAULT": engine_fault} if engine_fault else node.env
+        env = {**node.env, "VSERVER_TEST_FAULT": engine_fault} if engine_fault else dict(node.env)
+        if w.database_urls[name]:  # PostgreSQL (on SQLite: the test's file, as the panel's)
+            env["DATABASE_URL"] = w.database_urls[name]
         worker = WorkerProcess(file_database, redis_urls[name], log, fault=fault, queues=(node.queue,),
                                env=env, settings=SETTINGS)
         w.workers.append(worker)
@@ -228,6 +234,8 @@ def cluster(file_database, rq_redis, panel_redis, cluster_nodes, settings, djang
             worker.stop()
         for node in cluster_nodes.values():
             remove_everything(node.engine)
+        for name in w.database_urls:
+            credentials.revoke(getattr(w, f"node_{name}"))
 
 
 def keep_online(*nodes) -> None:

@@ -116,7 +116,7 @@ def _request(server: VirtualServer, kind: str, user, request, params: dict,
     """request_operation, with PARAMS as a dict, and RETRY_OF: the failed operation this one
     retries, which must still be the server's latest when the lock is held."""
     with transaction.atomic():
-        VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+        VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server.pk).first()
         if retry_of is not None:
             latest = Operation.objects.filter(server=server).order_by("-pk").values_list("pk", flat=True).first()
             if latest != retry_of.pk:

@@ -32,7 +32,7 @@ def store_snapshots(server: VirtualServer, engine: Engine) -> list[Snapshot]:
     the node no longer has removed, snapshots the panel did not know added."""
     on_node = {info.name: info for info in engine.snapshot_list(server.engine_name)}
     with transaction.atomic():
-        rows = {row.name: row for row in Snapshot.objects.select_for_update().filter(server=server)}
+        rows = {row.name: row for row in Snapshot.objects.select_for_update(of=("self",)).filter(server=server)}
         Snapshot.objects.filter(server=server).exclude(name__in=list(on_node)).delete()
         for name, info in on_node.items():
             row = rows.get(name)

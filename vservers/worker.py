@@ -385,8 +385,8 @@ class Watch(threading.Thread):
         self.backup_jobs(now)
 
     def usage_jobs(self, now: float) -> None:
-        """The usage sampler of each node, and the history's pruning (one job for all nodes,
-        on the first node's queue)."""
+        """The usage sampler of each node, and the history's pruning (the first node's, on
+        its queue: a node's database role prunes the rows it reaches, its own)."""
         from .usage import jobs as usage_jobs
         from .usage import sampler
 
@@ -396,7 +396,7 @@ class Watch(threading.Thread):
                 sampler.queue_run(self.queues[name], pk, unless_ended_within=self.sample_period / 2)
         if now >= self.prune_due and self.nodes:
             self.prune_due = now + usage_jobs.PRUNE_SECONDS
-            usage_jobs.queue_prune(self.queues[self.nodes[0][1]])
+            usage_jobs.queue_prune(self.queues[self.nodes[0][1]], self.nodes[0][0])
 
     def backup_jobs(self, now: float) -> None:
         """Each node's pass over its backup schedules (vservers.backups.schedule), every minute."""

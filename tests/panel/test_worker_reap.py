@@ -108,7 +108,7 @@ def test_an_init_the_process_ends_itself_is_forgotten_first(watch):
 
 def test_the_usage_sampler_and_pruning_are_queued_from_start_up_once_per_period(watch):
     queue = get_queue("default")
-    wanted = {f"sample-{NODE}", "usage-prune", f"backup-schedule-{NODE}"}
+    wanted = {f"sample-{NODE}", f"usage-prune-{NODE}", f"backup-schedule-{NODE}"}
     wait_for(lambda: wanted <= set(queue.get_job_ids()), "the sampler, prune and backup schedule jobs")
     time.sleep(2.5)  # ticks meanwhile: still queued, so not queued again
     assert sorted(queue.get_job_ids()) == sorted([*wanted, f"reconcile-{NODE}"])

@@ -77,7 +77,7 @@ def request_migration(server: VirtualServer, by, target: Node | None = None, req
     server = VirtualServer.objects.select_related("node", "tenant", "plan", "template").get(pk=server.pk)
     plan = plan_move(server, target)
     with transaction.atomic():
-        VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+        VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server.pk).first()
         if Migration.objects.filter(server=server, phase__in=ACTIVE_PHASES).exclude(
                 operation__params__target=plan.node.pk).exists():
             raise ActionRefused(f"{server} is being moved already")

@@ -307,14 +307,17 @@ def _receive(migration_id: int) -> str:
             lines.append(f"It keeps its address: {', '.join(a.split('/')[0] for a in spec.addresses)}.")
         lines.append("Started on the target." if migration.was_running else "Left stopped, as it was.")
         with transaction.atomic():
-            VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+            VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server.pk).first()
+            # The point of no return: from here on the server is the target's. The server
+            # moves before the migration ends: the target's database role may write the
+            # server only while it is an active move's target or holds it
+            # (vservers.nodes.rowsecurity); the compare-and-swap below rolls it back.
+            VirtualServer.objects.filter(pk=server.pk).update(node=target)
+            server.node = target
             done = Migration.objects.filter(pk=migration.pk, phase=MigrationPhase.RECEIVING, runner=me).update(
                 phase=MigrationPhase.DONE, finished=timezone.now(), bytes_done=migration.bytes_total)
             if not done:
                 raise core.Refused("the move was ended meanwhile")
-            # The point of no return: from here on the server is the target's.
-            VirtualServer.objects.filter(pk=server.pk).update(node=target)
-            server.node = target
             if migration.readdress:
                 IPAddress.objects.filter(server=server, address__in=migration.old_addresses).delete()
             server.complete(OperationKind.MIGRATE, back_to=State.RUNNING if migration.was_running else State.STOPPED)
@@ -376,18 +379,24 @@ def target_failed(migration: Migration, engine: Engine, runner: str, exc: BaseEx
     remove_copy(server, migration.target, engine)
     message = f"{core._message(exc) if isinstance(exc, Exception) else 'the worker of the target stopped'}"
     public = f"{FAILED_SENTENCES[OperationKind.MIGRATE]}; {core.OPERATOR_TOLD}"
+    # Everything is written while the migration is still receiving, and it ends last in the
+    # same transaction: the target's database role may write the server and its operations
+    # only while it is an active move's target (vservers.nodes.rowsecurity). The migration's
+    # row lock makes the check of its phase and runner and the final update one step.
     with transaction.atomic():
-        VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
-        if not _end_migration(migration, MigrationPhase.RECEIVING, runner):
+        VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server.pk).first()
+        if Migration.objects.select_for_update().filter(pk=migration.pk, phase=MigrationPhase.RECEIVING,
+                                                        runner=runner).values_list("pk", flat=True).first() is None:
             return False
         server.addresses.exclude(address__in=migration.old_addresses).delete()
         server.move([State.MIGRATING], State.STOPPED, STAYS)
         Operation.objects.filter(pk=migration.operation_id, status=OperationStatus.RUNNING).update(
             status=OperationStatus.FAILED, finished=timezone.now(), error=public,
             detail=f"on node {migration.target.name}: {message}\n{detail}"[-20000:])
-    if migration.was_running:
-        start_again(server)
-    resend_queued(server)
+        if migration.was_running:
+            start_again(server)
+        resend_queued(server)
+        _end_migration(migration, MigrationPhase.RECEIVING, runner)  # it holds: the row is locked
     return True
 
 

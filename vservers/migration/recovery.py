@@ -83,7 +83,7 @@ def fail_shipping(migration: Migration, engine) -> int:
 
     operation, server = migration.operation, migration.server
     with transaction.atomic():
-        VirtualServer.objects.select_for_update().filter(pk=server.pk).first()
+        VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server.pk).first()
         if not Migration.objects.filter(pk=migration.pk, phase=MigrationPhase.SHIPPING).update(
                 phase=MigrationPhase.FAILED, finished=timezone.now()):
             return 0

@@ -3,9 +3,11 @@
 PostgreSQL: a role of the node's own (Node.db_role, "vsnode_<name>") with a password of its
 own, granted only what the node's worker and console broker use:
 
- - read and write: the tables of the apps whose rows a node's jobs keep (vservers: servers,
-   operations, addresses, templates, snapshots, backups, usage, migrations; alerts;
-   notifications' outbox; consoles' tickets and sessions);
+ - the tables of the apps whose rows a node's jobs keep (vservers: servers, operations,
+   addresses, templates, snapshots, backups, usage, migrations; alerts; notifications' outbox;
+   consoles' tickets and sessions), each with only the commands its jobs run, and limited by
+   row to the node's own servers and its own node by row-level security
+   (vservers.nodes.rowsecurity: its TABLES name the commands and the rows, table by table);
  - read only: tenants and memberships (a server's tenant, who gets a notification);
  - the audit log: INSERT, and SELECT of its id column only (Django's INSERT ... RETURNING id);
    a node writes "server.autostart_paused" and the console's entries, and reads none;
@@ -30,6 +32,7 @@ from django.conf import settings
 from django.db import connection
 
 from ..models import Node
+from . import rowsecurity
 
 ROLE_PREFIX = "vsnode_"
 # Apps whose every table a node's worker reads and writes.
@@ -84,9 +87,15 @@ def _make_role(role: str, password: str) -> None:
                                                                   ident),
             sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident),
         ]
-        tables = worker_tables()
-        statements.append(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+        # Each worker table with the commands its row rule allows (rowsecurity.TABLES), and
+        # none beyond: a role made before a table's rule narrowed loses the rest.
+        tables = sorted(rowsecurity.TABLES)
+        statements.append(sql.SQL("REVOKE ALL ON {} FROM {}").format(
             sql.SQL(", ").join(map(sql.Identifier, tables)), ident))
+        for table in tables:
+            statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.SQL, rowsecurity.TABLES[table].privileges)), sql.Identifier(table),
+                ident))
         read_only = [apps.get_model(app, name)._meta.db_table for app, name in READ_ONLY]
         statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(
             sql.SQL(", ").join(map(sql.Identifier, read_only)), ident))
