@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from alerts.models import AlertRule, Kind
+from tests.roles import require_role_creation
 from vservers.models import (
     IPAddress,
     IPPool,
@@ -44,12 +44,7 @@ def two_nodes(transactional_db, django_user_model):
     after."""
     from accounts.models import Tenant
 
-    if connection.vendor != "postgresql":
-        pytest.skip("row-level security is PostgreSQL's (make test runs this in its PostgreSQL pass)")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user")
-        if not cursor.fetchone()[0]:
-            pytest.skip("the test database's role may not create roles (scripts/with-postgres gives CREATEROLE)")
+    require_role_creation("row-level security is PostgreSQL's")
     tenant = Tenant.objects.create(name="Acme", slug="acme")
     plan = Plan.objects.create(name="small", cpus="0.5", memory_mb=64, disk_mb=256, pids=128)
     template = Template.objects.create(name="busybox", display_name="BusyBox")

@@ -10,6 +10,7 @@ from django.db import connection
 
 from tests.panel import faults
 from tests.panel.faults import wait_until
+from tests.roles import require_role_creation
 from vservers.actions import approve, request_operation
 from vservers.models import Node, Operation, OperationKind, OperationStatus, State, VirtualServer
 from vservers.nodes import credentials
@@ -30,12 +31,7 @@ SECRETS = {
 
 @pytest.fixture
 def postgres():
-    if connection.vendor != "postgresql":
-        pytest.skip("a node's own role is PostgreSQL's (SQLite: one host, the panel's file)")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user")
-        if not cursor.fetchone()[0]:
-            pytest.skip("the test database's role may not create roles (scripts/with-postgres gives CREATEROLE)")
+    require_role_creation("a node's own role is PostgreSQL's (on SQLite a node uses the panel's file)")
 
 
 def refused(url: str, statement: str) -> bool:
