@@ -15,7 +15,6 @@ killed are re-parented to pytest (a subreaper) and removed by the engine fixture
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -56,19 +55,7 @@ def process_state(pid: int) -> str | None:
 
 def wait_gone(pid: int, timeout: float = 30.0) -> bool:
     """Wait until PID has exited (any process); collect it if it is our child now."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return bool(readable)
+    return procfs.wait_exit(pid, timeout)
 
 
 # --- a database the workers can share ----------------------------------------------------------
