@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from .errors import EngineError, InvalidInput
+from .errors import EngineError, InvalidInput, NotFound
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms)
 if TYPE_CHECKING:
@@ -252,16 +252,34 @@ def cmd_status(args) -> int:
 
 
 def cmd_list(args) -> int:
-    statuses = list(_engine().list())
     if args.json:
-        _print_json([s.to_json() for s in statuses])
+        _print_json([s.to_json() for s in _engine().list()])
         return 0
+    # A stopped server's row comes from its files (listing.py: without the engine's machinery,
+    # half of the run's time); a running one's from the Engine, which asks the kernel.
+    from . import listing
+    from .state import root_from_env
+
+    root = root_from_env()
+    engine = None
     print(f"{'NAME':<20} {'STATE':<8} {'PID':>7} {'MEMORY':>8} {'PIDS':>5} {'DISK':>8}  IPS")
-    for s in statuses:
-        state = "rescue" if s.rescue else s.state
-        print(f"{s.name:<20} {state:<8} {s.init_pid or '-':>7} {_mb(s.usage.memory_bytes):>8} "
-              f"{s.usage.pids:>5} {_mb(s.usage.disk_used_bytes):>8}  {', '.join(s.ips)}")
+    for name, config, init_pid in listing.servers(root):
+        if init_pid is None:
+            _list_row(name, "stopped", None, 0, 0, listing.disk_used(root, name), config["addresses"])
+            continue
+        engine = engine or _engine()
+        try:
+            s = engine.status(name)
+        except NotFound:
+            continue  # deleted by another process meanwhile
+        _list_row(s.name, "rescue" if s.rescue else s.state, s.init_pid, s.usage.memory_bytes, s.usage.pids,
+                  s.usage.disk_used_bytes, s.ips)
     return 0
+
+
+def _list_row(name: str, state: str, init_pid: int | None, memory: int, pids: int, disk: int,
+              ips: Sequence[str]) -> None:
+    print(f"{name:<20} {state:<8} {init_pid or '-':>7} {_mb(memory):>8} {pids:>5} {_mb(disk):>8}  {', '.join(ips)}")
 
 
 def cmd_exec(args) -> int:
@@ -397,8 +415,33 @@ def cmd_snapshot(args) -> int:
 # -- parser ---------------------------------------------------------------------------------
 
 
+def _columns() -> int:
+    """The width shutil.get_terminal_size() would give: $COLUMNS, else the terminal's, else 80.
+    Here because argparse's HelpFormatter imports shutil for it (with bz2, lzma and fnmatch,
+    ~2 ms), and every parser makes a formatter, even one that never prints help."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)  # - 2: as HelpFormatter does with shutil's width
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes get one line, like every other bad input, and exit status 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)  # sub-parsers do not inherit it
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -412,57 +455,68 @@ def _add_io_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--io-write-iops", help="disk write operations per second, e.g. 200; max: no limit")
 
 
-# Every verb, in the order of `vserver --help`. main builds only the parser of the verb typed:
-# each sub-parser costs three gettext look-ups (~0.15 ms each, a stat of .mo files per locale
-# variant), ~6 ms for all of them on every run.
-VERBS = ("doctor", "template", "create", "start", "stop", "restart", "delete", "reinstall", "rescue", "update",
-         "status", "list", "exec", "enter", "account", "service", "snapshot", "backup", "migrate")
+# Every verb with its line in `vserver --help`, in that order. A run builds the parser of the verb
+# typed alone, and `--help` (or a mistyped verb) the verbs' names and lines without their
+# arguments: each sub-parser costs gettext look-ups and a formatter, each argument a formatter;
+# all of them with their arguments took a third of `vserver --help` (48 of 122 M instructions,
+# valgrind --tool=callgrind, 2026-12-07).
+VERBS = {
+    "doctor": "check the kernel features the engine needs",
+    "template": "build and list templates",
+    "create": "create a stopped server",
+    "start": "start servers",
+    "stop": "stop servers (init shuts down, the rest is killed after --timeout)",
+    "restart": "stop and start servers",
+    "delete": "stop and delete servers with their disks",
+    "reinstall": "rebuild a server from a template, wiping its files",
+    "rescue": "start a server from the rescue system, its own files at /mnt",
+    "update": "change a server's limits (running: at once); disks only grow",
+    "status": "state, limits, addresses and usage of a server",
+    "list": "all servers",
+    "exec": "run a command inside a server",
+    "enter": "interactive shell inside a server",
+    "account": "accounts inside a server",
+    "service": "services inside a server",
+    "snapshot": "take, list, restore and delete a server's snapshots",
+    "backup": "back up servers and restore them (VSERVER_BACKUP_DIR)",
+    "migrate": "move a stopped server to another node (rsync over SSH)",
+}
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole parser; with ONLY (one of VERBS), the top level and that verb's alone."""
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """With VERB (one of VERBS), the top level and that verb with its arguments alone; without,
+    the top level listing every verb (for --help and the error of a mistyped verb)."""
     parser = _Parser(prog="vserver", description="OS-level virtual private servers")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
-
-    def want(verb: str) -> bool:
-        return only is None or verb == only
-
-    if want("doctor"):
-        verbs.add_parser("doctor", help="check the kernel features the engine needs").set_defaults(func=cmd_doctor)
-    if want("template"):
-        _add_template(verbs)
-    if want("create"):
-        _add_create(verbs)
-    for verb, func, helptext in (
-        ("start", cmd_start, "start servers"),
-        ("stop", cmd_stop, "stop servers (init shuts down, the rest is killed after --timeout)"),
-        ("restart", cmd_restart, "stop and start servers"),
-        ("delete", cmd_delete, "stop and delete servers with their disks"),
-    ):
-        if want(verb):
-            sub = verbs.add_parser(verb, help=helptext)
+    for name, helptext in VERBS.items():
+        if verb is None:
+            verbs.add_parser(name, help=helptext, add_help=False)
+            continue
+        if name != verb:
+            continue
+        sub = verbs.add_parser(name, help=helptext)
+        if name == "doctor":
+            sub.set_defaults(func=cmd_doctor)
+        elif name in _PLAIN:
+            func, with_timeout = _PLAIN[name]
             sub.add_argument("names", nargs="+", metavar="NAME")
-            if verb in ("stop", "restart"):
+            if with_timeout:
                 sub.add_argument("--timeout", type=float, default=10.0)
             sub.set_defaults(func=func)
-    for verb, add in (("reinstall", _add_reinstall), ("rescue", _add_rescue), ("update", _add_update),
-                      ("status", _add_status), ("list", _add_list), ("exec", _add_exec), ("enter", _add_enter),
-                      ("account", _add_account), ("service", _add_service), ("snapshot", _add_snapshot)):
-        if want(verb):
-            add(verbs)
-    if want("backup"):
-        from .cli_backup import add_verbs as add_backup_verbs
+        elif name == "backup":
+            from .cli_backup import add_verbs as add_backup_verbs
 
-        add_backup_verbs(verbs, _Parser)
-    if want("migrate"):
-        from .cli_migrate import add_verbs as add_migrate_verbs
+            add_backup_verbs(sub, _Parser)
+        elif name == "migrate":
+            from .cli_migrate import add_verbs as add_migrate_verbs
 
-        add_migrate_verbs(verbs, _Parser)
+            add_migrate_verbs(sub, _Parser)
+        else:
+            _ADD[name](sub)
     return parser
 
 
-def _add_template(verbs) -> None:
-    template = verbs.add_parser("template", help="build and list templates")
+def _add_template(template: argparse.ArgumentParser) -> None:
     tverbs = template.add_subparsers(dest="template_verb", required=True, parser_class=_Parser)
     build = tverbs.add_parser("build", help="build a new version of a template")
     build.add_argument("name", choices=["busybox", "debian"])
@@ -472,8 +526,7 @@ def _add_template(verbs) -> None:
     tlist.set_defaults(func=cmd_template_list)
 
 
-def _add_create(verbs) -> None:
-    create = verbs.add_parser("create", help="create a stopped server")
+def _add_create(create: argparse.ArgumentParser) -> None:
     create.add_argument("name")
     create.add_argument("--template", required=True)
     create.add_argument("--ip", action="append", required=True, help="ADDRESS/PREFIX, repeatable")
@@ -489,23 +542,20 @@ def _add_create(verbs) -> None:
     create.set_defaults(func=cmd_create)
 
 
-def _add_reinstall(verbs) -> None:
-    reinstall = verbs.add_parser("reinstall", help="rebuild a server from a template, wiping its files")
+def _add_reinstall(reinstall: argparse.ArgumentParser) -> None:
     reinstall.add_argument("name")
     reinstall.add_argument("--template", help="the template to use (default: the server's own), its current version")
     reinstall.add_argument("--yes", action="store_true", help="confirm: every file of the server is lost")
     reinstall.set_defaults(func=cmd_reinstall)
 
 
-def _add_rescue(verbs) -> None:
-    rescue = verbs.add_parser("rescue", help="start a server from the rescue system, its own files at /mnt")
+def _add_rescue(rescue: argparse.ArgumentParser) -> None:
     rescue.add_argument("name")
     rescue.add_argument("--leave", action="store_true", help="leave rescue: start its own system again")
     rescue.set_defaults(func=cmd_rescue)
 
 
-def _add_update(verbs) -> None:
-    update = verbs.add_parser("update", help="change a server's limits (running: at once); disks only grow")
+def _add_update(update: argparse.ArgumentParser) -> None:
     update.add_argument("name")
     update.add_argument("--cpus", help="share of cores, e.g. 0.5")
     update.add_argument("--memory", help="memory limit, e.g. 64M")
@@ -517,35 +567,30 @@ def _add_update(verbs) -> None:
     update.set_defaults(func=cmd_update)
 
 
-def _add_status(verbs) -> None:
-    status = verbs.add_parser("status", help="state, limits, addresses and usage of a server")
+def _add_status(status: argparse.ArgumentParser) -> None:
     status.add_argument("name")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
 
-def _add_list(verbs) -> None:
-    lst = verbs.add_parser("list", help="all servers")
+def _add_list(lst: argparse.ArgumentParser) -> None:
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
 
 
-def _add_exec(verbs) -> None:
-    exe = verbs.add_parser("exec", help="run a command inside a server")
+def _add_exec(exe: argparse.ArgumentParser) -> None:
     exe.add_argument("name")
     exe.add_argument("command", nargs=argparse.REMAINDER)
     exe.set_defaults(func=cmd_exec)
 
 
-def _add_enter(verbs) -> None:
-    enter = verbs.add_parser("enter", help="interactive shell inside a server")
+def _add_enter(enter: argparse.ArgumentParser) -> None:
     enter.add_argument("name")
     enter.add_argument("--user", default="root", help="the guest account to log in as (default root)")
     enter.set_defaults(func=cmd_enter)
 
 
-def _add_account(verbs) -> None:
-    account = verbs.add_parser("account", help="accounts inside a server")
+def _add_account(account: argparse.ArgumentParser) -> None:
     account.add_argument("action", choices=["add", "delete", "list", "passwd", "addkey"])
     account.add_argument("name")
     account.add_argument("user", nargs="?")
@@ -555,8 +600,7 @@ def _add_account(verbs) -> None:
     account.set_defaults(func=cmd_account)
 
 
-def _add_service(verbs) -> None:
-    service = verbs.add_parser("service", help="services inside a server")
+def _add_service(service: argparse.ArgumentParser) -> None:
     service.add_argument("action", choices=["list", "start", "stop", "restart"])
     service.add_argument("name")
     service.add_argument("service", nargs="?")
@@ -564,8 +608,7 @@ def _add_service(verbs) -> None:
     service.set_defaults(func=cmd_service)
 
 
-def _add_snapshot(verbs) -> None:
-    snapshot = verbs.add_parser("snapshot", help="take, list, restore and delete a server's snapshots")
+def _add_snapshot(snapshot: argparse.ArgumentParser) -> None:
     snapshot.add_argument("action", choices=["create", "list", "restore", "delete"])
     snapshot.add_argument("name")
     snapshot.add_argument("snap", nargs="?", metavar="SNAP", help="the snapshot's name (create: optional)")
@@ -573,9 +616,17 @@ def _add_snapshot(verbs) -> None:
     snapshot.set_defaults(func=cmd_snapshot)
 
 
+# The verbs that take server names (and stop and restart a --timeout), and the others' builders.
+_PLAIN = {"start": (cmd_start, False), "stop": (cmd_stop, True), "restart": (cmd_restart, True),
+          "delete": (cmd_delete, False)}
+_ADD = {"template": _add_template, "create": _add_create, "reinstall": _add_reinstall, "rescue": _add_rescue,
+        "update": _add_update, "status": _add_status, "list": _add_list, "exec": _add_exec, "enter": _add_enter,
+        "account": _add_account, "service": _add_service, "snapshot": _add_snapshot}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # A known verb first: its parser alone (VERBS). Anything else (--help, a typo) gets them all.
+    # A known verb first: its arguments alone (VERBS). Anything else (--help, a typo) needs none.
     parser = build_parser(argv[0] if argv and argv[0] in VERBS else None)
     args = parser.parse_args(argv)
     try:

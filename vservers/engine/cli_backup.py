@@ -85,8 +85,8 @@ def cmd_push(args) -> int:
     return 0
 
 
-def add_verbs(verbs, parser_class: type[argparse.ArgumentParser]) -> None:
-    backup = verbs.add_parser("backup", help="back up servers and restore them (VSERVER_BACKUP_DIR)")
+def add_verbs(backup: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]) -> None:
+    """The verbs under `vserver backup` (its line in `vserver --help` is cli.VERBS')."""
     bverbs = backup.add_subparsers(dest="backup_verb", required=True, metavar="VERB", parser_class=parser_class)
     create = bverbs.add_parser("create", help="archive a server's own files (stopped, or through a snapshot)")
     create.add_argument("name")

@@ -78,8 +78,8 @@ def cmd_key(args) -> int:
     return 0
 
 
-def add_verbs(verbs, parser_class: type[argparse.ArgumentParser]) -> None:
-    migrate = verbs.add_parser("migrate", help="move a stopped server to another node (rsync over SSH)")
+def add_verbs(migrate: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]) -> None:
+    """The verbs under `vserver migrate` (its line in `vserver --help` is cli.VERBS')."""
     mverbs = migrate.add_subparsers(dest="migrate_verb", required=True, metavar="VERB", parser_class=parser_class)
     send = mverbs.add_parser("send", help="ship a stopped server into another node's incoming/")
     send.add_argument("name")

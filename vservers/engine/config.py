@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidInput
+from .state import DEFAULT_ROOT, root_from_env
 
-DEFAULT_ROOT = "/var/lib/vservers"
 DEFAULT_BRIDGE = "vsbr0"
 DEFAULT_GATEWAY = "198.18.0.1/16"
 DEFAULT_UID_BASE = 1_000_000
@@ -76,9 +76,7 @@ class EngineConfig:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> EngineConfig:
         env = dict(os.environ if env is None else env)
-        root = Path(env.get("VSERVER_ROOT", DEFAULT_ROOT))
-        if not root.is_absolute():
-            raise InvalidInput(f"VSERVER_ROOT must be an absolute path, not {str(root)!r}")
+        root = Path(root_from_env(env))
         from .validate import bridge_name, gateway_interface
 
         bridge = bridge_name(env.get("VSERVER_BRIDGE", DEFAULT_BRIDGE))

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import templates, validate
 from .config import EngineConfig
 from .errors import Conflict, EngineError, InvalidInput, NotFound
-from .procfs import boot_id, reap, start_time, wait_exit
+from .procfs import boot_id, reap, start_time, still_running, wait_exit
 from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
 from .state import locked, read_json, write_json
 
@@ -860,9 +860,7 @@ class Engine:
 
 def _alive(runtime: RuntimeState) -> bool:
     """Whether the init RUNTIME recorded is still the one running."""
-    # A runtime.json from before boot ids were recorded has none: start time alone decides.
-    stale_boot = bool(runtime.boot_id) and runtime.boot_id != boot_id()
-    return not stale_boot and start_time(runtime.init_pid) == runtime.init_start_time
+    return still_running(runtime.init_pid, runtime.init_start_time, runtime.boot_id)
 
 
 def _with_network(usage: Usage, stats, started: int) -> Usage:

@@ -1,4 +1,4 @@
-"""Small files under the state root: atomic JSON writes and per-object locks."""
+"""The state root and the small files under it: atomic JSON writes and per-object locks."""
 
 from __future__ import annotations
 
@@ -7,11 +7,24 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
+
+from .errors import InvalidInput
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms at every CLI start)
 if TYPE_CHECKING:
+    from pathlib import Path  # callers pass Paths; pathlib costs `vserver list` ~4 ms to import
     from typing import Any
+
+DEFAULT_ROOT = "/var/lib/vservers"
+
+
+def root_from_env(env: dict[str, str] | None = None) -> str:
+    """The state root VSERVER_ROOT names (DEFAULT_ROOT if unset), checked. EngineConfig reads
+    it here, and so does `vserver list`, which needs nothing else of the configuration."""
+    root = (os.environ if env is None else env).get("VSERVER_ROOT", DEFAULT_ROOT)
+    if not os.path.isabs(root):
+        raise InvalidInput(f"VSERVER_ROOT must be an absolute path, not {root!r}")
+    return root
 
 
 def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
@@ -37,7 +50,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: str | Path) -> dict[str, Any] | None:
     try:
         with open(path) as fh:
             return json.load(fh)
