@@ -17,9 +17,10 @@ CONSTRAINTS := constraints.txt
 
 # What running needs: the venv, gcc/make/libc.a for the busybox compile, the engine's tools
 # (mkfs.ext4, losetup, ip, nft), Redis for the queue, debootstrap for the Debian template, and
-# for backups tar, zstd, and rsync over ssh to a second destination.
+# for backups tar, zstd, and rsync over ssh to a second destination; btrfs-progs for the btrfs
+# storage backend's pool (docs/storage.md).
 RUN_PACKAGES := python3-venv python3-dev build-essential e2fsprogs util-linux iproute2 procps \
-	redis-server debootstrap ca-certificates nftables tar zstd rsync openssh-client
+	redis-server debootstrap ca-certificates nftables tar zstd rsync openssh-client btrfs-progs
 # What only the tests add: the browser the page tests drive, ping for network checks, curl
 # for the calls of docs/api.md (tests/api/test_docs.py), and sshd for a private one that
 # backups are pushed to (tests/engine/test_backups.py; the test runs its own on a loopback

@@ -11,6 +11,7 @@
  *   escape_probe open-files N S   N processes each open files up to the hard RLIMIT_NOFILE,
  *                                 report, hold them S seconds
  *   escape_probe mknod DIR        make a block and a char device node in DIR
+ *   escape_probe subvol DIR NAME  make a btrfs subvolume DIR/NAME (BTRFS_IOC_SUBVOL_CREATE on DIR)
  *   escape_probe kill PID         kill(PID, 0)
  *   escape_probe whoami           effective uid and capabilities (run setuid by a guest user)
  *   escape_probe shm KEY create|attach   System V shared memory by key
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
@@ -63,6 +65,8 @@ static const char *ename(int e)
 	case ENOTBLK: return "ENOTBLK";
 	case ENODEV: return "ENODEV";
 	case EAGAIN: return "EAGAIN";
+	case EDQUOT: return "EDQUOT";
+	case ENOTTY: return "ENOTTY";
 	}
 	snprintf(buf, sizeof buf, "E%d", e);
 	return buf;
@@ -302,6 +306,26 @@ static int fill_inodes(const char *dir)
 	return 0;
 }
 
+/* BTRFS_IOC_SUBVOL_CREATE (_IOW(0x94, 14, struct btrfs_ioctl_vol_args)) of NAME in DIR: a
+ * subvolume has a qgroup of its own, outside the limit of the one it was made in. */
+static int subvol(const char *dir, const char *name)
+{
+	struct {
+		int64_t fd;
+		char name[4088];
+	} args;
+	memset(&args, 0, sizeof args);
+	strncpy(args.name, name, sizeof args.name - 1);
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		report("subvol", -1);
+		return 0;
+	}
+	report("subvol", ioctl(fd, 0x5000940EUL, &args));
+	close(fd);
+	return 0;
+}
+
 /* Each of N processes raises its soft RLIMIT_NOFILE to the hard one and opens /dev/null until
  * refused; prints its count and errno, then holds the files HOLD seconds. */
 static int open_files(int n, int hold)
@@ -399,6 +423,8 @@ int main(int argc, char **argv)
 		return open_files(atoi(argv[2]), atoi(argv[3]));
 	if (!strcmp(cmd, "mknod") && argc == 3)
 		return make_nodes(argv[2]);
+	if (!strcmp(cmd, "subvol") && argc == 4)
+		return subvol(argv[2], argv[3]);
 	if (!strcmp(cmd, "whoami"))
 		return whoami();
 	if (!strcmp(cmd, "shm") && argc == 4)

@@ -39,6 +39,12 @@ class EngineConfig:
     # VSERVER_LOOP_DIRECT_IO=0 attaches servers' disks buffered; by default with direct I/O
     # where the image's filesystem takes it (see loopdev.py, bench/loopdio.py for the figures).
     loop_direct_io: bool = True
+    # VSERVER_STORAGE: where a new server's own files go. "loop" (default): an ext4 image of
+    # its own on a loop device; "btrfs": a subvolume with a qgroup limit on the shared btrfs
+    # mounted at VSERVER_STORAGE_POOL (qgroups.py). Each server keeps the backend it was
+    # created with.
+    storage: str = "loop"
+    storage_pool: Path | None = None
 
     @property
     def install_id(self) -> str:
@@ -105,6 +111,22 @@ class EngineConfig:
         direct_io = env.get("VSERVER_LOOP_DIRECT_IO", "1").strip().lower()
         if direct_io not in ("0", "1", "yes", "no", "on", "off", "true", "false"):
             raise InvalidInput(f"VSERVER_LOOP_DIRECT_IO must be 1 or 0, not {direct_io!r}")
+        storage, pool = _storage_setting(env)
         return cls(root=root, bridge=bridge, gateway4=gateway4, gateway6=gateway6, uid_base=uid_base,
                    host_allow=host_allow, backup_dir_setting=backup_dir, backup_ssh_options=ssh,
-                   loop_direct_io=direct_io in ("1", "yes", "on", "true"))
+                   loop_direct_io=direct_io in ("1", "yes", "on", "true"), storage=storage, storage_pool=pool)
+
+
+def _storage_setting(env: dict[str, str]) -> tuple[str, Path | None]:
+    """VSERVER_STORAGE and VSERVER_STORAGE_POOL, checked as text (the pool itself is checked
+    where it is used: by create, and by `vserver doctor`)."""
+    storage = env.get("VSERVER_STORAGE", "loop").strip() or "loop"
+    if storage not in ("loop", "btrfs"):
+        raise InvalidInput(f"VSERVER_STORAGE must be loop or btrfs, not {storage!r}")
+    pool_text = env.get("VSERVER_STORAGE_POOL", "").strip()
+    if storage == "loop":
+        return storage, Path(pool_text) if pool_text else None
+    if not pool_text or not Path(pool_text).is_absolute():
+        raise InvalidInput("VSERVER_STORAGE=btrfs needs VSERVER_STORAGE_POOL, the absolute path of a directory "
+                           f"on a btrfs with quotas enabled (not {pool_text!r})")
+    return storage, Path(pool_text)

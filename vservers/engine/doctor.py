@@ -56,7 +56,23 @@ def run_checks(config: EngineConfig) -> list[Check]:
     checks.append(Check("bridge", bridge, "Linux bridge support" if bridge else "bridge module not loaded",
                         "modprobe bridge"))
     checks.append(_idmapped_overlay_check(config))
+    checks.append(_storage_check(config))
     return checks
+
+
+def _storage_check(config: EngineConfig) -> Check:
+    """The storage backend for new servers, and for btrfs whether its pool can hold them."""
+    if config.storage == "loop":
+        return Check("storage", True, "loop: an ext4 image per server on a loop device (VSERVER_STORAGE=loop)")
+    from .qgroups import check_pool
+
+    assert config.storage_pool is not None  # config refuses btrfs without a pool
+    problem = check_pool(config.storage_pool)
+    mkfs = shutil.which("mkfs.btrfs") is not None
+    if problem:
+        return Check("storage", False, f"btrfs pool {config.storage_pool}: {problem}",
+                     "" if mkfs else "apt-get install btrfs-progs")
+    return Check("storage", True, f"btrfs: a subvolume with a qgroup limit per server on {config.storage_pool}")
 
 
 def _cgroup_check(config: EngineConfig) -> Check:

@@ -118,6 +118,8 @@ class LaunchPlan:
     join_cgroups: Callable[[], None]  # moves the calling (single-threaded) process in
     network_admin: bool = False  # root inside keeps CAP_NET_ADMIN (see capabilities.py)
     direct_io: bool = False  # attach the disk with direct I/O where the kernel can (loopdev.py)
+    # The btrfs backend's (upper, work) directories, used instead of the image's.
+    upper_work: tuple[Path, Path] | None = None
     # Rescue mode (rescue.py): the root is the rescue system, the overlay above at /mnt.
     rescue: RescueLayers | None = None
 
@@ -243,10 +245,14 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
     plan.join_cgroups()
     syscalls.unshare(CLONE_NEWNS)
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    loop_device, buffered_reason = _mount_disk(plan)
-    os.write(report_w, f"loop {loop_device}\n".encode())
-    if buffered_reason:
-        os.write(report_w, f"buffered {' '.join(buffered_reason.split())}\n".encode())
+    if plan.upper_work is None:
+        loop_device, buffered_reason = _mount_disk(plan)
+        os.write(report_w, f"loop {loop_device}\n".encode())
+        if buffered_reason:
+            os.write(report_w, f"buffered {' '.join(buffered_reason.split())}\n".encode())
+        upper, work = plan.disk_dir / "upper", plan.disk_dir / "work"
+    else:  # the btrfs backend (qgroups.py): directories of the server's subvolume, no disk to mount
+        upper, work = plan.upper_work
     message, fds, _flags, _address = socket.recv_fds(engine, 1, 1)
     engine.close()
     if message != b"j" or len(fds) != 1:
@@ -258,7 +264,7 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
         plan.rootfs_dir,
         "overlay",
         0,
-        f"lowerdir={plan.lower_dir},upperdir={plan.disk_dir}/upper,workdir={plan.disk_dir}/work",
+        f"lowerdir={plan.lower_dir},upperdir={upper},workdir={work}",
     )
     if plan.rescue is not None:
         plan.rescue.mount(plan.uid_base, userns_fd)

@@ -175,9 +175,15 @@ class Engine:
             for path in (self.config.root, self.config.servers_dir, server_dir):
                 os.chmod(path, 0o711)
             try:
-                make_disk_image(server_dir / "disk.img", limits.disk_bytes, spec.uid_base)
+                if self.config.storage == "btrfs":
+                    from . import qgroups
+
+                    qgroups.make_server(self.config, server_dir, name, limits.disk_bytes, spec.uid_base)
+                else:
+                    make_disk_image(server_dir / "disk.img", limits.disk_bytes, spec.uid_base)
                 write_json(server_dir / "config.json", spec.to_json())
             except BaseException:
+                self._remove_storage(name)
                 shutil.rmtree(server_dir, ignore_errors=True)
                 raise
         return spec
@@ -230,11 +236,41 @@ class Engine:
                 from . import firewall
 
                 firewall.release(self.config.bridge, self.host_veth(name), created["addresses"])
+            self._remove_storage(name)
             shutil.rmtree(server_dir, ignore_errors=True)
             # An unfinished receive's plan (migrate.py) would otherwise outlive its server.
             (self.config.root / "receiving" / f"{name}.json").unlink(missing_ok=True)
             if server_dir.exists():
                 raise EngineError(f"could not remove {server_dir}")
+
+    def _remove_storage(self, name: str) -> None:
+        """Delete the server's btrfs subvolume, if it has (or a crashed create left) one."""
+        if self.config.storage == "btrfs" or (self._dir(name) / "storage.json").exists():
+            from . import qgroups
+
+            qgroups.remove_server(self.config, self._dir(name), name)
+
+    def _btrfs_storage(self, name: str):
+        """The server's qgroups.ServerStorage, or None for a loop-backed server (one stat)."""
+        if not (self._dir(name) / "storage.json").exists():
+            return None
+        from . import qgroups
+
+        return qgroups.of_server(self._dir(name))
+
+    def _refuse_on_btrfs(self, name: str, what: str) -> None:
+        if self._btrfs_storage(name) is not None:
+            from . import qgroups
+
+            raise qgroups.refuse(what, name)
+
+    def _disk_used(self, name: str, init_pid: int) -> int | None:
+        storage = self._btrfs_storage(name)
+        if storage is None:
+            return disk_used(init_pid)
+        from . import qgroups
+
+        return qgroups.used_bytes(storage.subvolume)
 
     # -- start / stop ----------------------------------------------------------------------
 
@@ -299,10 +335,12 @@ class Engine:
             # Not fsync'ed: after a host crash no init of it runs, whatever the file says.
             write_json(server_dir / "runtime.json", runtime.to_json(), durable=False)
             # Before the guest's init runs: I/O ceilings are per device, and the device is new.
-            from .cgroups import block_device_number
+            if launched.loop_device:  # see docs/storage.md for the btrfs backend's
+                from .cgroups import block_device_number
 
-            self.cgroups.limit_io(spec.name, block_device_number(launched.loop_device), spec.limits)
+                self.cgroups.limit_io(spec.name, block_device_number(launched.loop_device), spec.limits)
 
+        storage = self._btrfs_storage(spec.name)
         plan = LaunchPlan(
             hostname=spec.hostname,
             uid_base=spec.uid_base,
@@ -316,6 +354,7 @@ class Engine:
             network_admin=spec.limits.network_admin,
             rescue=layers,
             direct_io=self.config.loop_direct_io,
+            upper_work=(storage.upper, storage.work) if storage is not None else None,
         )
         try:
             launched = launch(plan, wire, record)
@@ -458,6 +497,7 @@ class Engine:
 
         with self._lock(name):
             self.spec(name)
+            self._refuse_on_btrfs(name, "a snapshot")
             snapshots.recover(self, name)
             snapshots.sweep(self, name)
             return snapshots.create(self, name, snap)
@@ -476,6 +516,7 @@ class Engine:
         validate.user_snapshot_name(snap)
         with self._lock(name):
             self.spec(name)
+            self._refuse_on_btrfs(name, "restoring a snapshot")
             snapshots.recover(self, name)
             snapshots.sweep(self, name)
             snapshots.restore(self, name, snap)
@@ -581,6 +622,12 @@ class Engine:
         server's cannot grow online, the pending mark is all: its next start grows it."""
         from . import disk
 
+        storage = self._btrfs_storage(name)
+        if storage is not None:  # a new qgroup limit, online or not: nothing to resize
+            from . import qgroups
+
+            qgroups.set_limit(storage.subvolume, size)
+            return
         server_dir = self._dir(name)
         image = server_dir / "disk.img"
         pending = server_dir / DISK_GROW_PENDING
@@ -603,7 +650,7 @@ class Engine:
     # -- status ----------------------------------------------------------------------------
 
     def _remember_disk_usage(self, name: str, init_pid: int) -> None:
-        used = disk_used(init_pid)
+        used = self._disk_used(name, init_pid)
         if used is not None:
             write_json(self._dir(name) / "usage.json", {"disk_used_bytes": used})
 
@@ -638,7 +685,7 @@ class Engine:
         cg = self.cgroups.usage(name)
         with rtnl.Socket() as sock:
             stats = sock.link_stats(runtime.host_veth) if runtime else None
-        return _with_network(dataclasses.replace(cg, disk_used_bytes=disk_used(init_pid) or 0), stats,
+        return _with_network(dataclasses.replace(cg, disk_used_bytes=self._disk_used(name, init_pid) or 0), stats,
                              runtime.init_start_time if runtime else 0)
 
     def _status(self, spec, state, init_pid, ips, limits, usage) -> Status:
@@ -679,7 +726,7 @@ class Engine:
                 continue
             try:
                 usage = dataclasses.replace(self.cgroups.usage(name),
-                                            disk_used_bytes=disk_used(runtime.init_pid) or 0)
+                                            disk_used_bytes=self._disk_used(name, runtime.init_pid) or 0)
             except OSError:
                 if not _alive(runtime):
                     continue  # its cgroup went away as it stopped
@@ -709,6 +756,7 @@ class Engine:
         temporary snapshot); PROGRESS gets (bytes done, bytes total) a few times a second."""
         from . import backups
 
+        self._refuse_on_btrfs(name, "a backup")
         return backups.backup_server(self, name, progress)
 
     def backup_list(self, server: str | None = None) -> builtins.list[BackupInfo]:
@@ -729,6 +777,7 @@ class Engine:
         leaves NAME untouched."""
         from . import backups
 
+        self._refuse_on_btrfs(name, "restoring a backup")
         return backups.restore_server(self, archive, name, progress)
 
     def backup_delete(self, archive: str) -> None:
@@ -752,6 +801,7 @@ class Engine:
         about once a second. The source is left as it was, whatever happens."""
         from . import migrate
 
+        self._refuse_on_btrfs(name, "migration")
         return migrate.send(self, name, target, ship_template=ship_template, progress=progress)
 
     def migrate_receive(self, name: str, *, addresses: builtins.list[str] | None = None) -> ServerSpec:

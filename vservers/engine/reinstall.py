@@ -36,6 +36,18 @@ def reinstall(engine, name: str, template: str | None = None) -> Status:
         image = server_dir / "disk.img"
         engine._stop_locked(name, STOP_TIMEOUT)
         faults.checkpoint("reinstall", "stopped")
+        storage = engine._btrfs_storage(name)
+        if storage is not None:
+            # A new subvolume in place of the old (qgroups.create deletes it first): a crash
+            # in between leaves no files, and the reinstall asked again makes them.
+            from . import qgroups
+
+            qgroups.create(storage.pool, storage.subvolume, spec.limits.disk_bytes, spec.uid_base)
+            (server_dir / "usage.json").unlink(missing_ok=True)
+            new_spec = dataclasses.replace(spec, template=info.name, template_version=info.version)
+            write_json(server_dir / "config.json", new_spec.to_json())
+            engine._start_locked(new_spec)
+            return engine.status(name)
         fresh = server_dir / FRESH_IMAGE
         fresh.unlink(missing_ok=True)  # a crashed reinstall's, never attached to anything
         # The size the server has: its limit, or more if a grow was cut short.
