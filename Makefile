@@ -149,6 +149,7 @@ bench: as-root install
 	$(PY) bench/lxc.py $(if $(FULL),--full,--quick)
 	$(PY) bench/cli.py $(if $(FULL),--full,--quick)
 	$(PY) bench/overhead.py $(if $(FULL),--full,--quick)
+	$(PY) bench/storage.py $(if $(FULL),--full,--quick)
 	$(PY) bench/panel.py $(if $(FULL),--full,--quick)
 	$(PY) bench/targets.py
 
