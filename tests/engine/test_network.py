@@ -382,3 +382,16 @@ def test_the_bridge_raises_the_hosts_neighbour_limits_and_never_lowers_them(lab:
     finally:
         for key, text in saved.items():
             Path(paths[key]).write_text(text)
+
+
+def test_a_bridge_keeps_the_fixed_mac_the_firewall_knows_the_host_by(lab: Lab) -> None:
+    # The bridge table's notrack rule tells the host's frames by this MAC: a bridge that took
+    # another (made by hand, or one without an address set, which follows its ports) gets it back.
+    from vservers.engine import firewall
+
+    network.ensure_bridge(lab.bridge, GW4)
+    address = Path(f"/sys/class/net/{lab.bridge}/address")
+    assert address.read_text().strip() == firewall.bridge_mac(lab.bridge)
+    ip("link", "set", "dev", lab.bridge, "address", "02:00:00:00:00:01")
+    network.ensure_bridge(lab.bridge, GW4)
+    assert address.read_text().strip() == firewall.bridge_mac(lab.bridge)

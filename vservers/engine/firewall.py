@@ -22,6 +22,13 @@ installation's veth prefix (see ``STATIC_BRIDGE`` below for the rules themselves
     changes.
   * A port of ours that has no entries yet (about to be wired) gets nothing through but
     broadcast and multicast addressed to it.
+  * Unicast between two ports of the bridge (not addressed to the bridge itself, whose MAC is
+    fixed: ``bridge_mac``) skips the host's connection tracking (``notrack``), before
+    br_netfilter would hand it to the host's ip/ip6 hooks. No rule of ours looks at its
+    state, and tracking it cost every VPS-to-VPS packet a conntrack lookup and every
+    connection an entry in the host's table, which a VPS could fill for everyone (see
+    STATIC_BRIDGE). What is addressed to the host (the gateway: replies to the host's own
+    connections, routed traffic) and broadcast and multicast stay tracked.
 
 ``inet vservers-<bridge>``, on traffic for the host itself arriving over the bridge (the
 gateway address and any other address of the host): replies to the host's own
@@ -71,7 +78,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # Part of the static fingerprint: bump it when the rules change in a way their text would not
 # show (their text is part of it too).
-RULESET_VERSION = 2
+RULESET_VERSION = 3
 TABLE_PREFIX = "vservers-"
 _MAC = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}")
 _ALLOW_ITEM = re.compile(r"(tcp|udp)/(\d{1,5})")
@@ -93,6 +100,20 @@ def validate_mac(value: object) -> str:
 def table_name(bridge: str) -> str:
     """The name of both tables of the installation whose bridge is BRIDGE."""
     return TABLE_PREFIX + interface_name(bridge)
+
+
+def bridge_mac(bridge: str) -> str:
+    """The fixed, locally administered MAC network.ensure_bridge gives BRIDGE (and so the
+    gateway's MAC), derived from its name.
+
+    A bridge without an address set by hand takes the lowest MAC among its ports, so the
+    gateway's MAC would change whenever that VPS leaves, every other VPS would talk to a stale
+    neighbour entry until it is re-probed, and the bridge's notrack rule would no longer know
+    the host's frames. Derived from the name, a bridge re-created after a reboot keeps it.
+    """
+    digest = hashlib.sha256(b"vservers-bridge:" + interface_name(bridge).encode()).digest()
+    octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def guest_mac(host_if: str) -> str:
@@ -242,6 +263,15 @@ _nft = _Nft()
 
 # One jump per direction for the ports of ours; everything else on the bridge is not our
 # business. Every drop of what a VPS sent counts in its rule and, per port, in @dropped.
+# First in prerouting, for every port: unicast not addressed to the bridge (the host) is
+# bridged from port to port and gets no conntrack entry. With br_netfilter on (built in, and
+# bridge-nf-call-iptables=1 by default) the host's ip/ip6 hooks see bridged frames too, at the
+# bridge's prerouting priority 0, after this chain (-200); and conntrack is on in the host's
+# namespace as soon as a rule anywhere there (ours in the inet table among them) uses it. So
+# every connection between two VPSs cost an entry in the host's one table (nf_conntrack_max,
+# shared: when it is full, new connections are dropped, the host's own too) and every packet a
+# lookup and the TCP state machine: bench/overhead_ab.py measures it. The anti-spoofing rules
+# below do not use conntrack and run for every frame all the same.
 STATIC_BRIDGE = """\
 table bridge {table} {{
     map fingerprint {{ type ifname : mark; }}
@@ -273,6 +303,7 @@ flush chain bridge {table} to_guest
 flush chain bridge {table} refuse
 add rule bridge {table} refuse add @dropped {{ iifname counter }}
 add rule bridge {table} refuse drop
+add rule bridge {table} prerouting ether daddr != {bridge_mac} @ll,0,8 & 0x1 == 0x0 notrack
 add rule bridge {table} prerouting iifname "{prefix}*" jump from_guest
 add rule bridge {table} forward oifname "{prefix}*" jump to_guest
 add rule bridge {table} input iifname "{prefix}*" ether daddr {reserved} {drop}
@@ -369,6 +400,7 @@ def _static(inst: _Installation) -> tuple[str, int]:
     """The script that builds or refreshes both tables (keeping every VPS's elements), and
     the fingerprint of what it builds."""
     values = {"table": inst.table, "prefix": inst.veth_prefix, "bridge": inst.bridge, "drop": _DROP_COUNTED,
+              "bridge_mac": bridge_mac(inst.bridge),
               "reserved": RESERVED_GROUPS,
               "gateway4": inst.gateway4.compressed,
               "gateway6": inst.gateway6.compressed if inst.gateway6 else ""}

@@ -21,7 +21,6 @@ functions of the rare ones (setting a bridge up, deleting a veth, route look-ups
 from __future__ import annotations
 
 import errno
-import hashlib
 import ipaddress
 import os
 import socket
@@ -223,19 +222,6 @@ def _kind(link) -> str | None:
     return link.get(("linkinfo", "kind"))
 
 
-def _bridge_mac(bridge: str) -> str:
-    """A fixed locally administered MAC for BRIDGE.
-
-    A bridge without an address set by hand takes the lowest MAC among its ports, so the
-    gateway's MAC would change whenever that VPS leaves, and every other VPS would talk to
-    a stale neighbour entry until it is re-probed. Derived from the name so that a bridge
-    re-created after a reboot keeps the same gateway MAC.
-    """
-    digest = hashlib.sha256(b"vservers-bridge:" + bridge.encode()).digest()
-    octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
-    return ":".join(f"{b:02x}" for b in octets)
-
-
 def _addresses(ipr: IPRoute, index: int) -> list[tuple[str, int, int]]:
     """(address, prefixlen, scope) of every address on interface INDEX."""
     found = []
@@ -301,7 +287,7 @@ def ensure_bridge(
         link = _get_link(ipr, bridge)
         if link is None:
             try:
-                ipr.link("add", ifname=bridge, address=_bridge_mac(bridge), **stp_off)
+                ipr.link("add", ifname=bridge, address=firewall.bridge_mac(bridge), **stp_off)
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:  # created concurrently: check it below
                     raise
@@ -311,7 +297,9 @@ def ensure_bridge(
         if _kind(link) != "bridge":
             raise Conflict(f"{bridge} exists and is not a bridge ({_kind(link) or 'no kind'})")
         index = link["index"]
-        ipr.link("set", index=index, **stp_off)
+        # An existing bridge gets the fixed MAC too: the firewall's notrack rule knows the
+        # host's frames by it (see firewall.bridge_mac).
+        ipr.link("set", index=index, address=firewall.bridge_mac(bridge), **stp_off)
         for gw in (gw4, gw6):
             if gw is not None:
                 _add_address(ipr, index, gw, bridge)
@@ -339,10 +327,12 @@ def _bridge_ready(bridge: str, gateways: list[IPInterface]) -> bool:
             mask = int(fh.read(), 16)
         with open(f"{sysfs}/bridge/no_linklocal_learn") as fh:
             ll_learn_off = int(fh.read())
+        with open(f"{sysfs}/address") as fh:
+            mac = fh.read().strip()
         index = socket.if_nametoindex(bridge)
     except (OSError, ValueError):
         return False
-    if not up or stp or delay or mask != GROUP_FWD_MASK or not ll_learn_off:
+    if not up or stp or delay or mask != GROUP_FWD_MASK or not ll_learn_off or mac != firewall.bridge_mac(bridge):
         return False
     try:
         with rtnl.Socket() as nl:
