@@ -10,6 +10,7 @@ same ioctl works on the host.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -110,6 +111,14 @@ def as_uid(uid: int, action) -> str:
         return fh.read()
 
 
+def host_write_ceilings(engine) -> str:
+    """The write ceilings outside every server's group (cgroup v1's blkio root)."""
+    from pathlib import Path
+
+    path = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
+    return path.read_text() if path.exists() else ""
+
+
 def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_engine, pool, tmp_path_factory):
     from vservers.engine import Limits, qgroups
     from vservers.engine.errors import EngineError
@@ -117,7 +126,8 @@ def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_eng
     engine = btrfs_engine
     assert qgroups.check_pool(pool) == "", "the pool test above enables quotas"
     probe = compile_static("escape_probe.c", tmp_path_factory.mktemp("probe")).read_bytes()
-    spec = engine.create("bq", "busybox", [f"{IP}/18"], Limits(disk_bytes=32 * MIB))
+    limits = Limits(disk_bytes=32 * MIB, io_write_bps=50 * MIB)
+    spec = engine.create("bq", "busybox", [f"{IP}/18"], limits)
     try:
         server_dir = engine.config.server_dir("bq")
         storage = qgroups.of_server(server_dir)
@@ -129,6 +139,10 @@ def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_eng
         engine.start("bq")
         wait_for_http(IP)
         assert engine._runtime("bq").loop_device == ""  # no loop device at all
+        # Its I/O ceiling is on the pool's device, in its own group only: the device is shared.
+        pool_device = qgroups.pool_devices(pool)[0]
+        assert engine.cgroups.limits("bq", pool_device).io_write_bps == 50 * MIB
+        assert f"{pool_device} " not in host_write_ceilings(engine)
         install_in_guest(engine, "bq", PROBE, probe)
         sh(engine, "echo hello > /root/mine")
         assert (storage.upper / "root" / "mine").read_text() == "hello\n"  # its files, in its subvolume
@@ -145,8 +159,9 @@ def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_eng
         assert pool_free.f_bavail * pool_free.f_frsize > 512 * MIB  # the pool is not filled
 
         # Grow online: a new limit, at once; the guest writes past the old one.
-        engine.update("bq", Limits(disk_bytes=48 * MIB))
+        engine.update("bq", dataclasses.replace(limits, disk_bytes=48 * MIB, io_write_bps=40 * MIB))
         assert qgroups.limit_bytes(storage.subvolume) == 48 * MIB
+        assert engine.cgroups.limits("bq", pool_device).io_write_bps == 40 * MIB
         sh(engine, "dd if=/dev/zero of=/root/more bs=1M count=8 2>/dev/null")
 
         # Wall 2: a subvolume made inside would have a qgroup of its own, outside the limit.
@@ -171,7 +186,7 @@ def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_eng
         result = sh(engine, f"mkdir -p /root/inodes && {PROBE} fill-inodes /root/inodes")
         created, err = probe_answer(result.stdout, "created")
         assert err == "EDQUOT" and int(created) > 1000, result.stdout
-        engine.update("bq", Limits(disk_bytes=48 * MIB))  # puts the server's limit back
+        engine.update("bq", dataclasses.replace(limits, disk_bytes=48 * MIB))  # puts the server's limit back
         assert qgroups.limit_bytes(storage.subvolume) == 48 * MIB
 
         # Not done by this backend: a clear error naming it.

@@ -292,6 +292,7 @@ class Engine:
         from .launch import LaunchPlan, launch  # namespaces, seccomp, ctypes: only starts need them
 
         server_dir = self._dir(spec.name)
+        storage = self._btrfs_storage(spec.name)
         layers = None
         if rescue:
             from .rescue import RESCUE_TEMPLATE, RescueLayers
@@ -335,12 +336,15 @@ class Engine:
             # Not fsync'ed: after a host crash no init of it runs, whatever the file says.
             write_json(server_dir / "runtime.json", runtime.to_json(), durable=False)
             # Before the guest's init runs: I/O ceilings are per device, and the device is new.
-            if launched.loop_device:  # see docs/storage.md for the btrfs backend's
+            if launched.loop_device:
                 from .cgroups import block_device_number
 
                 self.cgroups.limit_io(spec.name, block_device_number(launched.loop_device), spec.limits)
+            elif storage is not None:
+                from . import qgroups
 
-        storage = self._btrfs_storage(spec.name)
+                qgroups.limit_io(self.cgroups, spec.name, storage, spec.limits)
+
         plan = LaunchPlan(
             hostname=spec.hostname,
             uid_base=spec.uid_base,
@@ -579,6 +583,11 @@ class Engine:
         before = self.cgroups.limits(name, device)
         try:
             self.cgroups.update(name, limits, device)
+            storage = self._btrfs_storage(name)
+            if storage is not None:
+                from . import qgroups
+
+                qgroups.limit_io(self.cgroups, name, storage, limits)
         except EngineError as exc:
             if before is not None:
                 try:

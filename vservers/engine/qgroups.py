@@ -257,6 +257,24 @@ def limit_bytes(subvolume: Path) -> int | None:
         return None
 
 
+def pool_devices(pool: Path) -> list[str]:
+    """"MAJOR:MINOR" of each block device the btrfs holding POOL is on (its I/O ceilings')."""
+    found = []
+    for device in sorted((sysfs_dir(pool) / "devices").iterdir()):
+        try:
+            found.append((device / "dev").read_text().strip())
+        except OSError:
+            continue  # a device being removed from the filesystem
+    return found
+
+
+def limit_io(cgroups, name: str, storage: ServerStorage, limits) -> None:
+    """Server NAME's I/O ceilings on every device of its pool, in its own groups only (the
+    devices are every server's; see docs/security.md, "btrfs storage")."""
+    for device in pool_devices(storage.pool):
+        cgroups.limit_io_in_group(name, device, limits)
+
+
 def write_record(server_dir: Path, storage: ServerStorage) -> None:
     from .state import write_json
 

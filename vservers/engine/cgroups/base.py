@@ -283,6 +283,16 @@ class CgroupBackend(ABC):
         self._apply_io(name, device, limits)
         self._apply_host_io(device, limits)
 
+    def limit_io_in_group(self, name: str, device: str, limits: Limits) -> None:
+        """LIMITS' I/O ceilings on DEVICE for group NAME alone: for a device all servers share
+        (the btrfs pool's, qgroups.py), where limit_io's ceiling outside the group would hold
+        for every server."""
+        check_limits(limits)
+        check_device(device)
+        if not self.exists(name):
+            raise EngineError(f"cgroup {self.parent}/{name} does not exist")
+        self._apply_io(name, device, limits)
+
     def release_io(self, device: str) -> None:
         """Lift what limit_io put outside the server's group on DEVICE, once the server is done
         with it (the device goes back to the host's pool of loop devices)."""
