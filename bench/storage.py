@@ -1,7 +1,7 @@
 """The two storage backends side by side (issue 17): busybox servers on loop images and on btrfs
 subvolumes with qgroup limits, in one run, interleaved.
 
-    .venv/bin/python bench/storage.py --quick     # about a minute and a half
+    .venv/bin/python bench/storage.py --quick     # about two minutes
     .venv/bin/python bench/storage.py --full      # more servers and rounds, longer wrk runs
     .venv/bin/python bench/storage.py --smoke     # checks the benchmark; writes no results
 
@@ -12,9 +12,11 @@ root, quotas on, and removes at the end. Measured per backend:
 - create and delete time of a server, interleaved loop/btrfs;
 - disk use of an idle server: the image file's allocated blocks (loop) and the subvolume's
   qgroup referenced bytes after a sync (btrfs);
-- in rounds alternating which backend goes first: K servers started (start, start to first
-  HTTP 200), then the host memory they take (MemAvailable before and after, sampled, ÷ K), their
-  cgroups' memory and the PSS of their processes, then stopped;
+- in rounds: every server started once, the two backends' alternately (start, start to first
+  HTTP 200), and stopped; then one backend's K servers started at a time (which goes first
+  alternates) and the host memory they take (MemAvailable before and after, sampled, ÷ K; the
+  kernel's Slab, KernelStack, PageTables and Buffers the same way), their cgroups' memory and
+  the PSS of their processes, then stopped;
 - busybox httpd requests/s: wrk from a client network namespace on the bridge (as
   bench/loopdio.py), a 4 KB page, servers pinned to CPU 0, wrk to CPU 1, rounds rotated.
 
@@ -55,7 +57,7 @@ PAGE_NAME = "bench.html"
 DISK_BYTES = 256 * 2**20
 PROFILES = {
     "smoke": {"servers": 2, "rounds": 1, "wrk_s": 1, "wrk_rounds": 1},
-    "quick": {"servers": 3, "rounds": 3, "wrk_s": 3, "wrk_rounds": 3},
+    "quick": {"servers": 5, "rounds": 3, "wrk_s": 3, "wrk_rounds": 5},
     "full": {"servers": 8, "rounds": 5, "wrk_s": 10, "wrk_rounds": 7},
 }
 
@@ -125,15 +127,29 @@ def start_all(engine, names: list[str], addresses: dict[str, str]) -> list[dict]
     return rows
 
 
+# The kernel's own memory a server's storage takes outside any process: slabs (ext4's and
+# jbd2's, btrfs's), kernel stacks (a jbd2 thread per ext4 mount), and Buffers (the loop
+# device's block cache, where ext4 keeps its metadata). Less noisy than MemAvailable, which
+# moves with every other process's page cache on a shared host.
+KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables", "Buffers")
+
+
+def kernel_memory() -> int:
+    return sum(common.meminfo_sampled(field, samples=3, interval=0.1) for field in KERNEL_FIELDS)
+
+
 def memory_round(engine, names: list[str], addresses: dict[str, str]) -> tuple[list[dict], dict]:
     before = common.meminfo_sampled()
+    kernel_before = kernel_memory()
     starts = start_all(engine, names, addresses)
     time.sleep(1.0)  # let init's first work settle before memory is read
     after = common.meminfo_sampled()
+    kernel_after = kernel_memory()
     cgroup = [cgroup_memory(engine, n) for n in names]
     pss = [common.pss_of(engine.cgroups.procs(n)) for n in names]
     engine.stop_many(names)
     return starts, {"host_mb_per_server": (before - after) / len(names) / MB,
+                    "kernel_mb_per_server": (kernel_after - kernel_before) / len(names) / MB,
                     "cgroup_mb_per_server": statistics.mean(cgroup) / MB,
                     "pss_mb_per_server": statistics.mean(pss) / MB}
 
@@ -170,6 +186,7 @@ def markdown(result: dict) -> str:
     labels = [("create_s", "create (ms)", 1000, 1), ("delete_s", "delete (ms)", 1000, 1),
               ("start_s", "start (ms)", 1000, 1), ("start_to_200_s", "start → first HTTP 200 (ms)", 1000, 1),
               ("host_mb_per_server", "host memory per running server, MemAvailable (MB)", 1, 2),
+              ("kernel_mb_per_server", "of it the kernel's: Slab, KernelStack, PageTables, Buffers (MB)", 1, 2),
               ("cgroup_mb_per_server", "its memory cgroup (MB)", 1, 2),
               ("pss_mb_per_server", "PSS of its processes (MB)", 1, 2),
               ("disk_mb_per_server", "disk use of an idle server (MB)", 1, 2),
@@ -184,7 +201,7 @@ def markdown(result: dict) -> str:
         "## Storage backends: loop images against btrfs subvolumes with qgroups (`bench/storage.py`)",
         "",
         f"{result['when']}, commit {result['host']['git_commit']}, kernel {result['host']['kernel']}; "
-        f"busybox servers, {p['servers']} per backend × {p['rounds']} rounds (memory, start), wrk "
+        f"busybox servers, {p['servers']} per backend × {p['rounds']} rounds (start, memory), wrk "
         f"{p['wrk_rounds']} × {p['wrk_s']} s; load average {load['before']} before, {load['after']} after. "
         "Medians; btrfs ÷ loop in the last column.",
         "",
@@ -204,15 +221,16 @@ def markdown(result: dict) -> str:
 def plot(result: dict) -> Path:
     plt = report.pyplot()
     keys = [("create_s", "create (ms)", 1000), ("start_to_200_s", "start → 200 (ms)", 1000),
-            ("host_mb_per_server", "host MB / server", 1), ("disk_mb_per_server", "disk MB / server", 1),
+            ("host_mb_per_server", "host MB / server", 1), ("kernel_mb_per_server", "kernel MB / server", 1),
+            ("disk_mb_per_server", "disk MB / server", 1),
             ("rps", "busybox HTTP req/s", 1)]
     fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.4))
     for ax, (key, title, scale) in zip(axes, keys, strict=True):
         values = [result["medians"][side][key] * scale for side in SIDES]
         samples = [[v * scale for v in result["samples"][side][key]] for side in SIDES]
         ax.bar(SIDES, values, color=["C0", "C1"],
-               yerr=[[v - min(s) for v, s in zip(values, samples, strict=True)],
-                     [max(s) - v for v, s in zip(values, samples, strict=True)]], capsize=3)
+               yerr=[[max(0.0, v - min(s)) for v, s in zip(values, samples, strict=True)],
+                     [max(0.0, max(s) - v) for v, s in zip(values, samples, strict=True)]], capsize=3)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=8)
     fig.tight_layout()
@@ -262,12 +280,17 @@ def main() -> int:
             for name in names[side]:
                 add(side, "disk_mb_per_server", disk_use(engines[side], name) / MB)
         for r in range(profile["rounds"]):
+            # Start times: the two backends' servers started alternately (the first side
+            # swapped each round), so drift in the host's load falls on both alike.
+            order = [(side, names[side][i]) for i in range(profile["servers"])
+                     for side in (SIDES if (r + i) % 2 == 0 else SIDES[::-1])]
+            for side, name in order:
+                for key, value in start_all(engines[side], [name], addresses)[0].items():
+                    add(side, key, value)
+            engines["loop"].stop_many([name for _, name in order])
+            # Memory: one backend's servers running at a time.
             for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-                starts, memory = memory_round(engines[side], names[side], addresses)
-                for row in starts:
-                    for key, value in row.items():
-                        add(side, key, value)
-                for key, value in memory.items():
+                for key, value in memory_round(engines[side], names[side], addresses)[1].items():
                     add(side, key, value)
             log(f"round {r + 1}/{profile['rounds']}: " + ", ".join(
                 f"{side} {samples[side]['host_mb_per_server'][-1]:.2f} MB/server, start→200 "
@@ -278,7 +301,7 @@ def main() -> int:
                 add(side, "disk_mb_after_run", disk_use(engines[side], name) / MB)
         http_servers = {side: names[side][0] for side in SIDES}
         for side, name in http_servers.items():
-            engines[side].start(name)
+            start_all(engines[side], [name], addresses)  # answers HTTP before the page is asked for
             common.guest_write(engines[side], name, f"/var/www/{PAGE_NAME}", page)
         netns.add(CLIENT_NS)
         netns.wire(CLIENT_NS, CLIENT_VETH, ENV["VSERVER_BRIDGE"], f"{NETWORK.network_address + 2}/{NETWORK.prefixlen}")
