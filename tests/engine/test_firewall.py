@@ -552,15 +552,18 @@ def fetch_from(name: str, trio, address: str, sport: int) -> None:
     assert "It works" in result.stdout, result
 
 
-def test_traffic_between_servers_takes_no_conntrack_entry_of_the_host_and_the_hosts_own_does(trio):
+def test_traffic_between_servers_takes_no_conntrack_entry_of_the_host_and_the_hosts_own_does(trio, scratch):
     """With br_netfilter the host's conntrack saw bridged frames too: an entry per connection
     between two servers, in the host's one table, and a lookup per packet. Frames between
     ports skip it now; the host's own connections (replies addressed to the bridge) stay
-    tracked, or the inet table's `ct state established` could not let their replies in."""
+    tracked, or the inet table's `ct state established` could not let their replies in,
+    also while another installation's tables (SCRATCH's) are there: a bridge table's hooks
+    see every bridge's frames."""
     from vservers.engine import firewall
 
     if Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip() != "1":
         pytest.skip("br_netfilter does not pass bridged IPv4 to the host's hooks here: nothing to skip")
+    firewall.ensure(scratch)
     sport = 20000 + secrets.randbelow(20000)
     fetch_from("fw-a", trio, IP4["fw-b"], sport)
     assert not tracked(IP4["fw-a"], IP4["fw-b"], sport)
@@ -570,14 +573,14 @@ def test_traffic_between_servers_takes_no_conntrack_entry_of_the_host_and_the_ho
         assert b"It works" in b"".join(iter(lambda: conn.recv(65536), b""))
     assert tracked(GW4, IP4["fw-a"], sport + 1)
 
-    # The positive control: without the notrack rule the same connection is tracked.
+    # The positive control: without the notrack rules the same connection is tracked.
     table = firewall.table_name(BRIDGE)
     listing = firewall._nft.json([{"list": {"chain": {"family": "bridge", "table": table, "name": "prerouting"}}}])
     handles = [item["rule"]["handle"] for item in listing["nftables"]
                if "rule" in item and any("notrack" in expr for expr in item["rule"]["expr"])]
-    assert len(handles) == 1, listing
+    assert len(handles) == 2, listing
     firewall._nft.json([{"delete": {"rule": {"family": "bridge", "table": table, "chain": "prerouting",
-                                             "handle": handles[0]}}}])
+                                             "handle": handle}}} for handle in handles])
     try:
         fetch_from("fw-a", trio, IP4["fw-b"], sport + 2)
         assert tracked(IP4["fw-a"], IP4["fw-b"], sport + 2)
@@ -624,6 +627,7 @@ def test_entries_follow_the_servers_and_the_tables_go_with_the_bridge(scratch):
     assert {"concat": [port, "198.19.9.10"]} in elements(scratch, "guest_ip4")
     assert {"concat": [port, mac]} in elements(scratch, "guest_mac")
     assert {"concat": [port, str(firewall.link_local(mac))]} in elements(scratch, "guest_ip6")
+    assert elements(scratch, "guest_dst") == [mac]
     firewall.protect(scratch, port, ["198.19.9.10/18", "fd00:19::9:10/64"])  # a restart: nothing changes
     assert len(elements(scratch, "guest_ip4")) == 1
 
@@ -643,7 +647,7 @@ def test_entries_follow_the_servers_and_the_tables_go_with_the_bridge(scratch):
     firewall.release(scratch.bridge, port, ["198.19.9.11/18"])
     firewall.release(scratch.bridge, port, ["198.19.9.11/18"])  # again: nothing to do
     firewall.release(scratch.bridge, second, ["198.19.9.99/18"])  # addresses it never had: found anyway
-    for name in (*firewall.GUEST_SETS, "guest_fp"):
+    for name in (*firewall.GUEST_SETS, "guest_fp", "guest_dst"):
         assert elements(scratch, name) == [], name
 
     network.remove_bridge(scratch.bridge)  # no such bridge: its tables go all the same

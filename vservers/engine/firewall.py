@@ -22,13 +22,16 @@ installation's veth prefix (see ``STATIC_BRIDGE`` below for the rules themselves
     changes.
   * A port of ours that has no entries yet (about to be wired) gets nothing through but
     broadcast and multicast addressed to it.
-  * Unicast between two ports of the bridge (not addressed to the bridge itself, whose MAC is
-    fixed: ``bridge_mac``) skips the host's connection tracking (``notrack``), before
-    br_netfilter would hand it to the host's ip/ip6 hooks. No rule of ours looks at its
-    state, and tracking it cost every VPS-to-VPS packet a conntrack lookup and every
-    connection an entry in the host's table, which a VPS could fill for everyone (see
-    STATIC_BRIDGE). What is addressed to the host (the gateway: replies to the host's own
-    connections, routed traffic) and broadcast and multicast stay tracked.
+  * Unicast bridged from port to port skips the host's connection tracking (``notrack``),
+    before br_netfilter would hand it to the host's ip/ip6 hooks: what a VPS sends to
+    anything but the bridge itself (whose MAC is fixed: ``bridge_mac``), and whatever is
+    addressed to a VPS's MAC (the set ``guest_dst``). No rule of ours looks at its state, and
+    tracking it cost every VPS-to-VPS packet a conntrack lookup and every connection an entry
+    in the host's table, which a VPS could fill for everyone (see STATIC_BRIDGE). What is
+    addressed to the host (the gateway: replies to the host's own connections, routed
+    traffic) and broadcast and multicast stay tracked. Bridge-family hooks see the frames of
+    every bridge of the host, so both rules name only what is this installation's own: its
+    ports, its VPSs' MACs.
 
 ``inet vservers-<bridge>``, on traffic for the host itself arriving over the bridge (the
 gateway address and any other address of the host): replies to the host's own
@@ -78,7 +81,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # Part of the static fingerprint: bump it when the rules change in a way their text would not
 # show (their text is part of it too).
-RULESET_VERSION = 3
+RULESET_VERSION = 4
 TABLE_PREFIX = "vservers-"
 _MAC = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}")
 _ALLOW_ITEM = re.compile(r"(tcp|udp)/(\d{1,5})")
@@ -263,8 +266,12 @@ _nft = _Nft()
 
 # One jump per direction for the ports of ours; everything else on the bridge is not our
 # business. Every drop of what a VPS sent counts in its rule and, per port, in @dropped.
-# First in prerouting, for every port: unicast not addressed to the bridge (the host) is
-# bridged from port to port and gets no conntrack entry. With br_netfilter on (built in, and
+# First in prerouting: unicast from a VPS not addressed to the bridge (the host), and unicast
+# to a VPS from any port, is bridged from port to port and gets no conntrack entry. Only
+# this installation's ports and MACs: a bridge table's hooks see every bridge's frames, and
+# "not to this bridge's MAC" alone would untrack the host's frames on another installation's
+# bridge (its own connections' replies would then meet `ct state` untracked and be refused).
+# With br_netfilter on (built in, and
 # bridge-nf-call-iptables=1 by default) the host's ip/ip6 hooks see bridged frames too, at the
 # bridge's prerouting priority 0, after this chain (-200); and conntrack is on in the host's
 # namespace as soon as a rule anywhere there (ours in the inet table among them) uses it. So
@@ -281,6 +288,7 @@ table bridge {table} {{
     set guest_ip6 {{ type ifname . ipv6_addr; }}
     set guest_na {{ typeof iifname . @th,64,128; }}
     set guest_ndmac {{ typeof iifname . @th,208,48; }}
+    set guest_dst {{ type ether_addr; }}
     set dropped {{ type ifname; flags dynamic; counter; size 65536; }}
     chain prerouting {{ type filter hook prerouting priority filter; policy accept; }}
     chain forward {{ type filter hook forward priority filter; policy accept; }}
@@ -303,7 +311,8 @@ flush chain bridge {table} to_guest
 flush chain bridge {table} refuse
 add rule bridge {table} refuse add @dropped {{ iifname counter }}
 add rule bridge {table} refuse drop
-add rule bridge {table} prerouting ether daddr != {bridge_mac} @ll,0,8 & 0x1 == 0x0 notrack
+add rule bridge {table} prerouting iifname "{prefix}*" ether daddr != {bridge_mac} @ll,0,8 & 0x1 == 0x0 notrack
+add rule bridge {table} prerouting ether daddr @guest_dst notrack
 add rule bridge {table} prerouting iifname "{prefix}*" jump from_guest
 add rule bridge {table} forward oifname "{prefix}*" jump to_guest
 add rule bridge {table} input iifname "{prefix}*" ether daddr {reserved} {drop}
@@ -506,6 +515,7 @@ def _guest_ops(host_if: str, mac: str, addresses: list[IPInterface]) -> list[Op]
     elements += [("guest_ip6", port + a.packed) for a in own6]
     elements += [("guest_na", port + a.packed) for a in own6]  # the target field, as raw bytes
     elements += [("guest_ndmac", port + _padded(mac_raw))]
+    elements += [("guest_dst", mac_raw)]  # not keyed by port: ether_addr alone, 6 bytes
     fingerprint = _hash32(repr([RULESET_VERSION, elements]))
     return [("add", "bridge", "guest_fp", port, _mark(fingerprint)),
             *(("add", "bridge", name, key, None) for name, key in elements)]
@@ -607,7 +617,8 @@ def _release(table: str, host_if: str) -> None:
             if mine:
                 deletes.append({"delete": _elements(table, name, mine)})
     dropped = _elements(table, "dropped", [host_if])
-    _nft.json([*deletes, {"add": dropped}, {"delete": dropped}])
+    dst = _elements(table, "guest_dst", [guest_mac(host_if)])  # derived from the port: no listing needed
+    _nft.json([*deletes, {"add": dropped}, {"delete": dropped}, {"add": dst}, {"delete": dst}])
 
 
 def _element_port(elem: Any) -> str | None:
