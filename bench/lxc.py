@@ -654,6 +654,180 @@ def cleanup(pivot_ours: bool) -> list[str]:
     return sorted(set(problems))
 
 
+# --- batch start: N servers in one engine call against N lxc-start ---------------------------
+
+BATCH_SERVERS = 20
+BATCH_ROUNDS = 5
+BATCH_INDEX = 1100  # LXC addresses of the batch containers: addr_of(BATCH_INDEX + i)
+
+
+def wait_all_http(ips: dict[str, str], t0: float) -> dict[str, float]:
+    """Poll every name's IP until each answers 200 (one try each per pass, a pass every 2 ms);
+    seconds from T0 to each first 200. LxcError if one has not answered by HTTP_TIMEOUT."""
+    pending = dict(ips)
+    answered: dict[str, float] = {}
+    deadline = t0 + HTTP_TIMEOUT
+    while pending:
+        for name, ip in list(pending.items()):
+            if common.http_status(ip, timeout=0.5) == 200:
+                answered[name] = time.monotonic() - t0
+                del pending[name]
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            raise LxcError(f"no HTTP 200 within {HTTP_TIMEOUT:.0f} s from {', '.join(sorted(pending))}")
+        time.sleep(0.002)
+    return answered
+
+
+def kill_all(names: list[str]) -> None:
+    """`lxc-stop -k` of NAMES, all at once (the batch rounds only need them gone)."""
+    procs = [(name, popen(["lxc-stop", "-P", str(LXC_PATH), "-n", name, "-k"])) for name in names]
+    failed = []
+    for name, proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            failed.append(f"{name}: {err.strip()}")
+    if failed:
+        raise LxcError("lxc-stop -k failed: " + "; ".join(failed))
+
+
+def batch(lab: Lab, n: int, rounds: int) -> dict:
+    """Start N busybox servers of ours in one engine call (`Engine.start_many`) and, the same
+    round, N LXC busybox containers with one `lxc-start -d` after another, each until every
+    one answers HTTP 200; also ours one `start` after another. The order of the three turns
+    round by round; every round restarts the same servers and containers (a warm-up round
+    first). Per server: from the first start until the last one answers, divided by N."""
+    from vservers.engine import Engine, EngineConfig, network, templates
+
+    env = common.engine_env()
+    engine = Engine(EngineConfig.from_env(env))
+    common.clean_earlier_run(engine, log)
+    ours = {f"batch{i}": common.address(i).split("/")[0] for i in range(n)}
+    theirs = {f"{PREFIX}b{i}": addr_of(BATCH_INDEX + i).split("/")[0] for i in range(n)}
+    log(f"batch: {n} servers of ours and {n} LXC containers (dir), {rounds} rounds after a warm-up")
+    try:
+        templates.build(engine.config, "busybox")
+        network.ensure_bridge(engine.config.bridge, engine.config.gateway4)
+        for i, name in enumerate(ours):
+            engine.create(name, "busybox", [common.address(i)])
+        for i, name in enumerate(theirs):
+            lab.create(name, BATCH_INDEX + i, "dir")
+        # Before any start: the routes are the bridges', which exist already.
+        for ip in ours.values():
+            common.check_route(ip)
+        for ip in theirs.values():
+            common.check_route(ip, NETWORK, LXC_BRIDGE)
+
+        def ours_batch() -> tuple[float, dict[str, float]]:
+            t0 = time.monotonic()
+            errors = {k: str(v) for k, v in engine.start_many(list(ours)).items() if v is not None}
+            returned = time.monotonic() - t0
+            if errors:
+                raise LxcError(f"start_many: {errors}")
+            answered = wait_all_http(ours, t0)
+            stopped = {k: str(v) for k, v in engine.stop_many(list(ours)).items() if v is not None}
+            if stopped:
+                raise LxcError(f"stop_many: {stopped}")
+            return returned, answered
+
+        def ours_one_by_one() -> tuple[float, dict[str, float]]:
+            t0 = time.monotonic()
+            for name in ours:
+                engine.start(name)
+            returned = time.monotonic() - t0
+            answered = wait_all_http(ours, t0)
+            engine.stop_many(list(ours))
+            return returned, answered
+
+        def lxc_start() -> tuple[float, dict[str, float]]:
+            t0 = time.monotonic()
+            for name in theirs:
+                lxc("start", "-n", name, "-d")
+            returned = time.monotonic() - t0
+            answered = wait_all_http(theirs, t0)
+            kill_all(list(theirs))
+            return returned, answered
+
+        contenders = {"ours_batch": ours_batch, "ours_one_by_one": ours_one_by_one, "lxc": lxc_start}
+        for run in contenders.values():  # warm-up: caches, the first start's set-up of the bridge ports
+            run()
+        samples: dict[str, list[dict]] = {k: [] for k in contenders}
+        load_before = os.getloadavg()[0]
+        for r in range(rounds):
+            order = list(contenders)[r % 3:] + list(contenders)[:r % 3]
+            for key in order:
+                returned, answered = contenders[key]()
+                samples[key].append({"returned_ms": ms(returned), "all_http_ms": ms(max(answered.values())),
+                                     "per_server_ms": ms(max(answered.values()) / n)})
+            log(f"  round {r + 1}/{rounds}: " + ", ".join(
+                f"{k} {samples[k][-1]['per_server_ms']:.1f} ms/server" for k in contenders))
+        load_after = os.getloadavg()[0]
+        per = {k: summary([s["per_server_ms"] for s in v]) for k, v in samples.items()}
+        paired = [o["per_server_ms"] / t["per_server_ms"] for o, t in zip(samples["ours_batch"], samples["lxc"],
+                                                                          strict=True)]
+        return {
+            "servers": n,
+            "rounds": rounds,
+            "host": common.host_info(),
+            "load_before": round(load_before, 2),
+            "load_after": round(load_after, 2),
+            "start_parallel": _start_parallel(),
+            "per_server_ms": per,
+            "ratio_batch_to_lxc": per["ours_batch"]["median"] / per["lxc"]["median"],
+            "ratio_per_round": summary(paired),
+            "samples": samples,
+        }
+    finally:
+        for name in theirs:
+            if (LXC_PATH / name).exists():
+                lxc("stop", "-n", name, "-k", check=False)
+                lxc("destroy", "-n", name, "-f", check=False)
+        left = common.cleanup_installation(engine, log)
+        common.install_signal_handlers()
+        if left:
+            raise RuntimeError(f"batch: left behind: {left}")
+
+
+def _start_parallel() -> int:
+    from vservers.engine import lifecycle
+
+    return lifecycle.START_PARALLEL
+
+
+BATCH_LABELS = {
+    "ours_batch": "ours, one engine call (`Engine.start_many`)",
+    "ours_one_by_one": "ours, one `Engine.start` after another",
+    "lxc": "LXC, one `lxc-start -d` after another",
+}
+
+
+def batch_markdown(b: dict) -> str:
+    info = b["host"]
+    n = b["servers"]
+    rows = [[label, f"{b['per_server_ms'][k]['median']:.1f}", f"{b['per_server_ms'][k]['min']:.1f}",
+             f"{b['per_server_ms'][k]['max']:.1f}",
+             f"{summary([s['returned_ms'] / n for s in b['samples'][k]])['median']:.1f}"]
+            for k, label in BATCH_LABELS.items()]
+    out = [
+        "## Batch start: N busybox servers against N LXC containers (bench/lxc.py)",
+        "",
+        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, commit "
+        f"{info['git_commit']}; {n} servers and {n} LXC dir containers (LXC's default backend), {b['rounds']} "
+        f"rounds after a warm-up round, the order of the three turning each round; load average "
+        f"{b['load_before']} before, {b['load_after']} after. Each round restarts the same servers and "
+        f"containers. Per server: from the first start until the last of the {n} answers HTTP 200 (all "
+        f"polled, one try each every 2 ms), divided by {n}. `start_many` runs {b['start_parallel']} starts at "
+        "a time.",
+        "",
+        md_table(["how", "per server, median ms", "min", "max", "until the call(s) returned, per server"], rows),
+        "",
+        f"Ours in one call ÷ LXC: **{b['ratio_batch_to_lxc']:.2f}** (medians; per round "
+        f"{b['ratio_per_round']['min']:.2f}–{b['ratio_per_round']['max']:.2f}).",
+    ]
+    return "\n".join(out) + "\n"
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -886,6 +1060,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="50 runs, 300 containers per variant")
     parser.add_argument("--runs", type=int, help="latency runs (overrides the mode)")
     parser.add_argument("--density", type=int, help="containers per density variant (overrides the mode)")
+    parser.add_argument("--batch", type=int, default=BATCH_SERVERS,
+                        help=f"servers per side in the batch start (default {BATCH_SERVERS}; 0: none)")
+    parser.add_argument("--batch-only", action="store_true",
+                        help="only the batch start (writes lxc-batch.json and its section, nothing else)")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
                         help="write bench/results (default: yes, except for --smoke)")
     args = parser.parse_args(argv)
@@ -915,6 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
     common.install_signal_handlers()
     lab = Lab()
     ok = False
+    batch_result = None
     try:
         if crashed:
             log(f"{LXC_PATH} / {LXC_BRIDGE} exist from an earlier run: cleaning them first")
@@ -941,22 +1120,33 @@ def main(argv: list[str] | None = None) -> int:
             "rcS": (base_rootfs / "etc/init.d/rcS").read_text(),
             "inittab": (base_rootfs / "etc/inittab").read_text(),
         }
-        result["latency"] = latency(lab, runs)
-        result["phases"] = phases(lab, phase_runs)
-        result["lxc_setup"]["lsm_driver"] = result["phases"]["lsm_driver"]
-        if result["phases"]["seccomp_log_lines"]:
-            result["lxc_setup"]["seccomp"] += "; log: " + " | ".join(result["phases"]["seccomp_log_lines"])
-        if n:
-            result["density"] = {v: density(lab, v, n) for v in VARIANTS}
+        if args.batch:
+            batch_result = batch(lab, args.batch, BATCH_ROUNDS if args.mode != "smoke" else 2)
+        if not args.batch_only:
+            result["latency"] = latency(lab, runs)
+            result["phases"] = phases(lab, phase_runs)
+            result["lxc_setup"]["lsm_driver"] = result["phases"]["lsm_driver"]
+            if result["phases"]["seccomp_log_lines"]:
+                result["lxc_setup"]["seccomp"] += "; log: " + " | ".join(result["phases"]["seccomp_log_lines"])
+            if n:
+                result["density"] = {v: density(lab, v, n) for v in VARIANTS}
         ok = True
     finally:
         log("cleaning up")
         result["leftovers"] = cleanup(pivot_ours)
         if result["leftovers"]:
             log("LEFT BEHIND: " + "; ".join(result["leftovers"]))
+        if batch_result is not None:  # measured: worth its own results even if a later part failed
+            batch_result["leftovers"] = result["leftovers"]
+            md = batch_markdown(batch_result)
+            print(md)
+            if write and not result["leftovers"]:
+                log(f"wrote {common.write_results('lxc-batch', batch_result, md)}")
     result["run_s"] = round(time.monotonic() - t_begin, 1)
     if not ok:
         return 1
+    if args.batch_only:
+        return 0 if not result["leftovers"] else 2
     engine = load_engine()
     if engine:
         result["engine_run"] = {"date": engine.get("host", {}).get("date"),

@@ -123,3 +123,26 @@ def test_an_init_recorded_in_another_boot_is_not_taken_for_the_running_one(engin
     finally:
         runtime_file.write_text(json.dumps(recorded))
     assert engine.status(name).state == "running"
+
+
+def test_start_many_starts_each_server_and_reports_the_one_that_fails(engine, config, make_server):
+    good = [make_server(name, ip, start=False)
+            for name, ip in (("many1", "198.19.3.17/18"), ("many2", "198.19.3.18/18"))]
+    broken = make_server("many3", "198.19.3.20/18", start=False)
+    spec_path = config.server_dir(broken) / "config.json"
+    data = json.loads(spec_path.read_text())
+    data["template_version"] = "does-not-exist"
+    spec_path.write_text(json.dumps(data))
+    from vservers.engine import EngineError
+
+    results = engine.start_many([*good, broken, good[0]])  # one start per server, however often named
+    assert sorted(results) == [*good, broken]
+    assert results[good[0]] is None and results[good[1]] is None
+    assert isinstance(results[broken], EngineError)
+    for ip in ("198.19.3.17", "198.19.3.18"):
+        wait_for_http(ip)
+    assert engine.status(broken).state == "stopped" and not engine.cgroups.exists(broken)
+    assert engine.host_veth(broken) not in os.listdir("/sys/class/net")
+    pids = [engine.status(n).init_pid for n in good]
+    assert engine.start_many(good) == {good[0]: None, good[1]: None}  # running already: nothing to do
+    assert [engine.status(n).init_pid for n in good] == pids

@@ -114,6 +114,8 @@ def test_layout_and_boot_files(rootfs):
     commands = [line for line in rcs.read_text().splitlines()[1:] if not line.startswith("#")]
     assert not [line for line in commands if "mount" in line or "hostname" in line]
 
+    assert commands[0] == "[ -d /var/log ] || mkdir -p /var/log"  # a shell builtin's test: no fork
+
     run = rootfs / "etc" / "service" / "httpd" / "run"
     assert _mode(run) == 0o755
     assert run.read_text() == "#!/bin/sh\nexec httpd -f -p 80 -h /var/www\n"

@@ -25,6 +25,7 @@ the namespace's creation, so the creators run with the VPS's totals as their rli
 
 from __future__ import annotations
 
+import _thread  # threading's lock, without importing threading on the CLI's create path
 import os
 import resource
 from collections.abc import Iterable
@@ -214,6 +215,11 @@ def _outer_child(base: int, limits: GuestLimits, to_engine: int, from_engine: in
         os.waitpid(pid, 0)
 
 
+# One creation at a time in a process: its helpers wait for EOF on pipes from the engine, and a
+# helper forked by another thread's creation meanwhile would hold copies of their write ends.
+_CREATING = _thread.allocate_lock()
+
+
 def create(base: int, limits: GuestLimits = GUEST_LIMITS) -> int:
     """Make a VPS's user namespace, mapping 0..65535 to BASE.., and return an fd for it.
 
@@ -224,6 +230,11 @@ def create(base: int, limits: GuestLimits = GUEST_LIMITS) -> int:
     infinity, as for host root before, or else to the worker's hard limit): the VPS's pids
     cgroup bounds its processes, not the worker's rlimit.
     """
+    with _CREATING:
+        return _create(base, limits)
+
+
+def _create(base: int, limits: GuestLimits) -> int:
     up_r, up_w = os.pipe2(os.O_CLOEXEC)
     down_r, down_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()

@@ -383,11 +383,14 @@ export PS1
 umask 022
 """
 
+# init waits for ::sysinit before it starts runsvdir, so every program run here delays each
+# service: the tests are the shell's own builtins, and mkdir runs only when a directory is gone.
 RCS = """\
 #!/bin/sh
 # Run once by busybox init (::sysinit in /etc/inittab). The engine has already mounted /proc,
-# /sys, /dev and /run, set the hostname and configured the network: nothing to mount here.
-mkdir -p /var/log /run
+# /sys, /dev and /run (an empty tmpfs), set the hostname and configured the network: nothing to
+# mount here.
+[ -d /var/log ] || mkdir -p /var/log
 [ -x /etc/rc.local ] && /etc/rc.local
 exit 0
 """
