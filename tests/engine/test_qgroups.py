@@ -69,8 +69,13 @@ def test_the_setting_and_the_pool_are_checked_with_a_clear_error(pool, tmp_path)
     assert "not btrfs" in check_pool(tmp_path)  # the host's ext4
     assert "not a directory" in check_pool(pool / "missing")
     assert "btrfs quota enable" in check_pool(pool)  # quotas still off
+    config = EngineConfig.from_env({**TEST_ENV, "VSERVER_STORAGE": "btrfs", "VSERVER_STORAGE_POOL": str(pool)})
+    from vservers.engine.doctor import _storage_check
+
+    assert not _storage_check(config).ok and "btrfs quota enable" in _storage_check(config).detail
     _run("btrfs", "quota", "enable", str(pool))
     assert check_pool(pool) == ""
+    assert _storage_check(config).ok
 
 
 def sh(engine, script: str, check: bool = True):
@@ -126,7 +131,7 @@ def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_eng
     engine = btrfs_engine
     assert qgroups.check_pool(pool) == "", "the pool test above enables quotas"
     probe = compile_static("escape_probe.c", tmp_path_factory.mktemp("probe")).read_bytes()
-    limits = Limits(disk_bytes=32 * MIB, io_write_bps=50 * MIB)
+    limits = Limits(disk_bytes=32 * MIB, io_write_bps=1024 * MIB)  # high: only where it lands is checked
     spec = engine.create("bq", "busybox", [f"{IP}/18"], limits)
     try:
         server_dir = engine.config.server_dir("bq")
@@ -141,7 +146,7 @@ def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_eng
         assert engine._runtime("bq").loop_device == ""  # no loop device at all
         # Its I/O ceiling is on the pool's device, in its own group only: the device is shared.
         pool_device = qgroups.pool_devices(pool)[0]
-        assert engine.cgroups.limits("bq", pool_device).io_write_bps == 50 * MIB
+        assert engine.cgroups.limits("bq", pool_device).io_write_bps == 1024 * MIB
         assert f"{pool_device} " not in host_write_ceilings(engine)
         install_in_guest(engine, "bq", PROBE, probe)
         sh(engine, "echo hello > /root/mine")
@@ -159,9 +164,9 @@ def test_a_server_lives_its_whole_life_on_a_qgroup_and_cannot_leave_it(btrfs_eng
         assert pool_free.f_bavail * pool_free.f_frsize > 512 * MIB  # the pool is not filled
 
         # Grow online: a new limit, at once; the guest writes past the old one.
-        engine.update("bq", dataclasses.replace(limits, disk_bytes=48 * MIB, io_write_bps=40 * MIB))
+        engine.update("bq", dataclasses.replace(limits, disk_bytes=48 * MIB, io_write_bps=512 * MIB))
         assert qgroups.limit_bytes(storage.subvolume) == 48 * MIB
-        assert engine.cgroups.limits("bq", pool_device).io_write_bps == 40 * MIB
+        assert engine.cgroups.limits("bq", pool_device).io_write_bps == 512 * MIB
         sh(engine, "dd if=/dev/zero of=/root/more bs=1M count=8 2>/dev/null")
 
         # Wall 2: a subvolume made inside would have a qgroup of its own, outside the limit.
