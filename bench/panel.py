@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -173,6 +174,7 @@ def run_cycles(ctx, label: str, k: int, concurrency: int, nodes: list | None = N
     todo = list(range(k))
     active: dict[int, tuple[SimpleNamespace, float]] = {}
     cycles, ops = [], []
+    cpu0 = cpu_snapshot(ctx)
     t0 = time.monotonic()
 
     def ask(cycle: SimpleNamespace) -> None:
@@ -221,8 +223,10 @@ def run_cycles(ctx, label: str, k: int, concurrency: int, nodes: list | None = N
         raise RuntimeError(f"{label}: {len(failed)} of {k} cycles failed, e.g. {label}{failed[0].index}: "
                            f"{'; '.join(failed[0].errors)}")
     wall = max(c.end for c in cycles) if cycles else 0.0
+    cpu = cpu_per_cycle(cpu0, cpu_snapshot(ctx), k)
     add_rq_times(ops)
     return {
+        "cpu_ms_per_cycle": cpu,
         "cycles": k,
         "concurrency": concurrency,
         "wall_s": round(wall, 3),
@@ -234,6 +238,46 @@ def run_cycles(ctx, label: str, k: int, concurrency: int, nodes: list | None = N
                            "ok": not c.errors} for c in sorted(cycles, key=lambda c: c.index)],
         "operations": ops,
     }
+
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int, children: bool | None = None) -> float:
+    """PID's CPU seconds: its own (utime + stime), its reaped children's (the engine's forks, the
+    guests' inits it was subreaper of: cutime + cstime) or, with CHILDREN None, both; 0 if it is
+    gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    first, last = {None: (11, 15), False: (11, 13), True: (13, 15)}[children]
+    return sum(int(x) for x in fields[first:last]) / CLOCK_TICK
+
+
+def cpu_snapshot(ctx) -> dict[str, float]:
+    """CPU seconds so far: the whole machine's busy time (/proc/stat), the worker processes,
+    redis-server and this process (the bench's own polling and requests)."""
+    line = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in line[1:9])
+    workers = [p for p in [getattr(ctx, "worker_proc", None), *getattr(ctx, "extra_workers", [])] if p is not None]
+    own = os.times()
+    return {
+        "machine": (user + nice + system + irq + softirq + steal) / CLOCK_TICK,
+        "workers": sum(_proc_cpu(p.pid) for p in workers),
+        "workers_own": sum(_proc_cpu(p.pid, children=False) for p in workers),
+        "workers_children": sum(_proc_cpu(p.pid, children=True) for p in workers),
+        "redis": _proc_cpu(ctx.redis_proc.pid) if getattr(ctx, "redis_proc", None) else 0.0,
+        "bench": own.user + own.system,
+    }
+
+
+def cpu_per_cycle(before: dict[str, float], after: dict[str, float], k: int) -> dict[str, float]:
+    """CPU milliseconds per cycle between two snapshots; "other" is the machine's rest (other
+    work on the host, kernel threads such as the loop devices' and kworkers)."""
+    spent = {key: (after[key] - before[key]) * 1000 / k for key in before}
+    spent["other"] = spent["machine"] - spent["workers"] - spent["redis"] - spent["bench"]
+    return {key: round(value, 1) for key, value in spent.items()}
 
 
 def wait_route(ip: str, deadline: float) -> None:
@@ -379,7 +423,7 @@ def run(ctx, mode: dict) -> None:
 
     pages: dict = {"scales": mode["scales"], "by_scale": {}}
     result["pages"] = pages
-    for scale in mode["scales"]:
+    for scale in [] if mode.get("queue_only") else mode["scales"]:
         fill_s = fill_crowd(ctx, scale)
         reps = mode["reps"] if scale >= TARGET_SCALE else mode["small_reps"]
         log(f"pages with {scale} servers / {scale * OPS_PER_SERVER} operations (filled in {fill_s:.1f} s), {reps} each")
@@ -404,20 +448,34 @@ def run(ctx, mode: dict) -> None:
     log(f"{mode['inflight']} cycles in flight at once")
     result["queue"]["inflight"] = run_cycles(ctx, "fly", mode["inflight"], mode["inflight"])
     log(f"  {result['queue']['inflight']['cycles_per_s']} cycles/s")
-    log(f"approval → HTTP, {mode['http_runs']} runs")
-    result["http"] = approval_to_http(ctx, mode["http_runs"])
-    log(f"{mode['inflight']} cycles in flight at once, {mode['workers']} workers")
-    result["queue"]["inflight_workers"] = run_with_more_workers(ctx, mode["workers"], mode["inflight"])
-    log(f"  {result['queue']['inflight_workers']['cycles_per_s']} cycles/s")
+    if not mode.get("queue_only"):
+        log(f"approval → HTTP, {mode['http_runs']} runs")
+        result["http"] = approval_to_http(ctx, mode["http_runs"])
+    by_workers = {}
+    for workers in mode.get("worker_counts") or [mode["workers"]]:
+        log(f"{mode['inflight']} cycles in flight at once, {workers} workers")
+        phase = by_workers[workers] = run_with_more_workers(ctx, workers, mode["inflight"])
+        log(f"  {phase['cycles_per_s']} cycles/s, CPU ms per cycle {phase['cpu_ms_per_cycle']}")
+    best = max(by_workers, key=lambda n: by_workers[n]["cycles_per_s"] or 0)
+    result["queue"]["inflight_workers"] = by_workers[mode["workers"] if mode["workers"] in by_workers else best]
+    if len(by_workers) > 1:
+        result["queue"]["by_workers"] = {
+            str(n): {k: v for k, v in phase.items() if k not in ("operations", "cycle_samples")}
+            for n, phase in by_workers.items()}
     result["reconcile"] = reconcile_runs()
     log("stopping the worker process")
     common_stop(ctx, "worker_proc", "worker", 60)
     timings = read_worker_timings(ctx.worker_timings)
     for key in ("warmup", "sequential", "inflight"):
         analyse_phase(result["queue"][key], timings)
-    analyse_http(result["http"], timings)
-    log(f"profiling {mode['profile_cycles']} cycle(s) in this process")
-    result["worker_profile"] = profile_worker(ctx, mode["profile_cycles"])
+    if "http" in result:
+        analyse_http(result["http"], timings)
+    if mode.get("profile_dump"):
+        log(f"profiling 3 cycles in this process into {mode['profile_dump']}")
+        profile_worker(ctx, 3, Path(mode["profile_dump"]))
+    elif not mode.get("queue_only"):
+        log(f"profiling {mode['profile_cycles']} cycle(s) in this process")
+        result["worker_profile"] = profile_worker(ctx, mode["profile_cycles"])
 
 
 def run_two_nodes(ctx, mode: dict) -> None:
@@ -503,6 +561,18 @@ def two_nodes_markdown(result: dict) -> str:
         "",
         common.md_table(["", "cycles", "wall s", "cycles/s", "operations/s", "cycle median s", "cycle p95 s"], rows),
     ])
+
+
+def queue_digest(result: dict) -> dict:
+    """--queue-only's printout: per phase the rate, the CPU per cycle and the medians per part."""
+    digest = {"loadavg": [result["loadavg_start"], result["loadavg_end"]]}
+    phases = {**{k: v for k, v in result["queue"].items() if k not in ("by_workers", "warmup")},
+              **{f"{n} workers": v for n, v in result["queue"].get("by_workers", {}).items()}}
+    for key, phase in phases.items():
+        digest[key] = {"cycles_per_s": phase["cycles_per_s"], "cpu_ms_per_cycle": phase["cpu_ms_per_cycle"],
+                       "median_ms": {kind: {part: s["median"] for part, s in parts.items() if isinstance(s, dict)}
+                                     for kind, parts in phase.get("per_kind_ms", {}).items()}}
+    return digest
 
 
 def reconcile_runs() -> dict:
@@ -591,10 +661,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--two-nodes", action="store_true",
                         help="only cycles in flight with one node against two, each with its own installation and "
                              "worker (run it under scripts/with-postgres for PostgreSQL)")
+    parser.add_argument("--queue-only", action="store_true",
+                        help="only the cycles through the queue (no pages, no approval → HTTP, no profile); "
+                             "a try-out: prints its figures and writes nothing to bench/results/")
+    parser.add_argument("--workers", help="worker counts to run the in-flight phase with, e.g. 1,2,4 "
+                                          "(default: the mode's, 4)")
+    parser.add_argument("--profile-dump", help="with --queue-only: profile 3 cycles' jobs in this process and "
+                                               "write cProfile's stats to this file")
     args = parser.parse_args(argv)
     args.name = args.name or ("panel-nodes" if args.two_nodes else "panel")
     mode_name = "smoke" if args.smoke else "full" if args.full else "quick"
-    mode = MODES[mode_name]
+    mode = dict(MODES[mode_name], queue_only=args.queue_only, profile_dump=args.profile_dump)
+    if args.workers:
+        try:
+            mode["worker_counts"] = [int(n) for n in args.workers.split(",")]
+        except ValueError:
+            parser.error(f"--workers takes numbers separated by commas, not {args.workers!r}")
+        if any(n < 1 for n in mode["worker_counts"]):
+            parser.error("--workers: each count must be at least 1")
     if os.geteuid() != 0:
         parser.error("must run as root (the worker drives the engine)")
     if shutil.which("redis-server") is None:
@@ -661,6 +745,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result["run_s"] = round(time.monotonic() - started, 1)
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.queue_only:
+        print(json.dumps(queue_digest(result), indent=1))
+        return 0 if not result["leftovers"] else 2
     if args.two_nodes:
         md = two_nodes_markdown(result)
         report.show(result, md)

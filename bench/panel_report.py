@@ -54,6 +54,9 @@ def components(op: dict, timings: dict[int, dict]) -> dict | None:
         for label, _start, dur in worker["events"]:
             out[label] = out.get(label, 0.0) + dur
         out["run_operation"] = worker["run_ms"]
+        for key in ("cpu_own_ms", "cpu_children_ms"):
+            if key in worker:
+                out[key] = worker[key]
     return out
 
 
@@ -163,6 +166,21 @@ def markdown(result: dict) -> str:
                          len(ph["failed_cycles"]), ok])
         out.append(md_table(["phase", "cycles", "wall s", "cycles/s", "operations/s", "cycle median s",
                              "cycle p95 s", "failed", f"≥ {CYCLE_TARGET_PER_S:.0f}/s"], rows))
+        cpu_rows = []
+        cpus = result["host"]["cpus"]
+        for key, label in (("sequential", "one cycle at a time, one worker"),
+                           ("inflight", "all cycles in flight at once, one worker"),
+                           ("inflight_workers", f"all cycles in flight at once, {many} workers")):
+            cpu = (queue.get(key) or {}).get("cpu_ms_per_cycle")
+            if cpu:
+                cpu_rows.append([label, *(f1(cpu[part]) for part in ("workers", "redis", "bench", "other", "machine"))])
+        if cpu_rows:
+            out += ["", "CPU per cycle (ms; /proc: the worker processes with their reaped children, i.e. the "
+                    "engine's forks and the guests, redis-server, the bench's own process, and the rest of the "
+                    "machine: kernel threads such as the loop devices', and whatever else runs; a budget of "
+                    f"{cpus * 1000 / CYCLE_TARGET_PER_S:.0f} ms per cycle on {cpus} CPUs at "
+                    f"{CYCLE_TARGET_PER_S:.0f}/s):", "",
+                    md_table(["phase", "workers", "redis", "bench", "other", "whole machine"], cpu_rows)]
         for key, label in (("sequential", "one at a time"), ("inflight", "all in flight")):
             ph = queue.get(key)
             if not ph:

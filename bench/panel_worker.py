@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import cProfile
 import json
+import resource
 import signal
 import time
 from collections import defaultdict
@@ -73,18 +74,29 @@ def install_worker_timers(path: Path) -> None:
 
     def run_operation(operation_id: int) -> str:
         state["events"] = []
-        start, t0 = time.time(), time.perf_counter()
+        start, t0, cpu0 = time.time(), time.perf_counter(), _cpu()
         result = "raised"
         try:
             result = original(operation_id)
             return result
         finally:
+            cpu1 = _cpu()
+            # The process's CPU (all its threads: the watch and heartbeat too, a little) and
+            # that of the children it reaped meanwhile (the engine's forks, guests' inits).
             line = {"op": operation_id, "result": result, "t0": start,
-                    "run_ms": (time.perf_counter() - t0) * 1000, "events": state["events"]}
+                    "run_ms": (time.perf_counter() - t0) * 1000, "events": state["events"],
+                    "cpu_own_ms": (cpu1[0] - cpu0[0]) * 1000, "cpu_children_ms": (cpu1[1] - cpu0[1]) * 1000}
             state["events"] = None
             out.write(json.dumps(line) + "\n")
 
     jobs.run_operation = run_operation
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds of this process and of its reaped children, to the microsecond (getrusage;
+    os.times counts clock ticks of 10 ms)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def read_worker_timings(path: Path) -> dict[int, dict]:
@@ -119,7 +131,7 @@ WORKER_WATCH = [
 ]
 
 
-def profile_worker(ctx, cycles: int) -> dict:
+def profile_worker(ctx, cycles: int, dump: Path | None = None) -> dict:
     """After the worker process has stopped: one warm-up cycle, then CYCLES more cycles, each
     job run by a PanelWorker in this process (burst mode, as tests/panel/conftest.py's drain
     does). cProfile covers only what a long-running worker pays per job: RQ's SimpleWorker
@@ -158,5 +170,7 @@ def profile_worker(ctx, cycles: int) -> dict:
             row = wait_op(op.pk)
             if row["status"] != "succeeded":
                 raise RuntimeError(f"profiled {kind} of prof{i + 1} failed: {row['error']}")
+    if dump is not None:
+        profiler.dump_stats(dump)
     return {"cycles": cycles, "jobs": jobs, "profiled_ms": {k: summary(v) for k, v in walls.items()},
             "profile": profiling.profile_summary(profiler, jobs, top=15, watch=WORKER_WATCH)}
