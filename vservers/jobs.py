@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from django.db import close_old_connections, transaction
-from django.db.models import Q
+from django.db.models import Case, Q, When
 from django.utils import timezone
 
 from notifications import notify
@@ -131,10 +131,22 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
+# This process's runner id, by pid (a forked child has its own): every claim records it, and
+# it cannot change while the process lives (host name aside, which the id keeps as it was).
+_own_runner: dict[int, str] = {}
+
+
 def runner_id(pid: int | None = None) -> str:
     """This process (or PID on this host) as "host:boot id:pid:start time"."""
-    pid = pid or os.getpid()
-    return f"{socket.gethostname()}:{_boot_id()}:{pid}:{_process_start(pid) or 0}"
+    own = os.getpid()
+    pid = pid or own
+    if pid == own and pid in _own_runner:
+        return _own_runner[pid]
+    runner = f"{socket.gethostname()}:{_boot_id()}:{pid}:{_process_start(pid) or 0}"
+    if pid == own:
+        _own_runner.clear()
+        _own_runner[pid] = runner
+    return runner
 
 
 def runner_alive(runner: str) -> bool | None:
@@ -245,10 +257,13 @@ def run_operation(operation_id: int) -> str:
             log.info("operation %s is %s, not queued; skipping it", operation_id, operation.status)
             return "skipped"
         outcome = LEFT
-        while (claimed := claim_next(operation.server_id)) is not None:
+        # The first look knows one is queued (read just now): it goes straight to the lock.
+        queued = True
+        while (claimed := claim_next(operation.server_id, queued)) is not None:
             result = run_claimed(claimed)
             if claimed.pk == operation.pk:
                 outcome = result
+            queued = False
         if outcome == LEFT:
             log.info("operation %s waits for the worker running its server", operation_id)
         return outcome
@@ -256,7 +271,7 @@ def run_operation(operation_id: int) -> str:
         close_old_connections()
 
 
-def claim_next(server_id: int) -> Operation | None:
+def claim_next(server_id: int, queued: bool = False) -> Operation | None:
     """Claim the oldest queued operation of SERVER_ID for this process, under the server's row
     lock (on SQLite the IMMEDIATE transaction's write lock plays its part). None if one of its
     operations is running (its worker takes the next one when it is done) or none is queued.
@@ -271,9 +286,14 @@ def claim_next(server_id: int) -> Operation | None:
     ones queued: the reconciler fails its operation and sends them again.
 
     The same reasoning lets a look that finds nothing queued skip the lock (a write lock on
-    SQLite): it too starts after this worker's last end was committed."""
+    SQLite): it too starts after this worker's last end was committed. QUEUED says the caller
+    has just seen one queued (run_operation's first look): then that look is not made again.
+
+    Under the lock one query reads the server's running and queued operations together, the
+    running ones first: a running one means "not ours", else the first row is the oldest
+    queued one. Fewer queries per job is CPU the node's other workers get (issue 17)."""
     mine = Operation.objects.filter(server_id=server_id)
-    if not mine.filter(status=OperationStatus.QUEUED).exists():
+    if not queued and not mine.filter(status=OperationStatus.QUEUED).exists():
         return None
     with transaction.atomic():
         # Waited for, not skipped (SKIP LOCKED): the server's row lock is also the one every
@@ -282,16 +302,14 @@ def claim_next(server_id: int) -> Operation | None:
         # of=self: the default ordering joins the tenant, whose row must not be locked too (nor
         # may a node's database role, which only reads tenants: vservers.nodes.credentials).
         VirtualServer.objects.select_for_update(of=("self",)).filter(pk=server_id).first()
-        if mine.filter(status=OperationStatus.RUNNING).exists():
-            return None
         operation = (
-            mine.filter(status=OperationStatus.QUEUED)
+            mine.filter(status__in=[OperationStatus.RUNNING, OperationStatus.QUEUED])
             .select_related("server__plan", "server__template", "server__node", "server__tenant")
-            .order_by("pk")
+            .order_by(Case(When(status=OperationStatus.RUNNING, then=0), default=1), "pk")
             .first()
         )
         # Under the lock nobody else claims it; the compare-and-swap is the backstop.
-        if operation is None or not operation.claim(runner_id()):
+        if operation is None or operation.status != OperationStatus.QUEUED or not operation.claim(runner_id()):
             return None
         return operation
 
@@ -467,8 +485,10 @@ def apply_order(run: Run) -> None:
     guest with the engine's account functions; each is cleared from the row once applied, so a
     retry applies only what is left and the hash does not outlive its use. A failure fails the
     operation with a sentence that says so (OrderNotApplied), never a silent skip."""
-    given = VirtualServer.objects.filter(pk=run.server.pk).values("root_password_hash", "root_ssh_key").first()
-    if not given or not (given["root_password_hash"] or given["root_ssh_key"]):
+    # As read with the claim, under the server's lock: nothing clears them while its
+    # operation runs (forget_order comes with a delete or a rejection, neither of which runs now).
+    given = {"root_password_hash": run.server.root_password_hash, "root_ssh_key": run.server.root_ssh_key}
+    if not (given["root_password_hash"] or given["root_ssh_key"]):
         return
     accounts = run.engine.accounts(run.name)
     rows = VirtualServer.objects.filter(pk=run.server.pk)
@@ -519,13 +539,11 @@ def _start(run: Run) -> None:
 def _stop(run: Run) -> None:
     _begin(run)
     run.checkpoint("before-engine")
-    run.engine.stop(run.name)
+    # The status stop returns is the kernel's after the stop: its usage is the stopped
+    # server's (no second status read).
+    usage = run.engine.stop(run.name).usage
     run.checkpoint("after-engine")
     run.server.complete(run.operation.kind)
-    try:
-        usage = run.engine.status(run.name, with_addresses=False).usage
-    except EngineError:
-        usage = Usage(disk_used_bytes=run.server.disk_used_bytes)
     guest_stopped(run.server, usage)
     run.note(f"Stopped {run.name}.")
 

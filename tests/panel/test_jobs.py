@@ -311,6 +311,7 @@ def test_an_operation_whose_server_is_busy_is_left_to_the_worker_running_it(worl
     first.finish(True, output="done")
     assert claim_next(server.pk) == waiting
     waiting.refresh_from_db()
+    first.refresh_from_db()  # the claim's runner, which the claim recorded on the row
     assert (waiting.status, waiting.runner) == (OperationStatus.RUNNING, first.runner)
     assert claim_next(server.pk) is None  # it runs: nothing more for anyone
 

@@ -149,13 +149,15 @@ class Operation(models.Model):
         return changed == 1
 
     def finish(self, ok: bool, output: str = "", error: str = "", detail: str = "") -> None:
-        params = {k: v for k, v in self.params.items() if k not in SECRET_PARAMS}
-        Operation.objects.filter(pk=self.pk).update(
-            status=OperationStatus.SUCCEEDED if ok else OperationStatus.FAILED,
-            finished=timezone.now(),
-            output=output[-20000:],
-            error=error[-5000:],
-            detail=detail[-20000:],
-            params=params,
-        )
-        self.refresh_from_db()
+        # The object takes the values written (no re-read: one query less per job).
+        values = {
+            "status": OperationStatus.SUCCEEDED if ok else OperationStatus.FAILED,
+            "finished": timezone.now(),
+            "output": output[-20000:],
+            "error": error[-5000:],
+            "detail": detail[-20000:],
+            "params": {k: v for k, v in self.params.items() if k not in SECRET_PARAMS},
+        }
+        Operation.objects.filter(pk=self.pk).update(**values)
+        for field, value in values.items():
+            setattr(self, field, value)
