@@ -8,7 +8,7 @@ fifteen requests, which was a third of the whole start. These messages are packe
 
 Only what start, stop, status and the usage sampler need is here: create a veth pair with
 its peer born in the VPS's namespace, lock its bridge port to the VPS's MAC, set links up, add
-addresses and default routes, look up a link, list addresses, and the traffic counters of
+addresses and default routes, look up a link (and its kind), delete one, list addresses, and the traffic counters of
 every port of a bridge in one dump. Every request asks for an acknowledgement; a negative one raises
 NetlinkFailure with the kernel's errno. The framing (header, attributes, socket,
 acknowledgements) is netlink.py's; here are only the route family's constants and bodies.
@@ -25,7 +25,7 @@ from . import netlink
 from .netlink import NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkFailure, attr, attrs, nested, strz, u32
 
 # <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>, <linux/neighbour.h>
-RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 18, 19, 20, 22, 24
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 17, 18, 19, 20, 22, 24
 RTM_NEWNEIGH = 28
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 12, 18, 28
 IFLA_BRPORT_LEARNING = 8
@@ -77,6 +77,24 @@ class Socket(netlink.Socket):
             raise
         stats = dict(attrs(replies[0].payload[_IFINFO.size :])).get(IFLA_STATS64) if replies else None
         return None if stats is None else _link_stats(stats)
+
+    def link_kind(self, name: str) -> tuple[int, str | None] | None:
+        """Link NAME's index and kind ("veth", "bridge", ...; None for a plain device), or None
+        if there is no such link."""
+        try:
+            replies = self.request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, strz(name)))
+        except NetlinkFailure as exc:
+            if exc.errno == 19:  # ENODEV
+                return None
+            raise
+        if not replies:
+            return None
+        info = dict(attrs(replies[0].payload[_IFINFO.size :])).get(IFLA_LINKINFO)
+        kind = dict(attrs(info)).get(IFLA_INFO_KIND) if info is not None else None
+        return _IFINFO.unpack_from(replies[0].payload)[2], kind.rstrip(b"\0").decode() if kind else None
+
+    def delete_link(self, index: int) -> None:
+        self.request(RTM_DELLINK, 0, _IFINFO.pack(0, 0, index, 0, 0))
 
     def port_stats(self, master: int) -> dict[str, LinkStats]:
         """The traffic counters of every link whose master is MASTER (a bridge's ports), by
