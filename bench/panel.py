@@ -120,8 +120,10 @@ def start_worker(ctx) -> None:
 
 def spawn_worker(ctx, log_path: Path) -> subprocess.Popen:
     """A worker process as `make run` starts it (manage.py nodeworker), with the timers."""
+    # One process each (the bench starts as many as it measures, each with its timers), as
+    # a node's `nodeworker` group runs them.
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-child", str(ctx.worker_timings),
-           "nodeworker", "default"]
+           "nodeworker", "--processes", "1", "default"]
     return subprocess.Popen(cmd, cwd=REPO, env=ctx.child_env, stdout=open(log_path, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -519,7 +521,7 @@ def run_two_nodes(ctx, mode: dict) -> None:
     log(f"  {one['cycles_per_s']} cycles/s")
     env_b = {**ctx.child_env, **common.PANEL2_ENV}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-child", str(ctx.tmp / "worker-b-timings.jsonl"),
-           "nodeworker", "node-b"]
+           "nodeworker", "--processes", "1", "node-b"]
     ctx.worker_b_log = ctx.tmp / "worker-b.log"
     ctx.worker_b_proc = subprocess.Popen(cmd, cwd=REPO, env=env_b, stdout=open(ctx.worker_b_log, "wb"),  # noqa: SIM115
                                          stderr=subprocess.STDOUT, start_new_session=True)

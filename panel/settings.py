@@ -118,6 +118,14 @@ RQ = {
 }
 # How often each node's worker compares the database with the kernel (vservers.reconcile).
 PANEL_RECONCILE_SECONDS = env.env_int(ENV, "PANEL_RECONCILE_SECONDS", default=30, low=5, high=3600)
+# How many worker processes `manage.py nodeworker` runs on a node (vservers.worker.WorkerGroup):
+# each takes one job at a time, and a server's operations still run one at a time, in order
+# (vservers.jobs.claim_next). While one waits on the kernel (a guest shutting down, a netns
+# torn down) another uses the CPU: on 2 CPUs, lifecycle cycles per second through the panel
+# rose with 1, 2, 3, 4 workers and no further with 8 (bench/results/SUMMARY.md, "Panel"), so
+# the default is twice the CPUs, at most 8.
+PANEL_NODE_WORKERS = env.env_int(ENV, "PANEL_NODE_WORKERS", default=min(2 * (os.cpu_count() or 1), 8), low=1,
+                                 high=64)
 # How often each node's worker writes its heartbeat (Node.last_seen), from a thread of its own
 # (a long job must not make a node look gone), and after how long without one a node is
 # "unreachable" and its servers' state "unknown".

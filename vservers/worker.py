@@ -44,6 +44,8 @@ import logging
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -406,3 +408,89 @@ class Watch(threading.Thread):
             self.backup_due = now + schedule.PASS_SECONDS
             for pk, name in self.nodes:
                 schedule.queue_pass(self.queues[name], pk)
+
+
+class WorkerGroup:
+    """`manage.py nodeworker` with PANEL_NODE_WORKERS (or --processes) above one: this process
+    runs that many worker processes (`nodeworker --processes 1`, each the NodeWorker above) on
+    the same queues and looks after them; it runs no job itself.
+
+    - Each child is a subreaper of the guests' inits it starts, and this process is one too:
+      the inits of a child that ended come here, and are reaped here (this machine's PID 1
+      does not reap).
+    - SIGTERM or SIGINT is passed on to every child (a warm stop: each finishes its job at
+      hand; a second signal is their cold stop), and this process ends once they all have.
+    - A child that ends on its own (it crashed, or was killed) is started again after
+      RESTART_SECONDS; its running operation is failed by the new one's recovery
+      (reconcile.recover), as after a crash of a lone worker.
+    - Each child asks the kernel for SIGTERM when this process dies (PR_SET_PDEATHSIG), so a
+      group whose head was killed does not live on beside the next one systemd starts.
+    """
+
+    RESTART_SECONDS = 1.0
+    TICK_SECONDS = 0.5
+
+    def __init__(self, queue_names: list[str], processes: int) -> None:
+        self.queue_names = queue_names
+        self.processes = processes
+        # pid -> its Popen, kept referenced: subprocess then never waits for it itself (only a
+        # Popen dropped while its process runs is), so reap() sees every end.
+        self.children: dict[int, subprocess.Popen] = {}
+        self.due: list[float] = []  # when to start a child again (time.monotonic)
+        self.stops = 0  # stop signals received
+
+    def run(self) -> None:
+        from .engine.syscalls import PR_SET_CHILD_SUBREAPER, prctl
+
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        signal.signal(signal.SIGTERM, self.on_stop)
+        signal.signal(signal.SIGINT, self.on_stop)
+        log.info("running %d worker processes on %s", self.processes, ", ".join(self.queue_names))
+        for _ in range(self.processes):
+            self.spawn()
+        while self.children or (self.due and not self.stops):
+            self.reap()
+            now = time.monotonic()
+            while self.due and self.due[0] <= now and not self.stops:
+                self.due.pop(0)
+                self.spawn()
+            time.sleep(self.TICK_SECONDS)
+
+    def spawn(self) -> None:
+        from .engine.syscalls import PR_SET_PDEATHSIG, prctl
+
+        def die_with_parent() -> None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+        argv = [sys.executable, str(settings.BASE_DIR / "manage.py"), "nodeworker", "--processes", "1",
+                *self.queue_names]
+        # Not waited for by subprocess: reap() collects every child of this process by pid.
+        child = subprocess.Popen(argv, cwd=settings.BASE_DIR, preexec_fn=die_with_parent)  # noqa: PLW1509
+        self.children[child.pid] = child
+
+    def reap(self) -> None:
+        """Collect every child that ended: a worker (started again unless we stop) or a
+        guest's init that a worker which ended left to us."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue  # an adopted init
+            child.returncode = os.waitstatus_to_exitcode(status)
+            if not self.stops:
+                log.error("worker process %d ended (exit code %s); starting another in %.0f s", pid,
+                          child.returncode, self.RESTART_SECONDS)
+                self.due.append(time.monotonic() + self.RESTART_SECONDS)
+
+    def on_stop(self, signum, frame) -> None:
+        self.stops += 1
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

@@ -8,3 +8,6 @@ from panel.settings import *  # noqa: F403
 from panel.settings import DATABASES
 
 DATABASES["default"]["NAME"] = os.environ["PANEL_TEST_DATABASE"]
+# One worker process per `manage.py nodeworker` unless a test asks for a group (--processes):
+# the fault tests stop, kill and count that one process.
+PANEL_NODE_WORKERS = 1

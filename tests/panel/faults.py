@@ -114,7 +114,8 @@ class WorkerProcess:
     """One `manage.py nodeworker` of the panel, as the node runs it."""
 
     def __init__(self, database: str, redis_url: str, log: Path, fault: str = "", queues=("default",),
-                 env: dict[str, str] | None = None, settings: str = "tests.panel.fault_settings") -> None:
+                 env: dict[str, str] | None = None, settings: str = "tests.panel.fault_settings",
+                 processes: int = 1) -> None:
         env = {
             **os.environ,
             **(env or {}),
@@ -128,7 +129,8 @@ class WorkerProcess:
             env["VSERVERS_TEST_FAULT"] = fault
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()/kill()
-        argv = [sys.executable, "manage.py", "nodeworker", *queues]
+        # One process is the worker itself; more, a group of them (vservers.worker.WorkerGroup).
+        argv = [sys.executable, "manage.py", "nodeworker", "--processes", str(processes), *queues]
         self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
@@ -200,14 +202,16 @@ class WorkerProcess:
 
 @pytest.fixture
 def workers(fault_world, rq_redis, panel_redis, tmp_path):
-    """workers(fault="", redis_url=None, env=None) starts a worker process on this test's
-    database and (by default) the session's Redis; each is stopped at the end if still
-    running."""
+    """workers(fault="", redis_url=None, env=None, processes=1) starts a worker process (a
+    group of PROCESSES) on this test's database and (by default) the session's Redis; each is
+    stopped at the end if still running."""
     started: list[WorkerProcess] = []
 
-    def start(fault: str = "", redis_url: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(fault: str = "", redis_url: str | None = None, env: dict[str, str] | None = None,
+              processes: int = 1) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started) + 1}.log"
-        worker = WorkerProcess(fault_world.database, redis_url or panel_redis, log, fault=fault, env=env)
+        worker = WorkerProcess(fault_world.database, redis_url or panel_redis, log, fault=fault, env=env,
+                               processes=processes)
         started.append(worker)
         return worker
 

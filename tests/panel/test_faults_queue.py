@@ -193,6 +193,9 @@ def test_two_operations_at_once_on_one_server_run_one_after_the_other(fault_worl
 def test_a_hundred_operations_on_twenty_servers_through_two_workers_all_finish_correctly(
     fault_world, provision, workers, drain
 ):
+    """Through one `nodeworker --processes 2`, a group as a node runs by default
+    (PANEL_NODE_WORKERS): its two processes share the operations, a process killed is
+    replaced, and a stop of the group stops both."""
     engine = fault_world.engine
     names = [f"s{i:02d}" for i in range(20)]
     servers = provision(*names)
@@ -204,8 +207,16 @@ def test_a_hundred_operations_on_twenty_servers_through_two_workers_all_finish_c
             OperationKind.RESTART],
     }
     expected = {0: State.STOPPED, 1: State.RUNNING}
-    pool = [workers(), workers()]
-    wait_until(registered_workers(2), lambda: "\n".join(w.log_tail() for w in pool))
+    group = workers(processes=2)
+    pool = [group]
+    wait_until(lambda: len(group.python_children()) == 2, group.log_tail)
+    wait_until(registered_workers(2), group.log_tail)
+    # One of its processes dies (the OOM killer): the group starts another in its place.
+    killed = group.python_children()[0]
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: killed not in group.python_children() and len(group.python_children()) == 2,
+               group.log_tail)
+    children = group.python_children()
 
     # All at once: every server's first operation, then every second one, ... (each valid
     # only after the ones before it on its server), committed together.
@@ -225,7 +236,7 @@ def test_a_hundred_operations_on_twenty_servers_through_two_workers_all_finish_c
     done = list(Operation.objects.filter(pk__in=[o.pk for o in operations]).order_by("pk"))
     failed = [(o.server.name, o.kind, o.error) for o in done if o.status != OperationStatus.SUCCEEDED]
     assert not failed, failed
-    assert len({o.runner for o in done}) == 2  # both workers took their share
+    assert {o.runner.split(":")[2] for o in done} == {str(pid) for pid in children}  # both took their share
     for i, server in enumerate(servers):
         mine = [o for o in done if o.server_id == server.pk]
         assert [o.kind for o in mine] == plans[i % 2]
@@ -239,6 +250,8 @@ def test_a_hundred_operations_on_twenty_servers_through_two_workers_all_finish_c
             assert f"u{i}" in [a.name for a in engine.accounts(server.engine_name).list()]
     for worker in pool:
         worker.stop()
+    assert group.proc.returncode == 0
+    assert not [pid for pid in children if faults.process_state(pid) not in (None, "Z")]  # both ended with it
 
     # Nothing stays behind once they are gone.
     for server in servers:

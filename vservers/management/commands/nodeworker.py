@@ -1,6 +1,10 @@
 """The node's worker process (vservers.worker), as root:
 
-    manage.py nodeworker [QUEUE...]    the queues of the nodes it serves (default: default)
+    manage.py nodeworker [--processes N] [QUEUE...]
+        QUEUE: the queues of the nodes it serves (default: default); N worker processes on
+        them (default: PANEL_NODE_WORKERS, twice the CPUs, at most 8). With N above one this
+        process starts and watches N processes of `nodeworker --processes 1`
+        (vservers.worker.WorkerGroup); with one, it is the worker itself.
 
 A node made in the panel has the queue "node-<its name>" (vservers.nodes.queues); a name that
 is no node's queue is refused, as are names RQ_QUEUES does not know.
@@ -22,10 +26,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("queues", nargs="*", default=["default"], help="queue names (RQ_QUEUES)")
+        parser.add_argument("--processes", type=int, default=None,
+                            help="worker processes to run (default: PANEL_NODE_WORKERS)")
 
-    def handle(self, *args, queues: list[str], **options) -> None:
+    def handle(self, *args, queues: list[str], processes: int | None = None, **options) -> None:
         from vservers.models import Node
-        from vservers.worker import NodeWorker
+        from vservers.worker import NodeWorker, WorkerGroup
+
+        processes = settings.PANEL_NODE_WORKERS if processes is None else processes
+        if not 1 <= processes <= 64:
+            raise CommandError(f"--processes must be between 1 and 64, not {processes}")
 
         unknown = [name for name in queues if name not in settings.RQ_QUEUES]
         if unknown:
@@ -38,6 +48,9 @@ class Command(BaseCommand):
         if missing:
             raise CommandError(f"no node has the queue {', '.join(missing)}: join the node first "
                                "(manage.py node join URL TOKEN)")
+        if processes > 1:
+            WorkerGroup(queues, processes).run()
+            return
         if wanted and len(wanted) == len(queues):
             # A node's worker: its Redis user may write its own queues only (vservers.queues).
             serve_only(queues)
