@@ -17,6 +17,7 @@ root, quotas on, and removes at the end. Measured per backend:
   alternates) and the host memory they take (MemAvailable before and after, sampled, ÷ K; the
   kernel's Slab, KernelStack, PageTables and Buffers the same way), their cgroups' memory and
   the PSS of their processes, then stopped;
+- with --apache (and --full) Apache's requests/s the same way, its access log on the disk;
 - busybox httpd requests/s: wrk from a client network namespace on the bridge (as
   bench/loopdio.py), a 4 KB page, servers pinned to CPU 0, wrk to CPU 1, rounds rotated.
 
@@ -54,6 +55,8 @@ CLIENT_NS = "vsbenchst-client"
 CLIENT_VETH = "vsbenchstc0"
 SIDES = ("loop", "btrfs")
 PAGE_NAME = "bench.html"
+CONNS = {"busybox": 8, "apache": 32}
+WEB_ROOT = {"busybox": "/var/www", "apache": "/var/www/html"}
 DISK_BYTES = 256 * 2**20
 PROFILES = {
     "smoke": {"servers": 2, "rounds": 1, "wrk_s": 1, "wrk_rounds": 1},
@@ -154,7 +157,8 @@ def memory_round(engine, names: list[str], addresses: dict[str, str]) -> tuple[l
                     "pss_mb_per_server": statistics.mean(pss) / MB}
 
 
-def measure_http(engines, http_servers: dict[str, str], addresses: dict[str, str], profile: dict, page: bytes) -> dict:
+def measure_http(engines, http_servers: dict[str, str], addresses: dict[str, str], profile: dict, page: bytes,
+                 kind: str = "busybox") -> dict:
     from bench.hostside import pin
 
     client = ["ip", "netns", "exec", CLIENT_NS, "taskset", "-c", str(wrk.CLIENT_CPU), "wrk"]
@@ -167,12 +171,37 @@ def measure_http(engines, http_servers: dict[str, str], addresses: dict[str, str
         if status != 200 or body != page:
             raise RuntimeError(f"{name} does not serve the page ({status})")
         pin(engines[side].cgroups.procs(name), wrk.SERVER_CPU)
-        targets.append(wrk.Target(side, client + wrk.wrk_args(f"http://{ip}:80/{PAGE_NAME}", profile["wrk_s"], 8),
+        targets.append(wrk.Target(side, client + wrk.wrk_args(f"http://{ip}:80/{PAGE_NAME}", profile["wrk_s"],
+                                                                                CONNS[kind]),
                                   server_cpu=(lambda e=engines[side], n=name:
                                               e.status(n, with_addresses=False).usage.cpu_seconds)))
-    result = wrk.compare(targets, profile["wrk_rounds"], 1, "busybox http")
+    result = wrk.compare(targets, profile["wrk_rounds"], 1, f"{kind} http")
     for side in result.values():
         side["rps_rounds"] = [sample["rps"] for sample in side.pop("samples")]
+    return result
+
+
+def apache_http(engines, config, env: dict[str, str], addresses: dict[str, str], profile: dict,
+                page: bytes) -> dict:
+    """Apache (bench/template_store.py's Debian) on each backend, wrk as for busybox (32
+    connections): its access log line per request goes through the overlay to the server's
+    disk, the loop image or the subvolume."""
+    from bench.template_store import ensure_debian_in_store, link_debian
+    from vservers.engine import Limits
+
+    version, built = ensure_debian_in_store(env)
+    link_debian(config, env, version)
+    servers = {}
+    for j, side in enumerate(SIDES):
+        name = f"st-apache-{side}"
+        addresses[name] = common.address(200 + j, NETWORK)
+        engines[side].create(name, "debian", [addresses[name]], Limits(disk_bytes=512 * 2**20))
+        start_all(engines[side], [name], addresses)
+        common.guest_write(engines[side], name, f"{WEB_ROOT['apache']}/{PAGE_NAME}", page)
+        servers[side] = name
+    result = measure_http(engines, servers, addresses, profile, page, "apache")
+    result["debian_template_build_s"] = round(built, 1)
+    engines["loop"].stop_many(list(servers.values()))
     return result
 
 
@@ -190,8 +219,11 @@ def markdown(result: dict) -> str:
               ("cgroup_mb_per_server", "its memory cgroup (MB)", 1, 2),
               ("pss_mb_per_server", "PSS of its processes (MB)", 1, 2),
               ("disk_mb_per_server", "disk use of an idle server (MB)", 1, 2),
-              ("rps", "busybox HTTP requests/s (wrk over the bridge)", 1, 0)]
+              ("rps", "busybox HTTP requests/s (wrk over the bridge)", 1, 0),
+              ("apache_rps", "Apache HTTP requests/s (access log on the server's disk)", 1, 0)]
     for key, label, scale, digits in labels:
+        if key not in m["loop"]:
+            continue
         loop, btrfs = m["loop"][key] * scale, m["btrfs"][key] * scale
         rows.append([label, report.fmt(loop, digits), report.fmt(btrfs, digits),
                      f"{btrfs / loop:.3f}" if loop else "—"])
@@ -243,6 +275,9 @@ def main() -> int:
     for name in PROFILES:
         size.add_argument(f"--{name}", dest="profile", action="store_const", const=name)
     parser.add_argument("--write", action="store_true", help="write results also after --smoke")
+    parser.add_argument("--apache", action="store_true",
+                        help="also Apache on each backend (its access log goes to the server's disk; "
+                             "on with --full; +50 s if the Debian template is built)")
     args = parser.parse_args()
     profile = PROFILES[args.profile or "quick"]
     env = common.engine_env(ENV)
@@ -313,6 +348,10 @@ def main() -> int:
         for side in SIDES:
             samples[side]["rps"] = http[side]["rps_rounds"]
         engines["loop"].stop_many([n for side in SIDES for n in names[side]])
+        if args.apache or args.profile == "full":
+            result["apache"] = apache_http(engines, config, env, addresses, profile, page)
+            for side in SIDES:
+                samples[side]["apache_rps"] = result["apache"][side]["rps_rounds"]
         for i in range(profile["servers"]):
             for side in SIDES if i % 2 == 0 else SIDES[::-1]:
                 t0 = time.monotonic()
