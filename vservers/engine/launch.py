@@ -27,7 +27,6 @@ import os
 import signal
 import socket
 import stat
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +242,12 @@ def _child_main(report_w: int, body: Callable[[], None]) -> None:
         body()
     except BaseException as exc:  # noqa: BLE001 - everything must reach the engine
         code = 1
-        text = f"{exc}" if isinstance(exc, OSError | EngineError) else traceback.format_exc(limit=3)
+        if isinstance(exc, OSError | EngineError):
+            text = f"{exc}"
+        else:
+            import traceback  # in the child, on failure only: a start need not import it (~1 ms)
+
+            text = traceback.format_exc(limit=3)
         try:
             os.write(report_w, f"error {' '.join(text.split())}\n".encode())
         except OSError:

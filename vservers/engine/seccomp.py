@@ -40,7 +40,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 PR_SET_SECCOMP = 22
@@ -145,7 +144,7 @@ def denied_numbers(machine: str) -> dict[int, str]:
 
 def build(machine: str | None = None) -> list[tuple[int, int, int, int]]:
     """The filter as (code, jt, jf, k) instructions for MACHINE (default: this one)."""
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine  # platform.machine()'s answer, without platform's import (~1.5 ms)
     if machine not in _ARCHES:
         raise OSError(errno.ENOTSUP, f"no seccomp filter for machine {machine!r}")
     native, column, compat = _ARCHES[machine]
@@ -263,7 +262,7 @@ _PREPARED = _prepare()
 def install() -> None:
     """Confine this process and everything it will run; call last before execve."""
     if _PREPARED is None:
-        raise OSError(errno.ENOTSUP, f"no seccomp filter for machine {platform.machine()!r}")
+        raise OSError(errno.ENOTSUP, f"no seccomp filter for machine {os.uname().machine!r}")
     fprog = _PREPARED[2]
     if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
         err = ctypes.get_errno()

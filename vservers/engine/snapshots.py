@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import faults, loopdev, syscalls, templates, validate
 from .errors import Conflict, EngineError, NotFound
+from .lifecycle import SNAPSHOT_BUSY
 from .state import fsync_path, read_json, write_json
 from .syscalls import CLONE_NEWNS, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC
 
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 SNAPSHOTS = "snapshots"
 IMAGE = "disk.img"
 META = "snapshot.json"
-BUSY = "snapshot-busy.json"
+BUSY = SNAPSHOT_BUSY  # lifecycle looks for it before it imports this module
 RESTORE_TMP = ".disk.img.restore"
 # The longest a running server stays frozen for the copy of its image; past it the copy is
 # killed, the server thawed and the snapshot fails. A sparse copy of this host's images runs
