@@ -71,7 +71,7 @@ def test_help_and_list_of_an_empty_installation_import_only_what_they_need(tmp_p
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 
-def test_a_running_server_is_listed_started_and_stopped_without_pyroute2(make_server):
+def test_a_running_server_is_listed_started_stopped_and_killed_without_pyroute2(make_server):
     # Before issue 17 every start, stop and status imported pyroute2 (~160 ms of a 420 ms
     # start+stop pair); the requests they make go through rtnl, so none may import it now.
     make_server("lean1", "198.19.5.50/18")
@@ -95,3 +95,9 @@ def test_a_running_server_is_listed_started_and_stopped_without_pyroute2(make_se
     # Reading a running server's state loads neither the launch machinery nor seccomp.
     assert not names & {"vservers.engine.launch", "vservers.engine.seccomp", "vservers.engine.userns"}
     wait_for_http("198.19.5.50")  # and the start through the CLI really serves
+    # A stop that kills (like lxc-stop -k) finds the veth still there as often as not, while the
+    # kernel tears the namespace down: deleting it goes through rtnl too, never pyroute2.
+    killed, names = imported("stop", "--kill", "lean1")
+    assert killed.returncode == 0 and killed.stdout == "killed lean1\n", killed.stderr
+    assert not {n for n in names if n == "pyroute2" or n.startswith("pyroute2.")}
+    assert "lean1                stopped " in imported("list")[0].stdout

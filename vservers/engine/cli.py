@@ -195,7 +195,9 @@ def _report(results: dict, verb: str) -> int:
 def cmd_stop(args) -> int:
     from . import validate
     names = [validate.server_name(n) for n in args.names]
-    return _report(_engine().stop_many(names, timeout=args.timeout), "stopped")
+    # --kill: what is left after a timeout of 0, at once (lxc-stop -k's stop).
+    timeout = 0.0 if args.kill else args.timeout
+    return _report(_engine().stop_many(names, timeout=timeout), "killed" if args.kill else "stopped")
 
 
 def cmd_restart(args) -> int:
@@ -506,6 +508,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             sub.add_argument("names", nargs="+", metavar="NAME")
             if with_timeout:
                 sub.add_argument("--timeout", type=float, default=10.0)
+            if name == "stop":
+                sub.add_argument("--kill", action="store_true",
+                                 help="kill everything at once, without a clean shutdown (--timeout 0)")
             sub.set_defaults(func=func)
         elif name == "backup":
             from .cli_backup import add_verbs as add_backup_verbs
