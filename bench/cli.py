@@ -1,5 +1,7 @@
 """`vserver` as whole processes (issue 17): `--help`, `list`, and `vserver start X && vserver stop X`
-beside `lxc-start -n Y && lxc-stop -k -n Y`, each a fresh process as an operator types it.
+beside `lxc-start -n Y && lxc-stop -k -n Y`, each a fresh process as an operator types it. Our
+stop is a clean halt (the guest's init shuts its services down); `vserver stop --kill X` is the
+like of `lxc-stop -k`, and both pairs are timed.
 
 Run as root from the repository root::
 
@@ -161,9 +163,16 @@ def rounds(runs: int, variants: dict[str, dict[str, list[str]]], envs: dict[str,
             if name == "lxc":
                 assert lxc is not None
                 start, stop = timed(lxc.argv("start"), HOST_ENV), timed(lxc.argv("stop"), HOST_ENV)
+                # lxc-stop -k is LXC's only stop here: the like of both of ours.
+                record("kill", name, stop, keep)
+                record("start+kill", name, start + stop, keep)
             else:
                 start = timed(variants[name]["start"], envs[name])
                 stop = timed(variants[name]["stop"], envs[name])
+                again = timed(variants[name]["start"], envs[name])
+                kill = timed(variants[name]["kill"], envs[name])
+                record("kill", name, kill, keep)
+                record("start+kill", name, again + kill, keep)
             record("start", name, start, keep)
             record("stop", name, stop, keep)
             record("start+stop", name, start + stop, keep)
@@ -184,7 +193,8 @@ def markdown(result: dict, plot_name: str | None) -> str:
     rows = []
     for what, label in (("help", "`vserver --help`"), ("list", f"`vserver list` ({STOPPED + 1} stopped)"),
                         ("list (1 running)", f"`vserver list` ({STOPPED} stopped, 1 running)"),
-                        ("start", "start"), ("stop", "stop"), ("start+stop", "start && stop")):
+                        ("start", "start"), ("stop", "stop (clean halt)"), ("start+stop", "start && stop"),
+                        ("kill", "stop --kill (LXC: lxc-stop -k)"), ("start+kill", "start && stop --kill")):
         row = figures.get(what, {})
         rows.append([label, *[report.f1(row.get(n)) for n in names]])
     lines = [
@@ -192,10 +202,13 @@ def markdown(result: dict, plot_name: str | None) -> str:
         "",
         f"Medians of {result['runs']} interleaved rounds, each command a fresh process (`{VSERVER.name}` console "
         f"script of the venv, LANG=C.UTF-8, bytecode cached). LXC: `lxc-start -n Y` / `lxc-stop -k -n Y` on a "
-        "busybox container (bench/lxc.py's), ours `vserver start X` / `vserver stop X` (clean halt) on a busybox "
+        "busybox container (bench/lxc.py's), ours `vserver start X` / `vserver stop X` (clean halt: the guest's "
+        "init stops its services) or `vserver stop --kill X` (everything killed at once, as -k does) on a busybox "
         "server. Floor: the venv's `python -c pass` "
         f"{report.f1(result['floor_ms']['venv python -c pass'])} ms, Debian's `/usr/bin/python3 -c pass` "
-        f"{report.f1(result['floor_ms']['system python -c pass'])} ms.",
+        f"{report.f1(result['floor_ms']['system python -c pass'])} ms. {result['host']['date']}, commit "
+        f"{result['host']['git_commit']}; load average {result['load']['before']} before the rounds, "
+        f"{result['load']['after']} after.",
         "",
         md_table(header, rows),
         "",
@@ -217,7 +230,7 @@ def markdown(result: dict, plot_name: str | None) -> str:
 def plot(result: dict) -> str:
     plt = report.pyplot()
     figures = result["medians_ms"]
-    whats = [w for w in ("help", "list", "list (1 running)", "start+stop") if w in figures]
+    whats = [w for w in ("help", "list", "list (1 running)", "start+stop", "start+kill") if w in figures]
     names = [n for n in ("now", "baseline", "lxc") if any(n in figures[w] for w in whats)]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
@@ -261,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     lxc = Lxc() if use_lxc else None
     result: dict = {"host": common.host_info(), "mode": args.mode, "runs": runs,
                     "uncommitted": common.uncommitted(["vservers", "bench/cli.py"]),
-                    "labels": {"now": "now", "baseline": f"before ({args.baseline})", "lxc": "LXC"}}
+                    "labels": {"now": "now", "baseline": f"before ({args.baseline})", "lxc": "LXC"},
+                    "load": {"before": round(os.getloadavg()[0], 2)}}
     tmp = Path(tempfile.mkdtemp(prefix="vservers-bench-cli-"))
     ok = False
     try:
@@ -269,8 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             envs["baseline"] = child_env(export_baseline(args.baseline, tmp))
         cli = [str(VSERVER)]
+        # --timeout 0 is what --kill says, in words that a baseline from before --kill knows too.
+        kill = {"now": ["--kill"], "baseline": ["--timeout", "0"]}
         variants = {name: {"help": [*cli, "--help"], "list": [*cli, "list"], "start": [*cli, "start", SUBJECT],
-                           "stop": [*cli, "stop", SUBJECT]} for name in envs}
+                           "stop": [*cli, "stop", SUBJECT], "kill": [*cli, "stop", *kill[name], SUBJECT]}
+                    for name in envs}
         templates.build(engine.config, "busybox")
         for k in range(STOPPED):
             engine.create(f"bcli-{k}", "busybox", [common.address(k, NETWORK)])
@@ -288,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                                               for _ in range(max(runs, 10))])["median"],
         }
         times = rounds(runs, variants, envs, lxc)
+        result["load"]["after"] = round(os.getloadavg()[0], 2)
         result["times_ms"] = {w: {n: [ms(v) for v in vs] for n, vs in per.items()} for w, per in times.items()}
         result["summary_ms"] = {w: {n: summary(vs) for n, vs in per.items()} for w, per in result["times_ms"].items()}
         result["medians_ms"] = {w: {n: s["median"] for n, s in per.items()} for w, per in result["summary_ms"].items()}
@@ -295,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         ratios = {}
         if "lxc" in med["start+stop"]:
             ratios["start && stop, now ÷ LXC"] = med["start+stop"]["now"] / med["start+stop"]["lxc"]
+            ratios["start && stop --kill, now ÷ LXC"] = med["start+kill"]["now"] / med["start+kill"]["lxc"]
         if "baseline" in med["help"]:
-            for what in ("help", "list", "start+stop"):
+            for what in ("help", "list", "start+stop", "start+kill"):
                 ratios[f"{what}, now ÷ before"] = med[what]["now"] / med[what]["baseline"]
         result["ratios"] = ratios
         result["importtime"] = {}

@@ -121,6 +121,11 @@ def rows() -> list[list[str]]:
     ours, theirs = dig(cli, "medians_ms.start+stop.now"), dig(cli, "medians_ms.start+stop.lxc")
     add("CLI: `vserver start X && vserver stop X` / `lxc-start && lxc-stop -k` (busybox)", "≤ 1.5", pair,
         f"{pair:.1f} ({ours:.0f} / {theirs:.0f} ms)" if pair and ours and theirs else "", check(pair, 1.5001))
+    # Like with like: lxc-stop -k kills, and so does `vserver stop --kill` (the row above halts cleanly).
+    pair = dig(cli, "ratios.start && stop --kill, now ÷ LXC")
+    ours, theirs = dig(cli, "medians_ms.start+kill.now"), dig(cli, "medians_ms.start+kill.lxc")
+    add("CLI: `vserver start X && vserver stop --kill X` / `lxc-start && lxc-stop -k` (busybox)", "≤ 1.5", pair,
+        f"{pair:.1f} ({ours:.0f} / {theirs:.0f} ms)" if pair and ours and theirs else "", check(pair, 1.5001))
     batch = load("lxc-batch")
     batch_ratio = dig(batch, "ratio_batch_to_lxc")
     ours_b, theirs_b = dig(batch, "per_server_ms.ours_batch.median"), dig(batch, "per_server_ms.lxc.median")
