@@ -78,12 +78,12 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return took
 
 
-def importtime(args: list[str], env: dict[str, str], runs: int = IMPORTTIME_RUNS) -> dict:
-    """Modules imported by `vserver ARGS` and the top ones by cumulative time (minimum of RUNS)."""
+def importtime(launcher: Path, args: list[str], env: dict[str, str], runs: int = IMPORTTIME_RUNS) -> dict:
+    """Modules imported by `vserver ARGS` (LAUNCHER) and the top ones by cumulative time (minimum of RUNS)."""
     best: dict[str, int] = {}
     top_level: set[str] = set()
     for _ in range(runs):
-        err = subprocess.run([sys.executable, "-X", "importtime", str(VSERVER), *args], env=env,
+        err = subprocess.run([sys.executable, "-X", "importtime", str(launcher), *args], env=env,
                              capture_output=True, text=True).stderr
         for match in map(_IMPORT_LINE.match, err.splitlines()):
             if match:
@@ -101,8 +101,27 @@ def export_baseline(rev: str, into: Path) -> Path:
     """vservers/ of commit REV under INTO (git archive | tar, argument lists only)."""
     archive = subprocess.run(["git", "-C", str(common.REPO), "archive", rev, "vservers"], capture_output=True,
                              check=True).stdout
+    into.mkdir(exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def baseline_launcher(rev: str, into: Path) -> Path:
+    """A console script like pip's for the `vserver` entry point of commit REV (its
+    pyproject.toml's), as INTO/vserver: the venv's own script calls today's entry point, which an
+    older cli.py may not have."""
+    import tomllib
+
+    pyproject = subprocess.run(["git", "-C", str(common.REPO), "show", f"{rev}:pyproject.toml"], capture_output=True,
+                               text=True, check=True).stdout
+    module, function = tomllib.loads(pyproject)["project"]["scripts"]["vserver"].split(":")
+    script = into / "vserver"
+    script.write_text(f"#!{sys.executable}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n"
+                      f"from {module} import {function}\nif __name__ == '__main__':\n"
+                      f"    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+                      f"    sys.exit({function}())\n")
+    script.chmod(0o755)
+    return script
 
 
 class Lxc:
@@ -280,14 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         envs = {"now": child_env()}
+        launchers = {"now": VSERVER}
         if args.baseline:
-            envs["baseline"] = child_env(export_baseline(args.baseline, tmp))
-        cli = [str(VSERVER)]
+            envs["baseline"] = child_env(export_baseline(args.baseline, tmp / "src"))
+            launchers["baseline"] = baseline_launcher(args.baseline, tmp)
         # --timeout 0 is what --kill says, in words that a baseline from before --kill knows too.
         kill = {"now": ["--kill"], "baseline": ["--timeout", "0"]}
-        variants = {name: {"help": [*cli, "--help"], "list": [*cli, "list"], "start": [*cli, "start", SUBJECT],
-                           "stop": [*cli, "stop", SUBJECT], "kill": [*cli, "stop", *kill[name], SUBJECT]}
-                    for name in envs}
+        variants = {name: {"help": [cli, "--help"], "list": [cli, "list"], "start": [cli, "start", SUBJECT],
+                           "stop": [cli, "stop", SUBJECT], "kill": [cli, "stop", *kill[name], SUBJECT]}
+                    for name, cli in ((name, str(launchers[name])) for name in envs)}
         templates.build(engine.config, "busybox")
         for k in range(STOPPED):
             engine.create(f"bcli-{k}", "busybox", [common.address(k, NETWORK)])
@@ -322,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, env in envs.items():
             for what in ("--help", "list"):
                 where = f" ({STOPPED + 1} stopped)" if what == "list" else ""
-                result["importtime"][f"{result['labels'][name]} `vserver {what}`{where}"] = importtime([what], env)
+                key = f"{result['labels'][name]} `vserver {what}`{where}"
+                result["importtime"][key] = importtime(launchers[name], [what], env)
         ok = True
     finally:
         log("cleaning up")
