@@ -655,13 +655,16 @@ def run() -> NoReturn:
     -tt, last write to exit_group) and does nothing a run needs: the output is flushed here,
     files are closed by their `with`, locks are flocks the kernel drops, and every child
     process and thread has been waited for. An unexpected exception still takes the usual way
-    out (its traceback, status 1)."""
+    out (its traceback, status 1), and so does a run under a profiler or a tracer (cProfile,
+    coverage), which writes its data on the way."""
     try:
         code = main()
     except SystemExit as exc:  # argparse's --help and usage errors
         if not isinstance(exc.code, int | None):
             raise
         code = exc.code or 0
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -49,9 +49,9 @@ class EngineConfig:
     @property
     def install_id(self) -> str:
         """Short stable id of this installation, used in host-wide names."""
-        import hashlib  # its OpenSSL set-up costs ~2 ms; `vserver list` of stopped servers skips it
+        from .digest import sha256
 
-        return hashlib.sha256(str(self.root).encode()).hexdigest()[:6]
+        return sha256(str(self.root).encode()).hexdigest()[:6]
 
     @property
     def cgroup_parent(self) -> str:

@@ -60,7 +60,6 @@ elements binary netlink attributes.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -72,6 +71,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from . import netlink
+from .digest import sha256
 from .errors import EngineError, InvalidInput
 from .netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, attr, nested, strz
 from .validate import interface_name
@@ -117,7 +117,7 @@ def bridge_mac(bridge: str) -> str:
     neighbour entry until it is re-probed, and the bridge's notrack rule would no longer know
     the host's frames. Derived from the name, a bridge re-created after a reboot keeps it.
     """
-    digest = hashlib.sha256(b"vservers-bridge:" + interface_name(bridge).encode()).digest()
+    digest = sha256(b"vservers-bridge:" + interface_name(bridge).encode()).digest()
     octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
     return ":".join(f"{b:02x}" for b in octets)
 
@@ -128,7 +128,7 @@ def guest_mac(host_if: str) -> str:
     Locally administered and unicast, derived from the interface name (itself unique per
     installation and server): known without asking the guest, the same across restarts.
     """
-    digest = hashlib.sha256(b"vservers-guest:" + interface_name(host_if).encode()).digest()
+    digest = sha256(b"vservers-guest:" + interface_name(host_if).encode()).digest()
     octets = [(digest[0] & 0xFC) | 0x02, *digest[1:6]]
     return ":".join(f"{b:02x}" for b in octets)
 
@@ -431,7 +431,7 @@ def _static(inst: _Installation) -> tuple[str, int]:
 
 
 def _hash32(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+    return int.from_bytes(sha256(text.encode()).digest()[:4], "big")
 
 
 def ensure(config) -> None:

@@ -110,9 +110,9 @@ class Engine:
         return self._cgroups
 
     def host_veth(self, name: str) -> str:
-        import hashlib  # its OpenSSL set-up costs ~2 ms; list and status of a stopped server skip it
+        from .digest import sha256
 
-        digest = hashlib.sha256(validate.server_name(name).encode()).hexdigest()
+        digest = sha256(validate.server_name(name).encode()).hexdigest()
         return (self.config.veth_prefix + digest)[:15]
 
     def _running_init(self, name: str) -> int | None:
