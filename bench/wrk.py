@@ -123,7 +123,9 @@ def conntrack_guard(limit: float = 0.5, max_wait: float = 300.0) -> None:
     """Wait while the host's connection-tracking table is more than LIMIT full.
 
     The engine's firewall turns conntrack on for the host's network namespace, so every
-    connection through the bridge gets an entry that stays 120 s after it closes. busybox httpd
+    connection to the host side and the bare netns gets an entry that stays 120 s after it
+    closes (connections to a VPS skip it: the bridge table's notrack rules, commits 16dcded
+    and 8d0936a). busybox httpd
     takes a new connection per request, some 2,500 a second: left alone, a long run would fill
     the table, and a full table drops new connections, everyone's."""
     try:
