@@ -168,25 +168,35 @@ def markdown(result: dict) -> str:
                              "cycle p95 s", "failed", f"≥ {CYCLE_TARGET_PER_S:.0f}/s"], rows))
         cpu_rows = []
         cpus = result["host"]["cpus"]
-        for key, label in (("sequential", "one cycle at a time, one worker"),
-                           ("inflight", "all cycles in flight at once, one worker"),
-                           ("inflight_workers", f"all cycles in flight at once, {many} workers")):
-            cpu = (queue.get(key) or {}).get("cpu_ms_per_cycle")
+        phases = [("sequential", "one cycle at a time, one worker"),
+                  ("inflight", "all cycles in flight at once, one worker"),
+                  ("inflight_workers", f"all cycles in flight at once, {many} workers")]
+        by = queue.get("by_workers") or {}
+        phases += [(f"by:{n}", f"all cycles in flight at once, {n} workers") for n in sorted(by, key=int)
+                   if int(n) != many]
+        for key, label in phases:
+            phase = by.get(key[3:]) if key.startswith("by:") else queue.get(key)
+            cpu = (phase or {}).get("cpu_ms_per_cycle")
             if cpu:
-                cpu_rows.append([label, *(f1(cpu[part]) for part in ("workers", "redis", "bench", "other", "machine"))])
+                cpu_rows.append([label, f"{phase['cycles_per_s']:.2f}",
+                                 *(f1(cpu[part]) for part in ("workers", "workers_own", "workers_children", "redis",
+                                                              "bench", "other", "machine"))])
         if cpu_rows:
             out += ["", "CPU per cycle (ms; /proc: the worker processes with their reaped children, i.e. the "
                     "engine's forks and the guests, redis-server, the bench's own process, and the rest of the "
                     "machine: kernel threads such as the loop devices', and whatever else runs; a budget of "
                     f"{cpus * 1000 / CYCLE_TARGET_PER_S:.0f} ms per cycle on {cpus} CPUs at "
                     f"{CYCLE_TARGET_PER_S:.0f}/s):", "",
-                    md_table(["phase", "workers", "redis", "bench", "other", "whole machine"], cpu_rows)]
+                    md_table(["phase", "cycles/s", "workers", "… own", "… reaped children", "redis", "bench",
+                              "other", "whole machine"], cpu_rows)]
         for key, label in (("sequential", "one at a time"), ("inflight", "all in flight")):
             ph = queue.get(key)
             if not ph:
                 continue
             rows = []
-            for comp, text in [*COMPONENTS, ("total", "**row saved → RQ done**")]:
+            for comp, text in [*COMPONENTS, ("total", "**row saved → RQ done**"),
+                               ("cpu_own_ms", "CPU of the worker process during the job (getrusage)"),
+                               ("cpu_children_ms", "CPU of what it reaped meanwhile (the engine's forks, guests)")]:
                 cells = [text]
                 for kind in STEPS:
                     s = ph["per_kind_ms"][kind].get(comp)
@@ -328,7 +338,12 @@ def findings(result: dict) -> list[str]:
         if many:
             lines.append(f"With {many['workers']} worker processes on the queue: {many['cycles_per_s']:.2f} cycles/s "
                          f"against {CYCLE_TARGET_PER_S:.0f}; on {os.cpu_count()} CPUs the workers' Python and the "
-                         "engine's forks share the same cores (8 workers gave no more than 4).")
+                         "engine's forks share the same cores.")
+        by = queue.get("by_workers")
+        if by:
+            lines.append("Cycles/s by worker processes (all in flight): " + ", ".join(
+                f"{n}: {ph['cycles_per_s']:.2f}" for n, ph in sorted(by.items(), key=lambda kv: int(kv[0])))
+                + " (PANEL_NODE_WORKERS' default is twice the CPUs, at most 8).")
     http = result.get("http")
     if http and http.get("reuse"):
         reuse = http["reuse"]
