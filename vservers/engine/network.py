@@ -28,13 +28,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from . import firewall, ptys, rtnl
 from .errors import Conflict, EngineError, InvalidInput
 from .syscalls import CLONE_NEWNET, setns
 from .validate import interface_name as validate_ifname  # the name callers and tests use
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms of every start)
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
