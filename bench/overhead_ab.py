@@ -193,6 +193,9 @@ def measure(ctx, rounds: int, seconds: int, only_net: bool = False) -> dict:
 # Kernel and library functions grouped by what they do, for the profile's shares.
 GROUPS = {
     "netfilter: nf_tables rules": ("nft_", "__nft_", "nf_tables_"),
+    # Walks of the whole conntrack table when any network namespace goes (other people's tests
+    # on this host): not the per-packet cost, so counted apart.
+    "conntrack: table walks (namespaces going)": ("nf_ct_iterate_cleanup", "nf_ct_iterate", "inet_twsk_purge"),
     "netfilter: conntrack": ("nf_conntrack", "__nf_conntrack", "nf_ct_", "__nf_ct", "ipv4_conntrack", "nf_confirm",
                              "tcp_packet", "hash_conntrack", "____nf_conntrack", "nf_nat"),
     "netfilter: hooks, br_netfilter": ("nf_hook", "br_nf_", "nf_iterate", "nf_hook_slow", "setup_pre_routing"),
@@ -247,6 +250,7 @@ def profiles(ctx, seconds: int) -> dict:
         extra = {"vps, bridged frames tracked": tracked_switch(ctx)}
         if label == "apache":
             extra["vps, disk lazytime"] = lazytime_switch(ctx, vps)
+            extra["vps, access log on tmpfs"] = apache_log_switch(ctx, vps, "tmpfs")
         for target in ("bare_netns", "vps", *extra):
             addr = f"{ctx.bare_ip}:{port}" if target == "bare_netns" else f"{ctx.vps_ip[vps]}:80"
             argv = client + wrk_args(f"http://{addr}{url}", seconds, conns)
