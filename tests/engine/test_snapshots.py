@@ -199,6 +199,21 @@ def test_kill_9_while_frozen_leaves_it_startable_thawed_and_clean(engine, make_s
     assert [p.name for p in (engine.config.server_dir(name) / "snapshots").iterdir()] == ["cut"]
 
 
+def test_a_stop_of_a_server_a_killed_snapshot_left_frozen_thaws_and_stops_it(engine, make_server) -> None:
+    """`vserver stop` goes through stop_many, which must recover as a single stop does: a frozen
+    init ignores even SIGKILL on cgroup v1."""
+    name = make_server("snap-stop", "198.19.40.19/18")
+    proc = start_cli("snapshot", "create", name, "cut", fault="snapshot:frozen")
+    wait_stopped(proc)
+    assert [group.name for group in frozen_cgroups(TEST_ENV)] == [name]  # the control: frozen
+    kill_9(proc)
+
+    result = vserver_cli("stop", "--timeout", "5", name)
+    assert result.returncode == 0, result.stderr
+    assert engine.status(name).state == "stopped"
+    assert frozen_cgroups(TEST_ENV) == []
+
+
 def test_kill_9_after_the_swap_is_finished_by_the_next_start(engine, make_server) -> None:
     name = make_server("snap-swap", "198.19.40.17/18")
     write_in_guest(engine, name, "/root/state", b"at snapshot\n")

@@ -435,6 +435,7 @@ class Engine:
                 try:
                     stack.enter_context(self._lock(name))
                     self.spec(name)
+                    self._recover_snapshot(name)  # as _stop_locked: a frozen init ignores SIGKILL (v1)
                     init_pid = self._running_init(name)
                     if init_pid is not None:
                         self._ask_to_halt(name, init_pid)
