@@ -34,8 +34,9 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-# Per operation and mode; API_SCHEMA_EXAMPLES=200 searches deeper by hand (the CI's run stays short).
-MAX_EXAMPLES = int(os.environ.get("API_SCHEMA_EXAMPLES", "6"))
+# Per operation and mode; API_SCHEMA_EXAMPLES=200 searches deeper by hand (the CI's run stays short:
+# 4 instead of 6 gave its 30 minutes back about 40 s).
+MAX_EXAMPLES = int(os.environ.get("API_SCHEMA_EXAMPLES", "4"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
