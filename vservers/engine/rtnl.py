@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from . import netlink
-from .netlink import NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkFailure, attr, attrs, nested, strz, u32
+from .netlink import NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, Message, NetlinkFailure, attr, attrs, nested, strz, u32
 
 # <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>, <linux/neighbour.h>
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 17, 18, 19, 20, 22, 24
@@ -58,40 +58,35 @@ class Socket(netlink.Socket):
 
     # --- links ---------------------------------------------------------------------------
 
-    def link_index(self, name: str) -> int | None:
+    def _get_link(self, name: str) -> Message | None:
+        """The kernel's answer about link NAME (its first message), None if there is none."""
         try:
             replies = self.request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, strz(name)))
         except NetlinkFailure as exc:
             if exc.errno == 19:  # ENODEV
                 return None
             raise
-        return _IFINFO.unpack_from(replies[0].payload)[2] if replies else None
+        return replies[0] if replies else None
+
+    def link_index(self, name: str) -> int | None:
+        reply = self._get_link(name)
+        return _IFINFO.unpack_from(reply.payload)[2] if reply else None
 
     def link_stats(self, name: str) -> LinkStats | None:
         """Link NAME's traffic counters, None if there is no such link."""
-        try:
-            replies = self.request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, strz(name)))
-        except NetlinkFailure as exc:
-            if exc.errno == 19:  # ENODEV
-                return None
-            raise
-        stats = dict(attrs(replies[0].payload[_IFINFO.size :])).get(IFLA_STATS64) if replies else None
+        reply = self._get_link(name)
+        stats = dict(attrs(reply.payload[_IFINFO.size :])).get(IFLA_STATS64) if reply else None
         return None if stats is None else _link_stats(stats)
 
     def link_kind(self, name: str) -> tuple[int, str | None] | None:
         """Link NAME's index and kind ("veth", "bridge", ...; None for a plain device), or None
         if there is no such link."""
-        try:
-            replies = self.request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, strz(name)))
-        except NetlinkFailure as exc:
-            if exc.errno == 19:  # ENODEV
-                return None
-            raise
-        if not replies:
+        reply = self._get_link(name)
+        if reply is None:
             return None
-        info = dict(attrs(replies[0].payload[_IFINFO.size :])).get(IFLA_LINKINFO)
+        info = dict(attrs(reply.payload[_IFINFO.size :])).get(IFLA_LINKINFO)
         kind = dict(attrs(info)).get(IFLA_INFO_KIND) if info is not None else None
-        return _IFINFO.unpack_from(replies[0].payload)[2], kind.rstrip(b"\0").decode() if kind else None
+        return _IFINFO.unpack_from(reply.payload)[2], kind.rstrip(b"\0").decode() if kind else None
 
     def delete_link(self, index: int) -> None:
         self.request(RTM_DELLINK, 0, _IFINFO.pack(0, 0, index, 0, 0))
