@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -576,6 +577,34 @@ def measure(engine, config, env, profile: dict, ports: dict[str, int], result: d
     phases["file"] = round(time.monotonic() - t0, 1)
 
 
+@dataclass
+class Installation:
+    """The benchmark's own engine installation and host side (overhead.py and overhead_ab.py)."""
+
+    ov_env: dict[str, str]  # the installation's variables (below the uid limit)
+    uid_note: str | None  # why the uid base was moved, if it was
+    ports: dict[str, int]  # the host-side servers' ports, by template
+    env: dict[str, str]  # the engine's whole environment
+    config: Any
+    engine: Any
+    pid_file: Path
+    host: HostSide
+
+
+def installation(no_apache: bool) -> Installation:
+    ov_env, uid_note = common.below_uid_limit(common.OVERHEAD_ENV, "OVERHEAD_ENV", UID_BASE_FALLBACK)
+    # The host-side servers listen at the gateway: the engine's firewall (if it has one) must
+    # let the bridge reach those ports of the host.
+    ports = hostside.pick_ports(["busybox"] + ([] if no_apache else ["apache"]), FIRST_PORT)
+    ov_env["VSERVER_HOST_ALLOW"] = ",".join(f"tcp/{p}" for p in ports.values())
+    env = common.engine_env(ov_env)
+    from vservers.engine import Engine, EngineConfig
+
+    config = EngineConfig.from_env(env)
+    pid_file = config.root / "host" / "pids.json"
+    return Installation(ov_env, uid_note, ports, env, config, Engine(config), pid_file, HostSide(pid_file))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -597,18 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         log(f"another run of bench/overhead.py holds {TEMPLATE_STORE / '.run.lock'}; not starting")
         return 1
-    ov_env, uid_note = common.below_uid_limit(common.OVERHEAD_ENV, "OVERHEAD_ENV", UID_BASE_FALLBACK)
-    # The host-side servers listen at the gateway: the engine's firewall (if it has one) must
-    # let the bridge reach those ports of the host.
-    ports = hostside.pick_ports(["busybox"] + ([] if args.no_apache else ["apache"]), FIRST_PORT)
-    ov_env["VSERVER_HOST_ALLOW"] = ",".join(f"tcp/{p}" for p in ports.values())
-    env = common.engine_env(ov_env)
-    from vservers.engine import Engine, EngineConfig
-
-    config = EngineConfig.from_env(env)
-    engine = Engine(config)
-    pid_file = config.root / "host" / "pids.json"
-    host = HostSide(pid_file)
+    inst = installation(args.no_apache)
+    ov_env, uid_note, ports, env = inst.ov_env, inst.uid_note, inst.ports, inst.env
+    config, engine, pid_file, host = inst.config, inst.engine, inst.pid_file, inst.host
     started = time.monotonic()
     result: dict = {
         "host": common.host_info(), "argv": sys.argv[1:] if argv is None else argv, "mode": args.mode,

@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, hostside, netns, overhead  # noqa: E402
 from bench.common import log  # noqa: E402
-from bench.hostside import HostSide  # noqa: E402
 from bench.overhead_report import part_cost  # noqa: E402
 from bench.template_store import exclusive  # noqa: E402
 from bench.wrk import CLIENT_CPU, timed_wrk, wrk_args  # noqa: E402
@@ -361,16 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         log("another run of bench/overhead.py holds the template store's lock; not starting")
         return 1
-    ov_env, _note = common.below_uid_limit(common.OVERHEAD_ENV, "OVERHEAD_ENV", overhead.UID_BASE_FALLBACK)
-    ports = hostside.pick_ports(["busybox"] + ([] if args.no_apache else ["apache"]), overhead.FIRST_PORT)
-    ov_env["VSERVER_HOST_ALLOW"] = ",".join(f"tcp/{p}" for p in ports.values())
-    env = common.engine_env(ov_env)
-    from vservers.engine import Engine, EngineConfig
-
-    config = EngineConfig.from_env(env)
-    engine = Engine(config)
-    pid_file = config.root / "host" / "pids.json"
-    host = HostSide(pid_file)
+    inst = overhead.installation(args.no_apache)
+    ports, env, config, engine = inst.ports, inst.env, inst.config, inst.engine
+    pid_file, host = inst.pid_file, inst.host
     result: dict = {"host": common.host_info(), "loadavg_before": os.getloadavg(), "rounds": args.rounds,
                     "seconds": args.seconds, "engine_uncommitted": common.uncommitted(["vservers/engine"])}
     common.install_signal_handlers()
