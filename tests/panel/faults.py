@@ -181,6 +181,19 @@ class WorkerProcess:
             assert wait_gone(pid), f"process {pid} of the killed worker {self.pid} lives on"
         return helpers
 
+    def _report_stuck_stop(self, timeout: float) -> None:
+        """A warm stop that did not end is a defect of the worker, though the test goes on:
+        its threads' stacks (fault_settings' SIGUSR2) and log go to the session's warnings."""
+        import warnings
+
+        try:
+            os.kill(self.pid, signal.SIGUSR2)
+        except ProcessLookupError:
+            return
+        time.sleep(1.0)
+        warnings.warn(f"worker {self.pid} did not end {timeout:.0f} s after SIGTERM; its log:\n"
+                      f"{self.log_tail(120)}", stacklevel=3)
+
     def stop(self, timeout: float = 60.0) -> None:
         """A warm shutdown (SIGTERM: finish the job at hand, then exit); SIGKILL if it does
         not come, or if it is paused at a fault point."""
@@ -193,6 +206,7 @@ class WorkerProcess:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self._report_stuck_stop(timeout)
                 os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
             for pid in helpers:
