@@ -595,8 +595,7 @@ def _install_template(engine: Engine, shipped: Path, spec: ServerSpec) -> None:
     one if the template had none here)."""
     from . import templates
 
-    base = templates.template_dir(engine.config, spec.template)
-    base.mkdir(parents=True, exist_ok=True)
+    base = templates.make_template_dir(engine.config, spec.template)
     with locked(base / ".lock"):
         final = base / spec.template_version
         if not final.exists():

@@ -52,6 +52,21 @@ def template_dir(config: EngineConfig, name: str) -> Path:
     return config.templates_dir / validate.template_name(name)
 
 
+def make_template_dir(config: EngineConfig, name: str) -> Path:
+    """NAME's directory, made if missing, in a templates directory only root may enter.
+
+    A template's tree holds set-uid files owned by host root (su, passwd, mount of a Debian
+    guest), which are host root's to run for anyone who can reach them: as LXC's container
+    directories, the tree must be out of reach of the host's other users. Guests never walk
+    this path: the setup child (host root) clones the tree onto their own mount.
+    """
+    config.templates_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(config.templates_dir, 0o700)  # one made 0755 by an older version
+    base = template_dir(config, name)
+    base.mkdir(exist_ok=True)
+    return base
+
+
 def rootfs_path(config: EngineConfig, name: str, version: str) -> Path:
     return template_dir(config, name) / version / "rootfs"
 
@@ -87,8 +102,7 @@ def list_all(config: EngineConfig) -> list[tuple[TemplateInfo, bool]]:
 
 def new_version(config: EngineConfig, name: str) -> tuple[str, Path]:
     """A fresh, empty staging directory for building a new version of NAME."""
-    base = template_dir(config, name)
-    base.mkdir(parents=True, exist_ok=True)
+    base = make_template_dir(config, name)
     while True:
         import secrets  # random, hmac, hashlib: only a build needs them, not every CLI start
 
