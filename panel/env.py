@@ -107,7 +107,7 @@ def secret_key(env: Mapping[str, str], path: Path) -> str:
 def sqlite_database(path: str | Path) -> dict:
     """Django's DATABASES entry for the SQLite file at PATH, as the panel runs it."""
     return {
-        "ENGINE": "django.db.backends.sqlite3",
+        "ENGINE": "panel.sqlite",
         "NAME": path,
         "OPTIONS": {
             # The web server and the worker write concurrently: WAL lets readers go on

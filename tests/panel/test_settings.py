@@ -45,7 +45,7 @@ def test_it_accepts_zero_and_one_for_debug(value, expected):
 def test_it_defaults_to_sqlite():
     result = load_settings()
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[1] == "django.db.backends.sqlite3"
+    assert result.stdout.split()[1] == "panel.sqlite"
 
 
 def test_it_rejects_a_database_url_it_does_not_understand():
@@ -96,7 +96,7 @@ def test_it_parses_a_postgres_url_with_a_socket_directory():
 )
 def test_it_parses_sqlite_urls_as_dj_database_url_does(url, name):
     db = env.parse_database_url(url)
-    assert db["ENGINE"] == "django.db.backends.sqlite3"
+    assert db["ENGINE"] == "panel.sqlite"
     assert db["NAME"] == name
     # the same WAL and locking options as the default database under var/
     assert db["OPTIONS"] == env.sqlite_database("x")["OPTIONS"]
@@ -106,7 +106,7 @@ def test_the_settings_take_a_sqlite_url(tmp_path):
     path = tmp_path / "panel.sqlite3"
     result = load_settings(DATABASE_URL=f"sqlite:///{path}")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[1] == "django.db.backends.sqlite3"
+    assert result.stdout.split()[1] == "panel.sqlite"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""The panel's SQLite database backend (panel.sqlite.base)."""
