@@ -82,9 +82,9 @@ class WriteGate:
             self.held = True
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
+        if self.held and self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.held = False
 
     def close(self) -> None:
         self.release()
