@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import secrets
 import socket
 import struct
@@ -249,6 +250,34 @@ def test_servers_reach_each_other_and_the_gateway_over_both_families(trio):
     assert "It works" in body
     body = trio.run("fw-b", "wget", "-q", "-T", "3", "-O", "-", f"http://[{IP6['fw-c']}]/").stdout
     assert "It works" in body
+
+
+def guest_next_hops(trio, name: str) -> set[str]:
+    """The next hops the guest's guard (firewall.GUEST_GUARD) holds for NAME, both families."""
+    from vservers.engine import firewall
+
+    pid = str(trio.engine.status(name).init_pid)
+    found = set()
+    for family in ("hops4", "hops6"):
+        listing = subprocess.run(["nsenter", "-t", pid, "-n", "nft", "-j", "list", "set", "inet",
+                                  firewall.GUEST_TABLE, family], capture_output=True, text=True, check=True).stdout
+        for item in json.loads(listing)["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                found.add(elem["elem"]["val"] if isinstance(elem, dict) else elem)
+    return found
+
+
+def test_the_loopback_address_skips_the_guards_set_and_other_loopback_hops_still_count(trio):
+    """Packets to 127.0.0.1 and ::1 leave without a set update (one next hop, the one lo always
+    has: a guest's own loopback traffic pays no per-packet update); 127.0.0.2 still counts."""
+    body = trio.run("fw-b", "wget", "-q", "-T", "3", "-O", "-", "http://127.0.0.1/").stdout
+    assert "It works" in body
+    trio.run("fw-b", "ping", "-c1", "-W2", "127.0.0.1")
+    trio.run("fw-b", "ping", "-6", "-c1", "-W2", "::1")
+    trio.run("fw-b", "ping", "-c1", "-W2", "127.0.0.2")
+    hops = guest_next_hops(trio, "fw-b")
+    assert "127.0.0.1" not in hops and "::1" not in hops, hops
+    assert "127.0.0.2" in hops, hops  # the rest of 127/8 is still bounded
 
 
 # --- spoofing ------------------------------------------------------------------------------

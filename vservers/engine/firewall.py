@@ -696,6 +696,10 @@ def host_dropped(bridge: str) -> int:
 # dropped before routing makes a neighbour entry for it (the sender gets EPERM). Its packets to
 # the gateway (the default route) count once. Without CAP_NET_ADMIN the guest can neither
 # remove it nor change its routes; with "network admin inside" it can (see docs/security.md).
+# The loopback address itself (127.0.0.1, ::1: one next hop, the one entry lo always has) goes
+# out without the set's update: a guest's own loopback traffic (its web server and its wrk,
+# PHP and its database) would otherwise pay a set update per packet; every other loopback
+# address (the rest of 127/8) still counts against the bound.
 NEXT_HOPS = 64
 NEXT_HOP_IDLE = 60
 GUEST_TABLE = "vservers"
@@ -705,6 +709,8 @@ table inet {GUEST_TABLE} {{
     set hops6 {{ type ipv6_addr; size {NEXT_HOPS}; flags dynamic,timeout; timeout {NEXT_HOP_IDLE}s; }}
     chain output {{
         type filter hook output priority filter; policy accept;
+        rt ip nexthop 127.0.0.1 accept
+        rt ip6 nexthop ::1 accept
         meta nfproto ipv4 update @hops4 {{ rt ip nexthop }} accept
         meta nfproto ipv6 update @hops6 {{ rt ip6 nexthop }} accept
         counter drop
