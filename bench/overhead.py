@@ -113,6 +113,59 @@ FORK_SCRIPT = 'i=0; while [ "$i" -lt "$1" ]; do (:); i=$((i+1)); done'
 READ_SCRIPT = 'i=0; while [ "$i" -lt "$3" ]; do "$1" dd if="$2" of=/dev/null bs=1048576 2>&1; i=$((i+1)); done'
 
 
+# A bare host tracks no connections. The engine's firewall (`ct state` in its inet table)
+# switches conntrack on for the host's whole network namespace, so without this table the
+# host-side servers' packets, and through br_netfilter the bare netns's bridged ones, paid a
+# conntrack lookup and entry per connection that the VPS's do not (the bridge table's notrack
+# rules): the comparison leaned towards the VPS. Raw priority, the host-side servers' ports only;
+# the engine's input chain lets them in by port (VSERVER_HOST_ALLOW), not by `ct state`.
+UNTRACKED_TABLE = "vsbenchov-untracked"
+
+
+def untrack_host_side(ports: list[int], gateway: str, bare: str) -> None:
+    """Take the host-side servers' connections (host, its loopback, the bare netns) out of the
+    host's conntrack, as on a bare host (see UNTRACKED_TABLE). Replies to the host's own
+    connections through the bridge (the set-up's page checks of the bare netns) stay tracked:
+    the engine's input chain lets them in by `ct state`."""
+    if not ports or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+        raise ValueError(f"bad ports {ports!r}")
+    gw, bare_ip = ipaddress.IPv4Address(gateway), ipaddress.IPv4Address(bare)
+    listed = ", ".join(str(p) for p in ports)
+    out = f"ip daddr != {bare_ip} tcp dport {{ {listed} }} notrack; tcp sport {{ {listed} }} notrack;"
+    pre = f"tcp dport {{ {listed} }} notrack; ip daddr != {gw} tcp sport {{ {listed} }} notrack;"
+    must(["nft", "-f", "-"], input=(
+        f"table inet {UNTRACKED_TABLE} {{\n"
+        f"    chain pre {{ type filter hook prerouting priority raw; policy accept; {pre} }}\n"
+        f"    chain out {{ type filter hook output priority raw; policy accept; {out} }}\n"
+        "}\n"))
+
+
+def tracked_ports(ports: list[int]) -> list[str]:
+    """Entries of the host's conntrack table to or from PORTS (none once untrack_host_side ran:
+    wait_page's requests to every host-side server checked it)."""
+    try:
+        with open("/proc/net/nf_conntrack") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return []
+    marks = tuple(f"{kind}={p} " for p in ports for kind in ("sport", "dport"))
+    # Each connection by its first direction's addresses and ports (the rest of the line moves).
+    return [line[line.index(" src="):].split(" src=")[1].strip() for line in lines
+            if " src=" in line and any(m in line for m in marks)]
+
+
+def untracked_table_exists() -> bool:
+    return run(["nft", "list", "table", "inet", UNTRACKED_TABLE]).returncode == 0
+
+
+def remove_untracked() -> list[str]:
+    if untracked_table_exists():
+        done = run(["nft", "delete", "table", "inet", UNTRACKED_TABLE])
+        if done.returncode != 0:
+            return [f"nftables inet {UNTRACKED_TABLE}: {done.stderr.strip()}"]
+    return []
+
+
 def own_leftovers(host: HostSide, ports: list[int], bridge: str) -> list[str]:
     found = [f"netns {n}" for n in (CLIENT_NS, BARE_NS) if n in netns.names()]
     found += [f"link {v}" for v in (CLIENT_VETH, BARE_VETH) if netns.link_exists(v)]
@@ -121,6 +174,8 @@ def own_leftovers(host: HostSide, ports: list[int], bridge: str) -> list[str]:
     found += [f"listener on port {port}" for port in hostside.listening(ports)]
     found += [f"nftables {t}" for t in firewall_tables(bridge)]
     found += [f"cgroup {g}" for g in hostside.stale_cgroups()]
+    if untracked_table_exists():
+        found.append(f"nftables inet {UNTRACKED_TABLE}")
     return found
 
 
@@ -352,6 +407,8 @@ def setup(engine, config, env, profile: dict, ports: dict[str, int], result: dic
             host.start(label, (["ip", "netns", "exec", ns] if ns else []) + argv, hostdir / f"{label}.log")
         result["setup"]["apache_host_copies_s"] = round(time.monotonic() - t0, 3)
 
+    untrack_host_side(sorted(ctx.ports.values()), gw, bare_ip)
+    tracked_before = set(tracked_ports(sorted(ctx.ports.values())))  # an earlier run's, still in TIME_WAIT
     # Every server serves the same bytes; the client reaches only our bridge.
     for ip in [*ctx.vps_ip.values(), bare_ip]:
         common.check_route(ip, network, bridge)
@@ -360,6 +417,10 @@ def setup(engine, config, env, profile: dict, ports: dict[str, int], result: dic
             wait_page(ip, port, page)
     for ip in ctx.vps_ip.values():
         wait_page(ip, 80, page)
+    own = f"{gw} dst={bare_ip} "  # the host's own page checks of the bare netns: tracked on purpose
+    tracked = {c for c in tracked_ports(sorted(ctx.ports.values())) if not c.startswith(own)} - tracked_before
+    if tracked:
+        raise RuntimeError(f"the host's conntrack still tracks the host side: {sorted(tracked)[:3]}")
     for ip in [gw, bare_ip, *ctx.vps_ip.values()]:
         netns.check_route(CLIENT_NS, ip, network)
     ctx.host_cgroups = dict(host.cgroups)
@@ -633,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "host": common.host_info(), "argv": sys.argv[1:] if argv is None else argv, "mode": args.mode,
         "profile": profile, "connections": CONNS, "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU,
-        "page_bytes": PAGE_BYTES,
+        "page_bytes": PAGE_BYTES, "host_side_untracked": True,
         "loadavg_before": os.getloadavg(), "installation": {k: env[k] for k in sorted(ov_env)}, "ports": ports,
     }
     # The engine measured is the working tree's: say so when it is not the commit's.
@@ -645,13 +706,15 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         stale_groups = hostside.stale_cgroups()
-        if config.root.exists() or set(netns.names()) & {CLIENT_NS, BARE_NS} or stale_groups:
+        if config.root.exists() or set(netns.names()) & {CLIENT_NS, BARE_NS} or stale_groups \
+                or untracked_table_exists():
             log(f"{config.root}, our namespaces or cgroups exist from an earlier run: cleaning first")
             hostside.kill_recorded(pid_file)
             for group in stale_groups:
                 hostside.remove_cgroup(group)
             for ns in (CLIENT_NS, BARE_NS):
                 netns.delete(ns)
+            remove_untracked()
             common.clean_or_fail(engine, log)
         measure(engine, config, env, profile, ports, result, host)
         ok = True
@@ -664,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             problems = host.cleanup()
         except Exception as exc:  # noqa: BLE001 - the engine's cleanup must still run
             problems = [f"host-side cleanup: {exc}"]
+        problems += remove_untracked()
         problems += common.cleanup_installation(engine, log)
         problems += own_leftovers(host, list(ports.values()), config.bridge)
         result["leftovers"] = problems

@@ -368,13 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     common.install_signal_handlers()
     ok = False
     try:
-        if config.root.exists() or set(netns.names()) & {overhead.CLIENT_NS, overhead.BARE_NS}:
+        if config.root.exists() or set(netns.names()) & {overhead.CLIENT_NS, overhead.BARE_NS} \
+                or overhead.untracked_table_exists():
             log(f"{config.root} or our namespaces exist from an earlier run: cleaning first")
             hostside.kill_recorded(pid_file)
             for group in hostside.stale_cgroups():
                 hostside.remove_cgroup(group)
             for ns in (overhead.CLIENT_NS, overhead.BARE_NS):
                 netns.delete(ns)
+            overhead.remove_untracked()
             common.clean_or_fail(engine, log)
         profile = dict(overhead.PROFILES["quick"])
         ctx = overhead.setup(engine, config, env, profile, ports, result, host)
@@ -391,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             problems = host.cleanup()
         except Exception as exc:  # noqa: BLE001 - the engine's cleanup must still run
             problems = [f"host-side cleanup: {exc}"]
+        problems += overhead.remove_untracked()
         problems += common.cleanup_installation(engine, log)
         problems += overhead.own_leftovers(host, list(ports.values()), config.bridge)
         result["leftovers"] = problems
