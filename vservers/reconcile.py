@@ -178,7 +178,8 @@ class Reconciler:
         self.node = node
         self.engine = get_engine()
         self.queue = get_queue(node.queue_name)
-        self.counts = {"servers": 0, "corrected": 0, "autostarted": 0, "resent": 0, "orphans": 0, "paused": 0}
+        self.counts = {"servers": 0, "corrected": 0, "autostarted": 0, "resent": 0, "orphans": 0, "paused": 0,
+                       "recovered": 0}
         # No state root at all is a misconfigured worker (VSERVER_ROOT), not a node that lost
         # every server: then no server is declared missing.
         self.installed = self.engine.config.servers_dir.is_dir()
@@ -248,6 +249,10 @@ class Reconciler:
 
     def reconcile_server(self, server: VirtualServer, known: set[str], busy: bool) -> None:
         status: Status | None = None
+        if server.engine_name in known and not busy and self.engine.recover(server.engine_name):
+            # A snapshot whose worker was killed left it frozen: running, yet running nothing.
+            self.counts["recovered"] += 1
+            log.warning("%s: thawed what a killed snapshot operation left frozen", server)
         if server.engine_name in known:
             # Usage is the sampler's (vservers.usage.sampler): one reader of it per period.
             status = self.engine.status(server.engine_name, with_addresses=False, with_usage=False)

@@ -133,3 +133,37 @@ def private_sshd(directory: Path, authorized_keys: str) -> Iterator[dict[str, ob
         proc.wait()
         if made_run_dir:
             shutil.rmtree("/run/sshd", ignore_errors=True)
+
+
+def start_cli(*args: str, fault: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`vserver ARGS` in a process of its own that stops itself at FAULT (faults.checkpoint),
+    in the installation ENV (the tests' own by default)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "vservers.engine.cli", *args],
+        env={**os.environ, **(env or TEST_ENV), "VSERVER_TEST_FAULT": fault},
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def wait_stopped(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until PROC has stopped itself at its fault point (state T); never a blind sleep."""
+    import time
+
+    from vservers.engine import procfs
+
+    deadline = time.monotonic() + timeout
+    while True:
+        stat = procfs.read_stat(proc.pid)
+        if stat is not None and stat.state == "T":
+            return
+        assert proc.poll() is None, f"the command ended before its fault point: {proc.stderr.read()!r}"
+        assert time.monotonic() < deadline, "the command never reached its fault point"
+        time.sleep(0.01)
+
+
+def kill_9(proc: subprocess.Popen) -> None:
+    import signal
+
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    proc.stderr.close()

@@ -5,19 +5,13 @@ and in the middle of a restore."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import http_get, vserver_cli, wait_for_http
+from tests.engine.helpers import http_get, kill_9, start_cli, vserver_cli, wait_for_http, wait_stopped
 from tests.leaks import TEST_ENV, frozen_cgroups
-from vservers.engine import Conflict, EngineError, InvalidInput, NotFound, procfs, snapshots
-
-REPO = Path(__file__).resolve().parents[2]
+from vservers.engine import Conflict, EngineError, InvalidInput, NotFound, snapshots
 
 
 def guest_file(engine, name: str, path: str) -> Path:
@@ -35,33 +29,6 @@ def _b64(data: bytes) -> str:
     import base64
 
     return base64.encodebytes(data).decode()
-
-
-def start_cli(*args: str, fault: str) -> subprocess.Popen:
-    """`vserver ARGS` in a process of its own that stops itself at FAULT (faults.checkpoint)."""
-    env = {**os.environ, **TEST_ENV, "VSERVER_TEST_FAULT": fault}
-    return subprocess.Popen(
-        [sys.executable, "-m", "vservers.engine.cli", *args],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-
-
-def wait_stopped(proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    """Wait until PROC has stopped itself at its fault point (state T); never a blind sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stat = procfs.read_stat(proc.pid)
-        if stat is not None and stat.state == "T":
-            return
-        assert proc.poll() is None, f"the command ended before its fault point: {proc.stderr.read()!r}"
-        assert time.monotonic() < deadline, "the command never reached its fault point"
-        time.sleep(0.01)
-
-
-def kill_9(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    proc.stderr.close()
 
 
 def test_a_changed_file_comes_back_byte_for_byte_and_an_added_one_goes(engine, make_server) -> None:
@@ -212,6 +179,24 @@ def test_a_stop_of_a_server_a_killed_snapshot_left_frozen_thaws_and_stops_it(eng
     assert result.returncode == 0, result.stderr
     assert engine.status(name).state == "stopped"
     assert frozen_cgroups(TEST_ENV) == []
+
+
+def test_recover_leaves_a_snapshot_in_progress_and_thaws_what_a_killed_one_left(engine, make_server) -> None:
+    """Engine.recover, which the node's reconcile calls for every idle server: a frozen server
+    runs nothing until some operation comes, so it must not wait for one."""
+    name = make_server("snap-recover", "198.19.40.20/18")
+    proc = start_cli("snapshot", "create", name, "cut", fault="snapshot:frozen")
+    wait_stopped(proc)
+    assert engine.recover(name) is False  # still its snapshot's: the lock is held
+    assert [group.name for group in frozen_cgroups(TEST_ENV)] == [name]
+    kill_9(proc)
+
+    assert engine.recover(name) is True
+    assert frozen_cgroups(TEST_ENV) == []
+    assert not (engine.config.server_dir(name) / snapshots.BUSY).exists()
+    assert engine.status(name).state == "running"
+    assert http_get("198.19.40.20")[0] == 200  # thawed all the way: its httpd answers
+    assert engine.recover(name) is False  # nothing left to do
 
 
 def test_kill_9_after_the_swap_is_finished_by_the_next_start(engine, make_server) -> None:

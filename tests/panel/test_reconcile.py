@@ -10,6 +10,8 @@ import time
 import pytest
 from django.core.management import call_command
 
+from tests.engine.helpers import kill_9, start_cli, wait_stopped
+from tests.leaks import PANEL_ENV, frozen_cgroups
 from vservers.actions import request_operation
 from vservers.jobs import runner_id
 from vservers.models import Node, Operation, OperationKind, OperationStatus, State
@@ -76,6 +78,22 @@ def test_it_marks_the_node_seen_and_the_sampler_stores_the_latest_usage(world, p
     assert server.pids >= 2  # init and runsvdir at least
     assert server.disk_used_bytes > 0
     assert Node.objects.get(pk=world.node.pk).last_seen is not None
+
+
+def test_a_server_a_killed_snapshot_left_frozen_is_thawed(world, provision, http):
+    """Frozen, a server runs nothing yet looks running; no operation may come for it soon."""
+    server = provision("frozen")
+    snapshot = start_cli("snapshot", "create", server.engine_name, "cut", fault="snapshot:frozen", env=PANEL_ENV)
+    wait_stopped(snapshot)
+    kill_9(snapshot)
+    assert [group.name for group in frozen_cgroups(PANEL_ENV)] == [server.engine_name]  # the control
+
+    assert "1 recovered" in reconcile_node(world.node.pk)
+
+    assert frozen_cgroups(PANEL_ENV) == []
+    server.refresh_from_db()
+    assert server.state == State.RUNNING
+    http.wait(server.ip_list()[0])
 
 
 def test_a_server_stopped_on_purpose_stays_stopped(world, provision, drain):

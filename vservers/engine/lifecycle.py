@@ -62,8 +62,8 @@ class Engine:
     def _dir(self, name: str) -> Path:
         return self.config.server_dir(validate.server_name(name))
 
-    def _lock(self, name: str):
-        return locked(self.config.root / "locks" / f"{validate.server_name(name)}.lock")
+    def _lock(self, name: str, wait: bool = True):
+        return locked(self.config.root / "locks" / f"{validate.server_name(name)}.lock", wait)
 
     def _alloc_lock(self):
         return locked(self.config.root / "locks" / ".allocate.lock")
@@ -528,6 +528,20 @@ class Engine:
         (server_dir / "runtime.json").unlink(missing_ok=True)
 
     # -- snapshots (vservers/engine/snapshots.py) ------------------------------------------
+
+    def recover(self, name: str) -> bool:
+        """Thaw what a killed snapshot left frozen, or finish a killed restore, while nothing
+        else works on NAME; returns whether there was anything. For the node's periodic
+        reconcile: a frozen server runs nothing, yet looks running, until an operation comes.
+        A snapshot in progress (the server's lock held) is left to finish."""
+        if not (self._dir(name) / SNAPSHOT_BUSY).exists():
+            return False
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._lock(name, wait=False))
+            except BlockingIOError:
+                return False
+            return self._recover_snapshot(name)
 
     def _recover_snapshot(self, name: str) -> bool:
         """Thaw what a killed snapshot left frozen, or finish a killed restore (one stat when

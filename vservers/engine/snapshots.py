@@ -328,6 +328,9 @@ def _spawn_fs_helper(device: str, mount_dir: Path) -> tuple[int, int, int]:
         try:
             os.close(status_r)
             os.close(command_w)
+            # The server's lock among them: a helper thawing after its engine was killed must
+            # not keep the next operation (or the reconcile's recover) out.
+            syscalls.close_fds_except(status_w, command_r)
             syscalls.unshare(CLONE_NEWNS)
             # Private first: the mount below must not propagate back into the host's namespace.
             syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)

@@ -59,12 +59,13 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on PATH (created if missing); one operation per object at a time."""
+def locked(path: Path, wait: bool = True) -> Iterator[None]:
+    """An exclusive flock on PATH (created if missing); one operation per object at a time.
+    Without WAIT, BlockingIOError if another holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
     finally:
         os.close(fd)

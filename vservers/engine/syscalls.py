@@ -223,3 +223,13 @@ def idmapped_clone(source: str | os.PathLike, target: str | os.PathLike, userns_
         move_mount(fd, target)
     finally:
         os.close(fd)
+
+
+def close_fds_except(*keep: int) -> None:
+    """Close every fd above stderr but KEEP. A forked child that does not exec keeps its
+    parent's fds, and with them the parent's flocks and pipe ends, for as long as it lives."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
