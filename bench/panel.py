@@ -477,6 +477,8 @@ def run(ctx, mode: dict) -> None:
         log(f"{mode['inflight']} cycles in flight at once, {workers} workers")
         phase = by_workers[workers] = run_with_more_workers(ctx, workers, mode["inflight"])
         log(f"  {phase['cycles_per_s']} cycles/s, CPU ms per cycle {phase['cpu_ms_per_cycle']}")
+    if mode.get("write_gate_ab"):
+        write_gate_ab(ctx, mode["write_gate_ab"], max(by_workers), mode["inflight"])
     best = max(by_workers, key=lambda n: by_workers[n]["cycles_per_s"] or 0)
     result["queue"]["inflight_workers"] = by_workers[mode["workers"] if mode["workers"] in by_workers else best]
     if len(by_workers) > 1:
@@ -497,6 +499,42 @@ def run(ctx, mode: dict) -> None:
     elif not mode.get("queue_only"):
         log(f"profiling {mode['profile_cycles']} cycle(s) in this process")
         result["worker_profile"] = profile_worker(ctx, mode["profile_cycles"])
+
+
+def set_write_gate(ctx, on: bool) -> None:
+    """The SQLite write gate (panel/sqlite/base.py) on or off, for this process's next
+    connection and the worker processes started from now on."""
+    from django.db import connections
+
+    ctx.child_env["BENCH_WRITE_GATE"] = "1" if on else "0"
+    connections["default"].settings_dict["OPTIONS"]["write_gate"] = on
+    connections["default"].close()
+
+
+def write_gate_ab(ctx, rounds: int, workers: int, k: int) -> None:
+    """ROUNDS rounds of K cycles in flight with WORKERS workers, with the SQLite write gate
+    and without it in turn (every process restarted with the arm's setting): result["queue"]
+    gets "gate on N" and "gate off N" phases, and "write_gate_ab" the medians."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        raise RuntimeError("--write-gate-ab compares SQLite's write gate; this database is " + connection.vendor)
+    arms: dict[str, list[float]] = {"on": [], "off": []}
+    for r in range(rounds):
+        for arm in ("off", "on") if r % 2 else ("on", "off"):
+            common_stop(ctx, "worker_proc", "worker", 60)
+            set_write_gate(ctx, arm == "on")
+            ctx.worker_proc = spawn_worker(ctx, ctx.worker_log)
+            wait_for_workers(ctx, 1, [ctx.worker_proc])
+            log(f"write gate {arm}, round {r + 1}: {k} cycles in flight, {workers} workers")
+            phase = run_with_more_workers(ctx, workers, k)
+            phase.pop("operations", None)
+            phase.pop("cycle_samples", None)
+            log(f"  {phase['cycles_per_s']} cycles/s, CPU ms per cycle {phase['cpu_ms_per_cycle']}")
+            ctx.result["queue"][f"gate {arm} {r + 1}"] = phase
+            arms[arm].append(phase["cycles_per_s"] or 0.0)
+    set_write_gate(ctx, True)
+    ctx.result["queue"]["write_gate_ab"] = {arm: summary(rates) for arm, rates in arms.items()}
 
 
 def run_two_nodes(ctx, mode: dict) -> None:
@@ -587,7 +625,9 @@ def two_nodes_markdown(result: dict) -> str:
 def queue_digest(result: dict) -> dict:
     """--queue-only's printout: per phase the rate, the CPU per cycle and the medians per part."""
     digest = {"loadavg": [result["loadavg_start"], result["loadavg_end"]]}
-    phases = {**{k: v for k, v in result["queue"].items() if k not in ("by_workers", "warmup")},
+    if "write_gate_ab" in result["queue"]:
+        digest["write_gate_ab_cycles_per_s"] = result["queue"]["write_gate_ab"]
+    phases = {**{k: v for k, v in result["queue"].items() if k not in ("by_workers", "warmup", "write_gate_ab")},
               **{f"{n} workers": v for n, v in result["queue"].get("by_workers", {}).items()}}
     for key, phase in phases.items():
         digest[key] = {"cycles_per_s": phase["cycles_per_s"], "cpu_ms_per_cycle": phase["cpu_ms_per_cycle"],
@@ -687,12 +727,18 @@ def main(argv: list[str] | None = None) -> int:
                              "a try-out: prints its figures and writes nothing to bench/results/")
     parser.add_argument("--workers", help="worker counts to run the in-flight phase with, e.g. 1,2,4 "
                                           "(default: the mode's, 4)")
+    parser.add_argument("--write-gate-ab", type=int, metavar="ROUNDS",
+                        help="with --queue-only: ROUNDS rounds with SQLite's write gate (panel/sqlite) and without it "
+                             "in turn, cycles in flight with the largest worker count")
     parser.add_argument("--profile-dump", help="with --queue-only: profile 3 cycles' jobs in this process and "
                                                "write cProfile's stats to this file")
     args = parser.parse_args(argv)
     args.name = args.name or ("panel-nodes" if args.two_nodes else "panel")
     mode_name = "smoke" if args.smoke else "full" if args.full else "quick"
-    mode = dict(MODES[mode_name], queue_only=args.queue_only, profile_dump=args.profile_dump)
+    mode = dict(MODES[mode_name], queue_only=args.queue_only, profile_dump=args.profile_dump,
+                write_gate_ab=args.write_gate_ab)
+    if args.write_gate_ab and not args.queue_only:
+        parser.error("--write-gate-ab is a try-out: use it with --queue-only")
     if args.workers:
         try:
             mode["worker_counts"] = [int(n) for n in args.workers.split(",")]

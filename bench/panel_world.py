@@ -70,7 +70,11 @@ def setup_django(ctx) -> None:
     (ctx.tmp / "benchpanel_settings.py").write_text(
         "from panel.settings import *  # noqa: F401,F403\n"
         "from panel.settings import ALLOWED_HOSTS, DATABASES\n\n"
-        + ("" if on_postgres else f"DATABASES['default']['NAME'] = {str(db)!r}\n")
+        + ("" if on_postgres else f"DATABASES['default']['NAME'] = {str(db)!r}\n"
+           # --write-gate-ab: the worker processes of the arm without the gate (panel/sqlite).
+           "import os\n"
+           "if os.environ.get('BENCH_WRITE_GATE') == '0':\n"
+           "    DATABASES['default']['OPTIONS']['write_gate'] = False\n")
         + "ALLOWED_HOSTS = [*ALLOWED_HOSTS, 'testserver']\n"
     )
     ctx.child_env = {

@@ -125,11 +125,19 @@ def _writes(query: str) -> bool:
 
 class DatabaseWrapper(base.DatabaseWrapper):
     gate = WriteGate(None)  # each connection gets its own in get_new_connection
+    # OPTIONS "write_gate": False leaves the gate out (bench/panel.py --write-gate-ab compares).
+    write_gate = True
+
+    def get_connection_params(self):
+        params = super().get_connection_params()
+        self.write_gate = bool(params.pop("write_gate", True))
+        return params
 
     def get_new_connection(self, conn_params):
         connection = super().get_new_connection(conn_params)
         self.gate.close()
-        self.gate = WriteGate(None if self.is_in_memory_db() else open_gate(self.settings_dict["NAME"]))
+        gated = self.write_gate and not self.is_in_memory_db()
+        self.gate = WriteGate(open_gate(self.settings_dict["NAME"]) if gated else None)
         return connection
 
     def create_cursor(self, name=None):

@@ -146,3 +146,19 @@ def test_the_gate_file_is_the_databases_own(handler, tmp_path):
     gate.touch(mode=0o600)
     connections["default"].ensure_connection()
     assert os.stat(gate).st_uid == 0
+
+
+def test_options_can_leave_the_gate_out(tmp_path, django_db_blocker):
+    """OPTIONS "write_gate": False (bench/panel.py --write-gate-ab's arm without it): no gate
+    file, nothing held; the option does not reach sqlite3.connect."""
+    path = tmp_path / "db.sqlite3"
+    settings = env.sqlite_database(path)
+    settings["OPTIONS"] = {**settings["OPTIONS"], "write_gate": False}
+    connections = ConnectionHandler({"default": settings})
+    with django_db_blocker.unblock():
+        a = connections["default"]
+        with transaction(a):
+            with a.cursor() as cursor:
+                cursor.execute("CREATE TABLE t (x INTEGER)")
+        assert a.gate.fd is None and not gate_path(path).exists()
+        connections.close_all()
