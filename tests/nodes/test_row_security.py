@@ -179,3 +179,29 @@ def test_a_nodes_role_reaches_its_own_servers_rows_and_not_another_nodes(two_nod
     assert Operation.objects.filter(pk=b["operation"].pk).exists()
     assert IPAddress.objects.filter(pk=b["address"].pk).exists()
     assert Snapshot.objects.filter(pk=b["snapshot"].pk).exists()
+
+
+def test_a_role_an_older_version_granted_more_gets_todays_rules_at_the_next_migrate(two_nodes):
+    """Roles made before row security (0017), or before a rule narrowed, kept their broader
+    privileges until the node joined again; every `manage.py migrate` now narrows them."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    rows, _ = two_nodes
+    role = rows["a"]["node"].db_role
+
+    def may(privilege: str, table: str) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT has_table_privilege(%s, %s, %s)", [role, table, privilege])
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:  # what an older version could have granted
+        cursor.execute(f'GRANT ALL ON vservers_virtualserver, accounts_auditentry, django_session TO "{role}"')
+    assert may("DELETE", "vservers_virtualserver") and may("SELECT", "django_session")  # the control
+
+    call_command("migrate", verbosity=0)
+
+    assert not may("DELETE", "vservers_virtualserver")
+    assert may("UPDATE", "vservers_virtualserver")  # what the rules give stays
+    assert not may("SELECT", "accounts_auditentry") and may("INSERT", "accounts_auditentry")
+    assert not may("SELECT", "django_session")

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from django.apps import apps
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from ..models import Node
 from . import rowsecurity
@@ -73,42 +73,69 @@ def worker_tables() -> list[str]:
     return sorted(model._meta.db_table for label in WORKER_APPS for model in apps.get_app_config(label).get_models())
 
 
+def regrant_all() -> list[str]:
+    """Every node role's privileges made again from today's rules (rowsecurity.TABLES): after
+    each `manage.py migrate` (vservers.apps), so a role made by an older version (before row
+    security, or before a rule narrowed) loses what the rules no longer give, without a new
+    join. Returns the roles. SQLite: none."""
+    if connection.vendor != "postgresql":
+        return []
+    roles = sorted(set(Node.objects.exclude(db_role="").values_list("db_role", flat=True)))
+    done = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for role in roles:
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+            if cursor.fetchone() is not None:
+                _grant(cursor, role)
+                done.append(role)
+    return done
+
+
 def _make_role(role: str, password: str) -> None:
     from psycopg import sql
 
     ident = sql.Identifier(role)
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
         verb = "ALTER" if cursor.fetchone() else "CREATE"
         cursor.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
             ident, sql.Literal(password)).as_string(connection.connection))
-        statements = [
-            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(connection.settings_dict["NAME"]),
-                                                                  ident),
-            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident),
-        ]
-        # Each worker table with the commands its row rule allows (rowsecurity.TABLES), and
-        # none beyond: a role made before a table's rule narrowed loses the rest.
-        tables = sorted(rowsecurity.TABLES)
-        statements.append(sql.SQL("REVOKE ALL ON {} FROM {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, tables)), ident))
-        for table in tables:
-            statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.SQL, rowsecurity.TABLES[table].privileges)), sql.Identifier(table),
-                ident))
-        read_only = [apps.get_model(app, name)._meta.db_table for app, name in READ_ONLY]
-        statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, read_only)), ident))
-        audit = apps.get_model(*AUDIT)._meta.db_table
-        statements.append(sql.SQL("GRANT INSERT, SELECT (id) ON {} TO {}").format(sql.Identifier(audit), ident))
-        user_model = apps.get_model(settings.AUTH_USER_MODEL)
-        columns = [f.column for f in user_model._meta.concrete_fields if f.column not in USER_EXCLUDED_COLUMNS]
-        statements.append(sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(user_model._meta.db_table), ident))
-        # The id sequences of the tables it inserts into (identity columns need none; serial ones do).
-        statements.append(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
-        for statement in statements:
-            cursor.execute(statement.as_string(connection.connection))
+        _grant(cursor, role)
+
+
+def _grant(cursor, role: str) -> None:
+    """ROLE's privileges, exactly those of today's rules."""
+    from psycopg import sql
+
+    ident = sql.Identifier(role)
+    statements = [
+        # Everything an older version granted goes first (worker tables or not): the rules below
+        # are the whole of it. One transaction, so a node's worker never sees the gap.
+        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(ident),
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(connection.settings_dict["NAME"]),
+                                                              ident),
+        sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident),
+    ]
+    # Each worker table with the commands its row rule allows (rowsecurity.TABLES), and none
+    # beyond.
+    tables = sorted(rowsecurity.TABLES)
+    for table in tables:
+        statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(", ").join(map(sql.SQL, rowsecurity.TABLES[table].privileges)), sql.Identifier(table),
+            ident))
+    read_only = [apps.get_model(app, name)._meta.db_table for app, name in READ_ONLY]
+    statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, read_only)), ident))
+    audit = apps.get_model(*AUDIT)._meta.db_table
+    statements.append(sql.SQL("GRANT INSERT, SELECT (id) ON {} TO {}").format(sql.Identifier(audit), ident))
+    user_model = apps.get_model(settings.AUTH_USER_MODEL)
+    columns = [f.column for f in user_model._meta.concrete_fields if f.column not in USER_EXCLUDED_COLUMNS]
+    statements.append(sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(user_model._meta.db_table), ident))
+    # The id sequences of the tables it inserts into (identity columns need none; serial ones do).
+    statements.append(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+    for statement in statements:
+        cursor.execute(statement.as_string(connection.connection))
 
 
 def revoke(node: Node) -> None:
