@@ -202,12 +202,13 @@ def analysis(result: dict) -> str:
                  f"VPS {us[2]:.0f} µs; softirq on the server's CPU {soft[0]:.0f} / {soft[1]:.0f} / {soft[2]:.0f} µs.")
         lines.append(text)
     if result.get("host_side_untracked"):
-        lines.append("No side pays connection tracking: a bare host tracks nothing, so the bench's own raw-priority "
-                     "`notrack` rules take the host-side servers' ports (host, its loopback, and through "
-                     "br_netfilter the bare netns) out of the host's conntrack, which the engine's firewall "
-                     "(`ct state` in its inet table) switches on for the host's whole namespace; the VPS's frames "
-                     "skip it through the bridge table's notrack rules (commits 16dcded and 8d0936a). Runs before "
-                     "2026-12-07T05:00Z tracked the host side, which leaned the ratios towards the VPS.")
+        lines.append("No side keeps conntrack entries: the bench's own raw-priority `notrack` rules take the host-side "
+                     "servers' ports (host, its loopback, and through br_netfilter the bare netns) out of the host's "
+                     "conntrack, which the engine's firewall (`ct state` in its inet table) switches on for the "
+                     "host's whole namespace; the VPS's frames skip it through the bridge table's notrack rules "
+                     "(commits 16dcded and 8d0936a). Those rules cost the host side about what the lookups did "
+                     "(perf of Apache over loopback: ~1.6 % of its samples), netfilter work a bare host would not "
+                     "do; runs before commit 1932bfb tracked the host side instead.")
     else:
         lines.append("The host's conntrack tracks the connections to the host side (its own firewall needs that) "
                      "and to the bare netns (bridged between two ports that are not the installation's, so "
