@@ -674,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apache-density", type=int, help="Apache servers started at once (0: no Debian)")
     parser.add_argument("--workers", type=int, default=4, help="processes cycling servers for throughput")
     parser.add_argument("--name", default="engine", help="results file name (default: engine)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the busybox latency and where start → first HTTP 200 goes; prints the "
+                             "tables and writes no results file")
     args = parser.parse_args(argv)
     sizes = dict(PROFILES[args.profile or "quick"])
     for key in ("runs", "density", "apache_density"):
@@ -711,11 +714,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             trace.close()  # before throughput forks its workers: they are not followed
         timer.uninstall()
-        result["throughput"] = [throughput(1, sizes["cycle_seconds"], log),
-                                throughput(args.workers, sizes["cycle_seconds"], log)]
-        if sizes["density"]:
+        if not args.latency_only:
+            result["throughput"] = [throughput(1, sizes["cycle_seconds"], log),
+                                    throughput(args.workers, sizes["cycle_seconds"], log)]
+        if sizes["density"] and not args.latency_only:
             result["density"] = density(engine, sizes["density"], log)
-        if sizes["apache_density"]:
+        if sizes["apache_density"] and not args.latency_only:
             log("building the debian template (debootstrap)")
             t0 = time.monotonic()
             templates.build(config, APACHE)
@@ -732,6 +736,9 @@ def main(argv: list[str] | None = None) -> int:
             log("LEFT BEHIND: " + "; ".join(result["leftovers"]))
     if not ok:
         return 1
+    if args.latency_only:  # a quick look, not the project's figures: printed only
+        print(markdown(result))
+        return 0 if not result["leftovers"] else 2
     result["plots"] = plot(result)
     md = markdown(result)
     report.show(result, md)

@@ -144,34 +144,40 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
     # Looked up in the engine, where the answer is kept, not in each forked child that uses it.
     _masked_present()
     _read_only_present()
-    report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    to_setup, setup_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    setup_pid = os.fork()
-    if setup_pid == 0:
-        os.close(report_r)
-        os.close(go_w)
-        to_setup.close()
-        _close_inherited(report_w, go_r, setup_end.fileno())
-        _child_main(report_w, lambda: _setup_child(plan, report_w, go_r, setup_end))
-    os.close(report_w)
-    os.close(go_r)
-    setup_end.close()
+    # The user namespace takes the longest of what happens before the setup child can mount the
+    # template (two forked helpers, one inside the other): its helper starts first, and works
+    # while the setup child is forked and joins its cgroups and loop-mounts the disk.
+    creation = userns.Creation(plan.uid_base, userns.limits_for(plan.network_admin))
+    setup_pid = 0
+    go_w = -1
     launched: Launched | None = None
     try:
-        # The setup child joins its cgroups and loop-mounts the disk meanwhile; it waits for
-        # "j" and the user namespace before it mounts the template and makes the namespaces.
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        to_setup, setup_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        setup_pid = os.fork()
+        if setup_pid == 0:
+            os.close(report_r)
+            os.close(go_w)
+            to_setup.close()
+            _close_inherited(report_w, go_r, setup_end.fileno())
+            _child_main(report_w, lambda: _setup_child(plan, report_w, go_r, setup_end))
+        os.close(report_w)
+        os.close(go_r)
+        setup_end.close()
+        # The setup child waits for "j" and the user namespace before it mounts the template
+        # and makes the namespaces.
         with to_setup:
-            userns_fd = userns.create(plan.uid_base, userns.limits_for(plan.network_admin))
+            userns_fd = creation.finish()
             try:
                 socket.send_fds(to_setup, [b"j"], [userns_fd])
             finally:
                 os.close(userns_fd)
         with os.fdopen(report_r, "r", closefd=True) as report:
             messages = _read_until_pid(report)
-            os.waitpid(setup_pid, 0)
-            setup_pid = 0
             if "pid" not in messages:
+                os.waitpid(setup_pid, 0)  # its error is all it wrote
+                setup_pid = 0
                 raise EngineError(messages.get("error", "setup of the guest failed without a message"))
             launched = Launched(init_pid=int(messages["pid"]), loop_device=messages.get("loop", ""),
                                 buffered_reason=messages.get("buffered", ""))
@@ -191,7 +197,9 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
                 pass  # init died early; its error is on the report pipe
             os.close(go_w)
             go_w = -1
-            rest = report.read()  # EOF when init has exec'd (the pipe is close-on-exec)
+            # EOF when init has exec'd (the pipe is close-on-exec) and the setup child, which
+            # exits once it has reported init's pid, is gone.
+            rest = report.read()
             if rest.strip():
                 raise EngineError(_parse(rest).get("error", rest.strip()))
         return launched
@@ -202,8 +210,11 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
     finally:
         if go_w >= 0:
             os.close(go_w)
+        # Reaped last: their exits (a copy of this process's memory each to tear down) need
+        # not hold back the guest's start.
         if setup_pid:
             os.waitpid(setup_pid, 0)
+        creation.reap()
 
 
 def _close_inherited(*keep: int) -> None:

@@ -230,45 +230,84 @@ def create(base: int, limits: GuestLimits = GUEST_LIMITS) -> int:
     infinity, as for host root before, or else to the worker's hard limit): the VPS's pids
     cgroup bounds its processes, not the worker's rlimit.
     """
-    with _CREATING:
-        return _create(base, limits)
-
-
-def _create(base: int, limits: GuestLimits) -> int:
-    up_r, up_w = os.pipe2(os.O_CLOEXEC)
-    down_r, down_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # child: only syscalls until _exit
-        code = 1
-        try:
-            os.close(up_r)
-            os.close(down_w)
-            _outer_child(base, limits, up_w, down_r)
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported to the engine
-            try:
-                os.write(up_w, f"e{exc}".encode())
-            except OSError:
-                pass
-        os._exit(code)
-    os.close(up_w)
-    os.close(down_r)
+    creation = Creation(base, limits)
     try:
-        first = os.read(up_r, 256)
-        if first != b"o":
-            detail = first[1:].decode(errors="replace") if first.startswith(b"e") else "no answer"
-            raise EngineError(f"could not create a user namespace ({detail}; is user.max_user_namespaces 0?)")
-        _write_maps(pid, id_map(base))
-        os.write(down_w, b"m")
-        answer = os.read(up_r, 256)
-        if not answer.startswith(b"g"):
-            detail = answer[1:].decode(errors="replace") if answer.startswith(b"e") else "no answer"
-            raise EngineError(f"could not create the guest's user namespace: {detail}")
-        return os.open(f"/proc/{int(answer[1:])}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        return creation.finish()
     finally:
-        os.close(down_w)
-        os.close(up_r)
-        os.waitpid(pid, 0)
+        creation.reap()
+
+
+class Creation:
+    """create() in three steps, for a caller with other work meanwhile: the constructor forks
+    the helper, which starts on its own (uid change, first unshare) while the caller goes on;
+    finish() does the handshake and returns the namespace's fd, after which the helpers exit by
+    themselves; reap() waits for them (call it in every case, also after a failed finish).
+    Holds the process's creation lock from construction until finish() returns or fails."""
+
+    def __init__(self, base: int, limits: GuestLimits = GUEST_LIMITS) -> None:
+        self.base = base
+        self.pid = 0
+        _CREATING.acquire()
+        self._locked = True
+        try:
+            up_r, up_w = os.pipe2(os.O_CLOEXEC)
+            down_r, down_w = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:  # child: only syscalls until _exit
+                code = 1
+                try:
+                    os.close(up_r)
+                    os.close(down_w)
+                    _outer_child(base, limits, up_w, down_r)
+                    code = 0
+                except BaseException as exc:  # noqa: BLE001 - reported to the engine
+                    try:
+                        os.write(up_w, f"e{exc}".encode())
+                    except OSError:
+                        pass
+                os._exit(code)
+            os.close(up_w)
+            os.close(down_r)
+        except BaseException:
+            self._unlock()
+            raise
+        self.pid, self._up_r, self._down_w = pid, up_r, down_w
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            _CREATING.release()
+
+    def finish(self) -> int:
+        """The guest namespace's fd (close-on-exec). The helpers are told to go either way."""
+        try:
+            first = os.read(self._up_r, 256)
+            if first != b"o":
+                detail = first[1:].decode(errors="replace") if first.startswith(b"e") else "no answer"
+                raise EngineError(f"could not create a user namespace ({detail}; is user.max_user_namespaces 0?)")
+            _write_maps(self.pid, id_map(self.base))
+            os.write(self._down_w, b"m")
+            answer = os.read(self._up_r, 256)
+            if not answer.startswith(b"g"):
+                detail = answer[1:].decode(errors="replace") if answer.startswith(b"e") else "no answer"
+                raise EngineError(f"could not create the guest's user namespace: {detail}")
+            return os.open(f"/proc/{int(answer[1:])}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._down_w >= 0:
+            os.close(self._down_w)  # EOF: the helpers exit
+            os.close(self._up_r)
+            self._down_w = self._up_r = -1
+        self._unlock()
+
+    def reap(self) -> None:
+        """Wait for the helper (it exits once finish() is done, or failed)."""
+        self._release()
+        if self.pid:
+            os.waitpid(self.pid, 0)
+            self.pid = 0
 
 
 def read_map(pid: int) -> list[tuple[int, int, int]]:
