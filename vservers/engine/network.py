@@ -157,6 +157,19 @@ def _netns_socket(
     """A NETLINK_ROUTE socket in the network namespace NSFD, after writing SYSCTLS (paths
     under /proc/sys/net, which shows the namespace of the thread that opens them) and running
     INSIDE there."""
+    return _start_netns_socket(nsfd, sysctls, inside)()
+
+
+def _start_netns_socket(
+    nsfd: int,
+    sysctls: dict[str, str] | None = None,
+    inside: Callable[[], None] | None = None,
+    sysctls_when: threading.Event | None = None,
+) -> Callable[[], socket.socket]:
+    """_netns_socket in a thread that starts now (INSIDE runs first there, and SYSCTLS are
+    written once SYSCTLS_WHEN is set, if given); the function returned waits for it and
+    returns the socket (or raises what went wrong there). Call it in every case, with NSFD
+    still open: the socket pins the namespace until closed."""
     result: list[socket.socket] = []
     failure: list[BaseException] = []
 
@@ -165,22 +178,28 @@ def _netns_socket(
         # thread and the rest of the process never leave the host namespace.
         try:
             setns(nsfd, CLONE_NEWNET)
+            if inside is not None:
+                inside()
+            if sysctls_when is not None:
+                sysctls_when.wait()
             for path, value in (sysctls or {}).items():
                 if os.path.exists(path):  # no ipv6/ when the host has IPv6 off
                     with open(path, "w") as fh:
                         fh.write(value)
-            if inside is not None:
-                inside()
             result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
 
     thread = threading.Thread(target=worker, name="netns-socket")
     thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+
+    def join() -> socket.socket:
+        thread.join()
+        if failure:
+            raise failure[0]
+        return result[0]
+
+    return join
 
 
 @contextmanager
@@ -449,31 +468,50 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None
         raise EngineError(f"attach {host_if}: bridge {bridge} does not exist")
     if os.path.exists(f"/sys/class/net/{host_if}"):
         detach(host_if)  # left over from an earlier run
-    with _netlink_errors(f"attach {host_if} to {bridge}"), rtnl.Socket() as host:
-        master = socket.if_nametoindex(bridge)
-        try:
-            host.add_veth(host_if, master, GUEST_IF, nsfd, mtu, peer_mac=mac)
-        except rtnl.NetlinkFailure as exc:
-            if exc.errno == errno.EEXIST:
-                raise Conflict(
-                    f"attach {host_if}: {host_if} exists on the host or pid {pid} already has an {GUEST_IF}"
-                ) from exc
-            if exc.errno == errno.EXFULL:
-                raise Conflict(
-                    f"attach {host_if}: bridge {bridge} has {BRIDGE_MAX_PORTS} ports, the kernel's limit; "
-                    "run more servers as a second installation (its own VSERVER_ROOT and VSERVER_BRIDGE)"
-                ) from exc
-            raise
+    # The guest's side that needs no eth0 (the guard on next hops) is made in a thread
+    # meanwhile: libnftables and the kernel work without the GIL, in parallel with the veth's
+    # creation. eth0's own settings wait until it exists.
+    made = threading.Event()
+    inside = _start_netns_socket(nsfd, ANNOUNCE, firewall.guard_here, made)
+    joined = False
     try:
-        _seal_port(host_if, mac)
-        _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6)
-    except BaseException:
-        # Deleting the host end deletes eth0 too.
         try:
-            detach(host_if)
-        except EngineError:
-            pass
-        raise
+            with _netlink_errors(f"attach {host_if} to {bridge}"), rtnl.Socket() as host:
+                master = socket.if_nametoindex(bridge)
+                try:
+                    host.add_veth(host_if, master, GUEST_IF, nsfd, mtu, peer_mac=mac)
+                except rtnl.NetlinkFailure as exc:
+                    if exc.errno == errno.EEXIST:
+                        raise Conflict(
+                            f"attach {host_if}: {host_if} exists on the host or pid {pid} already has an {GUEST_IF}"
+                        ) from exc
+                    if exc.errno == errno.EXFULL:
+                        raise Conflict(
+                            f"attach {host_if}: bridge {bridge} has {BRIDGE_MAX_PORTS} ports, the kernel's limit; "
+                            "run more servers as a second installation (its own VSERVER_ROOT and VSERVER_BRIDGE)"
+                        ) from exc
+                    raise
+        finally:
+            made.set()
+        try:
+            _seal_port(host_if, mac)
+            with _netlink_errors(f"enter the network namespace of pid {pid}"):
+                joined = True
+                sock = inside()
+            _configure_guest(sock, pid, host_if, ifaces, gw4, gw6)
+        except BaseException:
+            # Deleting the host end deletes eth0 too.
+            try:
+                detach(host_if)
+            except EngineError:
+                pass
+            raise
+    finally:
+        if not joined:  # failed on the way: the thread must be done before NSFD closes
+            try:
+                inside().close()
+            except BaseException:  # noqa: BLE001 - the error on the way is the one to report
+                pass
 
 
 def _seal_port(host_if: str, mac: str | None) -> None:
@@ -504,11 +542,10 @@ ANNOUNCE = {
 }
 
 
-def _configure_guest(nsfd, pid, host_if, ifaces, gw4, gw6) -> None:
-    """The guard on next hops (firewall.GUEST_GUARD); lo up; the addresses on eth0, then eth0
-    up (which announces them and adds their prefix routes); a default route per family."""
-    with _netlink_errors(f"enter the network namespace of pid {pid}"):
-        sock = _netns_socket(nsfd, ANNOUNCE, firewall.guard_here)
+def _configure_guest(sock, pid, host_if, ifaces, gw4, gw6) -> None:
+    """On SOCK, a netlink socket in the guest's namespace (closed here): lo up; the addresses
+    on eth0, then eth0 up (which announces them and adds their prefix routes); a default route
+    per family."""
     with rtnl.Socket(sock) as ns:
         with _netlink_errors(f"attach {host_if}: find {GUEST_IF} in pid {pid}"):
             lo = ns.link_index("lo")
