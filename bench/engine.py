@@ -30,10 +30,10 @@ from bench.report import fmt_bytes  # noqa: E402
 TEMPLATE = "busybox"
 APACHE = "debian"
 HTTP_TIMEOUT = 30.0
-# How often the latency runs try GET / until the first 200. Each try refused before httpd
-# listens costs the client ~0.1 ms of CPU; the samples' poll_cpu_share says what share of one
-# CPU the polling took from the 2 the guest's boot runs on. Half the interval is the average
-# measurement error it adds.
+# How often the latency runs try GET / until the first 200. Half the interval is the average
+# measurement error it adds; the samples' poll_cpu_share says what share of one CPU the polling
+# took meanwhile (the guest's boot rows come from the kernel's trace, so a boot slowed by it
+# would show there).
 POLL_INTERVAL = 0.0005
 APACHE_HTTP_TIMEOUT = 120.0
 # /proc/meminfo fields whose change per server says where a server's memory goes.
