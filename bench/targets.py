@@ -105,14 +105,19 @@ def rows() -> list[list[str]]:
     apache_disk = dig(engine, "apache_density.image_allocated_per_server_bytes")
     add("Apache: disk per VPS (allocated)", "< 5 MB", apache_disk, fmt(apache_disk, " MB", MB, 2),
         check(apache_disk, 5 * MB))
-    http_ratio = dig(overhead, "derived.http.apache/bridge/vps.ratio_of_medians")
-    add("HTTP requests/s inside a VPS / on the host (Apache, over the bridge)", "≥ 97 %", http_ratio,
-        fmt(http_ratio * 100 if http_ratio is not None else None, " %", 1, 1),
-        check(http_ratio, 0.97, lower_is_better=False))
-    busybox_ratio = dig(overhead, "derived.http.busybox/bridge/vps.ratio_of_medians")
-    add("HTTP requests/s inside a VPS / on the host (busybox httpd, over the bridge)", "≥ 99 %", busybox_ratio,
-        fmt(busybox_ratio * 100 if busybox_ratio is not None else None, " %", 1, 1),
-        check(busybox_ratio, 0.99, lower_is_better=False))
+    # A VPS's share of the host's requests/s counts by the less favourable of two readings of
+    # the same interleaved run: the ratio of the medians, and the median of each round's ratio
+    # (paired). On a busy host they part by several points; a goal is met only if both meet it.
+    for server, label, goal in (("apache", "Apache", 0.97), ("busybox", "busybox httpd", 0.99)):
+        medians = dig(overhead, f"derived.http.{server}/bridge/vps.ratio_of_medians")
+        paired = dig(overhead, f"derived.http.{server}/bridge/vps.paired_ratio")
+        both = [r for r in (medians, paired) if r is not None]
+        worse = min(both) if both else None
+        shown = fmt(medians * 100 if medians is not None else None, " %", 1, 1)
+        if paired is not None:
+            shown += f" (paired {paired * 100:.1f} %)"
+        add(f"HTTP requests/s inside a VPS / on the host ({label}, over the bridge)", f"≥ {goal * 100:.0f} %",
+            worse, shown, check(worse, goal, lower_is_better=False))
     cli = load("cli")
     for key, label in (("help", "`vserver --help`"), ("list", "`vserver list` (5 stopped servers)")):
         value = dig(cli, f"medians_ms.{key}.now")
