@@ -438,6 +438,9 @@ def run(ctx, mode: dict) -> None:
     ctx.engine.config.servers_dir.mkdir(parents=True, exist_ok=True)  # the reconciler expects it
     result["setup"]["template_build_s"] = round(time.monotonic() - t0, 3)
     start_redis(ctx)
+    # As in run_two_nodes: every cycle is one tenant's, and its cap on waiting operations (20
+    # by default) refused the full run's 100 in flight.
+    os.environ["PANEL_MAX_PENDING_PER_TENANT"] = "1000"
     setup_django(ctx)
     make_world(ctx)
     log(f"database migrated in {result['setup']['migrate_s']:.1f} s")
