@@ -15,14 +15,16 @@ each write statement outside one first takes an exclusive flock on a file beside
 can take it). A waiter sleeps in the kernel and wakes as soon as the holder commits, rolls
 back or closes (or dies: the kernel drops the lock). The gate only orders writers: SQLite's own
 locking still guards the data, and a writer that does not take the gate (the sqlite3 shell, an
-older process) meets SQLite's busy handler as before. The wait for the gate has no timeout of its
-own: it is held only inside a write transaction, which SQLite's lock would hold up as well.
+older process) meets SQLite's busy handler as before. The wait for the gate is bounded by the
+connection's own timeout (OPTIONS "timeout"): past it the writer goes on without the gate, into
+SQLite's busy handler, which fails it with "database is locked" as before if the holder is stuck.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 from django.db.backends.sqlite3 import base
@@ -69,17 +71,51 @@ def open_gate(database: str | Path) -> int | None:
     return fd
 
 
+def wait_for_flock(fd: int, timeout: float) -> bool:
+    """Take an exclusive flock of FD, waiting in the kernel for at most TIMEOUT seconds; whether
+    it was taken. flock(2) has no timeout, so the wait runs in a thread of its own (on a dup of
+    FD: the same open file, whose number cannot be reused under it), and a lock that comes after
+    the caller gave up is given back at once."""
+    own = os.dup(fd)
+    taken = threading.Event()
+    decided = threading.Lock()
+    gave_up = False
+
+    def wait() -> None:
+        try:
+            fcntl.flock(own, fcntl.LOCK_EX)
+            with decided:
+                if gave_up:
+                    fcntl.flock(own, fcntl.LOCK_UN)
+                else:
+                    taken.set()
+        finally:
+            os.close(own)  # the lock stays with the open file, held through FD
+
+    threading.Thread(target=wait, name="sqlite-write-gate", daemon=True).start()
+    if taken.wait(timeout):
+        return True
+    with decided:
+        gave_up = not taken.is_set()
+    return not gave_up
+
+
 class WriteGate:
     """One connection's hold on the gate file."""
 
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None, timeout: float = 5.0) -> None:
         self.fd = fd
+        self.timeout = timeout
         self.held = False
 
     def acquire(self) -> None:
-        if self.fd is not None and not self.held:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        if self.fd is None or self.held:
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.held = True
+        except BlockingIOError:
+            self.held = wait_for_flock(self.fd, self.timeout)
 
     def release(self) -> None:
         if self.held and self.fd is not None:
@@ -137,7 +173,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         self.gate.close()
         gated = self.write_gate and not self.is_in_memory_db()
-        self.gate = WriteGate(open_gate(self.settings_dict["NAME"]) if gated else None)
+        # sqlite3.connect's own default: 5 s.
+        timeout = float(conn_params.get("timeout", 5.0))
+        self.gate = WriteGate(open_gate(self.settings_dict["NAME"]) if gated else None, timeout)
         return connection
 
     def create_cursor(self, name=None):

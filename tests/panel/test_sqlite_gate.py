@@ -162,3 +162,35 @@ def test_options_can_leave_the_gate_out(tmp_path, django_db_blocker):
                 cursor.execute("CREATE TABLE t (x INTEGER)")
         assert a.gate.fd is None and not gate_path(path).exists()
         connections.close_all()
+
+
+def test_a_writer_waits_for_the_gate_no_longer_than_its_timeout(tmp_path, django_db_blocker):
+    """A holder stuck with the gate (here: a plain flock, so SQLite's own lock is free) delays
+    a writer by its connection's timeout, not for ever; the gate is not left held by the wait
+    that gave up, once the holder lets go."""
+    path = tmp_path / "db.sqlite3"
+    settings = env.sqlite_database(path)
+    settings["OPTIONS"] = {**settings["OPTIONS"], "timeout": 0.3}
+    connections = ConnectionHandler({"default": settings})
+    with django_db_blocker.unblock():
+        a = connections["default"]
+        with a.cursor() as cursor:
+            cursor.execute("CREATE TABLE t (x INTEGER)")
+        stuck = os.open(gate_path(path), os.O_RDONLY)
+        try:
+            fcntl.flock(stuck, fcntl.LOCK_EX)
+            assert not gate_free(path)  # the control: the gate is taken
+            with transaction(a):
+                with a.cursor() as cursor:
+                    cursor.execute("INSERT INTO t VALUES (1)")
+                assert not a.gate.held  # it went on without the gate
+        finally:
+            os.close(stuck)
+        deadline = time.monotonic() + 10
+        while not gate_free(path):  # the given-up wait takes it and gives it back at once
+            assert time.monotonic() < deadline, "the gate stayed taken after its holder let go"
+            time.sleep(0.01)
+        with a.cursor() as cursor:
+            cursor.execute("SELECT x FROM t")
+            assert [row[0] for row in cursor.fetchall()] == [1]
+        connections.close_all()
