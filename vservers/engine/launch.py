@@ -160,7 +160,10 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
             os.close(report_r)
             os.close(go_w)
             to_setup.close()
-            _close_inherited(report_w, go_r, setup_end.fileno())
+            # Another thread of the engine (start_many) may hold the pipes of its own start
+            # open: copies kept here would hold back the EOFs its start waits for, until this
+            # child and its init are gone.
+            syscalls.close_fds_except(report_w, go_r, setup_end.fileno())
             _child_main(report_w, lambda: _setup_child(plan, report_w, go_r, setup_end))
         os.close(report_w)
         os.close(go_r)
@@ -215,17 +218,6 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
         if setup_pid:
             os.waitpid(setup_pid, 0)
         creation.reap()
-
-
-def _close_inherited(*keep: int) -> None:
-    """Close every fd above stderr but KEEP. Another thread of the engine (start_many) may hold
-    the pipes of its own start open: copies kept here would hold back the EOFs its start waits
-    for, until this child and its init are gone."""
-    low = 3
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def _parse(text: str) -> dict[str, str]:
