@@ -28,7 +28,7 @@ from __future__ import annotations
 import _thread  # threading's lock, without importing threading on the CLI's create path
 import os
 import resource
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 
 from .errors import EngineError
@@ -170,6 +170,36 @@ def _expect(fd: int, what: bytes) -> None:
         raise EngineError(got[1:].decode(errors="replace") if got.startswith(b"e") else "helper gave up")
 
 
+def _fork_helper(body: Callable[[int, int], None]) -> tuple[int, int, int]:
+    """Fork a helper that runs BODY(up_w, down_r) and exits: it talks up to its parent on one
+    pipe and hears back on another, and an exception reaches the parent as b"e<text>" on the
+    up pipe. Returns (pid, up_r, down_w), the parent's ends."""
+    up_r, up_w = os.pipe2(os.O_CLOEXEC)
+    down_r, down_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except BaseException:
+        for fd in (up_r, up_w, down_r, down_w):
+            os.close(fd)
+        raise
+    if pid == 0:  # child: only syscalls until _exit
+        code = 1
+        try:
+            os.close(up_r)
+            os.close(down_w)
+            body(up_w, down_r)
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            try:
+                os.write(up_w, f"e{exc}".encode())
+            except OSError:
+                pass
+        os._exit(code)
+    os.close(up_w)
+    os.close(down_r)
+    return pid, up_r, down_w
+
+
 def _outer_child(base: int, limits: GuestLimits, to_engine: int, from_engine: int) -> None:
     """Host root until it becomes BASE and makes the outer namespace; there it sets the VPS's
     totals, has its own child make the guest namespace, and maps that child's ids."""
@@ -185,30 +215,17 @@ def _outer_child(base: int, limits: GuestLimits, to_engine: int, from_engine: in
     os.write(to_engine, b"o")
     _expect(from_engine, b"m")  # the engine has mapped us: we are root of the outer namespace
     _write_ucount_sysctls(limits)
-    up_r, up_w = os.pipe2(os.O_CLOEXEC)
-    down_r, down_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(to_engine)
-            os.close(up_r)
-            os.close(down_w)
-            unshare(CLONE_NEWUSER)
-            os.write(up_w, b"u")
-            _expect(down_r, b"m")
-            _write_ucount_sysctls(limits)  # the guest's own per-user values start the same
-            os.write(up_w, b"s")
-            os.read(from_engine, 1)  # EOF once the engine holds the namespace
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported by the parent
-            try:
-                os.write(up_w, f"e{exc}".encode())
-            except OSError:
-                pass
-        os._exit(code)
-    os.close(up_w)
-    os.close(down_r)
+
+    def guest(up_w: int, down_r: int) -> None:
+        os.close(to_engine)
+        unshare(CLONE_NEWUSER)
+        os.write(up_w, b"u")
+        _expect(down_r, b"m")
+        _write_ucount_sysctls(limits)  # the guest's own per-user values start the same
+        os.write(up_w, b"s")
+        os.read(from_engine, 1)  # EOF once the engine holds the namespace
+
+    pid, up_r, down_w = _fork_helper(guest)
     try:
         _expect(up_r, b"u")
         _write_maps(pid, f"0 0 {ID_RANGE_SIZE}\n")  # the outer namespace's ids, one to one
@@ -256,24 +273,7 @@ class Creation:
         _CREATING.acquire()
         self._locked = True
         try:
-            up_r, up_w = os.pipe2(os.O_CLOEXEC)
-            down_r, down_w = os.pipe2(os.O_CLOEXEC)
-            pid = os.fork()
-            if pid == 0:  # child: only syscalls until _exit
-                code = 1
-                try:
-                    os.close(up_r)
-                    os.close(down_w)
-                    _outer_child(base, limits, up_w, down_r)
-                    code = 0
-                except BaseException as exc:  # noqa: BLE001 - reported to the engine
-                    try:
-                        os.write(up_w, f"e{exc}".encode())
-                    except OSError:
-                        pass
-                os._exit(code)
-            os.close(up_w)
-            os.close(down_r)
+            pid, up_r, down_w = _fork_helper(lambda up_w, down_r: _outer_child(base, limits, up_w, down_r))
         except BaseException:
             self._unlock()
             raise
@@ -328,26 +328,13 @@ def create_mapping(lines: Iterable[tuple[int, int, int]]) -> int:
     an idmapped mount: an fd for it. No process ever runs in it; the child that made it exits
     once the fd is open."""
     text = "".join(f"{inside} {outside} {count}\n" for inside, outside, count in lines)
-    up_r, up_w = os.pipe2(os.O_CLOEXEC)
-    down_r, down_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # child: only syscalls until _exit
-        code = 1
-        try:
-            os.close(up_r)
-            os.close(down_w)
-            unshare(CLONE_NEWUSER)
-            os.write(up_w, b"u")
-            os.read(down_r, 1)  # EOF once the engine holds the namespace
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported to the engine
-            try:
-                os.write(up_w, f"e{exc}".encode())
-            except OSError:
-                pass
-        os._exit(code)
-    os.close(up_w)
-    os.close(down_r)
+
+    def bare(up_w: int, down_r: int) -> None:
+        unshare(CLONE_NEWUSER)
+        os.write(up_w, b"u")
+        os.read(down_r, 1)  # EOF once the engine holds the namespace
+
+    pid, up_r, down_w = _fork_helper(bare)
     try:
         _expect(up_r, b"u")
         _write_maps(pid, text)
