@@ -15,7 +15,6 @@ retried buffered too.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
@@ -30,33 +29,6 @@ LOOP_SET_CAPACITY = 0x4C07
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
 LO_NAME_SIZE = 64
-
-
-class _LoopInfo64(ctypes.Structure):
-    _fields_ = [
-        ("lo_device", ctypes.c_uint64),
-        ("lo_inode", ctypes.c_uint64),
-        ("lo_rdevice", ctypes.c_uint64),
-        ("lo_offset", ctypes.c_uint64),
-        ("lo_sizelimit", ctypes.c_uint64),
-        ("lo_number", ctypes.c_uint32),
-        ("lo_encrypt_type", ctypes.c_uint32),
-        ("lo_encrypt_key_size", ctypes.c_uint32),
-        ("lo_flags", ctypes.c_uint32),
-        ("lo_file_name", ctypes.c_uint8 * LO_NAME_SIZE),
-        ("lo_crypt_name", ctypes.c_uint8 * LO_NAME_SIZE),
-        ("lo_encrypt_key", ctypes.c_uint8 * 32),
-        ("lo_init", ctypes.c_uint64 * 2),
-    ]
-
-
-class _LoopConfig(ctypes.Structure):
-    _fields_ = [
-        ("fd", ctypes.c_uint32),
-        ("block_size", ctypes.c_uint32),
-        ("info", _LoopInfo64),
-        ("reserved", ctypes.c_uint64 * 8),
-    ]
 
 
 @dataclass(frozen=True)
@@ -117,6 +89,35 @@ def attach_image(image: Path, *, direct_io: bool, attempts: int = 50) -> Attache
 
 
 def _config(backing: int, image: Path, direct_io: bool, block_size: int) -> bytes:
+    """struct loop_config for LOOP_CONFIGURE. ctypes is imported here, not with the module: a
+    stop imports loopdev for wait_released alone, and ctypes took it ~3 ms."""
+    import ctypes
+
+    class _LoopInfo64(ctypes.Structure):
+        _fields_ = [
+            ("lo_device", ctypes.c_uint64),
+            ("lo_inode", ctypes.c_uint64),
+            ("lo_rdevice", ctypes.c_uint64),
+            ("lo_offset", ctypes.c_uint64),
+            ("lo_sizelimit", ctypes.c_uint64),
+            ("lo_number", ctypes.c_uint32),
+            ("lo_encrypt_type", ctypes.c_uint32),
+            ("lo_encrypt_key_size", ctypes.c_uint32),
+            ("lo_flags", ctypes.c_uint32),
+            ("lo_file_name", ctypes.c_uint8 * LO_NAME_SIZE),
+            ("lo_crypt_name", ctypes.c_uint8 * LO_NAME_SIZE),
+            ("lo_encrypt_key", ctypes.c_uint8 * 32),
+            ("lo_init", ctypes.c_uint64 * 2),
+        ]
+
+    class _LoopConfig(ctypes.Structure):
+        _fields_ = [
+            ("fd", ctypes.c_uint32),
+            ("block_size", ctypes.c_uint32),
+            ("info", _LoopInfo64),
+            ("reserved", ctypes.c_uint64 * 8),
+        ]
+
     config = _LoopConfig(fd=backing, block_size=block_size)
     config.info.lo_flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_DIRECT_IO if direct_io else 0)
     name = os.fsencode(image)[: LO_NAME_SIZE - 1]
