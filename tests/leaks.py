@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 TEST_ROOT = "/var/lib/vservers-test"
@@ -54,6 +55,8 @@ CLUSTER_ENVS = {
 # to 2,000,000,000; the cluster's once shared 1,500,000,000 with bench/overhead.py, whose
 # running servers a test session then reported as its own leaks).
 UID_SPAN = 1024 * 65536
+# How long a stopped server's host veth may outlive its stop (the kernel's namespace teardown).
+VETH_SETTLE = 5.0
 
 
 def find_leaks() -> list[str]:
@@ -73,6 +76,7 @@ def _leaks_of(env: dict[str, str]) -> list[str]:
         if mount_point.startswith(root):
             leaks.append(f"mount {mount_point}")
     leaks += [f"loop device {dev}" for dev in devices_for(config.root)]
+    _wait_for_veths(config.veth_prefix)
     for link in Path("/sys/class/net").iterdir():
         if link.name.startswith(config.veth_prefix) or link.name == config.bridge:
             leaks.append(f"network interface {link.name}")
@@ -99,6 +103,16 @@ def _leaks_of(env: dict[str, str]) -> list[str]:
         if stat is not None and base <= uid < base + UID_SPAN and stat.state != "Z":
             leaks.append(f"process {proc.name} (uid {uid}) {_cmdline(proc)}")
     return leaks
+
+
+def _wait_for_veths(prefix: str, settle: float = VETH_SETTLE) -> None:
+    """Give the kernel up to SETTLE seconds to delete the installation's veths: a stop leaves
+    a server's host veth to the teardown of its network namespace (Engine._clean_leftovers),
+    which runs in a work queue a moment after the server's last process. One still there after
+    that is a leak."""
+    deadline = time.monotonic() + settle
+    while any(name.startswith(prefix) for name in os.listdir("/sys/class/net")) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def frozen_cgroups(env: dict[str, str]) -> list[Path]:

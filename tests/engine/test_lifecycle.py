@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -21,8 +22,13 @@ def test_start_twice_and_stop_twice_converge(engine, make_server):
     wait_for_http("198.19.3.10")  # start returns once init runs; its web server comes a moment later
     assert engine.stop(name).state == "stopped"
     assert engine.stop(name).state == "stopped"
-    assert engine.host_veth(name) not in os.listdir("/sys/class/net")
     assert not engine.cgroups.exists(name)
+    # The host veth goes with the guest's network namespace, which the kernel tears down a
+    # moment after the stop (the stop does not wait for it): it must go, and by itself.
+    deadline = time.monotonic() + 5
+    while engine.host_veth(name) in os.listdir("/sys/class/net") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.host_veth(name) not in os.listdir("/sys/class/net")
 
 
 def test_restart_gives_a_new_init_and_keeps_the_files(engine, make_server):

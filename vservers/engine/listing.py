@@ -48,6 +48,10 @@ def servers(root: str) -> Iterator[tuple[str, dict[str, Any], int | None]]:
 
 def disk_used(root: str, name: str) -> int:
     """The bytes a stopped server's files took on its disk when it last stopped (usage.json),
-    0 if never measured: what Engine.status says of a stopped server."""
-    remembered = read_json(os.path.join(root, "servers", name, "usage.json")) or {}
-    return int(remembered.get("disk_used_bytes", 0))
+    0 if never measured: what Engine.status says of a stopped server. A stop writes it without
+    fsync, so a host crash may leave it torn: that too reads as 0."""
+    try:
+        remembered = read_json(os.path.join(root, "servers", name, "usage.json")) or {}
+        return int(remembered.get("disk_used_bytes", 0))
+    except (ValueError, AttributeError):  # torn: not JSON (JSONDecodeError), or not an object
+        return 0
