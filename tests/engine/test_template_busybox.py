@@ -107,7 +107,7 @@ def test_layout_and_boot_files(rootfs):
     rck = rootfs / "etc" / "init.d" / "rcK"
     assert _mode(rck) == 0o755
     shutdown = rck.read_text()
-    assert "sv down /etc/service/*" in shutdown and "exec poweroff -f" in shutdown
+    assert "kill -TERM -1" in shutdown and "exec poweroff -f" in shutdown
 
     rcs = rootfs / "etc" / "init.d" / "rcS"
     assert _mode(rcs) == 0o755

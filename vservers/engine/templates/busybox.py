@@ -3,8 +3,9 @@
 The guest boots busybox init as PID 1 from /etc/inittab; init starts `runsvdir -P /etc/service`
 (busybox's runit applets supervise the services; `httpd` on port 80 serves /var/www) and, on
 SIGUSR2 (busybox init's "poweroff", which the engine sends to stop a VPS), runs the ::shutdown
-entry /etc/init.d/rcK (`sv down` and `sv exit` of every service, TERM to everything else, a wait while
-anything still runs, then reboot(2), which inside a PID namespace ends the namespace's init).
+entry /etc/init.d/rcK (TERM and CONT to every service and its supervisor, the supervisors killed, a
+wait while anything still runs, then reboot(2), which inside a PID namespace ends the namespace's
+init).
 Accounts are managed with the guest's own adduser/deluser/addgroup/delgroup/chpasswd/passwd;
 ipcs/ipcrm serve the IPC checks.
 
@@ -409,22 +410,25 @@ INDEX_HTML = """\
 
 # busybox init's own way down, after ::shutdown, sleeps a fixed second after TERM and
 # another two around reboot(2): 2.4 s for every stop (and `sv -w` polls every 420 ms). This
-# does the same (services down, supervisors told to exit, TERM to everything) but waits only
-# while something still runs, at most 3 s, then powers off at once: reboot(2) inside a PID
-# namespace ends its init, and the kernel kills what is left. Should poweroff be refused,
-# init carries on its own way.
+# stops the services as `sv down` does, with TERM and CONT, but from the shell's own kill: the
+# runsv supervisors take the same TERM as "exit" and would bring their service down too. They
+# are then killed (they have nothing to save, and runsv waits out the first second of a
+# service before it exits), so nothing restarts a service. It waits only while something still
+# runs, at most 3 s, looking every 2 ms (kill is the shell's builtin, usleep one fork and exec
+# of the static busybox), then powers off at once: reboot(2) inside a PID namespace ends its
+# init, and the kernel kills what is left. Should poweroff be refused, init carries on its own
+# way. Against `sv down` and `sv exit` of every service and 10 ms looks, a clean stop of a
+# busybox server took ~15 ms less (bench/cli.py's installation, 12 interleaved rounds, load
+# 1.3: 96.6 -> 79.0 ms for the whole `vserver stop`).
 RCK = """\
 #!/bin/sh
 # Run by busybox init on poweroff, halt or reboot (::shutdown in /etc/inittab).
-sv down {service_dir}/* >/dev/null 2>&1
-sv exit {service_dir}/* >/dev/null 2>&1
 kill -TERM -1 2>/dev/null
-# The supervisors have nothing to save, and runsv waits out the first second of a service
-# before it exits; the services themselves have their TERM.
+kill -CONT -1 2>/dev/null
 kill -KILL $(pidof runsvdir runsv) 2>/dev/null
 tries=0
-while kill -0 -1 2>/dev/null && [ $tries -lt 300 ]; do
-    usleep 10000
+while kill -0 -1 2>/dev/null && [ $tries -lt 1500 ]; do
+    usleep 2000
     tries=$((tries + 1))
 done
 exec poweroff -f
@@ -510,7 +514,7 @@ def stage_rootfs(rootfs: Path, binary: Path, listed: list[str]) -> None:
     write_file(rootfs, "etc/shells", "/bin/sh\n/bin/ash\n", 0o644)
     write_file(rootfs, "etc/inittab", _inittab(_applet_path(listed, "runsvdir")))
     write_file(rootfs, "etc/init.d/rcS", RCS, 0o755)
-    write_file(rootfs, "etc/init.d/rcK", RCK.format(service_dir=SERVICE_DIR), 0o755)
+    write_file(rootfs, "etc/init.d/rcK", RCK, 0o755)
     write_service(rootfs, SERVICE_DIR, "httpd", HTTPD_RUN)
     write_file(rootfs, "var/www/index.html", INDEX_HTML, 0o644)
 
