@@ -80,11 +80,17 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 def importtime(launcher: Path, args: list[str], env: dict[str, str], runs: int = IMPORTTIME_RUNS) -> dict:
     """Modules imported by `vserver ARGS` (LAUNCHER) and the top ones by cumulative time (minimum of RUNS)."""
+    return _importtime_summary([subprocess.run([sys.executable, "-X", "importtime", str(launcher), *args], env=env,
+                                               capture_output=True, text=True).stderr for _ in range(runs)])
+
+
+def _importtime_summary(outputs: list[str], floor: set[str] | frozenset[str] = frozenset()) -> dict:
+    """The minimum per module over OUTPUTS (stderr of `python -X importtime` runs); the top-level
+    sum also without the modules in FLOOR (what the bare interpreter imports: site, encodings),
+    which the interpreter's start already counts."""
     best: dict[str, int] = {}
     top_level: set[str] = set()
-    for _ in range(runs):
-        err = subprocess.run([sys.executable, "-X", "importtime", str(launcher), *args], env=env,
-                             capture_output=True, text=True).stderr
+    for err in outputs:
         for match in map(_IMPORT_LINE.match, err.splitlines()):
             if match:
                 name, cumulative = match[4], int(match[2])
@@ -93,8 +99,30 @@ def importtime(launcher: Path, args: list[str], env: dict[str, str], runs: int =
                     top_level.add(name)
     top = sorted(((best[n], n) for n in top_level), reverse=True)[:12]
     return {"modules": len(best), "top_level_total_ms": round(sum(best[n] for n in top_level) / 1000, 1),
+            "beyond_interpreter_ms": round(sum(best[n] for n in top_level - floor) / 1000, 1),
             "top": [{"module": n, "cumulative_ms": round(us / 1000, 2)} for us, n in top],
             "pyroute2": any(n == "pyroute2" or n.startswith("pyroute2.") for n in best)}
+
+
+def verb_importtimes(launcher: Path, env: dict[str, str], runs: int = 5) -> dict[str, dict]:
+    """`python -X importtime` of start, stop and stop --kill of the subject (RUNS cycles of start,
+    stop, start, stop --kill; minimum per module), the modules beyond the bare interpreter's
+    summed: a process's imports, for the breakdown of its whole time."""
+    floor_env = {**HOST_ENV, "LANG": "C.UTF-8"}
+    bare = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], env=floor_env, capture_output=True,
+                          text=True).stderr
+    floor = {m[4] for m in map(_IMPORT_LINE.match, bare.splitlines()) if m}
+    cycle = (("start", ["start", SUBJECT]), ("stop", ["stop", SUBJECT]), ("start", ["start", SUBJECT]),
+             ("kill", ["stop", "--kill", SUBJECT]))
+    outputs: dict[str, list[str]] = {}
+    for _ in range(runs):
+        for what, args in cycle:
+            done = subprocess.run([sys.executable, "-X", "importtime", str(launcher), *args], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"vserver {' '.join(args)} failed under -X importtime: {done.stderr[-500:]}")
+            outputs.setdefault(what, []).append(done.stderr)
+    return {what: _importtime_summary(errs, floor) for what, errs in outputs.items()}
 
 
 def export_baseline(rev: str, into: Path) -> Path:
@@ -241,6 +269,20 @@ def markdown(result: dict, plot_name: str | None) -> str:
         tops = ", ".join(f"{t['module']} {t['cumulative_ms']:.1f}" for t in it["top"][:6])
         lines.append(f"- {key}: {it['modules']} modules, {it['top_level_total_ms']} ms"
                      f"{', pyroute2 imported' if it['pyroute2'] else ''}: {tops}")
+    breakdown = result.get("breakdown_ms", {})
+    if breakdown:
+        lines += ["", "Where a process's milliseconds go (medians of the rounds above; imports: the modules beyond "
+                  "the bare interpreter's under `-X importtime`, minimum of a few runs, which that flag inflates "
+                  "somewhat; the rest is the work and its waits, e.g. for the guest's shutdown or the kernel):", ""]
+        header = ["now (ms)", "whole process", "interpreter (`python -c pass`)", "imports", "work and waits"]
+        lines.append(md_table(header, [[label, *[report.f1(breakdown[what][k]) for k in
+                                                  ("whole", "interpreter", "imports", "rest")]]
+                                       for what, label in (("start", "start"), ("stop", "stop (clean halt)"),
+                                                           ("kill", "stop --kill")) if what in breakdown]))
+        lines.append("")
+        for what, it in result.get("importtime_verbs", {}).items():
+            tops = ", ".join(f"{t['module']} {t['cumulative_ms']:.1f}" for t in it["top"][:6])
+            lines.append(f"- `{what}` imports {it['modules']} modules: {tops}")
     if plot_name:
         lines += ["", f"![CLI whole-process medians]({plot_name})"]
     return "\n".join(lines) + "\n"
@@ -344,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
                 where = f" ({STOPPED + 1} stopped)" if what == "list" else ""
                 key = f"{result['labels'][name]} `vserver {what}`{where}"
                 result["importtime"][key] = importtime(launchers[name], [what], env)
+        verbs = verb_importtimes(launchers["now"], envs["now"])
+        result["importtime_verbs"] = verbs
+        floor = result["floor_ms"]["venv python -c pass"]
+        result["breakdown_ms"] = {
+            what: {"whole": med[what]["now"], "interpreter": floor, "imports": verbs[what]["beyond_interpreter_ms"],
+                   "rest": round(med[what]["now"] - floor - verbs[what]["beyond_interpreter_ms"], 1)}
+            for what in ("start", "stop", "kill")}
         ok = True
     finally:
         log("cleaning up")
