@@ -322,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     write = args.write if args.write is not None else args.mode != "smoke"
     if os.geteuid() != 0:
         parser.error("must run as root")
-    use_lxc = not args.no_lxc and shutil.which("lxc-start") is not None
+    use_lxc = not args.no_lxc
+    if use_lxc and shutil.which("lxc-start") is None:
+        # Without it the ratios to LXC, which the targets table reads, would silently be absent.
+        parser.error("lxc-start is not installed (`make bench` installs it); --no-lxc leaves LXC out")
 
     common.engine_env(CLI_ENV)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
