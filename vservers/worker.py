@@ -178,6 +178,10 @@ class NodeWorker:
             queues = [new_queue(name, connection) for name in self.queue_names]
             self.last = self.worker = PanelWorker(queues, connection=connection)
             self.started_at = time.monotonic()
+            if jobs.TEST_FAULT == "worker:starting":  # the test stops it here (test_faults.py)
+                os.kill(os.getpid(), signal.SIGSTOP)
+            if self.stopping:  # asked before RQ's work() could hear it: its loop never would
+                return
             self.worker.work()
         finally:
             self.worker = None
@@ -192,6 +196,12 @@ class NodeWorker:
 
     def on_stop(self, signum, frame) -> None:
         self.stopping = True
+        worker = self.worker
+        if worker is not None:
+            # RQ's work() is starting and has not put in its own handlers yet, which would tell
+            # the worker; without this its loop ran on until SIGKILL (a stop right after start).
+            # Idle, this raises StopRequested, which run() takes for the end of the worker.
+            worker.request_stop(signum, frame)
 
     def on_renew(self, signum, frame) -> None:
         worker = self.worker

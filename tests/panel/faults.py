@@ -194,9 +194,10 @@ class WorkerProcess:
         warnings.warn(f"worker {self.pid} did not end {timeout:.0f} s after SIGTERM; its log:\n"
                       f"{self.log_tail(120)}", stacklevel=3)
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 20.0) -> None:
         """A warm shutdown (SIGTERM: finish the job at hand, then exit); SIGKILL if it does
-        not come, or if it is paused at a fault point."""
+        not come within TIMEOUT (a warm stop takes a second or two; the longest job of these
+        tests far less than 20 s), or if it is paused at a fault point."""
         if self.alive():
             helpers = self.python_children()
             if process_state(self.pid) == "T":

@@ -15,6 +15,10 @@ with SIGKILL. Then a new worker starts, and
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
 import pytest
 
 from tests.panel import faults
@@ -158,3 +162,18 @@ def test_a_worker_killed_in_the_middle_leaves_nothing_running_and_one_retry_conv
         assert server.state == State.DELETED, (server.state, delete.status, delete.error, delete.output)
     assert kernel_state(engine, server) == "missing"
     assert not server_leaks(uid_bases), server_leaks(uid_bases)
+
+
+def test_a_stop_while_the_worker_starts_ends_it(fault_world, workers):
+    """SIGTERM between the worker's start and RQ's own signal handlers (a service stopped right
+    after it started): before, its handler only set a flag that RQ's loop never reads, and
+    the worker ran on until SIGKILL."""
+    worker = workers(fault="worker:starting")
+    worker.wait_paused()  # the PanelWorker is made, RQ's work() not begun
+    os.kill(worker.pid, signal.SIGTERM)
+    os.kill(worker.pid, signal.SIGCONT)
+    try:
+        code = worker.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker ran on after SIGTERM; its log:\n{worker.log_tail()}") from None
+    assert code == 0, worker.log_tail()
