@@ -54,15 +54,41 @@ def wait_for_http(address: str, timeout: float = 15.0, bridge: str | None = None
     import time
 
     deadline = time.monotonic() + timeout
+    last: object = None
     while True:
         try:
-            if http_get(address, timeout=2.0, bridge=bridge)[0] == 200:
+            last = http_get(address, timeout=2.0, bridge=bridge)[0]
+            if last == 200:
                 return
-        except OSError:
-            pass
+        except OSError as exc:
+            last = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"{address} did not answer HTTP within {timeout}s")
+            raise AssertionError(f"{address} did not answer HTTP within {timeout}s (last: {last!r})\n"
+                                 f"{network_state(address)}")
         time.sleep(0.05)
+
+
+def network_state(address: str) -> str:
+    """What the host knows of ADDRESS and its bridge's ports, for a failure's message: the
+    neighbour entry, the route, the ports with their state and the bridge's table."""
+    bridge = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True).stdout
+    device = bridge.split(" dev ", 1)[1].split()[0] if " dev " in bridge else ""
+    commands = [
+        ["ip", "neigh", "show", "to", address],
+        ["ip", "route", "get", address],
+        ["bridge", "link", "show"] + (["master", device] if device else []),
+        ["bridge", "fdb", "show"] + (["br", device] if device else []),
+        ["ip", "-s", "link", "show"] + (["master", device] if device else []),
+    ]
+    if device:
+        from vservers.engine import firewall
+
+        commands.append(["nft", "list", "set", "bridge", firewall.table_name(device), "dropped"])
+    shown = []
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        shown.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
+    return "\n".join(shown)
 
 
 def compile_static(source: str, directory: Path) -> Path:
