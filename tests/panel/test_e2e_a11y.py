@@ -11,7 +11,7 @@ several states) behind a live server: no engine, no worker.
 
 axe-core is vendored from npm into tests/vendor/ (package.json's "vendor" script), never into
 static/: the pages neither serve nor load it. It is evaluated into each page through the
-DevTools protocol (page.evaluate), which the page's Content-Security-Policy does not govern.
+DevTools protocol (the context's init script), which the page's Content-Security-Policy does not govern.
 """
 
 from __future__ import annotations
