@@ -499,6 +499,7 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None
                 joined = True
                 sock = inside()
             _configure_guest(sock, pid, host_if, ifaces, gw4, gw6)
+            _rebind_host_neighbours(bridge, host_if, ifaces, mac)
         except BaseException:
             # Deleting the host end deletes eth0 too.
             try:
@@ -531,6 +532,19 @@ def _seal_port(host_if: str, mac: str | None) -> None:
                 index = socket.if_nametoindex(host_if)
                 host.add_static_fdb(index, mac)
                 host.set_port_learning(index, False)
+
+
+def _rebind_host_neighbours(bridge: str, host_if: str, ifaces: list[IPInterface], mac: str | None) -> None:
+    """Point the host's neighbour entries for the VPS's addresses on BRIDGE at its MAC (or
+    drop them without one). eth0's own announcement does this too, but it is one frame, sent
+    the moment eth0 comes up, and an address given back and handed out again kept the old
+    server's MAC on the host whenever that frame was lost: the host then sent the new server's
+    traffic to a MAC no port has any more, until its entry aged out (twice in CI, 15 s
+    without an answer). One request per address, and none is made where there was none."""
+    with _netlink_errors(f"attach {host_if}: the host's neighbour entries"), rtnl.Socket() as host:
+        index = socket.if_nametoindex(bridge)
+        for iface in ifaces:
+            host.rebind_neighbour(index, iface.ip, mac)
 
 
 # A VPS announces its addresses when eth0 comes up (gratuitous ARP, unsolicited neighbour

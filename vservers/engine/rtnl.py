@@ -8,29 +8,44 @@ fifteen requests, which was a third of the whole start. These messages are packe
 
 Only what start, stop, status and the usage sampler need is here: create a veth pair with
 its peer born in the VPS's namespace, lock its bridge port to the VPS's MAC, set links up, add
-addresses and default routes, look up a link (and its kind), delete one, list addresses, and the traffic counters of
-every port of a bridge in one dump. Every request asks for an acknowledgement; a negative one raises
+addresses and default routes, point the host's neighbour entries at a new VPS, look up a link
+(and its kind), delete one, list addresses, and the traffic counters of every port of a
+bridge in one dump. Every request asks for an acknowledgement; a negative one raises
 NetlinkFailure with the kernel's errno. The framing (header, attributes, socket,
 acknowledgements) is netlink.py's; here are only the route family's constants and bodies.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
 
 from . import netlink
-from .netlink import NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, Message, NetlinkFailure, attr, attrs, nested, strz, u32
+from .netlink import (
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    Message,
+    NetlinkFailure,
+    attr,
+    attrs,
+    nested,
+    strz,
+    u32,
+)
 
 # <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>, <linux/neighbour.h>
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 17, 18, 19, 20, 22, 24
-RTM_NEWNEIGH = 28
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 12, 18, 28
 IFLA_BRPORT_LEARNING = 8
 IFLA_STATS64 = 23
-NDA_LLADDR = 2
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_STALE = 0x04
 NUD_NOARP = 0x40  # what `bridge fdb add ... static` asks for (NUD_PERMANENT would mean "local")
 NTF_MASTER, NTF_STICKY = 0x04, 0x40
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
@@ -145,6 +160,28 @@ class Socket(netlink.Socket):
         body = _NDMSG.pack(socket.AF_BRIDGE, index, NUD_NOARP, NTF_MASTER | NTF_STICKY, 0)
         body += attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
         self.request(RTM_NEWNEIGH, NLM_F_CREATE, body)
+
+    def rebind_neighbour(self, index: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                         mac: str | None) -> bool:
+        """If this namespace's neighbour table has an entry for ADDRESS on link INDEX, point it
+        at MAC as a stale entry (what a gratuitous ARP or an unsolicited neighbour
+        advertisement does: the next packet confirms it), or delete it when MAC is None.
+        Returns whether there was one; no entry is made."""
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        body = _NDMSG.pack(family, index, NUD_STALE, 0, 0) + attr(NDA_DST, address.packed)
+        try:
+            if mac is None:
+                self.request(RTM_DELNEIGH, 0, body)
+            else:
+                # NLM_F_REPLACE without NLM_F_CREATE: an entry that is there gets the new MAC, a
+                # missing one is ENOENT.
+                body += attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+                self.request(RTM_NEWNEIGH, NLM_F_REPLACE, body)
+        except NetlinkFailure as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
 
     # --- addresses and routes ------------------------------------------------------------
 
