@@ -58,6 +58,13 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(autouse=True)
+def quick_password_hashing(settings):
+    """Passwords made in the test's process are hashed with tests.hashers' quick PBKDF2; the
+    stock hashers stay behind it, so the hashes every process can check stay checkable."""
+    settings.PASSWORD_HASHERS = ["tests.hashers.QuickPBKDF2PasswordHasher", *settings.PASSWORD_HASHERS]
+
+
+@pytest.fixture(autouse=True)
 def nodes_stay_online(settings):
     """The worlds' nodes are seen once when made (tests/panel_world.py) and have no worker
     whose heartbeat keeps them online (drain runs jobs in the test's process): a long test
