@@ -539,7 +539,7 @@ def _rebind_host_neighbours(bridge: str, host_if: str, ifaces: list[IPInterface]
     drop them without one). eth0's own announcement does this too, but it is one frame, sent
     the moment eth0 comes up, and an address given back and handed out again kept the old
     server's MAC on the host whenever that frame was lost: the host then sent the new server's
-    traffic to a MAC no port has any more, until its entry aged out (twice in CI, 15 s
+    traffic to a MAC no port has any more, until its entry aged out (three CI runs of four, 15 s
     without an answer). One request per address, and none is made where there was none."""
     with _netlink_errors(f"attach {host_if}: the host's neighbour entries"), rtnl.Socket() as host:
         index = socket.if_nametoindex(bridge)
