@@ -193,3 +193,16 @@ def kill_9(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     proc.stderr.close()
+
+
+def report_self(out_w: int, *given_and_tag: int | str) -> None:
+    """Run by a fork server's child (tests/engine/test_forker.py) with the fds it was given and
+    a tag last: write what the child is, as JSON, to OUT_W: its parent, its open fds (with the
+    close-on-exec flag) and the tag."""
+    tag = given_and_tag[-1]
+    import fcntl
+    import json
+
+    fds = {int(fd): bool(fcntl.fcntl(int(fd), fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+           for fd in os.listdir("/proc/self/fd") if int(fd) != out_w and os.path.exists(f"/proc/self/fd/{fd}")}
+    os.write(out_w, json.dumps({"ppid": os.getppid(), "fds": fds, "tag": tag, "out_w": out_w}).encode())

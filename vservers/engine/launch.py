@@ -61,6 +61,10 @@ from .syscalls import (
     RESOLVE_NO_SYMLINKS,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from .forker import ForkServer
+
 DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # Host state under /proc and /sys that a VPS must neither see nor change (the OCI runtime spec's
 # defaults). Masked: a file gets /dev/null bound over it, a directory an empty read-only tmpfs.
@@ -135,8 +139,11 @@ class Launched:
     buffered_reason: str = ""  # why the disk is buffered although direct I/O was asked for
 
 
-def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callable[[Launched], None]) -> Launched:
+def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callable[[Launched], None],
+           forker: ForkServer | None = None) -> Launched:
     """Start the guest; WIRE_NETWORK(init_pid) runs before init is exec'd, RECORD before go.
+    With FORKER, the user namespace's helpers and the setup child are forked by that fork
+    server (forker.py), and PLAN must pickle.
 
     On failure the half-started guest is killed (which releases its mounts) and EngineError
     is raised; the caller removes cgroups and veths.
@@ -147,7 +154,7 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
     # The user namespace takes the longest of what happens before the setup child can mount the
     # template (two forked helpers, one inside the other): its helper starts first, and works
     # while the setup child is forked and joins its cgroups and loop-mounts the disk.
-    creation = userns.Creation(plan.uid_base, userns.limits_for(plan.network_admin))
+    creation = userns.Creation(plan.uid_base, userns.limits_for(plan.network_admin), forker)
     setup_pid = 0
     go_w = -1
     launched: Launched | None = None
@@ -155,16 +162,16 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         to_setup, setup_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        setup_pid = os.fork()
-        if setup_pid == 0:
-            os.close(report_r)
-            os.close(go_w)
-            to_setup.close()
-            # Another thread of the engine (start_many) may hold the pipes of its own start
-            # open: copies kept here would hold back the EOFs its start waits for, until this
-            # child and its init are gone.
-            syscalls.close_fds_except(report_w, go_r, setup_end.fileno())
-            _child_main(report_w, lambda: _setup_child(plan, report_w, go_r, setup_end))
+        if forker is not None:
+            forker.fork(_setup_main, [report_w, go_r, setup_end.fileno()], plan)  # the server reaps it
+        else:
+            setup_pid = os.fork()
+            if setup_pid == 0:
+                # Another thread of the engine (start_many) may hold the pipes of its own start
+                # open: copies kept here would hold back the EOFs its start waits for, until
+                # this child and its init are gone.
+                syscalls.close_fds_except(report_w, go_r, setup_end.fileno())
+                _setup_main(report_w, go_r, setup_end.fileno(), plan)
         os.close(report_w)
         os.close(go_r)
         setup_end.close()
@@ -179,8 +186,9 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
         with os.fdopen(report_r, "r", closefd=True) as report:
             messages = _read_until_pid(report)
             if "pid" not in messages:
-                os.waitpid(setup_pid, 0)  # its error is all it wrote
-                setup_pid = 0
+                if setup_pid:
+                    os.waitpid(setup_pid, 0)  # its error is all it wrote
+                    setup_pid = 0
                 raise EngineError(messages.get("error", "setup of the guest failed without a message"))
             launched = Launched(init_pid=int(messages["pid"]), loop_device=messages.get("loop", ""),
                                 buffered_reason=messages.get("buffered", ""))
@@ -256,6 +264,12 @@ def _child_main(report_w: int, body: Callable[[], None]) -> None:
         except OSError:
             pass
     os._exit(code)
+
+
+def _setup_main(report_w: int, go_r: int, engine_fd: int, plan: LaunchPlan) -> None:
+    """The setup child, forked with only these fds open; never returns."""
+    engine = socket.socket(fileno=engine_fd)
+    _child_main(report_w, lambda: _setup_child(plan, report_w, go_r, engine))
 
 
 def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.socket) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import ipaddress
 import os
 import shutil
@@ -53,9 +54,21 @@ SNAPSHOT_BUSY = "snapshot-busy.json"
 
 
 class Engine:
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, *, fork_server: bool = False) -> None:
+        """FORK_SERVER: fork each start's helpers from a small process of their own (forker.py),
+        for a process much bigger than the engine, such as the panel's worker."""
         self.config = config or EngineConfig.from_env()
         self._cgroups = None
+        self._forker = None
+        if fork_server:
+            from .forker import ForkServer
+
+            self._forker = ForkServer()
+
+    def close(self) -> None:
+        """End the fork server, if this engine has one (it also ends with the process)."""
+        if self._forker is not None:
+            self._forker.close()
 
     # -- paths and state -------------------------------------------------------------------
 
@@ -401,14 +414,14 @@ class Engine:
             lower_dir=server_dir / "lower",
             rootfs_dir=server_dir / "rootfs",
             init_argv=info.init,
-            join_cgroups=lambda: self.cgroups.join_self(spec.name),
+            join_cgroups=functools.partial(self.cgroups.join_self, spec.name),
             network_admin=spec.limits.network_admin,
             rescue=layers,
             direct_io=self.config.loop_direct_io,
             upper_work=(storage.upper, storage.work) if storage is not None else None,
         )
         try:
-            launched = launch(plan, wire, record)
+            launched = launch(plan, wire, record, self._forker)
         except BaseException:
             self._clean_leftovers(spec.name)
             raise

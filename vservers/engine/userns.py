@@ -26,6 +26,7 @@ the namespace's creation, so the creators run with the VPS's totals as their rli
 from __future__ import annotations
 
 import _thread  # threading's lock, without importing threading on the CLI's create path
+import functools
 import os
 import resource
 from collections.abc import Callable, Iterable
@@ -34,6 +35,10 @@ from dataclasses import dataclass, fields, replace
 from .errors import EngineError
 from .spec import ID_RANGE_SIZE
 from .syscalls import CLONE_NEWUSER, PR_SET_DUMPABLE, prctl, unshare
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from .forker import ForkServer
 
 NAMESPACE_KINDS = ("user", "pid", "uts", "ipc", "net", "mnt", "cgroup", "time")
 
@@ -170,34 +175,39 @@ def _expect(fd: int, what: bytes) -> None:
         raise EngineError(got[1:].decode(errors="replace") if got.startswith(b"e") else "helper gave up")
 
 
-def _fork_helper(body: Callable[[int, int], None]) -> tuple[int, int, int]:
+def _fork_helper(body: Callable[[int, int], None], forker: ForkServer | None = None) -> tuple[int, int, int]:
     """Fork a helper that runs BODY(up_w, down_r) and exits: it talks up to its parent on one
     pipe and hears back on another, and an exception reaches the parent as b"e<text>" on the
-    up pipe. Returns (pid, up_r, down_w), the parent's ends."""
+    up pipe. Returns (pid, up_r, down_w), the parent's ends. With FORKER the helper is the fork
+    server's child (BODY must pickle), which the caller does not wait for (see reap)."""
     up_r, up_w = os.pipe2(os.O_CLOEXEC)
     down_r, down_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = os.fork()
+        pid = os.fork() if forker is None else forker.fork(_helper_main, [up_w, down_r], body)
     except BaseException:
         for fd in (up_r, up_w, down_r, down_w):
             os.close(fd)
         raise
     if pid == 0:  # child: only syscalls until _exit
-        code = 1
-        try:
-            os.close(up_r)
-            os.close(down_w)
-            body(up_w, down_r)
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            try:
-                os.write(up_w, f"e{exc}".encode())
-            except OSError:
-                pass
-        os._exit(code)
+        os.close(up_r)
+        os.close(down_w)
+        _helper_main(up_w, down_r, body)
     os.close(up_w)
     os.close(down_r)
     return pid, up_r, down_w
+
+
+def _helper_main(up_w: int, down_r: int, body: Callable[[int, int], None]) -> None:
+    code = 1
+    try:
+        body(up_w, down_r)
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        try:
+            os.write(up_w, f"e{exc}".encode())
+        except OSError:
+            pass
+    os._exit(code)
 
 
 def _outer_child(base: int, limits: GuestLimits, to_engine: int, from_engine: int) -> None:
@@ -265,15 +275,22 @@ class Creation:
     the helper, which starts on its own (uid change, first unshare) while the caller goes on;
     finish() does the handshake and returns the namespace's fd, after which the helpers exit by
     themselves; reap() waits for them (call it in every case, also after a failed finish).
-    Holds the process's creation lock from construction until finish() returns or fails."""
+    Forking itself, it holds the process's creation lock from construction until finish()
+    returns or fails; with a fork server (FORKER), whose children the server reaps, it needs
+    neither the lock nor the wait."""
 
-    def __init__(self, base: int, limits: GuestLimits = GUEST_LIMITS) -> None:
+    def __init__(self, base: int, limits: GuestLimits = GUEST_LIMITS, forker: ForkServer | None = None) -> None:
         self.base = base
         self.pid = 0
-        _CREATING.acquire()
-        self._locked = True
+        self._ours = forker is None  # a fork server's child is not ours to wait for
+        # Forked by the server, the helper holds no copies of this process's pipes: creations in
+        # several threads need not wait for each other.
+        self._locked = False
+        if self._ours:
+            _CREATING.acquire()
+            self._locked = True
         try:
-            pid, up_r, down_w = _fork_helper(lambda up_w, down_r: _outer_child(base, limits, up_w, down_r))
+            pid, up_r, down_w = _fork_helper(functools.partial(_outer_child, base, limits), forker)
         except BaseException:
             self._unlock()
             raise
@@ -311,9 +328,9 @@ class Creation:
     def reap(self) -> None:
         """Wait for the helper (it exits once finish() is done, or failed)."""
         self._release()
-        if self.pid:
+        if self.pid and self._ours:
             os.waitpid(self.pid, 0)
-            self.pid = 0
+        self.pid = 0
 
 
 def read_map(pid: int) -> list[tuple[int, int, int]]:
