@@ -151,6 +151,7 @@ bench: as-root install
 	$(PY) bench/overhead.py $(if $(FULL),--full,--quick)
 	$(PY) bench/storage.py $(if $(FULL),--full,--quick)
 	$(PY) bench/panel.py $(if $(FULL),--full,--quick)
+	$(PY) bench/forker.py $(if $(FULL),--full,--quick)
 	$(PY) bench/targets.py
 
 # Refuses while the panel runs or while anything is mounted below var/ (a test's server
