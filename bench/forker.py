@@ -88,11 +88,11 @@ def markdown(result: dict) -> str:
                        ("cpu_ms_per_start", "CPU of the whole machine per start, until that answer (ms)")):
         ratio = m[fs][key] / m[direct][key] if m[direct][key] else None
         rows.append([label, report.fmt(m[fs][key], 1), report.fmt(m[direct][key], 1), report.fmt(ratio, 3)])
-    worker = result["worker"]
+    worker, host = result["worker"], result["host"]
     return "\n".join([
         "## A start from a worker-sized process, with the fork server and without (`bench/forker.py`)",
         "",
-        f"{result['when']}, commit {result['host'].get('git_commit', '?')}, kernel {result['host'].get('kernel', '?')}; "
+        f"{result['when']}, commit {host.get('git_commit', '?')}, kernel {host.get('kernel', '?')}; "
         f"{result['profile']['rounds']} rounds, each starting one busybox server per side, the order swapped each "
         f"round; the process had loaded a worker's modules first ({worker['modules']} modules, "
         f"{worker['max_rss_mb']} MB resident). Load average {result['load']['before']} before, "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.helpers import report_self, wait_for_http
+from vservers.engine import procfs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +62,8 @@ def test_a_killed_server_is_replaced_and_a_closed_one_ends(forker):
     first = _child_report(forker, "a", [])
     old = forker.pid
     os.kill(old, signal.SIGKILL)
+    # Dead between two requests (one that dies during a request fails that request instead).
+    assert procfs.wait_exit(old, 10)
     second = _child_report(forker, "b", [])
     assert second["tag"] == "b" and forker.pid not in (None, old)
     assert second["ppid"] == forker.pid and first["ppid"] == old

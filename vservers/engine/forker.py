@@ -56,26 +56,34 @@ class ForkServer:
     def fork(self, function: Callable[..., None], fds: list[int], *args: object) -> int:
         request = pickle.dumps((function, args))
         with self._lock:
-            for _attempt in (1, 2):
+            # A server that died since the last request (killed, out of memory) is replaced; one
+            # that dies during a request may have forked already, so that start fails instead.
+            for attempt in (1, 2):
                 sock = self._connected()
                 try:
                     socket.send_fds(sock, [request], fds)
-                    answer = sock.recv(256)
                 except OSError as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise EngineError(f"could not reach the engine's fork server: {exc}") from exc
+                    continue
+                try:
+                    answer = sock.recv(256)
+                except OSError:
                     answer = b""
-                    failure = str(exc)
-                else:
-                    failure = "it ended"
                 if answer.startswith(b"p"):
                     return int(answer[1:])
                 if answer.startswith(b"e"):
                     raise EngineError(f"could not fork a helper: {answer[1:].decode(errors='replace')}")
-                self._drop()  # the server died (killed, out of memory): one more try on a new one
-            raise EngineError(f"the engine's fork server did not answer ({failure})")
+                self._drop()
+                raise EngineError("the engine's fork server ended during a request")
+            raise AssertionError("unreachable")
 
     def _connected(self) -> socket.socket:
         if self._sock is not None and self._owner == os.getpid():
-            return self._sock
+            if self._proc is not None and self._proc.poll() is None:
+                return self._sock
+            self._drop()  # it exited since the last request
         if self._owner != os.getpid():
             # Forked from the owner: the socket is shared with it, and the server is not ours.
             self._sock = self._proc = None
