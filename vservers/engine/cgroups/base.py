@@ -132,7 +132,9 @@ def read_pids(path: Path) -> set[int]:
 def make_dir(path: Path) -> None:
     try:
         path.mkdir(exist_ok=True)
-    except FileExistsError:
+    except FileExistsError as exc:
+        if not os.path.lexists(path):  # there, then gone: an unused parent removed meanwhile (create retries)
+            raise EngineError(f"cannot create cgroup {path}: removed meanwhile") from FileNotFoundError(exc.errno, path)
         raise InvalidInput(f"{path} exists and is not a cgroup directory") from None
     except OSError as exc:
         raise EngineError(f"cannot create cgroup {path}: {exc.strerror or exc}") from exc
@@ -312,7 +314,10 @@ class CgroupBackend(ABC):
                     pass
             signalled |= fresh
 
-    def destroy(self, name: str, timeout: float = 5.0) -> None:
+    def destroy(self, name: str, timeout: float = 5.0, keep_parent: bool = False) -> None:
+        """Kill what group NAME holds and remove it; then the installation's parent group too if
+        no other group is left, unless KEEP_PARENT (a start about to make its group there, which
+        with other starts in other threads would remove the parent under their feet)."""
         check_name(name)
         deadline = time.monotonic() + timeout
         if self.exists(name):
@@ -321,7 +326,8 @@ class CgroupBackend(ABC):
             self._empty(name, deadline)
             for path in self.paths(name):
                 self._remove(path, deadline, f"cgroup {self.parent}/{name}")
-        self._remove_parent_if_unused()
+        if not keep_parent:
+            self._remove_parent_if_unused()
 
     def _empty(self, name: str, deadline: float) -> None:
         delay = 0.005

@@ -76,10 +76,15 @@ class CgroupV1(CgroupBackend):
 
     def parent_paths(self) -> list[Path]:
         if not self._parent_paths:
+            # Built whole, then set: start_many's threads ask at once, and one that saw a list
+            # still being filled made its group in some hierarchies only ("pids.max does not
+            # exist").
+            paths: list[Path] = []
             for controller in CONTROLLERS:
                 path = self.hierarchy(controller) / self.parent
-                if path not in self._parent_paths:
-                    self._parent_paths.append(path)
+                if path not in paths:
+                    paths.append(path)
+            self._parent_paths = paths
         return list(self._parent_paths)
 
     def group(self, controller: str, name: str) -> Path:
