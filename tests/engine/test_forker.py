@@ -102,3 +102,39 @@ def test_a_start_gives_the_guest_nothing_of_the_engine(engine, config, fork_serv
 
 def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_batch_start_forks_through_a_server_of_its_own_that_ends_with_it(engine, config, make_server, monkeypatch):
+    from vservers.engine import forker, lifecycle
+
+    monkeypatch.chdir(REPO)
+    forked = []  # what went through a fork server (the real one: this only counts)
+    real_fork = forker.ForkServer.fork
+
+    def counted(self, function, *rest):
+        forked.append(function.__name__)
+        return real_fork(self, function, *rest)
+
+    monkeypatch.setattr(forker.ForkServer, "fork", counted)
+    count = lifecycle.BATCH_FORK_SERVER
+    servers = {make_server(f"batch{i}", f"198.19.5.{80 + i}/18", start=False): f"198.19.5.{80 + i}"
+               for i in range(count)}
+    assert engine._forker is None  # the tests' engine has no fork server of its own
+    assert engine.start_many(list(servers)) == dict.fromkeys(sorted(servers))
+    for name, ip in servers.items():
+        wait_for_http(ip)
+        assert sorted(os.listdir(f"/proc/{engine.status(name).init_pid}/fd")) == ["0", "1", "2"]
+    assert forked.count("_setup_main") == forked.count("_helper_main") == count
+    assert _fork_servers_of(os.getpid()) == []  # the batch's server ended with the call
+
+
+def _fork_servers_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if _ppid(int(entry.name)) == pid and b"vservers.engine.forker" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    return found
