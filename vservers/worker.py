@@ -133,6 +133,11 @@ class NodeWorker:
 
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.handle_signals()
+        try:
+            # Ready by the first job, not made when it comes (jobs.get_engine: ~80 ms).
+            jobs.get_engine().start_fork_server()
+        except Exception:  # noqa: BLE001 - the first start makes it, or says why it cannot
+            log.exception("could not start the engine's fork server ahead of the first job")
         self.recover()
         # Its own thread and database connection: a long job must not make the node look gone.
         heartbeat = Heartbeat(self.queue_names)

@@ -120,12 +120,13 @@ def test_a_batch_start_forks_through_a_server_of_its_own_that_ends_with_it(engin
     servers = {make_server(f"batch{i}", f"198.19.5.{80 + i}/18", start=False): f"198.19.5.{80 + i}"
                for i in range(count)}
     assert engine._forker is None  # the tests' engine has no fork server of its own
+    before = set(_fork_servers_of(os.getpid()))  # a panel test's jobs.get_engine() may have one
     assert engine.start_many(list(servers)) == dict.fromkeys(sorted(servers))
     for name, ip in servers.items():
         wait_for_http(ip)
         assert sorted(os.listdir(f"/proc/{engine.status(name).init_pid}/fd")) == ["0", "1", "2"]
     assert forked.count("_setup_main") == forked.count("_helper_main") == count
-    assert _fork_servers_of(os.getpid()) == []  # the batch's server ended with the call
+    assert set(_fork_servers_of(os.getpid())) <= before  # the batch's server ended with the call
 
 
 def _fork_servers_of(pid: int) -> list[int]:

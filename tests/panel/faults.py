@@ -181,9 +181,11 @@ class WorkerProcess:
         )
         assert self.alive(), f"worker {self.pid} exited instead:\n{self.log_tail()}"
 
-    def python_children(self) -> list[int]:
+    def python_children(self, fork_servers: bool = False) -> list[int]:
         """Helper processes of its own (Python), not the guests' inits it adopted. It should
-        have none: its watch is a thread."""
+        have none: its watch is a thread. Fork servers (vservers/engine/forker.py) are left
+        out unless FORK_SERVERS: a worker's, and one a killed worker left for the group
+        (a subreaper) to collect, are not workers."""
         me = os.path.realpath(sys.executable)
         found = []
         for entry in Path("/proc").iterdir():
@@ -193,7 +195,8 @@ class WorkerProcess:
             if stat is None or stat.ppid != self.pid:
                 continue
             try:
-                if os.path.realpath(entry / "exe", strict=True) == me:
+                if os.path.realpath(entry / "exe", strict=True) == me and (
+                        fork_servers or not _is_fork_server(int(entry.name))):
                     found.append(int(entry.name))
             except OSError:
                 continue  # it exited meanwhile (a helper such as tar or zstd of the engine)
@@ -204,7 +207,7 @@ class WorkerProcess:
         Returns the helpers' pids (there should be none) but its fork server's: the engine's
         (vservers/engine/forker.py) is one by design, which ends with the end of its socket, so
         with the worker; that it does is checked here with the others'."""
-        helpers = self.python_children()
+        helpers = self.python_children(fork_servers=True)
         fork_servers = [pid for pid in helpers if _is_fork_server(pid)]
         os.kill(self.pid, signal.SIGKILL)
         assert self.proc.wait(timeout=30) == -signal.SIGKILL
@@ -231,7 +234,7 @@ class WorkerProcess:
         not come within TIMEOUT (a warm stop takes a second or two; the longest job of these
         tests far less than 20 s), or if it is paused at a fault point."""
         if self.alive():
-            helpers = self.python_children()
+            helpers = self.python_children(fork_servers=True)
             if process_state(self.pid) == "T":
                 os.kill(self.pid, signal.SIGKILL)
             else:

@@ -79,6 +79,12 @@ class ForkServer:
                 raise EngineError("the engine's fork server ended during a request")
             raise AssertionError("unreachable")
 
+    def start(self) -> None:
+        """Start the server now, if not yet: it imports the start path while the caller goes
+        on, and the first fork waits for it only if it is not ready by then."""
+        with self._lock:
+            self._connected()
+
     def _connected(self) -> socket.socket:
         if self._sock is not None and self._owner == os.getpid():
             if self._proc is not None and self._proc.poll() is None:

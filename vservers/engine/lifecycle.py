@@ -69,6 +69,12 @@ class Engine:
 
             self._forker = ForkServer()
 
+    def start_fork_server(self) -> None:
+        """Start this engine's fork server ahead of the first start (it takes ~80 ms to be
+        ready), if it has one."""
+        if self._forker is not None:
+            self._forker.start()
+
     def close(self) -> None:
         """End the fork server, if this engine has one (it also ends with the process)."""
         if self._forker is not None:
