@@ -45,8 +45,8 @@ STOP_TIMEOUT = 10.0
 # start_many's threads: a start spends most of its time waiting for the kernel and its own
 # children, so a few at once keep two CPUs busy without piling up runnable work.
 START_PARALLEL = 4
-# Where a fork server started for one start_many pays for itself: it saved ~10 ms a server and
-# took ~80 ms to start (bench/forker.py's machine, 2026-12-07).
+# Where a fork server started for one start_many pays for itself: it takes ~80 ms to start,
+# and 20 servers' starts came out ~5 ms a server faster with it, its start included (2026-12-07).
 BATCH_FORK_SERVER = 8
 # Present while a server's disk image may be larger than the filesystem in it: an update that
 # grows the disk writes it before the image grows and removes it once resize2fs has run, so a
@@ -328,9 +328,8 @@ class Engine:
         From BATCH_FORK_SERVER servers on, their helpers are forked by a fork server (this
         engine's, or one started for the batch, ~80 ms): forked by the threads themselves, each
         start's user namespace waits for the one before (userns.Creation's lock) and each fork
-        copies this process. 20 servers took 39.9 ms each to answer HTTP that way, 27.7 ms with
-        a fork server started for them, 35.3 ms with one forked from this process
-        (2026-12-07)."""
+        copies this process. 20 servers took 39.9 ms each to answer HTTP that way, 34.5 ms with
+        a fork server started for the batch, 26.7 ms with one already running (2026-12-07)."""
         wanted = sorted(set(names))
         for name in wanted:
             validate.server_name(name)
