@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
 import secrets
 import socket
 import struct
@@ -684,6 +685,62 @@ def test_entries_follow_the_servers_and_the_tables_go_with_the_bridge(scratch):
     assert all(table not in names for names in firewall.tables().values())
     network.remove_bridge(scratch.bridge)
     firewall.release(scratch.bridge, port, ["198.19.9.11/18"])  # no tables: nothing to do
+
+
+def channel_inode() -> int:
+    """The inode of the firewall's own netfilter socket in this process (libnftables, used
+    for the static part, keeps one of its own)."""
+    from vservers.engine import firewall
+
+    assert firewall._channel is not None and firewall._channel[0] == os.getpid()
+    inode = os.fstat(firewall._channel[1].sock.fileno()).st_ino
+    netfilter = {int(f[-1]) for f in map(str.split, Path("/proc/self/net/netlink").read_text().splitlines()[1:])
+                 if f[1] == "12"}  # columns: sk, protocol, port, ..., inode
+    assert inode in netfilter
+    return inode
+
+
+def test_one_netfilter_socket_serves_the_process_and_a_forked_child_opens_its_own(scratch):
+    """Every batch of a process goes over one socket kept open (closing one after a delete
+    waits for the kernel's RCU grace period); answers a batch left unread do not confuse the
+    next one; a forked child never writes on its parent's socket."""
+    from vservers.engine import firewall
+
+    port = scratch.veth_prefix + "k1"
+    firewall.protect(scratch, port, ["198.19.9.20/18"])
+    kept = channel_inode()
+    firewall.release(scratch.bridge, port, ["198.19.9.20/18"])
+    firewall.protect(scratch, port, ["198.19.9.21/18"])
+    assert channel_inode() == kept
+
+    # A batch whose answers nobody reads (as after a timeout): the next batch still gets its own.
+    seq = 1 << 20
+    stale = [firewall._message(firewall.NFNL_MSG_BATCH_BEGIN, 0, seq, 0, firewall.NFNL_SUBSYS_NFTABLES, b""),
+             firewall._element_message(seq + 1, firewall.table_name(scratch.bridge),
+                                       ("add", "bridge", "dropped", firewall._ifname_key(port), None)),
+             firewall._message(firewall.NFNL_MSG_BATCH_END, 0, seq + 2, 0, firewall.NFNL_SUBSYS_NFTABLES, b"")]
+    firewall._channel[1].send(b"".join(stale))
+    firewall.release(scratch.bridge, port, ["198.19.9.21/18"])
+    for name in firewall.GUEST_SETS:
+        assert elements(scratch, name) == [], name
+    assert channel_inode() == kept
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            firewall.protect(scratch, port, ["198.19.9.22/18"])
+            os.write(write_end, str(channel_inode()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as report:
+        in_child = report.read()
+    os.waitpid(child, 0)
+    assert in_child.isdigit() and int(in_child) != kept
+    assert elements(scratch, "guest_ip4") == [{"concat": [port, "198.19.9.22"]}]
+    firewall.release(scratch.bridge, port, ["198.19.9.22/18"])
+    assert channel_inode() == kept
 
 
 def test_bad_values_are_refused_before_anything_is_sent(config):
