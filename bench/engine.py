@@ -132,7 +132,7 @@ class PhaseTimer:
 
             return timed
 
-        def launch(plan, wire_network, record):
+        def launch(plan, wire_network, record, forker=None):
             t0 = time.monotonic()
             wired: dict[str, float] = {}
 
@@ -145,7 +145,7 @@ class PhaseTimer:
 
             marks.clear()
             try:
-                return original_launch(plan, wire, record_wrapper(record))
+                return original_launch(plan, wire, record_wrapper(record), forker)
             finally:
                 end = marks["launched"] = time.monotonic()
                 if "start" in wired:
