@@ -25,6 +25,8 @@ chown -R "$1:$(id -g "$1")" "$home/.ssh"
 
 @dataclass(frozen=True)
 class Account:
+    """A user account inside a server, from its /etc/passwd."""
+
     name: str
     uid: int
     gid: int

@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BackupInfo:
+    """One backup archive of a server and what its manifest says."""
+
     name: str  # file name in the backup dir, e.g. "vs-0123abcd4567-20261206T153012Z.tar.zst"
     server: str  # the engine name it was taken of
     created: float  # epoch seconds

@@ -21,6 +21,8 @@ DEFAULT_UID_BASE = 1_000_000
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """Where an installation keeps its servers and how it networks them (from_env reads it)."""
+
     root: Path
     bridge: str
     gateway4: ipaddress.IPv4Interface

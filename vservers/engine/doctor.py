@@ -16,6 +16,8 @@ NAMESPACES = ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup")
 
 @dataclass(frozen=True)
 class Check:
+    """One of doctor's checks: passed or not, why, and how to fix it."""
+
     name: str
     ok: bool
     detail: str

@@ -381,6 +381,8 @@ add rule inet {table} from_guests counter drop
 
 @dataclass(frozen=True)
 class _Installation:
+    """What an installation's firewall rules are made from."""
+
     bridge: str
     veth_prefix: str
     gateway4: ipaddress.IPv4Address

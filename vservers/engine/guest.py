@@ -49,6 +49,8 @@ class Identity:
 
 @dataclass(frozen=True)
 class Completed:
+    """A program run inside a server, finished: its exit status and output."""
+
     returncode: int
     stdout: str
     stderr: str

@@ -110,6 +110,8 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass(frozen=True)
 class LaunchPlan:
+    """Everything the forked children of a start need, decided by the engine beforehand."""
+
     hostname: str
     uid_base: int
     template_rootfs: Path
@@ -134,6 +136,8 @@ class LaunchPlan:
 
 @dataclass(frozen=True)
 class Launched:
+    """What a start made: the guest's init and the loop device its disk is on."""
+
     init_pid: int
     loop_device: str
     buffered_reason: str = ""  # why the disk is buffered although direct I/O was asked for

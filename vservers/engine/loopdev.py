@@ -33,6 +33,8 @@ LO_NAME_SIZE = 64
 
 @dataclass(frozen=True)
 class Attached:
+    """A loop device bound to a server's disk image."""
+
     device: str  # /dev/loopN
     fd: int  # open fd of the device: the caller mounts the device, then closes it
     # Why the device reads its image through the page cache although direct I/O was asked

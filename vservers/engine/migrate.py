@@ -141,6 +141,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class MigrationTarget:
+    """The node a server moves to, and how this node reaches it over SSH."""
+
     host: str  # hostname or IP of the target's sshd
     port: int  # its port (22 in production)
     root: Path  # the target's VSERVER_ROOT; files go to <root>/incoming/<name>/
@@ -182,6 +184,8 @@ class MigrationTarget:
 
 @dataclass(frozen=True)
 class ShipResult:
+    """What sending a server's files to the target took."""
+
     bytes_total: int
     seconds: float
 

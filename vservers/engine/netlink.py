@@ -85,6 +85,8 @@ def attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 @dataclass(frozen=True)
 class Message:
+    """One netlink message: its header's fields and its body."""
+
     type: int
     flags: int
     seq: int

@@ -227,6 +227,8 @@ class Socket(netlink.Socket):
 
 @dataclass(frozen=True)
 class Address:
+    """An address of an interface, as the kernel lists it."""
+
     index: int
     interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     scope: int

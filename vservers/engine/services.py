@@ -47,6 +47,8 @@ SETTLE_POLL = 0.01
 
 @dataclass(frozen=True)
 class Service:
+    """A service supervised inside a server, and its state."""
+
     name: str
     state: str  # "running" | "starting" | "stopping" | "stopped" | "failed"
     pid: int | None

@@ -74,6 +74,8 @@ FITHAW = 0xC0045878
 
 @dataclass(frozen=True)
 class SnapshotInfo:
+    """One snapshot of a server's disk."""
+
     name: str
     created: float  # epoch seconds
     size_bytes: int  # blocks allocated on the node (what counts against quota)

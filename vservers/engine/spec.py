@@ -133,6 +133,8 @@ class RuntimeState:
 
 @dataclass(frozen=True)
 class Status:
+    """A server's state, limits, addresses and usage, as `status` reports it."""
+
     name: str
     state: str  # "running" | "stopped"
     init_pid: int | None

@@ -27,6 +27,8 @@ from ..state import claim, locked, read_json, release, remove_abandoned, write_j
 
 @dataclass(frozen=True)
 class TemplateInfo:
+    """One built version of a template: how its guest boots and stops."""
+
     name: str
     version: str
     init: tuple[str, ...]  # argv of the guest's PID 1
