@@ -195,6 +195,14 @@ def kill_9(proc: subprocess.Popen) -> None:
     proc.stderr.close()
 
 
+def is_fork_server(pid: int) -> bool:
+    """Whether PID is a fork server (vservers/engine/forker.py: `python -m vservers.engine.forker`)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"vservers.engine.forker"]
+    except OSError:
+        return False
+
+
 def report_self(out_w: int, *given_and_tag: int | str) -> None:
     """Run by a fork server's child (tests/engine/test_forker.py) with the fds it was given and
     a tag last: write what the child is, as JSON, to OUT_W: its parent, its open fds (with the

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.helpers import report_self, wait_for_http
+from tests.engine.helpers import is_fork_server, report_self, wait_for_http
 from vservers.engine import procfs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def _fork_servers_of(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if _ppid(int(entry.name)) == pid and b"vservers.engine.forker" in (entry / "cmdline").read_bytes():
+                if _ppid(int(entry.name)) == pid and is_fork_server(int(entry.name)):
                     found.append(int(entry.name))
             except (OSError, IndexError):
                 continue

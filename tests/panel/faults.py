@@ -26,6 +26,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
+from tests.engine.helpers import is_fork_server
 from tests.leaks import PANEL_ENV, _leaks_of
 from vservers.engine import procfs
 
@@ -51,13 +52,6 @@ def process_state(pid: int) -> str | None:
     """The one-letter state of PID (R, S, T, Z, ...), None once it is gone."""
     stat = procfs.read_stat(pid)
     return stat.state if stat else None
-
-
-def _is_fork_server(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"vservers.engine.forker"]
-    except OSError:
-        return False
 
 
 def wait_gone(pid: int, timeout: float = 30.0) -> bool:
@@ -196,7 +190,7 @@ class WorkerProcess:
                 continue
             try:
                 if os.path.realpath(entry / "exe", strict=True) == me and (
-                        fork_servers or not _is_fork_server(int(entry.name))):
+                        fork_servers or not is_fork_server(int(entry.name))):
                     found.append(int(entry.name))
             except OSError:
                 continue  # it exited meanwhile (a helper such as tar or zstd of the engine)
@@ -208,7 +202,7 @@ class WorkerProcess:
         (vservers/engine/forker.py) is one by design, which ends with the end of its socket, so
         with the worker; that it does is checked here with the others'."""
         helpers = self.python_children(fork_servers=True)
-        fork_servers = [pid for pid in helpers if _is_fork_server(pid)]
+        fork_servers = [pid for pid in helpers if is_fork_server(pid)]
         os.kill(self.pid, signal.SIGKILL)
         assert self.proc.wait(timeout=30) == -signal.SIGKILL
         self._log.close()
