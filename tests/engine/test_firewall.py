@@ -15,6 +15,7 @@ fd00:19::/64), after `ip route get` names the bridge for every address the host 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import json
 import os
@@ -692,7 +693,7 @@ def channel_inode() -> int:
     for the static part, keeps one of its own)."""
     from vservers.engine import firewall
 
-    assert firewall._channel is not None and firewall._channel[0] == os.getpid()
+    assert firewall._channel is not None and firewall._channel[0][0] == os.getpid()
     inode = os.fstat(firewall._channel[1].sock.fileno()).st_ino
     netfilter = {int(f[-1]) for f in map(str.split, Path("/proc/self/net/netlink").read_text().splitlines()[1:])
                  if f[1] == "12"}  # columns: sk, protocol, port, ..., inode
@@ -703,7 +704,8 @@ def channel_inode() -> int:
 def test_one_netfilter_socket_serves_the_process_and_a_forked_child_opens_its_own(scratch):
     """Every batch of a process goes over one socket kept open (closing one after a delete
     waits for the kernel's RCU grace period); answers a batch left unread do not confuse the
-    next one; a forked child never writes on its parent's socket."""
+    next one; a batch from another network namespace goes to that one; a forked child never
+    writes on its parent's socket."""
     from vservers.engine import firewall
 
     port = scratch.veth_prefix + "k1"
@@ -724,6 +726,30 @@ def test_one_netfilter_socket_serves_the_process_and_a_forked_child_opens_its_ow
     for name in firewall.GUEST_SETS:
         assert elements(scratch, name) == [], name
     assert channel_inode() == kept
+
+    # A thread in a network namespace of its own gets a socket of that namespace; the next batch
+    # from the host's gets one of the host's again (a socket talks to where it was opened).
+    def in_a_namespace_of_its_own(found: list) -> None:
+        from vservers.engine import syscalls
+
+        syscalls.unshare(syscalls.CLONE_NEWNET)
+        seq = 1 << 21
+        probe = [firewall._message(firewall.NFNL_MSG_BATCH_BEGIN, 0, seq, 0, firewall.NFNL_SUBSYS_NFTABLES, b""),
+                 firewall._element_message(seq + 1, firewall.table_name(scratch.bridge),
+                                           ("delete", "bridge", "dropped", firewall._ifname_key(port), None)),
+                 firewall._message(firewall.NFNL_MSG_BATCH_END, 0, seq + 2, 0, firewall.NFNL_SUBSYS_NFTABLES, b"")]
+        found.append(firewall._transact(b"".join(probe), range(seq + 1, seq + 2)))
+        found.append(firewall._channel[0][1] == os.stat("/proc/thread-self/ns/net").st_ino)
+
+    found: list = []
+    thread = threading.Thread(target=in_a_namespace_of_its_own, args=(found,))
+    thread.start()
+    thread.join()
+    assert found == [{(1 << 21) + 1: errno.ENOENT}, True]  # that namespace has no such table
+    firewall.protect(scratch, port, ["198.19.9.23/18"])
+    assert elements(scratch, "guest_ip4") == [{"concat": [port, "198.19.9.23"]}]
+    kept = channel_inode()
+    firewall.release(scratch.bridge, port, ["198.19.9.23/18"])
 
     read_end, write_end = os.pipe()
     child = os.fork()

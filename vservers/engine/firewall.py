@@ -499,8 +499,11 @@ def _batch(table: str, ops: list[Op]) -> None:
 # which first waits for the destruction of everything the last transactions deleted, and that
 # waits for an RCU grace period: 7 ms (median; up to 19 ms) at the end of every delete, measured
 # with a socket per batch. Kept open, the kernel destroys the elements in the background.
+# A socket talks to the network namespace it was opened in: the key holds the opener's, and a
+# call from another (a thread that joined a guest's) gets a socket of that one, as a socket
+# opened per batch did.
 _channel_lock = threading.Lock()
-_channel: tuple[int, netlink.Socket] | None = None  # (the pid that opened it, the socket)
+_channel: tuple[tuple[int, int], netlink.Socket] | None = None  # ((pid, netns inode), socket)
 
 
 def _transact(batch: bytes, sequences: range) -> dict[int, int]:
@@ -509,9 +512,12 @@ def _transact(batch: bytes, sequences: range) -> dict[int, int]:
     Answers left from an earlier batch (one that timed out) carry other sequence numbers:
     they are skipped."""
     global _channel
+    here = (os.getpid(), os.stat("/proc/thread-self/ns/net").st_ino)
     with _channel_lock:
-        if _channel is None or _channel[0] != os.getpid():  # a forked child opens its own
-            _channel = (os.getpid(), netlink.Socket(NETLINK_NETFILTER, timeout=5.0))
+        if _channel is None or _channel[0] != here:
+            if _channel is not None and _channel[0][0] == here[0]:
+                _channel[1].close()  # this process's, for another namespace (a forked child's is its parent's)
+            _channel = (here, netlink.Socket(NETLINK_NETFILTER, timeout=5.0))
         sock = _channel[1]
         try:
             sock.send(batch)
