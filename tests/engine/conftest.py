@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests import coldpath
+from tests import coldpath, template_cache
 from tests.leaks import TEST_ENV, TEST_ROOT
 
 
@@ -84,4 +84,5 @@ def debian_template(engine, config):
     started = time.monotonic()
     info = templates.build(config, "debian")
     coldpath.note("debian template", f"built by debootstrap into an empty root in {time.monotonic() - started:.0f} s")
+    template_cache.keep(config, info)  # for the cluster tests of the PostgreSQL pass
     return info

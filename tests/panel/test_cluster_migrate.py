@@ -84,14 +84,22 @@ def test_a_running_server_moves_with_its_files_and_answers_at_its_new_address(cl
 
 @pytest.fixture(scope="session")
 def debian_on_a(cluster_nodes):
-    """Debian bookworm with Apache, built on node a only (debootstrap, about a minute): a move
-    to b ships the template version along."""
+    """Debian bookworm with Apache on node a only: a move to b ships the template version
+    along. The version the engine's tests built in this `make test` is lent (tests/template_cache.py);
+    without one it is built here (debootstrap, about a minute)."""
     import shutil
 
+    from tests import template_cache
     from vservers.engine import templates
 
+    config = cluster_nodes["a"].config
+    lent = template_cache.lend(config)
+    if lent is not None:
+        return lent
     assert shutil.which("debootstrap", path="/usr/sbin:/usr/bin"), "debootstrap is not installed (make install)"
-    return templates.build(cluster_nodes["a"].config, "debian")
+    info = templates.build(config, "debian")
+    template_cache.keep(config, info)
+    return info
 
 
 @pytest.mark.slow
