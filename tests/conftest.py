@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import coldpath
+from tests import coldpath, prebuild
 from tests.leaks import TEST_ENV, find_leaks
 
 # The panel's fixtures (a private Redis, the tests' engine installation, a world of rows, a
@@ -41,6 +41,21 @@ def pytest_configure(config):
         prctl(PR_SET_CHILD_SUBREAPER, 1)
     for key, value in TEST_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def pytest_collection_finish(session):
+    """The cold builds the collected tests will need, started in the background (tests/prebuild.py)."""
+    if os.geteuid() != 0 or session.config.option.collectonly:
+        return
+    what = prebuild.wanted(session.items)
+    if what:
+        session.config._vservers_prebuild = prebuild.Prebuild(what)
+
+
+def pytest_unconfigure(config):
+    started = getattr(config, "_vservers_prebuild", None)
+    if started is not None:
+        started.wait()  # nothing the session started outlives it
 
 
 def pytest_report_header(config):

@@ -1,9 +1,10 @@
 """The Debian template, built by debootstrap once per `make test` and lent to later installations.
 
-A Debian build is about a minute of dpkg's work, the same every time. The engine's tests build
-it for real in each session (tests/engine/conftest.py: the cold path a new machine takes) and
-keep the finished version directory here, inside the checkout's var/cache: a clean clone (CI's)
-starts without it, so nothing left on the machine by an earlier run can stand in for that build.
+A Debian build is about a minute of dpkg's work, the same every time. A session with the
+engine's tests builds it for real (tests/prebuild.py, in the background from the session's
+start: the cold path a new machine takes) and keeps the finished version directory here, inside
+the checkout's var/cache: a clean clone (CI's) starts without it, so nothing left on the machine
+by an earlier run can stand in for that build. The engine's tests get it lent.
 The cluster tests of the PostgreSQL pass (tests/panel/test_cluster_migrate.py) then get the
 same version hard-linked into node a's installation instead of a second debootstrap; a session
 that finds no kept version (those tests run alone) builds it itself.
@@ -22,7 +23,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests import coldpath
 from tests.leaks import TEST_CACHE
 
 NAME = "debian"
@@ -73,7 +73,6 @@ def lend(config):
     if current.is_symlink():
         current.unlink()
     os.symlink(info.version, current)
-    coldpath.note("debian template (lent)", f"version {info.version} hard-linked from {kept} into {config.root}")
     return templates.get(config, NAME)
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests import coldpath, template_cache
+from tests import coldpath, prebuild, template_cache
 from tests.leaks import TEST_ENV, TEST_ROOT
 
 
@@ -72,8 +72,10 @@ def make_server(engine):
 
 
 @pytest.fixture(scope="session")
-def debian_template(engine, config):
-    """Debian bookworm with Apache, built once per session with debootstrap (about a minute)."""
+def debian_template(engine, config, request):
+    """Debian bookworm with Apache, built once per session with debootstrap (about a minute):
+    in the background from the session's start (tests/prebuild.py), then lent to the tests'
+    installation (tests/template_cache.py); here, if that build did not happen or failed."""
     import shutil as _shutil
 
     from vservers.engine import templates
@@ -81,6 +83,12 @@ def debian_template(engine, config):
     # Not a skip: `make test` installs debootstrap, and this build is the cold path of the
     # Debian template that every run must take (the tests' root starts without templates).
     assert _shutil.which("debootstrap", path="/usr/sbin:/usr/bin"), "debootstrap is not installed (make install)"
+    built = prebuild.result(request.config, "debian")
+    info = template_cache.lend(config) if built is not None else None
+    if info is not None and info.built_at >= coldpath.SESSION_START:
+        coldpath.note("debian template", f"built by debootstrap into an empty root in {built['seconds']:.0f} s, "
+                                         "in the background while the database tests ran")
+        return info
     started = time.monotonic()
     info = templates.build(config, "debian")
     coldpath.note("debian template", f"built by debootstrap into an empty root in {time.monotonic() - started:.0f} s")
