@@ -457,14 +457,31 @@ HOSTILE = {
 }
 
 
+@pytest.fixture(scope="module")
+def sent_once(tmp_path_factory) -> dict:
+    """The first hostile case's shipment as its send left it in the target's incoming/, kept
+    for the other cases: each tampers with a copy of what a real send wrote."""
+    return {"directory": tmp_path_factory.mktemp("shipment") / "mig-bad"}
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_a_hostile_shipment_is_refused_in_one_sentence_and_nothing_is_installed(
-        engine, target, sshd, make_server, case):
+        engine, target, make_server, sent_once, request, case):
     tamper, words = HOSTILE[case]
-    name = make_server("mig-bad", "198.19.31.16/18")  # started once: its disk has files of its own
-    engine.stop(name)
-    engine.migrate_send(name, sshd["target"], ship_template=True)
+    name = "mig-bad"
     incoming = target.config.root / "incoming" / name
+    kept = sent_once["directory"]
+    if not kept.exists():
+        sshd = request.getfixturevalue("sshd")
+        make_server(name, "198.19.31.16/18")  # started once: its disk has files of its own
+        engine.stop(name)
+        engine.migrate_send(name, sshd["target"], ship_template=True)
+        subprocess.run(["cp", "-a", "--sparse=always", "--", str(incoming), str(kept)], check=True)
+    else:
+        from vservers.engine import migrate
+
+        migrate.ensure_incoming(target.config)  # as the target's join made it
+        subprocess.run(["cp", "-a", "--sparse=always", "--", str(kept), str(incoming)], check=True)
     tamper(incoming)
     with pytest.raises(InvalidInput) as refused:
         target.migrate_receive(name, addresses=[TARGET_IP] if "address" not in case else None)
