@@ -8,14 +8,17 @@ makes a year at 1,000 servers take seconds, not hours).
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+
+from django.db import connection, transaction
 
 from ..models import UsageDaily, UsageFiveMin, UsageRaw
+from ..models.usage import UsageRow
 from . import archive
 from .archive import BUCKET, BUCKETS_PER_DAY, DAY, DAYS_PER_MONTH_ROW, Point
-from .store import BATCH, DAILY_KEEP, FIVE_MIN_KEEP, RAW_KEEP
+from .store import DAILY_KEEP, FIVE_MIN_KEEP, RAW_KEEP
 
 
 def _cpu(t: int) -> float:
@@ -29,6 +32,29 @@ def _point(t: int) -> dict[str, float]:
         "memory_max": 60e6, "disk": 120e6, "pids": 12.0, "net_in": 2e4 * cpu, "net_in_max": 5e4,
         "net_out": 1e4 * cpu, "net_out_max": 3e4, "net_in_packets": 20 * cpu, "net_out_packets": 10 * cpu,
     }
+
+
+# Rows per INSERT: 5 parameters each, within SQLite's 32,766 and PostgreSQL's 65,535.
+INSERT_ROWS = 2000
+
+
+def _insert(model: type[UsageRow], rows: Iterable[tuple[int, int | None, int, bytes, bool]]) -> None:
+    """ROWS (node, server, start, data, rolled) into MODEL's table, INSERT_ROWS per statement.
+
+    By hand rather than bulk_create: a year at 1,000 servers is about 330,000 rows, and
+    building a model instance and compiling an INSERT for each batch took half a minute of
+    the half minute this took; the values are what the fields store (ints, bytes, a bool), so
+    the database's own parameter binding is all the conversion they need."""
+    meta = model._meta
+    columns = ", ".join(connection.ops.quote_name(meta.get_field(name).column)
+                        for name in ("node", "server", "start", "data", "rolled"))
+    insert = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES "
+    iterator = iter(rows)
+    with transaction.atomic(), connection.cursor() as cursor:
+        while batch := list(itertools.islice(iterator, INSERT_ROWS)):
+            # Many rows per statement: PostgreSQL answers each statement with a round trip.
+            cursor.execute(insert + ", ".join(["(%s, %s, %s, %s, %s)"] * len(batch)),
+                           [value for row in batch for value in row])
 
 
 def raw_row(bucket: int, period: int = 30, until: int | None = None) -> bytes:
@@ -84,14 +110,7 @@ def fill(node_id: int, server_ids: Sequence[int | None], now: int, *, period: in
     dailies = {m: month_row(m) for m in months}
     for model, rows, last in ((UsageRaw, raws, current), (UsageFiveMin, fives, archive.day_of(now)),
                               (UsageDaily, dailies, months[-1])):
-        manager: Any = model._default_manager
-        batch: list[Any] = []
-        for server_id in server_ids:
-            for start, data in rows.items():
-                batch.append(model(node_id=node_id, server_id=server_id, start=start, data=data, rolled=start < last))
-                if len(batch) >= BATCH * 5:
-                    manager.bulk_create(batch)
-                    batch = []
-        manager.bulk_create(batch)
+        _insert(model, ((node_id, server_id, start, data, start < last)
+                        for server_id in server_ids for start, data in rows.items()))
     return {"raw": len(raws) * len(server_ids), "5min": len(fives) * len(server_ids),
             "daily": len(dailies) * len(server_ids)}
