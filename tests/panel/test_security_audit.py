@@ -16,7 +16,7 @@ from django.db import transaction
 from django.test import Client
 
 from accounts.models import AuditEntry
-from tests.panel.routes import ADMIN_PREFIX, actor, all_routes, candidates, data_for, security_world
+from tests.panel.routes import ADMIN_PREFIX, SignedIn, actor, all_routes, candidates, data_for, security_world
 from vservers import actions
 from vservers.models import Operation, OperationKind, State
 
@@ -51,16 +51,14 @@ def unaudited(operations: list[Operation]) -> list[str]:
 def test_every_operation_any_view_makes_is_audited_once(world):
     kinds, problems = set(), []
     before = set(Operation.objects.values_list("pk", flat=True))
+    clients = SignedIn(REMOTE_ADDR=ADDRESS)
     for route in all_routes():
         if route.route.startswith(ADMIN_PREFIX):
             continue  # Django's admin keeps its own log (LogEntry) and makes no operations
         user = actor(route, world)
         for url in route.urls(candidates(route, world)):
+            client = clients.client(user)
             with transaction.atomic():
-                client = Client(REMOTE_ADDR=ADDRESS)
-                if user is not None:
-                    user.refresh_from_db()
-                    client.force_login(user)
                 client.post(url, data_for(route, world))
                 made = list(Operation.objects.exclude(pk__in=before).select_related("server"))
                 kinds.update(op.kind for op in made)
