@@ -46,7 +46,8 @@ def _insert(model: type[UsageRow], rows: Iterable[tuple[int, int | None, int, by
     the half minute this took; the values are what the fields store (ints, bytes, a bool), so
     the database's own parameter binding is all the conversion they need."""
     meta = model._meta
-    columns = ", ".join(connection.ops.quote_name(meta.get_field(name).column)
+    column_of = {field.name: str(field.column) for field in meta.concrete_fields}
+    columns = ", ".join(connection.ops.quote_name(column_of[name])
                         for name in ("node", "server", "start", "data", "rolled"))
     insert = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES "
     iterator = iter(rows)
