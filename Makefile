@@ -87,12 +87,17 @@ $(PY):
 # urllib and importlib.util at every interpreter start (13 of site's 16 ms, python -X importtime),
 # which every `vserver` command paid (--help: 35.7 -> 30.5 ms median of 25).
 EDITABLE := --config-settings editable_mode=compat
+# Then `vserver` as vservers/engine/resident.py's LAUNCHER, over pip's console script: no site
+# and no re before it hands a command to the resident server (vserver serve).
+LAUNCHER := $(PY) -m vservers.engine.resident write-launcher $(VENV)/bin/vserver
 $(VENV)/.installed-run: pyproject.toml $(CONSTRAINTS) | $(PY)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(EDITABLE) -e .
+	$(LAUNCHER)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) $(VENV)/.installed-run
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(EDITABLE) -e '.[dev,postgres]'
+	$(LAUNCHER)
 	touch $@
 
 # Writes constraints.txt from a new venv with every extra; commit the result.

@@ -53,18 +53,44 @@ NETWORK = ipaddress.ip_network("198.18.248.0/22")
 SUBJECT = "bcli-x"  # started and stopped; the others stay stopped
 STOPPED = 4
 VSERVER = Path(sys.executable).parent / "vserver"
+# now: each command in its own process; resident: through `vserver serve` (resident.py).
+VARIANTS = ("resident", "now", "baseline", "lxc")
 MODES = {"smoke": 3, "quick": 30, "full": 60}
 IMPORTTIME_RUNS = 15
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
-def child_env(baseline: Path | None = None) -> dict[str, str]:
+def child_env(baseline: Path | None = None, resident: bool = False) -> dict[str, str]:
     """The CLI's environment: the host's plain one (Debian's default locale), the installation,
-    bytecode caches allowed; with BASELINE its vservers/ first on the path."""
+    bytecode caches allowed; with BASELINE its vservers/ first on the path. Without RESIDENT the
+    commands run in their own process while the resident server runs (VSERVER_RESIDENT=0)."""
     env = {**HOST_ENV, "LANG": "C.UTF-8", **CLI_ENV}
     if baseline is not None:
         env["PYTHONPATH"] = str(baseline)
+    if not resident:
+        env["VSERVER_RESIDENT"] = "0"
     return env
+
+
+class Resident:
+    """`vserver serve` for the installation, for the variant whose commands go through it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([str(VSERVER), "serve"], env=child_env(resident=True), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline()  # its first line says the socket accepts
+        if "cli.sock" not in ready:
+            self.stop()
+            raise RuntimeError(f"vserver serve did not start: {ready!r}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -235,7 +261,7 @@ def rounds(runs: int, variants: dict[str, dict[str, list[str]]], envs: dict[str,
 
 def markdown(result: dict, plot_name: str | None) -> str:
     figures = result["medians_ms"]
-    names = [n for n in ("now", "baseline", "lxc") if any(n in v for v in figures.values())]
+    names = [n for n in VARIANTS if any(n in v for v in figures.values())]
     header = ["whole process (median ms)", *[result["labels"][n] for n in names]]
     rows = []
     for what, label in (("help", "`vserver --help`"), ("list", f"`vserver list` ({STOPPED + 1} stopped)"),
@@ -292,7 +318,7 @@ def plot(result: dict) -> str:
     plt = report.pyplot()
     figures = result["medians_ms"]
     whats = [w for w in ("help", "list", "list (1 running)", "start+stop", "start+kill") if w in figures]
-    names = [n for n in ("now", "baseline", "lxc") if any(n in figures[w] for w in whats)]
+    names = [n for n in VARIANTS if any(n in figures[w] for w in whats)]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(names)
     for k, name in enumerate(names):
@@ -338,18 +364,20 @@ def main(argv: list[str] | None = None) -> int:
     lxc = Lxc() if use_lxc else None
     result: dict = {"host": common.host_info(), "mode": args.mode, "runs": runs,
                     "uncommitted": common.uncommitted(["vservers", "bench/cli.py"]),
-                    "labels": {"now": "now", "baseline": f"before ({args.baseline})", "lxc": "LXC"},
+                    "labels": {"now": "now, in its process", "resident": "now, resident (vserver serve)",
+                               "baseline": f"before ({args.baseline})", "lxc": "LXC"},
                     "load": {"before": round(os.getloadavg()[0], 2)}}
     tmp = Path(tempfile.mkdtemp(prefix="vservers-bench-cli-"))
+    resident = Resident()
     ok = False
     try:
-        envs = {"now": child_env()}
-        launchers = {"now": VSERVER}
+        envs = {"now": child_env(), "resident": child_env(resident=True)}
+        launchers = {"now": VSERVER, "resident": VSERVER}
         if args.baseline:
             envs["baseline"] = child_env(export_baseline(args.baseline, tmp / "src"))
             launchers["baseline"] = baseline_launcher(args.baseline, tmp)
         # --timeout 0 is what --kill says, in words that a baseline from before --kill knows too.
-        kill = {"now": ["--kill"], "baseline": ["--timeout", "0"]}
+        kill = {"now": ["--kill"], "resident": ["--kill"], "baseline": ["--timeout", "0"]}
         variants = {name: {"help": [cli, "--help"], "list": [cli, "list"], "start": [cli, "start", SUBJECT],
                            "stop": [cli, "stop", SUBJECT], "kill": [cli, "stop", *kill[name], SUBJECT]}
                     for name, cli in ((name, str(launchers[name])) for name in envs)}
@@ -362,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.stop(SUBJECT)
         if lxc is not None:
             lxc.set_up()
+        resident.start()
         floor_env = {**HOST_ENV, "LANG": "C.UTF-8"}
         result["floor_ms"] = {
             "venv python -c pass": summary([ms(timed([sys.executable, "-c", "pass"], floor_env))
@@ -377,14 +406,19 @@ def main(argv: list[str] | None = None) -> int:
         med = result["medians_ms"]
         ratios = {}
         if "lxc" in med["start+stop"]:
-            ratios["start && stop, now ÷ LXC"] = med["start+stop"]["now"] / med["start+stop"]["lxc"]
-            ratios["start && stop --kill, now ÷ LXC"] = med["start+kill"]["now"] / med["start+kill"]["lxc"]
+            for name in ("now", "resident"):
+                ratios[f"start && stop, {name} ÷ LXC"] = med["start+stop"][name] / med["start+stop"]["lxc"]
+                ratios[f"start && stop --kill, {name} ÷ LXC"] = med["start+kill"][name] / med["start+kill"]["lxc"]
+        for what in ("help", "list", "start+stop", "start+kill"):
+            ratios[f"{what}, resident ÷ now"] = med[what]["resident"] / med[what]["now"]
         if "baseline" in med["help"]:
             for what in ("help", "list", "start+stop", "start+kill"):
                 ratios[f"{what}, now ÷ before"] = med[what]["now"] / med[what]["baseline"]
         result["ratios"] = ratios
         result["importtime"] = {}
         for name, env in envs.items():
+            if name == "resident":  # its imports are the server's, once
+                continue
             for what in ("--help", "list"):
                 where = f" ({STOPPED + 1} stopped)" if what == "list" else ""
                 key = f"{result['labels'][name]} `vserver {what}`{where}"
@@ -399,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = True
     finally:
         log("cleaning up")
+        resident.stop()
         left = common.cleanup_installation(engine, log)
         if lxc is not None:
             left += lxc.clean()

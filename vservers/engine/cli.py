@@ -54,6 +54,19 @@ def cmd_doctor(args) -> int:
     return 1 if any(not c.ok and c.required for c in checks) else 0
 
 
+def cmd_serve(args) -> int:
+    """The resident server (resident.py) of the state root, in the foreground until SIGTERM."""
+    from . import resident
+    from .state import root_from_env
+
+    root = root_from_env()
+
+    def ready() -> None:
+        print(f"vserver serve: the commands of {root} go through {resident.socket_path(root)}", flush=True)
+
+    return resident.serve(root, ready)
+
+
 def cmd_template_build(args) -> int:
     from . import templates, validate
     from .config import EngineConfig
@@ -486,6 +499,7 @@ VERBS = {
     "snapshot": "take, list, restore and delete a server's snapshots",
     "backup": "back up servers and restore them (VSERVER_BACKUP_DIR)",
     "migrate": "move a stopped server to another node (rsync over SSH)",
+    "serve": "stay resident with the engine loaded, and run the next commands without a fresh start",
 }
 
 
@@ -503,6 +517,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=helptext)
         if name == "doctor":
             sub.set_defaults(func=cmd_doctor)
+        elif name == "serve":
+            sub.set_defaults(func=cmd_serve)
         elif name in _PLAIN:
             func, with_timeout = _PLAIN[name]
             sub.add_argument("names", nargs="+", metavar="NAME")
@@ -645,24 +661,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        os._exit(1)
+    except BrokenPipeError:  # the reader went away (`vserver list | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the last flush does not fail
+        return 1
+
+
+def outcome(argv: Sequence[str]) -> int:
+    """The exit status of `vserver ARGV` run in this process (argparse's exits included)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's --help and usage errors
+        if not isinstance(exc.code, int | None):
+            raise
+        return exc.code or 0
 
 
 def run() -> NoReturn:
-    """The `vserver` command (pyproject.toml): main, then out at once. Python's finalization,
+    """`vserver` in this process (resident.run's way when no resident server takes the command):
+    main, then out at once. Python's finalization,
     which tears down every imported module after the last output, took a run 4-11 ms (strace
     -tt, last write to exit_group) and does nothing a run needs: the output is flushed here,
     files are closed by their `with`, locks are flocks the kernel drops, and every child
     process and thread has been waited for. An unexpected exception still takes the usual way
     out (its traceback, status 1), and so does a run under a profiler or a tracer (cProfile,
     coverage), which writes its data on the way."""
-    try:
-        code = main()
-    except SystemExit as exc:  # argparse's --help and usage errors
-        if not isinstance(exc.code, int | None):
-            raise
-        code = exc.code or 0
+    code = outcome(sys.argv[1:])
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
     try:

@@ -3,8 +3,9 @@
 VSERVER_TEST_FAULT="snapshot:frozen" makes the process that reaches `checkpoint("snapshot",
 "frozen")` stop itself with SIGSTOP; the test waits for the stop (the process's state is T in
 /proc) and kills it with SIGKILL, so the middle of an operation is hit exactly, without timing.
-The variable is read once at import: production never sets it, and then a checkpoint is one
-comparison. The panel's worker has its own points between engine calls (vservers.jobs.Run).
+The variable is read at each checkpoint, one dictionary lookup: a child of the resident server
+(resident.py) takes its user's environment after the engine was imported. The panel's worker
+has its own points between engine calls (vservers.jobs.Run).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import signal
 import sys
 
 ENV = "VSERVER_TEST_FAULT"
-_WANTED = os.environ.get(ENV, "")
 
 
 def checkpoint(operation: str, phase: str) -> None:
     """Stop this process here if the test asked for OPERATION:PHASE."""
-    if _WANTED and _WANTED == f"{operation}:{phase}":
-        print(f"vserver: test fault {_WANTED}: stopping (pid {os.getpid()})", file=sys.stderr, flush=True)
+    wanted = os.environ.get(ENV)
+    if wanted and wanted == f"{operation}:{phase}":
+        print(f"vserver: test fault {wanted}: stopping (pid {os.getpid()})", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
