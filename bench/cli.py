@@ -279,7 +279,11 @@ def markdown(result: dict, plot_name: str | None) -> str:
         "init stops its services) or `vserver stop --kill X` (everything killed at once, as -k does) on a busybox "
         "server. Floor: the venv's `python -c pass` "
         f"{report.f1(result['floor_ms']['venv python -c pass'])} ms, Debian's `/usr/bin/python3 -c pass` "
-        f"{report.f1(result['floor_ms']['system python -c pass'])} ms. {result['host']['date']}, commit "
+        f"{report.f1(result['floor_ms']['system python -c pass'])} ms, the venv's `python -S -c pass` (the "
+        f"launcher's interpreter, without site) {report.f1(result['floor_ms'].get('venv python -S -c pass'))} ms. "
+        "Resident: the commands handed to `vserver serve` (vservers/engine/resident.py), which runs each in "
+        "a fork of itself with the engine loaded; own process: the same launcher with VSERVER_RESIDENT=0. "
+        f"{result['host']['date']}, commit "
         f"{result['host']['git_commit']}; load average {result['load']['before']} before the rounds, "
         f"{result['load']['after']} after.",
         "",
@@ -397,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                                             for _ in range(max(runs, 10))])["median"],
             "system python -c pass": summary([ms(timed(["/usr/bin/python3", "-c", "pass"], floor_env))
                                               for _ in range(max(runs, 10))])["median"],
+            # the launcher's interpreter (resident.LAUNCHER): what a served command costs at least
+            "venv python -S -c pass": summary([ms(timed([sys.executable, "-S", "-c", "pass"], floor_env))
+                                               for _ in range(max(runs, 10))])["median"],
         }
         times = rounds(runs, variants, envs, lxc)
         result["load"]["after"] = round(os.getloadavg()[0], 2)
