@@ -406,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                                                for _ in range(max(runs, 10))])["median"],
         }
         times = rounds(runs, variants, envs, lxc)
+        if resident.proc is None or resident.proc.poll() is not None:
+            # It ends when the engine's files change (resident.py): the rounds ran in their own processes.
+            raise RuntimeError("vserver serve ended during the rounds; its figures are not the resident server's")
         result["load"]["after"] = round(os.getloadavg()[0], 2)
         result["times_ms"] = {w: {n: [ms(v) for v in vs] for n, vs in per.items()} for w, per in times.items()}
         result["summary_ms"] = {w: {n: summary(vs) for n, vs in per.items()} for w, per in result["times_ms"].items()}

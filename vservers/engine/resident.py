@@ -352,6 +352,7 @@ def _spare(listener, note: int, here: str, files: tuple) -> None:
     prctl(PR_SET_PDEATHSIG, SPARE_END)
     if os.getppid() == 1:  # the server died before that
         return
+    _own_pages()
     while True:
         conn, _ = listener.accept()
         with conn:
@@ -367,6 +368,31 @@ def _spare(listener, note: int, here: str, files: tuple) -> None:
             os.close(note)
             listener.close()
             _child(conn, *taken)  # never returns
+
+
+def _own_pages() -> int:
+    """Copy the pages this spare shares with the server copy-on-write, while it waits: else its
+    command copies them one fault at a time as it first writes to each (every Python object
+    it touches, by its reference count). Only pages in memory, of private writable mappings
+    (the heap, the interpreter's arenas, libraries' data): about 10 MB, which a stop --kill
+    through the server ran 6 ms faster with, a start 2 ms (scratch measurements, 2026-12-07).
+    Returns the bytes copied; 0 on a kernel before 5.14 (no MADV_POPULATE_WRITE)."""
+    from .syscalls import populate_write, resident_runs
+
+    copied = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if not fields[1].startswith("rw") or fields[1][3] != "p" or fields[-1] in ("[stack]", "[vvar]"):
+                continue
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                for start, length in resident_runs(low, high - low):
+                    populate_write(start, length)
+                    copied += length
+            except OSError:
+                return copied
+    return copied
 
 
 def _take(conn, here: str, files: tuple):

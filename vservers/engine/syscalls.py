@@ -112,6 +112,33 @@ def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0), "prctl")
 
 
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_runs(start: int, length: int) -> list[tuple[int, int]]:
+    """(address, length) of each run of pages in [START, START+LENGTH) that is in memory (mincore)."""
+    pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
+    vector = (ctypes.c_ubyte * pages)()
+    _check(_libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vector), "mincore")
+    runs: list[tuple[int, int]] = []
+    first = None
+    for i, flags in enumerate([*vector, 0]):
+        if flags & 1 and first is None:
+            first = i
+        elif not flags & 1 and first is not None:
+            runs.append((start + first * PAGE_SIZE, (i - first) * PAGE_SIZE))
+            first = None
+    return runs
+
+
+def populate_write(start: int, length: int) -> None:
+    """madvise(MADV_POPULATE_WRITE): fault the range in writable now, copying what is shared
+    copy-on-write, instead of page by page on the first writes."""
+    _check(_libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), ctypes.c_int(MADV_POPULATE_WRITE)),
+           "madvise")
+
+
 def open_tree(path: str | os.PathLike, flags: int, dir_fd: int = AT_FDCWD) -> int:
     """open_tree(2); with OPEN_TREE_CLONE a detached copy of the mount at PATH (or of DIR_FD's
     own mount, with path "" and AT_EMPTY_PATH)."""
