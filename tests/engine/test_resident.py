@@ -67,6 +67,22 @@ class Server:
         return self.proc.wait(timeout=20)
 
 
+def ended(pid: int) -> bool:
+    """Whether PID is gone or a zombie (reaped here if it is ours: the test session is a child
+    subreaper, which a spare that outlived the server by a moment is reparented to)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    if state != "Z":
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True
+
+
 @pytest.fixture
 def serve():
     started: list[Server] = []
@@ -133,16 +149,38 @@ def test_one_server_per_root_and_a_stop_leaves_nothing(serve, root_env):
     second = subprocess.run([str(VSERVER), "serve"], env={**os.environ, **root_env}, capture_output=True, text=True,
                             timeout=30)
     assert second.returncode != 0 and "another `vserver serve` serves" in second.stderr
+    assert server.spare_count(1) == 1
     spares = server.spares()
-    assert len(spares) == 1
     assert server.stop() == 0
     assert not os.path.lexists(resident.socket_path(root_env["VSERVER_ROOT"]))
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{spares[0]}").exists() and time.monotonic() < deadline:
+    while not ended(spares[0]) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not Path(f"/proc/{spares[0]}").exists()  # the waiting spare ended with it
+    assert ended(spares[0])  # the waiting spare ended with it
     result, names = vserver("list", env=root_env)  # and the next command runs in its own process
     assert result.returncode == 0 and "vservers.engine.cli" in names
+
+
+def rollup_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_waiting_spare_owns_the_pages_it_shares_with_the_server(serve, root_env):
+    # Copied while it waits (resident._own_pages), not page by page by its command's first
+    # writes. Before the copy every anonymous page of the spare is the server's too (shared).
+    server = serve(root_env)
+    assert server.spare_count(1) == 1
+    spare = server.spares()[0]
+    anonymous_kb = rollup_kb(server.proc.pid, "Anonymous")  # the server's heap and arenas, in memory
+    deadline = time.monotonic() + 10
+    while rollup_kb(spare, "Private_Dirty") < anonymous_kb // 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rollup_kb(spare, "Private_Dirty") >= anonymous_kb // 2, (rollup_kb(spare, "Private_Dirty"), anonymous_kb)
+    # Pages that were not in memory stay unallocated: the copy is bounded by what the server has.
+    assert rollup_kb(spare, "Private_Dirty") <= anonymous_kb + 4096
 
 
 def test_the_socket_and_the_server_take_only_their_own_uid(serve, root_env):

@@ -257,6 +257,7 @@ def serve(root: str, ready: Callable[[], None] | None = None) -> int:
             raise Conflict(f"another `vserver serve` serves {root}") from None
         for module in PRELOAD:
             importlib.import_module(module)
+        _warm_parsers()
         here = package_dir()
         files = fingerprint(here)
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
@@ -310,6 +311,21 @@ def serve(root: str, ready: Callable[[], None] | None = None) -> int:
             return code
     finally:
         os.close(lock)
+
+
+# Arguments each served verb's parser is tried with in the server (_warm_parsers).
+_SAMPLES = {"create": ["x", "--template", "busybox", "--ip", "198.18.0.2/15"], "list": [], "update": ["x"]}
+
+
+def _warm_parsers() -> None:
+    """Build and try each served verb's parser once in the server, and format the help: argparse
+    compiles its regular expressions as it goes (re's cache keeps them), which each command then
+    did in its child: five compiles, 1-2 ms of a `vserver stop --kill`'s 21 ms under cProfile."""
+    from . import cli
+
+    cli.build_parser(None).format_help()
+    for verb in sorted(SERVED):
+        cli.build_parser(verb).parse_args([verb, *_SAMPLES.get(verb, ["x"])])
 
 
 class _Stop(Exception):
