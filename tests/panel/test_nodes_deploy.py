@@ -32,9 +32,9 @@ def verify(paths: list[Path]) -> subprocess.CompletedProcess:
                           env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
 
 
-def test_the_three_units_are_shipped():
-    assert [unit.name for unit in UNITS] == ["vservers-broker.service", "vservers-panel.service",
-                                             "vservers-worker@.service"]
+def test_the_four_units_are_shipped():
+    assert [unit.name for unit in UNITS] == ["vservers-broker.service", "vservers-cli.service",
+                                             "vservers-panel.service", "vservers-worker@.service"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -51,8 +51,9 @@ def test_systemd_verifies_the_units(tmp_path):
 
 
 def test_the_units_run_what_they_say_from_the_checkout():
-    """Parsed without systemd: each ExecStart names a program of the checkout and a manage.py
-    command or gunicorn; the worker runs as root on its instance's queue and stops only itself."""
+    """Parsed without systemd: each ExecStart names a program of the checkout (a manage.py
+    command, gunicorn, vserver); the worker runs as root on its instance's queue and stops only
+    itself."""
     for unit in UNITS:
         parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
         parser.optionxform = str  # type: ignore[assignment,method-assign]
@@ -67,6 +68,10 @@ def test_the_units_run_what_they_say_from_the_checkout():
     assert "manage.py nodeworker %i" in worker and "KillMode=process" in worker
     panel = (REPO / "deploy" / "systemd" / "vservers-panel.service").read_text()
     assert "User=vpanel" in panel and "--bind 127.0.0.1:8000" in panel
+    # The resident CLI server comes back after its exit on an upgrade (status 75), and a stop
+    # ends only the server, not a command it runs.
+    cli = (REPO / "deploy" / "systemd" / "vservers-cli.service").read_text()
+    assert ".venv/bin/vserver serve" in cli and "Restart=always" in cli and "KillMode=process" in cli
 
 
 @pytest.mark.skipif(shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists(),
