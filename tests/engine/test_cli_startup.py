@@ -32,7 +32,7 @@ HEAVY = ("pyroute2", "django", "ctypes", "vservers.engine.launch", "vservers.eng
          "vservers.engine.syscalls", "vservers.engine.userns", "vservers.engine.loopdev",
          "vservers.engine.firewall", "vservers.engine.network", "vservers.engine.capabilities")
 # What building the parser may load of the engine: the CLI's own modules and its errors.
-HELP_ENGINE = {"vservers.engine", "vservers.engine.cli", "vservers.engine.errors", "vservers.engine.resident",
+HELP_ENGINE = {"vservers.engine", "vservers.engine.cli", "vservers.engine.errors", "vservers.engine.command",
                "vservers.engine.cli_backup",
                "vservers.engine.cli_migrate"}
 # What neither `vserver stop` nor `vserver stop --kill` imports (2026-12-07).

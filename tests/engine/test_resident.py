@@ -1,5 +1,6 @@
-"""`vserver serve` (vservers/engine/resident.py): a command handed to the resident server gives
-what it gives in its own process, and the server takes only what it should.
+"""`vserver serve` (vservers/engine/resident.py) and the `vserver` that hands it commands
+(command.py): a command handed to the resident server gives what it gives in its own process,
+and the server takes only what it should.
 
 Each test starts a real `vserver serve` and runs the real `vserver` launcher as whole processes.
 Whether a command went through the server is read from the modules the user's process imported
@@ -24,7 +25,7 @@ import pytest
 from tests.engine.helpers import wait_for_http
 from tests.engine.test_cli_startup import _LINE
 from tests.leaks import TEST_ENV
-from vservers.engine import resident, state
+from vservers.engine import command, resident, state
 
 REPO = Path(__file__).resolve().parents[2]
 VSERVER = Path(sys.executable).parent / "vserver"
@@ -43,7 +44,7 @@ class Server:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready = self.proc.stdout.readline()
-        assert resident.socket_path(self.root) in ready, (ready, self.proc.stderr.read() if self.proc.stderr else "")
+        assert command.socket_path(self.root) in ready, (ready, self.proc.stderr.read() if self.proc.stderr else "")
 
     def spares(self) -> list[int]:
         """The server's children: its one spare, waiting in accept()."""
@@ -114,12 +115,12 @@ def root_env(tmp_path):
 
 
 def test_the_client_knows_the_default_root_and_keeps_terminal_verbs_to_itself():
-    assert resident.DEFAULT_ROOT == state.DEFAULT_ROOT
+    assert command.DEFAULT_ROOT == state.DEFAULT_ROOT
     for argv in (["exec", "web1", "sh"], ["enter", "web1"], ["account", "passwd", "web1", "bob"], ["serve"],
                  ["template", "build", "busybox"], ["reinstall", "web1", "--yes"]):
-        assert not resident.served(argv), argv
+        assert not command.served(argv), argv
     for argv in ([], ["--help"], ["list"], ["start", "web1"], ["stop", "--kill", "web1"], ["status", "web1"]):
-        assert resident.served(argv), argv
+        assert command.served(argv), argv
 
 
 def test_a_served_command_gives_what_it_gives_in_its_own_process(serve, root_env):
@@ -152,7 +153,7 @@ def test_one_server_per_root_and_a_stop_leaves_nothing(serve, root_env):
     assert server.spare_count(1) == 1
     spares = server.spares()
     assert server.stop() == 0
-    assert not os.path.lexists(resident.socket_path(root_env["VSERVER_ROOT"]))
+    assert not os.path.lexists(command.socket_path(root_env["VSERVER_ROOT"]))
     deadline = time.monotonic() + 10
     while not ended(spares[0]) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -185,7 +186,7 @@ def test_a_waiting_spare_owns_the_pages_it_shares_with_the_server(serve, root_en
 
 def test_the_socket_and_the_server_take_only_their_own_uid(serve, root_env):
     server = serve(root_env)
-    path = resident.socket_path(root_env["VSERVER_ROOT"])
+    path = command.socket_path(root_env["VSERVER_ROOT"])
     assert os.stat(path).st_mode & 0o777 == 0o600
     probe = ("import marshal, os, socket, sys\n"
              "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
@@ -196,7 +197,7 @@ def test_the_socket_and_the_server_take_only_their_own_uid(serve, root_env):
              "except ConnectionResetError:\n    print('closed without an answer')\n")
     nobody = {"user": 65534, "group": 65534, "env": {"PATH": "/usr/bin:/bin"}, "capture_output": True, "text": True,
               "timeout": 30}
-    first = subprocess.run([sys.executable, "-I", "-c", probe, path, resident.package_dir()], **nobody)
+    first = subprocess.run([sys.executable, "-I", "-c", probe, path, command.package_dir()], **nobody)
     assert first.stdout.strip() == "refused by the file", first.stderr
     # With the socket opened to all (a second name in a directory all may enter, mode 0666), the
     # server's own check (SO_PEERCRED) still turns the peer away.
@@ -206,7 +207,7 @@ def test_the_socket_and_the_server_take_only_their_own_uid(serve, root_env):
         os.link(path, public / "cli.sock")
         os.chmod(path, 0o666)
         second = subprocess.run([sys.executable, "-I", "-c", probe, str(public / "cli.sock"),
-                                 resident.package_dir()], **nobody)
+                                 command.package_dir()], **nobody)
     finally:
         shutil.rmtree(public)
     assert second.stdout.strip() == "closed without an answer", second.stderr
@@ -234,16 +235,16 @@ def test_another_checkout_is_not_served_and_changed_files_end_the_server(serve, 
     assert stale.returncode == 0 and "vservers.engine.cli" in names and stale.stdout == served.stdout
     assert server.proc.wait(timeout=20) == 75
     assert "changed; ending" in server.proc.stderr.read()
-    assert not os.path.lexists(resident.socket_path(env["VSERVER_ROOT"]))
+    assert not os.path.lexists(command.socket_path(env["VSERVER_ROOT"]))
 
 
 def test_a_request_with_a_wrong_shape_is_turned_away(serve, root_env):
     server = serve(root_env)
-    for request in (b"not marshal", marshal.dumps((99, resident.package_dir(), ["list"], {}, "/")),
-                    marshal.dumps((1, resident.package_dir(), ["list", 3], {}, "/")),
-                    marshal.dumps((1, resident.package_dir(), ["list"], {"A": 1}, "/"))):
+    for request in (b"not marshal", marshal.dumps((99, command.package_dir(), ["list"], {}, "/")),
+                    marshal.dumps((1, command.package_dir(), ["list", 3], {}, "/")),
+                    marshal.dumps((1, command.package_dir(), ["list"], {b"A": 1}, "/"))):
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-            sock.connect(resident.socket_path(root_env["VSERVER_ROOT"]))
+            sock.connect(command.socket_path(root_env["VSERVER_ROOT"]))
             null = os.open(os.devnull, os.O_RDWR)
             try:
                 socket.send_fds(sock, [request], [null, null, null])

@@ -1,27 +1,12 @@
-"""The `vserver` command, and the resident server that runs its commands without a fresh start.
+"""`vserver serve`: the resident server that runs the `vserver` commands of its state root
+without a fresh start.
 
 A `vserver start X` as a fresh process spent 16 ms in the interpreter and 54 ms importing the
 engine (argparse, pyroute2, ctypes structures, the launch path) before it did 64 ms of work;
 `lxc-start` is a C program that does only the work (bench/cli.py, 2026-12-07). `vserver serve`
 pays the imports once: it stays, with the engine loaded, and forks a child for each command,
-as gunicorn's --preload or the worker's fork server (forker.py) do.
-
-The `vserver` a user types (`run`, the console script's entry) connects to the server's socket
-in the state root and hands it the command: its arguments, environment and working directory
-in one message, and its standard input, output and error alongside (SCM_RIGHTS). The server
-forks; the child takes those as its own, runs the command as cli.py would in the process, and
-answers with its exit status. Output goes from the child straight to the user's terminal or
-pipe; SIGINT, SIGTERM and SIGHUP the user's process gets are passed on to the child. This side
-imports nothing beyond the interpreter's own modules (`_socket`, `_signal`, `marshal`): it costs
-about what `python -c pass` costs.
-
-The command runs in this process, as before, when
-- no server runs for the state root (no socket, or a dead server's),
-- VSERVER_RESIDENT=0 says so,
-- the verb wants the user's terminal as its controlling terminal or reads a password (exec,
-  enter, account, console, ...): only the verbs in SERVED go to the server,
-- the server answers that it is stale (the engine's files changed since it started; it then
-  ends, for its supervisor to start it again) or runs another checkout's engine.
+as gunicorn's --preload or the worker's fork server (forker.py) do. The user's side, and when a
+command is handed here or run in its own process, are in command.py.
 
 The socket is the root's `cli.sock`, mode 0600, and the server serves only a peer of its own
 uid (SO_PEERCRED): root, the only user that may run the engine.
@@ -30,160 +15,32 @@ uid (SO_PEERCRED): root, the only user that may run the engine.
 from __future__ import annotations
 
 import _signal
-import _socket
 import marshal
 import os
 import sys
 
+from .command import PROTOCOL, SERVED, package_dir, socket_path
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
     from typing import NoReturn
 
-# state.DEFAULT_ROOT: importing state.py costs this side json (and with it re); a test holds
-# the two equal.
-DEFAULT_ROOT = "/var/lib/vservers"
-SOCKET_NAME = "cli.sock"
 LOCK_NAME = "cli.lock"
-OPT_OUT = "VSERVER_RESIDENT"
-# The verbs that need nothing of the user's process but its standard streams.
-SERVED = frozenset({"create", "start", "stop", "restart", "delete", "update", "status", "list"})
-PROTOCOL = 1
-FIRST_ANSWER = 10.0  # seconds: the server forks at once, unless it is stopped or hung
 MAX_REQUEST = 1 << 18  # arguments and environment; a few KB in practice
-FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
-
-
-def package_dir() -> str:
-    """This engine's directory: a server runs only a client of the same checkout's commands."""
-    return os.path.dirname(os.path.abspath(__file__))
-
-
-def socket_path(root: str) -> str:
-    return os.path.join(root, SOCKET_NAME)
-
-
-def served(argv: Sequence[str]) -> bool:
-    """Whether the server may run `vserver ARGV`: a verb of SERVED, or no verb (usage, --help)."""
-    return not argv or argv[0] in SERVED or argv[0] in ("-h", "--help")
-
-
-# -- the user's side ----------------------------------------------------------------------
-
-
-def call(argv: Sequence[str]) -> int | None:
-    """Run `vserver ARGV` in the resident server of this state root and return its exit status;
-    None if it was not run there (see the module's doc), so the caller runs it itself."""
-    root = os.environ.get("VSERVER_ROOT", DEFAULT_ROOT)
-    if os.environ.get(OPT_OUT) == "0" or not served(argv) or not os.path.isabs(root):
-        return None
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-    relay = _Relay()
-    try:
-        try:
-            sock.connect(socket_path(root))
-            request = marshal.dumps((PROTOCOL, package_dir(), list(argv), dict(os.environ), os.getcwd()))
-            streams = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
-            sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, streams)])
-        except OSError:  # none listening, a stream closed (EBADF), the working directory gone
-            return relay.not_run()
-        sock.settimeout(FIRST_ANSWER)
-        try:
-            reply = sock.recv(256)
-        except OSError:  # it may yet fork the command: running it here as well could run it twice
-            sys.stderr.write(f"vserver: error: the resident server (vserver serve) at {socket_path(root)} does not "
-                             f"answer; stop it, or run the command with {OPT_OUT}=0\n")
-            return 1
-        sock.settimeout(None)
-        answer = _answer(reply)
-        if answer is None or answer[0] != "pid":
-            return relay.not_run()  # "stale" or "other": nothing ran
-        relay.to(answer[1])
-        try:
-            answer = _answer(sock.recv(256))
-        except OSError:
-            answer = None
-        if answer is not None and answer[0] == "exit":
-            return answer[1]
-        if relay.caught:  # it died of what was passed on, as this process would have
-            return 128 + relay.caught[-1]
-        sys.stderr.write("vserver: error: the command ended without an exit status in the resident server "
-                         "(vserver serve); see its log\n")
-        return 1
-    finally:
-        sock.close()
-
-
-class _Relay:
-    """The user's SIGINT, SIGTERM and SIGHUP from before the request goes out: held until the
-    command's process is known, then passed on to it, like every one after."""
-
-    def __init__(self) -> None:
-        self.child = 0
-        self.caught: list[int] = []
-        self.previous = {signum: _signal.signal(signum, self._caught) for signum in FORWARDED}
-
-    def _caught(self, signum: int, frame: object) -> None:
-        self.caught.append(signum)
-        if self.child:
-            self._send(signum)
-
-    def _send(self, signum: int) -> None:
-        try:
-            os.kill(self.child, signum)
-        except ProcessLookupError:
-            pass
-
-    def to(self, child: int) -> None:
-        self.child = child
-        for signum in self.caught:
-            self._send(signum)
-
-    def not_run(self) -> int | None:
-        """Nothing ran in the server: the handlers as they were, and the status of a signal
-        caught meanwhile (the user's ^C), else None (to run it here)."""
-        for signum, handler in self.previous.items():
-            _signal.signal(signum, handler)
-        return 128 + self.caught[-1] if self.caught else None
-
-
-def _answer(reply: bytes) -> tuple[str, int] | None:
-    try:
-        kind, value = marshal.loads(reply)
-    except (ValueError, EOFError, TypeError):
-        return None
-    return (kind, value) if isinstance(kind, str) and isinstance(value, int) else None
-
-
-def run() -> NoReturn:
-    """The `vserver` command (pyproject.toml, and LAUNCHER): in the resident server if one
-    runs, else here."""
-    code = call(sys.argv[1:])
-    if code is None:
-        if sys.flags.no_site and "site" not in sys.modules:  # LAUNCHER's -S: site-packages now
-            import site
-
-            site.main()
-        from .cli import run as run_here
-
-        run_here()
-    try:
-        sys.stdout.flush()
-    finally:
-        os._exit(code)
 
 
 # The command as `make install` writes it over pip's console script (write_launcher). pip's
 # imports re for a Windows suffix (~3 ms), and its interpreter runs site (~8 ms: the venv's
 # paths, the .pth files, sitecustomize) before the first line; a command the resident server
-# runs needs neither. `python -S` skips site, run() calls site.main() when it runs the command
+# runs needs neither. `python -S` skips site, command.run calls site.main() when it runs the command
 # in its own process, and the checkout goes on the path the way the editable install's .pth
 # puts it there. 2026-12-07, medians of 40: the venv's `python -c pass` 20-22 ms, with -S 12-14.
 LAUNCHER = """#!{python} -S
 # `vserver`, written by `make install` (vservers/engine/resident.py, write_launcher).
 import sys
 sys.path.insert(1, {checkout!r})
-from vservers.engine.resident import run
+from vservers.engine.command import run
 run()
 """
 
@@ -445,7 +302,7 @@ def _take(conn, here: str, files: tuple):
     return (fds, *request[1:])
 
 
-def _request(data: bytes, flags: int, fds: list[int]) -> tuple[str, list[str], dict[str, str], str] | None:
+def _request(data: bytes, flags: int, fds: list[int]) -> tuple[str, list[str], dict[bytes, bytes], str] | None:
     import socket
 
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 3:
@@ -456,12 +313,13 @@ def _request(data: bytes, flags: int, fds: list[int]) -> tuple[str, list[str], d
         return None
     if (protocol != PROTOCOL or not isinstance(package, str) or not isinstance(cwd, str)
             or not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)
-            or not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            or not isinstance(env, dict)
+            or not all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in env.items())):
         return None
     return package, argv, env, cwd
 
 
-def _child(conn, fds: list[int], argv: list[str], env: dict[str, str], cwd: str) -> NoReturn:
+def _child(conn, fds: list[int], argv: list[str], env: dict[bytes, bytes], cwd: str) -> NoReturn:
     """In the spare that took a command: become the user's command (its streams, environment,
     directory) and run it."""
     import signal
@@ -476,7 +334,7 @@ def _child(conn, fds: list[int], argv: list[str], env: dict[str, str], cwd: str)
         for fd in fds:
             os.close(fd)  # the server's own 0-2 are taken, so these are >= 3
         os.environ.clear()
-        os.environ.update(env)
+        os.environb.update(env)  # the user's, as its process had it (command.py sends posix.environ)
         os.chdir(cwd)
         _own_streams()
         sys.argv = ["vserver", *argv]
