@@ -192,7 +192,7 @@ def test_the_socket_and_the_server_take_only_their_own_uid(serve, root_env):
              "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
              "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('refused by the file'); sys.exit()\n"
              "r = os.open('/dev/null', os.O_RDWR)\n"
-             "socket.send_fds(s, [marshal.dumps((1, sys.argv[2], ['list'], {}, '/'))], [r, r, r])\n"
+             "socket.send_fds(s, [marshal.dumps((2, sys.argv[2], ['list'], {}, '/', 0o22))], [r, r, r])\n"
              "try:\n    print('answered' if s.recv(256) else 'closed without an answer')\n"
              "except ConnectionResetError:\n    print('closed without an answer')\n")
     nobody = {"user": 65534, "group": 65534, "env": {"PATH": "/usr/bin:/bin"}, "capture_output": True, "text": True,
@@ -240,9 +240,11 @@ def test_another_checkout_is_not_served_and_changed_files_end_the_server(serve, 
 
 def test_a_request_with_a_wrong_shape_is_turned_away(serve, root_env):
     server = serve(root_env)
-    for request in (b"not marshal", marshal.dumps((99, command.package_dir(), ["list"], {}, "/")),
-                    marshal.dumps((1, command.package_dir(), ["list", 3], {}, "/")),
-                    marshal.dumps((1, command.package_dir(), ["list"], {b"A": 1}, "/"))):
+    here = command.package_dir()
+    for request in (b"not marshal", marshal.dumps((99, here, ["list"], {}, "/", 0o22)),
+                    marshal.dumps((2, here, ["list", 3], {}, "/", 0o22)),
+                    marshal.dumps((2, here, ["list"], {b"A": 1}, "/", 0o22)),
+                    marshal.dumps((2, here, ["list"], {}, "/", 0o7777)), marshal.dumps((2, here, ["list"], {}, "/"))):
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.connect(command.socket_path(root_env["VSERVER_ROOT"]))
             null = os.open(os.devnull, os.O_RDWR)

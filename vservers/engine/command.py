@@ -2,7 +2,7 @@
 (`vserver serve`, resident.py) if one runs, else runs it in this process (cli.py).
 
 This side connects to the server's socket in the state root and hands it the command: its
-arguments, environment and working directory in one message, and its standard input, output and
+arguments, environment, working directory and umask in one message, and its standard input, output and
 error alongside (SCM_RIGHTS). The server's child takes those as its own, runs the command as
 cli.py would here, and answers with its exit status. Output goes from the child straight to the
 user's terminal or pipe; SIGINT, SIGTERM and SIGHUP this process gets are passed on to the child.
@@ -40,7 +40,7 @@ SOCKET_NAME = "cli.sock"
 OPT_OUT = "VSERVER_RESIDENT"
 # The verbs that need nothing of the user's process but its standard streams.
 SERVED = frozenset({"create", "start", "stop", "restart", "delete", "update", "status", "list"})
-PROTOCOL = 1
+PROTOCOL = 2  # 2: the umask too
 FIRST_ANSWER = 10.0  # seconds: the server forks at once, unless it is stopped or hung
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 
@@ -81,7 +81,9 @@ def call(argv: Sequence[str]) -> int | None:
     try:
         try:
             sock.connect(socket_path(root))
-            request = marshal.dumps((PROTOCOL, package_dir(), list(argv), dict(environ), posix.getcwd()))
+            umask = posix.umask(0o077)  # read by setting it; this process creates no file meanwhile
+            posix.umask(umask)
+            request = marshal.dumps((PROTOCOL, package_dir(), list(argv), dict(environ), posix.getcwd(), umask))
             streams = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
             sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, streams)])
         except OSError:  # none listening, a stream closed (EBADF), the working directory gone

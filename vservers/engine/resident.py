@@ -302,26 +302,27 @@ def _take(conn, here: str, files: tuple):
     return (fds, *request[1:])
 
 
-def _request(data: bytes, flags: int, fds: list[int]) -> tuple[str, list[str], dict[bytes, bytes], str] | None:
+def _request(data: bytes, flags: int, fds: list[int]) -> tuple[str, list[str], dict[bytes, bytes], str, int] | None:
     import socket
 
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 3:
         return None
     try:
-        protocol, package, argv, env, cwd = marshal.loads(data)
+        protocol, package, argv, env, cwd, umask = marshal.loads(data)
     except (ValueError, EOFError, TypeError):
         return None
     if (protocol != PROTOCOL or not isinstance(package, str) or not isinstance(cwd, str)
+            or not isinstance(umask, int) or not 0 <= umask <= 0o777
             or not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)
             or not isinstance(env, dict)
             or not all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in env.items())):
         return None
-    return package, argv, env, cwd
+    return package, argv, env, cwd, umask
 
 
-def _child(conn, fds: list[int], argv: list[str], env: dict[bytes, bytes], cwd: str) -> NoReturn:
+def _child(conn, fds: list[int], argv: list[str], env: dict[bytes, bytes], cwd: str, umask: int) -> NoReturn:
     """In the spare that took a command: become the user's command (its streams, environment,
-    directory) and run it."""
+    directory, umask) and run it."""
     import signal
 
     code = 1
@@ -336,6 +337,7 @@ def _child(conn, fds: list[int], argv: list[str], env: dict[bytes, bytes], cwd: 
         os.environ.clear()
         os.environb.update(env)  # the user's, as its process had it (command.py sends posix.environ)
         os.chdir(cwd)
+        os.umask(umask)
         _own_streams()
         sys.argv = ["vserver", *argv]
         conn.send(marshal.dumps(("pid", os.getpid())))
