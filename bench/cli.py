@@ -427,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         result["ratios"] = ratios
         result["importtime"] = {}
         for name, env in envs.items():
-            if name == "resident":  # its imports are the server's, once
-                continue
+            # Resident: the user's process only (command.py); the server imported the rest once.
             for what in ("--help", "list"):
                 where = f" ({STOPPED + 1} stopped)" if what == "list" else ""
                 key = f"{result['labels'][name]} `vserver {what}`{where}"
