@@ -66,9 +66,6 @@ def served(argv: Sequence[str]) -> bool:
     return not argv or argv[0] in SERVED or argv[0] in ("-h", "--help")
 
 
-# -- the user's side ----------------------------------------------------------------------
-
-
 def call(argv: Sequence[str]) -> int | None:
     """Run `vserver ARGV` in the resident server of this state root and return its exit status;
     None if it was not run there (see the module's doc), so the caller runs it itself."""
