@@ -50,6 +50,12 @@ def delete(name: str) -> list[str]:
             os.kill(int(pid), signal.SIGKILL)
         except (ProcessLookupError, ValueError):
             pass
+    # Its veths first, each pair at once: the namespace's own teardown deletes them later, in a
+    # kernel work queue, and a bridge removed meanwhile still had their host ends as ports
+    # (bench/storage.py left vsbenchst0 behind that way).
+    for line in run(["ip", "-n", name, "-o", "link", "show", "type", "veth"]).stdout.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        run(["ip", "-n", name, "link", "del", "dev", ifname])
     if run(["ip", "netns", "del", name]).returncode != 0:
         problems.append(f"netns {name} could not be deleted")
     return problems
