@@ -677,9 +677,9 @@ def outcome(argv: Sequence[str]) -> int:
 
 
 def run() -> NoReturn:
-    """`vserver` in this process (resident.run's way when no resident server takes the command):
-    main, then out at once. Python's finalization,
-    which tears down every imported module after the last output, took a run 4-11 ms (strace
+    """`vserver` in this process (command.run's way when no resident server takes the command):
+    main, then out at once. Python's finalization, which tears down every imported module
+    after the last output, took a run 4-11 ms (strace
     -tt, last write to exit_group) and does nothing a run needs: the output is flushed here,
     files are closed by their `with`, locks are flocks the kernel drops, and every child
     process and thread has been waited for. An unexpected exception still takes the usual way
