@@ -679,12 +679,11 @@ def outcome(argv: Sequence[str]) -> int:
 def run() -> NoReturn:
     """`vserver` in this process (command.run's way when no resident server takes the command):
     main, then out at once. Python's finalization, which tears down every imported module
-    after the last output, took a run 4-11 ms (strace
-    -tt, last write to exit_group) and does nothing a run needs: the output is flushed here,
-    files are closed by their `with`, locks are flocks the kernel drops, and every child
-    process and thread has been waited for. An unexpected exception still takes the usual way
-    out (its traceback, status 1), and so does a run under a profiler or a tracer (cProfile,
-    coverage), which writes its data on the way."""
+    after the last output, took a run 4-11 ms (strace -tt, last write to exit_group) and does
+    nothing a run needs: the output is flushed here, files are closed by their `with`, locks
+    are flocks the kernel drops, and every child process and thread has been waited for. An
+    unexpected exception still takes the usual way out (its traceback, status 1), and so does
+    a run under a profiler or a tracer (cProfile, coverage), which writes its data on the way."""
     code = outcome(sys.argv[1:])
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
