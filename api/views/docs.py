@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerSplitView
 
+from .. import schema  # noqa: F401 - the token's and the session's security schemes, the error answers
 from ..permissions import SignedIn
 
 
