@@ -72,7 +72,7 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 MAX_REDIS_WAIT = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # How long the worker's pubsub thread (RQ's commands to a worker: stop, kill the job) waits per
-# turn, and so the longest its stop may take (PanelWorker.subscribe).
+# turn (PanelWorker.subscribe), and the longest a stop waits for it (PanelWorker.unsubscribe).
 PUBSUB_WAKE_SECONDS = 1.0
 # The watch to this process: end the PanelWorker at hand (warm) and start a new one.
 RENEW_SIGNAL = signal.SIGUSR1
@@ -107,6 +107,20 @@ class PanelWorker(SimpleWorker):
         self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
             sleep_time=PUBSUB_WAKE_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler
         )
+
+    def unsubscribe(self) -> None:
+        """RQ's own, in the other order: the thread is told to end before the UNSUBSCRIBE goes
+        out, so the reply that wakes it ends it. RQ's order (unsubscribe, then stop) left the
+        thread waiting its whole turn for a subscription after the reply, and each stop of a
+        worker took that long."""
+        thread = self.pubsub_thread
+        if thread is None:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        thread.stop(timeout=0)  # no wait here: the reply to the unsubscribe is what wakes it
+        self.pubsub.unsubscribe()
+        thread.join(timeout=PUBSUB_WAKE_SECONDS)
+        self.pubsub.close()
 
     def request_stop(self, signum, frame) -> None:
         """RQ's warm stop; SIGTERM and SIGINT (not the watch's RENEW_SIGNAL) also end the

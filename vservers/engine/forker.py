@@ -25,6 +25,7 @@ its own way; this is the part of it the engine needs, on a public API (socket.se
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -177,6 +178,7 @@ def main() -> None:
     from . import launch, userns  # noqa: F401
 
     serve(socket.socket(fileno=int(sys.argv[1])))
+    gc.freeze()  # the exit skips the finalization's collection of the loaded engine (manage.py)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,15 @@ import os
 from pathlib import Path
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
     help = "Serve the node's browser consoles as root: redeem tickets and attach terminals in servers."
+    # The models' checks only, as nodeworker's: the URLs' would import every view for a broker
+    # that serves none.
+    requires_system_checks = [Tags.models]
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--socket", type=Path, default=None, help="the Unix socket (PANEL_CONSOLE_SOCKET)")

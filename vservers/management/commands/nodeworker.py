@@ -15,6 +15,7 @@ SIGTERM or SIGINT stop it after the job at hand (a second one: at once).
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError
 
 from vservers.nodes.queues import is_node_queue
@@ -23,6 +24,10 @@ from vservers.queues import serve_only
 
 class Command(BaseCommand):
     help = "Run the node's jobs as root, watch its guests' inits and reconcile it periodically."
+    # The models' checks, not the URLs' and the templates': those import every view (the REST
+    # framework and drf-spectacular among them), which a worker never runs: 0.5 s of each of
+    # its starts. `manage.py check` (make test's, an operator's) runs them all.
+    requires_system_checks = [Tags.models]
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("queues", nargs="*", default=["default"], help="queue names (RQ_QUEUES)")
