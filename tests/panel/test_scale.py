@@ -41,21 +41,22 @@ def crowd(django_user_model):
     return alice, operator
 
 
-@pytest.mark.parametrize(
-    "who, url_name",
-    [("alice", "server_list"), ("operator", "op_servers"),
-     ("operator", "op_operations"), ("operator", "op_dashboard"), ("operator", "op_approvals"),
-     ("operator", "op_audit")],
-)
-def test_list_pages_make_a_bounded_number_of_queries(client, crowd, django_assert_max_num_queries, who, url_name):
+# Each page against the same crowd, in one test: making the crowd (1,000 servers, 10,000
+# operations) took 2.6 s, once per page as parameters.
+LIST_PAGES = [("alice", "server_list"), ("operator", "op_servers"), ("operator", "op_operations"),
+              ("operator", "op_dashboard"), ("operator", "op_approvals"), ("operator", "op_audit")]
+
+
+def test_list_pages_make_a_bounded_number_of_queries(client, crowd, django_assert_max_num_queries):
     alice, operator = crowd
-    client.force_login(alice if who == "alice" else operator)
-    with django_assert_max_num_queries(20):
-        response = client.get(reverse(url_name))
-    assert response.status_code == 200
-    if url_name == "server_list":  # the first page of alice's tenant's 250, none of the others'
-        names = set(re.findall(rb"\bs(\d+)\.example", response.content))
-        assert len(names) == 50 and all(int(n) % 4 == 0 for n in names)
+    for who, url_name in LIST_PAGES:
+        client.force_login(alice if who == "alice" else operator)
+        with django_assert_max_num_queries(20, info=f"{url_name} as {who}"):
+            response = client.get(reverse(url_name))
+        assert response.status_code == 200, (who, url_name)
+        if url_name == "server_list":  # the first page of alice's tenant's 250, none of the others'
+            names = set(re.findall(rb"\bs(\d+)\.example", response.content))
+            assert len(names) == 50 and all(int(n) % 4 == 0 for n in names)
 
 
 # -- paged lists: a page holds PER_PAGE rows, whatever the number of servers ------------------
