@@ -111,3 +111,27 @@ def test_a_running_server_is_listed_started_stopped_and_killed_without_pyroute2(
     assert not {n for n in names if n == "pyroute2" or n.startswith("pyroute2.")}
     assert not names & STOP_NEVER, sorted(names & STOP_NEVER)
     assert "lean1                stopped " in imported("list")[0].stdout
+
+
+def test_argparse_asks_gettext_once_per_phrase(monkeypatch):
+    """`vserver --help` asked gettext 44 times for its 4 phrases, and each ask looks for a
+    catalogue on disk (gettext.find); the CLI keeps each answer (cli._keep_argparse_phrases).
+    Counted, not timed: the look-ups of two whole --help runs in this process."""
+    import contextlib
+    import gettext
+    import io
+
+    import pytest
+
+    from vservers.engine import cli
+
+    looked_up: list[str] = []
+    find = gettext.find
+    monkeypatch.setattr(gettext, "find", lambda *args, **kwargs: looked_up.append(args[0]) or find(*args, **kwargs))
+    outputs = []
+    for _run in range(2):
+        with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["--help"])
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1] and outputs[0].startswith("usage: vserver")
+    assert len(looked_up) <= 4, looked_up  # the phrases new to this process, each once
