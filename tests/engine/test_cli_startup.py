@@ -135,3 +135,25 @@ def test_argparse_asks_gettext_once_per_phrase(monkeypatch):
         outputs.append(out.getvalue())
     assert outputs[0] == outputs[1] and outputs[0].startswith("usage: vserver")
     assert len(looked_up) <= 4, looked_up  # the phrases new to this process, each once
+
+
+def test_the_engine_needs_site_only_where_network_py_loads_it():
+    """`vserver` runs without site (resident.LAUNCHER's -S); network.py loads it before it
+    imports pyroute2. Every other engine module imports only the standard library and the
+    engine, or a command in its own process would fail with ModuleNotFoundError."""
+    import ast
+
+    outside: dict[str, set[str]] = {}
+    for path in sorted((REPO / "vservers" / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] not in (*sys.stdlib_module_names, "vservers"):
+                    outside.setdefault(path.name, set()).add(name.split(".")[0])
+    assert outside == {"network.py": {"pyroute2"}}, outside
+    assert "\n_load_site()\n" in (REPO / "vservers" / "engine" / "network.py").read_text()

@@ -158,10 +158,8 @@ def run() -> NoReturn:
     runs, else here."""
     code = call(sys.argv[1:])
     if code is None:
-        if sys.flags.no_site and "site" not in sys.modules:  # LAUNCHER's -S: site-packages now
-            import site
-
-            site.main()
+        # Here too without site (LAUNCHER's -S, ~5 ms): the engine is the standard library's
+        # and its own, but for pyroute2, and network.py loads site before it can import it.
         from .cli import run as run_here
 
         run_here()

@@ -34,6 +34,20 @@ from .errors import Conflict, EngineError, InvalidInput
 from .syscalls import CLONE_NEWNET, setns
 from .validate import interface_name as validate_ifname  # the name callers and tests use
 
+
+def _load_site() -> None:
+    """site's paths, where `vserver` runs without them (resident.LAUNCHER's `python -S`): the
+    engine's one package from outside the standard library, pyroute2, is imported here (and
+    tests/engine/test_cli_startup.py holds every other engine module to the standard library).
+    Commands that never import this module (--help, list) are spared site's ~5 ms."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
+
+
+_load_site()
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms of every start)
 if TYPE_CHECKING:
     from pyroute2 import IPRoute

@@ -33,8 +33,9 @@ MAX_REQUEST = 1 << 18  # arguments and environment; a few KB in practice
 # The command as `make install` writes it over pip's console script (write_launcher). pip's
 # imports re for a Windows suffix (~3 ms), and its interpreter runs site (~8 ms: the venv's
 # paths, the .pth files, sitecustomize) before the first line; a command the resident server
-# runs needs neither. `python -S` skips site, command.run calls site.main() when it runs the command
-# in its own process, and the checkout goes on the path the way the editable install's .pth
+# runs needs neither, nor do most that run in their own process. `python -S` skips site,
+# network.py loads it before it imports pyroute2 (the engine's one package from outside the
+# standard library), and the checkout goes on the path the way the editable install's .pth
 # puts it there. 2026-12-07, medians of 40: the venv's `python -c pass` 20-22 ms, with -S 12-14.
 LAUNCHER = """#!{python} -S
 # `vserver`, written by `make install` (vservers/engine/resident.py, write_launcher).
