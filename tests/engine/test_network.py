@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from vservers.engine import network
+from vservers.engine import network, rtnl
 from vservers.engine.errors import Conflict, EngineError, InvalidInput
 
 IPv4orIPv6 = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -254,6 +255,82 @@ def test_two_servers_talk_to_each_other_and_the_host(lab: Lab) -> None:
     assert our_links(lab) == []
     # Entering namespaces by pid named none of them under /run/netns.
     assert (set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else None) == run_netns
+
+
+def _veth_into(lab: Lab, suffix: str, pid: int) -> str:
+    """A veth whose host end is NAME and whose peer is eth0 in PID's namespace."""
+    name = lab.name(suffix)
+    ip("link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", str(pid))
+    return name
+
+
+def _refuse_deletes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, and refuse, every delete the engine's rtnl would send."""
+    asked: list[int] = []
+
+    def refused(self: rtnl.Socket, index: int) -> None:
+        asked.append(index)
+        raise AssertionError("the engine deleted the veth itself")
+
+    monkeypatch.setattr(rtnl.Socket, "delete_link", refused)
+    return asked
+
+
+def test_detach_with_grace_leaves_a_dead_namespaces_veth_to_the_kernel(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest's last process has gone: the kernel deletes the pair with the namespace, in
+    a work queue, quicker than a delete of ours (network.detach), so detach waits for it. Here
+    the test holds the namespace a moment longer, so the pair is surely there when detach
+    looks, and detach returns only after the kernel took it."""
+    pid = lab.namespace()
+    name = _veth_into(lab, "a", pid)
+    asked = _refuse_deletes(monkeypatch)
+    held = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    released = threading.Event()
+
+    def release() -> None:
+        os.close(held)
+        released.set()
+
+    proc = lab.procs[-1]
+    proc.kill()
+    proc.wait(timeout=10)
+    assert os.path.exists(f"/sys/class/net/{name}")
+    timer = threading.Timer(0.2, release)
+    timer.start()
+    try:
+        network.detach(name, grace=30.0)
+    finally:
+        timer.join()
+    assert released.is_set()  # detach did not return before the namespace was let go
+    assert asked == []
+    assert not os.path.exists(f"/sys/class/net/{name}")
+
+
+def test_detach_with_grace_deletes_a_veth_whose_namespace_lives_on(lab: Lab) -> None:
+    """Something still holds the namespace (here its process): after the grace, detach
+    deletes the pair itself."""
+    pid = lab.namespace()
+    name = _veth_into(lab, "a", pid)
+    network.detach(name, grace=0.05)
+    assert not os.path.exists(f"/sys/class/net/{name}")
+    assert "eth0" not in ip("-o", "link", pid=pid)
+
+
+def test_await_deletion_hears_a_deletion_by_someone_else_and_times_out_without_one(lab: Lab) -> None:
+    pid = lab.namespace()
+    name = _veth_into(lab, "a", pid)
+    sysfs = f"/sys/class/net/{name}"
+
+    def gone() -> bool:
+        return not os.path.exists(sysfs)
+
+    with rtnl.Socket(watch_links=True) as sock:
+        index = sock.link_index(name)
+        assert index is not None
+        assert sock.await_deletion(index, gone, 0.05) is False
+        ip("link", "del", name)
+        assert sock.await_deletion(index, gone, 10.0) is True
 
 
 def test_attach_replaces_a_leftover_host_interface(lab: Lab) -> None:

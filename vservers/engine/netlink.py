@@ -118,11 +118,14 @@ def error_code(msg: Message) -> int:
 
 class Socket:
     """A netlink socket of PROTOCOL (or SOCK, one opened elsewhere, e.g. inside another
-    network namespace), bound to a port the kernel picks; closed on leaving a `with`."""
+    network namespace), bound to a port the kernel picks and to the multicast GROUPS (a
+    bitmask; their notifications come with sequence number 0, which request() skips); closed on
+    leaving a `with`."""
 
-    def __init__(self, protocol: int, sock: socket.socket | None = None, *, timeout: float | None = None) -> None:
+    def __init__(self, protocol: int, sock: socket.socket | None = None, *, timeout: float | None = None,
+                 groups: int = 0) -> None:
         self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-        self.sock.bind((0, 0))
+        self.sock.bind((0, groups))
         if timeout is not None:
             self.sock.settimeout(timeout)
         self.sequence = 0

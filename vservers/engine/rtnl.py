@@ -21,6 +21,8 @@ import errno
 import ipaddress
 import socket
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import netlink
@@ -29,6 +31,7 @@ from .netlink import (
     NLM_F_DUMP,
     NLM_F_EXCL,
     NLM_F_REPLACE,
+    RECV_SIZE,
     Message,
     NetlinkFailure,
     attr,
@@ -55,6 +58,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 RT_SCOPE_LINK = 253
 IFF_UP = 0x1
+RTMGRP_LINK = 0x1  # the multicast group of link notifications (RTM_NEWLINK, RTM_DELLINK)
 
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
@@ -66,10 +70,11 @@ _STATS64_HEAD = struct.Struct("=QQQQ")
 
 class Socket(netlink.Socket):
     """A NETLINK_ROUTE socket (pass one opened inside another network namespace to work
-    there); usable as a context manager, closed on exit."""
+    there); usable as a context manager, closed on exit. With WATCH_LINKS it also hears of
+    every link made or deleted (see await_deletion)."""
 
-    def __init__(self, sock: socket.socket | None = None) -> None:
-        super().__init__(socket.NETLINK_ROUTE, sock)
+    def __init__(self, sock: socket.socket | None = None, *, watch_links: bool = False) -> None:
+        super().__init__(socket.NETLINK_ROUTE, sock, groups=RTMGRP_LINK if watch_links else 0)
 
     # --- links ---------------------------------------------------------------------------
 
@@ -105,6 +110,35 @@ class Socket(netlink.Socket):
 
     def delete_link(self, index: int) -> None:
         self.request(RTM_DELLINK, 0, _IFINFO.pack(0, 0, index, 0, 0))
+
+    def await_deletion(self, index: int, gone: Callable[[], bool], timeout: float) -> bool:
+        """Whether link INDEX is deleted by someone else (the kernel) within TIMEOUT seconds.
+        The socket must watch links since before INDEX was looked up: a deletion since then is
+        among its notifications, unless a request meanwhile read it and skipped it (sequence
+        number 0); GONE(), a look at the link's sysfs entry, which the kernel removes before it
+        notifies, covers that case and notifications lost to a full socket buffer."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not gone():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.sock.settimeout(remaining)
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except TimeoutError:
+                    return gone()
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:  # ENOBUFS: notifications were dropped
+                        raise
+                    continue
+                for msg in netlink.messages(data):
+                    if (msg.type == RTM_DELLINK and len(msg.payload) >= _IFINFO.size
+                            and _IFINFO.unpack_from(msg.payload)[2] == index):
+                        return True
+            return True
+        finally:
+            self.sock.settimeout(None)
 
     def port_stats(self, master: int) -> dict[str, LinkStats]:
         """The traffic counters of every link whose master is MASTER (a bridge's ports), by
