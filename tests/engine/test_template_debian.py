@@ -83,6 +83,14 @@ def test_write_file_refuses_a_fifo_without_blocking(tmp_path):
         write_file(tmp_path, "pipe", "x")
 
 
+def test_write_service_dates_the_service_directory_a_second_back(tmp_path):
+    """runsvdir waits for the next second before it starts the services of a directory
+    changed within the current one: a template's must look changed in an earlier second
+    than the service written into it."""
+    run = write_service(tmp_path, "/etc/service", "httpd", "#!/bin/sh\nexec true\n")
+    assert run.stat().st_mtime - (tmp_path / "etc/service").stat().st_mtime > 0.5
+
+
 def test_write_service_makes_an_executable_run_script(tmp_path):
     run = write_service(tmp_path, "/etc/service", "apache2", "#!/bin/sh\nexec true\n")
     assert run == tmp_path / "etc/service/apache2/run"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from pathlib import Path
 
 from .. import validate
@@ -108,6 +109,20 @@ def write_file(root: Path, relpath: str, content: str | bytes, mode: int = 0o644
 
 
 def write_service(root: Path, service_dir: str, name: str, run_script: str) -> Path:
-    """Create the runit service SERVICE_DIR/NAME inside the guest with RUN_SCRIPT as its ./run."""
+    """Create the runit service SERVICE_DIR/NAME inside the guest with RUN_SCRIPT as its ./run.
+
+    SERVICE_DIR's modification time is then set a second back. runsvdir (runit's, and
+    busybox's) does not start the services of a directory changed within the current second:
+    it sleeps in steps of 100 ms until the next second, to be sure it sees later changes. A
+    server booted within a second of its template's build waited that out, up to a second
+    before its first service ran (measured: 200-530 ms to the first HTTP answer, against 2 ms
+    once the second had passed)."""
     name = validate.service_name(name)
-    return write_file(root, f"{service_dir}/{name}/run", run_script, mode=0o755)
+    run = write_file(root, f"{service_dir}/{name}/run", run_script, mode=0o755)
+    fd = _walk(Path(root), _components(service_dir))
+    try:
+        earlier = time.time() - 1
+        os.utime(fd, (earlier, earlier))
+    finally:
+        os.close(fd)
+    return run
