@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from vservers.engine import network, rtnl
+from vservers.engine import firewall, network, rtnl
 from vservers.engine.errors import Conflict, EngineError, InvalidInput
 
 IPv4orIPv6 = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -392,6 +393,44 @@ def test_attach_refuses_the_hosts_own_namespace(lab: Lab) -> None:
     with pytest.raises(Conflict, match="host's network namespace"):
         network.attach(lab.bridge, host_if, os.getpid(), [A4], GW4.ip, None)
     assert not network.link_exists(host_if)
+
+
+def test_a_bridge_made_elsewhere_is_set_up_as_the_engines_own(lab: Lab) -> None:
+    """STP on, a forward delay, another MAC, no reserved group frames forwarded: ensure_bridge
+    sets what the engine's bridge needs and keeps the bridge."""
+    bridge = lab.bridge
+    ip("link", "add", bridge, "address", "02:00:00:00:00:01", "type", "bridge", "stp_state", "1",
+       "forward_delay", "1500")
+    index = int(Path(f"/sys/class/net/{bridge}/ifindex").read_text())
+    network.ensure_bridge(bridge, GW4, GW6)
+    sysfs = Path(f"/sys/class/net/{bridge}")
+    assert int(sysfs.joinpath("ifindex").read_text()) == index
+    assert (sysfs / "bridge/stp_state").read_text().strip() == "0"
+    assert (sysfs / "bridge/forward_delay").read_text().strip() == "0"
+    assert int((sysfs / "bridge/group_fwd_mask").read_text(), 16) == network.GROUP_FWD_MASK
+    assert (sysfs / "address").read_text().strip() == firewall.bridge_mac(bridge)
+    assert "UP" in ip("-o", "link", "show", "dev", bridge)
+    addrs = ip("-o", "addr", "show", "dev", bridge)
+    assert f"inet {GW4} " in addrs and f"inet6 {GW6} " in addrs
+
+
+def test_a_gateway_address_with_another_prefix_is_a_conflict(lab: Lab) -> None:
+    network.ensure_bridge(lab.bridge, ipaddress.IPv4Interface(f"{GW4.ip}/28"))
+    with pytest.raises(Conflict, match="already has"):
+        network.ensure_bridge(lab.bridge, GW4)
+
+
+def test_setting_a_bridge_up_imports_no_pyroute2(lab: Lab) -> None:
+    """Every long-running engine process sets its bridge up once (the worker's first start);
+    pyroute2 would stay in it, 18 MB that each of its forks copies page tables for."""
+    code = ("import sys, ipaddress; from vservers.engine import network; "
+            f"network.ensure_bridge({lab.bridge!r}, ipaddress.ip_interface({str(GW4)!r})); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert network.link_exists(lab.bridge)
 
 
 def test_it_refuses_to_treat_other_interfaces_as_its_own(lab: Lab) -> None:

@@ -13,9 +13,12 @@ namespace it was created in, so the rest runs in the caller's thread. This avoid
 named namespaces under /var/run/netns and the helper process pyroute2 forks for every
 ``IPRoute(netns=...)``.
 
-pyroute2 takes ~160 ms to import (python -X importtime, 2026-12-06), longer than a whole start:
-the requests of every start, stop and status go through rtnl, and pyroute2 is imported by the
-functions of the rare ones (setting a bridge up, deleting a veth, route look-ups) when they run.
+pyroute2 takes ~160 ms to import (python -X importtime, 2026-12-06), longer than a whole start,
+and adds 18 MB to the resident memory of the process that imports it, which every fork of that
+process then copies page tables for and tears down (2026-12-07): the requests of every start,
+stop and status, and setting a bridge up (which every long-running engine process meets once),
+go through rtnl. pyroute2 is imported by the functions of the rare ones (removing a bridge,
+route look-ups, counters of one link) when they run.
 """
 
 from __future__ import annotations
@@ -255,37 +258,19 @@ def _kind(link) -> str | None:
     return link.get(("linkinfo", "kind"))
 
 
-def _addresses(ipr: IPRoute, index: int) -> list[tuple[str, int, int]]:
-    """(address, prefixlen, scope) of every address on interface INDEX."""
-    found = []
-    for msg in ipr.addr("dump", index=index):
-        if msg["index"] != index:
-            continue
-        address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-        found.append((ipaddress.ip_address(address).compressed, msg["prefixlen"], msg["scope"]))
-    return found
-
-
-def _add_address(ipr: IPRoute, index: int, iface: IPInterface, ifname: str) -> None:
-    """Add IFACE to interface INDEX unless it is already there (IPv6 without DAD)."""
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-
-    ip = iface.ip.compressed
-    for address, prefixlen, _scope in _addresses(ipr, index):
-        if address == ip:
-            if prefixlen == iface.network.prefixlen:
+def _add_address(nl: rtnl.Socket, index: int, iface: IPInterface, ifname: str,
+                 present: list[rtnl.Address]) -> None:
+    """Add IFACE to interface INDEX unless it is among its PRESENT addresses (IPv6 without
+    DAD: usable at once instead of "tentative" for a second or more)."""
+    for address in present:
+        if address.interface.ip == iface.ip:
+            if address.interface.network.prefixlen == iface.network.prefixlen:
                 return
-            raise Conflict(f"{ifname} already has {address}/{prefixlen}, not {iface}")
-    kwargs = {"index": index, "address": ip, "prefixlen": iface.network.prefixlen}
-    if iface.version == 6:
-        # Skip duplicate address detection: the address is usable at once instead of
-        # staying "tentative" for a second or more.
-        kwargs["flags"] = IFA_F_NODAD
+            raise Conflict(f"{ifname} already has {address.interface}, not {iface}")
     try:
-        ipr.addr("add", **kwargs)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:  # added concurrently: fine
+        nl.add_address(index, iface)
+    except rtnl.NetlinkFailure as exc:
+        if exc.errno != errno.EEXIST:  # added concurrently: fine
             raise
 
 
@@ -313,32 +298,32 @@ def ensure_bridge(
     if _bridge_ready(bridge, [gw for gw in (gw4, gw6) if gw is not None]) and _neighbour_limit_ok():
         return
     raise_neighbour_limits()
-    from pyroute2.netlink.exceptions import NetlinkError  # here: a ready bridge needs no pyroute2
-
-    stp_off = {"kind": "bridge", "br_stp_state": 0, "br_forward_delay": 0, "br_group_fwd_mask": GROUP_FWD_MASK}
-    with _host() as ipr, _netlink_errors(f"set up bridge {bridge}"):
-        link = _get_link(ipr, bridge)
+    mac = firewall.bridge_mac(bridge)
+    options = {"forward_delay": 0, "stp_state": 0, "group_fwd_mask": GROUP_FWD_MASK}
+    with _netlink_errors(f"set up bridge {bridge}"), rtnl.Socket() as nl:
+        link = nl.link_kind(bridge)
         if link is None:
             try:
-                ipr.link("add", ifname=bridge, address=firewall.bridge_mac(bridge), **stp_off)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:  # created concurrently: check it below
+                nl.put_bridge(bridge, mac, **options)
+            except rtnl.NetlinkFailure as exc:
+                if exc.errno != errno.EEXIST:  # created concurrently: checked below
                     raise
-            link = _get_link(ipr, bridge)
+            link = nl.link_kind(bridge)
             if link is None:
                 raise EngineError(f"bridge {bridge} vanished right after creation")
-        if _kind(link) != "bridge":
-            raise Conflict(f"{bridge} exists and is not a bridge ({_kind(link) or 'no kind'})")
-        index = link["index"]
+        index, kind = link
+        if kind != "bridge":
+            raise Conflict(f"{bridge} exists and is not a bridge ({kind or 'no kind'})")
         # An existing bridge gets the fixed MAC too: the firewall's notrack rule knows the
         # host's frames by it (see firewall.bridge_mac).
-        ipr.link("set", index=index, address=firewall.bridge_mac(bridge), **stp_off)
+        nl.put_bridge(bridge, mac, **options, index=index)
+        present = nl.addresses(index)
         for gw in (gw4, gw6):
             if gw is not None:
-                _add_address(ipr, index, gw, bridge)
-        ipr.link("set", index=index, state="up")
-    # Learn no source from a reserved group frame either (pyroute2 0.9 has no
-    # IFLA_BR_MULTI_BOOLOPT, the attribute that carries this option; sysfs has it).
+                _add_address(nl, index, gw, bridge, present)
+        nl.set_up(index)
+    # Learn no source from a reserved group frame either (sysfs has the option; netlink
+    # carries it in IFLA_BR_MULTI_BOOLOPT).
     with _netlink_errors(f"set up bridge {bridge}"):
         with open(f"/sys/class/net/{bridge}/bridge/no_linklocal_learn", "w") as fh:
             fh.write("1")

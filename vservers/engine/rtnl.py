@@ -6,7 +6,8 @@ message objects: about 1.5 ms per request on this machine, and wiring one VPS ta
 fifteen requests, which was a third of the whole start. These messages are packed with
 `struct` in a few microseconds and answered by the kernel in a few more.
 
-Only what start, stop, status and the usage sampler need is here: create a veth pair with
+Only what start, stop, status and the usage sampler need is here: make or set up the bridge,
+create a veth pair with
 its peer born in the VPS's namespace, lock its bridge port to the VPS's MAC, set links up, add
 addresses and default routes, point the host's neighbour entries at a new VPS, look up a link
 (and its kind), delete one, list addresses, and the traffic counters of every port of a
@@ -52,6 +53,7 @@ NUD_STALE = 0x04
 NUD_NOARP = 0x40  # what `bridge fdb add ... static` asks for (NUD_PERMANENT would mean "local")
 NTF_MASTER, NTF_STICKY = 0x04, 0x40
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFLA_BR_FORWARD_DELAY, IFLA_BR_STP_STATE, IFLA_BR_GROUP_FWD_MASK = 1, 5, 9
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
@@ -159,6 +161,27 @@ class Socket(netlink.Socket):
                 continue
             found[name.rstrip(b"\0").decode()] = _link_stats(stats)
         return found
+
+    def put_bridge(self, name: str, mac: str, forward_delay: int, stp_state: int, group_fwd_mask: int,
+                   index: int | None = None) -> None:
+        """Create the bridge NAME (INDEX None: NetlinkFailure EEXIST if NAME exists), or set
+        these on the bridge INDEX: its MAC, forward delay (hundredths of a second), STP state
+        and the mask of reserved group frames it forwards."""
+        data = nested(IFLA_INFO_DATA, attr(IFLA_BR_FORWARD_DELAY, u32(forward_delay)),
+                      attr(IFLA_BR_STP_STATE, u32(stp_state)),
+                      attr(IFLA_BR_GROUP_FWD_MASK, struct.pack("=H", group_fwd_mask)))
+        linkinfo = nested(IFLA_LINKINFO, attr(IFLA_INFO_KIND, b"bridge"), data)
+        own = attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", ""))) + linkinfo
+        if index is None:
+            body = _IFINFO.pack(0, 0, 0, 0, 0) + attr(IFLA_IFNAME, strz(name)) + own
+            self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+        else:
+            # The kernel sets the forward delay before the STP state, and with STP on it refuses
+            # a delay under 2 s (ERANGE): the STP state goes first on its own.
+            stp = nested(IFLA_LINKINFO, attr(IFLA_INFO_KIND, b"bridge"),
+                         nested(IFLA_INFO_DATA, attr(IFLA_BR_STP_STATE, u32(stp_state))))
+            self.request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, 0, 0) + stp)
+            self.request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, 0, 0) + own)
 
     def set_up(self, index: int) -> None:
         self.request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, IFF_UP, IFF_UP))
