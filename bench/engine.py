@@ -57,9 +57,9 @@ ENGINE_PHASES = [
     ("launch.setup", "engine: setup child: cgroup join, meanwhile the user namespace and the loop "
                      "mount; then idmapped template, overlay, namespaces, fork init"),
     ("launch.wire_network", "engine: veth + addresses + routes (`wire_network`; meanwhile init mounts "
-                            "/proc, /sys, /dev)"),
+                            "/proc, /sys, /dev, and the setup child puts the guest's guard in place)"),
     ("launch.record", "engine: write runtime.json, I/O limits (`record`)"),
-    ("launch.exec", "go signal → the guest's init exec'd (caps, seccomp, execve)"),
+    ("launch.exec", "the guard in place → go signal → the guest's init exec'd (caps, seccomp, execve)"),
     ("other", "engine: rest until then (lock, config and template reads, launch plan)"),
 ]
 GUEST_PHASES = [
@@ -136,10 +136,10 @@ class PhaseTimer:
             t0 = time.monotonic()
             wired: dict[str, float] = {}
 
-            def wire(init_pid):
+            def wire(init_pid, *handles):
                 wired["start"] = time.monotonic()
                 try:
-                    return wire_network(init_pid)
+                    return wire_network(init_pid, *handles)
                 finally:
                     self.add("launch.wire_network", (time.monotonic() - wired["start"]) * 1000)
 

@@ -277,6 +277,57 @@ def guest_next_hops(trio, name: str) -> set[str]:
     return found
 
 
+def test_a_started_server_announces_its_addresses_when_eth0_comes_up(trio):
+    """The setup child sets the namespace's defaults before eth0 exists (network.ANNOUNCE_BY_DEFAULT):
+    eth0 starts with them."""
+    for name in NAMES:
+        assert trio.run(name, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify").stdout.strip() == "1"
+        assert trio.run(name, "cat", "/proc/sys/net/ipv6/conf/eth0/ndisc_notify").stdout.strip() == "1"
+
+
+def _listed_in_a_fresh_namespace(put) -> tuple[str, list]:
+    """`nft list` and `nft -j list` of the guard's table after PUT() ran in a network
+    namespace of a forked child's own."""
+    from vservers.engine import firewall
+    from vservers.engine.syscalls import CLONE_NEWNET, unshare
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # only system calls and subprocess until _exit
+        code = 1
+        try:
+            os.close(r)
+            unshare(CLONE_NEWNET)
+            put()
+            table = ["inet", firewall.GUEST_TABLE]
+            text = subprocess.run(["nft", "list", "table", *table], capture_output=True, text=True).stdout
+            data = subprocess.run(["nft", "-j", "list", "table", *table], capture_output=True, text=True).stdout
+            os.write(w, json.dumps([text, data]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        out = fh.read()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    text, data = json.loads(out)
+    # Handles number objects in the order they were made (libnftables makes the chain first).
+    return text, [{kind: {k: v for k, v in fields.items() if k != "handle"} for kind, fields in item.items()}
+                  for item in json.loads(data)["nftables"] if "metainfo" not in item]
+
+
+def test_the_guard_packed_by_hand_is_the_ruleset_guest_guard_spells_out():
+    """guard_here sends GUEST_GUARD as netlink messages packed by hand; libnftables, given the
+    text, makes the same table, sets, chain and rules."""
+    from vservers.engine import firewall
+
+    packed = _listed_in_a_fresh_namespace(firewall.guard_here)
+    spelled = _listed_in_a_fresh_namespace(lambda: firewall._nft.script_here(firewall.GUEST_GUARD))
+    assert "update @hops4 { rt ip nexthop }" in packed[0] and "counter packets 0 bytes 0 drop" in packed[0]
+    assert packed == spelled
+
+
 def test_the_loopback_address_skips_the_guards_set_and_other_loopback_hops_still_count(trio):
     """Packets to 127.0.0.1 and ::1 leave without a set update (one next hop, the one lo always
     has: a guest's own loopback traffic pays no per-packet update); 127.0.0.2 still counts."""

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import capabilities, loopdev, ptys, seccomp, syscalls, userns
+from . import capabilities, firewall, loopdev, ptys, seccomp, syscalls, userns
 from .errors import EngineError
-from .procfs import wait_exit
+from .procfs import wait_exit, write_sysctls
 from .rescue import RescueLayers
 from .syscalls import (
     AT_EMPTY_PATH,
@@ -127,6 +127,9 @@ class LaunchPlan:
     upper_work: tuple[Path, Path] | None = None
     # Rescue mode (rescue.py): the root is the rescue system, the overlay above at /mnt.
     rescue: RescueLayers | None = None
+    # (path under /proc/sys/net, value) written in the guest's network namespace as soon as it
+    # exists, before any interface is made there (defaults that its interfaces start with).
+    netns_sysctls: tuple[tuple[str, str], ...] = ()
 
     @property
     def root_dir(self) -> Path:
@@ -143,11 +146,14 @@ class Launched:
     buffered_reason: str = ""  # why the disk is buffered although direct I/O was asked for
 
 
-def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callable[[Launched], None],
-           forker: ForkServer | None = None) -> Launched:
-    """Start the guest; WIRE_NETWORK(init_pid) runs before init is exec'd, RECORD before go.
-    With FORKER, the user namespace's helpers and the setup child are forked by that fork
-    server (forker.py), and PLAN must pickle.
+def launch(plan: LaunchPlan, wire_network: Callable[[int, int, socket.socket], None],
+           record: Callable[[Launched], None], forker: ForkServer | None = None) -> Launched:
+    """Start the guest; WIRE_NETWORK(init_pid, netns_fd, route) runs before init is exec'd,
+    RECORD before go. NETNS_FD is an fd of the guest's network namespace and ROUTE a
+    NETLINK_ROUTE socket opened in it (both closed after WIRE_NETWORK; it may close ROUTE
+    itself), where the setup child has put firewall.GUEST_GUARD in place. With FORKER,
+    the user namespace's helpers and the setup child are forked by that fork server
+    (forker.py), and PLAN must pickle.
 
     On failure the half-started guest is killed (which releases its mounts) and EngineError
     is raised; the caller removes cgroups and veths.
@@ -180,43 +186,51 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int], None], record: Callab
         os.close(go_r)
         setup_end.close()
         # The setup child waits for "j" and the user namespace before it mounts the template
-        # and makes the namespaces.
+        # and makes the namespaces; it sends back the handles on the network namespace.
         with to_setup:
             userns_fd = creation.finish()
             try:
                 socket.send_fds(to_setup, [b"j"], [userns_fd])
             finally:
                 os.close(userns_fd)
-        with os.fdopen(report_r, "r", closefd=True) as report:
-            messages = _read_until_pid(report)
-            if "pid" not in messages:
-                if setup_pid:
-                    os.waitpid(setup_pid, 0)  # its error is all it wrote
-                    setup_pid = 0
-                raise EngineError(messages.get("error", "setup of the guest failed without a message"))
-            launched = Launched(init_pid=int(messages["pid"]), loop_device=messages.get("loop", ""),
-                                buffered_reason=messages.get("buffered", ""))
-            try:
-                wire_network(launched.init_pid)
-                record(launched)
-            except BaseException as exc:
-                # If init died while we wired it, its own error says more than ours.
-                kill_and_wait(launched.init_pid)
-                early = _parse(report.read()).get("error")
-                if early:
-                    raise EngineError(early) from exc
-                raise
-            try:
-                os.write(go_w, b"g")
-            except BrokenPipeError:
-                pass  # init died early; its error is on the report pipe
-            os.close(go_w)
-            go_w = -1
-            # EOF when init has exec'd (the pipe is close-on-exec) and the setup child, which
-            # exits once it has reported init's pid, is gone.
-            rest = report.read()
-            if rest.strip():
-                raise EngineError(_parse(rest).get("error", rest.strip()))
+            with os.fdopen(report_r, "r", closefd=True) as report:
+                messages = _read_until(report, "pid")
+                if "pid" not in messages:
+                    if setup_pid:
+                        os.waitpid(setup_pid, 0)  # its error is all it wrote
+                        setup_pid = 0
+                    raise EngineError(messages.get("error", "setup of the guest failed without a message"))
+                launched = Launched(init_pid=int(messages["pid"]), loop_device=messages.get("loop", ""),
+                                    buffered_reason=messages.get("buffered", ""))
+                try:
+                    netns_fd, route = _receive_netns(to_setup)
+                    try:
+                        wire_network(launched.init_pid, netns_fd, route)
+                    finally:
+                        route.close()
+                        os.close(netns_fd)
+                    record(launched)
+                    guarded = _read_until(report, "guarded")
+                    if "guarded" not in guarded:
+                        raise EngineError(guarded.get("error", "the setup of the guest ended before its network guard"))
+                except BaseException as exc:
+                    # If init died while we wired it, its own error says more than ours.
+                    kill_and_wait(launched.init_pid)
+                    early = _parse(report.read()).get("error")
+                    if early:
+                        raise EngineError(early) from exc
+                    raise
+                try:
+                    os.write(go_w, b"g")
+                except BrokenPipeError:
+                    pass  # init died early; its error is on the report pipe
+                os.close(go_w)
+                go_w = -1
+                # EOF when init has exec'd (the pipe is close-on-exec) and the setup child, which
+                # exits once it has reported init's pid, is gone.
+                rest = report.read()
+                if rest.strip():
+                    raise EngineError(_parse(rest).get("error", rest.strip()))
         return launched
     except BaseException:
         if launched is not None:
@@ -240,12 +254,24 @@ def _parse(text: str) -> dict[str, str]:
     return found
 
 
-def _read_until_pid(report) -> dict[str, str]:
+def _receive_netns(to_setup: socket.socket) -> tuple[int, socket.socket]:
+    """The fd of the guest's network namespace and the NETLINK_ROUTE socket in it, which the
+    setup child sent before it reported init's pid."""
+    _message, fds, _flags, _address = socket.recv_fds(to_setup, 1, 2, socket.MSG_DONTWAIT)
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        raise EngineError("the setup of the guest sent no handle on its network namespace")
+    return fds[0], socket.socket(fileno=fds[1])
+
+
+def _read_until(report, wanted: str) -> dict[str, str]:
+    """The report's messages by key, read up to the WANTED one or an error (or its end)."""
     messages: dict[str, str] = {}
     for line in report:
         key, _, value = line.rstrip("\n").partition(" ")
         messages.setdefault(key, value)
-        if key in ("pid", "error"):
+        if key in (wanted, "error"):
             break
     return messages
 
@@ -291,7 +317,6 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
     else:  # the btrfs backend (qgroups.py): directories of the server's subvolume, no disk to mount
         upper, work = plan.upper_work
     message, fds, _flags, _address = socket.recv_fds(engine, 1, 1)
-    engine.close()
     if message != b"j" or len(fds) != 1:
         raise EngineError("start aborted by the engine")
     userns_fd = fds[0]
@@ -316,10 +341,21 @@ def _setup_child(plan: LaunchPlan, report_w: int, go_r: int, engine: socket.sock
     os.setresuid(0, 0, 0)
     syscalls.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWPID)
     socket.sethostname(plan.hostname)
+    # Handles on the new network namespace for the engine, which wires it (launch): opened
+    # here, they spare it entering the namespace in a thread of its own. /proc/sys/net shows
+    # the opener's namespace: the guest's.
+    netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    route = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    write_sysctls(plan.netns_sysctls)
     init_pid = os.fork()
     if init_pid == 0:
         _child_main(report_w, lambda: _init_child(plan, go_r, report_w))
+    socket.send_fds(engine, [b"n"], [netns, route.fileno()])
     os.write(report_w, f"pid {init_pid}\n".encode())
+    # The guest's first network rules, while the engine wires eth0 and init mounts /proc and
+    # the rest: the engine lets init go once it has read "guarded".
+    firewall.guard_here()
+    os.write(report_w, b"guarded\n")
 
 
 def _mount_disk(plan: LaunchPlan) -> tuple[str, str]:

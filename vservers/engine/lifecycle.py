@@ -30,6 +30,8 @@ from .state import locked, read_json, write_json
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms at every CLI start)
 
 if TYPE_CHECKING:
+    import socket
+
     from .backups import BackupInfo, Progress
     from .forker import ForkServer
     from .launch import Launched
@@ -407,7 +409,7 @@ class Engine:
 
         mac = firewall.protect(self.config, host_if, interfaces)  # before its port exists: no gap
 
-        def wire(init_pid: int) -> None:
+        def wire(init_pid: int, netns_fd: int, route: socket.socket) -> None:
             network.attach(
                 self.config.bridge,
                 host_if,
@@ -417,6 +419,7 @@ class Engine:
                 self.config.gateway6.ip if self.config.gateway6 and any(i.version == 6 for i in interfaces)
                 else None,
                 mac=mac,
+                netns=network.GuestNetns(netns_fd, route),
             )
 
         def record(launched: Launched) -> None:
@@ -454,6 +457,7 @@ class Engine:
             rescue=layers,
             direct_io=self.config.loop_direct_io,
             upper_work=(storage.upper, storage.work) if storage is not None else None,
+            netns_sysctls=tuple(network.ANNOUNCE_BY_DEFAULT.items()),
         )
         try:
             launched = launch(plan, wire, record, forker or self._forker)

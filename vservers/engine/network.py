@@ -31,9 +31,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from . import firewall, ptys, rtnl
 from .errors import Conflict, EngineError, InvalidInput
+from .procfs import write_sysctls
 from .syscalls import CLONE_NEWNET, setns
 from .validate import interface_name as validate_ifname  # the name callers and tests use
 
@@ -199,10 +201,7 @@ def _start_netns_socket(
                 inside()
             if sysctls_when is not None:
                 sysctls_when.wait()
-            for path, value in (sysctls or {}).items():
-                if os.path.exists(path):  # no ipv6/ when the host has IPv6 off
-                    with open(path, "w") as fh:
-                        fh.write(value)
+            write_sysctls((sysctls or {}).items())
             result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
@@ -426,8 +425,10 @@ def attach(
     gateway6: ipaddress.IPv6Address | None,
     mtu: int | None = None,
     mac: str | None = None,
+    netns: GuestNetns | None = None,
 ) -> None:
-    """Connect the network namespace of process NETNS_PID to BRIDGE.
+    """Connect the network namespace of process NETNS_PID to BRIDGE (NETNS: handles on that
+    namespace, from the process that made it, with its guard and announce defaults set).
 
     1. Delete HOST_IF if it exists (left over from an earlier run); refuse if it is not
        a veth.
@@ -450,6 +451,11 @@ def attach(
         raise InvalidInput(f"bad MTU {mtu!r}: 68-65535")
     mac = firewall.validate_mac(mac) if mac is not None else None
 
+    if netns is not None:
+        if _is_host_netns(netns.fd):
+            raise Conflict(f"attach {host_if}: process {pid} is in the host's network namespace")
+        _attach(bridge, host_if, netns.fd, pid, ifaces, gw4, gw6, mtu, mac, netns.route)
+        return
     try:
         with _netns_fd(pid) as nsfd:
             if _is_host_netns(nsfd):
@@ -459,7 +465,7 @@ def attach(
         raise EngineError(f"attach {host_if}: {exc}") from None
 
 
-def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None:
+def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None, route=None) -> None:
     # The requests of every start go through rtnl (see there why), the rare ones through pyroute2.
     if not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
         if os.path.exists(f"/sys/class/net/{bridge}"):
@@ -467,11 +473,16 @@ def _attach(bridge, host_if, nsfd, pid, ifaces, gw4, gw6, mtu, mac=None) -> None
         raise EngineError(f"attach {host_if}: bridge {bridge} does not exist")
     if os.path.exists(f"/sys/class/net/{host_if}"):
         detach(host_if)  # left over from an earlier run
-    # The guest's side that needs no eth0 (the guard on next hops) is made in a thread
-    # meanwhile: libnftables and the kernel work without the GIL, in parallel with the veth's
-    # creation. eth0's own settings wait until it exists.
     made = threading.Event()
-    inside = _start_netns_socket(nsfd, ANNOUNCE, firewall.guard_here, made)
+    if route is not None:  # a start's: the guard and the announce defaults are in place
+
+        def inside() -> socket.socket:
+            return route
+    else:
+        # The guest's side that needs no eth0 (the guard on next hops) is made in a thread
+        # meanwhile: libnftables and the kernel work without the GIL, in parallel with the
+        # veth's creation. eth0's own settings wait until it exists.
+        inside = _start_netns_socket(nsfd, ANNOUNCE, firewall.guard_here, made)
     joined = False
     try:
         try:
@@ -553,6 +564,23 @@ ANNOUNCE = {
     f"/proc/sys/net/ipv4/conf/{GUEST_IF}/arp_notify": "1",
     f"/proc/sys/net/ipv6/conf/{GUEST_IF}/ndisc_notify": "1",
 }
+# The same as the namespace's defaults, which an interface made there afterwards starts with.
+ANNOUNCE_BY_DEFAULT = {
+    "/proc/sys/net/ipv4/conf/default/arp_notify": "1",
+    "/proc/sys/net/ipv6/conf/default/ndisc_notify": "1",
+}
+
+
+@dataclass(frozen=True)
+class GuestNetns:
+    """A guest's fresh network namespace, as the process that made it hands it over (a start's
+    setup child, launch.py): an fd of it, and a NETLINK_ROUTE socket opened in it (netlink
+    sockets stay bound to the namespace they were made in). That process has also written
+    ANNOUNCE_BY_DEFAULT there (procfs.write_sysctls) and put the guard on next hops in place
+    (firewall.guard_here): attach needs no thread inside the namespace."""
+
+    fd: int
+    route: socket.socket
 
 
 def _configure_guest(sock, pid, host_if, ifaces, gw4, gw6) -> None:

@@ -1,6 +1,6 @@
 """What the kernel says about processes and this boot, read from /proc: one parser for
 /proc/PID/stat and one reader of the boot id, for the engine, the panel's jobs and worker,
-and the tests.
+and the tests; and a writer of sysctls.
 
 Nothing is read at import (the web process imports the engine without touching the kernel).
 """
@@ -13,6 +13,7 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~8 ms)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import NamedTuple
 
     class _StatFields(NamedTuple):
@@ -145,3 +146,18 @@ def reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def write_sysctls(values: Iterable[tuple[str, str]]) -> None:
+    """Write each (path under /proc/sys, value) of VALUES where the kernel has the path (no
+    net/ipv6/ on a host with IPv6 off). Paths under /proc/sys/net show the network namespace
+    of the calling thread."""
+    for path, value in values:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
