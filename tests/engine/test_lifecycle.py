@@ -152,3 +152,40 @@ def test_start_many_starts_each_server_and_reports_the_one_that_fails(engine, co
     pids = [engine.status(n).init_pid for n in good]
     assert engine.start_many(good) == {good[0]: None, good[1]: None}  # running already: nothing to do
     assert [engine.status(n).init_pid for n in good] == pids
+
+
+def test_a_halt_signal_lost_before_init_could_catch_it_is_sent_again(engine, monkeypatch):
+    """The init of a PID namespace loses a halt signal that comes before it has set up its
+    handling (a stop right after a start). Here a stand-in ignores the first one, then sets
+    its handler up; with a stop timeout shorter than the last resend's wait, only the early
+    resends (HALT_RESENDS) let it shut down by itself instead of being killed."""
+    import signal
+    import sys
+
+    from vservers.engine import lifecycle
+
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c",
+         "import signal, sys\n"
+         "signal.signal(signal.SIGUSR2, signal.SIG_IGN)\n"
+         "print('ignoring', flush=True)\n"
+         "sys.stdin.readline()\n"
+         "signal.signal(signal.SIGUSR2, lambda *_: sys.exit(0))\n"
+         "print('ready', flush=True)\n"
+         "signal.pause()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert stand_in.stdout.readline() == "ignoring\n"
+        os.kill(stand_in.pid, signal.SIGUSR2)  # the first halt signal: lost
+        stand_in.stdin.write("\n")
+        stand_in.stdin.flush()
+        assert stand_in.stdout.readline() == "ready\n"
+        monkeypatch.setattr(engine, "_halt_signal", lambda name: signal.SIGUSR2)
+        monkeypatch.setattr(engine.cgroups, "kill", lambda name: None)  # no server of that name
+        assert lifecycle.HALT_RESENDS[0] < 0.2 < lifecycle.HALT_RESENDS[-1]
+        engine._await_halt("stand-in", stand_in.pid, timeout=0.2)
+        assert stand_in.wait(timeout=10) == 0  # its own handler ended it, not SIGKILL
+    finally:
+        if stand_in.poll() is None:
+            stand_in.kill()
+            stand_in.wait()
