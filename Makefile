@@ -46,6 +46,7 @@ as-root:
 	fi
 
 install: apt-packages $(VENV)/.installed-run
+	scripts/ensure-panel-user vpanel
 
 install-test:
 	@# Debian's postgresql would make and start a cluster "main" on port 5432 when it arrives;

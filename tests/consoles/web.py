@@ -32,7 +32,7 @@ def web_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(WEB_USER)
     except KeyError:
-        pytest.skip(f"no user {WEB_USER} (make run creates it)")
+        pytest.skip(f"no user {WEB_USER} (make install creates it: scripts/ensure-panel-user)")
 
 
 class WebProcess:
