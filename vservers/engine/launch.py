@@ -161,10 +161,10 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int, int, socket.socket], N
     # Looked up in the engine, where the answer is kept, not in each forked child that uses it.
     _masked_present()
     _read_only_present()
-    # The user namespace takes the longest of what happens before the setup child can mount the
-    # template (two forked helpers, one inside the other): its helper starts first, and works
-    # while the setup child is forked and joins its cgroups and loop-mounts the disk.
-    creation = userns.Creation(plan.uid_base, userns.limits_for(plan.network_admin), forker)
+    # The setup child is forked first: its cgroup join and loop mount are the longer way to the
+    # template's mount; the user namespace (two forked helpers, one inside the other) is made
+    # meanwhile, and is ready before the setup child asks for it.
+    creation: userns.Creation | None = None
     setup_pid = 0
     go_w = -1
     launched: Launched | None = None
@@ -188,6 +188,7 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int, int, socket.socket], N
         # The setup child waits for "j" and the user namespace before it mounts the template
         # and makes the namespaces; it sends back the handles on the network namespace.
         with to_setup:
+            creation = userns.Creation(plan.uid_base, userns.limits_for(plan.network_admin), forker)
             userns_fd = creation.finish()
             try:
                 socket.send_fds(to_setup, [b"j"], [userns_fd])
@@ -243,7 +244,8 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int, int, socket.socket], N
         # not hold back the guest's start.
         if setup_pid:
             os.waitpid(setup_pid, 0)
-        creation.reap()
+        if creation is not None:
+            creation.reap()
 
 
 def _parse(text: str) -> dict[str, str]:
