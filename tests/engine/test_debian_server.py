@@ -59,3 +59,31 @@ def test_the_server_stops_cleanly_and_comes_back(apache_server):
     assert engine.stop(name).state == "stopped"
     assert engine.start(name).state == "running"
     wait_for_http(IP, timeout=60)
+
+
+def test_the_stop_asks_sysvinit_once(apache_server, monkeypatch):
+    """sysvinit catches SIGINT, so the stop's one signal surely arrives and is not repeated:
+    a second one in runlevel 0 would run the halt script again and cut the services' orderly
+    stop short (lifecycle.HALT_RESENDS)."""
+    import os
+    import signal
+
+    from vservers.engine import procfs
+
+    engine, name = apache_server
+    init_pid = engine.status(name).init_pid
+    assert procfs.catches(init_pid, signal.SIGINT)
+    sent = []
+    kill = os.kill
+
+    def counting(pid, signum):
+        if pid == init_pid:
+            sent.append(signum)
+        return kill(pid, signum)
+
+    monkeypatch.setattr(os, "kill", counting)
+    assert engine.stop(name).state == "stopped"
+    monkeypatch.undo()
+    assert sent == [signal.SIGINT]
+    assert engine.start(name).state == "running"
+    wait_for_http(IP, timeout=60)

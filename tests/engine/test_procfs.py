@@ -63,3 +63,26 @@ def test_importing_the_engine_reads_nothing_of_the_host_yet() -> None:
     code = "import vservers.engine.launch as launch; print(launch._masked_present.cache_info().currsize)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
+
+
+def test_catches_tells_a_handled_or_blocked_signal_from_an_ignored_or_default_one() -> None:
+    import signal
+
+    code = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: None)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        assert procfs.catches(child.pid, signal.SIGUSR1)  # a handler
+        assert procfs.catches(child.pid, signal.SIGUSR2)  # blocked: it waits, pending
+        assert not procfs.catches(child.pid, signal.SIGHUP)  # ignored
+        assert not procfs.catches(child.pid, signal.SIGWINCH)  # the default action
+    finally:
+        child.communicate("\n", timeout=10)
+    assert not procfs.catches(child.pid, signal.SIGUSR1)  # gone

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import templates, validate
 from .config import EngineConfig
 from .errors import Conflict, EngineError, InvalidInput, NotFound
-from .procfs import boot_id, reap, start_time, still_running, wait_exit
+from .procfs import boot_id, catches, reap, start_time, still_running, wait_exit
 from .spec import Limits, RuntimeState, ServerSpec, Status, Usage
 from .state import locked, read_json, write_json
 
@@ -40,13 +40,17 @@ if TYPE_CHECKING:
 
 # A namespace's init gets from outside only the signals it catches or blocks; others are
 # dropped. A halt signal sent in the first moment after init's exec, before the guest's init
-# has set that up, is lost: so it is sent again while init is still there after each of these
-# waits (seconds), then left to the stop's timeout. A stop right after a start met that in
-# about one cycle of ten in bench/engine.py's throughput once starts got quicker, and waited
-# out the 0.3 s there was then before the one resend (2026-12-07). Whether init is ready cannot
-# be read from /proc: busybox init waits for its signals in sigtimedwait(2), which unblocks
-# them while it waits (SigBlk shows none) and catches none (SigCgt). Both templates' inits
-# take a repeated halt signal as the same request.
+# has set that up, is lost: unless /proc showed init catching or blocking it when it was sent
+# (procfs.catches), it is sent again while init is still there after each of these waits
+# (seconds), then left to the stop's timeout. A stop right after a start met a lost signal in
+# about one cycle of ten in bench/engine.py's throughput once starts got quicker, and waited out
+# the 0.3 s there was then before the one resend (2026-12-07). /proc cannot always tell:
+# busybox init waits for its signals in sigtimedwait(2), which unblocks them while it waits
+# (SigBlk shows none) and catches none (SigCgt); it takes a repeated halt signal as the same
+# request. sysvinit (the debian template) catches SIGINT, so its stop is asked once: a second
+# SIGINT once it is in runlevel 0 runs the halt script again, which cut the orderly shutdown
+# short (measured: a resend at 0.1 s ended the guest at 0.2 s, at 0.3 s at 0.4 s, against 0.55 s
+# without; resends at 5 and 25 ms changed nothing).
 HALT_RESENDS = (0.005, 0.02, 0.3)
 STOP_TIMEOUT = 10.0
 # start_many's threads: a start spends most of its time waiting for the kernel and its own
@@ -489,7 +493,7 @@ class Engine:
         N stops take about as long as the slowest one. Returns each server's error or None."""
         results: dict[str, EngineError | None] = {}
         with ExitStack() as stack:
-            asked: dict[str, int] = {}
+            asked: dict[str, tuple[int, bool]] = {}
             for name in sorted(set(names)):
                 try:
                     stack.enter_context(self._lock(name))
@@ -497,8 +501,7 @@ class Engine:
                     self._recover_snapshot(name)  # as _stop_locked: a frozen init ignores SIGKILL (v1)
                     init_pid = self._running_init(name)
                     if init_pid is not None:
-                        self._ask_to_halt(name, init_pid, timeout)
-                        asked[name] = init_pid
+                        asked[name] = (init_pid, self._ask_to_halt(name, init_pid, timeout))
                     results[name] = None
                 except EngineError as exc:
                     results[name] = exc
@@ -506,7 +509,8 @@ class Engine:
             for name in [n for n in sorted(results) if results[n] is None]:
                 try:
                     if name in asked:
-                        self._await_halt(name, asked[name], max(0.0, deadline - time.monotonic()))
+                        init_pid, surely = asked[name]
+                        self._await_halt(name, init_pid, max(0.0, deadline - time.monotonic()), resend=not surely)
                     self._clean_leftovers(name, veth=False)
                 except EngineError as exc:
                     results[name] = exc
@@ -523,8 +527,8 @@ class Engine:
         self._recover_snapshot(name)  # a frozen server would not even die of SIGKILL (v1)
         init_pid = self._running_init(name)
         if init_pid is not None:
-            self._ask_to_halt(name, init_pid, timeout)
-            self._await_halt(name, init_pid, timeout)
+            surely = self._ask_to_halt(name, init_pid, timeout)
+            self._await_halt(name, init_pid, timeout, resend=not surely)
         self._clean_leftovers(name, veth=veth)
 
     def _halt_signal(self, name: str) -> int:
@@ -538,23 +542,27 @@ class Engine:
         spec = self.spec(name)
         return templates.get(self.config, spec.template, spec.template_version).halt_signal
 
-    def _ask_to_halt(self, name: str, init_pid: int, timeout: float) -> None:
+    def _ask_to_halt(self, name: str, init_pid: int, timeout: float) -> bool:
         """Remember the disk's usage and signal init to shut down; with no TIMEOUT to shut down
         in (stop --kill), only the former: _await_halt kills at once, and a shutdown begun now
-        would only fork the guest's rcK (sv, pidof) into the kill."""
+        would only fork the guest's rcK (sv, pidof) into the kill. Returns whether the signal
+        surely reached init (see HALT_RESENDS)."""
         self._remember_disk_usage(name, init_pid)
         if timeout <= 0:
-            return
+            return False
+        halt = self._halt_signal(name)
+        surely = catches(init_pid, halt)
         try:
-            os.kill(init_pid, self._halt_signal(name))
+            os.kill(init_pid, halt)
         except ProcessLookupError:
             pass
+        return surely
 
-    def _await_halt(self, name: str, init_pid: int, timeout: float) -> None:
-        """Wait for init to finish its shutdown, asking again after each of HALT_RESENDS; after
-        TIMEOUT kill everything left."""
+    def _await_halt(self, name: str, init_pid: int, timeout: float, *, resend: bool = True) -> None:
+        """Wait for init to finish its shutdown, with RESEND asking again after each of
+        HALT_RESENDS; after TIMEOUT kill everything left."""
         deadline = time.monotonic() + timeout
-        for wait in (*HALT_RESENDS, timeout):
+        for wait in (*(HALT_RESENDS if resend else ()), timeout):
             if wait_exit(init_pid, max(0.0, min(wait, deadline - time.monotonic()))):
                 return
             if time.monotonic() >= deadline:

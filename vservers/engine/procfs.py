@@ -140,6 +140,20 @@ def wait_exit(pid: int, timeout: float) -> bool:
     return exited
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether SIGNUM sent to PID now surely reaches it: PID has a handler for it or blocks it
+    (SigCgt, SigBlk in /proc/PID/status). False also when PID is gone, and for a process that
+    waits for it in sigtimedwait(2), which unblocks what it waits for meanwhile."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith((b"SigBlk:", b"SigCgt:")) and int(line[7:], 16) >> (signum - 1) & 1:
+                    return True
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    return False
+
+
 def reap(pid: int) -> None:
     """Collect PID's exit status if it is our child (we may be its subreaper)."""
     try:
