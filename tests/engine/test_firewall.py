@@ -318,12 +318,15 @@ def _listed_in_a_fresh_namespace(put) -> tuple[str, list]:
 
 
 def test_the_guard_packed_by_hand_is_the_ruleset_guest_guard_spells_out():
-    """guard_here sends GUEST_GUARD as netlink messages packed by hand; libnftables, given the
-    text, makes the same table, sets, chain and rules."""
+    """guard_here sends GUEST_GUARD as netlink messages packed by hand; nft, given the text,
+    makes the same table, sets, chain and rules."""
     from vservers.engine import firewall
 
+    def spelled_out() -> None:  # nft's own parser and libnftables, given the text
+        subprocess.run(["nft", "-f", "-"], input=firewall.GUEST_GUARD, text=True, check=True)
+
     packed = _listed_in_a_fresh_namespace(firewall.guard_here)
-    spelled = _listed_in_a_fresh_namespace(lambda: firewall._nft.script_here(firewall.GUEST_GUARD))
+    spelled = _listed_in_a_fresh_namespace(spelled_out)
     assert "update @hops4 { rt ip nexthop }" in packed[0] and "counter packets 0 bytes 0 drop" in packed[0]
     assert packed == spelled
 

@@ -13,11 +13,14 @@ The order matters, and is the one that works on this kernel (see KERNEL-FACTS):
  2. setup child: mount the template idmapped through that user namespace, and the overlay
     (template below, the disk's upper dir on top);
  3. setup child: enter the user namespace, unshare mount, UTS, IPC, net, cgroup and PID
-    namespaces (now owned by the guest's root), set the hostname, fork init;
+    namespaces (now owned by the guest's root), set the hostname, fork init, hand the engine
+    an fd of the network namespace and a netlink socket in it, then put the guest's network
+    guard in place there (firewall.guard_here) and exit;
  4. init-to-be (PID 1): mount /proc, /sys, /dev, /run on fds opened inside the overlay (no
     guest link is ever followed), pivot_root into it, wait until the engine has wired the
     network, then exec the template's init;
- 5. engine: wires a veth into the new network namespace, records the runtime state, says go.
+ 5. engine: wires a veth into the new network namespace, records the runtime state, says go
+    once the guard is in place.
 """
 
 from __future__ import annotations
@@ -228,7 +231,7 @@ def launch(plan: LaunchPlan, wire_network: Callable[[int, int, socket.socket], N
                 os.close(go_w)
                 go_w = -1
                 # EOF when init has exec'd (the pipe is close-on-exec) and the setup child, which
-                # exits once it has reported init's pid, is gone.
+                # exits once it has put the guard in place, is gone.
                 rest = report.read()
                 if rest.strip():
                     raise EngineError(_parse(rest).get("error", rest.strip()))

@@ -6,9 +6,10 @@ network namespace as ``eth0`` (a veth peer can be given its namespace, ``IFLA_NE
 in the request that creates the pair), so no temporary name ever appears on the host and
 there is nothing to move or rename afterwards.
 
-Inside a VPS's namespace we talk netlink over a socket opened in that namespace: a
-short-lived thread joins the namespace of the VPS's process with setns(2) (which changes
-only the calling thread), opens the socket and exits. A netlink socket stays bound to the
+Inside a VPS's namespace we talk netlink over a socket opened in that namespace: a start's
+setup child, which made the namespace, hands one over (GuestNetns); otherwise a short-lived
+thread joins the namespace of the VPS's process with setns(2) (which changes only the calling
+thread), opens the socket and exits. A netlink socket stays bound to the
 namespace it was created in, so the rest runs in the caller's thread. This avoids both
 named namespaces under /var/run/netns and the helper process pyroute2 forks for every
 ``IPRoute(netns=...)``.
