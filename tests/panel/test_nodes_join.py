@@ -163,3 +163,10 @@ def test_a_wrong_or_expired_token_gets_a_sentence_and_the_endpoint_is_throttled(
     assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
     assert "Too many refused join tokens" in refused.json()["detail"]
     assert Node.objects.get(pk=node.pk).joined_at is None
+
+
+def test_a_join_token_never_begins_with_a_dash_which_the_command_line_would_read_as_an_option(monkeypatch):
+    drawn = iter(["-first", "-second", "third"])
+    monkeypatch.setattr(join.secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    node, token = join.add_node("d", "127.0.0.1:2224", "/var/lib/vservers")
+    assert token == "third" and Node.objects.get(pk=node.pk).join_token_hash == join.token_hash("third")

@@ -54,6 +54,8 @@ def token_hash(token: str) -> str:
 def new_token(node: Node) -> str:
     """A new join token for NODE (shown once; voids any earlier one)."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    while token.startswith("-"):  # 1 in 64: argparse would read it as an option on `node join URL TOKEN`
+        token = secrets.token_urlsafe(TOKEN_BYTES)
     expires = timezone.now() + timedelta(seconds=settings.PANEL_JOIN_TOKEN_SECONDS)
     Node.objects.filter(pk=node.pk).update(join_token_hash=token_hash(token), join_token_expires=expires)
     node.join_token_hash, node.join_token_expires = token_hash(token), expires
