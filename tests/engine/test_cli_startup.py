@@ -99,6 +99,13 @@ def test_a_running_server_is_listed_started_stopped_and_killed_without_pyroute2(
             # A stopped server is listed from its files: no Engine, no dataclasses (listing.py).
             assert not names & {"vservers.engine.lifecycle", "dataclasses", "pathlib"}, sorted(names)
         assert "vservers.engine.launch" in names or args[0] != "start"  # the probe saw the real start
+    # exec (never served: it runs in the caller's process, and on its terminal) needs the
+    # spawn into the guest, not the start's machinery: launch brought firewall, loopdev, json
+    # and netlink along, and guest.py's one debug line logging (14 modules, 2026-12-08).
+    ran, names = imported("exec", "lean1", "true")
+    assert ran.returncode == 0, ran.stderr
+    assert not names & {"vservers.engine.launch", "vservers.engine.firewall", "vservers.engine.network",
+                        "vservers.engine.loopdev", "logging", "traceback"}, sorted(names)
     status, names = imported("status", "lean1")
     assert "state:    running" in status.stdout and "198.19.5.50/18" in status.stdout
     # Reading a running server's state loads neither the launch machinery nor seccomp.

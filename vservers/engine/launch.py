@@ -38,6 +38,7 @@ from . import capabilities, firewall, loopdev, ptys, seccomp, syscalls, userns
 from .errors import EngineError
 from .procfs import wait_exit, write_sysctls
 from .rescue import RescueLayers
+from .spec import GUEST_PATH
 from .syscalls import (
     AT_EMPTY_PATH,
     AT_RECURSIVE,
@@ -106,9 +107,6 @@ def __getattr__(name: str) -> object:
     if name == "_MASKED_PRESENT":
         return _masked_present()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)

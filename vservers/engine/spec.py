@@ -13,6 +13,8 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # Every VPS gets 65,536 ids, like the classic /etc/subuid allocation.
 ID_RANGE_SIZE = 65536
+# The PATH of the guest's init and of every command the engine runs inside (exec, enter).
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The bounds of what an operator may ask for, one copy for `vserver create`, `vserver update`
 # and Engine.update.
 MIN_MEMORY_BYTES = 4 * 2**20
