@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import netns
-from bench.common import HOST_ENV, run
+from bench.common import HOST_ENV, must, run
 from bench.procs import proc_start, stop_group
 
 # Runs as the first program of every host-side server: joins the cgroup, then execs the server.
@@ -35,6 +35,16 @@ class HostSide:
     cgroups: dict[str, Path] = field(default_factory=dict)  # server label -> its accounting cgroup
     started: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # also after stop
     netns: list[str] = field(default_factory=list)
+    mounts: list[Path] = field(default_factory=list)  # overlays of bench/overhead_ab.py, unmounted last
+
+    def mount_overlay(self, lower: Path, rw: Path, merged: Path) -> None:
+        """An overlayfs at MERGED over LOWER, its upper and work directories in RW (all on the
+        host's own filesystem: no loop device, no idmapping)."""
+        for path in (rw / "upper", rw / "work", merged):
+            path.mkdir(parents=True)
+        must(["mount", "-t", "overlay", "overlay", "-o",
+              f"lowerdir={lower},upperdir={rw / 'upper'},workdir={rw / 'work'}", str(merged)])
+        self.mounts.append(merged)
 
     def start(self, label: str, argv: list[str], log_path: Path) -> subprocess.Popen:
         """Start ARGV in a session of its own, inside an accounting cgroup of its own (so the
@@ -83,7 +93,20 @@ class HostSide:
         for label, group in list(self.cgroups.items()):
             problems += remove_cgroup(group)
             del self.cgroups[label]
+        for merged in reversed(self.mounts):
+            done = run(["umount", str(merged)])
+            if done.returncode != 0:
+                problems.append(f"umount {merged}: {done.stderr.strip()}")
+        self.mounts.clear()
         return problems
+
+
+def mounts_below(root: Path) -> list[str]:
+    """Mount points at or below ROOT (what a crashed run may have left)."""
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4].replace("\\040", " ") for line in fh]
+    return [p for p in points if p.startswith(prefix)]
 
 
 def kill_recorded(pid_file: Path) -> None:

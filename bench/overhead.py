@@ -96,19 +96,25 @@ CONNS = {"busybox": 8, "apache": 32}
 
 PROFILES = {
     "smoke": dict(http_reps=1, http_s=1, warmup_s=1, lo_reps=1, lo_s=1,
-                  cpu_reps=2, cpu_iters=50_000, sys_bytes=100_000, forks=300,
+                  cpu_reps=2, cpu_iters=50_000, sys_bytes=100_000, forks=300, opens=20_000,
                   file_reps=2, file_mb=8, file_passes=4, template_mb=64, cold_reps=1),
     "quick": dict(http_reps=5, http_s=2, warmup_s=1, lo_reps=3, lo_s=2,
-                  cpu_reps=7, cpu_iters=250_000, sys_bytes=500_000, forks=2000,
+                  cpu_reps=7, cpu_iters=250_000, sys_bytes=500_000, forks=2000, opens=100_000,
                   file_reps=5, file_mb=64, file_passes=8, template_mb=512, cold_reps=3),
     "full": dict(http_reps=10, http_s=10, warmup_s=2, lo_reps=5, lo_s=10,
-                 cpu_reps=15, cpu_iters=1_000_000, sys_bytes=2_000_000, forks=5000,
+                 cpu_reps=15, cpu_iters=1_000_000, sys_bytes=2_000_000, forks=5000, opens=400_000,
                  file_reps=10, file_mb=128, file_passes=16, template_mb=2048, cold_reps=5),
 }
 
 LOOP_SCRIPT = 'i=0; while [ "$i" -lt "$1" ]; do i=$((i+1)); done'
 # A subshell is a fork of the shell that exits at once: process creation and teardown.
 FORK_SCRIPT = 'i=0; while [ "$i" -lt "$1" ]; do (:); i=$((i+1)); done'
+# `: < FILE` opens FILE, moves it to stdin and closes it again, with no process and no read: a
+# template file, the very same inode on both sides (the host's loop runs chrooted into the
+# template), which the VPS opens through its overlay and idmapped lower layer. Against LOOP_SCRIPT,
+# what an open and close through them costs.
+OPEN_SCRIPT = 'i=0; while [ "$i" -lt "$1" ]; do : < "$2"; i=$((i+1)); done'
+OPENED_FILE = "/bin/busybox"
 # "$1" is the busybox binary: a bare `dd` would find the host's (or Debian's) GNU dd on $PATH.
 READ_SCRIPT = 'i=0; while [ "$i" -lt "$3" ]; do "$1" dd if="$2" of=/dev/null bs=1048576 2>&1; i=$((i+1)); done'
 
@@ -513,6 +519,7 @@ def measure_cpu(ctx: Setup, profile: dict) -> dict:
     sysl = ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", f"count={profile['sys_bytes']}"]
     loop = ["sh", "-c", LOOP_SCRIPT, "sh", str(profile["cpu_iters"])]
     forks = ["sh", "-c", FORK_SCRIPT, "sh", str(profile["forks"])]
+    opens = ["sh", "-c", OPEN_SCRIPT, "sh", str(profile["opens"]), OPENED_FILE]
     return {
         "startup_baseline": baseline_raw,
         "shell_loop": {"iterations": profile["cpu_iters"],
@@ -520,6 +527,9 @@ def measure_cpu(ctx: Setup, profile: dict) -> dict:
                                           host_env=env)},
         "fork_loop": {"forks": profile["forks"],
                       **compare_commands(bb_host + forks, bb_vps + forks, engine, BUSYBOX_VPS, reps, baseline,
+                                         host_env=env)},
+        "open_loop": {"opens": profile["opens"], "file": OPENED_FILE,
+                      **compare_commands(bb_host + opens, bb_vps + opens, engine, BUSYBOX_VPS, reps, baseline,
                                          host_env=env)},
         "syscall_loop": {"syscalls": 2 * profile["sys_bytes"],
                          **compare_commands(sys_host + sysl, sys_vps + sysl, engine, BUSYBOX_VPS, reps, baseline,

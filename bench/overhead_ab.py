@@ -10,8 +10,9 @@ Run as root from the repository root, under the host-wide lock for figures one r
 
 Same installation, servers and client namespace as bench/overhead.py (it uses its set-up).
 Each round runs wrk once against every target in a rotated order: the bare netns (the host's
-server in a plain namespace on the bridge), the VPS as it is, and the VPS with one switch
-applied just before its run and undone just after. Then a perf profile (cpu-clock samples
+server in a plain namespace on the bridge), the same server with its files behind an overlayfs
+(what the copy-on-write template alone costs, paired with the bare netns), the VPS as it is, and
+the VPS with one switch applied just before its run and undone just after. Then a perf profile (cpu-clock samples
 of the server's CPU) of one wrk run against the bare netns and against the VPS, grouped by what
 the kernel functions do. Prints Markdown; with --write also bench/results/overhead_ab.json and
 its section of SUMMARY.md.
@@ -32,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, hostside, netns, overhead  # noqa: E402
 from bench.common import log  # noqa: E402
-from bench.overhead_report import part_cost  # noqa: E402
-from bench.template_store import exclusive  # noqa: E402
+from bench.overhead_report import overlay_cost, part_cost  # noqa: E402
+from bench.template_store import copy_rootfs, exclusive, write_private  # noqa: E402
 from bench.wrk import CLIENT_CPU, timed_wrk, wrk_args  # noqa: E402
 
 SITE = "/etc/apache2/sites-available/000-default.conf"
@@ -129,7 +130,42 @@ def apache_log_switch(ctx, name: str, where: str):
     return (lambda: reload(new)), (lambda: reload(original))
 
 
-def measure(ctx, rounds: int, seconds: int, only_net: bool = False) -> dict:
+def overlay_servers(ctx, host: hostside.HostSide) -> dict[str, int]:
+    """The bare netns's servers once more, their files behind an overlayfs (a copy of what the
+    bare netns's server serves from as the lower layer, an empty upper on the host's own
+    filesystem): what overlayfs alone costs a request (the page's open, stat, read and close,
+    the access log's writes), apart from everything else of a VPS. Returns their ports, by
+    server label."""
+    from bench.wrk import SERVER_CPU
+
+    ports = hostside.pick_ports([label for label, _port, _vps in ctx.servers], overhead.FIRST_PORT + 100)
+    pinned = ["taskset", "-c", str(SERVER_CPU)]
+    in_bare = ["ip", "netns", "exec", overhead.BARE_NS]
+    for label, port in ports.items():
+        lower, merged = ctx.hostdir / f"{label}-ovl-lower", ctx.hostdir / f"{label}-ovl"
+        if label == "busybox":
+            lower.mkdir()
+            for name in ("index.html", overhead.PAGE_NAME):
+                (lower / name).write_bytes((ctx.hostdir / "www" / name).read_bytes())
+            host.mount_overlay(lower, ctx.hostdir / f"{label}-ovl-rw", merged)
+            argv = pinned + [str(ctx.busybox_bin), "httpd", "-f", "-h", str(merged), "-p", f"{ctx.bare_ip}:{port}"]
+        else:
+            copy_rootfs(ctx.debian_rootfs, lower)
+            write_private(lower / "etc/apache2/ports.conf", f"Listen {ctx.bare_ip}:{port}\n")
+            site = lower / "etc/apache2/sites-available/000-default.conf"
+            write_private(site, site.read_text().replace("<VirtualHost *:80>", f"<VirtualHost *:{port}>"))
+            write_private(lower / "var/www/html" / overhead.PAGE_NAME, ctx.page)
+            host.mount_overlay(lower, ctx.hostdir / f"{label}-ovl-rw", merged)
+            argv = pinned + ["chroot", str(merged), "/etc/service/apache2/run"]
+        host.start(f"{label}-netns-ovl", in_bare + argv, ctx.hostdir / f"{label}-netns-ovl.log")
+    overhead.untrack_host_side(sorted(ports.values()), ctx.gw, ctx.bare_ip)
+    for port in ports.values():
+        overhead.wait_page(ctx.bare_ip, port, ctx.page)
+    ctx.host_cgroups = dict(host.cgroups)
+    return ports
+
+
+def measure(ctx, rounds: int, seconds: int, only_net: bool = False, ovl_ports: dict[str, int] | None = None) -> dict:
     client = ["ip", "netns", "exec", overhead.CLIENT_NS, "taskset", "-c", str(CLIENT_CPU), "wrk"]
     url = f"/{overhead.PAGE_NAME}"
     out: dict = {}
@@ -145,7 +181,9 @@ def measure(ctx, rounds: int, seconds: int, only_net: bool = False) -> dict:
             switches["access_log_none"] = apache_log_switch(ctx, vps, "none")
         if only_net:
             del switches["guest_guard_off"]
-        targets = ["bare_netns", "vps", *switches]
+        ovl_port = (ovl_ports or {}).get(label)
+        ovl_argv = client + wrk_args(f"http://{ctx.bare_ip}:{ovl_port}{url}", seconds, conns)
+        targets = ["bare_netns", *(["bare_netns_overlay"] if ovl_port else []), "vps", *switches]
         runs: dict[str, list[dict]] = {t: [] for t in targets}
         timed_wrk(bare_argv, server_cpu=ctx.host_cpu(f"{label}-netns"))
         timed_wrk(vps_argv, server_cpu=ctx.vps_cpu(vps))
@@ -154,6 +192,9 @@ def measure(ctx, rounds: int, seconds: int, only_net: bool = False) -> dict:
             for t in order:
                 if t == "bare_netns":
                     runs[t].append(timed_wrk(bare_argv, server_cpu=ctx.host_cpu(f"{label}-netns")))
+                    continue
+                if t == "bare_netns_overlay":
+                    runs[t].append(timed_wrk(ovl_argv, server_cpu=ctx.host_cpu(f"{label}-netns-ovl")))
                     continue
                 off, on = switches.get(t, (None, None))
                 if off:
@@ -186,6 +227,13 @@ def measure(ctx, rounds: int, seconds: int, only_net: bool = False) -> dict:
             deltas = [a["server_process_us"] - b["server_process_us"] for a, b in zip(runs[t], base, strict=True)]
             out[label][t]["rps_vs_vps_paired_median"] = statistics.median(ratios)
             out[label][t]["server_us_minus_vps_paired_median"] = statistics.median(deltas)
+        if "bare_netns_overlay" in runs:
+            # Overlayfs alone: the same server with and without it, paired per round.
+            pairs = list(zip(runs["bare_netns_overlay"], runs["bare_netns"], strict=True))
+            out[label]["bare_netns_overlay"]["rps_vs_bare_paired_median"] = statistics.median(
+                a["rps"] / b["rps"] for a, b in pairs)
+            out[label]["bare_netns_overlay"]["server_us_minus_bare_paired_median"] = statistics.median(
+                a["server_process_us"] - b["server_process_us"] for a, b in pairs)
     return out
 
 
@@ -268,6 +316,7 @@ def profiles(ctx, seconds: int) -> dict:
 
 LABELS = {
     "bare_netns": "bare netns (the host's server in a plain namespace on the bridge)",
+    "bare_netns_overlay": "bare netns, its files behind an overlayfs (lower: a copy of them; upper: the host's disk)",
     "vps": "**VPS as it is**",
     "bridge_firewall_off": "VPS, bridge table's jumps flushed (no anti-spoofing: measuring only)",
     "bridged_tracked": "VPS, bridged frames tracked by the host's conntrack (before 16dcded)",
@@ -326,6 +375,9 @@ def markdown(result: dict) -> str:
                         ("access_log_none", "the access log at all costs")):
             if t in rows:
                 parts.append(f"{what} {part_cost(rows, t)}")
+        if "bare_netns_overlay" in rows:
+            parts.append("overlayfs alone (the bare netns's server with its files behind one, paired with it "
+                         f"without) costs {overlay_cost(rows)}")
         lines.append(f"**{label}**: " + "; ".join(parts) + ".")
         lines.append("")
     lines.append("A part's cost is the median over rounds of (VPS as it is − VPS with the part switched off), "
@@ -376,12 +428,15 @@ def main(argv: list[str] | None = None) -> int:
                 hostside.remove_cgroup(group)
             for ns in (overhead.CLIENT_NS, overhead.BARE_NS):
                 netns.delete(ns)
+            for merged in reversed(hostside.mounts_below(config.root / "host")):
+                common.must(["umount", merged])
             overhead.remove_untracked()
             common.clean_or_fail(engine, log)
         profile = dict(overhead.PROFILES["quick"])
         ctx = overhead.setup(engine, config, env, profile, ports, result, host)
         if not args.perf:
-            result["ab"] = measure(ctx, args.rounds, args.seconds, args.only_net)
+            ovl_ports = None if args.only_net else overlay_servers(ctx, host)
+            result["ab"] = measure(ctx, args.rounds, args.seconds, args.only_net, ovl_ports)
         if not args.no_perf:
             result["perf"] = profiles(ctx, max(args.seconds, 3))
         ok = True
@@ -396,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         problems += overhead.remove_untracked()
         problems += common.cleanup_installation(engine, log)
         problems += overhead.own_leftovers(host, list(ports.values()), config.bridge)
+        problems += [f"mount {m}" for m in hostside.mounts_below(config.root / "host")]
         result["leftovers"] = problems
         if problems:
             log("LEFT BEHIND: " + "; ".join(problems))

@@ -140,6 +140,8 @@ def markdown(result: dict, plots: list[str]) -> str:
     cpu = result.get("cpu", {})
     for key, label in (("shell_loop", "busybox sh loop, {iterations:,} iterations: CPU s (wall s)"),
                        ("fork_loop", "busybox sh, {forks:,} subshells (fork + exit): CPU s (wall s)"),
+                       ("open_loop", "busybox sh, {opens:,} times `: < {file}` (open + close of a template file): "
+                                     "CPU s (wall s)"),
                        ("syscall_loop", "dd bs=1 /dev/zero → /dev/null, {syscalls:,} syscalls: CPU s (dd's s)")):
         if key in cpu:
             m, r = cpu[key], d["cpu"][key]
@@ -223,6 +225,8 @@ def analysis(result: dict) -> str:
         lines.append("**CPU**: per unit of work the VPS needs " + ", ".join(
             f"{key.replace('_', ' ')} {pct(1 / v['host_over_vps_cpu_time']) if v['host_over_vps_cpu_time'] else '—'}"
             for key, v in cpu.items()) + " of the host's CPU time.")
+        if "open_loop" in result.get("cpu", {}) and "shell_loop" in result["cpu"]:
+            lines.append(open_cost(result["cpu"]))
     files = d.get("file", {})
     if files:
         ra = result["file"].get("own_disk_cold", {}).get("read_ahead_kb", {})
@@ -253,6 +257,36 @@ def part_cost(rows: dict, target: str) -> str:
     return f"{q[1]:+.1f} µs ({q[0]:+.1f}…{q[2]:+.1f}){verdict}"
 
 
+def overlay_cost(rows: dict) -> str:
+    """The bare netns's server behind an overlayfs against it without: server CPU µs per request
+    and req/s, per round, as 'median (q1…q3)'."""
+    ovl, bare = rows["bare_netns_overlay"], rows["bare_netns"]
+    deltas = sorted(a - b for a, b in zip(ovl["server_us"], bare["server_us"], strict=True))
+    ratios = sorted(a / b for a, b in zip(ovl["rps"], bare["rps"], strict=True))
+    dq = statistics.quantiles(deltas, n=4) if len(deltas) > 1 else [deltas[0]] * 3
+    rq = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return (f"{dq[1]:+.1f} µs ({dq[0]:+.1f}…{dq[2]:+.1f}) of server CPU per request, "
+            f"{rq[1]:.3f} ({rq[0]:.3f}…{rq[2]:.3f}) of its req/s")
+
+
+def open_cost(cpu: dict) -> str:
+    """What an open and close through the VPS's overlay costs: the open loop's extra CPU time per
+    iteration in the VPS, less the plain shell loop's extra per iteration (the loop itself)."""
+    def extra_us(key: str, count: str) -> float:
+        m = cpu[key]
+        return (m["vps_cpu_s"]["median"] - m["host_cpu_s"]["median"]) / m[count] * 1e6
+
+    opened = extra_us("open_loop", "opens")
+    looped = extra_us("shell_loop", "iterations")
+    return (f"**Opening a file**: `: < {cpu['open_loop']['file']}` costs the VPS {opened:.2f} µs of CPU per "
+            f"iteration more than the host ({opened - looped:.2f} µs once the shell loop's own difference, "
+            f"{looped:.2f} µs per iteration, is taken off): the open and close of the template's file through "
+            "the overlay, which opens the file below it too, and the idmapped lower layer. It is the price of "
+            "the copy-on-write template, which shares one template's files and page cache among all VPSs; "
+            "every file a server opens pays it (bench/overhead_ab.py: Apache's per-request opens, stats and "
+            "log writes).")
+
+
 def part_costs(path: Path | None = None) -> str:
     """The part-by-part costs of bench/overhead_ab.py's latest results, if there are any."""
     path = path or Path(__file__).resolve().parent / "results" / "overhead_ab.json"
@@ -263,13 +297,18 @@ def part_costs(path: Path | None = None) -> str:
     texts = []
     for label, rows in ab.get("ab", {}).items():
         costs = [f"{what} {part_cost(rows, key)}" for key, what, _sign in PARTS if key in rows]
+        if "bare_netns_overlay" in rows:
+            costs.append(f"overlayfs alone (the bare netns's server with its files behind one) {overlay_cost(rows)}")
         texts.append(f"{label}: " + "; ".join(costs))
     return ("**Part by part** (bench/overhead_ab.py, its own run of " + str(ab.get("finished", "?")) +
             "; each part switched off on the running VPS; server CPU µs per request saved, median of the rounds "
             "with the middle half in brackets, a range holding 0 is noise): " + ". ".join(texts) +
-            ". The rest is the price of the walls, each under 1.5 % of the server CPU's perf samples there: "
-            "seccomp ~15 ns per system call (the syscall loop above), overlayfs on open/stat/write of the page "
-            "and the log, the VPS's memory cgroup.")
+            ". Overlayfs is the price of the copy-on-write template (one template's files and page cache "
+            "shared by every VPS): each open through it opens the file below too (see the open loop below), "
+            "and its functions hardly show by name in a profile (the second open, permission check and file "
+            "structure are the VFS's own). The rest is the price of the walls, each under 1.5 % of the "
+            "server CPU's perf samples there: seccomp ~15 ns per system call (the syscall loop above), the "
+            "VPS's memory cgroup.")
 
 
 def plot(result: dict, outdir: Path) -> list[str]:
