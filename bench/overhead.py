@@ -481,7 +481,7 @@ def bb_prefixes(ctx: Setup) -> tuple[list[str], list[str]]:
 
 def guest_like_env() -> dict[str, str]:
     """The environment engine.run gives a program in the VPS (vservers.engine.guest.spawn)."""
-    from vservers.engine.launch import GUEST_PATH
+    from vservers.engine.spec import GUEST_PATH
 
     return {"PATH": GUEST_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "xterm"),
             "LANG": "C.UTF-8", "container": "vserver"}
