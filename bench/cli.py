@@ -1,7 +1,9 @@
 """`vserver` as whole processes (issue 17): `--help`, `list`, and `vserver start X && vserver stop X`
 beside `lxc-start -n Y && lxc-stop -k -n Y`, each a fresh process as an operator types it. Our
 stop is a clean halt (the guest's init shuts its services down); `vserver stop --kill X` is the
-like of `lxc-stop -k`, and both pairs are timed.
+like of `lxc-stop -k`, and both pairs are timed. `vserver exec X true` beside
+`lxc-attach -n Y -- true`, both servers running: a command run inside (the resident server
+takes it when none of the caller's streams is a terminal, as here).
 
 Run as root from the repository root::
 
@@ -206,7 +208,7 @@ class Lxc:
         lab.create(self.NAME, 7, "dir")
 
     def argv(self, verb: str) -> list[str]:
-        extra = ["-k"] if verb == "stop" else []
+        extra = {"stop": ["-k"], "attach": ["--", "true"]}.get(verb, [])
         return [f"lxc-{verb}", "-P", str(self.lxc.LXC_PATH), "-n", self.NAME, *extra]
 
     def clean(self) -> list[str]:
@@ -249,11 +251,18 @@ def rounds(runs: int, variants: dict[str, dict[str, list[str]]], envs: dict[str,
             record("start", name, start, keep)
             record("stop", name, stop, keep)
             record("start+stop", name, start + stop, keep)
-        # `vserver list` with the subject running, each CLI (the start and stop around it untimed)
+        # `vserver list` and `vserver exec X true` with the subject running, each CLI, and
+        # `lxc-attach` with LXC's running (the starts and stops around them untimed). No stream
+        # of these processes is a terminal, so the resident server takes exec too.
         timed(variants[order[0]]["start"], envs[order[0]])
         for name in order:
             record("list (1 running)", name, timed(variants[name]["list"], envs[name]), keep)
+            record("exec", name, timed(variants[name]["exec"], envs[name]), keep)
         timed(variants[order[0]]["stop"], envs[order[0]])
+        if lxc is not None:
+            timed(lxc.argv("start"), HOST_ENV)
+            record("exec", "lxc", timed(lxc.argv("attach"), HOST_ENV), keep)
+            timed(lxc.argv("stop"), HOST_ENV)
         if i % 10 == 0:
             log(f"round {i} of {runs} done")
     return times
@@ -267,7 +276,8 @@ def markdown(result: dict, plot_name: str | None) -> str:
     for what, label in (("help", "`vserver --help`"), ("list", f"`vserver list` ({STOPPED + 1} stopped)"),
                         ("list (1 running)", f"`vserver list` ({STOPPED} stopped, 1 running)"),
                         ("start", "start"), ("stop", "stop (clean halt)"), ("start+stop", "start && stop"),
-                        ("kill", "stop --kill (LXC: lxc-stop -k)"), ("start+kill", "start && stop --kill")):
+                        ("kill", "stop --kill (LXC: lxc-stop -k)"), ("start+kill", "start && stop --kill"),
+                        ("exec", "`vserver exec X true` (LXC: `lxc-attach -n Y -- true`), running")):
         row = figures.get(what, {})
         rows.append([label, *[report.f1(row.get(n)) for n in names]])
     lines = [
@@ -383,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         # --timeout 0 is what --kill says, in words that a baseline from before --kill knows too.
         kill = {"now": ["--kill"], "resident": ["--kill"], "baseline": ["--timeout", "0"]}
         variants = {name: {"help": [cli, "--help"], "list": [cli, "list"], "start": [cli, "start", SUBJECT],
-                           "stop": [cli, "stop", SUBJECT], "kill": [cli, "stop", *kill[name], SUBJECT]}
+                           "stop": [cli, "stop", SUBJECT], "kill": [cli, "stop", *kill[name], SUBJECT],
+                           "exec": [cli, "exec", SUBJECT, "true"]}
                     for name, cli in ((name, str(launchers[name])) for name in envs)}
         templates.build(engine.config, "busybox")
         for k in range(STOPPED):
@@ -419,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("now", "resident"):
                 ratios[f"start && stop, {name} ÷ LXC"] = med["start+stop"][name] / med["start+stop"]["lxc"]
                 ratios[f"start && stop --kill, {name} ÷ LXC"] = med["start+kill"][name] / med["start+kill"]["lxc"]
-        for what in ("help", "list", "start+stop", "start+kill"):
+                ratios[f"exec, {name} ÷ LXC"] = med["exec"][name] / med["exec"]["lxc"]
+        for what in ("help", "list", "start+stop", "start+kill", "exec"):
             ratios[f"{what}, resident ÷ now"] = med[what]["resident"] / med[what]["now"]
         if "baseline" in med["help"]:
-            for what in ("help", "list", "start+stop", "start+kill"):
+            for what in ("help", "list", "start+stop", "start+kill", "exec"):
                 ratios[f"{what}, now ÷ before"] = med[what]["now"] / med[what]["baseline"]
         result["ratios"] = ratios
         result["importtime"] = {}

@@ -116,11 +116,15 @@ def root_env(tmp_path):
 
 def test_the_client_knows_the_default_root_and_keeps_terminal_verbs_to_itself():
     assert command.DEFAULT_ROOT == state.DEFAULT_ROOT
-    for argv in (["exec", "web1", "sh"], ["enter", "web1"], ["account", "passwd", "web1", "bob"], ["serve"],
-                 ["template", "build", "busybox"], ["reinstall", "web1", "--yes"]):
-        assert not command.served(argv), argv
-    for argv in ([], ["--help"], ["list"], ["start", "web1"], ["stop", "--kill", "web1"], ["status", "web1"]):
-        assert command.served(argv), argv
+    for on_terminal in (True, False):
+        for argv in (["enter", "web1"], ["account", "passwd", "web1", "bob"], ["serve"],
+                     ["template", "build", "busybox"], ["reinstall", "web1", "--yes"]):
+            assert not command.served(argv, on_terminal), argv
+        for argv in ([], ["--help"], ["list"], ["start", "web1"], ["stop", "--kill", "web1"], ["status", "web1"]):
+            assert command.served(argv, on_terminal), argv
+    # exec forwards its streams through pipes either way: served for a script, not at a terminal
+    assert not command.served(["exec", "web1", "sh"], on_terminal=True)
+    assert command.served(["exec", "web1", "sh"], on_terminal=False)
 
 
 def test_a_served_command_gives_what_it_gives_in_its_own_process(serve, root_env):
@@ -284,6 +288,28 @@ def test_a_server_started_stopped_and_deleted_through_the_resident_server(engine
     finally:
         if "res1" in engine.names():
             engine.delete("res1")
+
+
+def test_exec_without_a_terminal_runs_in_the_resident_server_as_in_its_own_process(make_server, serve):
+    make_server("res3", "198.19.5.63/18")
+    script = ["exec", "res3", "sh", "-c", 'read line; echo "got $line"; echo oops >&2; exit 3']
+
+    def run(resident_on: bool) -> tuple[subprocess.CompletedProcess, set[str]]:
+        env = {**os.environ, **TEST_ENV, "VSERVER_RESIDENT": "1" if resident_on else "0"}
+        result = subprocess.run([sys.executable, "-X", "importtime", str(VSERVER), *script], env=env, cwd=REPO,
+                                input="hello\n", capture_output=True, text=True, timeout=60)
+        names = {m[1] for m in map(_LINE.match, result.stderr.splitlines()) if m}
+        result.stderr = "\n".join(line for line in result.stderr.splitlines() if not _LINE.match(line))
+        return result, names
+
+    here, names = run(resident_on=False)
+    assert CLI_MODULES & names
+    assert (here.returncode, here.stdout, here.stderr.splitlines()[-1]) == (3, "got hello\n", "oops")
+    server = serve(TEST_ENV)
+    served, names = run(resident_on=True)
+    assert not names & CLI_MODULES, sorted(names & CLI_MODULES)  # it went to the server
+    assert (served.returncode, served.stdout, served.stderr) == (here.returncode, here.stdout, here.stderr)
+    assert server.spare_count(1) == 1  # the command's spare ended; the next one waits
 
 
 def test_a_signal_to_the_users_process_reaches_the_command(engine, make_server, serve):

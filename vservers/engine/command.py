@@ -14,8 +14,9 @@ collections.abc cost a served command ~2 ms of its ~18; `python -S -c 'import os
 The command runs in this process, as before, when
 - no server runs for the state root (no socket, or a dead server's),
 - VSERVER_RESIDENT=0 says so,
-- the verb wants the user's terminal as its controlling terminal or reads a password (exec,
-  enter, account, console, ...): only the verbs in SERVED go to the server,
+- the verb wants the user's terminal as its controlling terminal or reads a password (enter,
+  account, console, ...): only the verbs in SERVED go to the server, and those of
+  SERVED_WITHOUT_TERMINAL (exec) when none of the user's standard streams is a terminal,
 - the server answers that it is stale (the engine's files changed since it started; it then
   ends, for its supervisor to start it again) or runs another checkout's engine.
 """
@@ -40,6 +41,10 @@ SOCKET_NAME = "cli.sock"
 OPT_OUT = "VSERVER_RESIDENT"
 # The verbs that need nothing of the user's process but its standard streams.
 SERVED = frozenset({"create", "start", "stop", "restart", "delete", "update", "status", "list"})
+# Served when no standard stream is a terminal (a script's, a pipe's): `exec` forwards its streams
+# through pipes either way, but typed at a terminal it keeps its own process, in the terminal's
+# session, so that ^Z stops what the user started (the server's child has a session of its own).
+SERVED_WITHOUT_TERMINAL = frozenset({"exec"})
 PROTOCOL = 2  # 2: the umask too
 FIRST_ANSWER = 10.0  # seconds: the server forks at once, unless it is stopped or hung
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
@@ -61,9 +66,17 @@ def socket_path(root: str) -> str:
     return f"{root.rstrip('/')}/{SOCKET_NAME}"
 
 
-def served(argv: Sequence[str]) -> bool:
-    """Whether the server may run `vserver ARGV`: a verb of SERVED, or no verb (usage, --help)."""
-    return not argv or argv[0] in SERVED or argv[0] in ("-h", "--help")
+def served(argv: Sequence[str], on_terminal: bool | None = None) -> bool:
+    """Whether the server may run `vserver ARGV`: a verb of SERVED, or no verb (usage, --help),
+    or one of SERVED_WITHOUT_TERMINAL unless ON_TERMINAL (default: whether one of this process's
+    standard streams is a terminal)."""
+    if not argv or argv[0] in SERVED or argv[0] in ("-h", "--help"):
+        return True
+    if argv[0] not in SERVED_WITHOUT_TERMINAL:
+        return False
+    if on_terminal is None:
+        on_terminal = any(posix.isatty(fd) for fd in (0, 1, 2))
+    return not on_terminal
 
 
 def call(argv: Sequence[str]) -> int | None:

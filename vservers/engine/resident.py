@@ -19,7 +19,7 @@ import marshal
 import os
 import sys
 
-from .command import PROTOCOL, SERVED, package_dir, socket_path
+from .command import PROTOCOL, SERVED, SERVED_WITHOUT_TERMINAL, package_dir, socket_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -77,7 +77,8 @@ def fingerprint(directory: str) -> tuple[tuple[str, int, int], ...]:
 # the server, so that no child imports them.
 PRELOAD = ("vservers.engine.cli", "vservers.engine.lifecycle", "vservers.engine.listing",
            "vservers.engine.network", "vservers.engine.launch", "vservers.engine.validate",
-           "vservers.engine.config", "vservers.engine.firewall", "vservers.engine.cgroups", "json")
+           "vservers.engine.config", "vservers.engine.firewall", "vservers.engine.cgroups",
+           "vservers.engine.console", "json")
 
 
 def serve(root: str, ready: Callable[[], None] | None = None) -> int:
@@ -172,7 +173,8 @@ def serve(root: str, ready: Callable[[], None] | None = None) -> int:
 
 
 # Arguments each served verb's parser is tried with in the server (_warm_parsers).
-_SAMPLES = {"create": ["x", "--template", "busybox", "--ip", "198.18.0.2/15"], "list": [], "update": ["x"]}
+_SAMPLES = {"create": ["x", "--template", "busybox", "--ip", "198.18.0.2/15"], "list": [], "update": ["x"],
+            "exec": ["x", "true"]}
 
 
 def _warm_parsers() -> None:
@@ -182,7 +184,7 @@ def _warm_parsers() -> None:
     from . import cli
 
     cli.build_parser(None).format_help()
-    for verb in sorted(SERVED):
+    for verb in sorted(SERVED | SERVED_WITHOUT_TERMINAL):
         cli.build_parser(verb).parse_args([verb, *_SAMPLES.get(verb, ["x"])])
 
 
