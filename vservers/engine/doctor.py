@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,80 @@ def run_checks(config: EngineConfig) -> list[Check]:
                         "modprobe bridge"))
     checks.append(_idmapped_overlay_check(config))
     checks.append(_storage_check(config))
+    checks.append(_migration_check(config))
     return checks
+
+
+# Longer than the kernel keeps a cgroup writer's grace period (rcu_sync) after the last write.
+MIGRATION_IDLE = 0.05
+MIGRATION_PROBES = 3
+MIGRATION_SLOW_MS = 1.0
+MIGRATION_FIX = ("mount a cgroup hierarchy with the option favordynmods (cgroup v2: mount -o remount,favordynmods "
+                 "/sys/fs/cgroup; or a kernel built with CONFIG_CGROUP_FAVOR_DYNMODS); on recent kernels (6.18) "
+                 "it cannot be switched off again until the next boot")
+
+
+def migration_latency_ms(config: EngineConfig, probes: int = MIGRATION_PROBES, idle: float = MIGRATION_IDLE) -> float:
+    """The median milliseconds a write to cgroup.procs takes to move a process into a scratch
+    group of this installation, after IDLE seconds without one. Without favordynmods the
+    first migration after a pause waits for an RCU grace period (the kernel's
+    cgroup_threadgroup_rwsem): every start pays it once (its setup child joins the server's
+    groups) and every exec and console (the program joins them), whatever the machine's load."""
+    from .cgroups import detect
+    from .spec import Limits
+
+    backend = detect(config)
+    # Not a server's name (those start with a letter), so never one of theirs.
+    name = f"_doctor-{os.getpid()}"
+    backend.create(name, Limits())
+    took: list[float] = []
+    try:
+        for _ in range(probes):
+            hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:  # waits until we close our end, then goes
+                os.close(hold_w)
+                os.read(hold_r, 1)
+                os._exit(0)
+            os.close(hold_r)
+            try:
+                time.sleep(idle)
+                fd = os.open(backend.procs_files(name)[0], os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    started = time.perf_counter()
+                    os.write(fd, str(pid).encode())
+                    took.append((time.perf_counter() - started) * 1000)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(hold_w)
+                os.waitpid(pid, 0)
+    finally:
+        backend.destroy(name)
+    return statistics.median(took)
+
+
+def migration_verdict(latency_ms: float) -> Check:
+    """LATENCY_MS of a migration after a pause, as a warning (the engine works either way)."""
+    if latency_ms < MIGRATION_SLOW_MS:
+        return Check("cgroup migration", True, f"{latency_ms:.2f} ms to move a process into a server's groups",
+                     required=False)
+    return Check("cgroup migration", False,
+                 f"{latency_ms:.1f} ms to move a process into a server's groups after a pause (the kernel waits "
+                 "for an RCU grace period): each start and each exec or console waits that long once",
+                 MIGRATION_FIX, required=False)
+
+
+def _migration_check(config: EngineConfig) -> Check:
+    from .errors import EngineError
+
+    if os.geteuid() != 0:
+        return Check("cgroup migration", False, "cannot test without root", "run vserver doctor as root",
+                     required=False)
+    try:
+        return migration_verdict(migration_latency_ms(config))
+    except (OSError, EngineError) as exc:
+        return Check("cgroup migration", False, f"could not be measured: {exc}", required=False)
 
 
 def _storage_check(config: EngineConfig) -> Check:
