@@ -277,9 +277,35 @@ def host_info() -> dict:
         "mem_total_bytes": meminfo("MemTotal"),
         "python": platform.python_version(),
         "cgroup": "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1",
+        "cgroup_migration_ms": cgroup_migration_ms(),
         "git_commit": commit,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def cgroup_migration_ms() -> float | None:
+    """What moving a process into a cgroup takes after a pause (`vserver doctor`'s probe, in the
+    benchmarks' own installation): about 0.1 ms with the cgroup option favordynmods, an RCU grace
+    period (several ms) without. Every start and every exec pays it once, so start figures of
+    hosts that differ here differ by it. None if it cannot be measured (not root)."""
+    if os.geteuid() != 0:
+        return None
+    from vservers.engine import doctor
+    from vservers.engine.config import EngineConfig
+    from vservers.engine.errors import EngineError
+
+    try:
+        return round(doctor.migration_latency_ms(EngineConfig.from_env({**os.environ, **BENCH_ENV})), 2)
+    except (OSError, EngineError):
+        return None
+
+
+def host_line(info: dict) -> str:
+    """The first words of a result's section: when, which kernel, CPUs and cgroups, and what a
+    cgroup migration took there."""
+    migration = info.get("cgroup_migration_ms")
+    moved = f" (a migration after a pause: {migration:.2f} ms)" if migration is not None else ""
+    return f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}{moved}"
 
 
 # --- results ------------------------------------------------------------------------------

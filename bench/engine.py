@@ -599,7 +599,7 @@ def markdown(result: dict) -> str:
     out = [
         "## Engine: lifecycle latency, throughput and density",
         "",
-        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, "
+        common.host_line(info) + f", "
         f"commit {info['git_commit']}; `bench/engine.py {' '.join(result['argv'])}`. "
         f"Templates built in: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["template_build_s"].items()) + ".",
     ]

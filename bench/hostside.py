@@ -101,14 +101,6 @@ class HostSide:
         return problems
 
 
-def mounts_below(root: Path) -> list[str]:
-    """Mount points at or below ROOT (what a crashed run may have left)."""
-    prefix = str(root).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as fh:
-        points = [line.split()[4].replace("\\040", " ") for line in fh]
-    return [p for p in points if p.startswith(prefix)]
-
-
 def kill_recorded(pid_file: Path) -> None:
     """Stop host-side servers a crashed earlier run left (recorded pid and start time)."""
     try:

@@ -813,7 +813,7 @@ def batch_markdown(b: dict) -> str:
     out = [
         "## Batch start: N busybox servers against N LXC containers (bench/lxc.py)",
         "",
-        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, commit "
+        common.host_line(info) + f", commit "
         f"{info['git_commit']}; {n} servers and {n} LXC dir containers (LXC's default backend), {b['rounds']} "
         f"rounds after a warm-up round, the order of the three turning each round; load average "
         f"{b['load_before']} before, {b['load_after']} after. Each round restarts the same servers and "
@@ -901,7 +901,7 @@ def markdown(result: dict, engine: dict | None, plots: dict[str, str]) -> str:
     out = [
         "## LXC from Debian on the same machine",
         "",
-        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, "
+        common.host_line(info) + f", "
         f"commit {info['git_commit']}; `bench/lxc.py {' '.join(result['argv'])}`. "
         f"LXC {setup['lxc_version']} (Debian package {setup['lxc_package']}), `lxc-create -t busybox` "
         f"(host busybox {setup['busybox_package']}); lxcpath {LXC_PATH}, bridge {LXC_BRIDGE}. "

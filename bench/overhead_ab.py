@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 hostside.remove_cgroup(group)
             for ns in (overhead.CLIENT_NS, overhead.BARE_NS):
                 netns.delete(ns)
-            for merged in reversed(hostside.mounts_below(config.root / "host")):
+            for merged in reversed(common.mounts_below(config.root / "host")):
                 common.must(["umount", merged])
             overhead.remove_untracked()
             common.clean_or_fail(engine, log)
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         problems += overhead.remove_untracked()
         problems += common.cleanup_installation(engine, log)
         problems += overhead.own_leftovers(host, list(ports.values()), config.bridge)
-        problems += [f"mount {m}" for m in hostside.mounts_below(config.root / "host")]
+        problems += [f"mount {m}" for m in common.mounts_below(config.root / "host")]
         result["leftovers"] = problems
         if problems:
             log("LEFT BEHIND: " + "; ".join(problems))

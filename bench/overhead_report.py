@@ -67,7 +67,7 @@ def markdown(result: dict, plots: list[str]) -> str:
     out = [
         "## Overhead: VPS against the bare host",
         "",
-        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, "
+        common.host_line(info) + f", "
         f"commit {info['git_commit']}; `bench/overhead.py {' '.join(result['argv'])}` "
         f"({result['mode']}, {result['run_time_s']:.0f} s). Load average before/after: "
         f"{result['loadavg_before'][0]:.2f} / {result['loadavg_after'][0]:.2f}."

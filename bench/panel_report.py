@@ -94,7 +94,7 @@ def markdown(result: dict) -> str:
     out = [
         "## Panel: list pages, operations through the queue, approval → HTTP",
         "",
-        f"{info['date']}, kernel {info['kernel']}, {info['cpus']} CPUs, cgroup {info['cgroup']}, "
+        common.host_line(info) + f", "
         f"commit {info['git_commit']}" + (f" (+ {len(info['uncommitted'])} uncommitted files of the panel/engine, "
                                           "listed in the JSON)" if info.get("uncommitted") else "") +
         f"; `bench/panel.py {' '.join(result['argv'])}` ({result['mode']}, "
