@@ -404,14 +404,7 @@ def setup(engine, config, env, profile: dict, ports: dict[str, int], result: dic
         t0 = time.monotonic()
         for label, listen, ns in (("apache-host", [gw, "127.0.0.1"], None), ("apache-netns", [bare_ip], BARE_NS)):
             tree = hostdir / label
-            copy_rootfs(debian_rootfs, tree)
-            write_private(tree / "etc/apache2/ports.conf", "".join(f"Listen {a}:{ap_port}\n" for a in listen))
-            site = tree / "etc/apache2/sites-available/000-default.conf"
-            text = site.read_text()
-            if "<VirtualHost *:80>" not in text:
-                raise RuntimeError(f"unexpected {site}")
-            write_private(site, text.replace("<VirtualHost *:80>", f"<VirtualHost *:{ap_port}>"))
-            write_private(tree / "var/www/html" / PAGE_NAME, page)
+            apache_tree(debian_rootfs, tree, listen, ap_port, page)
             # The template's own runit service script, as in the VPS.
             argv = pinned + ["chroot", str(tree), "/etc/service/apache2/run"]
             host.start(label, (["ip", "netns", "exec", ns] if ns else []) + argv, hostdir / f"{label}.log")
@@ -439,6 +432,19 @@ def setup(engine, config, env, profile: dict, ports: dict[str, int], result: dic
         ctx.wrk_inside[name] = install_wrk(engine, name, bundle, busybox_bin)
     ctx.pin_vps_servers()  # again: Apache may have started more processes since
     return ctx
+
+
+def apache_tree(debian_rootfs: Path, tree: Path, listen: list[str], port: int, page: bytes) -> None:
+    """A copy of the Debian template at TREE for a host-side Apache: listening at each of LISTEN
+    on PORT, its site on PORT, PAGE in place."""
+    copy_rootfs(debian_rootfs, tree)
+    write_private(tree / "etc/apache2/ports.conf", "".join(f"Listen {a}:{port}\n" for a in listen))
+    site = tree / "etc/apache2/sites-available/000-default.conf"
+    text = site.read_text()
+    if "<VirtualHost *:80>" not in text:
+        raise RuntimeError(f"unexpected {site}")
+    write_private(site, text.replace("<VirtualHost *:80>", f"<VirtualHost *:{port}>"))
+    write_private(tree / "var/www/html" / PAGE_NAME, page)
 
 
 def measure_http(ctx: Setup, profile: dict) -> dict:

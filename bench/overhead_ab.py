@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common, hostside, netns, overhead  # noqa: E402
 from bench.common import log  # noqa: E402
 from bench.overhead_report import overlay_cost, part_cost  # noqa: E402
-from bench.template_store import copy_rootfs, exclusive, write_private  # noqa: E402
+from bench.template_store import exclusive  # noqa: E402
 from bench.wrk import CLIENT_CPU, timed_wrk, wrk_args  # noqa: E402
 
 SITE = "/etc/apache2/sites-available/000-default.conf"
@@ -150,11 +150,7 @@ def overlay_servers(ctx, host: hostside.HostSide) -> dict[str, int]:
             host.mount_overlay(lower, ctx.hostdir / f"{label}-ovl-rw", merged)
             argv = pinned + [str(ctx.busybox_bin), "httpd", "-f", "-h", str(merged), "-p", f"{ctx.bare_ip}:{port}"]
         else:
-            copy_rootfs(ctx.debian_rootfs, lower)
-            write_private(lower / "etc/apache2/ports.conf", f"Listen {ctx.bare_ip}:{port}\n")
-            site = lower / "etc/apache2/sites-available/000-default.conf"
-            write_private(site, site.read_text().replace("<VirtualHost *:80>", f"<VirtualHost *:{port}>"))
-            write_private(lower / "var/www/html" / overhead.PAGE_NAME, ctx.page)
+            overhead.apache_tree(ctx.debian_rootfs, lower, [ctx.bare_ip], port, ctx.page)
             host.mount_overlay(lower, ctx.hostdir / f"{label}-ovl-rw", merged)
             argv = pinned + ["chroot", str(merged), "/etc/service/apache2/run"]
         host.start(f"{label}-netns-ovl", in_bare + argv, ctx.hostdir / f"{label}-netns-ovl.log")
